@@ -1,0 +1,56 @@
+"""Name → class registries for every plug point (dataset, model, likelihood, objective,
+estimator, score).
+
+A registry maps the names used in configs and on the command line to the classes or
+functions that implement them, so that adding a plug-in is one decorator and no
+``if/elif`` chain on names exists anywhere. An unknown name is refused with the list
+of known names and a "did you mean" suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+def did_you_mean(name: str, choices) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class Registry(Generic[T]):
+    """A named collection of plug-ins of one kind (``kind`` names it in errors)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = item
+            return item
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self._items)}; "
+                f"known: {', '.join(sorted(self._items))}"
+            ) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
