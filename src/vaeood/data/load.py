@@ -1,0 +1,181 @@
+"""``load_dataset``: find a dataset split wherever it is, check it, return an ImageSet.
+
+Resolution, for each search folder in order (see ``locate``) and inside it the folder
+itself then its ``NAME/`` subfolder, first match wins:
+
+1. ``NAME_SPLIT.npz`` -- an explicit full split always wins;
+2. the official files, MD5-checked (official datasets only);
+3. ``NAME_SPLIT_*.npz`` -- a subset of the split (a warning says so).
+
+If nothing is found: with ``download=True`` the official files are fetched into the
+first user folder; then, with ``allow_sample=True``, the bundled sample is returned (a
+warning says so); otherwise ``DatasetNotFoundError`` lists every place looked.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from pathlib import Path
+
+from ..registry import did_you_mean
+from .errors import DataError, DatasetNotFoundError
+from .imageset import ImageSet
+from .locate import ENV_VAR, candidate_folders, search_dirs, user_dirs
+from .npz import read_image_arrays
+from .official import DATASETS, OfficialDataset
+from .sample import available_samples, has_sample, load_sample
+
+log = logging.getLogger(__name__)
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names become file names: no paths
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    allow_sample: bool = False,
+) -> ImageSet:
+    """Load split ``split`` of dataset ``name`` as uint8 NHWC images and int64 labels.
+
+    Args:
+        name: an official dataset (``fashion_mnist``, ``mnist``, ``cifar10``, ``svhn``)
+            or any name that has a ``NAME_SPLIT.npz`` file in a search folder.
+        split: ``"train"`` or ``"test"``; npz datasets may use any word.
+        data_dir: searched first, and where downloads go (default: ``$VAEOOD_DATA``,
+            else ``~/.cache/vaeood``).
+        download: fetch missing official files from the authors' mirrors.
+        allow_sample: when nothing is found, return the small bundled sample
+            (``is_sample=True``) instead of raising.
+
+    Raises:
+        DataError: a file was found but is corrupt, of the wrong format, or fails its
+            published MD5 (never silently skipped: a broken file must be fixed).
+        DatasetNotFoundError: nothing found; the message lists where it looked and
+            how to get the data.
+    """
+    for field, value in (("name", name), ("split", split)):
+        if not isinstance(value, str) or not _WORD.fullmatch(value):
+            raise DataError(f"load_dataset: {field}={value!r} must be a plain word such as "
+                            f"'fashion_mnist' or 'train' (letters, digits, _ . -)")
+    official = DATASETS.get(name)() if name in DATASETS else None
+    use_official = official if official is not None and split in official.splits else None
+
+    looked: list[str] = []
+    dirs = search_dirs(data_dir, official.system_dirs if official else ())
+    for search_dir in dirs:
+        for folder in candidate_folders(search_dir, name):
+            found = _load_from_folder(name, split, folder, use_official)
+            if found is not None:
+                log.info("loaded %s/%s: %d images %s from %s", name, split, len(found),
+                         found.shape, found.source)
+                return found
+            state = "folder exists but holds none of them" if folder.is_dir() else "no such folder"
+            looked.append(f"{folder}  [{search_dir.origin}]: {state}")
+    if not os.environ.get(ENV_VAR, "").strip():
+        # Shown where it would have been searched: after data_dir, before the cache.
+        looked.insert(0 if data_dir is None else len(candidate_folders(dirs[0], name)),
+                      f"${ENV_VAR}: not set")
+
+    download_error = ""
+    if download:
+        if use_official is None:
+            download_error = _cannot_download(name, split, official)
+        else:
+            target = user_dirs(data_dir)[0].path / name
+            try:
+                use_official.download(target, split)
+            except DatasetNotFoundError as err:  # no network: maybe the sample will do
+                download_error = str(err)
+            else:
+                return use_official.load(use_official.find(target, split), split)
+
+    if allow_sample and has_sample(name, split):
+        sample = load_sample(name, split)
+        log.warning("%s/%s not found (looked in %d places%s); using the bundled sample of %d "
+                    "images. Results on it are for smoke tests only. %s", name, split, len(looked),
+                    "; download failed" if download_error else "", len(sample), sample.source)
+        return sample
+    raise DatasetNotFoundError(_not_found_message(name, split, data_dir, official, use_official,
+                                                  looked, download_error))
+
+
+def _load_from_folder(name: str, split: str, folder: Path,
+                      official: OfficialDataset | None) -> ImageSet | None:
+    """Load ``name``/``split`` from one folder following the resolution order, or None."""
+    if not folder.is_dir():
+        return None
+    exact = folder / f"{name}_{split}.npz"
+    if exact.is_file():
+        return _load_npz(exact, name, split)
+    if official is not None:
+        hit = official.find(folder, split)
+        if hit is not None:
+            return official.load(hit, split)
+    prefix = f"{name}_{split}_"
+    subsets = sorted(p for p in folder.glob(glob.escape(prefix) + "*.npz") if p.is_file())
+    if subsets:
+        chosen = subsets[0]
+        subset = chosen.name[len(prefix):-len(".npz")]
+        others = f" (also present: {', '.join(p.name for p in subsets[1:])})" if subsets[1:] else ""
+        log.warning("%s/%s: using %s, a subset (%r) of the split, not the full split%s",
+                    name, split, chosen, subset, others)
+        return _load_npz(chosen, name, split, subset)
+    return None
+
+
+def _load_npz(path: Path, name: str, split: str, subset: str | None = None) -> ImageSet:
+    images, labels, provenance = read_image_arrays(path, str(path))
+    source = str(path)
+    if subset is not None:
+        source += f" (subset {subset!r} of {name} {split}, not the full split)"
+    if provenance:
+        source += f"; {provenance}"
+    return ImageSet(name, split, images, labels, source=source)
+
+
+def _cannot_download(name: str, split: str, official: OfficialDataset | None) -> str:
+    if official is None:
+        return (f"{name!r} has no official files to download{did_you_mean(name, DATASETS)}; "
+                f"downloadable datasets: {', '.join(DATASETS)}")
+    return f"official {official.title} files provide splits {', '.join(official.splits)}, not {split!r}"
+
+
+def _not_found_message(name, split, data_dir, official, use_official, looked, download_error) -> str:
+    patterns = [f"{name}_{split}.npz"]
+    if use_official is not None:
+        patterns.append(use_official.expected(split))
+    patterns.append(f"{name}_{split}_*.npz")
+    lines = [f"dataset {name!r} split {split!r} not found. Looked for "
+             f"{' / '.join(patterns)} in:"]
+    lines += [f"  - {entry}" for entry in looked]
+    if official is None:
+        samples = sorted({n for n, _ in available_samples()})
+        lines.append(f"{name!r} is not an official dataset{did_you_mean(name, [*DATASETS, *samples])}; "
+                     f"the official ones are {', '.join(DATASETS)}. Other names load only from "
+                     f"{name}_{split}.npz files.")
+    elif use_official is None:
+        lines.append(f"The official {official.title} files provide splits "
+                     f"{', '.join(official.splits)}; split {split!r} can only come from an npz file.")
+    if download_error:
+        lines.append(f"Download failed: {download_error}")
+    lines.append("To get it:")
+    target = user_dirs(data_dir)[0].path / name
+    if use_official is not None and not download_error:
+        lines.append(f"  - with internet access: pass --download (download=True) to fetch "
+                     f"{', '.join(use_official.files[split])} from {use_official.mirrors[0]} "
+                     f"into {target}")
+    if use_official is not None:
+        lines.append(f"  - offline: copy the official files ({use_official.expected(split)}) into "
+                     f"--data-dir or ${ENV_VAR} (or their {name}/ subfolder)")
+        lines += [f"  - {hint}" for hint in use_official.hints]
+    lines.append(f"  - save arrays x (uint8 [N, H, W] or [N, H, W, C]) and y (int labels [N]) as "
+                 f"{name}_{split}.npz in --data-dir or ${ENV_VAR}")
+    if has_sample(name, split):
+        lines.append("  - for a quick offline try: allow_sample=True (config --data.allow_sample=true) "
+                     "uses the small bundled sample (not the real dataset)")
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""Where datasets are looked for, in order, and where downloads go.
+
+Search order (first match wins):
+
+1. the ``data_dir`` argument (``--data-dir`` on the command line), when given;
+2. ``$VAEOOD_DATA``, when set;
+3. the user cache ``~/.cache/vaeood`` (also where downloads go when 1 and 2 are absent);
+4. per-dataset system folders declared on the dataset class (e.g. Debian's
+   ``/usr/share/datasets/fashion-mnist``).
+
+Inside each of these, files may sit directly in the folder or in a subfolder named
+after the dataset (``DIR/fashion_mnist/``). The subfolder matters because MNIST and
+Fashion-MNIST use the same IDX file names and cannot share one folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+ENV_VAR = "VAEOOD_DATA"
+
+
+@dataclass(frozen=True)
+class SearchDir:
+    """A folder to search and why it is searched (shown in not-found messages)."""
+
+    path: Path
+    origin: str
+    #: True for a folder that only ever holds this one dataset (a system folder), so
+    #: there is no point looking for a ``NAME/`` subfolder inside it.
+    dataset_specific: bool = False
+
+
+def cache_dir() -> Path:
+    """The per-user cache folder; computed at call time so ``$HOME`` changes apply."""
+    return Path.home() / ".cache" / "vaeood"
+
+
+def user_dirs(data_dir: str | os.PathLike | None = None) -> list[SearchDir]:
+    """The user-controlled search folders: ``data_dir``, ``$VAEOOD_DATA``, the cache.
+
+    The first of these is where downloads are written.
+    """
+    dirs = []
+    if data_dir is not None:
+        dirs.append(SearchDir(Path(data_dir).expanduser(), "data_dir argument / --data-dir"))
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        dirs.append(SearchDir(Path(env).expanduser(), f"${ENV_VAR}"))
+    dirs.append(SearchDir(cache_dir(), "user cache"))
+    return dirs
+
+
+def search_dirs(
+    data_dir: str | os.PathLike | None = None, extra: Iterable[tuple[str, str]] = ()
+) -> list[SearchDir]:
+    """All search folders in order: the user folders, then ``extra`` ``(path, why)``
+    pairs (a dataset's system folders). A folder listed twice is searched once."""
+    dirs = user_dirs(data_dir) + [SearchDir(Path(p), why, True) for p, why in extra]
+    seen: set[Path] = set()
+    unique = []
+    for d in dirs:
+        key = Path(os.path.abspath(d.path))
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    return unique
+
+
+def candidate_folders(search_dir: SearchDir, name: str) -> list[Path]:
+    """The folders inside one search folder that may hold dataset ``name``."""
+    if search_dir.dataset_specific:
+        return [search_dir.path]
+    return [search_dir.path, search_dir.path / name]
