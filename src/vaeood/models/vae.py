@@ -1,0 +1,81 @@
+"""The VAE: a Gaussian encoder q(z|x), a standard-normal prior p(z) and a decoder whose
+output parameterises a pluggable likelihood p(x|z) over 8-bit pixels.
+
+Kingma & Welling (2014), "Auto-Encoding Variational Bayes". The class exposes exactly
+what the estimators need — ``posterior``, ``log_likelihood`` and ``log_prior`` — so
+that ELBO, IWAE and later estimators are written once for every architecture.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .likelihoods import Likelihood
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+class VAE(nn.Module):
+    """Encoder, decoder and likelihood for images of shape ``image_shape = (C, H, W)``.
+
+    Inputs are uint8 tensors ``[B, C, H, W]`` (the 8-bit data the likelihoods score);
+    the encoder sees them scaled to [0, 1].
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood,
+                 latent_dim: int, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+        self.image_shape = tuple(image_shape)
+
+    @property
+    def num_dims(self) -> int:
+        """D = C·H·W, the number of 8-bit values per image (for bits/dim)."""
+        return math.prod(self.image_shape)
+
+    @property
+    def elements_per_sample(self) -> int:
+        """Floats held per (image, latent sample) pair while scoring: z plus the decoder's
+        output. The IWAE estimator sizes its sample chunks by it to bound memory."""
+        _, h, w = self.image_shape
+        return self.latent_dim + self.likelihood.out_channels * h * w
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z|x) = N(mu, diag(exp(logvar))); returns ``(mu, logvar)``, each [B, Z]."""
+        h = self.encoder(x.float() / 255.0)
+        mu, logvar = h.chunk(2, dim=-1)
+        return mu, logvar
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log N(z; 0, I) summed over the latent axis: ``[..., Z] → [...]``."""
+        return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Decoder output (likelihood parameters) ``[N, C·P, H, W]`` for z ``[N, Z]``."""
+        return self.decoder(z)
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z) in nats for z ``[S, B, Z]`` and x ``[B, C, H, W]`` → ``[S, B]``."""
+        samples, batch = z.shape[:2]
+        params = self.decode(z.reshape(samples * batch, -1))
+        # the likelihood broadcasts x [B, ...] against params [S, B, ...]: no copy of x per sample
+        return self.likelihood.log_prob(params.view(samples, batch, *params.shape[1:]), x)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Mean of p(x|z) at z = posterior mean, as floats in [0, 1] (for figures)."""
+        mu, _ = self.posterior(x)
+        return self.likelihood.mean(self.decode(mu))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Means of p(x|z) for z ~ p(z), floats in [0, 1] (for figures)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return self.likelihood.mean(self.decode(z))

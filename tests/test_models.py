@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from vaeood.config import ModelConfig
+from vaeood.models import build_model, count_parameters
+
+
+@pytest.mark.parametrize("arch", ["conv", "mlp"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "dlogistic", "categorical"])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_model_interface_shapes(arch, likelihood, shape):
+    model = build_model(ModelConfig(arch=arch, likelihood=likelihood, latent_dim=3, base_channels=4, hidden_dim=16),
+                        shape)
+    x = torch.randint(0, 256, (5, *shape), dtype=torch.uint8)
+    mu, logvar = model.posterior(x)
+    assert mu.shape == logvar.shape == (5, 3)
+    z = torch.randn(7, 5, 3)
+    ll = model.log_likelihood(x, z)
+    assert ll.shape == (7, 5) and torch.isfinite(ll).all()
+    assert model.log_prior(z).shape == (7, 5)
+    assert model.num_dims == shape[0] * shape[1] * shape[2]
+    assert model.reconstruct(x).shape == (5, *shape)
+    if likelihood != "bernoulli":
+        assert model.likelihood.normalised and (ll < 0).all()  # a pmf: log-probabilities are negative
+
+
+def test_log_prior_is_standard_normal():
+    model = build_model(ModelConfig(latent_dim=2, base_channels=4), (1, 28, 28))
+    z = torch.tensor([[[0.0, 0.0], [1.0, -2.0]]])
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    torch.testing.assert_close(model.log_prior(z), expected)
+
+
+def test_width_is_the_capacity_knob():
+    small = count_parameters(build_model(ModelConfig(base_channels=8), (1, 28, 28)))
+    large = count_parameters(build_model(ModelConfig(base_channels=16), (1, 28, 28)))
+    assert large > 1.9 * small
+
+
+def test_mlp_has_keras_blog_shape():
+    model = build_model(ModelConfig(arch="mlp", latent_dim=2, hidden_dim=512), (1, 28, 28))
+    # 784·512 + 512 + 512·4 + 4 (encoder) + 2·512 + 512 + 512·784 + 784 (decoder)
+    assert count_parameters(model) == 784 * 512 + 512 + 512 * 4 + 4 + 2 * 512 + 512 + 512 * 784 + 784
+
+
+def test_unknown_likelihood_suggests_a_name():
+    with pytest.raises(KeyError, match="did you mean 'dlogistic'"):
+        build_model(ModelConfig(likelihood="dlogistc"), (1, 28, 28))
+
+
+def test_conv_needs_divisible_sizes():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        build_model(ModelConfig(), (1, 30, 30))
