@@ -1,0 +1,44 @@
+"""Threshold-free OOD detection metrics, with OOD as the positive class and scores where
+higher = more out-of-distribution (computed with scikit-learn).
+
+- AUROC: P(score of a random OOD image > score of a random in-distribution image),
+  ties counting one half (Hendrycks & Gimpel 2017).
+- AUPRC-out: average precision with OOD positive; AUPRC-in: with in-distribution
+  positive and the score negated.
+- FPR@t%TPR: the fraction of in-distribution images flagged as OOD at the smallest
+  threshold that flags at least t% of the OOD images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+METRIC_NAMES = ("auroc", "auprc_in", "auprc_out", "fpr_at_80_tpr", "fpr_at_95_tpr")
+
+
+def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr_level: float) -> float:
+    """FPR at the first ROC point whose TPR reaches ``tpr_level`` (labels: 1 = OOD)."""
+    # keep every threshold: dropping collinear points could skip the first one reaching the level
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(fpr[np.searchsorted(tpr, tpr_level, side="left")])
+
+
+def ood_metrics(scores_in: np.ndarray, scores_ood: np.ndarray) -> dict[str, float]:
+    """All metrics for one (in-distribution, OOD) pair of score arrays."""
+    scores_in = np.asarray(scores_in, dtype=np.float64)
+    scores_ood = np.asarray(scores_ood, dtype=np.float64)
+    for name, s in (("in-distribution", scores_in), ("OOD", scores_ood)):
+        if s.ndim != 1 or len(s) == 0:
+            raise ValueError(f"{name} scores must be a non-empty 1-D array, got shape {s.shape}")
+        if not np.isfinite(s).all():
+            raise ValueError(f"{name} scores contain {np.count_nonzero(~np.isfinite(s))} NaN/inf values")
+    labels = np.concatenate([np.zeros(len(scores_in)), np.ones(len(scores_ood))])
+    scores = np.concatenate([scores_in, scores_ood])
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "auprc_in": float(average_precision_score(1 - labels, -scores)),
+        "auprc_out": float(average_precision_score(labels, scores)),
+        "fpr_at_80_tpr": fpr_at_tpr(labels, scores, 0.80),
+        "fpr_at_95_tpr": fpr_at_tpr(labels, scores, 0.95),
+    }
