@@ -1,0 +1,20 @@
+"""vaeood: does my deep generative model know what it doesn't know?
+
+Train VAEs, estimate each image's log-likelihood honestly and turn the estimates into
+out-of-distribution scores, metrics, figures and reports.
+
+    >>> import vaeood
+    >>> run = vaeood.train(vaeood.Config(), "runs/fmnist")            # doctest: +SKIP
+    >>> vaeood.evaluate(run, "fashion_mnist", ["mnist"])               # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .config import Config  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from .reproduce import reproduce  # noqa: E402
+from .run import load_model  # noqa: E402
+from .scoring import score  # noqa: E402
+from .train import train  # noqa: E402
+
+__all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "__version__"]

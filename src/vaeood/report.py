@@ -1,0 +1,57 @@
+"""Figures and Markdown for reports: the Figure-2-style histogram of per-image
+likelihoods, metric tables and the report file itself."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: no global backend state, no display needed
+
+from .atomic import atomic_write
+from .metrics import METRIC_NAMES
+
+METRIC_LABELS = {"auroc": "AUROC", "auprc_in": "AUPRC-in", "auprc_out": "AUPRC-out",
+                 "fpr_at_80_tpr": "FPR@80%TPR", "fpr_at_95_tpr": "FPR@95%TPR"}
+
+
+def histogram_figure(path: str | Path, values: dict[str, np.ndarray], xlabel: str, title: str) -> Path:
+    """Overlaid density histograms of one per-image quantity per dataset (shared bins)."""
+    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
+    lo, hi = np.percentile(finite, [0.5, 99.5])
+    bins = np.linspace(lo, hi, 80)
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
+    for name, v in values.items():
+        ax.hist(np.clip(v, lo, hi), bins=bins, density=True, alpha=0.5, label=f"{name} (n={len(v)})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def metrics_table(rows: list[dict], lead_columns: list[str]) -> str:
+    """A Markdown table: ``lead_columns`` then every metric, values to 3 decimals."""
+    header = lead_columns + [METRIC_LABELS[m] for m in METRIC_NAMES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row[c]) for c in lead_columns] + [f"{row[m]:.3f}" for m in METRIC_NAMES]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.1f}"
+    return str(value)

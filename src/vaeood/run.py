@@ -1,0 +1,44 @@
+"""A run directory: one trained model and everything made from it.
+
+Layout::
+
+    RUN/config.json        resolved config (also inside the checkpoint)
+    RUN/metrics.jsonl      one line per finished epoch
+    RUN/checkpoint.pt      last finished epoch (model, optimiser, RNG, history)
+    RUN/scores/*.npz       per-image estimates, reusable without retraining
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .config import Config
+from .models import VAE, build_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"cpu"`` or a CUDA device; asking for CUDA without one is an error, not a fallback."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[VAE, Config, dict]:
+    """The trained model of a run directory, its config and the checkpoint's metadata."""
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, map_location="cpu")
+    config = Config.from_dict(state["config"], where=f"{run_dir}/{CHECKPOINT_NAME}:config")
+    model = build_model(config.model, tuple(state["image_shape"]))
+    model.load_state_dict(state["model"])
+    model.to(resolve_device(device)).eval()
+    meta = {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")}
+    return model, config, meta
+
+
+def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NHWC numpy images → uint8 NCHW tensor on ``device`` (datasets fit in memory)."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
