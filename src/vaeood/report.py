@@ -17,14 +17,14 @@ METRIC_LABELS = {"auroc": "AUROC", "auprc_in": "AUPRC-in", "auprc_out": "AUPRC-o
 
 
 def histogram_figure(path: str | Path, values: dict[str, np.ndarray], xlabel: str, title: str) -> Path:
-    """Overlaid density histograms of one per-image quantity per dataset (shared bins)."""
+    """Overlaid density histograms of one per-image quantity per dataset (shared bins
+    over the full range: no clipping, so outliers stay visible where they are)."""
     finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
-    lo, hi = np.percentile(finite, [0.5, 99.5])
-    bins = np.linspace(lo, hi, 80)
+    bins = np.linspace(finite.min(), finite.max(), 80)
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.subplots()
     for name, v in values.items():
-        ax.hist(np.clip(v, lo, hi), bins=bins, density=True, alpha=0.5, label=f"{name} (n={len(v)})")
+        ax.hist(v[np.isfinite(v)], bins=bins, density=True, alpha=0.5, label=f"{name} (n={len(v)})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title)
