@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 from .config import Config  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
-from .reproduce import reproduce  # noqa: E402
+from .experiments import reproduce  # noqa: E402
 from .run import load_model  # noqa: E402
 from .scoring import score  # noqa: E402
 from .train import train  # noqa: E402

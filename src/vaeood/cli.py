@@ -17,9 +17,8 @@ from .checkpoint import CheckpointError
 from .config import Config, ConfigError
 from .data import DataError, load_dataset
 from .evaluate import evaluate
-from .reproduce import EXPERIMENTS, reproduce
-from .report import METRIC_LABELS
-from .metrics import METRIC_NAMES
+from .experiments import EXPERIMENTS, reproduce
+from .report import format_table
 from .scoring import ShapeMismatchError, score
 from .train import TrainingError, train
 
@@ -156,28 +155,14 @@ def _evaluate(args, overrides) -> int:
 
 def _reproduce(args, overrides) -> int:
     exp = EXPERIMENTS.get(args.experiment)
-    _fetch(args, [(exp.in_dataset, "train"), (exp.in_dataset, "test"), *[(o, "test") for o in exp.ood_datasets]])
+    _fetch(args, exp.datasets_needed())
     out = reproduce(args.experiment, args.out, preset=args.preset, overrides=overrides, data_dir=args.data_dir,
                     device=args.device, estimator=args.estimator,
                     estimator_options=_estimator_options(args) if args.k is not None else None,
                     command=args.command_line)
-    print(format_table([(variant, ood, m) for variant, r in out["models"].items()
-                        for ood, m in r["results"]["nll"].items()]))
-    for key, text in out["verdict"].items():
-        print(f"{key}: {text}")
-    if any(d["is_sample"] for r in out["models"].values() for d in r["datasets"].values()):
-        print("NOTE: no dataset was found, so this ran on the small sample bundled with vaeood "
-              "(set VAEOOD_DATA or --data-dir for the real data)")
+    print(exp.summary(out))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
-
-
-def format_table(rows: list[tuple[str, str, dict]]) -> str:
-    """Plain-text table of OOD metrics for the terminal."""
-    header = ["model", "OOD"] + [METRIC_LABELS[m] for m in METRIC_NAMES]
-    body = [[model, ood] + [f"{m[k]:.3f}" for k in METRIC_NAMES] for model, ood, m in rows]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *body])
 
 
 if __name__ == "__main__":

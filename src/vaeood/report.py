@@ -55,3 +55,11 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.1f}"
     return str(value)
+
+
+def format_table(rows: list[tuple[str, str, dict]]) -> str:
+    """Plain-text table of OOD metrics for the terminal."""
+    header = ["model", "OOD"] + [METRIC_LABELS[m] for m in METRIC_NAMES]
+    body = [[model, ood] + [f"{m[k]:.3f}" for k in METRIC_NAMES] for model, ood, m in rows]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *body])

@@ -1,4 +1,4 @@
-"""One-command reproductions of the study's experiments, with named presets.
+"""The study's Figure 2, reproduced with named presets.
 
 ``fig2a``: a conv VAE trained on Fashion-MNIST, scored on the Fashion-MNIST and MNIST
 test sets (the study's Figure 2a). ``fig2b``: the same for CIFAR-10 vs SVHN (Figure 2b;
@@ -9,26 +9,14 @@ discretised logistic, a normalised pmf over 8-bit values whose bits/dim mean som
 
 from __future__ import annotations
 
-import datetime
-import logging
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from . import __version__
-from .atomic import atomic_write_json, atomic_write_text
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .config import Config
-from .evaluate import evaluate
-from .registry import Registry
-from .report import markdown_table, metrics_table
-from .train import train
-
-log = logging.getLogger(__name__)
-
-EXPERIMENTS = Registry("experiment")
+from ..atomic import atomic_write_json, atomic_write_text
+from ..config import Config
+from ..evaluate import evaluate
+from ..report import format_table, markdown_table, metrics_table
+from .common import EXPERIMENTS, stamp, train_or_reuse, verdict_word
 
 
 @dataclass(frozen=True)
@@ -43,7 +31,10 @@ class Preset:
 
 
 @dataclass(frozen=True)
-class Experiment:
+class Fig2Experiment:
+    """Train model variants on ``in_dataset``; compare its test set with OOD test sets."""
+
+    name: str
     title: str
     in_dataset: str
     ood_datasets: tuple[str, ...]
@@ -51,13 +42,60 @@ class Experiment:
     models: dict[str, dict[str, str]]  # variant name → config overrides
     presets: dict[str, Preset]
 
+    def run(self, out_dir: Path, preset: str, *, overrides: dict[str, str] | None = None,
+            data_dir: str | None = None, device: str = "cpu", estimator: str | None = None,
+            estimator_options: dict | None = None, command: str = "", progress: bool | None = None) -> dict:
+        """Train every model variant under ``preset``, evaluate it on the in-distribution
+        and OOD test sets, and write ``report.md`` and ``metrics.json`` into ``out_dir``."""
+        pre = self.presets[preset]
+        estimator = estimator or pre.estimator
+        options = pre.estimator_options if estimator_options is None and estimator == pre.estimator \
+            else (estimator_options or {})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        models = {}
+        for variant, variant_overrides in self.models.items():
+            config = Config().override({**pre.overrides, **variant_overrides, "train.device": device,
+                                        "data.allow_sample": str(pre.allow_sample).lower(), **(overrides or {})})
+            run_dir = out_dir / "runs" / variant
+            training = train_or_reuse(config, run_dir, data_dir=data_dir, progress=progress)
+            variant_out = out_dir / variant
+            variant_out.mkdir(exist_ok=True)
+            result = evaluate(run_dir, self.in_dataset, list(self.ood_datasets), estimator=estimator,
+                              estimator_options=options, out_dir=variant_out, data_dir=data_dir,
+                              limit=pre.score_limit, device=device, allow_sample=pre.allow_sample,
+                              progress=progress)
+            result["training"] = training
+            models[variant] = result
+        out = {"experiment": self.name, "title": self.title, "preset": preset, "command": command,
+               "claim": self.claim, "estimator": estimator, "estimator_options": options, **stamp(device),
+               "verdict": {f"{v}/{ood}": f"{verdict_word(m['auroc'])}: AUROC {m['auroc']:.3f}"
+                           for v, r in models.items() for ood, m in r["results"]["nll"].items()},
+               "models": models}
+        atomic_write_json(out_dir / "metrics.json", out)
+        atomic_write_text(out_dir / "report.md", render_report(self, out))
+        return out
+
+    def datasets_needed(self) -> list[tuple[str, str]]:
+        return [(self.in_dataset, "train"), (self.in_dataset, "test"), *[(o, "test") for o in self.ood_datasets]]
+
+    def summary(self, out: dict) -> str:
+        """The AUROC table and verdicts for the terminal."""
+        lines = [format_table([(variant, ood, m) for variant, r in out["models"].items()
+                               for ood, m in r["results"]["nll"].items()])]
+        lines += [f"{key}: {text}" for key, text in out["verdict"].items()]
+        if any(d["is_sample"] for r in out["models"].values() for d in r["datasets"].values()):
+            lines.append("NOTE: no dataset was found, so this ran on the small sample bundled with vaeood "
+                         "(set VAEOOD_DATA or --data-dir for the real data)")
+        return "\n".join(lines)
+
 
 TWO_DECODERS = {
     "study_bernoulli": {"model.likelihood": "bernoulli"},
     "dlogistic": {"model.likelihood": "dlogistic"},
 }
 
-EXPERIMENTS.register("fig2a")(Experiment(
+EXPERIMENTS.register("fig2a")(Fig2Experiment(
+    name="fig2a",
     title="Figure 2a: a VAE trained on Fashion-MNIST, scored on Fashion-MNIST and MNIST",
     in_dataset="fashion_mnist", ood_datasets=("mnist",),
     claim="the Fashion-MNIST VAE gives the MNIST test set lower ELBO than its own test set (it separates them)",
@@ -70,7 +108,8 @@ EXPERIMENTS.register("fig2a")(Experiment(
     },
 ))
 
-EXPERIMENTS.register("fig2b")(Experiment(
+EXPERIMENTS.register("fig2b")(Fig2Experiment(
+    name="fig2b",
     title="Figure 2b: a VAE trained on CIFAR-10, scored on CIFAR-10 and SVHN",
     in_dataset="cifar10", ood_datasets=("svhn",),
     claim="the CIFAR-10 VAE gives SVHN higher likelihood than CIFAR-10 (Nalisnick et al. 2019): it does not separate them",
@@ -84,76 +123,7 @@ EXPERIMENTS.register("fig2b")(Experiment(
 ))
 
 
-def reproduce(name: str, out_dir: str | Path, *, preset: str = "quick", overrides: dict[str, str] | None = None,
-              data_dir: str | None = None, device: str = "cpu", estimator: str | None = None,
-              estimator_options: dict | None = None, command: str = "", resume: bool = True,
-              progress: bool | None = None) -> dict:
-    """Train every model of experiment ``name`` under ``preset``, evaluate, write
-    ``out_dir/report.md`` and ``out_dir/metrics.json``; return the metrics dict.
-
-    Runs already finished in ``out_dir/runs/`` are resumed (or reused), not retrained.
-    """
-    exp = EXPERIMENTS.get(name)
-    if preset not in exp.presets:
-        raise KeyError(f"experiment {name!r} has no preset {preset!r}; presets: {', '.join(exp.presets)}")
-    pre = exp.presets[preset]
-    estimator = estimator or pre.estimator
-    options = pre.estimator_options if estimator_options is None and estimator == pre.estimator \
-        else (estimator_options or {})
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    models = {}
-    for variant, variant_overrides in exp.models.items():
-        config = Config().override({**pre.overrides, **variant_overrides, "train.device": device,
-                                    "data.allow_sample": str(pre.allow_sample).lower(), **(overrides or {})})
-        run_dir = out_dir / "runs" / variant
-        finished = (run_dir / CHECKPOINT_NAME).exists() and \
-            load_checkpoint(run_dir / CHECKPOINT_NAME)["epoch"] >= config.train.epochs
-        if not finished:
-            train(config, run_dir, resume=resume, data_dir=data_dir, progress=progress)
-        variant_out = out_dir / variant
-        variant_out.mkdir(exist_ok=True)
-        result = evaluate(run_dir, exp.in_dataset, list(exp.ood_datasets), estimator=estimator,
-                          estimator_options=options, out_dir=variant_out, data_dir=data_dir,
-                          limit=pre.score_limit, device=device, allow_sample=pre.allow_sample, progress=progress)
-        state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        result["training"] = {"epochs": state["epoch"], "num_parameters": state["num_parameters"],
-                              "final_train_loss_nats": state["history"][-1]["train_loss"],
-                              "train_seconds": sum(h["seconds"] for h in state["history"]),
-                              "train_data": state["train_data"], "config": state["config"]}
-        models[variant] = result
-    out = {"experiment": name, "title": exp.title, "preset": preset, "command": command,
-           "claim": exp.claim, "estimator": estimator, "estimator_options": options,
-           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "environment": {"vaeood": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                           "device": device, "threads": torch.get_num_threads()},
-           "verdict": verdict(exp, models), "models": models}
-    atomic_write_json(out_dir / "metrics.json", out)
-    atomic_write_text(out_dir / "report.md", render_report(exp, out))
-    return out
-
-
-def verdict(exp: Experiment, models: dict) -> dict[str, str]:
-    """Per model and OOD set: does the likelihood rank the OOD set as less likely?
-
-    AUROC of the score −log p(x) with OOD positive: > 0.5 means the OOD images get
-    lower likelihood on average over pairs (the model "knows"), < 0.5 the opposite.
-    """
-    out = {}
-    for variant, result in models.items():
-        for ood, m in result["results"]["nll"].items():
-            auroc = m["auroc"]
-            if auroc >= 0.6:
-                what = f"separates: {ood} gets lower likelihood (AUROC {auroc:.3f})"
-            elif auroc <= 0.4:
-                what = f"inverted: {ood} gets higher likelihood (AUROC {auroc:.3f})"
-            else:
-                what = f"no separation (AUROC {auroc:.3f})"
-            out[f"{variant}/{ood}"] = what
-    return out
-
-
-def render_report(exp: Experiment, out: dict) -> str:
+def render_report(exp: Fig2Experiment, out: dict) -> str:
     models = out["models"]
     lines = [f"# {exp.title}", "",
              f"Made by `{out['command'] or 'vaeood reproduce ' + out['experiment']}` "

@@ -1,0 +1,27 @@
+"""One-command reproductions and studies (``vaeood reproduce NAME``).
+
+Each experiment is an object registered in ``EXPERIMENTS`` with ``presets`` (names of
+budgets, e.g. ``quick`` for minutes on a CPU and ``paper`` for full training), a
+``run(out_dir, preset, ...) -> dict`` that trains what it needs, evaluates, and writes
+``out_dir/report.md`` and ``out_dir/metrics.json``, and ``summary(result) -> str`` for
+the terminal. Finished runs in ``out_dir/runs/`` are reused, unfinished ones resumed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import EXPERIMENTS
+from . import fig2  # noqa: F401  (registers fig2a, fig2b)
+
+
+
+def reproduce(name: str, out_dir: str | Path, *, preset: str = "quick", **kwargs) -> dict:
+    """Run experiment ``name`` with ``preset``; see the experiment's ``run`` for options."""
+    exp = EXPERIMENTS.get(name)
+    if preset not in exp.presets:
+        raise KeyError(f"experiment {name!r} has no preset {preset!r}; presets: {', '.join(exp.presets)}")
+    return exp.run(Path(out_dir), preset, **kwargs)
+
+
+__all__ = ["EXPERIMENTS", "reproduce"]

@@ -1,0 +1,52 @@
+"""Pieces every experiment shares: the registry, train-or-reuse, run summaries and
+the environment stamp written into each report."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ..config import Config
+from ..registry import Registry
+from ..train import train
+
+EXPERIMENTS = Registry("experiment")
+
+
+def train_or_reuse(config: Config, run_dir: Path, *, data_dir: str | None, progress: bool | None) -> dict:
+    """Train ``config`` into ``run_dir`` unless a checkpoint there has already reached
+    ``train.epochs`` (an unfinished one is resumed); return the training summary."""
+    ckpt = run_dir / CHECKPOINT_NAME
+    if not ckpt.exists() or load_checkpoint(ckpt)["epoch"] < config.train.epochs:
+        train(config, run_dir, resume=True, data_dir=data_dir, progress=progress)
+    return training_summary(run_dir)
+
+
+def training_summary(run_dir: Path) -> dict:
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    return {"epochs": state["epoch"], "num_parameters": state["num_parameters"],
+            "final_train_loss_nats": state["history"][-1]["train_loss"],
+            "train_seconds": sum(h["seconds"] for h in state["history"]),
+            "train_data": state["train_data"], "config": state["config"]}
+
+
+def stamp(device: str) -> dict:
+    """When and with what a result was made."""
+    return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "environment": {"vaeood": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                            "device": device, "threads": torch.get_num_threads()}}
+
+
+def verdict_word(auroc: float) -> str:
+    """AUROC of −log p(x) with OOD positive: ≥ 0.6 the OOD set gets lower likelihood
+    (the model "knows"), ≤ 0.4 higher (inverted), otherwise no separation."""
+    if auroc >= 0.6:
+        return "separates"
+    if auroc <= 0.4:
+        return "inverted"
+    return "no separation"
