@@ -50,3 +50,25 @@ def verdict_word(auroc: float) -> str:
     if auroc <= 0.4:
         return "inverted"
     return "no separation"
+
+
+def report_header(title: str, out: dict, samples: list[str]) -> list[str]:
+    """Title, the command that made the report and, when the bundled sample stood in for
+    missing data, a warning that says which sets it replaced."""
+    lines = [f"# {title}", "",
+             f"Made by `{out['command'] or 'vaeood reproduce ' + out['experiment']}` "
+             f"(preset `{out['preset']}`) on {out['created']}; vaeood {out['environment']['vaeood']}, "
+             f"torch {out['environment']['torch']}, device {out['environment']['device']}.", ""]
+    if samples:
+        lines += ["> **No dataset was found, so this ran on the small sample bundled with vaeood:** "
+                  + "; ".join(sorted(set(samples))) + ". Point `--data-dir` or `VAEOOD_DATA` at the real data "
+                  "for real numbers.", ""]
+    return lines
+
+
+def sample_sources(evaluations: list[dict], trainings: list[dict]) -> list[str]:
+    """Descriptions of every data set in these results that was the bundled sample."""
+    return [f"{name} ({d['source']})" for r in evaluations for name, d in r["datasets"].items() if d["is_sample"]] + \
+        [f"{t['train_data']['name']} training set ({t['train_data']['source']})"
+         for t in trainings if t["train_data"]["is_sample"]]
+

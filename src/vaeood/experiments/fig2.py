@@ -16,7 +16,7 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..config import Config
 from ..evaluate import evaluate
 from ..report import format_table, markdown_table, metrics_table
-from .common import EXPERIMENTS, stamp, train_or_reuse, verdict_word
+from .common import EXPERIMENTS, report_header, sample_sources, stamp, train_or_reuse, verdict_word
 
 
 @dataclass(frozen=True)
@@ -125,17 +125,8 @@ EXPERIMENTS.register("fig2b")(Fig2Experiment(
 
 def render_report(exp: Fig2Experiment, out: dict) -> str:
     models = out["models"]
-    lines = [f"# {exp.title}", "",
-             f"Made by `{out['command'] or 'vaeood reproduce ' + out['experiment']}` "
-             f"(preset `{out['preset']}`) on {out['created']}; vaeood {out['environment']['vaeood']}, "
-             f"torch {out['environment']['torch']}, device {out['environment']['device']}.", ""]
-    samples = sorted({f"{name} ({d['source']})" for r in models.values() for name, d in r["datasets"].items()
-                      if d["is_sample"]} | {f"{r['training']['train_data']['name']} training set "
-                                             f"({r['training']['train_data']['source']})"
-                                             for r in models.values() if r["training"]["train_data"]["is_sample"]})
-    if samples:
-        lines += ["> **No dataset was found, so this ran on the small sample bundled with vaeood:** "
-                  + "; ".join(samples) + ". Point `--data-dir` or `VAEOOD_DATA` at the real data for real numbers.", ""]
+    lines = report_header(exp.title, out, sample_sources(list(models.values()),
+                                                         [r["training"] for r in models.values()]))
     estimator = out["estimator"] + (f" (K={out['estimator_options']['k']})" if "k" in out["estimator_options"] else "")
     lines += ["## Claim and verdict", "", f"- The study: {exp.claim}.",
               *[f"- Ours, `{k}`: {v}." for k, v in out["verdict"].items()], "",

@@ -1,0 +1,46 @@
+"""The capacity study end to end on tiny data, with a tiny preset patched in."""
+
+import json
+
+import pytest
+from scipy.stats import spearmanr
+
+from tinydata import write_fig2a_data
+from vaeood.cli import main
+from vaeood.experiments import EXPERIMENTS
+from vaeood.experiments.capacity import CapacityPreset
+
+
+@pytest.fixture()
+def tiny_preset(monkeypatch):
+    study = EXPERIMENTS.get("capacity")
+    monkeypatch.setitem(study.presets, "tiny", CapacityPreset(
+        {"model.likelihood": "dlogistic", "train.epochs": "1"}, widths=(0.5, 1, 2), latents=(2,),
+        base_channels=4, base_latent=4, k=4, iwae_limit=16))
+    return study
+
+
+def test_capacity_study_reports_the_sweep(tmp_path, monkeypatch, tiny_preset, capsys):
+    monkeypatch.delenv("VAEOOD_DATA", raising=False)
+    data = write_fig2a_data(tmp_path / "data")
+    out = tmp_path / "cap"
+    assert main(["reproduce", "capacity", "--preset", "tiny", "--out", str(out), "--data-dir", str(data)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    models = metrics["models"]
+    assert list(models) == ["width_x0.5_z4", "width_x1_z4", "width_x2_z4", "width_x1_z2"]
+    assert [models[v]["base_channels"] for v in models] == [2, 4, 8, 4]
+    widths = [models[v] for v in ["width_x0.5_z4", "width_x1_z4", "width_x2_z4"]]
+    params = [m["num_parameters"] for m in widths]
+    assert params == sorted(params) and len(set(params)) == 3
+    for est in ("elbo", "iwae"):
+        aurocs = [m["evaluations"][est]["results"]["nll"]["mnist"]["auroc"] for m in widths]
+        expected = spearmanr(params, aurocs).statistic if len(set(aurocs)) > 1 else float("nan")
+        assert metrics["verdict"][est]["spearman_params_vs_auroc"] == pytest.approx(expected, nan_ok=True)
+    iwae = models["width_x1_z4"]["evaluations"]["iwae"]
+    assert iwae["datasets"]["mnist"]["n"] == 16 and iwae["estimator_options"] == {"k": 4}
+    assert models["width_x1_z4"]["evaluations"]["elbo"]["datasets"]["mnist"]["n"] == 128
+    report = (out / "report.md").read_text()
+    assert "Dai & Wipf" in report and "Spearman" in report
+    assert f"{models['width_x2_z4']['evaluations']['elbo']['results']['nll']['mnist']['auroc']:.3f}" in report
+    assert (out / "figures" / "capacity.png").stat().st_size > 1000
+    assert "width_x2_z4 [iwae]" in capsys.readouterr().out
