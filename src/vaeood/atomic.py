@@ -2,36 +2,108 @@
 fsync it, then ``os.replace`` it over the target and fsync the directory.
 
 A kill or a full disk at any point leaves either the old file or the new one, never a
-torn one; the temporary file is removed on failure.
+torn one; the temporary file is removed on failure (a SIGKILL cannot clean up, so
+:func:`remove_stale_temps` sweeps a run directory when training starts or resumes).
+Write failures are raised as :class:`WriteError` (an ``OSError``) naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
 
+from .distributed import is_main
+
+log = logging.getLogger(__name__)
+
+_TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # what tempfile.mkstemp makes for us
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, folder not writable, path is a file, ...).
+
+    The message names the file, the reason and what happened to the previous version;
+    ``errno`` is the underlying error number (e.g. ``errno.ENOSPC``).
+    """
+
+    def __init__(self, message: str, errno_: int | None = None):
+        super().__init__(message)
+        self.errno = errno_
+
+
+def ensure_dir(directory: str | Path) -> Path:
+    """Create ``directory`` (and its parents), or raise a :class:`WriteError` that says why not."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot create the output folder {directory}: {_reason(exc)}", exc.errno) from exc
+    return directory
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on a temporary binary file, then move it onto ``path``."""
+    """Call ``write(f)`` on a temporary binary file, then move it onto ``path``.
+
+    An ``OSError`` on the way (no space, no permission, ...) is re-raised as a
+    :class:`WriteError` naming ``path``; the temporary file is removed and a previous
+    ``path`` is left exactly as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if not is_main():  # under torchrun only rank 0 writes; the other ranks hold the same results
+        return path
+    ensure_dir(path.parent)
+    existed = path.exists()
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            kept = "the previous file is unchanged" if existed else "nothing was written"
+            raise WriteError(f"cannot write {path}: {_reason(exc)}; {kept}", exc.errno) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete temporary files that a killed :func:`atomic_write` left in ``directory``.
+
+    Only files named like ours (``.NAME.XXXXXXXX.tmp``) are touched; call it when no
+    other process writes into ``directory`` (e.g. when a run starts or resumes).
+    """
+    removed = []
+    for tmp in Path(directory).glob(f".*{_TMP_SUFFIX}"):
+        if _TMP_NAME.fullmatch(tmp.name) and tmp.is_file():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted write in %s", len(removed), directory)
+    return removed
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on device (free some space and run the command again)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"not writable ({exc.strerror or exc}); choose another output folder or fix its permissions"
+    return exc.strerror or str(exc)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -10,6 +10,7 @@ code is refused instead of executed.
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from .atomic import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
+REQUIRED_KEYS = ("config", "epoch", "image_shape", "model")  # what load_model and --resume need
 
 
 class CheckpointError(ValueError):
@@ -38,13 +40,40 @@ def checkpoint_path(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint file, or the checkpoint of a run directory, as plain data."""
+    """Load a checkpoint file, or the checkpoint of a run directory, as plain data.
+
+    Raises :class:`CheckpointError` if the file is missing, truncated or corrupt, holds
+    anything but tensors and plain data (nothing in it is executed), or lacks the
+    entries every vaeood checkpoint has (``REQUIRED_KEYS``).
+    """
     path = checkpoint_path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it contains pickled objects other than tensors and plain data, "
-            f"which could run code when loaded ({str(exc).splitlines()[0]})") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+            f"which could run code when loaded, so it was not unpickled ({_unpickler_reason(exc)}). "
+            "Only load checkpoints written by vaeood; do not bypass this check for files from others") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or corrupt?): "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a vaeood checkpoint: it holds a {type(state).__name__}, "
+                              f"expected a dict with {', '.join(REQUIRED_KEYS)}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a vaeood checkpoint: it lacks {', '.join(map(repr, missing))} "
+                              f"(has {', '.join(map(repr, sorted(map(str, state))))})")
+    return state
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The informative line of torch's weights-only error (e.g. which global was blocked),
+    without its advice to retry with ``weights_only=False``."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.rstrip(".")
+    return lines[-1] if lines else type(exc).__name__

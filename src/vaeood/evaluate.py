@@ -19,11 +19,14 @@ from .scoring import score, score_meta
 def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, split: str = "test",
              estimator: str = "elbo", estimator_options: dict | None = None, scores: tuple[str, ...] = ("nll",),
              out_dir: str | Path | None = None, data_dir: str | None = None, limit: int | None = None,
-             device: str = "cpu", allow_sample: bool = False, progress: bool | None = None) -> dict:
+             device: str = "cpu", allow_sample: bool = False, progress: bool | None = None,
+             fit: str | None = None) -> dict:
     """Return (and write to ``out_dir``, default the run directory) the metrics dict:
 
     ``results[score][ood_dataset] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``
-    plus per-dataset summaries (mean log p(x), bits/dim where defined, pixel statistics).
+    plus per-dataset summaries (mean log p(x), bits/dim where defined, pixel statistics,
+    and the fit applied, if any). ``fit`` (``"pad"``/``"resize"``) makes datasets of
+    another image shape fit the model (see :func:`vaeood.scoring.score`).
     """
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
@@ -31,7 +34,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     for name in [in_dataset, *ood_datasets]:
         per_set[name] = score(run_dir, name, split, estimator=estimator, estimator_options=estimator_options,
                               data_dir=data_dir, limit=limit, device=device, allow_sample=allow_sample,
-                              progress=progress)
+                              progress=progress, fit=fit)
     results = {}
     for score_name in scores:
         fn = SCORES.get(score_name)
@@ -44,13 +47,15 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     key, xlabel = (("bpd", "bits/dim (lower = more likely)") if normalised
                    else ("log_px_nats", f"{estimator} log p(x) [nats] (not normalised: {meta_in['likelihood']})"))
     figure = histogram_figure(out_dir / f"histogram_{estimator}.png",
-                              {name: per_set[name][key] for name in per_set}, xlabel,
+                              {_label(name, summary[name]): per_set[name][key] for name in per_set}, xlabel,
                               f"{meta_in['likelihood']} VAE trained on {in_dataset}")
     out = {
         "run_dir": str(run_dir),
         "estimator": estimator,
         "estimator_options": meta_in["options"],
         "split": split,
+        "fit": fit,
+        "fitted": {name: s["fit"]["description"] for name, s in summary.items() if s.get("fit")},
         "likelihood": meta_in["likelihood"],
         "normalised": normalised,
         "in_distribution": in_dataset,
@@ -65,11 +70,16 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     return out
 
 
+def _label(name: str, summary: dict) -> str:
+    """A dataset's legend entry, naming the fit when its images were padded or resized."""
+    return f"{name}, {summary['fit']['description']}" if summary.get("fit") else name
+
+
 def _summary(s: dict[str, np.ndarray]) -> dict:
     meta = score_meta(s)
     out = {"n": int(len(s["log_px_nats"])), "source": meta["source"], "is_sample": meta["is_sample"],
            "mean_log_px_nats": float(np.mean(s["log_px_nats"])),
-           "pixel_mean": meta["pixel_mean"], "pixel_var": meta["pixel_var"]}
+           "pixel_mean": meta["pixel_mean"], "pixel_var": meta["pixel_var"], "fit": meta.get("fit")}
     if "bpd" in s:
         out["mean_bpd"] = float(np.mean(s["bpd"]))
     for diag in ("gap_nats", "ess_fraction"):

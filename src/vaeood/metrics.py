@@ -12,13 +12,14 @@ higher = more out-of-distribution (computed with scikit-learn).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 METRIC_NAMES = ("auroc", "auprc_in", "auprc_out", "fpr_at_80_tpr", "fpr_at_95_tpr")
 
 
 def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr_level: float) -> float:
     """FPR at the first ROC point whose TPR reaches ``tpr_level`` (labels: 1 = OOD)."""
+    from sklearn.metrics import roc_curve  # imported on use: sklearn takes ~1 s to import
+
     # keep every threshold: dropping collinear points could skip the first one reaching the level
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     return float(fpr[np.searchsorted(tpr, tpr_level, side="left")])
@@ -26,6 +27,8 @@ def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr_level: float) -> floa
 
 def ood_metrics(scores_in: np.ndarray, scores_ood: np.ndarray) -> dict[str, float]:
     """All metrics for one (in-distribution, OOD) pair of score arrays."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     scores_in = np.asarray(scores_in, dtype=np.float64)
     scores_ood = np.asarray(scores_ood, dtype=np.float64)
     for name, s in (("in-distribution", scores_in), ("OOD", scores_ood)):

@@ -7,7 +7,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure  # not pyplot: no global backend state, no display needed
 
 from .atomic import atomic_write
 from .metrics import METRIC_NAMES
@@ -21,6 +20,7 @@ def histogram_figure(path: str | Path, values: dict[str, np.ndarray], xlabel: st
     over the full range: no clipping, so outliers stay visible where they are)."""
     finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
     bins = np.linspace(finite.min(), finite.max(), 80)
+    from matplotlib.figure import Figure  # on use (slow import); not pyplot: no global state
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.subplots()
     for name, v in values.items():
@@ -38,6 +38,7 @@ def histogram_figure(path: str | Path, values: dict[str, np.ndarray], xlabel: st
 def line_plot(path: str | Path, panels: list[dict], title: str) -> Path:
     """Side-by-side line plots; each panel is ``{"x": [...], "series": {label: [...]},
     "xlabel": str, "ylabel": str, "logx": bool, "hline": float | None}``."""
+    from matplotlib.figure import Figure  # on use (slow import); not pyplot: no global state
     fig = Figure(figsize=(5 * len(panels), 4), dpi=120)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels):

@@ -70,11 +70,8 @@ def _read(npz, key: str, where: str) -> np.ndarray:
 
 def _check_images(x: np.ndarray, where: str) -> np.ndarray:
     if x.dtype != np.uint8:
-        hint = ""
-        if np.issubdtype(x.dtype, np.floating):
-            hint = " If the values are in [0, 1], convert with (x * 255).round().astype(np.uint8)."
         raise DataError(f"{where}: field 'x' has dtype {x.dtype}, but images must be uint8 with "
-                        f"values 0-255.{hint}")
+                        f"values 0-255.{_conversion_hint(x)}")
     if x.ndim == 3:
         x = x[..., np.newaxis]  # grey [N, H, W] -> [N, H, W, 1]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
@@ -83,6 +80,26 @@ def _check_images(x: np.ndarray, where: str) -> np.ndarray:
     if len(x) == 0:
         raise DataError(f"{where}: field 'x' holds no images")
     return np.ascontiguousarray(x)
+
+
+def _conversion_hint(x: np.ndarray) -> str:
+    """What is wrong with the values of a non-uint8 image array and how to convert it
+    (never suggest a cast that would silently turn NaN or out-of-range values into pixels)."""
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)) or x.size == 0:
+        return ""
+    if np.issubdtype(x.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        if bad:
+            return (f" It also holds {bad} NaN/inf values (first at index "
+                    f"{tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])}); fix or drop those images "
+                    "before converting.")
+    lo, hi = x.min(), x.max()
+    found = f" Its values range over [{lo:g}, {hi:g}]"
+    if lo < 0 or hi > 255:
+        return f"{found}, outside 0-255: rescale them to 0-255 first."
+    if np.issubdtype(x.dtype, np.floating) and hi <= 1:
+        return f"{found}; if they mean [0, 1], convert with (x * 255).round().astype(np.uint8)."
+    return f"{found}; convert with np.rint(x).astype(np.uint8)."
 
 
 def _check_labels(y: np.ndarray, n_images: int, where: str) -> np.ndarray:
