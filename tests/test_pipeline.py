@@ -210,3 +210,21 @@ def test_readme_python_example_runs(tmp_path, data_dir, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "MNIST bits/dim:" in printed and "AUROC:" in printed
     assert (tmp_path / "runs" / "api-example" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("option", ["--train.precision=bf16", "--train.channels_last=true"])
+def test_gpu_path_options_match_fp32_training_on_cpu(tmp_path, data_dir, option):
+    """bf16 autocast and channels_last change the arithmetic, not the model: the loss
+    curve stays within a few percent of plain fp32 (the GPU check compares the same)."""
+    args = ["--data-dir", str(data_dir), "--train.epochs=2", "--model.base_channels=4",
+            "--model.likelihood=dlogistic"]
+    assert main(["train", str(tmp_path / "fp32"), *args]) == 0
+    assert main(["train", str(tmp_path / "other"), *args, option]) == 0
+    a = [h["train_loss"] for h in load_checkpoint(tmp_path / "fp32")["history"]]
+    b = [h["train_loss"] for h in load_checkpoint(tmp_path / "other")["history"]]
+    np.testing.assert_allclose(b, a, rtol=0.02)
+
+
+def test_unknown_precision_is_refused(tmp_path, data_dir, capsys):
+    assert main(["train", str(tmp_path / "r"), "--data-dir", str(data_dir), "--train.precision=fp8"]) == 2
+    assert "train.precision must be one of fp32, bf16" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from . import distributed
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
 from .data import DataError, load_dataset
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"vaeood: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()  # leave a torchrun process group cleanly
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--estimator", default=None, help="elbo (default) or iwae")
             p.add_argument("--k", type=int, default=None, help="importance samples for iwae (e.g. 1000)")
             p.add_argument("--limit", type=int, default=None, help="score only the first N images")
+            p.add_argument("--refine-steps", type=int, default=None,
+                           help="iwae: refine each image's q(z|x) by N forward-KL steps first (Jerfel et al. 2021)")
+
+    def fit_options(p):
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--pad", dest="fit", action="store_const", const="pad",
+                           help="zero-pad (centred) images smaller than the model's, e.g. 28×28 → 32×32")
+        group.add_argument("--resize", dest="fit", action="store_const", const="resize",
+                           help="bilinear-resize images to the model's size (grey ↔ RGB converted too)")
 
     p = sub.add_parser("train", help="train a VAE into a run directory")
     p.add_argument("run_dir")
@@ -71,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=None)
     common(p)
+    fit_options(p)
     p.set_defaults(func=_score)
 
     p = sub.add_parser("evaluate", help="OOD metrics and histogram for in-distribution vs OOD sets")
@@ -80,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output directory (default: the run directory)")
     common(p)
+    fit_options(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("reproduce", help="reproduce an experiment of the study")
@@ -89,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_reproduce)
     return parser
+
+
+def say(*lines: str) -> None:
+    """Print results once (rank 0 under torchrun)."""
+    if distributed.is_main():
+        print(*lines)
 
 
 def _dotted(extra: list[str]) -> dict[str, str]:
@@ -111,7 +131,7 @@ def _dotted(extra: list[str]) -> dict[str, str]:
 
 
 def _estimator_options(args) -> dict:
-    return {"k": args.k} if args.k is not None else {}
+    return {key: value for key, value in (("k", args.k), ("refine_steps", args.refine_steps)) if value is not None}
 
 
 def _fetch(args, names: list[tuple[str, str]]) -> None:
@@ -125,7 +145,7 @@ def _train(args, overrides) -> int:
     config = config.override({**overrides, **({"train.device": args.device} if args.device != "cpu" else {})})
     _fetch(args, [(config.data.name, config.data.split)])
     run = train(config, args.run_dir, resume=args.resume, data_dir=args.data_dir)
-    print(f"trained: {run} (checkpoint {Path(run) / 'checkpoint.pt'})")
+    say(f"trained: {run} (checkpoint {Path(run) / 'checkpoint.pt'})")
     return 0
 
 
@@ -133,13 +153,15 @@ def _score(args, overrides) -> int:
     _fetch(args, [(args.dataset, args.split)])
     result = score(args.run_dir, args.dataset, args.split, estimator=args.estimator or "elbo",
                    estimator_options=_estimator_options(args), data_dir=args.data_dir, limit=args.limit,
-                   batch_size=args.batch_size, device=args.device)
+                   batch_size=args.batch_size, device=args.device, fit=args.fit)
     meta = json.loads(str(result["meta"]))
     line = f"{meta['dataset']}/{meta['split']}: {len(result['log_px_nats'])} images, " \
            f"mean log p(x) = {result['log_px_nats'].mean():.2f} nats"
     if "bpd" in result:
         line += f" = {result['bpd'].mean():.4f} bits/dim"
-    print(line)
+    if meta.get("fit"):
+        line += f" (images fitted: {meta['fit']['description']})"
+    say(line)
     return 0
 
 
@@ -147,9 +169,11 @@ def _evaluate(args, overrides) -> int:
     _fetch(args, [(name, args.split) for name in [args.in_dataset, *args.ood]])
     out = evaluate(args.run_dir, args.in_dataset, args.ood, split=args.split, estimator=args.estimator or "elbo",
                    estimator_options=_estimator_options(args), out_dir=args.out, data_dir=args.data_dir,
-                   limit=args.limit, device=args.device)
-    print(format_table([(Path(args.run_dir).name, ood, m) for ood, m in out["results"]["nll"].items()]))
-    print(f"metrics: {Path(args.out or args.run_dir) / 'metrics.json'}")
+                   limit=args.limit, device=args.device, fit=args.fit)
+    for name, description in out["fitted"].items():
+        say(f"{name}: images fitted to the model: {description}")
+    say(format_table([(Path(args.run_dir).name, ood, m) for ood, m in out["results"]["nll"].items()]))
+    say(f"metrics: {Path(args.out or args.run_dir) / 'metrics.json'}")
     return 0
 
 
@@ -158,10 +182,10 @@ def _reproduce(args, overrides) -> int:
     _fetch(args, exp.datasets_needed())
     out = reproduce(args.experiment, args.out, preset=args.preset, overrides=overrides, data_dir=args.data_dir,
                     device=args.device, estimator=args.estimator,
-                    estimator_options=_estimator_options(args) if args.k is not None else None,
+                    estimator_options=_estimator_options(args) or None,
                     command=args.command_line)
-    print(exp.summary(out))
-    print(f"report: {Path(args.out) / 'report.md'}")
+    say(exp.summary(out))
+    say(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .atomic import atomic_write
 from .checkpoint import checkpoint_path
 from .config import ConfigError
 from .data import load_dataset
+from .data.fit import FITS, fit_images
 from .estimators import ESTIMATORS, bits_per_dim
 from .run import load_model, to_tensor
 
@@ -32,8 +34,13 @@ class ShapeMismatchError(ValueError):
 def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: str = "elbo",
           estimator_options: dict | None = None, data_dir: str | None = None, limit: int | None = None,
           batch_size: int | None = None, device: str = "cpu", seed: int = 0, allow_sample: bool = False,
-          reuse: bool = True, progress: bool | None = None) -> dict[str, np.ndarray]:
+          reuse: bool = True, progress: bool | None = None, fit: str | None = None) -> dict[str, np.ndarray]:
     """Estimate log p(x) for every image of ``dataset/split`` with the run's model.
+
+    Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
+    unless ``fit`` names how to make them fit: ``"pad"`` (zero-pad centred) or
+    ``"resize"`` (bilinear), with grey ↔ RGB converted (see :mod:`vaeood.data.fit`); the
+    fit applied is recorded in the saved metadata (``meta["fit"]``).
 
     Returns arrays of shape ``[N]``: ``log_px_nats`` and the estimator's diagnostics,
     ``bpd`` when the decoder is a normalised pmf over 8-bit values, and ``labels``.
@@ -43,9 +50,11 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
     run_dir = Path(run_dir)
     fn = ESTIMATORS.get(estimator)
     options = _accepted_options(fn, estimator_options or {}, estimator)
+    if fit is not None:
+        FITS.get(fit)  # an unknown fit is refused before any work
     ckpt_sha = _sha256(checkpoint_path(run_dir))
     tag = "_".join([dataset, split, estimator, *(f"{k}{v}" for k, v in sorted(options.items())),
-                    *([f"first{limit}"] if limit else []), f"seed{seed}"])
+                    *([f"first{limit}"] if limit else []), *([f"fit{fit}"] if fit else []), f"seed{seed}"])
     path = run_dir / "scores" / f"{tag}.npz"
     if reuse and path.exists():
         with np.load(path, allow_pickle=False) as f:
@@ -54,28 +63,43 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
             log.info("reusing %s", path)
             return saved
 
-    model, config, meta = load_model(run_dir, device)
+    model, config, meta = load_model(run_dir, str(distributed.setup(device)))
     data = load_dataset(dataset, split, data_dir=data_dir or config.data.data_dir, allow_sample=allow_sample)
     images = data.images[:limit] if limit else data.images
     height, width, channels = images.shape[1:]
     image_shape = (channels, height, width)
+    fitted = None
     if image_shape != tuple(model.image_shape):
-        raise ShapeMismatchError(
-            f"{data.name}/{data.split} images are C×H×W = {'×'.join(map(str, image_shape))} but the model in "
-            f"{run_dir} was trained on {'×'.join(map(str, model.image_shape))}; score a dataset of the same shape")
+        shapes = f"{'×'.join(map(str, image_shape))} → {'×'.join(map(str, model.image_shape))}"
+        if fit is None:
+            raise ShapeMismatchError(
+                f"{data.name}/{data.split} images are C×H×W = {'×'.join(map(str, image_shape))} but the model in "
+                f"{run_dir} was trained on {'×'.join(map(str, model.image_shape))}; score a dataset of the same "
+                "shape, or pass --pad (zero-pad centred) or --resize (bilinear) to make it fit "
+                "(fit='pad'/'resize' in Python)")
+        images = fit_images(images, tuple(model.image_shape), fit)
+        fitted = {"method": fit, "from_shape": list(image_shape), "to_shape": list(model.image_shape),
+                  "description": f"{fit} {shapes}"}
+        log.warning("%s/%s: images fitted to the model by %s, %s (recorded in the scores' metadata)",
+                    data.name, data.split, fit, shapes)
 
     batch_size = batch_size or 1000
     dev = next(model.parameters()).device
-    show = sys.stderr.isatty() if progress is None else progress
-    chunks: dict[str, list[np.ndarray]] = {}
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(seed)
-        for i in tqdm(range(0, len(images), batch_size), desc=f"{estimator} {data.name}/{split}",
+    options = {**_memory_sized(fn, dev), **options}
+    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
+    rank, world = distributed.rank(), distributed.world_size()
+    starts = range(0, len(images), batch_size)
+    mine: dict[int, dict[str, np.ndarray]] = {}
+    with torch.no_grad():
+        # batch b draws its noise from its own generator seeded by (seed, b) and goes to
+        # rank b mod W: the scores do not depend on the number of processes
+        for b in tqdm(range(rank, len(starts), world), desc=f"{estimator} {data.name}/{split}",
                       disable=not show, leave=False):
-            x = to_tensor(images[i: i + batch_size], dev)
-            for key, value in fn(model, x, **options).items():
-                chunks.setdefault(key, []).append(value.double().cpu().numpy())
-    result = {k: np.concatenate(v) for k, v in chunks.items()}
+            x = to_tensor(images[starts[b]: starts[b] + batch_size], dev)
+            generator = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + b)
+            mine[b] = {k: v.double().cpu().numpy() for k, v in fn(model, x, generator=generator, **options).items()}
+    batches = {b: r for part in distributed.gather_objects(mine) for b, r in part.items()}
+    result = {k: np.concatenate([batches[b][k] for b in range(len(starts))]) for k in batches[0]}
     if model.likelihood.normalised:
         result["bpd"] = bits_per_dim(torch.from_numpy(result["log_px_nats"]), model.num_dims).numpy()
     result["labels"] = data.labels[: len(images)]
@@ -83,11 +107,20 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
             "estimator": estimator, "options": options, "limit": limit, "seed": seed,
             "checkpoint_epoch": meta["epoch"], "checkpoint_sha256": ckpt_sha,
             "likelihood": config.model.likelihood, "normalised": model.likelihood.normalised,
-            "num_dims": model.num_dims, **pixel_stats(images)}
+            "num_dims": model.num_dims, "fit": fitted, **pixel_stats(images)}
     result["meta"] = np.array(json.dumps(info))
     atomic_write(path, lambda f: np.savez(f, **result))
     log.info("scored %d images of %s/%s with %s → %s", len(images), data.name, split, estimator, path)
     return result
+
+
+def _memory_sized(fn, device: torch.device) -> dict:
+    """On a GPU, let the IWAE estimator use an eighth of the free memory for its sample
+    chunks (its default bound is sized for a CPU)."""
+    if device.type != "cuda" or "max_elements" not in inspect.signature(fn).parameters:
+        return {}
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    return {"max_elements": int(free_bytes // (8 * 4))}
 
 
 def pixel_stats(images: np.ndarray) -> dict[str, float]:

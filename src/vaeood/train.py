@@ -8,6 +8,8 @@ resumed from its last checkpoint retraces the uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import math
@@ -18,13 +20,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_json, atomic_write_text, ensure_dir, remove_stale_temps
+from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import Config
+from .config import Config, ConfigError
 from .data import load_dataset
 from .models import build_model, count_parameters
-from .objectives import OBJECTIVES
+from .objectives import load_objective_state, make_objective, objective_state
 from .run import resolve_device, to_tensor
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+class ObjectiveStep(torch.nn.Module):
+    """The model and its objective as one module, so that DistributedDataParallel can
+    wrap a ``forward`` that runs the whole loss (the objective calls ``posterior``,
+    ``log_likelihood``, ... rather than the model's ``forward``)."""
+
+    def __init__(self, model, objective, options: dict):
+        super().__init__()
+        self.model, self.objective, self.options = model, objective, options
+
+    def forward(self, x, **kwargs):
+        return self.objective(self.model, x, **self.options, **kwargs)
+
+
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir: str | None = None,
           progress: bool | None = None) -> Path:
     """Train ``config`` into ``run_dir`` (created); ``resume=True`` continues its checkpoint.
@@ -46,19 +64,33 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
+    distributed.setup(config.train.device)  # join the process group under torchrun
     state = None
-    if ckpt_path.exists():
+    exists = ckpt_path.exists()
+    distributed.barrier()  # every rank looks before rank 0 writes anything
+    if exists:
         if not resume:
             raise FileExistsError(f"{run_dir} already holds a trained run; pass --resume to continue it "
                                   "or choose another run directory")
         state = load_checkpoint(ckpt_path)
-        config = Config.from_dict(state["config"], where=str(ckpt_path))
+        saved = Config.from_dict(state["config"], where=str(ckpt_path))
+        _warn_ignored_settings(config, saved, ckpt_path)
+        config = saved
         log.info("resuming %s from epoch %d", run_dir, state["epoch"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    elif resume and run_dir.exists():
+        log.info("nothing to resume in %s (no checkpoint: killed before its first epoch ended?); "
+                 "starting from scratch", run_dir)
+    ensure_dir(run_dir)
+    if distributed.is_main():
+        remove_stale_temps(run_dir)  # left by a run killed while writing
     atomic_write_json(run_dir / "config.json", config.to_dict())
 
     tcfg = config.train
-    device = resolve_device(tcfg.device)
+    if tcfg.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tcfg.precision!r}")
+    resolve_device(tcfg.device)
+    device = distributed.setup(tcfg.device)  # cuda:LOCAL_RANK under torchrun
+    rank, world = distributed.rank(), distributed.world_size()
     data = load_dataset(config.data.name, config.data.split, data_dir=config.data.data_dir or data_dir,
                         allow_sample=config.data.allow_sample)
     images = data.images[: config.data.limit] if config.data.limit else data.images
@@ -66,10 +98,22 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     image_shape = tuple(x_all.shape[1:])
     log.info("training on %d images of %s/%s from %s", len(x_all), data.name, data.split, data.source)
 
-    torch.manual_seed(tcfg.seed)
+    torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
     model = build_model(config.model, image_shape).to(device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
-    objective = OBJECTIVES.get(tcfg.objective)
+    # one per run: an objective may keep per-example state (MSC), saved with each checkpoint
+    objective = make_objective(tcfg.objective, tcfg.objective_options, num_examples=len(x_all))
+    takes_index = "index" in inspect.signature(objective).parameters  # per-example state (e.g. MSC)
+    step = ObjectiveStep(model, objective, tcfg.objective_options)
+    if world > 1:
+        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
+    if tcfg.compile:
+        model.encoder.compile()
+        model.decoder.compile()
+    dtype = PRECISIONS[tcfg.precision]
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     history: list[dict] = []
     start_epoch = 0
     if state is not None:
@@ -80,34 +124,39 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         history = list(state["history"])
         start_epoch = state["epoch"]
+        load_objective_state(objective, state.get("objective"))
+    if world > 1:  # different reparameterisation noise per rank (rank 0's state is the one saved)
+        torch.manual_seed(tcfg.seed + 104_729 * rank + start_epoch)
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
     n = len(x_all)
+    bad_in_a_row = 0  # NaN/inf steps in a row, across epoch boundaries
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
         order = epoch_order(n, tcfg.seed, epoch).to(device)
         sums: dict[str, torch.Tensor] = {}  # summed on the device; read once per epoch (no per-step sync)
-        steps = skipped = bad_in_a_row = 0
+        steps = skipped = 0
         started = time.perf_counter()
         bar = tqdm(range(0, n, tcfg.batch_size), desc=f"epoch {epoch + 1}/{tcfg.epochs}",
                    disable=not show, leave=False)
         for i in bar:
-            x = x_all[order[i: i + tcfg.batch_size]]
-            out = objective(model, x, **tcfg.objective_options)
+            index = order[i: i + tcfg.batch_size][rank::world]  # this rank's share of the global batch
+            with autocast():
+                out = step(x_all[index], **({"index": index} if takes_index else {}))
             optimizer.zero_grad(set_to_none=True)
             loss = out["loss"]
-            if torch.isfinite(loss):
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-            if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
+            loss.backward()  # even when NaN: under DDP every rank must join the gradient all-reduce
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+            # the all-reduced gradient is the same on every rank, so all ranks skip alike
+            if not torch.isfinite(grad_norm) or (world == 1 and not torch.isfinite(loss)):
                 # Skip the update rather than let one bad batch poison the weights.
                 skipped += 1
                 bad_in_a_row += 1
                 if bad_in_a_row >= tcfg.max_nonfinite_steps:
                     raise TrainingError(
-                        f"loss or gradient was NaN/inf for {bad_in_a_row} steps in a row at epoch {epoch + 1}; "
-                        f"the last good checkpoint ({ckpt_path}) is untouched. Lower train.lr "
-                        f"(now {tcfg.lr}) or check the data")
+                        f"loss or gradient was NaN/inf for {bad_in_a_row} steps in a row at epoch {epoch + 1} "
+                        f"(train.max_nonfinite_steps = {tcfg.max_nonfinite_steps}); {_kept(ckpt_path)}. "
+                        f"Lower train.lr (now {tcfg.lr}) or check the data")
                 continue
             bad_in_a_row = 0
             optimizer.step()
@@ -118,21 +167,24 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
                 bar.set_postfix(loss=f"{float(loss):.2f}")
         seconds = time.perf_counter() - started
         if steps == 0:
-            raise TrainingError(f"no finite step in epoch {epoch + 1}; nothing was saved over {ckpt_path}")
-        record = {"epoch": epoch + 1, **{f"train_{k}": float(v) / steps for k, v in sums.items()},
+            raise TrainingError(f"no finite step in epoch {epoch + 1}; {_kept(ckpt_path)}. "
+                                f"Lower train.lr (now {tcfg.lr}) or check the data")
+        sums = {k: float(distributed.all_reduce_sum(v.detach().clone().float())) / world for k, v in sums.items()}
+        record = {"epoch": epoch + 1, **{f"train_{k}": v / steps for k, v in sums.items()},
                   "skipped_steps": skipped, "seconds": seconds, "images_per_s": n / seconds}
         history.append(record)
         log.info("epoch %d/%d: loss %.3f nats/image, %.0f images/s", epoch + 1, tcfg.epochs,
                  record["train_loss"], record["images_per_s"])
-        _save(ckpt_path, config, model, optimizer, epoch + 1, history, image_shape, data, device)
+        _save(ckpt_path, config, model, optimizer, epoch + 1, history, image_shape, data, device,
+              objective=objective_state(objective))
         atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
     return run_dir
 
 
-def _save(path, config, model, optimizer, epoch, history, image_shape, data, device) -> None:
+def _save(path, config, model, optimizer, epoch, history, image_shape, data, device, objective=None) -> None:
     params = [p for p in model.parameters()]
     if not all(torch.isfinite(p).all() for p in params):
-        raise TrainingError(f"model weights became NaN/inf at epoch {epoch}; kept the previous checkpoint {path}")
+        raise TrainingError(f"model weights became NaN/inf at epoch {epoch}; {_kept(path)}")
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -144,10 +196,39 @@ def _save(path, config, model, optimizer, epoch, history, image_shape, data, dev
         "optimizer": optimizer.state_dict(),
         "rng": rng,
         "history": history,
+        "objective": objective or {},  # per-example state of a stateful objective (MSC chains)
         "num_parameters": count_parameters(model),
         "train_data": {"name": data.name, "split": data.split, "source": data.source,
                        "is_sample": data.is_sample},
     })
+
+
+def _kept(ckpt_path: Path) -> str:
+    """What a failed run leaves behind, for its error message."""
+    if ckpt_path.exists():
+        return f"the last good checkpoint {ckpt_path} is kept unchanged"
+    return f"no checkpoint was written to {ckpt_path.parent}"
+
+
+def _warn_ignored_settings(given: Config, saved: Config, where: Path) -> None:
+    """A resumed run continues with the config saved in its checkpoint; say which of
+    the given settings differ from it (and are therefore not used)."""
+    flat_given, flat_saved = _flatten(given.to_dict()), _flatten(saved.to_dict())
+    differ = [f"{k}={flat_given[k]!r} (saved: {flat_saved.get(k)!r})" for k in flat_given
+              if flat_given[k] != flat_saved.get(k)]
+    if differ:
+        log.warning("resuming with the config saved in %s; ignoring the settings that differ from it: %s",
+                    where, ", ".join(differ))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("likelihood_options", "objective_options"):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _json_line(record: dict) -> str:

@@ -48,7 +48,7 @@ class VAE(nn.Module):
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(z|x) = N(mu, diag(exp(logvar))); returns ``(mu, logvar)``, each [B, Z]."""
-        h = self.encoder(x.float() / 255.0)
+        h = self.encoder(x.float() / 255.0).float()  # fp32 even under bf16 autocast
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar
 
@@ -63,7 +63,8 @@ class VAE(nn.Module):
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z) in nats for z ``[S, B, Z]`` and x ``[B, C, H, W]`` → ``[S, B]``."""
         samples, batch = z.shape[:2]
-        params = self.decode(z.reshape(samples * batch, -1))
+        # log-likelihood sums stay fp32 even when the decoder runs under bf16 autocast
+        params = self.decode(z.reshape(samples * batch, -1)).float()
         # the likelihood broadcasts x [B, ...] against params [S, B, ...]: no copy of x per sample
         return self.likelihood.log_prob(params.view(samples, batch, *params.shape[1:]), x)
 

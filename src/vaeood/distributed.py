@@ -1,0 +1,76 @@
+"""Data parallelism under ``torchrun``: process-group set-up, who writes files, and
+how work is split so that results do not depend on the number of processes.
+
+Launch any vaeood command with ``torchrun --nproc-per-node N -m vaeood.cli ...`` (or
+``--nnodes``/``--rdzv-endpoint`` for several nodes). Each process reads
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the environment; NCCL is used between CUDA
+devices, gloo on CPU. Only rank 0 writes files (every write goes through
+:mod:`vaeood.atomic`, which asks :func:`is_main`), as in nanoGPT's recipe.
+
+Scoring splits the dataset by *batch*, not by image: batch b goes to rank b mod W and
+draws its noise from a generator seeded by (seed, b), exactly as a single process
+does, so distributed scores equal single-process scores image by image, and no image
+is padded in twice (the trap of ``DistributedSampler``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True in the process that logs and writes files (rank 0, or no process group)."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: str) -> torch.device:
+    """Join the process group when launched by torchrun (idempotent) and return this
+    process's device: ``cuda:LOCAL_RANK`` when ``device`` is CUDA, else ``device``."""
+    dev = torch.device(device)
+    if launched_by_torchrun() and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cuda" and launched_by_torchrun():
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over processes in place (a no-op in a single process)."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def gather_objects(obj) -> list:
+    """Every process's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
