@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .common import EXPERIMENTS
 from . import fig2  # noqa: F401  (registers fig2a, fig2b)
+from . import forward_kl  # noqa: F401  (registers forward-kl)
 from . import capacity  # noqa: F401  (registers capacity, capacity_cifar10)
 
 

@@ -49,8 +49,8 @@ class Fig2Experiment:
         and OOD test sets, and write ``report.md`` and ``metrics.json`` into ``out_dir``."""
         pre = self.presets[preset]
         estimator = estimator or pre.estimator
-        options = pre.estimator_options if estimator_options is None and estimator == pre.estimator \
-            else (estimator_options or {})
+        # options given on the command line (--k, --refine-steps) update the preset's
+        options = {**(pre.estimator_options if estimator == pre.estimator else {}), **(estimator_options or {})}
         out_dir.mkdir(parents=True, exist_ok=True)
         models = {}
         for variant, variant_overrides in self.models.items():
