@@ -35,6 +35,8 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[VAE, Config, d
     model = build_model(config.model, tuple(state["image_shape"]))
     model.load_state_dict(state["model"])
     model.to(resolve_device(device)).eval()
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
     meta = {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")}
     return model, config, meta
 

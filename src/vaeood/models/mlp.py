@@ -11,7 +11,7 @@ from torch import nn
 def mlp_encoder(channels: int, height: int, width: int, hidden: int, latent_dim: int) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(channels * height * width, hidden), nn.ReLU(),
+        nn.Linear(channels * height * width, hidden), nn.ReLU(inplace=True),
         nn.Linear(hidden, 2 * latent_dim),
     )
 
@@ -19,7 +19,7 @@ def mlp_encoder(channels: int, height: int, width: int, hidden: int, latent_dim:
 def mlp_decoder(channels: int, height: int, width: int, hidden: int, latent_dim: int,
                 params_per_channel: int) -> nn.Module:
     return nn.Sequential(
-        nn.Linear(latent_dim, hidden), nn.ReLU(),
+        nn.Linear(latent_dim, hidden), nn.ReLU(inplace=True),
         nn.Linear(hidden, channels * params_per_channel * height * width),
         nn.Unflatten(1, (channels * params_per_channel, height, width)),
     )
