@@ -21,7 +21,8 @@ test: $(INSTALLED)
 	$(PY) -m pytest -q
 
 bench: $(INSTALLED)
-	$(PY) benchmarks/run_all.py
+	$(PY) -m pip install --quiet -c constraints.txt -r benchmarks/requirements.txt
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)

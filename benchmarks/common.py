@@ -1,0 +1,259 @@
+"""Shared pieces of the benchmarks: machine description, data, the one conv VAE every
+benchmark uses, its pythae twin (same modules, same weights), and a timer that runs
+competitors in alternation.
+
+Benchmarks are scripts, not library code: they print, and they write JSON under
+``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REPO = HERE.parent
+
+BASE_CHANNELS = 32
+LATENT_DIM = 16
+
+
+# -- machine ------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_details() -> str:
+    """Family/model numbers and the widest SIMD (the model name alone can be just "AMD EPYC")."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    fields = {}
+    for line in text.splitlines():
+        if ":" in line:
+            key, value = (part.strip() for part in line.split(":", 1))
+            fields.setdefault(key, value)
+    flags = set(fields.get("flags", "").split())
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE/other"
+    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {simd}"
+
+
+def physical_cores() -> int | None:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo (None when unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    cores, phys = set(), "0"
+    for line in text.splitlines():
+        if line.startswith("physical id"):
+            phys = line.split(":", 1)[1].strip()
+        elif line.startswith("core id"):
+            cores.add((phys, line.split(":", 1)[1].strip()))
+    return len(cores) or None
+
+
+def machine_info(device: str = "cpu") -> dict:
+    info = {
+        "cpu": cpu_model(),
+        "cpu_details": cpu_details(),
+        "logical_cpus": os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+                if os.environ.get(k) is not None},
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def command_line() -> str:
+    """The command that produced a result, as it would be typed from the repo root."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(REPO)
+    except ValueError:
+        pass
+    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+# -- data and models ------------------------------------------------------------------------
+def data_dir() -> str | None:
+    return os.environ.get("VAEOOD_DATA")
+
+
+def load_images(name: str = "fashion_mnist", split: str = "train", limit: int | None = None):
+    """(uint8 NCHW tensor on the CPU, the vaeood Dataset) from $VAEOOD_DATA, else the
+    bundled sample (the JSON says which)."""
+    from vaeood.data import load_dataset
+    from vaeood.run import to_tensor
+
+    data = load_dataset(name, split, data_dir=data_dir(), allow_sample=True)
+    images = data.images[:limit] if limit else data.images
+    return to_tensor(images), data
+
+
+def vaeood_model(seed: int = 0, image_shape=(1, 28, 28), base: int = BASE_CHANNELS, latent: int = LATENT_DIM):
+    from vaeood.config import Config
+    from vaeood.models import build_model
+
+    cfg = Config().override({"model.base_channels": str(base), "model.latent_dim": str(latent)})
+    torch.manual_seed(seed)
+    return build_model(cfg.model, tuple(image_shape))
+
+
+def pythae_twin(model):
+    """pythae's ``VAE`` around copies of ``model``'s encoder and decoder (same weights),
+    with pythae's Bernoulli decoder (``reconstruction_loss="bce"``): the decoder wrapper
+    returns ``sigmoid(logits)``, which pythae feeds to ``F.binary_cross_entropy`` against
+    the grey levels in [0, 1] — the same likelihood as vaeood's ``bernoulli``."""
+    from pythae.models import VAE, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+
+    class Encoder(BaseEncoder):
+        def __init__(self, net):
+            BaseEncoder.__init__(self)
+            self.net = net
+
+        def forward(self, x):
+            mu, logvar = self.net(x).chunk(2, dim=-1)
+            return ModelOutput(embedding=mu, log_covariance=logvar)
+
+    class Decoder(BaseDecoder):
+        def __init__(self, net):
+            BaseDecoder.__init__(self)
+            self.net = net
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
+
+    config = VAEConfig(input_dim=tuple(model.image_shape), latent_dim=model.latent_dim, reconstruction_loss="bce")
+    twin = VAE(config, encoder=Encoder(copy.deepcopy(model.encoder)), decoder=Decoder(copy.deepcopy(model.decoder)))
+    return twin.to(next(model.parameters()).device)
+
+
+def quiet_pythae() -> None:
+    """pythae attaches console handlers at INFO to its loggers at import time."""
+    import logging
+
+    import pythae.pipelines  # noqa: F401  (creates the loggers)
+    import pythae.trainers  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("pythae"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# -- timing ---------------------------------------------------------------------------------
+def alternate(competitors: dict[str, Callable[[], float | None]], rounds: int, warmup: bool = True,
+              peaks: list | None = None, device="cpu") -> dict:
+    """Run every competitor once per round, the starting one rotating between rounds, so
+    slow drifts of a shared machine hit all of them alike. A competitor returns the
+    seconds it wants counted (or None: its wall time is used).
+
+    With ``peaks`` (a list), :func:`peak_probe` runs at the start of every round and its
+    result is appended. Returns {name: [seconds per round]}; :func:`summarise` turns them into medians and
+    per-round ratios (robust to load that changes between rounds).
+    """
+    names = list(competitors)
+    if warmup:
+        for name in names:
+            competitors[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        if peaks is not None:
+            peaks.append(peak_probe(device))
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            counted = competitors[name]()
+            wall = time.perf_counter() - start
+            times[name].append(float(counted) if counted is not None else wall)
+    return times
+
+
+def summarise(times: dict[str, list[float]], work: dict[str, float], unit: str = "images_per_s") -> dict:
+    """Median throughput of each competitor (``work[name]`` units per round) and the
+    median of the per-round ratios against every other competitor."""
+    out = {"rounds": len(next(iter(times.values()))), "seconds": times, unit: {}, "ratios": {}}
+    for n, ts in times.items():
+        out[unit][n] = work[n] / statistics.median(ts)
+    names = list(times)
+    for a in names:
+        for b in names:
+            if a != b:
+                per_round = [(work[a] / ta) / (work[b] / tb) for ta, tb in zip(times[a], times[b])]
+                out["ratios"][f"{a}/{b}"] = statistics.median(per_round)
+    return out
+
+
+def peak_probe(device="cpu", size: int = 1024, repeat: int = 4, reps: int = 3) -> dict[str, float]:
+    """Quick fp32 GEMM GFLOP/s now (best of ``reps``): ``mm`` (torch.mm) and, on CPUs,
+    ``onednn`` (the same GEMM through oneDNN). Benchmarks call it once per round so that a
+    workload's fraction of peak is taken against the peak under the same machine load."""
+    from flops import gemm_gflops, onednn_peak_gflops
+
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    out = {"mm": gemm_gflops(lambda: torch.mm(a, b), size, repeat, reps, device)["max"]}
+    if device.type == "cpu":
+        one = onednn_peak_gflops(size, repeat, reps)
+        if one and "max" in one:
+            out["onednn"] = one["max"]
+    return out
+
+
+def fraction_of_peak(seconds: list[float], flops_per_round: float, peaks: list[dict]) -> dict[str, float]:
+    """Median over rounds of (achieved GFLOP/s in the round) / (peak probed in the round)."""
+    out = {}
+    for key in peaks[0] if peaks else []:
+        out[key] = statistics.median(flops_per_round / t / 1e9 / p[key] for t, p in zip(seconds, peaks))
+    out["achieved_gflops"] = flops_per_round / statistics.median(seconds) / 1e9
+    return out
+
+
+def write_result(name: str, result: dict, out: str | None = None) -> Path:
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")

@@ -1,0 +1,129 @@
+"""FLOPs per image of each workload, counted by ``torch.utils.flop_counter.FlopCounterMode``
+(matmul and convolution FLOPs, forward and backward; element-wise ops are not counted),
+and this machine's measured fp32 matmul peak.
+
+Workloads (same conv VAE, 28x28):
+
+* ``train_step``: one training step's forward + backward per image (batch 128; bare loop
+  and vaeood.train run the same network, so the same FLOPs);
+* ``elbo``: one encode + one decode per image;
+* ``iwae_vaeood``: one encode + K decodes per image (``vaeood.estimators.iwae``);
+* ``iwae_pythae``: K encodes + K decodes per image (``get_nll`` re-encodes a copy of the
+  image for every sample).
+
+Peak: the best GFLOP/s of ``--reps`` timings of ``--mm-repeat`` fp32 ``torch.mm`` of
+``--mm-size``² matrices, on all of torch's threads (best rather than median: a peak, and
+the machine is shared). On CPUs also the same GEMM through oneDNN (``torch.utils.mkldnn``
+linear layer): torch.mm goes to MKL, whose sgemm takes its AVX2 path on AMD CPUs, while
+oneDNN — which runs PyTorch's convolutions — uses AVX-512 there, so on such a machine the
+convolutions can beat the "torch.mm peak". ``run_all.py`` divides each workload's
+measured throughput x FLOPs/image by both.
+
+    python benchmarks/flops.py [--k 1000] [--mm-size 2048] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import common
+
+
+def count(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def gemm_gflops(fn, size: int, repeat: int, reps: int, device) -> dict:
+    for _ in range(2):
+        fn()
+    common.sync(device)
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        common.sync(device)
+        samples.append(repeat * 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return {"median": statistics.median(samples), "max": max(samples), "samples": samples}
+
+
+def matmul_peak_gflops(size: int, repeat: int, reps: int, device) -> dict:
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    return gemm_gflops(lambda: torch.mm(a, b), size, repeat, reps, device)
+
+
+def onednn_peak_gflops(size: int, repeat: int, reps: int) -> dict | None:
+    try:
+        from torch.utils import mkldnn
+
+        layer = mkldnn.to_mkldnn(torch.nn.Linear(size, size, bias=False))
+        x = torch.randn(size, size).to_mkldnn()
+        with torch.no_grad():
+            return gemm_gflops(lambda: layer(x), size, repeat, reps, "cpu")
+    except Exception as err:  # oneDNN not built in
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def flops_per_image(k: int = 1000, device="cpu") -> dict[str, float]:
+    """FLOPs per image of each workload (see the module docstring)."""
+    from vaeood.estimators import elbo, iwae
+
+    device = torch.device(device)
+    model = common.vaeood_model(0).to(device)
+    x = torch.randint(0, 256, (128, 1, 28, 28), dtype=torch.uint8, device=device)
+
+    def train_step():
+        xf = x.float() / 255.0
+        mu, logvar = model.encoder(xf).chunk(2, dim=-1)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        rec = F.binary_cross_entropy_with_logits(model.decoder(z), xf, reduction="none").flatten(1).sum(1)
+        (rec + 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)).mean().backward()
+
+    per_image = {"train_step": count(train_step) / len(x)}
+    model.eval()
+    with torch.no_grad():
+        per_image["elbo"] = count(lambda: elbo(model, x)) / len(x)
+        xs = x[:2]
+        per_image["iwae_vaeood"] = count(lambda: iwae(model, xs, k=k)) / len(xs)
+        twin = common.pythae_twin(model).eval()
+        per_image["iwae_pythae"] = count(lambda: twin.get_nll(xs[:1].float() / 255.0, n_samples=k, batch_size=k))
+    return per_image
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--mm-size", type=int, default=2048)
+    p.add_argument("--mm-repeat", type=int, default=10)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    info = common.machine_info(a.device)
+    per_image = flops_per_image(a.k, device)
+    peak = matmul_peak_gflops(a.mm_size, a.mm_repeat, a.reps, device)
+    onednn = onednn_peak_gflops(a.mm_size, a.mm_repeat, a.reps) if device.type == "cpu" else None
+    result = {"benchmark": "flops", "command": common.command_line(), "machine": info, "k": a.k,
+              "flops_per_image": per_image, "matmul_peak_gflops": peak, "onednn_gemm_peak_gflops": onednn,
+              "matmul": {"size": a.mm_size, "repeat": a.mm_repeat, "reps": a.reps, "dtype": "float32"}}
+    path = common.write_result("flops", result, a.out)
+    print("MFLOP/image: " + "  ".join(f"{k} {v / 1e6:.1f}" for k, v in per_image.items()))
+    print(f"fp32 torch.mm: best {peak['max']:.1f} GFLOP/s (median {peak['median']:.1f})")
+    if onednn and "max" in onednn:
+        print(f"fp32 oneDNN GEMM: best {onednn['max']:.1f} GFLOP/s (median {onednn['median']:.1f})")
+    print(f"→ {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

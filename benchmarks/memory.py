@@ -1,0 +1,162 @@
+"""Peak memory of each side: every case runs in a fresh Python process, which reports its
+resident-set high-water mark (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) after the
+workload, and the RSS it had after imports and setup (data, model), so that the growth
+due to the workload itself can be read off. On CUDA also ``torch.cuda.max_memory_allocated``.
+
+Cases (same network, Fashion-MNIST):
+
+* ``iwae_vaeood``: ``iwae(model, x, k=K)`` on ``--iwae-images``
+  (20) images, one batch, default chunking: one chunk of K=1000 samples x 20 images =
+  20,000 decoded samples, the same chunk as ``score``'s default 1000-image batches get
+  (20 samples x 1000 images: the chunk holds ``2**24 // elements_per_sample`` decoded
+  samples whatever the batch), so this is the footprint of ``vaeood score``;
+  ``iwae_vaeood_proposed``: the same with the prototypes of ``prototypes.py`` (~512-pair
+  chunks, channels_last, in-place ReLU);
+* ``iwae_pythae_onebatch`` / ``iwae_pythae_bs100``: ``get_nll(x, n_samples=K,
+  batch_size=K or 100)`` on ``--pythae-images`` (3) images (it goes one image at a time,
+  so its footprint does not depend on how many);
+* ``train_bare`` / ``train_vaeood`` / ``train_pythae``: one epoch on ``--train-images``;
+* ``elbo_bare`` / ``elbo_vaeood``: ELBO of the 10,000 test images in batches of 1000.
+
+    python benchmarks/memory.py [--k 1000] [--train-images 10000] [--device cpu]
+    python benchmarks/memory.py --case iwae_vaeood      # one case, prints one JSON line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+CASES = ["iwae_vaeood", "iwae_vaeood_proposed", "iwae_pythae_onebatch", "iwae_pythae_bs100",
+         "train_bare", "train_vaeood", "train_pythae", "elbo_bare", "elbo_vaeood"]
+
+
+def _rss_now_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def run_case(case: str, a) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    device = torch.device(a.device)
+    if case.startswith("iwae_pythae") or case == "train_pythae":
+        common.quiet_pythae()
+    split = "train" if case.startswith("train") else "test"
+    limit = {"train": a.train_images, "elbo": 10000}.get(case.split("_")[0], a.iwae_images)
+    if case.startswith("iwae_pythae"):
+        limit = a.pythae_images
+    x, _ = common.load_images("fashion_mnist", split, limit)
+    x = x.to(device)
+    model = common.vaeood_model(0).to(device)
+    if case.startswith("iwae") or case.startswith("elbo"):
+        model.eval()
+    setup = _rss_now_mib()
+    start = time.perf_counter()
+    if case in ("iwae_vaeood", "iwae_vaeood_proposed"):
+        from prototypes import optimised_copy, small_chunk_size
+        from vaeood.estimators import iwae
+
+        with torch.no_grad():
+            if case.endswith("proposed"):
+                chunk = small_chunk_size(a.k, len(x)) if device.type == "cpu" else None
+                iwae(optimised_copy(model), x, k=a.k, chunk_size=chunk)
+            else:
+                iwae(model, x, k=a.k)
+    elif case.startswith("iwae_pythae"):
+        twin = common.pythae_twin(model).eval()
+        bs = a.k if case.endswith("onebatch") else min(100, a.k)
+        with torch.no_grad():
+            twin.get_nll(x.float() / 255.0, n_samples=a.k, batch_size=bs)
+    elif case == "elbo_vaeood":
+        from vaeood.estimators import elbo
+
+        with torch.no_grad():
+            for i in range(0, len(x), 1000):
+                elbo(model, x[i: i + 1000])
+    elif case == "elbo_bare":
+        with torch.no_grad():
+            for i in range(0, len(x), 1000):
+                xf = x[i: i + 1000].float() / 255.0
+                mu, logvar = model.encoder(xf).chunk(2, dim=-1)
+                z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+                F.binary_cross_entropy_with_logits(model.decoder(z), xf, reduction="none").flatten(1).sum(1)
+    elif case == "train_bare":
+        from train_speed import bare_loop
+
+        bare_loop(x, 1, 128, 0, device)
+    elif case == "train_vaeood":
+        from train_speed import run_vaeood
+
+        run_vaeood(argparse.Namespace(images=a.train_images, epochs=1, batch_size=128, device=a.device,
+                                      dataset="fashion_mnist", split="train"), 0)
+    elif case == "train_pythae":
+        from train_speed import run_pythae
+
+        run_pythae(argparse.Namespace(images=a.train_images, epochs=1, batch_size=128, device=a.device,
+                                      dataset="fashion_mnist", split="train"), 0)
+    else:
+        raise SystemExit(f"unknown case {case!r}; cases: {', '.join(CASES)}")
+    out = {"case": case, "seconds": time.perf_counter() - start, "rss_after_setup_mib": setup,
+           "peak_rss_mib": _peak_mib()}
+    out["peak_growth_mib"] = out["peak_rss_mib"] - setup
+    if device.type == "cuda":
+        out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", choices=CASES)
+    p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset (driver mode)")
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--iwae-images", type=int, default=20)
+    p.add_argument("--pythae-images", type=int, default=3)
+    p.add_argument("--train-images", type=int, default=10000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    if a.case:
+        print(json.dumps(run_case(a.case, a)))
+        return {}
+    info = common.machine_info(a.device)
+    rows = []
+    for case in a.cases.split(","):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--case", case, "--k", str(a.k),
+               "--iwae-images", str(a.iwae_images), "--pythae-images", str(a.pythae_images), "--train-images", str(a.train_images), "--device", a.device]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.HERE, env=os.environ.copy())
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode or not lines:
+            rows.append({"case": case, "error": proc.stderr.strip().splitlines()[-1:]})
+            print(f"{case}: FAILED {proc.stderr.strip()[-500:]}")
+            continue
+        row = json.loads(lines[-1])
+        rows.append(row)
+        print(f"{case:22s} peak RSS {row['peak_rss_mib']:7.0f} MiB  (after setup {row['rss_after_setup_mib']:5.0f},"
+              f" growth {row['peak_growth_mib']:6.0f})")
+    result = {"benchmark": "memory", "command": common.command_line(), "machine": info, "k": a.k,
+              "iwae_images": a.iwae_images, "pythae_images": a.pythae_images, "train_images": a.train_images, "cases": rows}
+    path = common.write_result("memory", result, a.out)
+    print(f"→ {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Where ``vaeood.train`` spends its time beyond a bare loop: per-step and per-run costs.
+
+Per step: the same batches go through variants of one training step that add vaeood's
+pieces one at a time, run in alternation (``--steps`` steps per variant per round,
+``--rounds`` rounds, median ms/step):
+
+* ``bare``: hand-written step (as in ``train_speed.bare_loop``);
+* ``objective``: vaeood's ``elbo`` objective on vaeood's ``VAE`` (posterior, uint8 →
+  float, likelihood object, analytic KL, logged-dict entries) + backward + Adam step;
+* ``+isfinite``: ... + ``torch.isfinite(loss)`` read as a Python bool;
+* ``+clip``: ... + ``clip_grad_norm_(params, inf)`` (used as the NaN/inf detector: it
+  computes the 2-norm of all gradients and multiplies them by 1) + its ``isfinite``;
+* ``full``: ... + summing the objective's logged values on the device = the body of the
+  loop in ``src/vaeood/train.py``.
+
+Per run: loading the dataset from disk (``load_dataset`` + ``to_tensor``), building the
+model, and one checkpoint + metrics write (``vaeood.train._save``), each timed directly.
+Also: the cost of ``clip_grad_norm_`` and ``isfinite`` alone, measured after a backward.
+
+    python benchmarks/train_overhead.py [--steps 40] [--rounds 5] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import common
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    from vaeood.models.conv import conv_decoder, conv_encoder
+    from vaeood.objectives import OBJECTIVES
+
+    device = torch.device(a.device)
+    info = common.machine_info(a.device)
+    x_all, data = common.load_images("fashion_mnist", "train", a.steps * a.batch_size)
+    x_all = x_all.to(device)
+    batches = [x_all[i: i + a.batch_size] for i in range(0, len(x_all), a.batch_size)]
+
+    torch.manual_seed(0)
+    enc = conv_encoder(1, 28, 28, common.BASE_CHANNELS, common.LATENT_DIM).to(device)
+    dec = conv_decoder(1, 28, 28, common.BASE_CHANNELS, common.LATENT_DIM, 1).to(device)
+    bare_opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
+    model = common.vaeood_model(0).to(device).train()
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    objective = OBJECTIVES.get("elbo")
+
+    def bare_step(xb):
+        x = xb.float() / 255.0
+        mu, logvar = enc(x).chunk(2, dim=-1)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction="none").flatten(1).sum(1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        loss = (rec + kl).mean()
+        bare_opt.zero_grad()
+        loss.backward()
+        bare_opt.step()
+
+    def vaeood_step(isfinite: bool, clip: bool, sums: bool):
+        acc: dict = {}
+
+        def step(xb):
+            out = objective(model, xb)
+            opt.zero_grad(set_to_none=True)
+            loss = out["loss"]
+            ok = True
+            if isfinite:
+                ok = bool(torch.isfinite(loss))
+            loss.backward()
+            if clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+                ok = ok and bool(torch.isfinite(grad_norm))
+            if ok:
+                opt.step()
+                if sums:
+                    for key, value in out.items():
+                        acc[key] = acc.get(key, 0.0) + value.detach()
+        return step
+
+    variants = {
+        "bare": bare_step,
+        "objective": vaeood_step(False, False, False),
+        "+isfinite": vaeood_step(True, False, False),
+        "+clip": vaeood_step(True, True, False),
+        "full": vaeood_step(True, True, True),
+    }
+
+    def timed(fn):
+        def run():
+            common.sync(device)
+            start = time.perf_counter()
+            for xb in batches:
+                fn(xb)
+            common.sync(device)
+            return time.perf_counter() - start
+        return run
+
+    times = common.alternate({k: timed(v) for k, v in variants.items()}, a.rounds)
+    per_step_ms = {k: 1e3 * statistics.median(v) / len(batches) for k, v in times.items()}
+    per_round = {k: [1e3 * t / len(batches) for t in v] for k, v in times.items()}
+    names = list(variants)
+    # extra ms/step of each variant over the previous one, median over rounds of the paired difference
+    increments = {names[i]: statistics.median([b - c for b, c in zip(per_round[names[i]], per_round[names[i - 1]])])
+                  for i in range(1, len(names))}
+
+    # micro: clip_grad_norm_ and isfinite alone, after a backward
+    objective(model, batches[0])["loss"].backward()
+    reps = 200
+
+    def micro(fn):
+        fn()
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            common.sync(device)
+            samples.append((time.perf_counter() - start) / reps * 1e6)
+        return statistics.median(samples)
+
+    loss = objective(model, batches[0])["loss"].detach()
+    micro_us = {
+        "clip_grad_norm_(inf) + isfinite": micro(
+            lambda: bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(params, float("inf"))))),
+        "isfinite(loss)": micro(lambda: bool(torch.isfinite(loss))),
+        "sums of 3 logged values": micro(lambda: [loss.detach() + 0.0 for _ in range(3)]),
+    }
+
+    # per-run costs
+    from vaeood.config import Config
+    from vaeood.data import load_dataset
+    from vaeood.models import build_model
+    from vaeood.run import to_tensor
+
+    def once(fn, n=3):
+        samples = []
+        for _ in range(n):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    cfg = Config().override({"model.base_channels": str(common.BASE_CHANNELS), "model.latent_dim": str(common.LATENT_DIM)})
+    per_run_s = {
+        "load_dataset(fashion_mnist/train) + to_tensor": once(
+            lambda: to_tensor(load_dataset("fashion_mnist", "train", data_dir=common.data_dir(), allow_sample=True).images)),
+        "build_model": once(lambda: build_model(cfg.model, (1, 28, 28))),
+    }
+    try:
+        from vaeood.train import _save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ds = load_dataset("fashion_mnist", "train", data_dir=common.data_dir(), allow_sample=True)
+            path = Path(tmp) / "checkpoint.pt"
+            per_run_s["checkpoint write per epoch (_save)"] = once(
+                lambda: _save(path, cfg, model, opt, 1, [], (1, 28, 28), ds, device))
+    except Exception as err:  # the library's private helper may change under us
+        per_run_s["checkpoint write per epoch (_save)"] = f"not measured: {type(err).__name__}: {err}"
+
+    result = {
+        "benchmark": "train_overhead", "command": common.command_line(), "machine": info, "data": data.source,
+        "batch_size": a.batch_size, "steps_per_round": len(batches), "rounds": a.rounds,
+        "ms_per_step": per_step_ms, "ms_per_step_rounds": per_round, "increment_ms_per_step": increments,
+        "ratio_full_over_bare_time": per_step_ms["full"] / per_step_ms["bare"],
+        "micro_us": micro_us, "per_run_seconds": per_run_s,
+    }
+    path = common.write_result("train_overhead", result, a.out)
+    print("ms/step: " + "  ".join(f"{k} {v:.2f}" for k, v in per_step_ms.items()))
+    print("increments: " + "  ".join(f"{k} {v:+.3f}" for k, v in increments.items()))
+    print("micro µs: " + "  ".join(f"{k} {v:.0f}" for k, v in micro_us.items()))
+    print("per run s: " + "  ".join(f"{k} {v if isinstance(v, str) else round(v, 3)}" for k, v in per_run_s.items()))
+    print(f"→ {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
