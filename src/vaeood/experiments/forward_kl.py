@@ -38,6 +38,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,7 @@ class ForwardKLExperiment:
             raise ConfigError(f"the forward-kl ablation sets {fixed[0]} itself; it cannot be overridden")
         options = {"k": pre.k, **(estimator_options or {})}
         out_dir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        started, cpu_started, load_started = time.perf_counter(), time.process_time(), _load_average()
         runs = []
         for objective in ABLATED:
             for seed in pre.seeds:
@@ -153,6 +154,8 @@ class ForwardKLExperiment:
                             "estimator": "iwae", "estimator_options": options, "score_limit": pre.score_limit,
                             "overrides": {**pre.overrides, **(overrides or {})}, "note": pre.note,
                             "wall_seconds": time.perf_counter() - started,
+                            "cpu_seconds": time.process_time() - cpu_started, "cpus": os.cpu_count(),
+                            "load_average": [load_started, _load_average()],
                             "train_seconds": sum(r["training"]["train_seconds"] for r in runs)},
                "datasets": {name: {k: first[name][k] for k in ("n", "source", "is_sample")} for name in first},
                "aggregate": aggregate, "verdict": hypothesis_verdict(aggregate, len(pre.seeds)), "runs": runs}
@@ -297,6 +300,14 @@ def hypothesis_verdict(aggregate: dict, n_seeds: int) -> dict:
                     f"against the better of {', '.join(REVERSE_KL)}"}
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): how shared the machine was."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _finite(obj):
     """NaN/inf → None for strict JSON."""
     if isinstance(obj, float):
@@ -390,9 +401,11 @@ def render_report(exp: ForwardKLExperiment, out: dict) -> str:
               + (" (the first images of each test set)" if s["score_limit"] else "") + ".",
               *([f"- Preset budget (before command-line overrides, which the lines above include): {s['note']}"]
                 if s["note"] else []),
-              f"- Time: {s['wall_seconds'] / 60:.1f} min for this call; the training loops of the {len(s['objectives']) * len(s['seeds'])} runs took "
-              f"{s['train_seconds'] / 60:.1f} min (from their histories: runs found finished in `runs/` are "
-              f"reused, not retrained).", "",
+              f"- Time: {s['wall_seconds'] / 60:.1f} min wall and {s['cpu_seconds'] / 60:.1f} CPU-min (all threads) "
+              f"for this call, on {s['cpus']} CPUs with a 1-minute load average of "
+              f"{_load_text(s['load_average'], s['cpus'])}; the training "
+              f"loops of the {len(s['objectives']) * len(s['seeds'])} runs took {s['train_seconds'] / 60:.1f} min "
+              f"(from their histories: runs found finished in `runs/` are reused, not retrained).", "",
               "## Hypothesis and verdict", "",
               f"- The study's proposal: fitting q(z|x) by the forward KL(p ‖ q) (mass-covering, heavier tails) "
               f"instead of the reverse KL improves OOD detection.",
@@ -444,6 +457,15 @@ def render_report(exp: ForwardKLExperiment, out: dict) -> str:
     return "\n".join(lines)
 
 
+def _load_text(load: list, cpus: int | None) -> str:
+    if not load or any(v is None for v in load):
+        return "unknown"
+    text = f"{load[0]:.1f} at the start and {load[1]:.1f} at the end"
+    if cpus and max(load) > cpus:
+        text += " (above the CPU count: other jobs shared the machine, so the wall time is inflated)"
+    return text
+
+
 def _fmt_keys(overrides: dict, prefix: str) -> str:
     items = [f"`{k}={v}`" for k, v in overrides.items() if k.startswith(prefix)]
     return ", ".join(items) if items else "defaults"
@@ -459,8 +481,11 @@ EXPERIMENTS.register("forward-kl")(ForwardKLExperiment(
              "model.likelihood": "dlogistic"},
             train_k=5, seeds=(0, 1, 2), k=100, score_limit=500, allow_sample=True,
             note="CPU quick preset: 10,000 training images × 3 epochs per run, 15 runs; IWAE-100 on the first "
-                 "500 images of each test set (K and subset chosen so that the whole ablation takes about "
-                 "10 minutes on 2 CPU cores). Not converged models: read it as a smoke-level indication."),
+                 "500 images of each test set. K and the subset are chosen for about 10 minutes on 2 free CPU "
+                 "cores: by the single-thread costs of benchmarks/objective_cost.py (an ELBO epoch of 10,000 "
+                 "images ≈ 2.7 CPU-s, K = 5 objectives ≈ 3.5×, msc ≈ 4.2×; IWAE scoring ≈ 5,000 "
+                 "image-samples per CPU-s) the ablation needs ≈ 11 CPU-minutes, ≈ 6–7 min on 2 threads. "
+                 "Not converged models: read it as a smoke-level indication."),
         "paper": AblationPreset(
             {"data.name": "fashion_mnist", "train.epochs": "100", "model.likelihood": "dlogistic"},
             train_k=10, seeds=(0, 1, 2), k=1000, score_limit=None,
