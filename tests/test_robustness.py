@@ -646,3 +646,15 @@ def test_failed_rename_keeps_the_old_file(tmp_path, monkeypatch):
         atomic_write_json(path, {"auroc": 0.1})
     assert err.value.errno == errno.EIO and isinstance(err.value, OSError)
     assert path.read_bytes() == before and not temp_files(tmp_path)
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from vaeood.atomic import atomic_write_text
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = atomic_write_text(tmp_path / "report.md", "hello\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -24,6 +24,14 @@ from .distributed import is_main
 log = logging.getLogger(__name__)
 
 _TMP_SUFFIX = ".tmp"
+
+
+def _file_mode() -> int:
+    """0666 minus the process umask: the mode ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
 _TMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # what tempfile.mkstemp makes for us
 
 
@@ -68,6 +76,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
