@@ -60,7 +60,7 @@ class TrainConfig:
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     max_nonfinite_steps: int = 20  # stop after this many NaN/inf losses in a row
     precision: str = "fp32"  # "fp32" or "bf16" (autocast for conv/linear; log-likelihoods stay fp32)
-    channels_last: bool = True  # NHWC convolutions: ~3x faster transposed convs with oneDNN, and on GPUs
+    channels_last: bool = False  # NHWC convolutions (GPUs; on this CPU it slowed training, BENCHMARKS.md)
     compile: bool = False  # torch.compile the encoder and decoder
 
 
