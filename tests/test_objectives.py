@@ -33,12 +33,8 @@ from vaeood.objectives import (OBJECTIVES, MarkovianScoreClimbing, load_objectiv
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread: these small float64 problems run faster and reproduce exactly
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def correlated_model(trainable_decoder: bool = False) -> LinearGaussianVAE:

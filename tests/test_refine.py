@@ -28,12 +28,8 @@ from vaeood.estimators import iwae
 from vaeood.refine import refine_posterior
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread: these small float64 problems run faster and reproduce exactly
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seeded(seed: int) -> torch.Generator:
