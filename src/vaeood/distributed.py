@@ -51,7 +51,10 @@ def setup(device: str) -> torch.device:
 
 
 def teardown() -> None:
+    """Leave the process group once every rank is done: a rank that destroys it while
+    rank 0 is still writing its last files aborts gloo (``terminate called ...``)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
