@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import common
 from prototypes import optimised_copy
@@ -60,12 +58,7 @@ def main(argv=None) -> dict:
         def bare():
             with torch.no_grad():
                 for xb in batches():
-                    x = xb.float() / 255.0
-                    mu, logvar = enc(x).chunk(2, dim=-1)
-                    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-                    rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction="none").flatten(1).sum(1)
-                    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-                    (-(rec + kl)).cpu()
+                    (-common.bare_neg_elbo(enc, dec, xb)).cpu()
             common.sync(device)
 
         def ours(m):

@@ -29,7 +29,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import common
@@ -82,11 +81,7 @@ def flops_per_image(k: int = 1000, device="cpu") -> dict[str, float]:
     x = torch.randint(0, 256, (128, 1, 28, 28), dtype=torch.uint8, device=device)
 
     def train_step():
-        xf = x.float() / 255.0
-        mu, logvar = model.encoder(xf).chunk(2, dim=-1)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        rec = F.binary_cross_entropy_with_logits(model.decoder(z), xf, reduction="none").flatten(1).sum(1)
-        (rec + 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)).mean().backward()
+        common.bare_neg_elbo(model.encoder, model.decoder, x).mean().backward()
 
     per_image = {"train_step": count(train_step) / len(x)}
     model.eval()

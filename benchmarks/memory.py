@@ -30,7 +30,6 @@ import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +53,6 @@ def _peak_mib() -> float:
 
 def run_case(case: str, a) -> dict:
     import torch
-    import torch.nn.functional as F
 
     device = torch.device(a.device)
     if case.startswith("iwae_pythae") or case == "train_pythae":
@@ -94,10 +92,7 @@ def run_case(case: str, a) -> dict:
     elif case == "elbo_bare":
         with torch.no_grad():
             for i in range(0, len(x), 1000):
-                xf = x[i: i + 1000].float() / 255.0
-                mu, logvar = model.encoder(xf).chunk(2, dim=-1)
-                z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-                F.binary_cross_entropy_with_logits(model.decoder(z), xf, reduction="none").flatten(1).sum(1)
+                common.bare_neg_elbo(model.encoder, model.decoder, x[i: i + 1000])
     elif case == "train_bare":
         from train_speed import bare_loop
 

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import common
 
@@ -61,12 +60,7 @@ def main(argv=None) -> dict:
     objective = OBJECTIVES.get("elbo")
 
     def bare_step(xb):
-        x = xb.float() / 255.0
-        mu, logvar = enc(x).chunk(2, dim=-1)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction="none").flatten(1).sum(1)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-        loss = (rec + kl).mean()
+        loss = common.bare_neg_elbo(enc, dec, xb).mean()
         bare_opt.zero_grad()
         loss.backward()
         bare_opt.step()

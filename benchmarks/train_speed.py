@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import common
 from vaeood.models.conv import conv_decoder, conv_encoder
@@ -56,12 +55,7 @@ def bare_loop(x_all: torch.Tensor, epochs: int, batch_size: int, seed: int, devi
     start = time.perf_counter()
     for _ in range(epochs):
         for idx in torch.randperm(n, device=device).split(batch_size):
-            x = x_all[idx].float() / 255.0
-            mu, logvar = enc(x).chunk(2, dim=-1)
-            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-            rec = F.binary_cross_entropy_with_logits(dec(z), x, reduction="none").flatten(1).sum(1)
-            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-            loss = (rec + kl).mean()
+            loss = common.bare_neg_elbo(enc, dec, x_all[idx]).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

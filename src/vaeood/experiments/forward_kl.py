@@ -407,7 +407,7 @@ def render_report(exp: ForwardKLExperiment, out: dict) -> str:
               f"loops of the {len(s['objectives']) * len(s['seeds'])} runs took {s['train_seconds'] / 60:.1f} min "
               f"(from their histories: runs found finished in `runs/` are reused, not retrained).", "",
               "## Hypothesis and verdict", "",
-              f"- The study's proposal: fitting q(z|x) by the forward KL(p ‖ q) (mass-covering, heavier tails) "
+              "- The study's proposal: fitting q(z|x) by the forward KL(p ‖ q) (mass-covering, heavier tails) "
               f"instead of the reverse KL improves OOD detection.",
               f"- Ours: {verdict['text']}",
               f"- Rule: {verdict['rule']}. Three seeds detect only large effects; a difference below the rule "
