@@ -24,15 +24,13 @@ Notation used by the docstrings: ``z_k = mu + sigma * eps_k``, ``eps_k ~ N(0, I)
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 from torch import Tensor
 
-from .config import ConfigError
 from .estimators import _log_joint, _posterior, _standard_normal, elbo, iwae
-from .registry import Registry
+from .registry import Registry, check_options
 
 OBJECTIVES = Registry("objective")
 
@@ -48,11 +46,7 @@ def make_objective(name: str, options: dict | None = None, *, num_examples: int 
     """
     entry = OBJECTIVES.get(name)
     objective = entry(num_examples=num_examples) if isinstance(entry, type) else entry
-    accepted = [p for p in inspect.signature(objective).parameters if p not in ("model", "x", "index")]
-    unknown = [k for k in (options or {}) if k not in accepted]
-    if unknown:
-        raise ConfigError(f"objective {name!r} takes no option {unknown[0]!r}; "
-                          f"its options: {', '.join(accepted) or 'none'}")
+    check_options(objective, options or {}, "objective", name, ("model", "x", "index"))
     return objective
 
 

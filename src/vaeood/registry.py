@@ -10,6 +10,7 @@ of known names and a "did you mean" suggestion.
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -19,6 +20,22 @@ def did_you_mean(name: str, choices) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_options(fn, options: dict, kind: str, name: str, supplied: tuple[str, ...]) -> dict:
+    """Refuse options that plug-in ``fn`` does not take, before any work starts.
+
+    ``supplied`` names the parameters the caller fills itself (``model``, ``x``, ...),
+    which are not options. Returns a copy of ``options``.
+    """
+    from .config import ConfigError  # config imports this module
+
+    accepted = [p for p in inspect.signature(fn).parameters if p not in supplied]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ConfigError(f"{kind} {name!r} takes no option {unknown[0]!r}{did_you_mean(unknown[0], accepted)}; "
+                          f"its options: {', '.join(accepted) or 'none'}")
+    return dict(options)
 
 
 class Registry(Generic[T]):

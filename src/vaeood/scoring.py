@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 from . import distributed
 from .atomic import atomic_write
 from .checkpoint import checkpoint_path
-from .config import ConfigError
 from .data import load_dataset
 from .data.fit import FITS, fit_images
 from .estimators import ESTIMATORS, bits_per_dim
+from .registry import check_options
 from .run import load_model, to_tensor
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
     """
     run_dir = Path(run_dir)
     fn = ESTIMATORS.get(estimator)
-    options = _accepted_options(fn, estimator_options or {}, estimator)
+    options = check_options(fn, estimator_options or {}, "estimator", estimator, ("model", "x", "generator"))
     if fit is not None:
         FITS.get(fit)  # an unknown fit is refused before any work
     ckpt_sha = _sha256(checkpoint_path(run_dir))
@@ -133,15 +133,6 @@ def pixel_stats(images: np.ndarray) -> dict[str, float]:
 
 def score_meta(scores: dict[str, np.ndarray]) -> dict:
     return json.loads(str(scores["meta"]))
-
-
-def _accepted_options(fn, options: dict, name: str) -> dict:
-    params = inspect.signature(fn).parameters
-    unknown = [k for k in options if k not in params]
-    if unknown:
-        raise ConfigError(f"estimator {name!r} takes no option {unknown[0]!r}; "
-                        f"its options: {', '.join(p for p in list(params)[2:])}")
-    return dict(options)
 
 
 def _sha256(path: Path) -> str:

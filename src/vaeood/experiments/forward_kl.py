@@ -408,7 +408,7 @@ def render_report(exp: ForwardKLExperiment, out: dict) -> str:
               f"(from their histories: runs found finished in `runs/` are reused, not retrained).", "",
               "## Hypothesis and verdict", "",
               "- The study's proposal: fitting q(z|x) by the forward KL(p ‖ q) (mass-covering, heavier tails) "
-              f"instead of the reverse KL improves OOD detection.",
+              "instead of the reverse KL improves OOD detection.",
               f"- Ours: {verdict['text']}",
               f"- Rule: {verdict['rule']}. Three seeds detect only large effects; a difference below the rule "
               f"is reported as none, not as a small effect. Detection words: AUROC ≥ 0.6 separates, ≤ 0.4 "
