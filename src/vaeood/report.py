@@ -60,12 +60,9 @@ def line_plot(path: str | Path, panels: list[dict], title: str) -> Path:
 
 def metrics_table(rows: list[dict], lead_columns: list[str]) -> str:
     """A Markdown table: ``lead_columns`` then every metric, values to 3 decimals."""
-    header = lead_columns + [METRIC_LABELS[m] for m in METRIC_NAMES]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [str(row[c]) for c in lead_columns] + [f"{row[m]:.3f}" for m in METRIC_NAMES]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(lead_columns + [METRIC_LABELS[m] for m in METRIC_NAMES],
+                          [[str(row[c]) for c in lead_columns] + [f"{row[m]:.3f}" for m in METRIC_NAMES]
+                           for row in rows])
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
