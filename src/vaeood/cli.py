@@ -21,7 +21,7 @@ from .data import DataError, load_dataset
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
 from .report import format_table
-from .scoring import ShapeMismatchError, score
+from .scoring import ShapeMismatchError, score, score_meta
 from .train import TrainingError, train
 
 EXPECTED_ERRORS = (DataError, ConfigError, CheckpointError, ShapeMismatchError, TrainingError,
@@ -157,7 +157,7 @@ def _score(args, overrides) -> int:
     result = score(args.run_dir, args.dataset, args.split, estimator=args.estimator or "elbo",
                    estimator_options=_estimator_options(args), data_dir=args.data_dir, limit=args.limit,
                    batch_size=args.batch_size, device=args.device, fit=args.fit)
-    meta = json.loads(str(result["meta"]))
+    meta = score_meta(result)
     line = f"{meta['dataset']}/{meta['split']}: {len(result['log_px_nats'])} images, " \
            f"mean log p(x) = {result['log_px_nats'].mean():.2f} nats"
     if "bpd" in result:

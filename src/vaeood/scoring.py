@@ -4,7 +4,6 @@ directory (``RUN/scores/*.npz``) and reused while the checkpoint is unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -19,6 +18,7 @@ from . import distributed
 from .atomic import atomic_write
 from .checkpoint import checkpoint_path
 from .data import load_dataset
+from .data.checksums import file_hexdigest
 from .data.fit import FITS, fit_images
 from .estimators import ESTIMATORS, bits_per_dim
 from .registry import check_options
@@ -52,14 +52,14 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
     options = check_options(fn, estimator_options or {}, "estimator", estimator, ("model", "x", "generator"))
     if fit is not None:
         FITS.get(fit)  # an unknown fit is refused before any work
-    ckpt_sha = _sha256(checkpoint_path(run_dir))
+    ckpt_sha = file_hexdigest(checkpoint_path(run_dir), "sha256")
     tag = "_".join([dataset, split, estimator, *(f"{k}{v}" for k, v in sorted(options.items())),
                     *([f"first{limit}"] if limit else []), *([f"fit{fit}"] if fit else []), f"seed{seed}"])
     path = run_dir / "scores" / f"{tag}.npz"
     if reuse and path.exists():
         with np.load(path, allow_pickle=False) as f:
             saved = {k: f[k] for k in f.files}
-        if json.loads(str(saved["meta"])).get("checkpoint_sha256") == ckpt_sha:
+        if score_meta(saved).get("checkpoint_sha256") == ckpt_sha:
             log.info("reusing %s", path)
             return saved
 
@@ -133,11 +133,3 @@ def pixel_stats(images: np.ndarray) -> dict[str, float]:
 
 def score_meta(scores: dict[str, np.ndarray]) -> dict:
     return json.loads(str(scores["meta"]))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -22,13 +22,19 @@ def md5_of_bytes(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def md5_of_file(path: str | os.PathLike) -> str:
-    """Hex MD5 of a file, read in chunks (works for files larger than memory)."""
-    digest = hashlib.md5(usedforsecurity=False)
+def file_hexdigest(path: str | os.PathLike, algorithm: str) -> str:
+    """Hex digest (``"md5"``, ``"sha256"``, ...) of a file, read in chunks (works for
+    files larger than memory)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def md5_of_file(path: str | os.PathLike) -> str:
+    """Hex MD5 of a file, read in chunks."""
+    return file_hexdigest(path, "md5")
 
 
 def check_md5(
