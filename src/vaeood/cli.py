@@ -7,7 +7,6 @@ Config changes are dotted overrides after the options, e.g.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
