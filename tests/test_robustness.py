@@ -356,6 +356,20 @@ def test_nonfinite_steps_in_a_row_are_counted_across_epochs(tmp_path, data_dir, 
         train(_faulty_config(**{"train.max_nonfinite_steps": "3"}), tmp_path / "run", data_dir=str(data_dir))
 
 
+def test_on_a_gpu_the_run_of_bad_steps_is_read_every_few_steps_and_still_stops(
+        tmp_path, data_dir, faulty, monkeypatch):
+    """On a GPU the host reads the device's count only every few steps (no stall per
+    step): the stop comes at the next read, with the count as read, and the bad steps in
+    between changed nothing (the checkpoint of epoch 1 is kept)."""
+    monkeypatch.setattr(sys.modules["vaeood.train"], "_check_interval", lambda device: 2)
+    faulty.update({s: "loss" for s in range(4, 12)})  # every step from epoch 2 on (4 per epoch)
+    saved = _checkpoint_spy(monkeypatch)
+    # reads after steps 2 and 4 of epoch 2: 2 < 3, then 4 >= 3
+    with pytest.raises(TrainingError, match=r"NaN/inf for 4 steps in a row at epoch 2 "):
+        train(_faulty_config(**{"train.max_nonfinite_steps": "3"}), tmp_path / "run", data_dir=str(data_dir))
+    assert len(saved) == 1 and (tmp_path / "run" / "checkpoint.pt").read_bytes() == saved[0]
+
+
 def test_nan_weights_never_overwrite_a_good_checkpoint(tmp_path, data_dir, faulty, monkeypatch):
     faulty.update({7: "weights"})  # last step of epoch 2
     saved = _checkpoint_spy(monkeypatch)

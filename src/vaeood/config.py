@@ -61,7 +61,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 20  # stop after this many NaN/inf losses in a row
     precision: str = "fp32"  # "fp32" or "bf16" (autocast for conv/linear; log-likelihoods stay fp32)
     channels_last: bool = False  # NHWC convolutions (GPUs; on this CPU it slowed training, BENCHMARKS.md)
-    compile: bool = False  # torch.compile the encoder and decoder
+    compile: bool = False  # torch.compile the training loss (encoder, decoder, likelihood): for GPUs
+    compile_mode: str = "reduce-overhead"  # torch.compile mode; reduce-overhead adds CUDA graphs on a GPU
 
 
 @dataclass

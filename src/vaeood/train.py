@@ -30,6 +30,8 @@ from .objectives import load_objective_state, make_objective, objective_state
 from .run import resolve_device, to_tensor
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CHECK_EVERY_GPU = 32  # steps between host reads of the non-finite-step counter on a GPU
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     model = build_model(config.model, image_shape).to(device)
     if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    # fused: one kernel per step on a GPU, and it can skip a step on the device (found_inf)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, fused=True)
     # one per run: an objective may keep per-example state (MSC), saved with each checkpoint
     objective = make_objective(tcfg.objective, tcfg.objective_options, num_examples=len(x_all))
     takes_index = "index" in inspect.signature(objective).parameters  # per-example state (e.g. MSC)
@@ -110,8 +113,16 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     if world > 1:
         step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
     if tcfg.compile:
-        model.encoder.compile()
-        model.decoder.compile()
+        if tcfg.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {tcfg.compile_mode!r}")
+        mode = tcfg.compile_mode
+        if world > 1 and mode == "reduce-overhead":  # CUDA graphs and DDP's gradient hooks don't mix
+            log.info("train.compile_mode reduce-overhead (CUDA graphs) is for one process; using 'default' under torchrun")
+            mode = "default"
+        # the whole loss at once (encoder, decoder, likelihood, KL), so that the many small
+        # elementwise kernels of the likelihood fuse; "reduce-overhead" adds CUDA graphs.
+        # dynamic=False: the last, smaller batch of an epoch gets its own graph.
+        step = torch.compile(step, mode=mode, dynamic=False)
     dtype = PRECISIONS[tcfg.precision]
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     history: list[dict] = []
@@ -119,6 +130,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # a checkpoint's saved flags must not undo fused=True
+            group["fused"], group["foreach"] = True, None
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
@@ -130,12 +143,16 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
 
     show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
     n = len(x_all)
-    bad_in_a_row = 0  # NaN/inf steps in a row, across epoch boundaries
+    # Reading a device flag on the host stalls a GPU's queue, so there the run of bad steps
+    # is read every CHECK_EVERY_GPU steps (a bad step changes nothing, the stop just comes
+    # a few steps later); on the CPU reading it is free and the check is exact.
+    check_every = _check_interval(device)
+    bad_in_a_row = torch.zeros((), device=device)  # NaN/inf steps in a row, across epoch boundaries
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
         order = epoch_order(n, tcfg.seed, epoch).to(device)
-        sums: dict[str, torch.Tensor] = {}  # summed on the device; read once per epoch (no per-step sync)
-        steps = skipped = 0
+        keys, sums = None, None  # logged values summed on the device over good steps; read once per epoch
+        steps, skipped = 0, torch.zeros((), device=device)
         started = time.perf_counter()
         bar = tqdm(range(0, n, tcfg.batch_size), desc=f"epoch {epoch + 1}/{tcfg.epochs}",
                    disable=not show, leave=False)
@@ -146,31 +163,39 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
             optimizer.zero_grad(set_to_none=True)
             loss = out["loss"]
             loss.backward()  # even when NaN: under DDP every rank must join the gradient all-reduce
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-            # the all-reduced gradient is the same on every rank, so all ranks skip alike
-            if not torch.isfinite(grad_norm) or (world == 1 and not torch.isfinite(loss)):
-                # Skip the update rather than let one bad batch poison the weights.
-                skipped += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= tcfg.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"loss or gradient was NaN/inf for {bad_in_a_row} steps in a row at epoch {epoch + 1} "
-                        f"(train.max_nonfinite_steps = {tcfg.max_nonfinite_steps}); {_kept(ckpt_path)}. "
-                        f"Lower train.lr (now {tcfg.lr}) or check the data")
-                continue
-            bad_in_a_row = 0
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            # the all-reduced gradient is the same on every rank, so all ranks skip alike (the
+            # loss is per rank); loss + norm is finite iff both are, one kernel fewer per step
+            bad = (~torch.isfinite(grad_norm if world > 1 else loss.detach() + grad_norm)).float()
+            # Skip the update rather than let one bad batch poison the weights: fused Adam
+            # leaves weights, moments and step count untouched where found_inf is 1.
+            optimizer.found_inf = bad
             optimizer.step()
             steps += 1
-            for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + value.detach()
+            skipped += bad
+            bad_in_a_row.add_(1.0).mul_(bad)
+            if keys is None:
+                keys = list(out)
+                sums = torch.zeros(len(keys), device=device)
+            values = torch.stack([out[k].detach().float() for k in keys])
+            sums += torch.where(bad > 0, 0.0, values)
+            if steps % check_every == 0 or i + tcfg.batch_size >= n:
+                in_a_row = int(bad_in_a_row)
+                if in_a_row >= tcfg.max_nonfinite_steps:
+                    raise TrainingError(
+                        f"loss or gradient was NaN/inf for {in_a_row} steps in a row at epoch {epoch + 1} "
+                        f"(train.max_nonfinite_steps = {tcfg.max_nonfinite_steps}); {_kept(ckpt_path)}. "
+                        f"Lower train.lr (now {tcfg.lr}) or check the data")
             if show:
                 bar.set_postfix(loss=f"{float(loss):.2f}")
+        skipped = int(skipped)
+        good = steps - skipped
         seconds = time.perf_counter() - started
-        if steps == 0:
+        if good == 0:
             raise TrainingError(f"no finite step in epoch {epoch + 1}; {_kept(ckpt_path)}. "
                                 f"Lower train.lr (now {tcfg.lr}) or check the data")
-        sums = {k: float(distributed.all_reduce_sum(v.detach().clone().float())) / world for k, v in sums.items()}
-        record = {"epoch": epoch + 1, **{f"train_{k}": v / steps for k, v in sums.items()},
+        means = (distributed.all_reduce_sum(sums) / (world * good)).tolist()
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in zip(keys, means)},
                   "skipped_steps": skipped, "seconds": seconds, "images_per_s": n / seconds}
         history.append(record)
         log.info("epoch %d/%d: loss %.3f nats/image, %.0f images/s", epoch + 1, tcfg.epochs,
@@ -201,6 +226,11 @@ def _save(path, config, model, optimizer, epoch, history, image_shape, data, dev
         "train_data": {"name": data.name, "split": data.split, "source": data.source,
                        "is_sample": data.is_sample},
     })
+
+
+def _check_interval(device: torch.device) -> int:
+    """Steps between host reads of the device's count of bad steps in a row."""
+    return 1 if device.type == "cpu" else CHECK_EVERY_GPU
 
 
 def _kept(ckpt_path: Path) -> str:
