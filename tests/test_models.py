@@ -51,3 +51,18 @@ def test_unknown_likelihood_suggests_a_name():
 def test_conv_needs_divisible_sizes():
     with pytest.raises(ValueError, match="divisible by 4"):
         build_model(ModelConfig(), (1, 30, 30))
+
+
+@pytest.mark.parametrize("arch, likelihood, shape, expected", [
+    # z + Linear(16 → 2·32·7·7) + ConvT(64 → 32) at 14×14 + ConvT(32 → 1) at 28×28; ReLUs are in place
+    ("conv", "bernoulli", (1, 28, 28), 16 + 3136 + 32 * 14 * 14 + 784),
+    # the same with 3 channels × 2 logistic parameters at 32×32
+    ("conv", "dlogistic", (3, 32, 32), 16 + 64 * 8 * 8 + 32 * 16 * 16 + 6 * 32 * 32),
+    # z + hidden 512 + output 784
+    ("mlp", "bernoulli", (1, 28, 28), 16 + 512 + 784),
+])
+def test_elements_per_sample_counts_every_decoder_allocation(arch, likelihood, shape, expected):
+    """The IWAE chunk bound must see the hidden activations, not just the output:
+    the conv decoder's hidden layers are 12× its output for 28×28 grey images."""
+    model = build_model(ModelConfig(arch=arch, likelihood=likelihood), shape)
+    assert model.elements_per_sample == expected

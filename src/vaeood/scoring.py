@@ -85,7 +85,7 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
 
     batch_size = batch_size or 1000
     dev = next(model.parameters()).device
-    options = {**_memory_sized(fn, dev), **options}
+    options = {**memory_sized_options(fn, dev), **options}
     show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
     rank, world = distributed.rank(), distributed.world_size()
     starts = range(0, len(images), batch_size)
@@ -114,7 +114,7 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
     return result
 
 
-def _memory_sized(fn, device: torch.device) -> dict:
+def memory_sized_options(fn, device: torch.device) -> dict:
     """On a GPU, let the IWAE estimator use an eighth of the free memory for its sample
     chunks (its default bound is sized for a CPU)."""
     if device.type != "cuda" or "max_elements" not in inspect.signature(fn).parameters:

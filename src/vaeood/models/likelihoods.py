@@ -115,7 +115,7 @@ class Likelihood(nn.Module):
         return params.unflatten(-3, (self.channels, self.params_per_channel))
 
     def _check_x(self, x: Tensor, p: Tensor) -> Tensor:
-        """Validate x against the split params; return it as int64 of its own shape."""
+        """Validate x (integer levels) against the split params and return it unchanged."""
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
             raise TypeError(
                 "x must hold integer pixel values 0..255 (torch.uint8), got "
@@ -126,7 +126,7 @@ class Likelihood(nn.Module):
                 f"x has shape {tuple(x.shape)}, expected [..., {p.shape[-4]}, {p.shape[-2]}, "
                 f"{p.shape[-1]}] to match params"
             )
-        return x.long()
+        return x
 
     def _log_prob_pixels(self, p: Tensor, x: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -189,7 +189,7 @@ class CategoricalLikelihood(Likelihood):
         logp = torch.log_softmax(p, dim=-3)  # [..., C, 256, H, W]
         lead = torch.broadcast_shapes(logp.shape[:-4], x.shape[:-3])
         logp = logp.expand(*lead, *logp.shape[-4:])
-        index = x.expand(*lead, *x.shape[-3:]).unsqueeze(-3)  # [..., C, 1, H, W]
+        index = x.long().expand(*lead, *x.shape[-3:]).unsqueeze(-3)  # [..., C, 1, H, W]
         return logp.gather(-3, index).squeeze(-3)
 
     def _mean(self, p: Tensor) -> Tensor:

@@ -33,6 +33,7 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.latent_dim = latent_dim
         self.image_shape = tuple(image_shape)
+        self._elements_per_sample: int | None = None  # measured on first use
 
     @property
     def num_dims(self) -> int:
@@ -41,10 +42,30 @@ class VAE(nn.Module):
 
     @property
     def elements_per_sample(self) -> int:
-        """Floats held per (image, latent sample) pair while scoring: z plus the decoder's
-        output. The IWAE estimator sizes its sample chunks by it to bound memory."""
-        _, h, w = self.image_shape
-        return self.latent_dim + self.likelihood.out_channels * h * w
+        """Tensor elements allocated per (image, latent sample) pair while decoding: z plus
+        the output of every decoder layer that allocates one (views and in-place layers
+        allocate nothing). The IWAE estimator sizes its sample chunks by it, so that a
+        chunk's activations fit the cache on a CPU and the memory on a GPU. Measured once,
+        by decoding one z with forward hooks on the decoder's leaf modules."""
+        if self._elements_per_sample is None:
+            sizes = []
+
+            def record(module, inputs, output):
+                shares_input = any(isinstance(i, Tensor) and i.data_ptr() == output.data_ptr() for i in inputs)
+                if not shares_input:
+                    sizes.append(output.numel())
+
+            leaves = [m for m in self.decoder.modules() if next(m.children(), None) is None]
+            hooks = [m.register_forward_hook(record) for m in leaves]
+            try:
+                weight = next(self.decoder.parameters())
+                with torch.no_grad():
+                    self.decoder(torch.zeros(1, self.latent_dim, device=weight.device, dtype=weight.dtype))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            self._elements_per_sample = self.latent_dim + sum(sizes)
+        return self._elements_per_sample
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(z|x) = N(mu, diag(exp(logvar))); returns ``(mu, logvar)``, each [B, Z]."""
