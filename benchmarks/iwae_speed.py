@@ -74,6 +74,7 @@ def main(argv=None) -> dict:
 
     from vaeood.estimators import iwae
     from vaeood.run import load_model
+    from vaeood.scoring import memory_sized_options
 
     common.quiet_pythae()
     device = torch.device(a.device)
@@ -112,7 +113,9 @@ def main(argv=None) -> dict:
                     xb = x[i: i + a.batch_size]
                     # small chunks are a CPU cache remedy; on a GPU the default (large) chunks stay
                     chunk = small_chunk_size(a.k, len(xb)) if small_chunks and device.type == "cpu" else None
-                    outs.append(iwae(m, xb, k=a.k, chunk_size=chunk)["log_px_nats"])
+                    # as score() calls it: on a GPU the chunk bound is sized from free memory
+                    sized = {} if chunk else memory_sized_options(iwae, device)
+                    outs.append(iwae(m, xb, k=a.k, chunk_size=chunk, **sized)["log_px_nats"])
                 common.sync(device)
             if state["round"] > 0:
                 per_image[key].append(torch.cat(outs).double().cpu().numpy())

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -67,8 +68,25 @@ PRESETS = {
         "layer_speed": ["--reps", "15"],
         "objective_cost": ["--repeats", "3"],
     },
+    # one GPU: its own set (results in results/cuda/), sized for minutes on an H100; the
+    # 100-epoch paper_train_time alone takes ~7 min there
+    "cuda": {
+        "gpu_agreement": [],
+        "iwae_speed": ["--images", "200", "--rounds", "3"],
+        "iwae_settings": [],
+        "train_speed": ["--images", "30000", "--epochs", "2", "--rounds", "3", "--no-proposed"],
+        "train_overhead": ["--steps", "200", "--rounds", "5"],
+        "elbo_speed": ["--rounds", "5"],
+        "paper_train_time": ["--tile-to", "50000", "--variants", "", "compile=true"],
+    },
 }
-DEVICE_AWARE = {"flops", "train_speed", "train_overhead", "iwae_speed", "elbo_speed", "memory", "layer_speed"}
+DEVICE_AWARE = {"flops", "train_speed", "train_overhead", "iwae_speed", "elbo_speed", "memory", "layer_speed",
+                "gpu_agreement", "paper_train_time", "iwae_settings"}
+
+
+def results_dir(device: str) -> Path:
+    """CPU results in results/, GPU results in results/cuda/ (both are tabulated)."""
+    return RESULTS if device == "cpu" else RESULTS / "cuda"
 
 
 def run_benchmarks(names: list[str], preset: str, device: str, env: dict) -> dict[str, dict]:
@@ -76,7 +94,7 @@ def run_benchmarks(names: list[str], preset: str, device: str, env: dict) -> dic
     for name in names:
         args = list(PRESETS[preset][name])
         if name in DEVICE_AWARE and device != "cpu":
-            args += ["--device", device]
+            args += ["--device", device, "--out", str((results_dir(device) / f"{name}.json").relative_to(REPO))]
         cmd = [sys.executable, str(HERE / f"{name}.py"), *args]
         print(f"\n=== {name}: {' '.join(['python', f'benchmarks/{name}.py', *args])}", flush=True)
         start = time.perf_counter()
@@ -89,8 +107,8 @@ def run_benchmarks(names: list[str], preset: str, device: str, env: dict) -> dic
 
 
 # -- tables -----------------------------------------------------------------------------
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
+def _load(name: str, folder: Path = RESULTS) -> dict | None:
+    path = folder / f"{name}.json"
     if not path.exists():
         return None
     try:
@@ -302,12 +320,101 @@ def tables() -> str:
                 f"{oc.get('threads')} thread(s)){_data_note(oc)}", "",
                 *_table(["objective", "CPU s/epoch", "× elbo (CPU)", "wall s/epoch", "× elbo (wall)", *run_hdr], rows), ""]
 
-    head = ["### Goals (issues 3 and 5)", "", *_table(["goal", "measured", "met", *run_hdr], goals), "",
-            "Not measured here — no GPU in this session: issue 5's CIFAR-10 100 epochs ≤ 5 min on an H100 and "
-            "IWAE-1000 ≥ 20× pythae on a GPU. On a GPU machine: `python benchmarks/run_all.py --device cuda` "
-            "(and `python benchmarks/train_speed.py --dataset cifar10 --epochs 100 --rounds 1 --no-pythae "
-            "--device cuda` for the 100-epoch time; it needs the full CIFAR-10 training set in `$VAEOOD_DATA`).", ""]
-    return "\n".join([BEGIN, "", *head, *out, END])
+    head = ["### Goals on 2 CPU cores (issues 3 and 5)", "", *_table(["goal", "measured", "met", *run_hdr], goals), ""]
+    return "\n".join([BEGIN, "", *head, *out, *gpu_section(), END])
+
+
+def gpu_section() -> list[str]:
+    """Tables of ``results/cuda/*.json`` (``run_all.py --preset cuda`` on a GPU machine)."""
+    folder = RESULTS / "cuda"
+    load = {n: _load(n, folder) for n in ("paper_train_time", "iwae_speed", "train_speed", "train_overhead",
+                                          "gpu_agreement", "iwae_settings", "elbo_speed")}
+    if not any(load.values()):
+        return []
+    run_hdr = ["command", "machine · torch · date"]
+    goals, out = [], []
+    pt = load["paper_train_time"]
+    if pt:
+        tiled = pt["data"].get("tiled")
+        note = (f" ({pt['data']['available_images']:,} real CIFAR-10 training images repeated to "
+                f"{pt['data']['tiled_to']:,}: timing only)" if tiled else "")
+        rows = [[key, len(r["epoch_seconds"]), f"{r['wall_s']:.0f}", _f(r.get("projected_100_epochs_s")),
+                 f"{statistics.median(r['epoch_seconds']):.2f}", _f(r["images_per_s_median_epoch"]),
+                 f"{r['fixed_cost_s']:.1f}", f"{r['final_train_loss_nats']:.1f}", _cmd(pt), _machine(pt)]
+                for key, r in pt["runs"].items()]
+        out += [f"#### Training the Fig. 2b paper preset (CIFAR-10 50,000 images, conv base 64 / latent 64, "
+                f"batch 128){note}", "",
+                *_table(["model[train settings]", "epochs", "wall s (all in)", "projected 100 epochs s",
+                         "median epoch s", "images/s", "fixed cost s", "final train loss (nats)", *run_hdr], rows), ""]
+        full = {k: r["wall_s"] for k, r in pt["runs"].items() if len(r["epoch_seconds"]) >= 100}
+        if full:
+            goals.append(["CIFAR-10 VAE, 100 epochs ≤ 5 min (300 s) on one GPU",
+                          "; ".join(f"{k} {v:.0f} s" for k, v in full.items()),
+                          "yes" if all(v <= 300 for v in full.values()) else "**no**", _cmd(pt), _machine(pt)])
+    iw = load["iwae_speed"]
+    if iw:
+        r, ips = iw["ratios"], iw["images_per_s"]
+        goals.append([f"IWAE-{iw['k']} scoring ≥ 20× pythae on a GPU",
+                      f"{_x(r['vaeood/pythae_bs100'], 1)} pythae's default `get_nll(batch_size=100)`; "
+                      f"{_x(r['vaeood/pythae_onebatch'], 1)} pythae with `batch_size={iw['k']}` (its fastest)",
+                      f"{'yes' if r['vaeood/pythae_bs100'] >= 20 else '**no**'} against pythae's default; "
+                      f"{'yes' if r['vaeood/pythae_onebatch'] >= 20 else '**no**'} against its fastest",
+                      _cmd(iw), _machine(iw)])
+        out += [f"#### IWAE-{iw['k']} scoring ({iw['images_per_round']['vaeood']} Fashion-MNIST test images per round, "
+                f"median of {iw['rounds']} alternated rounds; the CPU prototypes change nothing on a GPU)", "",
+                *_table(["side", "images/s", "÷ pythae_onebatch", "÷ pythae_bs100", *run_hdr],
+                        [[n, _f(v, 1), _x(_ratio(r, n, "pythae_onebatch")), _x(_ratio(r, n, "pythae_bs100")),
+                          _cmd(iw), _machine(iw)] for n, v in ips.items()]), ""]
+        agr = iw.get("agreement", {})
+        if agr:
+            out += ["Agreement with pythae on the same images: " + "; ".join(
+                f"{k} {g['mean_diff_nats']:+.3f} ± {g['standard_error_nats'] or float('nan'):.3f} nats ({g['images']} images)"
+                for k, g in agr.items() if k.startswith("pythae")) + ".", ""]
+    tr = load["train_speed"]
+    if tr:
+        loop, e2e = tr["loop"], tr["end_to_end"]
+        out += [f"#### Training ({tr['images']:,} Fashion-MNIST images × {tr['epochs']} epochs, batch {tr['batch_size']}, "
+                f"conv base 32 / latent 16, median of {tr['rounds']} alternated rounds)", "",
+                *_table(["side", "loop images/s", "end-to-end images/s", "÷ bare (loop)", "÷ pythae (loop)", *run_hdr],
+                        [[n, _f(v), _f(e2e["images_per_s"][n]), _x(_ratio(loop["ratios"], n, "bare"), 3),
+                          _x(_ratio(loop["ratios"], n, "pythae"), 3) if "pythae" in loop["images_per_s"] else "–",
+                          _cmd(tr), _machine(tr)] for n, v in loop["images_per_s"].items()]), ""]
+        goals.append(["Training vs the bare loop on a GPU (no numeric goal; eager, the default)",
+                      f"{_x(loop['ratios']['vaeood/bare'], 3)} bare, {_x(loop['ratios'].get('vaeood/pythae'), 3)} pythae",
+                      "–", _cmd(tr), _machine(tr)])
+    to = load["train_overhead"]
+    if to:
+        out += [f"#### Training step breakdown on the GPU (batch {to['batch_size']}, {to['steps_per_round']} steps × "
+                f"{to['rounds']} rounds, median)", "",
+                *_table(["variant (cumulative)", "ms/step", "Δ vs previous row", "time ÷ bare", *run_hdr],
+                        [[n, f"{ms:.3f}", "–" if to["increment_ms_per_step"].get(n) is None
+                          else f"{to['increment_ms_per_step'][n]:+.3f}", _x(ms / to["ms_per_step"]["bare"], 3),
+                          _cmd(to), _machine(to)] for n, ms in to["ms_per_step"].items()]), ""]
+    st = load["iwae_settings"]
+    if st:
+        rows = [[r["setting"], r["batch"], _f(r["images_per_s"], 0), f"{r['mean_abs_diff_vs_fp32_nats']:.4f}",
+                 f"{r['max_abs_diff_vs_fp32_nats']:.4f}", _cmd(st), _machine(st)]
+                for r in st["rows"].values() if "setting" in r]
+        out += [f"#### IWAE-{st['k']} scoring under device settings (same noise; differences are numerics)", "",
+                *_table(["setting", "images per call", "images/s", "mean abs diff vs fp32 (nats)", "max abs diff vs fp32 (nats)",
+                         *run_hdr], rows), ""]
+    ga = load["gpu_agreement"]
+    if ga:
+        rows = []
+        for case, c in ga["cases"].items():
+            d, i, t = c["same_weights"]["tf32_default"], c["iwae_same_weights"], c["training"]
+            off = c["same_weights"]["tf32_off"]
+            rows.append([case, f"{d['log_lik_rel']:.1e} / {off['log_lik_rel']:.1e}",
+                         f"{d['elbo_at_mean_max_abs_nats']:.4f} / {off['elbo_at_mean_max_abs_nats']:.4f}",
+                         f"{i['mean_diff_nats']:+.3f} ± {i['standard_error_nats']:.3f} ({i['images']} images)",
+                         f"{max(t['train_loss_rel_diff_per_epoch']):.2%}", f"{t['test_elbo_rel_diff']:.2%}",
+                         _cmd(ga), _machine(ga)])
+        out += ["#### GPU against CPU on the same small runs", "",
+                *_table(["case", "log p(x \\| z) rel. diff, TF32 on / off", "ELBO at z = μ, max abs diff (nats), TF32 on / off",
+                         f"IWAE-{ga['k']} GPU − CPU, same weights", "train loss, max rel. diff per epoch",
+                         "test ELBO of the two trained models, rel. diff", *run_hdr], rows), ""]
+    return ["### On one GPU (`python benchmarks/run_all.py --preset cuda`, results in `benchmarks/results/cuda/`)", "",
+            *_table(["goal", "measured", "met", *run_hdr], goals), "", *out]
 
 
 def _met(value: float, goal: float, proposed: float | None) -> str:
@@ -340,6 +447,8 @@ def main(argv=None) -> None:
     p.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive")
     p.add_argument("--tables-only", action="store_true", help="only rewrite BENCHMARKS.md from results/*.json")
     a = p.parse_args(argv)
+    if a.preset == "cuda" and a.device == "cpu":
+        a.device = "cuda"
     if not a.tables_only:
         names = a.only.split(",") if a.only else list(PRESETS[a.preset])
         names = [n for n in names if n not in a.skip.split(",")]
@@ -354,7 +463,8 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         status = run_benchmarks(names, a.preset, a.device, env)
         total = time.perf_counter() - start
-        (RESULTS / "run_all.json").write_text(json.dumps(
+        results_dir(a.device).mkdir(parents=True, exist_ok=True)
+        (results_dir(a.device) / "run_all.json").write_text(json.dumps(
             {"preset": a.preset, "device": a.device, "omp_wait_policy": env.get("OMP_WAIT_POLICY", "default"),
              "benchmarks": status, "total_seconds": round(total, 1), "date": time.strftime("%Y-%m-%d %H:%M")},
             indent=2) + "\n")
