@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from tinydata import write_fig2a_data
 from vaeood.checkpoint import load_checkpoint
@@ -62,3 +63,22 @@ def test_ddp_training_converges_like_one_process(tmp_path, data_dir):
     np.testing.assert_allclose(losses_two, losses_one, rtol=0.05)
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]  # rank 0 alone wrote it
+
+
+def test_resumed_ddp_run_retraces_the_uninterrupted_one(tmp_path, data_dir):
+    """Every rank's RNG state is in the checkpoint, so stopping after epoch 1 and resuming
+    under torchrun ends with the weights of a run that was never stopped, bit for bit."""
+    args = ["--data-dir", str(data_dir), "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=32"]
+    torchrun("train", str(tmp_path / "straight"), *args, "--train.epochs=2", cwd=tmp_path)
+    torchrun("train", str(tmp_path / "stopped"), *args, "--train.epochs=1", cwd=tmp_path)
+    state = load_checkpoint(tmp_path / "stopped")
+    assert len(state["rng"]["ranks"]) == 2
+    assert not torch.equal(state["rng"]["ranks"][0]["torch"], state["rng"]["ranks"][1]["torch"])
+    # a resumed run continues with its saved config: raise its epochs as a 2-epoch run killed after epoch 1
+    state["config"]["train"]["epochs"] = 2
+    torch.save(state, tmp_path / "stopped" / "checkpoint.pt")
+    torchrun("train", str(tmp_path / "stopped"), *args, "--train.epochs=2", "--resume", cwd=tmp_path)
+    straight, resumed = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "stopped")
+    assert resumed["epoch"] == 2
+    assert all(torch.equal(resumed["model"][k], straight["model"][k]) for k in straight["model"])
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]

@@ -2,8 +2,9 @@
 
 Seeded and reproducible: the model is initialised from ``train.seed``, the data order
 of epoch ``e`` is a permutation drawn from a generator seeded with (seed, e), and the
-global RNG state (reparameterisation noise) is saved with every checkpoint, so a run
-resumed from its last checkpoint retraces the uninterrupted one.
+global RNG state (reparameterisation noise; every process's under torchrun) is saved
+with every checkpoint, so a run resumed from its last checkpoint retraces the
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -132,13 +133,21 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # a checkpoint's saved flags must not undo fused=True
             group["fused"], group["foreach"] = True, None
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        rng = state["rng"]
+        per_rank = rng.get("ranks") or []
+        rng_restored = world == 1 or len(per_rank) == world
+        mine = per_rank[rank] if world > 1 and rng_restored else rng
+        torch.set_rng_state(mine["torch"])
+        if device.type == "cuda" and "cuda" in mine:
+            torch.cuda.set_rng_state(mine["cuda"], device)
         history = list(state["history"])
         start_epoch = state["epoch"]
         load_objective_state(objective, state.get("objective"))
-    if world > 1:  # different reparameterisation noise per rank (rank 0's state is the one saved)
+    else:
+        rng_restored = False
+    if world > 1 and not rng_restored:
+        # different reparameterisation noise per rank; also when resuming a checkpoint saved
+        # by another number of processes, whose per-rank states don't map onto these ranks
         torch.manual_seed(tcfg.seed + 104_729 * rank + start_epoch)
 
     show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
@@ -213,6 +222,8 @@ def _save(path, config, model, optimizer, epoch, history, image_shape, data, dev
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
+    if distributed.world_size() > 1:  # every rank's own noise state, so a resumed DDP run retraces
+        rng = {**rng, "ranks": distributed.gather_objects(rng)}
     save_checkpoint(path, {
         "config": config.to_dict(),
         "epoch": epoch,
