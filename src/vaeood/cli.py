@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from . import distributed
 from .checkpoint import CheckpointError
 from .config import Config, ConfigError
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = args.quiet or int(os.environ.get("RANK", "0")) > 0
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    keep_freed_memory()  # the command owns its process: no page faults per training step
     try:
         overrides = _dotted(extra)
         if overrides and args.command not in ("train", "reproduce"):
