@@ -5,13 +5,12 @@ due to the workload itself can be read off. On CUDA also ``torch.cuda.max_memory
 
 Cases (same network, Fashion-MNIST):
 
-* ``iwae_vaeood``: ``iwae(model, x, k=K)`` on ``--iwae-images``
-  (20) images, one batch, default chunking: one chunk of K=1000 samples x 20 images =
-  20,000 decoded samples, the same chunk as ``score``'s default 1000-image batches get
-  (20 samples x 1000 images: the chunk holds ``2**24 // elements_per_sample`` decoded
-  samples whatever the batch), so this is the footprint of ``vaeood score``;
+* ``iwae_vaeood``: ``iwae(model, x, k=K)`` on ``--iwae-images`` (20) images, one batch,
+  default chunking: chunks of ``max_elements // (B * elements_per_sample)`` samples
+  (``2**22`` elements of the decoder's allocations: ~410 decoded (image, sample) pairs
+  whatever the batch), so this is the footprint of ``vaeood score`` on a CPU;
   ``iwae_vaeood_proposed``: the same with the prototypes of ``prototypes.py`` (~512-pair
-  chunks, channels_last, in-place ReLU);
+  chunks, channels_last);
 * ``iwae_pythae_onebatch`` / ``iwae_pythae_bs100``: ``get_nll(x, n_samples=K,
   batch_size=K or 100)`` on ``--pythae-images`` (3) images (it goes one image at a time,
   so its footprint does not depend on how many);

@@ -10,6 +10,9 @@
   (channels_last, oneDNN-free output deconvolution, in-place ReLU), injected by wrapping
   ``vaeood.train.build_model`` in this process — a library change proposed here, not
   what the library does;
+* ``vaeood_bf16`` (``--bf16``): ``vaeood.train`` with ``train.precision=bf16`` (autocast of
+  convolutions and linear layers, log-likelihood sums in fp32; ``precision_quality.py``
+  checks that it trains a model of the same test likelihood);
 * ``pythae``: ``TrainingPipeline(VAE(bce) around the same modules, BaseTrainerConfig)``
   — its DataLoader over a ``BaseDataset`` of float images, per-step ``loss.item()``,
   best-model deep copy per epoch, final model save.
@@ -19,10 +22,13 @@ per-epoch ``seconds`` from metrics.jsonl, pythae's first-to-last train step per 
 a callback, the bare loop's whole time) and **end-to-end** images/s (from the dataset on
 disk to a trained model: data loading, model build, checkpoints and saves included).
 Same initial weights on every side (seed r in round r). Runs alternate, medians of the
-rounds and of the per-round ratios are reported.
+rounds and of the per-round ratios are reported. By default all sides share one process
+(after a warm-up, so its allocator is warm for all); ``--fresh-processes`` runs each side
+in a new process per round, as a user's run starts: there the allocator's behaviour
+counts (``vaeood.allocator``).
 
     python benchmarks/train_speed.py [--images 20000] [--epochs 2] [--rounds 3] [--device cpu]
-    python benchmarks/train_speed.py --dataset cifar10 --epochs 100 --rounds 1 --no-pythae --device cuda
+    python benchmarks/train_speed.py --fresh-processes --bf16 --no-proposed   # each run in a new process
 
 Data: Fashion-MNIST from $VAEOOD_DATA when set, else the bundled sample.
 """
@@ -71,7 +77,7 @@ def run_bare(a, seed: int) -> dict:
     return {"loop": loop, "total": time.perf_counter() - start}
 
 
-def run_vaeood(a, seed: int, proposed: bool = False) -> dict:
+def run_vaeood(a, seed: int, proposed: bool = False, precision: str = "fp32") -> dict:
     import sys
 
     from vaeood.config import Config
@@ -88,7 +94,7 @@ def run_vaeood(a, seed: int, proposed: bool = False) -> dict:
         "train.epochs": str(a.epochs), "train.batch_size": str(a.batch_size), "train.seed": str(seed),
         "train.device": a.device, "model.base_channels": str(common.BASE_CHANNELS),
         "model.latent_dim": str(common.LATENT_DIM), "data.name": a.dataset, "data.split": a.split,
-        "data.limit": str(a.images), "data.allow_sample": "true",
+        "data.limit": str(a.images), "data.allow_sample": "true", "train.precision": precision,
     })
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +138,17 @@ def run_pythae(a, seed: int) -> dict:
     return {"loop": sum(e - b for b, e in zip(timer.begin, timer.end)), "total": total}
 
 
+def in_fresh_process(side: str, seed: int, argv) -> dict:
+    """One side, one round, in a new interpreter (same arguments)."""
+    import subprocess
+    import sys
+
+    args = [x for x in (sys.argv[1:] if argv is None else argv) if x != "--fresh-processes"]
+    done = subprocess.run([sys.executable, __file__, *args, "--side", side, "--seed", str(seed)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=20000)
@@ -143,29 +160,45 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-pythae", action="store_true")
     p.add_argument("--no-proposed", action="store_true", help="leave out the vaeood_proposed prototype")
+    p.add_argument("--bf16", action="store_true", help="add vaeood with train.precision=bf16 (see precision_quality.py)")
+    p.add_argument("--fresh-processes", action="store_true",
+                   help="run every side in a new Python process per round, as users run them "
+                        "(the vaeood sides as the vaeood command does: allocator.keep_freed_memory)")
+    p.add_argument("--side", default=None, help=argparse.SUPPRESS)  # internal: one side, one round, JSON out
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     common.quiet_pythae()
+    sides = {"bare": run_bare, "vaeood": run_vaeood}
+    if not a.no_proposed and not a.fresh_processes:
+        sides["vaeood_proposed"] = lambda args, seed: run_vaeood(args, seed, proposed=True)
+    if a.bf16:
+        sides["vaeood_bf16"] = lambda args, seed: run_vaeood(args, seed, precision="bf16")
+    if not a.no_pythae:
+        sides["pythae"] = run_pythae
+    if a.side:  # one side in this (fresh) process
+        if a.side.startswith("vaeood"):
+            from vaeood.allocator import keep_freed_memory
+
+            keep_freed_memory()
+        print(json.dumps(sides[a.side](a, a.seed)))
+        return {}
     info = common.machine_info(a.device)
     x_probe, data = common.load_images(a.dataset, a.split, a.images)
     a.images = len(x_probe)
 
-    sides = {"bare": run_bare, "vaeood": run_vaeood}
-    if not a.no_proposed:
-        sides["vaeood_proposed"] = lambda args, seed: run_vaeood(args, seed, proposed=True)
-    if not a.no_pythae:
-        sides["pythae"] = run_pythae
-    # warm-up: one short run each (allocator, oneDNN kernels, imports)
-    warm = argparse.Namespace(**{**vars(a), "images": min(a.images, 2 * a.batch_size), "epochs": 1})
-    for fn in sides.values():
-        fn(warm, 0)
+    if not a.fresh_processes:
+        # warm-up: one short run each (allocator, oneDNN kernels, imports)
+        warm = argparse.Namespace(**{**vars(a), "images": min(a.images, 2 * a.batch_size), "epochs": 1})
+        for fn in sides.values():
+            fn(warm, 0)
     records: dict[str, list[dict]] = {n: [] for n in sides}
     names = list(sides)
     peaks = []
     for r in range(a.rounds):
         peaks.append(common.peak_probe(a.device))
         for name in names[r % len(names):] + names[: r % len(names)]:
-            records[name].append(sides[name](a, r))
+            records[name].append(in_fresh_process(name, r, argv) if a.fresh_processes else sides[name](a, r))
     n = a.images * a.epochs
     loop = common.summarise({k: [x["loop"] for x in v] for k, v in records.items()}, {k: n for k in sides})
     total = common.summarise({k: [x["total"] for x in v] for k, v in records.items()}, {k: n for k in sides})
@@ -180,6 +213,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "train_speed", "command": common.command_line(), "machine": info, "data": data.source,
         "images": a.images, "epochs": a.epochs, "batch_size": a.batch_size, "rounds": a.rounds,
+        "fresh_processes": a.fresh_processes,
         "model": {"arch": "conv", "base_channels": common.BASE_CHANNELS, "latent_dim": common.LATENT_DIM,
                   "likelihood": "bernoulli"},
         "loop": loop, "end_to_end": total,
@@ -187,7 +221,9 @@ def main(argv=None) -> dict:
     }
     if "pythae" in sides:
         result["goals"]["vaeood/pythae >= 1.2"] = loop["ratios"]["vaeood/pythae"] >= 1.2
-    path = common.write_result("train_speed", result, a.out)
+        if "vaeood_bf16" in sides:
+            result["goals"]["vaeood_bf16/pythae >= 1.2"] = loop["ratios"]["vaeood_bf16/pythae"] >= 1.2
+    path = common.write_result("train_speed_fresh" if a.fresh_processes else "train_speed", result, a.out)
     for label, s in (("loop", loop), ("end-to-end", total)):
         print(f"training {label} images/s: " + "  ".join(f"{k} {v:.0f}" for k, v in s["images_per_s"].items())
               + "   ratios: " + "  ".join(f"{k} {v:.3f}" for k, v in s["ratios"].items() if k.startswith("vaeood")))
