@@ -77,7 +77,7 @@ def run_bare(a, seed: int) -> dict:
     return {"loop": loop, "total": time.perf_counter() - start}
 
 
-def run_vaeood(a, seed: int, proposed: bool = False, precision: str = "fp32") -> dict:
+def run_vaeood(a, seed: int, proposed: bool = False, extra: dict | None = None) -> dict:
     import sys
 
     from vaeood.config import Config
@@ -94,7 +94,7 @@ def run_vaeood(a, seed: int, proposed: bool = False, precision: str = "fp32") ->
         "train.epochs": str(a.epochs), "train.batch_size": str(a.batch_size), "train.seed": str(seed),
         "train.device": a.device, "model.base_channels": str(common.BASE_CHANNELS),
         "model.latent_dim": str(common.LATENT_DIM), "data.name": a.dataset, "data.split": a.split,
-        "data.limit": str(a.images), "data.allow_sample": "true", "train.precision": precision,
+        "data.limit": str(a.images), "data.allow_sample": "true", **(extra or {}),
     })
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +173,8 @@ def main(argv=None) -> dict:
     if not a.no_proposed and not a.fresh_processes:
         sides["vaeood_proposed"] = lambda args, seed: run_vaeood(args, seed, proposed=True)
     if a.bf16:
-        sides["vaeood_bf16"] = lambda args, seed: run_vaeood(args, seed, precision="bf16")
+        sides["vaeood_bf16"] = lambda args, seed: run_vaeood(args, seed, extra={"train.precision": "bf16"})
+
     if not a.no_pythae:
         sides["pythae"] = run_pythae
     if a.side:  # one side in this (fresh) process
