@@ -16,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -300,3 +301,35 @@ def test_msc_resume_is_exact(tmp_path, tiny_data):
     assert torch.equal(straight["objective"]["z"], resumed["objective"]["z"])
     assert [h["train_loss"] for h in straight["history"]] == [h["train_loss"] for h in resumed["history"]]
     assert 0.0 < straight["history"][-1]["train_chain_moved"] <= 1.0
+
+
+def test_holm_adjusted_p_values_known_answer():
+    """Holm (1979) by hand: sorted 0.01, 0.03, 0.04 of m = 3 → 3·0.01, max(0.03, 2·0.03),
+    max(0.06, 1·0.04); returned in the input order; NaN is not a test."""
+    from vaeood.experiments.forward_kl import holm
+
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adjusted = holm([0.5, math.nan, 0.02])
+    assert adjusted[0] == pytest.approx(0.5) and adjusted[2] == pytest.approx(0.04) and math.isnan(adjusted[1])
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # 2·0.8 capped at 1, and 0.9 may not fall below it
+
+
+def test_one_raw_p_below_005_among_three_is_not_an_improvement_after_holm():
+    """The forward-KL verdict tests three objectives: one raw p = 0.03 (adjusted 0.09)
+    is reported, but not called an improvement."""
+    from vaeood.experiments.forward_kl import FORWARD_KL, REVERSE_KL, hypothesis_verdict
+
+    def seeds(*values):
+        v = np.asarray(values)
+        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "n": len(v), "values": list(values)}
+
+    base = {"auroc_elbo": seeds(0.05, 0.06, 0.07), "q_var_in": seeds(1, 1, 1), "q_var_ratio_in": seeds(1, 1, 1)}
+    agg = {o: {**base, "auroc_iwae": seeds(0.058, 0.059, 0.060)} for o in REVERSE_KL}
+    agg[FORWARD_KL[0]] = {**base, "auroc_iwae": seeds(0.070, 0.074, 0.078)}  # clearly higher
+    for f in FORWARD_KL[1:]:
+        agg[f] = {**base, "auroc_iwae": seeds(0.050, 0.060, 0.070)}
+    verdict = hypothesis_verdict(agg, 3)
+    first = verdict["comparisons"][FORWARD_KL[0]][verdict["reference"]]["auroc_iwae"]
+    assert first["p"] < 0.05 and first["p_holm"] == pytest.approx(min(1.0, 3 * first["p"]))
+    expected = "improves" if first["p_holm"] < 0.05 else "no detectable difference"
+    assert verdict["labels"][FORWARD_KL[0]] == expected
