@@ -22,13 +22,15 @@ def train_or_reuse(config: Config, run_dir: Path, *, data_dir: str | None, progr
     """Train ``config`` into ``run_dir`` unless a checkpoint there has already reached
     ``train.epochs`` (an unfinished one is resumed); return the training summary."""
     ckpt = run_dir / CHECKPOINT_NAME
-    if not ckpt.exists() or load_checkpoint(ckpt)["epoch"] < config.train.epochs:
+    state = load_checkpoint(ckpt) if ckpt.exists() else None
+    if state is None or state["epoch"] < config.train.epochs:
         train(config, run_dir, resume=True, data_dir=data_dir, progress=progress)
-    return training_summary(run_dir)
+        state = load_checkpoint(ckpt)
+    return training_summary(state)
 
 
-def training_summary(run_dir: Path) -> dict:
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+def training_summary(state: dict) -> dict:
+    """What a report says of a finished run's training, from its checkpoint."""
     return {"epochs": state["epoch"], "num_parameters": state["num_parameters"],
             "final_train_loss_nats": state["history"][-1]["train_loss"],
             "train_seconds": sum(h["seconds"] for h in state["history"]),
