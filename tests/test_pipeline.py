@@ -257,3 +257,30 @@ def test_unknown_compile_mode_is_refused(tmp_path, data_dir, capsys):
     assert main(["train", str(tmp_path / "r"), "--data-dir", str(data_dir), "--train.compile=true",
                  "--train.compile_mode=fastest"]) == 2
     assert "train.compile_mode must be one of default, reduce-overhead" in capsys.readouterr().err
+
+
+def test_score_metadata_records_the_options_asked_for_not_the_device_sized_chunk_bound(
+        tmp_path, data_dir, monkeypatch):
+    """On a GPU score() sizes IWAE's chunk bound from free memory; the estimator gets it,
+    the saved metadata (and every report made from it) keeps only the requested options."""
+    import functools
+
+    import vaeood.scoring as scoring
+    from vaeood.estimators import ESTIMATORS
+    from vaeood.scoring import score_meta
+
+    run = train(Config().override({"train.epochs": "1", "model.base_channels": "4"}), tmp_path / "run",
+                data_dir=str(data_dir))
+    monkeypatch.setattr(scoring, "memory_sized_options", lambda fn, device: {"max_elements": 12_345})
+    seen = []
+    real_iwae = ESTIMATORS.get("iwae")
+
+    @functools.wraps(real_iwae)  # same signature, so the option check still applies
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real_iwae(*args, **kwargs)
+
+    monkeypatch.setitem(ESTIMATORS._items, "iwae", spy)
+    result = score(run, "mnist", estimator="iwae", estimator_options={"k": 4}, data_dir=str(data_dir), limit=8)
+    assert seen and all(kw["max_elements"] == 12_345 and kw["k"] == 4 for kw in seen)
+    assert score_meta(result)["options"] == {"k": 4}

@@ -85,7 +85,8 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
 
     batch_size = batch_size or 1000
     dev = next(model.parameters()).device
-    options = {**memory_sized_options(fn, dev), **options}
+    # the chunk bound fits the device; the scores' metadata records only what was asked for
+    run_options = {**memory_sized_options(fn, dev), **options}
     show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
     rank, world = distributed.rank(), distributed.world_size()
     starts = range(0, len(images), batch_size)
@@ -97,7 +98,8 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
                       disable=not show, leave=False):
             x = to_tensor(images[starts[b]: starts[b] + batch_size], dev)
             generator = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + b)
-            mine[b] = {k: v.double().cpu().numpy() for k, v in fn(model, x, generator=generator, **options).items()}
+            estimates = fn(model, x, generator=generator, **run_options)
+            mine[b] = {k: v.double().cpu().numpy() for k, v in estimates.items()}
     batches = {b: r for part in distributed.gather_objects(mine) for b, r in part.items()}
     result = {k: np.concatenate([batches[b][k] for b in range(len(starts))]) for k in batches[0]}
     if model.likelihood.normalised:
