@@ -29,13 +29,10 @@ import math
 import torch
 from torch import Tensor
 
-from .estimators import _log_joint, _posterior, _standard_normal, elbo, iwae
+from .estimators import _LOG_2PI, _check_positive_int, _log_joint, _posterior, _standard_normal, elbo, iwae
 from .registry import Registry, check_options
 
 OBJECTIVES = Registry("objective")
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
 
 def make_objective(name: str, options: dict | None = None, *, num_examples: int | None = None):
     """The callable ``train`` runs for objective ``name``: the registered function, or a
@@ -59,12 +56,6 @@ def load_objective_state(objective, state: dict | None) -> None:
     """Restore :func:`objective_state` into a fresh objective (no-op for stateless ones)."""
     if hasattr(objective, "load_state_dict"):
         objective.load_state_dict(state or {})
-
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return int(k)
 
 
 def _gaussian_log_prob(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
@@ -139,7 +130,7 @@ def rws_objective(model, x: Tensor, k: int = 5) -> dict[str, Tensor]:
     the lower-variance estimator of the same expectation. When ESS ≈ 1 (q far too
     narrow) the update follows a single sample.
     """
-    k = _check_k(k)
+    k = _check_positive_int("k", k)
     mu, logvar = _posterior(model, x)
     eps = _standard_normal(k, mu, None)
     z = (mu + torch.exp(0.5 * logvar) * eps).detach()  # [K, B, Z], no path to φ
@@ -181,7 +172,7 @@ def rws_dreg_objective(model, x: Tensor, k: int = 5) -> dict[str, Tensor]:
     not), but it needs ∂log p(x, z)/∂z, i.e. a backward pass through the decoder into z,
     and a continuous, reparameterisable latent. ``loss`` has the value of −IWAE_K.
     """
-    k = _check_k(k)
+    k = _check_positive_int("k", k)
     mu, logvar = _posterior(model, x)
     eps = _standard_normal(k, mu, None)
     z = mu + torch.exp(0.5 * logvar) * eps  # reparameterised: the encoder's only path
@@ -241,7 +232,7 @@ class MarkovianScoreClimbing:
 
     def __call__(self, model, x: Tensor, *, index: Tensor | None = None, k: int = 5,
                  rao_blackwell: bool = True) -> dict[str, Tensor]:
-        k = _check_k(k)
+        k = _check_positive_int("k", k)
         if index is None:
             raise ValueError("the msc objective keeps one chain per training example and needs the "
                              "batch's dataset positions: call it as objective(model, x, index=...)")
