@@ -24,6 +24,7 @@ from .distributed import is_main
 log = logging.getLogger(__name__)
 
 _TMP_SUFFIX = ".tmp"
+_TMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # what tempfile.mkstemp makes for us
 
 
 def _file_mode() -> int:
@@ -31,8 +32,6 @@ def _file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
-
-_TMP_NAME = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")  # what tempfile.mkstemp makes for us
 
 
 class WriteError(OSError):

@@ -30,7 +30,6 @@ class OutputConvTranspose2d(nn.ConvTranspose2d):
             torch.backends.mkldnn.set_flags(_enabled=enabled, _fp32_precision=None)
 
 
-
 def conv_encoder(channels: int, height: int, width: int, base: int, latent_dim: int) -> nn.Module:
     _check_divisible(height, width)
     h, w = height // 4, width // 4
