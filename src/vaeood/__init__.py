@@ -8,13 +8,12 @@ out-of-distribution scores, metrics, figures and reports.
     >>> vaeood.evaluate(run, "fashion_mnist", ["mnist"])               # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
-from .config import Config  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .experiments import reproduce  # noqa: E402
-from .run import load_model  # noqa: E402
-from .scoring import score  # noqa: E402
-from .train import train  # noqa: E402
+from ._version import __version__
+from .config import Config
+from .evaluate import evaluate
+from .experiments import reproduce
+from .run import load_model
+from .scoring import score
+from .train import train
 
 __all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "__version__"]

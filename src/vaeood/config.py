@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .registry import did_you_mean
 
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or has a value of the wrong type."""
+__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig"]
 
 
 @dataclass

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from contextlib import contextmanager
 from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import ConfigError
 
 T = TypeVar("T")
 
@@ -28,8 +31,6 @@ def check_options(fn, options: dict, kind: str, name: str, supplied: tuple[str, 
     ``supplied`` names the parameters the caller fills itself (``model``, ``x``, ...),
     which are not options. Returns a copy of ``options``.
     """
-    from .config import ConfigError  # config imports this module
-
     accepted = [p for p in inspect.signature(fn).parameters if p not in supplied]
     unknown = [k for k in options if k not in accepted]
     if unknown:
@@ -53,6 +54,22 @@ class Registry(Generic[T]):
             return item
 
         return add
+
+    @contextmanager
+    def registered(self, name: str, item: T) -> Iterator[T]:
+        """Register ``item`` as ``name`` for the duration of a ``with`` block (a plug-in
+        defined in a test, or a stand-in for a registered one), then restore what was
+        there before."""
+        missing = object()
+        before = self._items.get(name, missing)
+        self._items[name] = item
+        try:
+            yield item
+        finally:
+            if before is missing:
+                del self._items[name]
+            else:
+                self._items[name] = before
 
     def get(self, name: str) -> T:
         try:

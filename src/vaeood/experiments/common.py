@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ..config import Config
 from ..registry import Registry

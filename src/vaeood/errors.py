@@ -1,0 +1,6 @@
+"""Errors shared by modules that must not import each other (a config error is raised
+by the config loader and by the plug-in registries' option checks)."""
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or has a value of the wrong type."""
