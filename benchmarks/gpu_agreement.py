@@ -38,7 +38,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def deterministic(model_cpu, model_gpu, x_uint8: torch.Tensor, device) -> dict:
     """Posterior, log p(x|z) at shared z, and ELBO at z = mu on both devices."""
-    from vaeood.estimators import gaussian_kl_to_standard_nats
+    from vaeood.gaussian import kl_to_standard_normal
 
     with torch.no_grad():
         mu_c, lv_c = model_cpu.posterior(x_uint8)
@@ -46,8 +46,8 @@ def deterministic(model_cpu, model_gpu, x_uint8: torch.Tensor, device) -> dict:
         z = (mu_c + torch.randn(mu_c.shape, generator=torch.Generator().manual_seed(0)) * (0.5 * lv_c).exp())[None]
         ll_c = model_cpu.log_likelihood(x_uint8, z)[0]
         ll_g = model_gpu.log_likelihood(x_uint8.to(device), z.to(device))[0]
-        elbo_c = model_cpu.log_likelihood(x_uint8, mu_c[None])[0] - gaussian_kl_to_standard_nats(mu_c, lv_c)
-        elbo_g = model_gpu.log_likelihood(x_uint8.to(device), mu_g[None])[0] - gaussian_kl_to_standard_nats(mu_g, lv_g)
+        elbo_c = model_cpu.log_likelihood(x_uint8, mu_c[None])[0] - kl_to_standard_normal(mu_c, lv_c)
+        elbo_g = model_gpu.log_likelihood(x_uint8.to(device), mu_g[None])[0] - kl_to_standard_normal(mu_g, lv_g)
     return {"posterior_mu_rel": rel(mu_g, mu_c), "posterior_logvar_rel": rel(lv_g, lv_c),
             "log_lik_rel": rel(ll_g, ll_c), "log_lik_max_abs_nats": float((ll_g.cpu() - ll_c).abs().max()),
             "elbo_at_mean_rel": rel(elbo_g, elbo_c),

@@ -14,7 +14,7 @@ images with ``vaeood.estimators.iwae`` (chunk bound as ``score`` sets it) under:
 
 Every setting draws the same noise (same generator seed), so differences from ``fp32``
 are numerics alone: the table gives their mean and maximum absolute value in nats.
-Also timed alone: drawing the K noise samples (``_standard_normal``, one ``[B, Z]`` draw
+Also timed alone: drawing the K noise samples (``vaeood.gaussian.standard_normal``, one ``[B, Z]`` draw
 per sample index).
 
     python benchmarks/iwae_settings.py --device cuda [--batch-sizes 200 1000] [--k 1000]
@@ -68,7 +68,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
 
-    from vaeood.estimators import _standard_normal, iwae
+    from vaeood.estimators import iwae
+    from vaeood.gaussian import standard_normal
     from vaeood.run import load_model
     from vaeood.scoring import memory_sized_options
 
@@ -112,10 +113,10 @@ def main(argv=None) -> dict:
                   f"{r['mean_abs_diff_vs_fp32_nats']:.4f} max {r['max_abs_diff_vs_fp32_nats']:.4f} nats", flush=True)
         mu = torch.zeros(b, model.latent_dim, device=device)
         gen = torch.Generator(device=device).manual_seed(0)
-        _standard_normal(a.k, mu, gen)
+        standard_normal(a.k, mu, gen)
         common.sync(device)
         start = time.perf_counter()
-        _standard_normal(a.k, mu, gen)
+        standard_normal(a.k, mu, gen)
         common.sync(device)
         rows[f"noise B={b}"] = {"noise_seconds": time.perf_counter() - start}
         print(f"noise draw K={a.k} B={b}: {rows[f'noise B={b}']['noise_seconds'] * 1e3:.1f} ms", flush=True)

@@ -34,27 +34,19 @@ import math
 import torch
 from torch import Tensor
 
-from vaeood.registry import Registry
+from .gaussian import check_positive_int, kl_to_standard_normal, log_prob_from_eps, standard_normal
+from .refine import refine_posterior
+from .registry import Registry
 
-__all__ = ["ESTIMATORS", "elbo", "iwae", "bits_per_dim", "gaussian_kl_to_standard_nats"]
+__all__ = ["ESTIMATORS", "elbo", "iwae", "bits_per_dim", "checked_posterior", "checked_log_joint"]
 
 logger = logging.getLogger(__name__)
 
 ESTIMATORS: Registry = Registry("estimator")
 
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-# -- shared pieces ------------------------------------------------------------------------
-def gaussian_kl_to_standard_nats(mu: Tensor, logvar: Tensor) -> Tensor:
-    r"""KL(N(mu, diag e^{logvar}) || N(0, I)) in nats, summed over the last dim.
-
-    .. math:: \mathrm{KL} = \tfrac12 \sum_j \big(\mu_j^2 + e^{\ell_j} - 1 - \ell_j\big)
-    """
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)
-
-
-def _posterior(model, x) -> tuple[Tensor, Tensor]:
+# -- the model protocol, checked ------------------------------------------------------------
+def checked_posterior(model, x) -> tuple[Tensor, Tensor]:
+    """``model.posterior(x)``, checked to be ``(mu, logvar)`` of equal shape ``[B, Z]``."""
     mu, logvar = model.posterior(x)
     if mu.dim() != 2 or logvar.shape != mu.shape:
         raise ValueError(
@@ -64,29 +56,7 @@ def _posterior(model, x) -> tuple[Tensor, Tensor]:
     return mu, logvar
 
 
-def _standard_normal(num: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """``[num, B, Z]`` standard-normal noise, one ``[B, Z]`` draw per sample index.
-
-    Drawing sample by sample (rather than one ``[num, B, Z]`` call) makes the noise of
-    sample k independent of the chunking: torch's samplers lay out a big draw differently
-    from a sequence of small ones.
-    """
-    if num == 1:
-        return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)[None]
-    return torch.stack(
-        [
-            torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
-            for _ in range(num)
-        ]
-    )
-
-
-def _diag_gaussian_log_prob_from_eps(eps: Tensor, logvar: Tensor) -> Tensor:
-    """log N(mu + std*eps; mu, diag std^2) summed over Z, computed from eps (exact)."""
-    return -0.5 * (eps.pow(2) + logvar + _LOG_2PI).sum(dim=-1)
-
-
-def _log_joint(model, x, z: Tensor) -> tuple[Tensor, Tensor]:
+def checked_log_joint(model, x, z: Tensor) -> tuple[Tensor, Tensor]:
     """(log p(x|z), log p(z)), each checked to be ``[S, B]``."""
     log_lik = model.log_likelihood(x, z)
     log_prior = model.log_prior(z)
@@ -100,7 +70,7 @@ def _log_joint(model, x, z: Tensor) -> tuple[Tensor, Tensor]:
     return log_lik, log_prior
 
 
-def _check_positive_int(name: str, value) -> int:
+def check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or int(value) != value or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
@@ -140,11 +110,11 @@ def elbo(
     is unbiased for the ELBO, with variance falling as 1/samples. Differentiable in the
     model parameters (reparameterisation), so usable as a training loss.
     """
-    samples = _check_positive_int("samples", samples)
+    samples = check_positive_int("samples", samples)
     if kl not in ("analytic", "mc"):
         raise ValueError(f"kl must be 'analytic' or 'mc', got {kl!r}")
-    mu, logvar = _posterior(model, x)
-    eps = _standard_normal(samples, mu, generator)
+    mu, logvar = checked_posterior(model, x)
+    eps = standard_normal(samples, mu, generator)
     z = mu + torch.exp(0.5 * logvar) * eps
     if kl == "analytic":
         log_lik = model.log_likelihood(x, z)
@@ -153,13 +123,13 @@ def elbo(
                 f"model.log_likelihood must return [S, B] = {list(z.shape[:2])}, "
                 f"got {list(log_lik.shape)}"
             )
-        rate = gaussian_kl_to_standard_nats(mu, logvar)
+        rate = kl_to_standard_normal(mu, logvar)
         mean_log_lik = log_lik.mean(dim=0)
         distortion = -mean_log_lik
         log_px = mean_log_lik - rate
     else:
-        log_lik, log_prior = _log_joint(model, x, z)
-        log_q = _diag_gaussian_log_prob_from_eps(eps, logvar)
+        log_lik, log_prior = checked_log_joint(model, x, z)
+        log_q = log_prob_from_eps(eps, logvar)
         # same expression, same order as in iwae, so iwae(k=1) matches bit for bit
         log_w = log_lik + log_prior - log_q
         log_px = log_w.mean(dim=0)
@@ -231,9 +201,9 @@ def iwae(
     out-of-distribution inputs) means the estimate is untrustworthy and may be far below
     log p(x). With ``k=1`` this is the single-sample ELBO with MC KL.
     """
-    k = _check_positive_int("k", k)
-    max_elements = _check_positive_int("max_elements", max_elements)
-    mu, logvar = _posterior(model, x)  # encode once
+    k = check_positive_int("k", k)
+    max_elements = check_positive_int("max_elements", max_elements)
+    mu, logvar = checked_posterior(model, x)  # encode once
     batch, latent = mu.shape
     if chunk_size is None:
         per_sample = getattr(model, "elements_per_sample", None)
@@ -241,11 +211,9 @@ def iwae(
             per_sample = latent + (x[0].numel() if batch else 0)
         per_sample = max(1, int(per_sample))
         chunk_size = max(1, max_elements // max(1, batch * per_sample))
-    chunk_size = min(_check_positive_int("chunk_size", chunk_size), k)
+    chunk_size = min(check_positive_int("chunk_size", chunk_size), k)
     logger.debug("iwae: k=%d, batch=%d, chunk_size=%d", k, batch, chunk_size)
     if refine_steps:
-        from vaeood.refine import refine_posterior  # refine builds on this module's helpers
-
         mu, logvar = refine_posterior(model, x, mu, logvar, steps=refine_steps, k=refine_k,
                                       step_size=refine_step_size, chunk_size=chunk_size, generator=generator)
 
@@ -253,10 +221,10 @@ def iwae(
     log_sum_w = log_sum_w2 = sum_log_w = m1 = m2 = None
     for start in range(0, k, chunk_size):
         n = min(chunk_size, k - start)
-        eps = _standard_normal(n, mu, generator)
+        eps = standard_normal(n, mu, generator)
         z = mu + std * eps
-        log_lik, log_prior = _log_joint(model, x, z)
-        log_q = _diag_gaussian_log_prob_from_eps(eps, logvar)
+        log_lik, log_prior = checked_log_joint(model, x, z)
+        log_q = log_prob_from_eps(eps, logvar)
         log_w = log_lik + log_prior - log_q  # [n, B]
         c_sum_w = torch.logsumexp(log_w, dim=0)
         c_sum_w2 = torch.logsumexp(2.0 * log_w, dim=0)

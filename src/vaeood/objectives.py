@@ -29,7 +29,8 @@ import math
 import torch
 from torch import Tensor
 
-from .estimators import _LOG_2PI, _check_positive_int, _log_joint, _posterior, _standard_normal, elbo, iwae
+from .estimators import checked_log_joint, checked_posterior, elbo, iwae
+from .gaussian import check_positive_int, log_prob, standard_normal
 from .registry import Registry, check_options
 
 OBJECTIVES = Registry("objective")
@@ -56,12 +57,6 @@ def load_objective_state(objective, state: dict | None) -> None:
     """Restore :func:`objective_state` into a fresh objective (no-op for stateless ones)."""
     if hasattr(objective, "load_state_dict"):
         objective.load_state_dict(state or {})
-
-
-def _gaussian_log_prob(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; mu, diag e^logvar) summed over the last dim; differentiable in mu and
-    logvar at fixed ``z`` (the score function that wake-φ updates need)."""
-    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)
 
 
 def _ess(log_w: Tensor) -> Tensor:
@@ -130,12 +125,12 @@ def rws_objective(model, x: Tensor, k: int = 5) -> dict[str, Tensor]:
     the lower-variance estimator of the same expectation. When ESS ≈ 1 (q far too
     narrow) the update follows a single sample.
     """
-    k = _check_positive_int("k", k)
-    mu, logvar = _posterior(model, x)
-    eps = _standard_normal(k, mu, None)
+    k = check_positive_int("k", k)
+    mu, logvar = checked_posterior(model, x)
+    eps = standard_normal(k, mu, None)
     z = (mu + torch.exp(0.5 * logvar) * eps).detach()  # [K, B, Z], no path to φ
-    log_lik, log_prior = _log_joint(model, x, z)  # θ only
-    log_q = _gaussian_log_prob(z, mu, logvar)  # φ only (z fixed): the score function
+    log_lik, log_prior = checked_log_joint(model, x, z)  # θ only
+    log_q = log_prob(z, mu, logvar)  # φ only (z fixed): the score function
     log_w = log_lik + log_prior - log_q.detach()  # [K, B]
     bound = torch.logsumexp(log_w, 0) - math.log(k)
     w = torch.softmax(log_w.detach(), 0)
@@ -172,12 +167,12 @@ def rws_dreg_objective(model, x: Tensor, k: int = 5) -> dict[str, Tensor]:
     not), but it needs ∂log p(x, z)/∂z, i.e. a backward pass through the decoder into z,
     and a continuous, reparameterisable latent. ``loss`` has the value of −IWAE_K.
     """
-    k = _check_positive_int("k", k)
-    mu, logvar = _posterior(model, x)
-    eps = _standard_normal(k, mu, None)
+    k = check_positive_int("k", k)
+    mu, logvar = checked_posterior(model, x)
+    eps = standard_normal(k, mu, None)
     z = mu + torch.exp(0.5 * logvar) * eps  # reparameterised: the encoder's only path
-    log_lik, log_prior = _log_joint(model, x, z)
-    log_q = _gaussian_log_prob(z, mu.detach(), logvar.detach())
+    log_lik, log_prior = checked_log_joint(model, x, z)
+    log_q = log_prob(z, mu.detach(), logvar.detach())
     log_w = log_lik + log_prior - log_q  # [K, B]
     w = torch.softmax(log_w.detach(), 0)
     if z.requires_grad:
@@ -232,18 +227,18 @@ class MarkovianScoreClimbing:
 
     def __call__(self, model, x: Tensor, *, index: Tensor | None = None, k: int = 5,
                  rao_blackwell: bool = True) -> dict[str, Tensor]:
-        k = _check_positive_int("k", k)
+        k = check_positive_int("k", k)
         if index is None:
             raise ValueError("the msc objective keeps one chain per training example and needs the "
                              "batch's dataset positions: call it as objective(model, x, index=...)")
-        mu, logvar = _posterior(model, x)
+        mu, logvar = checked_posterior(model, x)
         self._allocate(mu, index)
         index = index.to(mu.device)
-        fresh = (mu + torch.exp(0.5 * logvar) * _standard_normal(k, mu, None)).detach()  # [K, B, Z]
+        fresh = (mu + torch.exp(0.5 * logvar) * standard_normal(k, mu, None)).detach()  # [K, B, Z]
         retained = self.z[index].to(mu.dtype)
         z = torch.cat([retained[None], fresh])  # [K+1, B, Z]; slot 0 is the chain state
-        log_lik, log_prior = _log_joint(model, x, z)
-        log_q = _gaussian_log_prob(z, mu, logvar)
+        log_lik, log_prior = checked_log_joint(model, x, z)
+        log_q = log_prob(z, mu, logvar)
         log_p = log_lik + log_prior
         log_w = log_p.detach() - log_q.detach()
         seen = self.visited[index]

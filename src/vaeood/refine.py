@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .estimators import _check_positive_int, _diag_gaussian_log_prob_from_eps, _standard_normal
+from .gaussian import check_positive_int, log_prob_from_eps, standard_normal
 
 
 def refine_posterior(model, x, mu: Tensor, logvar: Tensor, *, steps: int, k: int = 16,
@@ -50,7 +50,7 @@ def refine_posterior(model, x, mu: Tensor, logvar: Tensor, *, steps: int, k: int
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"refine steps must be a non-negative integer, got {steps!r}")
-    k = _check_positive_int("refine k", k)
+    k = check_positive_int("refine k", k)
     if not (isinstance(step_size, (int, float)) and 0 < step_size <= 1):
         raise ValueError(f"refine step_size must be in (0, 1], got {step_size!r}")
     chunk_size = int(min(chunk_size or k, k))
@@ -61,9 +61,9 @@ def refine_posterior(model, x, mu: Tensor, logvar: Tensor, *, steps: int, k: int
             log_w, eps = [], []
             for start in range(0, k, chunk_size):
                 n = min(chunk_size, k - start)
-                e = _standard_normal(n, mu, generator)  # the estimators' per-index draws
+                e = standard_normal(n, mu, generator)  # the estimators' per-index draws
                 z = mu + std * e
-                log_q = _diag_gaussian_log_prob_from_eps(e, logvar)
+                log_q = log_prob_from_eps(e, logvar)
                 log_w.append(model.log_likelihood(x, z) + model.log_prior(z) - log_q)
                 eps.append(e)
             w = torch.softmax(torch.cat(log_w), 0).unsqueeze(-1)  # [K, B, 1]

@@ -13,9 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..gaussian import log_standard_normal
 from .likelihoods import Likelihood
-
-LOG_2PI = math.log(2 * math.pi)
 
 
 class VAE(nn.Module):
@@ -75,7 +74,7 @@ class VAE(nn.Module):
 
     def log_prior(self, z: Tensor) -> Tensor:
         """log N(z; 0, I) summed over the latent axis: ``[..., Z] → [...]``."""
-        return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
+        return log_standard_normal(z)
 
     def decode(self, z: Tensor) -> Tensor:
         """Decoder output (likelihood parameters) ``[N, C·P, H, W]`` for z ``[N, Z]``."""
