@@ -10,17 +10,11 @@ fixed, so the outcome is deterministic.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-try:
-    from linear_gaussian import make_linear_gaussian
-except ImportError:  # tests/ not on sys.path (e.g. --import-mode=importlib)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from linear_gaussian import make_linear_gaussian
+from linear_gaussian import make_linear_gaussian
 
 from vaeood.estimators import ESTIMATORS, bits_per_dim, elbo, iwae
 

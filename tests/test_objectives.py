@@ -13,19 +13,13 @@ one thread (the tensors are tiny; thread hand-offs would dominate).
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-try:
-    from linear_gaussian import LinearGaussianVAE
-except ImportError:  # tests/ not on sys.path (e.g. --import-mode=importlib)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from linear_gaussian import LinearGaussianVAE
+from linear_gaussian import LinearGaussianVAE
 
 from vaeood.config import Config, ConfigError
 from vaeood.objectives import (OBJECTIVES, MarkovianScoreClimbing, load_objective_state, make_objective,

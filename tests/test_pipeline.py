@@ -280,7 +280,8 @@ def test_score_metadata_records_the_options_asked_for_not_the_device_sized_chunk
         seen.append(kwargs)
         return real_iwae(*args, **kwargs)
 
-    monkeypatch.setitem(ESTIMATORS._items, "iwae", spy)
-    result = score(run, "mnist", estimator="iwae", estimator_options={"k": 4}, data_dir=str(data_dir), limit=8)
+    with ESTIMATORS.registered("iwae", spy):
+        result = score(run, "mnist", estimator="iwae", estimator_options={"k": 4}, data_dir=str(data_dir),
+                       limit=8)
     assert seen and all(kw["max_elements"] == 12_345 and kw["k"] == 4 for kw in seen)
     assert score_meta(result)["options"] == {"k": 4}

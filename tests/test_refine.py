@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-try:
-    from linear_gaussian import make_linear_gaussian
-except ImportError:  # tests/ not on sys.path (e.g. --import-mode=importlib)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from linear_gaussian import make_linear_gaussian
+from linear_gaussian import make_linear_gaussian
 
 from vaeood.estimators import iwae
 from vaeood.refine import refine_posterior

@@ -300,8 +300,8 @@ def faulty(monkeypatch):
             next(model.parameters()).data.fill_(float("nan"))
         return out
 
-    monkeypatch.setitem(OBJECTIVES._items, "test_faulty", objective)
-    return plan
+    with OBJECTIVES.registered("test_faulty", objective):
+        yield plan
 
 
 def _checkpoint_spy(monkeypatch) -> list[bytes]:
