@@ -451,6 +451,7 @@ def test_download_failure_can_fall_back_to_sample(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- real data
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL_DATA, reason="set VAEOOD_DATA (e.g. to ../shared/data) to test on real data")
 def test_real_data_via_env(monkeypatch):
     """Reads the real Fashion-MNIST test split from $VAEOOD_DATA (10,000 images)."""

@@ -16,6 +16,8 @@ from tinydata import write_fig2a_data
 from vaeood.checkpoint import load_checkpoint
 from vaeood.cli import main
 
+pytestmark = pytest.mark.slow  # torchrun launches two processes per test
+
 TINY = ["--train.epochs=3", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=32"]
 
 

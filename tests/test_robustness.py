@@ -182,6 +182,7 @@ def _chain_torn_write(run: Path, data: Path, rng: random.Random) -> None:
     assert "removed 1 temporary file(s) left by an interrupted write" in _log(run)
 
 
+@pytest.mark.slow  # several training processes, killed and resumed
 def test_sigkilled_training_resumes_to_the_uninterrupted_result(tmp_path):
     """Kill real ``vaeood train`` processes -- at seeded random points before the first
     checkpoint and after an epoch ended, and between two epochs half-way through writing
