@@ -127,6 +127,21 @@ def test_fashion_mnist_idx_in_dataset_subfolder(tmp_path, monkeypatch):
     assert "t10k-images-idx3-ubyte.gz" in got.source
 
 
+def test_provenance_names_files_and_digests_never_paths(tmp_path, monkeypatch):
+    """Results record a dataset by name, split, file names and SHA-256: where it sat on
+    this machine must not leak into them."""
+    import hashlib
+
+    images, labels = grey(5)
+    files = write_idx_split(tmp_path / "data" / "fashion_mnist", "test", images, labels)
+    patch_md5(monkeypatch, FashionMNIST, **files)
+    got = load_dataset("fashion_mnist", "test", data_dir=tmp_path / "data").provenance()
+    folder = tmp_path / "data" / "fashion_mnist"
+    assert got["files"] == [{"name": f, "sha256": hashlib.sha256((folder / f).read_bytes()).hexdigest()}
+                            for f in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")]
+    assert str(tmp_path) not in repr(got) and (got["dataset"], got["split"]) == ("fashion_mnist", "test")
+
+
 def test_mnist_idx_directly_in_data_dir_via_env(tmp_path, monkeypatch):
     images, labels = grey(3, 4, 5)  # non-square: catches H/W mix-ups
     files = write_idx_split(tmp_path, "train", images, labels)

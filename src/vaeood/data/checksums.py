@@ -56,3 +56,8 @@ def check_md5(
         message += f" {note}"
     message += f" Delete it and download it again{': ' + fix if fix else '.'}"
     raise DataError(message)
+
+
+def named_sha256(*paths: str | os.PathLike) -> tuple[tuple[str, str], ...]:
+    """``(file name, SHA-256)`` of each file: a dataset's provenance without its path."""
+    return tuple((Path(p).name, file_hexdigest(p, "sha256")) for p in paths)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .checksums import named_sha256
 from .imageset import ImageSet
 from .official import DATASETS, OfficialDataset
 
@@ -125,17 +126,18 @@ class CIFAR10(OfficialDataset):
         if found.is_dir():
             paths = [found / b for b in _BATCHES[split]]
             batches = [unpickle_batch(self.read_verified(p), str(p)) for p in paths]
-            source = f"{paths[0]}" + (f" .. {paths[-1].name}" if len(paths) > 1 else "")
+            source = f"{FOLDER}/{paths[0].name}" + (f" .. {paths[-1].name}" if len(paths) > 1 else "")
         else:
             members = self._read_archive(found, split)
             batches = [unpickle_batch(members[b], f"{found}:{FOLDER}/{b}") for b in _BATCHES[split]]
-            source = f"{found} ({', '.join(_BATCHES[split])})"
+            paths = [found]
+            source = f"{found.name} ({', '.join(_BATCHES[split])})"
         rows = np.concatenate([r for r, _ in batches])
         labels = np.concatenate([lab for _, lab in batches])
         # Each row is the red plane, then green, then blue (1024 bytes each, row-major).
         images = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         return ImageSet(self.name, split, np.ascontiguousarray(images), labels,
-                        source=f"{source} (official {self.title} python batches)")
+                        source=f"{source} (official {self.title} python batches)", files=named_sha256(*paths))
 
     def _read_archive(self, archive: Path, split: str) -> dict[str, bytes]:
         """Check the archive's MD5, then read this split's batches in one pass."""

@@ -24,8 +24,10 @@ class ImageSet:
         split: ``"train"`` or ``"test"`` (npz datasets may use any split word).
         images: uint8 ``[N, H, W, C]``, C-contiguous, C in {1, 3}.
         labels: int64 ``[N]``.
-        source: where the arrays came from (file paths, or the bundled sample's
-            provenance and licence) so that reports can cite it.
+        source: what the arrays are, in words a report can cite (file names and format,
+            or the bundled sample's provenance and licence), never a path of this machine.
+        files: ``(file name, SHA-256)`` of every file the arrays were read from: with
+            name and split, the dataset's provenance in results (see :meth:`provenance`).
         is_sample: True when this is the small bundled offline sample rather than
             the real dataset; results on it are for smoke tests, not for papers.
     """
@@ -36,6 +38,7 @@ class ImageSet:
     labels: np.ndarray
     source: str
     is_sample: bool = False
+    files: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
@@ -59,6 +62,12 @@ class ImageSet:
         # is already contiguous, which is the case for every loader in this package.
         object.__setattr__(self, "images", np.ascontiguousarray(images))
         object.__setattr__(self, "labels", np.ascontiguousarray(labels))
+
+    def provenance(self) -> dict:
+        """What a result records of its data: name, split, description, and each file by
+        name and SHA-256 (where it sat on someone's disk is not part of a result)."""
+        return {"dataset": self.name, "split": self.split, "source": self.source, "is_sample": self.is_sample,
+                "files": [{"name": name, "sha256": digest} for name, digest in self.files]}
 
     def __len__(self) -> int:
         return len(self.images)

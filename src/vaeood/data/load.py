@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..registry import did_you_mean
 from .errors import DataError, DatasetNotFoundError
+from .checksums import named_sha256
 from .imageset import ImageSet
 from .locate import ENV_VAR, candidate_folders, search_dirs, user_dirs
 from .npz import read_image_arrays
@@ -71,8 +72,8 @@ def load_dataset(
         for folder in candidate_folders(search_dir, name):
             found = _load_from_folder(name, split, folder, use_official)
             if found is not None:
-                log.info("loaded %s/%s: %d images %s from %s", name, split, len(found),
-                         found.shape, found.source)
+                log.info("loaded %s/%s: %d images %s, %s in %s", name, split, len(found),
+                         found.shape, found.source, folder)
                 return found
             state = "folder exists but holds none of them" if folder.is_dir() else "no such folder"
             looked.append(f"{folder}  [{search_dir.origin}]: {state}")
@@ -130,12 +131,12 @@ def _load_from_folder(name: str, split: str, folder: Path,
 
 def _load_npz(path: Path, name: str, split: str, subset: str | None = None) -> ImageSet:
     images, labels, provenance = read_image_arrays(path, str(path))
-    source = str(path)
+    source = path.name
     if subset is not None:
         source += f" (subset {subset!r} of {name} {split}, not the full split)"
     if provenance:
         source += f"; {provenance}"
-    return ImageSet(name, split, images, labels, source=source)
+    return ImageSet(name, split, images, labels, source=source, files=named_sha256(path))
 
 
 def _cannot_download(name: str, split: str, official: OfficialDataset | None) -> str:

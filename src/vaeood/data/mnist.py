@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import DataError
 from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx_gz
+from .checksums import named_sha256
 from .imageset import ImageSet
 from .official import DATASETS, OfficialDataset
 
@@ -46,7 +47,8 @@ class IDXDataset(OfficialDataset):
             split=split,
             images=images[..., np.newaxis],  # grey: add the channel axis, C = 1
             labels=labels.astype(np.int64),
-            source=f"{images_path} + {labels_path.name} (official {self.title} IDX files)",
+            source=f"{images_path.name} + {labels_path.name} (official {self.title} IDX files)",
+            files=named_sha256(images_path, labels_path),
         )
 
 

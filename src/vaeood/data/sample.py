@@ -8,6 +8,8 @@ licences, are in ``sample/README.md``; ``scripts/make_sample.py`` rebuilds it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 from importlib import resources
 
@@ -41,7 +43,8 @@ def load_sample(name: str, split: str) -> ImageSet:
     """Load the bundled sample of ``name``/``split`` (see ``available_samples``)."""
     resource = _sample_dir() / f"{name}_{split}.npz"
     where = f"bundled sample vaeood/data/sample/{resource.name}"
-    with resource.open("rb") as f:
-        images, labels, provenance = read_image_arrays(f, where)
+    raw = resource.read_bytes()  # a wheel may hold it in a zip: read bytes, not a path
+    images, labels, provenance = read_image_arrays(io.BytesIO(raw), where)
     source = f"bundled sample: {provenance or resource.name}"
-    return ImageSet(name, split, images, labels, source=source, is_sample=True)
+    return ImageSet(name, split, images, labels, source=source, is_sample=True,
+                    files=((resource.name, hashlib.sha256(raw).hexdigest()),))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .checksums import named_sha256
 from .imageset import ImageSet
 from .official import DATASETS, OfficialDataset
 
@@ -56,4 +57,4 @@ class SVHN(OfficialDataset):
         labels[labels == 10] = 0  # SVHN writes the digit 0 as class 10
         images = np.ascontiguousarray(x.transpose(3, 0, 1, 2))  # [H, W, C, N] -> [N, H, W, C]
         return ImageSet(self.name, split, images, labels,
-                        source=f"{found} (official {self.title} cropped digits)")
+                        source=f"{found.name} (official {self.title} cropped digits)", files=named_sha256(found))
