@@ -66,3 +66,21 @@ def test_elements_per_sample_counts_every_decoder_allocation(arch, likelihood, s
     the conv decoder's hidden layers are 12× its output for 28×28 grey images."""
     model = build_model(ModelConfig(arch=arch, likelihood=likelihood), shape)
     assert model.elements_per_sample == expected
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "dlogistic", "categorical"])
+def test_nhwc_scoring_agrees_with_nchw(likelihood):
+    """load_model puts conv models in NHWC for scoring: the estimates must be the NCHW
+    ones up to float rounding, on the same weights and noise."""
+    import copy
+
+    from vaeood.estimators import elbo, iwae
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(likelihood=likelihood, latent_dim=4, base_channels=8), (1, 28, 28)).eval()
+    nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        for est, opts in ((elbo, {}), (iwae, {"k": 16})):
+            a, b = (est(m, x, generator=torch.Generator().manual_seed(3), **opts)["log_px_nats"] for m in (model, nhwc))
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)

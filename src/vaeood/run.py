@@ -36,9 +36,11 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[VAE, Config, d
     model.load_state_dict(state["model"])
     dev = resolve_device(device)
     model.to(dev).eval()
-    # NHWC convolutions: 7% faster IWAE scoring on an H100 (benchmarks/iwae_settings.py);
-    # on a CPU only where the run trained that way (they slowed oneDNN training there)
-    if config.train.channels_last or (dev.type == "cuda" and config.model.arch == "conv"):
+    # conv models score in NHWC on every device: oneDNN's and cuDNN's NHWC kernels run the
+    # decoder's transposed convolutions faster (benchmarks/iwae_settings.py, prototypes.py);
+    # the numbers agree with NCHW to float rounding (tests/test_models.py). Training stays
+    # NCHW unless train.channels_last asks, since NHWC slowed whole training steps here.
+    if config.train.channels_last or config.model.arch == "conv":
         model.to(memory_format=torch.channels_last)
     meta = {k: v for k, v in state.items() if k not in ("model", "optimizer", "rng")}
     return model, config, meta
