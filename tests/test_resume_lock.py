@@ -81,9 +81,11 @@ def test_resume_without_checkpoint_refuses_contradicting_settings(tmp_path, data
     assert "contradict" in err and "model.latent_dim=8 (saved: 4)" in err
     assert "train.epochs" not in err  # only what was given is compared
     assert (run / "config.json").read_bytes() == before and not (run / "checkpoint.pt").exists()
-    # the same settings again are no contradiction
-    status, err = cli(["train", str(run), "--resume", "--data-dir", str(data), *SMALL_ARGS], capsys)
+    # the same settings again are no contradiction (here: all of them, from a config file)
+    status, err = cli(["train", str(run), "--resume", "--data-dir", str(data), "--config", str(run / "config.json")],
+                      capsys)
     assert status == 0, err
+    assert load_checkpoint(run)["config"]["model"]["latent_dim"] == 4
 
 
 @pytest.mark.parametrize("make", ["nothing", "empty dir"])
@@ -181,3 +183,18 @@ def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
         held = lock_from_another_process(tmp_path)  # still held by the outer block
         assert held.returncode != 0 and f"held: pid {os.getpid()} on" in held.stderr and "evaluate" in held.stderr
     assert lock_from_another_process(tmp_path).returncode == 0  # released when the outer block ended
+
+
+def test_a_run_that_cannot_be_written_is_read_without_a_lock(tmp_path, monkeypatch):
+    """A read-only run (someone else's results) can still be read: no lock file needed."""
+    import errno
+
+    import vaeood.runlock as runlock
+
+    def read_only(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(runlock.os, "open", read_only)
+    with run_lock(tmp_path, "score"):
+        pass
+    assert not (tmp_path / LOCK_NAME).exists()

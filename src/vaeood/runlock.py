@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -37,7 +38,8 @@ except ImportError:  # pragma: no cover - Windows
 LOCK_NAME = ".vaeood.lock"
 
 log = logging.getLogger(__name__)
-_held: dict[Path, list[int]] = {}  # lock file → [file descriptor, depth] of the locks this process holds
+_held: dict[Path, list] = {}  # lock file → [file descriptor or None, depth] of the locks this process holds
+_mutex = threading.Lock()
 
 
 class RunLockedError(RuntimeError):
@@ -52,16 +54,20 @@ def run_lock(run_dir: str | Path, what: str) -> Iterator[None]:
     if fcntl is None or not distributed.is_main():
         yield
         return
-    if path in _held:  # re-entered by this process
-        _held[path][1] += 1
-    else:
-        _held[path] = [_acquire(path, what), 1]
+    with _mutex:
+        if path in _held:  # re-entered by this process
+            _held[path][1] += 1
+        else:
+            _held[path] = [_acquire(path, what), 1]
     try:
         yield
     finally:
-        _held[path][1] -= 1
-        if _held[path][1] == 0:
-            os.close(_held.pop(path)[0])  # closing the file releases the lock
+        with _mutex:
+            _held[path][1] -= 1
+            if _held[path][1] == 0:
+                fd = _held.pop(path)[0]
+                if fd is not None:
+                    os.close(fd)  # closing the file releases the lock
 
 
 def holds_run_lock(what: str) -> Callable:
@@ -79,9 +85,17 @@ def holds_run_lock(what: str) -> Callable:
     return wrap
 
 
-def _acquire(path: Path, what: str) -> int:
-    """Lock ``path`` without waiting and record who holds it; return its descriptor."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def _acquire(path: Path, what: str) -> int | None:
+    """Lock ``path`` without waiting and record who holds it; return its descriptor
+    (None for a run this process may not write into: it can only read it, and a write
+    there fails with its own message)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        log.debug("%s is not writable (%s); not locking it", path.parent, exc.strerror)
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
