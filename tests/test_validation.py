@@ -228,6 +228,35 @@ def test_an_internal_error_shows_its_traceback_and_says_it_is_a_bug(tmp_path, ca
     assert "internal error: this is a bug in vaeood" in err and "report it" in err
 
 
+def test_a_config_changed_after_it_was_made_is_checked_again(tmp_path):
+    config = Config()
+    config.train.epochs = 0
+    with pytest.raises(ConfigError, match="train.epochs = 0: must be an integer >= 1"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_of_memory_is_one_line_not_a_bug_report(tmp_path, capsys, monkeypatch):
+    import vaeood.cli as cli
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 40000000000000 bytes.")
+
+    monkeypatch.setattr(cli, "train", no_memory)
+    err = cli_error(capsys, ["train", str(tmp_path / "run")])
+    assert "out of memory" in err and "40000000000000 bytes" in err and "bug" not in err
+
+
+def test_a_cuda_device_the_machine_lacks_is_refused(monkeypatch):
+    from vaeood.run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"'cuda:3' requested but this machine has 1 CUDA device\(s\)"):
+        resolve_device("cuda:3")
+
+
 def test_an_ood_set_that_is_the_in_distribution_set_is_warned_about(trained, tmp_path, capsys, caplog):
     out = tmp_path / "eval"
     assert main(["evaluate", str(trained[0]), "--in", "mnist", "--ood", "mnist", "--ood", "fashion_mnist",

@@ -31,7 +31,7 @@ from .train import TrainingError, train
 
 # errors of the user's input or machine, reported in one line; anything else is a bug
 EXPECTED_ERRORS = (DataError, ConfigError, CheckpointError, ShapeMismatchError, TrainingError, RunLockedError,
-                   UnknownNameError, OSError, torch.OutOfMemoryError)
+                   UnknownNameError, OSError)
 REPORT_BUGS = "the vaeood issue tracker (with the command line and this traceback)"
 
 
@@ -55,13 +55,23 @@ def main(argv: list[str] | None = None) -> int:
         print("vaeood: interrupted; files already written are complete (a run continues with "
               "`vaeood train RUN --resume`)", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as exc:
+        if _out_of_memory(exc):
+            return _fail(f"out of memory ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                         "lower train.batch_size / --batch-size or the model's sizes, or use a larger machine")
         traceback.print_exc()
         print(f"vaeood: internal error: this is a bug in vaeood, not a problem with your input; "
               f"please report it to {REPORT_BUGS}", file=sys.stderr)
         return 1
     finally:
         distributed.teardown()  # leave a torchrun process group cleanly
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """A machine without the memory asked for (not a bug): Python's MemoryError, torch's
+    CUDA OutOfMemoryError, or its CPU allocator's RuntimeError."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or \
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
 def _fail(message) -> int:
