@@ -198,3 +198,37 @@ def test_a_run_that_cannot_be_written_is_read_without_a_lock(tmp_path, monkeypat
     with run_lock(tmp_path, "score"):
         pass
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path):
+    """A run directory from elsewhere must not make vaeood truncate another file."""
+    from vaeood.atomic import WriteError
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).symlink_to(target)
+    with pytest.raises(WriteError, match="is a symbolic link"):
+        with run_lock(run, "train"):
+            pass
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_lock_file_of_another_user_still_locks(tmp_path, monkeypatch):
+    """Opened read-only when it cannot be written: flock works on it all the same."""
+    import errno
+
+    import vaeood.runlock as runlock
+
+    real_open = os.open
+
+    def not_writable(path, flags, *args):
+        if flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    (tmp_path / LOCK_NAME).write_text("")
+    monkeypatch.setattr(runlock.os, "open", not_writable)
+    with run_lock(tmp_path, "score"):
+        assert lock_from_another_process(tmp_path).returncode != 0

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import distributed
+from .atomic import WriteError
 
 try:
     import fcntl
@@ -87,14 +88,10 @@ def holds_run_lock(what: str) -> Callable:
 
 def _acquire(path: Path, what: str) -> int | None:
     """Lock ``path`` without waiting and record who holds it; return its descriptor
-    (None for a run this process may not write into: it can only read it, and a write
-    there fails with its own message)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        log.debug("%s is not writable (%s); not locking it", path.parent, exc.strerror)
+    (None for a run this process can neither write nor lock: it can only read it, and
+    a write there fails with its own message)."""
+    fd, writable = _open(path)
+    if fd is None:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -107,9 +104,27 @@ def _acquire(path: Path, what: str) -> int | None:
             f"{path.parent} is in use by another vaeood process ({holder or 'it has not said which yet'}); "
             f"only one process may write into a run at a time. Wait for it to finish, or stop it "
             f"(a killed process releases the lock by itself)") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, _holder(what).encode())
+    if writable:
+        os.ftruncate(fd, 0)
+        os.write(fd, _holder(what).encode())
     return fd
+
+
+def _open(path: Path) -> tuple[int | None, bool]:
+    """The lock file opened for writing (created if need be), else for reading (a lock
+    file of another user: flock works on it all the same), else None. A symbolic link
+    is refused: a run directory from elsewhere must not make us truncate another file."""
+    for flags, writable in ((os.O_RDWR | os.O_CREAT, True), (os.O_RDONLY, False)):
+        try:
+            return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666), writable
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise WriteError(f"{path} is a symbolic link; vaeood does not write through it. "
+                                 "Remove it and run the command again", exc.errno) from None
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+                raise
+    log.debug("cannot open or create %s; not locking %s", path, path.parent)
+    return None, False
 
 
 def _holder(what: str) -> str:
