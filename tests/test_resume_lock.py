@@ -31,7 +31,7 @@ from vaeood.checkpoint import load_checkpoint
 from vaeood.cli import main
 from vaeood.config import Config
 from vaeood.experiments.common import train_or_reuse
-from vaeood.runlock import LOCK_NAME, RunLockedError, run_lock
+from vaeood.runlock import LOCK_NAME, run_lock
 from vaeood.train import train
 
 SRC = Path(__file__).parents[1] / "src"

@@ -152,39 +152,11 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
     # one per run: an objective may keep per-example state (MSC), saved with each checkpoint
     objective = make_objective(tcfg.objective, tcfg.objective_options, num_examples=len(x_all))
     takes_index = "index" in inspect.signature(objective).parameters  # per-example state (e.g. MSC)
-    step = ObjectiveStep(model, objective, tcfg.objective_options)
-    if world > 1:
-        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
-    if tcfg.compile:
-        mode = tcfg.compile_mode
-        if world > 1 and mode == "reduce-overhead":  # CUDA graphs and DDP's gradient hooks don't mix
-            log.info("train.compile_mode reduce-overhead (CUDA graphs) is for one process; using 'default' under torchrun")
-            mode = "default"
-        # the whole loss at once (encoder, decoder, likelihood, KL), so that the many small
-        # elementwise kernels of the likelihood fuse; "reduce-overhead" adds CUDA graphs.
-        # dynamic=False: the last, smaller batch of an epoch gets its own graph.
-        step = torch.compile(step, mode=mode, dynamic=False)
+    step = _wrap_step(ObjectiveStep(model, objective, tcfg.objective_options), tcfg, device, world)
     dtype = getattr(torch, PRECISIONS[tcfg.precision]) if PRECISIONS[tcfg.precision] else None
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    history: list[dict] = []
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # a checkpoint's saved flags must not undo fused=True
-            group["fused"], group["foreach"] = True, None
-        rng = state["rng"]
-        per_rank = rng.get("ranks") or []
-        rng_restored = world == 1 or len(per_rank) == world
-        mine = per_rank[rank] if world > 1 and rng_restored else rng
-        torch.set_rng_state(mine["torch"])
-        if device.type == "cuda" and "cuda" in mine:
-            torch.cuda.set_rng_state(mine["cuda"], device)
-        history = list(state["history"])
-        start_epoch = state["epoch"]
-        load_objective_state(objective, state.get("objective"))
-    else:
-        rng_restored = False
+    history, start_epoch, rng_restored = ([], 0, False) if state is None else \
+        _restore(state, model, optimizer, objective, device)
     if world > 1 and not rng_restored:
         # different reparameterisation noise per rank; also when resuming a checkpoint saved
         # by another number of processes, whose per-rank states don't map onto these ranks
@@ -253,6 +225,41 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
               objective=objective_state(objective))
         atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
     return run_dir
+
+
+def _wrap_step(step: ObjectiveStep, tcfg, device: torch.device, world: int):
+    """The training step as it runs: under DDP with several processes, compiled if asked."""
+    if world > 1:
+        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
+    if not tcfg.compile:
+        return step
+    mode = tcfg.compile_mode
+    if world > 1 and mode == "reduce-overhead":  # CUDA graphs and DDP's gradient hooks don't mix
+        log.info("train.compile_mode reduce-overhead (CUDA graphs) is for one process; using 'default' under torchrun")
+        mode = "default"
+    # the whole loss at once (encoder, decoder, likelihood, KL), so that the many small
+    # elementwise kernels of the likelihood fuse; "reduce-overhead" adds CUDA graphs.
+    # dynamic=False: the last, smaller batch of an epoch gets its own graph.
+    return torch.compile(step, mode=mode, dynamic=False)
+
+
+def _restore(state: dict, model, optimizer, objective, device: torch.device) -> tuple[list[dict], int, bool]:
+    """Load a checkpoint's weights, optimiser, RNG and objective state; return its history,
+    its epoch, and whether this process's own RNG state was restored."""
+    rank, world = distributed.rank(), distributed.world_size()
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # a checkpoint's saved flags must not undo fused=True
+        group["fused"], group["foreach"] = True, None
+    rng = state["rng"]
+    per_rank = rng.get("ranks") or []
+    rng_restored = world == 1 or len(per_rank) == world
+    mine = per_rank[rank] if world > 1 and rng_restored else rng
+    torch.set_rng_state(mine["torch"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    load_objective_state(objective, state.get("objective"))
+    return list(state["history"]), state["epoch"], rng_restored
 
 
 def _save(path, config, model, optimizer, epoch, history, image_shape, data, device, objective=None) -> None:
