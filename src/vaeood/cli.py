@@ -13,6 +13,7 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -23,10 +24,10 @@ from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, pars
 from .data import DataError, load_dataset
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
-from .report import format_table
-from .scoring import ShapeMismatchError, score, score_meta
 from .registry import UnknownNameError
+from .report import format_table
 from .runlock import RunLockedError
+from .scoring import ShapeMismatchError, score, score_meta
 from .train import TrainingError, train
 
 # errors of the user's input or machine, reported in one line; anything else is a bug
@@ -87,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _checked(key: str, rule_and_type) -> callable:
+def _checked(key: str, rule_and_type) -> Callable[[str], object]:
     """An argparse ``type`` parsing a command-line value by the rule it shares with the config."""
     rule, ftype = rule_and_type
 
