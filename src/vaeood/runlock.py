@@ -105,8 +105,9 @@ def _acquire(path: Path, what: str) -> int | None:
             f"only one process may write into a run at a time. Wait for it to finish, or stop it "
             f"(a killed process releases the lock by itself)") from None
     if writable:
-        os.ftruncate(fd, 0)
-        os.write(fd, _holder(what).encode())
+        with contextlib.suppress(OSError):  # who holds it is for messages only (e.g. a full disk)
+            os.ftruncate(fd, 0)
+            os.write(fd, _holder(what).encode())
     return fd
 
 
