@@ -12,7 +12,8 @@ def test_defaults_round_trip_through_dict():
 
 def test_dotted_overrides_are_parsed_by_field_type():
     cfg = Config().override({"model.latent_dim": "32", "train.lr": "3e-4", "data.limit": "none",
-                             "data.allow_sample": "True", "model.likelihood_options": '{"n_mix": 3}'})
+                             "data.allow_sample": "True", "model.likelihood": "dlogistic",
+                             "model.likelihood_options": '{"n_mix": 3}'})
     assert cfg.model.latent_dim == 32
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.data.limit is None

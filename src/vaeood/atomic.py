@@ -4,7 +4,8 @@ fsync it, then ``os.replace`` it over the target and fsync the directory.
 A kill or a full disk at any point leaves either the old file or the new one, never a
 torn one; the temporary file is removed on failure (a SIGKILL cannot clean up, so
 :func:`remove_stale_temps` sweeps a run directory when training starts or resumes).
-Write failures are raised as :class:`WriteError` (an ``OSError``) naming the file.
+Write failures are raised as :class:`WriteError` (an ``OSError``) naming the file, also
+where the writer (``torch.save``) wrapped the ``OSError`` in an error of its own.
 """
 
 from __future__ import annotations
@@ -81,12 +82,24 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+        cause = _os_error(exc)
+        if cause is not None and not isinstance(exc, WriteError):
             kept = "the previous file is unchanged" if existed else "nothing was written"
-            raise WriteError(f"cannot write {path}: {_reason(exc)}; {kept}", exc.errno) from exc
+            raise WriteError(f"cannot write {path}: {_reason(cause)}; {kept}", cause.errno) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: ``exc`` itself, or one that a writer turned into
+    its own error (torch.save reports a full disk as a RuntimeError from
+    ``inline_container.cc`` with the OSError as its context). None for anything else."""
+    while isinstance(exc, Exception):
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def remove_stale_temps(directory: str | Path) -> list[Path]:

@@ -11,27 +11,34 @@ import logging
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from .allocator import keep_freed_memory
 from . import distributed
 from .checkpoint import CheckpointError
-from .config import Config, ConfigError
+from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
 from .data import DataError, load_dataset
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
+from .registry import UnknownNameError
 from .report import format_table
+from .runlock import RunLockedError
 from .scoring import ShapeMismatchError, score, score_meta
 from .train import TrainingError, train
 
-EXPECTED_ERRORS = (DataError, ConfigError, CheckpointError, ShapeMismatchError, TrainingError,
-                   FileExistsError, KeyError, RuntimeError, OSError)
+# errors of the user's input or machine, reported in one line; anything else is a bug
+EXPECTED_ERRORS = (DataError, ConfigError, CheckpointError, ShapeMismatchError, TrainingError, RunLockedError,
+                   UnknownNameError, OSError)
+REPORT_BUGS = "the vaeood issue tracker (with the command line and this traceback)"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = _parser().parse_known_args(argv)
     # under torchrun only rank 0 reports progress; the other ranks say only what goes wrong
     quiet = args.quiet or int(os.environ.get("RANK", "0")) > 0
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
@@ -44,27 +51,73 @@ def main(argv: list[str] | None = None) -> int:
         args.command_line = "vaeood " + shlex.join(argv)
         return args.func(args, overrides)
     except EXPECTED_ERRORS as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"vaeood: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(exc.args[0] if isinstance(exc, UnknownNameError) and exc.args else exc)
+    except KeyboardInterrupt:
+        print("vaeood: interrupted; files already written are complete (a run continues with "
+              "`vaeood train RUN --resume`)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if _out_of_memory(exc):
+            return _fail(f"out of memory ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                         "lower train.batch_size / --batch-size or the model's sizes, or use a larger machine")
+        traceback.print_exc()
+        print(f"vaeood: internal error: this is a bug in vaeood, not a problem with your input; "
+              f"please report it to {REPORT_BUGS}", file=sys.stderr)
+        return 1
     finally:
         distributed.teardown()  # leave a torchrun process group cleanly
 
 
+def _out_of_memory(exc: Exception) -> bool:
+    """A machine without the memory asked for (not a bug): Python's MemoryError, torch's
+    CUDA OutOfMemoryError, or its CPU allocator's RuntimeError."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or \
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def _fail(message) -> int:
+    print(f"vaeood: error: {message}", file=sys.stderr)
+    return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the same one-line form as the others."""
+
+    def error(self, message):
+        print(f"vaeood: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _checked(key: str, rule_and_type) -> Callable[[str], object]:
+    """An argparse ``type`` parsing a command-line value by the rule it shares with the config."""
+    rule, ftype = rule_and_type
+
+    def parse(text: str):
+        try:
+            return parse_value(text, ftype, rule, key)
+        except ConfigError as exc:  # "--k = 0: must be ..." → "got '0'; must be ..."
+            raise argparse.ArgumentTypeError(f"got {text!r}; {str(exc).split(': ', 1)[-1]}") from None
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaeood", description="VAEs, honest log-likelihoods and OOD scores.")
+    parser = _Parser(prog="vaeood", description="VAEs, honest log-likelihoods and OOD scores.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, scoring=True):
         p.add_argument("--data-dir", help="where datasets are (default: $VAEOOD_DATA, then standard places)")
         p.add_argument("--download", action="store_true", help="fetch missing official datasets first")
-        p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+        p.add_argument("--device", default="cpu", type=_checked("--device", field_rule("train.device")),
+                       help="cpu (default), cuda, cuda:1, ...")
         if scoring:
             p.add_argument("--estimator", default=None, help="elbo (default) or iwae")
-            p.add_argument("--k", type=int, default=None, help="importance samples for iwae (e.g. 1000)")
-            p.add_argument("--limit", type=int, default=None, help="score only the first N images")
-            p.add_argument("--refine-steps", type=int, default=None,
+            p.add_argument("--k", type=_checked("--k", (OPTION_RULES["k"], int)), default=None,
+                           help="importance samples for iwae (e.g. 1000)")
+            p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None,
+                           help="score only the first N images (N >= 1)")
+            p.add_argument("--refine-steps", type=_checked("--refine-steps", (OPTION_RULES["refine_steps"], int)),
+                           default=None,
                            help="iwae: refine each image's q(z|x) by N forward-KL steps first (Jerfel et al. 2021)")
 
     def fit_options(p):
@@ -85,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
     common(p)
     fit_options(p)
     p.set_defaults(func=_score)
@@ -145,10 +198,12 @@ def _fetch(args, names: list[tuple[str, str]]) -> None:
 
 
 def _train(args, overrides) -> int:
-    config = Config.from_file(args.config) if args.config else Config()
-    config = config.override({**overrides, **({"train.device": args.device} if args.device != "cpu" else {})})
+    raw = read_config_file(args.config) if args.config else {}
+    settings = {**overrides, **({"train.device": args.device} if args.device != "cpu" else {})}
+    config = Config.from_dict(raw, where=args.config or "config").override(settings)
     _fetch(args, [(config.data.name, config.data.split)])
-    run = train(config, args.run_dir, resume=args.resume, data_dir=args.data_dir)
+    run = train(config, args.run_dir, resume=args.resume, data_dir=args.data_dir,
+                given=[*flatten(raw), *settings])  # a resumed run compares only what was given
     say(f"trained: {run} (checkpoint {Path(run) / 'checkpoint.pt'})")
     return 0
 

@@ -3,4 +3,5 @@ by the config loader and by the plug-in registries' option checks)."""
 
 
 class ConfigError(ValueError):
-    """A config file or override names an unknown key or has a value of the wrong type."""
+    """A config file, override or command-line value names an unknown key, or has a
+    value of the wrong type or outside its range (the message names the key)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_json
-from .metrics import ood_metrics
+from .metrics import ood_metrics, same_data_warnings
 from .report import histogram_figure
 from .scores import SCORES
 from .scoring import score, score_meta
@@ -63,6 +63,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
         "positive_class": "ood",
         "score_direction": "higher = more out-of-distribution",
         "results": results,
+        "warnings": same_data_warnings(in_dataset, ood_datasets, {n: score_meta(s) for n, s in per_set.items()}),
         "datasets": summary,
         "histogram": figure.name,
     }

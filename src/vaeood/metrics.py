@@ -11,7 +11,11 @@ higher = more out-of-distribution (computed with scikit-learn).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("auroc", "auprc_in", "auprc_out", "fpr_at_80_tpr", "fpr_at_95_tpr")
 
@@ -45,3 +49,20 @@ def ood_metrics(scores_in: np.ndarray, scores_ood: np.ndarray) -> dict[str, floa
         "fpr_at_80_tpr": fpr_at_tpr(labels, scores, 0.80),
         "fpr_at_95_tpr": fpr_at_tpr(labels, scores, 0.95),
     }
+
+
+def same_data_warnings(in_name: str, ood_names: list[str], metas: dict[str, dict]) -> list[str]:
+    """Warn (log, and return the messages) for each OOD set that is the in-distribution
+    set itself: the same name, or the same data (``metas``: each set's scores metadata;
+    compared by ``data_sha256`` where recorded, else by file and split). Its AUROC is
+    about 0.5 by construction and says nothing about detecting OOD images."""
+    def identity(meta: dict):
+        return meta.get("data_sha256") or (meta.get("source"), meta.get("split"))
+
+    out = [f"the OOD set {ood!r} is the in-distribution set {in_name!r} itself "
+           f"({'same name' if ood == in_name else 'same data'}): its metrics compare a set with itself "
+           "(AUROC about 0.5 by construction) and say nothing about detecting OOD images"
+           for ood in ood_names if ood == in_name or identity(metas[ood]) == identity(metas[in_name])]
+    for message in out:
+        log.warning(message)
+    return out

@@ -31,12 +31,21 @@ def check_options(fn, options: dict, kind: str, name: str, supplied: tuple[str, 
     ``supplied`` names the parameters the caller fills itself (``model``, ``x``, ...),
     which are not options. Returns a copy of ``options``.
     """
-    accepted = [p for p in inspect.signature(fn).parameters if p not in supplied]
+    accepted = [name for name, p in inspect.signature(fn).parameters.items() if name not in supplied
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     unknown = [k for k in options if k not in accepted]
     if unknown:
         raise ConfigError(f"{kind} {name!r} takes no option {unknown[0]!r}{did_you_mean(unknown[0], accepted)}; "
                           f"its options: {', '.join(accepted) or 'none'}")
     return dict(options)
+
+
+class UnknownNameError(KeyError):
+    """A name that no plug-in is registered under (a user's mistake, not a bug: the
+    message lists the known names)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -75,7 +84,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}{did_you_mean(name, self._items)}; "
                 f"known: {', '.join(sorted(self._items))}"
             ) from None

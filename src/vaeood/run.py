@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .config import Config
+from .config import Config, ConfigError
 from .models import VAE, build_model
 
 
@@ -24,7 +24,10 @@ def resolve_device(name: str) -> torch.device:
     """``"cpu"`` or a CUDA device; asking for CUDA without one is an error, not a fallback."""
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

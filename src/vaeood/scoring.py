@@ -23,6 +23,7 @@ from .data.fit import FITS, fit_images
 from .estimators import ESTIMATORS, bits_per_dim
 from .registry import check_options
 from .run import load_model, to_tensor
+from .runlock import holds_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class ShapeMismatchError(ValueError):
     """The images to score do not have the shape the model was trained on."""
 
 
+@holds_run_lock("score")  # it writes RUN/scores
 def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: str = "elbo",
           estimator_options: dict | None = None, data_dir: str | None = None, limit: int | None = None,
           batch_size: int | None = None, device: str = "cpu", seed: int = 0, allow_sample: bool = False,

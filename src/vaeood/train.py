@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -24,14 +25,14 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write_json, atomic_write_text, ensure_dir, remove_stale_temps
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .config import Config, ConfigError
+from .config import PRECISIONS, Config, ConfigError, flatten
 from .data import load_dataset
 from .models import build_model, count_parameters
 from .objectives import load_objective_state, make_objective, objective_state
 from .run import resolve_device, to_tensor
+from .runlock import run_lock
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CONFIG_NAME = "config.json"
 CHECK_EVERY_GPU = 32  # steps between host reads of the non-finite-step counter on a GPU
 
 log = logging.getLogger(__name__)
@@ -60,43 +61,84 @@ class ObjectiveStep(torch.nn.Module):
 
 
 def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir: str | None = None,
-          progress: bool | None = None) -> Path:
+          progress: bool | None = None, given: Iterable[str] | None = None) -> Path:
     """Train ``config`` into ``run_dir`` (created); ``resume=True`` continues its checkpoint.
 
-    Returns the run directory. ``data_dir`` is used when the config names none.
+    Returns the run directory. ``data_dir`` is used when the config names none. The run
+    directory is locked while training (:mod:`vaeood.runlock`): a second writer is refused.
+
+    Resuming is exact or refused: it continues the checkpoint with the config saved in
+    it; a run killed before its first checkpoint starts again from its saved
+    ``config.json``; a directory that does not exist or holds neither is refused.
+    ``given`` names the settings the caller chose (dotted keys such as
+    ``"model.latent_dim"``, e.g. a command line's overrides; None: all of ``config``).
+    A given setting that differs from the saved config is refused when there is no
+    checkpoint yet, and ignored with a warning naming it when there is one.
     """
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT_NAME
+    config.validate()  # a config changed after it was made is checked again
+    if resume and not run_dir.is_dir():
+        raise TrainingError(f"cannot resume {run_dir}: no such directory; "
+                            "train without --resume to start a new run there")
     distributed.setup(config.train.device)  # join the process group under torchrun
-    state = None
+    ensure_dir(run_dir)
+    with run_lock(run_dir, "train"):
+        config, state = _resume_state(config, run_dir, resume, given)
+        if distributed.is_main():
+            remove_stale_temps(run_dir)  # left by a run killed while writing
+        atomic_write_json(run_dir / CONFIG_NAME, config.to_dict())
+        return _fit(config, run_dir, state, data_dir, progress)
+
+
+def resumable(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a run that ``train(..., resume=True)`` can continue."""
+    return any((Path(run_dir) / name).exists() for name in (CHECKPOINT_NAME, CONFIG_NAME))
+
+
+def _resume_state(config: Config, run_dir: Path, resume: bool, given) -> tuple[Config, dict | None]:
+    """The config to train with and the checkpoint to continue (None: start afresh)."""
+    ckpt_path = run_dir / CHECKPOINT_NAME
     exists = ckpt_path.exists()
     distributed.barrier()  # every rank looks before rank 0 writes anything
+    if exists and not resume:
+        raise FileExistsError(f"{run_dir} already holds a trained run; pass --resume to continue it "
+                              "or choose another run directory")
+    if not resume:
+        return config, None
     if exists:
-        if not resume:
-            raise FileExistsError(f"{run_dir} already holds a trained run; pass --resume to continue it "
-                                  "or choose another run directory")
         state = load_checkpoint(ckpt_path)
         saved = Config.from_dict(state["config"], where=str(ckpt_path))
-        _warn_ignored_settings(config, saved, ckpt_path)
-        config = saved
+        differ = _differences(config, saved, given)
+        if differ:
+            log.warning("resuming with the config saved in %s; ignoring the settings that differ from it: %s",
+                        ckpt_path, ", ".join(differ))
         log.info("resuming %s from epoch %d", run_dir, state["epoch"])
-    elif resume and run_dir.exists():
-        log.info("nothing to resume in %s (no checkpoint: killed before its first epoch ended?); "
-                 "starting from scratch", run_dir)
-    ensure_dir(run_dir)
-    if distributed.is_main():
-        remove_stale_temps(run_dir)  # left by a run killed while writing
-    atomic_write_json(run_dir / "config.json", config.to_dict())
+        return saved, state
+    saved_path = run_dir / CONFIG_NAME
+    if not saved_path.exists():
+        raise TrainingError(f"cannot resume {run_dir}: it holds no checkpoint and no {CONFIG_NAME}, so "
+                            "there is nothing to resume; train without --resume to start a run there")
+    saved = Config.from_file(saved_path)
+    differ = _differences(config, saved, given)
+    if differ:
+        raise ConfigError(f"cannot resume {run_dir}: it has no checkpoint yet and the given settings contradict "
+                          f"its {saved_path}: {', '.join(differ)}. Leave them out to restart it as saved, "
+                          "or train without --resume to start it afresh with them")
+    log.info("nothing to resume in %s (no checkpoint: killed before its first epoch ended?); "
+             "starting from scratch with its saved %s", run_dir, CONFIG_NAME)
+    return saved, None
 
+
+def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None, progress: bool | None) -> Path:
+    """Train ``config`` from ``state`` (a checkpoint, or None) into ``run_dir``."""
+    ckpt_path = run_dir / CHECKPOINT_NAME
     tcfg = config.train
-    if tcfg.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {tcfg.precision!r}")
     resolve_device(tcfg.device)
     device = distributed.setup(tcfg.device)  # cuda:LOCAL_RANK under torchrun
     rank, world = distributed.rank(), distributed.world_size()
     data = load_dataset(config.data.name, config.data.split, data_dir=config.data.data_dir or data_dir,
                         allow_sample=config.data.allow_sample)
-    images = data.images[: config.data.limit] if config.data.limit else data.images
+    images = data.images[: config.data.limit]  # limit: None (all) or >= 1, checked by the config
     x_all = to_tensor(images, device)
     image_shape = tuple(x_all.shape[1:])
     log.info("training on %d images of %s/%s from %s", len(x_all), data.name, data.split, data.source)
@@ -110,41 +152,11 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     # one per run: an objective may keep per-example state (MSC), saved with each checkpoint
     objective = make_objective(tcfg.objective, tcfg.objective_options, num_examples=len(x_all))
     takes_index = "index" in inspect.signature(objective).parameters  # per-example state (e.g. MSC)
-    step = ObjectiveStep(model, objective, tcfg.objective_options)
-    if world > 1:
-        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
-    if tcfg.compile:
-        if tcfg.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {tcfg.compile_mode!r}")
-        mode = tcfg.compile_mode
-        if world > 1 and mode == "reduce-overhead":  # CUDA graphs and DDP's gradient hooks don't mix
-            log.info("train.compile_mode reduce-overhead (CUDA graphs) is for one process; using 'default' under torchrun")
-            mode = "default"
-        # the whole loss at once (encoder, decoder, likelihood, KL), so that the many small
-        # elementwise kernels of the likelihood fuse; "reduce-overhead" adds CUDA graphs.
-        # dynamic=False: the last, smaller batch of an epoch gets its own graph.
-        step = torch.compile(step, mode=mode, dynamic=False)
-    dtype = PRECISIONS[tcfg.precision]
+    step = _wrap_step(ObjectiveStep(model, objective, tcfg.objective_options), tcfg, device, world)
+    dtype = getattr(torch, PRECISIONS[tcfg.precision]) if PRECISIONS[tcfg.precision] else None
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    history: list[dict] = []
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # a checkpoint's saved flags must not undo fused=True
-            group["fused"], group["foreach"] = True, None
-        rng = state["rng"]
-        per_rank = rng.get("ranks") or []
-        rng_restored = world == 1 or len(per_rank) == world
-        mine = per_rank[rank] if world > 1 and rng_restored else rng
-        torch.set_rng_state(mine["torch"])
-        if device.type == "cuda" and "cuda" in mine:
-            torch.cuda.set_rng_state(mine["cuda"], device)
-        history = list(state["history"])
-        start_epoch = state["epoch"]
-        load_objective_state(objective, state.get("objective"))
-    else:
-        rng_restored = False
+    history, start_epoch, rng_restored = ([], 0, False) if state is None else \
+        _restore(state, model, optimizer, objective, device)
     if world > 1 and not rng_restored:
         # different reparameterisation noise per rank; also when resuming a checkpoint saved
         # by another number of processes, whose per-rank states don't map onto these ranks
@@ -215,6 +227,41 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     return run_dir
 
 
+def _wrap_step(step: ObjectiveStep, tcfg, device: torch.device, world: int):
+    """The training step as it runs: under DDP with several processes, compiled if asked."""
+    if world > 1:
+        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
+    if not tcfg.compile:
+        return step
+    mode = tcfg.compile_mode
+    if world > 1 and mode == "reduce-overhead":  # CUDA graphs and DDP's gradient hooks don't mix
+        log.info("train.compile_mode reduce-overhead (CUDA graphs) is for one process; using 'default' under torchrun")
+        mode = "default"
+    # the whole loss at once (encoder, decoder, likelihood, KL), so that the many small
+    # elementwise kernels of the likelihood fuse; "reduce-overhead" adds CUDA graphs.
+    # dynamic=False: the last, smaller batch of an epoch gets its own graph.
+    return torch.compile(step, mode=mode, dynamic=False)
+
+
+def _restore(state: dict, model, optimizer, objective, device: torch.device) -> tuple[list[dict], int, bool]:
+    """Load a checkpoint's weights, optimiser, RNG and objective state; return its history,
+    its epoch, and whether this process's own RNG state was restored."""
+    rank, world = distributed.rank(), distributed.world_size()
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # a checkpoint's saved flags must not undo fused=True
+        group["fused"], group["foreach"] = True, None
+    rng = state["rng"]
+    per_rank = rng.get("ranks") or []
+    rng_restored = world == 1 or len(per_rank) == world
+    mine = per_rank[rank] if world > 1 and rng_restored else rng
+    torch.set_rng_state(mine["torch"])
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], device)
+    load_objective_state(objective, state.get("objective"))
+    return list(state["history"]), state["epoch"], rng_restored
+
+
 def _save(path, config, model, optimizer, epoch, history, image_shape, data, device, objective=None) -> None:
     params = [p for p in model.parameters()]
     if not all(torch.isfinite(p).all() for p in params):
@@ -251,25 +298,11 @@ def _kept(ckpt_path: Path) -> str:
     return f"no checkpoint was written to {ckpt_path.parent}"
 
 
-def _warn_ignored_settings(given: Config, saved: Config, where: Path) -> None:
-    """A resumed run continues with the config saved in its checkpoint; say which of
-    the given settings differ from it (and are therefore not used)."""
-    flat_given, flat_saved = _flatten(given.to_dict()), _flatten(saved.to_dict())
-    differ = [f"{k}={flat_given[k]!r} (saved: {flat_saved.get(k)!r})" for k in flat_given
-              if flat_given[k] != flat_saved.get(k)]
-    if differ:
-        log.warning("resuming with the config saved in %s; ignoring the settings that differ from it: %s",
-                    where, ", ".join(differ))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key not in ("likelihood_options", "objective_options"):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def _differences(given: Config, saved: Config, keys: Iterable[str] | None) -> list[str]:
+    """``key=given (saved: value)`` for each of ``keys`` (None: all) where the two configs differ."""
+    flat_given, flat_saved = flatten(given.to_dict()), flatten(saved.to_dict())
+    return [f"{k}={flat_given[k]!r} (saved: {flat_saved.get(k)!r})" for k in (flat_given if keys is None else keys)
+            if flat_given[k] != flat_saved.get(k)]
 
 
 def _json_line(record: dict) -> str:

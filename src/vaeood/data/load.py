@@ -24,7 +24,7 @@ from ..registry import did_you_mean
 from .errors import DataError, DatasetNotFoundError
 from .checksums import named_sha256
 from .imageset import ImageSet
-from .locate import ENV_VAR, candidate_folders, search_dirs, user_dirs
+from .locate import ENV_VAR, candidate_folders, refuse_broken_links, search_dirs, user_dirs
 from .npz import read_image_arrays
 from .official import DATASETS, OfficialDataset
 from .sample import available_samples, has_sample, load_sample
@@ -111,6 +111,7 @@ def _load_from_folder(name: str, split: str, folder: Path,
     if not folder.is_dir():
         return None
     exact = folder / f"{name}_{split}.npz"
+    refuse_broken_links(folder, [exact.name, *(official.files[split] if official else ())], f"{name}_{split}_")
     if exact.is_file():
         return _load_npz(exact, name, split)
     if official is not None:

@@ -15,10 +15,13 @@ Fashion-MNIST use the same IDX file names and cannot share one folder.
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+from .errors import DataError
 
 ENV_VAR = "VAEOOD_DATA"
 
@@ -75,3 +78,14 @@ def candidate_folders(search_dir: SearchDir, name: str) -> list[Path]:
     if search_dir.dataset_specific:
         return [search_dir.path]
     return [search_dir.path, search_dir.path / name]
+
+
+def refuse_broken_links(folder: Path, names: Iterable[str], prefix: str) -> None:
+    """Raise a DataError naming a dataset file in ``folder`` (one of ``names``, or a name
+    starting with ``prefix``) that is a symbolic link to nothing. Skipping it would
+    quietly load another copy of the dataset from a later folder, or report it missing."""
+    candidates = [folder / n for n in names] + sorted(folder.glob(glob.escape(prefix) + "*"))
+    for path in candidates:
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{path} is a broken symbolic link: it points to {os.readlink(path)}, which does "
+                            "not exist. Fix the link or remove it")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..registry import UnknownNameError
 from .common import EXPERIMENTS
 from . import fig2  # noqa: F401  (registers fig2a, fig2b)
 from . import forward_kl  # noqa: F401  (registers forward-kl)
@@ -22,7 +23,7 @@ def reproduce(name: str, out_dir: str | Path, *, preset: str = "quick", **kwargs
     """Run experiment ``name`` with ``preset``; see the experiment's ``run`` for options."""
     exp = EXPERIMENTS.get(name)
     if preset not in exp.presets:
-        raise KeyError(f"experiment {name!r} has no preset {preset!r}; presets: {', '.join(exp.presets)}")
+        raise UnknownNameError(f"experiment {name!r} has no preset {preset!r}; presets: {', '.join(exp.presets)}")
     return exp.run(Path(out_dir), preset, **kwargs)
 
 

@@ -13,7 +13,7 @@ from .._version import __version__
 from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ..config import Config
 from ..registry import Registry
-from ..train import train
+from ..train import resumable, train
 
 EXPERIMENTS = Registry("experiment")
 
@@ -24,7 +24,7 @@ def train_or_reuse(config: Config, run_dir: Path, *, data_dir: str | None, progr
     ckpt = run_dir / CHECKPOINT_NAME
     state = load_checkpoint(ckpt) if ckpt.exists() else None
     if state is None or state["epoch"] < config.train.epochs:
-        train(config, run_dir, resume=True, data_dir=data_dir, progress=progress)
+        train(config, run_dir, resume=resumable(run_dir), data_dir=data_dir, progress=progress)
         state = load_checkpoint(ckpt)
     return training_summary(state)
 

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
-from ..config import ModelConfig
+from typing import TYPE_CHECKING
+
 from ..registry import Registry
 from .conv import conv_decoder, conv_encoder
 from .likelihoods import LIKELIHOODS, Likelihood
 from .mlp import mlp_decoder, mlp_encoder
 from .vae import VAE
+
+if TYPE_CHECKING:  # config validates names against these registries, so no import back
+    from ..config import ModelConfig
 
 # arch name → function(cfg, (C, H, W), params_per_channel) → (encoder, decoder)
 ARCHITECTURES = Registry("architecture")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class OutputConvTranspose2d(nn.ConvTranspose2d):
     """The decoder's output layer. With few output channels (one per pixel value for a
@@ -55,5 +57,5 @@ def conv_decoder(channels: int, height: int, width: int, base: int, latent_dim: 
 
 def _check_divisible(height: int, width: int) -> None:
     if height % 4 or width % 4:
-        raise ValueError(f"the conv VAE needs image height and width divisible by 4, got {height}×{width}; "
-                         "use arch 'mlp' or pad the images")
+        raise ConfigError(f"model.arch = 'conv' needs image height and width divisible by 4, got "
+                          f"{height}×{width}; use model.arch=mlp or pad the images")
