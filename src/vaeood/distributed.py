@@ -26,7 +26,11 @@ def world_size() -> int:
 
 
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: the process group's, or torchrun's RANK before the group is
+    joined (a run lock is taken before scoring joins it), else 0."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
 def is_main() -> bool:
