@@ -156,6 +156,9 @@ def run_sweep(model, args, data_dir, base):
         {"variant": "head", "steps": 20, "lr": 1e-3, "bound": "iwae", "k": 16},
         {"variant": "encoder", "steps": 20, "lr": 1e-3, "bound": "iwae", "k": 16},
     ]
+    from vaeood.regret import _feature_scale
+    l1 = _feature_scale(model, x, model.latent_dim)[:, 0].numpy()
+    print(json.dumps({"auroc_of_feature_l1_norm": auroc(l1[:n], l1[n:])}), flush=True)
     rows = []
     for s in settings:
         out, seconds = timed_regret(model, x, args.seed, **s)
@@ -168,7 +171,8 @@ def run_sweep(model, args, data_dir, base):
         row["auroc_x_images_per_s"] = row["auroc"] * row["images_per_s"]
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return {"mode": "sweep", "tuning_images": {"in": src_in, "ood": src_ood}, "rows": rows}
+    return {"mode": "sweep", "tuning_images": {"in": src_in, "ood": src_ood}, "rows": rows,
+            "auroc_of_feature_l1_norm": auroc(l1[:n], l1[n:])}
 
 
 def run_compare(model, args, data_dir, base):
