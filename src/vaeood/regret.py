@@ -85,7 +85,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .estimators import _check_positive_int, _log_joint, _posterior, gaussian_kl_to_standard_nats
+from . import gaussian
+from .estimators import checked_log_joint, checked_posterior
+from .gaussian import check_positive_int, kl_to_standard_normal, log_prob_from_eps
 
 __all__ = ["likelihood_regret", "VARIANTS", "OPTIMIZERS", "DEFAULTS"]
 
@@ -200,17 +202,17 @@ def likelihood_regret(
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
-    samples = _check_positive_int("samples", samples)
-    k = _check_positive_int("k", k)
-    layers = _check_positive_int("layers", layers)
-    max_elements = _check_positive_int("max_elements", max_elements)
+    samples = check_positive_int("samples", samples)
+    k = check_positive_int("k", k)
+    layers = check_positive_int("layers", layers)
+    max_elements = check_positive_int("max_elements", max_elements)
     opt_kwargs = dict(optimizer_options or {})
     opt_kwargs.update(lr=float(lr), weight_decay=float(weight_decay))
     opt_class = OPTIMIZERS[optimizer]
 
     seed = generator.initial_seed() if generator is not None else torch.initial_seed()
     n = x.shape[0]
-    step = n if batch_size is None else _check_positive_int("batch_size", batch_size)
+    step = n if batch_size is None else check_positive_int("batch_size", batch_size)
     parts = []
     for start in range(0, n, max(step, 1)):
         xb = x[start:start + step]
@@ -263,8 +265,8 @@ def _bound(model, x, mu: Tensor, logvar: Tensor, eps: Tensor, bound: str, max_el
         e = eps[start:start + chunk]
         z = mu + std * e
         if bound == "iwae":
-            log_lik, log_prior = _log_joint(model, x, z)
-            log_q = -0.5 * (e.pow(2) + logvar + math.log(2 * math.pi)).sum(-1)
+            log_lik, log_prior = checked_log_joint(model, x, z)
+            log_q = log_prob_from_eps(e, logvar)
             part = torch.logsumexp(log_lik + log_prior - log_q, dim=0)
             acc = part if acc is None else torch.logaddexp(acc, part)
         else:
@@ -272,7 +274,7 @@ def _bound(model, x, mu: Tensor, logvar: Tensor, eps: Tensor, bound: str, max_el
             acc = part if acc is None else acc + part
     if bound == "iwae":
         return acc - math.log(k)
-    return acc / k - gaussian_kl_to_standard_nats(mu, logvar)
+    return acc / k - kl_to_standard_normal(mu, logvar)
 
 
 # -- the per-image inference parameters --------------------------------------------------------
@@ -375,7 +377,7 @@ def _make_encode(model, x, variant: str, layers: int, use_vmap: bool, mu0: Tenso
 def _regret_batch(model, x, *, seed, variant, steps, opt_class, opt_kwargs, samples, loss, bound, k,
                   layers, use_vmap, head_exact, max_elements) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
-        mu0, logvar0 = _posterior(model, x)
+        mu0, logvar0 = checked_posterior(model, x)
         eps_bound = _image_noise(x, seed, "bound", (k, mu0.shape[1]), mu0)
         before = _bound(model, x, mu0, logvar0, eps_bound, bound, max_elements)
     if steps == 0:
@@ -394,11 +396,10 @@ def _regret_batch(model, x, *, seed, variant, steps, opt_class, opt_kwargs, samp
             z = mu + torch.exp(0.5 * logvar) * eps_opt[t]  # [S, B, Z]
             if loss == "elbo":
                 log_lik = model.log_likelihood(x, z)
-                neg_elbo = gaussian_kl_to_standard_nats(mu, logvar) - log_lik.mean(0)  # [B]
+                neg_elbo = kl_to_standard_normal(mu, logvar) - log_lik.mean(0)  # [B]
             else:  # sticking the landing: log q at stop-gradient parameters, gradient through z only
-                log_lik, log_prior = _log_joint(model, x, z)
-                log_q = -0.5 * ((z - mu.detach()).pow(2) / logvar.detach().exp() + logvar.detach()
-                                + math.log(2 * math.pi)).sum(-1)
+                log_lik, log_prior = checked_log_joint(model, x, z)
+                log_q = gaussian.log_prob(z, mu.detach(), logvar.detach())
                 neg_elbo = (log_q - log_lik - log_prior).mean(0)
             # the sum's gradient w.r.t. image b's parameters is that of image b's loss alone
             grads = torch.autograd.grad(neg_elbo.sum(), params)
