@@ -300,7 +300,7 @@ def main():
     model, config, meta = load_model(args.run)
     model.eval()
     command = command_line().replace(args.run, "RUN")
-    if args.out:
+    if args.out and Path(args.out).is_absolute():
         command = command.replace(f" --out {args.out}", "")
     if args.loop_cache:
         command = command.replace(args.loop_cache, "LOOP_CACHE.json")
