@@ -18,13 +18,17 @@ Modes:
   them (or reuse ``--loop-cache``, per-image loop results of an earlier run of this
   script on the same checkpoint and images: the JSON says so), run the batched regret
   on ``--images`` images per set (a superset of the loop's), and compare on the loop's
-  images with a paired bootstrap;
+  images with a paired bootstrap; ``--loop-retime N`` times the loop afresh on N images
+  per set in this run (half before, half after the batched timings) and takes its
+  images/s from them; ``--faithful-check N`` also runs the batched whole-encoder variant
+  (the paper's settings) on the loop's first N images per set and correlates it with the loop;
 * ``--sweep``: AUROC and images/s of the batched variants / settings on *tuning* images
   that the comparison never uses (Fashion-MNIST training images after the model's
   ``data.limit``, i.e. never trained on, and MNIST training images), to choose the defaults.
 
-    PYTHONPATH=src python benchmarks/regret_speed.py --run RUN [--images 400] [--loop-images 60]
-    PYTHONPATH=src python benchmarks/regret_speed.py --run RUN --sweep
+    PYTHONPATH=src python benchmarks/regret_speed.py --run RUN --images 400 --loop-images 200 \
+        --loop-retime 6 --loop-cache LOOP_CACHE.json          # results/regret_speed.json
+    PYTHONPATH=src python benchmarks/regret_speed.py --run RUN --sweep [--settings JSON]
 """
 
 from __future__ import annotations
