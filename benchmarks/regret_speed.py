@@ -260,6 +260,14 @@ def run_compare(model, args, data_dir, base):
         result["batched_minus_loop_auroc_same_images"] = {"diff": diff, "ci95": ci}
     if loop_ips:
         result["speedup"] = batched_ips / loop_ips
+    n_in = len(x_in)
+    result["batched"]["fraction_zero"] = [float((b_in == 0).mean()), float((b_ood == 0).mean())]
+    result["batched"]["other_seeds"] = {}
+    for seed in args.extra_seeds:
+        r_s = timed_regret(model, x, seed, **options)[0]["regret_nats"].numpy()
+        result["batched"]["other_seeds"][seed] = {
+            "auroc": auroc(r_s[:n_in], r_s[n_in:]),
+            "fraction_zero": [float((r_s[:n_in] == 0).mean()), float((r_s[n_in:] == 0).mean())]}
     if args.faithful_check:
         # the paper's whole-encoder variant, batched with vmap (its defaults: 100 Adam steps of
         # 2e-4, weight decay 5e-5, IWAE-1000, last iterate), on the first loop images
@@ -293,6 +301,8 @@ def main():
     parser.add_argument("--faithful-check", type=int, default=0,
                         help="also run variant='encoder' (the paper's settings, batched) on this many loop images per set")
     parser.add_argument("--faithful-batch", type=int, default=20)
+    parser.add_argument("--extra-seeds", type=lambda v: [int(t) for t in v.split(",") if t], default=[],
+                        help="comma-separated seeds: the batched AUROC again with these noise seeds")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--settings", default=None, help="sweep: JSON list of option dicts")
     parser.add_argument("--tune-images", type=int, default=200)
