@@ -136,3 +136,9 @@ def test_trend_slope_interval_is_linregress():
     half = t.ppf(0.975, len(x) - 2) * fit.stderr
     assert tr["slope"] == pytest.approx(fit.slope) and tr["slope_se"] == pytest.approx(fit.stderr)
     assert tr["slope_interval"] == pytest.approx([fit.slope - half, fit.slope + half])
+
+
+def test_trend_of_a_constant_is_undefined_not_a_trend():
+    tr = trend([1, 2, 4, 1, 2, 4], [0.0] * 6, n_boot=100)
+    assert math.isnan(tr["spearman_rho"]) and tr["word"] == "no detectable trend"
+    assert tr["slope"] == 0.0 and "ρ undefined" in trend_text(tr)

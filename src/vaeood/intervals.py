@@ -234,6 +234,12 @@ def trend(x, y, *, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL, lo
     out = {"n_points": n, "spearman_rho": rho, "spearman_interval": [math.nan, math.nan], "boot_undefined": 0,
            "slope": math.nan, "slope_se": math.nan, "slope_interval": [math.nan, math.nan],
            "slope_x": "log2" if log2_x else "linear", "level": level, "n_boot": n_boot, "word": "no detectable trend"}
+    xs = np.log2(x) if log2_x else x
+    if n > 2 and len(set(xs)) > 1:
+        fit = linregress(xs, y)
+        half = float(t.ppf(0.5 + level / 2, n - 2)) * fit.stderr
+        out.update(slope=float(fit.slope), slope_se=float(fit.stderr),
+                   slope_interval=[float(fit.slope - half), float(fit.slope + half)])
     if n < 3 or not math.isfinite(rho):
         return out
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
@@ -242,12 +248,6 @@ def trend(x, y, *, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL, lo
     out["boot_undefined"] = int(n_boot - len(finite))
     if len(finite) >= 10:
         out["spearman_interval"] = list(_percentile(finite, level))
-    xs = np.log2(x) if log2_x else x
-    if len(set(xs)) > 1:
-        fit = linregress(xs, y)
-        half = float(t.ppf(0.5 + level / 2, n - 2)) * fit.stderr
-        out.update(slope=float(fit.slope), slope_se=float(fit.stderr),
-                   slope_interval=[float(fit.slope - half), float(fit.slope + half)])
     lo, hi = out["spearman_interval"]
     if math.isfinite(lo) and lo > 0:
         out["word"] = "rises"
@@ -262,8 +262,10 @@ def trend_text(tr: dict, what: str = "AUROC", against: str = "parameters") -> st
     lo, hi = tr["spearman_interval"]
     per = "per doubling" if tr["slope_x"] == "log2" else "per unit"
     word = {"rises": "rises", "falls": "falls", "no detectable trend": "shows no detectable trend"}[tr["word"]]
-    return (f"{what} {word} with {against} (Spearman ρ = {tr['spearman_rho']:.2f}, {tr['level']:.0%} interval "
-            f"{lo:.2f} to {hi:.2f}, {tr['n_points']} points; slope {per} {tr['slope']:+.4f} ± {tr['slope_se']:.4f})")
+    rho = (f"Spearman ρ = {tr['spearman_rho']:.2f}, {tr['level']:.0%} interval {lo:.2f} to {hi:.2f}"
+           if math.isfinite(tr["spearman_rho"]) else f"Spearman ρ undefined: {what} or {against} constant")
+    slope = (f"; slope {per} {tr['slope']:+.4f} ± {tr['slope_se']:.4f}" if math.isfinite(tr["slope"]) else "")
+    return f"{what} {word} with {against} ({rho}, {tr['n_points']} points{slope})"
 
 
 __all__ = ["LEVEL", "N_BOOT", "WORDS", "SeedSummary", "auroc", "bootstrap_auroc", "mean_sd", "seed_summary",
