@@ -218,8 +218,8 @@ EXPERIMENTS.register("fig2a")(Fig2Experiment(
                              "train on the first 20,000 Fashion-MNIST training images for 4 epochs, "
                              "keras_blog on the first 30,000 for 5 epochs (the paper preset: all 60,000 for "
                              "100 and 50 epochs); every test image is scored, by the ELBO (the paper preset: "
-                             "IWAE-1000). Not converged: an earlier single-seed quick run at 30,000 × 8 epochs "
-                             "gave the conv models lower AUROCs."),
+                             "IWAE-1000). The models are not converged: the AUROCs move with the budget (the "
+                             "README lists longer runs), the verdict words have not so far."),
         "paper": Preset({"data.name": "fashion_mnist", "train.epochs": "100"},
                         estimator="iwae", estimator_options={"k": 1000},
                         variant_overrides={"keras_blog": {"train.epochs": "50"}},
@@ -259,7 +259,7 @@ def render_report(exp: Fig2Experiment, out: dict) -> str:
               f"With {len(seeds)} seeds the seed level is resampled coarsely; the sd and every seed's own "
               "interval are given beside it.", ""]
     if out.get("note"):
-        lines += [f"Budget: {out['note']}", ""]
+        lines += [f"Preset budget (before command-line overrides, which the tables below include): {out['note']}", ""]
     lines += ["## Model variants", "",
               markdown_table(["model", "what it is", "parameters", "batch", "epochs", "training images"],
                              [[v, m["description"], m["training"]["num_parameters"], m["training"]["batch_size"],
@@ -308,4 +308,6 @@ def render_report(exp: Fig2Experiment, out: dict) -> str:
 
 def _train_images(model: dict) -> str:
     limit = model["config"]["data"]["limit"]
-    return f"{'first ' + format(limit, ',') if limit else 'all'} of {model['training']['train_data']['source']}"
+    data = model["training"]["train_data"]
+    return f"{'first ' + format(limit, ',') if limit else 'all'} of {data['name']}/{data['split']}" + \
+        (" (the bundled sample)" if data["is_sample"] else "")
