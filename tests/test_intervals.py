@@ -142,3 +142,26 @@ def test_trend_of_a_constant_is_undefined_not_a_trend():
     tr = trend([1, 2, 4, 1, 2, 4], [0.0] * 6, n_boot=100)
     assert math.isnan(tr["spearman_rho"]) and tr["word"] == "no detectable trend"
     assert tr["slope"] == 0.0 and "ρ undefined" in trend_text(tr)
+
+
+def test_experiments_pass_detectors_to_evaluate_under_its_keyword(monkeypatch):
+    """The default detector tuple is not passed (evaluate's own default); others go under
+    ``detectors=`` where evaluate takes it, else under today's ``scores=``."""
+    from vaeood.experiments import common
+
+    calls = []
+
+    def today(run_dir, in_dataset, ood_datasets, *, scores=("nll",), **kwargs):
+        calls.append(("scores", scores))
+        return {}
+
+    def later(run_dir, in_dataset, ood_datasets, *, detectors=("nll",), **kwargs):
+        calls.append(("detectors", detectors))
+        return {}
+
+    monkeypatch.setattr(common, "evaluate", today)
+    common.run_evaluate("run", "fashion_mnist", ["mnist"])
+    common.run_evaluate("run", "fashion_mnist", ["mnist"], detectors=("nll", "other"))
+    monkeypatch.setattr(common, "evaluate", later)
+    common.run_evaluate("run", "fashion_mnist", ["mnist"], detectors=["nll", "other"])
+    assert calls == [("scores", ("nll",)), ("scores", ("nll", "other")), ("detectors", ("nll", "other"))]
