@@ -55,13 +55,12 @@ from ..atomic import atomic_write, atomic_write_json, atomic_write_text
 from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ..config import Config, ConfigError
 from ..data import load_dataset
-from ..metrics import ood_metrics
-from ..report import markdown_table
-from ..run import load_model, to_tensor
-from ..scoring import score, score_meta
 from ..intervals import N_BOOT, mean_sd
-from ..report import interval_text
+from ..metrics import ood_metrics
+from ..report import interval_text, markdown_table
+from ..run import load_model, to_tensor
 from ..scores import SCORES
+from ..scoring import score, score_meta
 from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, stamp, strict_json,
                      train_or_reuse)
 
