@@ -312,18 +312,22 @@ def test_one_raw_p_below_005_among_three_is_not_an_improvement_after_holm():
     """The forward-KL verdict tests three objectives: one raw p = 0.03 (adjusted 0.09)
     is reported, but not called an improvement."""
     from vaeood.experiments.forward_kl import FORWARD_KL, REVERSE_KL, hypothesis_verdict
+    from vaeood.intervals import verdict
 
     def seeds(*values):
         v = np.asarray(values)
-        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "n": len(v), "values": list(values)}
+        interval = (float(v.min()) - 0.01, float(v.max()) + 0.01)  # stands in for the bootstrap interval
+        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "n": len(v), "values": list(values),
+                "interval": interval, "verdict": verdict(interval)}
 
     base = {"auroc_elbo": seeds(0.05, 0.06, 0.07), "q_var_in": seeds(1, 1, 1), "q_var_ratio_in": seeds(1, 1, 1)}
     agg = {o: {**base, "auroc_iwae": seeds(0.058, 0.059, 0.060)} for o in REVERSE_KL}
     agg[FORWARD_KL[0]] = {**base, "auroc_iwae": seeds(0.070, 0.074, 0.078)}  # clearly higher
     for f in FORWARD_KL[1:]:
         agg[f] = {**base, "auroc_iwae": seeds(0.050, 0.060, 0.070)}
-    verdict = hypothesis_verdict(agg, 3)
-    first = verdict["comparisons"][FORWARD_KL[0]][verdict["reference"]]["auroc_iwae"]
+    result = hypothesis_verdict(agg, 3)
+    first = result["comparisons"][FORWARD_KL[0]][result["reference"]]["auroc_iwae"]
     assert first["p"] < 0.05 and first["p_holm"] == pytest.approx(min(1.0, 3 * first["p"]))
     expected = "improves" if first["p_holm"] < 0.05 else "no detectable difference"
-    assert verdict["labels"][FORWARD_KL[0]] == expected
+    assert result["labels"][FORWARD_KL[0]] == expected
+    assert set(result["detection"].values()) == {"inverted"}

@@ -133,27 +133,54 @@ def test_cli_errors_are_clear(tmp_path, data_dir, capsys):
 
 
 def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
+    from vaeood.intervals import seed_summary
+    from vaeood.scoring import score
+
     out = tmp_path / "fig2a"
     assert main(["reproduce", "fig2a", "--out", str(out), "--data-dir", str(data_dir), "--train.epochs=1",
-                 "--model.base_channels=4"]) == 0
+                 "--model.base_channels=4", "--model.hidden_dim=16"]) == 0
     printed = capsys.readouterr().out
-    assert "AUROC" in printed and "report:" in printed
+    assert "AUROC mean ± sd" in printed and "report:" in printed
     report = (out / "report.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"study_bernoulli", "dlogistic"}
+    assert list(metrics["models"]) == ["keras_blog", "study_bernoulli", "dlogistic"]
+    assert metrics["seeds"] == [0, 1, 2] and metrics["detectors"] == ["nll"]
     assert "vaeood reproduce fig2a" in report and metrics["command"].startswith("vaeood reproduce fig2a")
-    auroc = metrics["models"]["dlogistic"]["results"]["nll"]["mnist"]["auroc"]
-    assert f"{auroc:.3f}" in report
+    keras = metrics["models"]["keras_blog"]["config"]
+    assert (keras["model"]["arch"], keras["model"]["latent_dim"], keras["model"]["likelihood"],
+            keras["train"]["batch_size"]) == ("mlp", 2, "bernoulli", 100)
+    for variant, m in metrics["models"].items():
+        assert sorted(m["runs"]) == ["seed0", "seed1", "seed2"]
+        assert [r["training"]["config"]["train"]["seed"] for r in m["runs"].values()] == [0, 1, 2]
+        auroc = m["summary"]["nll"]["mnist"]["auroc"]
+        per_seed = [r["results"]["nll"]["mnist"]["auroc"] for r in m["runs"].values()]
+        assert auroc["values"] == pytest.approx(per_seed) and auroc["mean"] == pytest.approx(np.mean(per_seed))
+        assert auroc["sd"] == pytest.approx(np.std(per_seed, ddof=1))
+        lo, hi = auroc["interval"]
+        assert 0 <= lo <= hi <= 1 and auroc["verdict"] in {"separates", "inverted", "indistinguishable"}
+        assert auroc["verdict"] == ("separates" if lo > 0.5 else "inverted" if hi < 0.5 else "indistinguishable")
+        assert f"{auroc['mean']:.3f} ± {auroc['sd']:.3f}" in report and f"{lo:.3f}–{hi:.3f}" in report
+        assert metrics["verdict"][f"{variant}/mnist"].startswith(auroc["verdict"] + ": AUROC")
+        for seed in (0, 1, 2):
+            assert (out / variant / f"seed{seed}" / "histogram_elbo.png").exists()
+            assert (out / "runs" / f"{variant}_seed{seed}" / "checkpoint.pt").exists()
+    # the interval is the one implementation's, on the runs' per-image scores
+    runs = [out / "runs" / f"dlogistic_seed{s}" for s in (0, 1, 2)]
+    pairs = [(-score(r, "fashion_mnist", data_dir=str(data_dir))["log_px_nats"],
+              -score(r, "mnist", data_dir=str(data_dir))["log_px_nats"]) for r in runs]
+    expected = seed_summary(pairs, n_boot=metrics["interval"]["n_boot"])
+    assert metrics["models"]["dlogistic"]["summary"]["nll"]["mnist"]["auroc"]["interval"] == \
+        pytest.approx(list(expected.interval))
     stats = metrics["models"]["dlogistic"]["datasets"]["mnist"]
     x = np.load(data_dir / "mnist_test.npz")["x"] / 255.0
     assert stats["pixel_mean"] == pytest.approx(x.mean()) and stats["pixel_var"] == pytest.approx(x.var())
-    for variant in metrics["models"]:
-        assert (out / variant / "histogram_elbo.png").exists()
+    assert stats["mean_bpd"]["n"] == 3 and "mean_bpd" not in metrics["models"]["keras_blog"]["datasets"]["mnist"]
+    assert (out / metrics["figures"]["elbo_histograms"]).stat().st_size > 1000
     # a second call reuses the finished runs and their scores instead of retraining
-    stamp = (out / "runs" / "dlogistic" / "checkpoint.pt").stat().st_mtime_ns
+    stamp = (out / "runs" / "dlogistic_seed1" / "checkpoint.pt").stat().st_mtime_ns
     assert main(["reproduce", "fig2a", "--out", str(out), "--data-dir", str(data_dir), "--train.epochs=1",
-                 "--model.base_channels=4"]) == 0
-    assert (out / "runs" / "dlogistic" / "checkpoint.pt").stat().st_mtime_ns == stamp
+                 "--model.base_channels=4", "--model.hidden_dim=16"]) == 0
+    assert (out / "runs" / "dlogistic_seed1" / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
 def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatch, capsys):
@@ -178,6 +205,7 @@ def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatc
                  "--model.base_channels=4"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     svhn = metrics["models"]["dlogistic"]["datasets"]["svhn"]
+    assert list(metrics["models"]) == ["study_bernoulli", "dlogistic"] and metrics["seeds"] == [0, 1, 2]
     assert svhn["n"] == 48 and "test_32x32.mat" in svhn["source"]
     assert svhn["pixel_mean"] == pytest.approx(digits.mean() / 255)
     assert "svhn" in (out / "report.md").read_text()

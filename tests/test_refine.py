@@ -155,6 +155,10 @@ def test_reproduce_forward_kl_on_tiny_data(tmp_path, data_dir, capsys):
     assert len(metrics["runs"]) == 15 and metrics["settings"]["estimator_options"] == {"k": 8}
     for obj, agg in metrics["aggregate"].items():
         assert agg["auroc_iwae"]["n"] == 3 and 0 <= agg["auroc_iwae"]["mean"] <= 1
+        lo, hi = agg["auroc_iwae"]["interval"]  # the interval machinery's, with its verdict word
+        assert agg["auroc_iwae"]["verdict"] == ("separates" if lo > 0.5 else "inverted" if hi < 0.5
+                                                else "indistinguishable")
+        assert len(agg["auroc_elbo"]["per_seed_intervals"]) == 3
         assert agg["bpd_in"]["mean"] > 0
         runs = [r for r in metrics["runs"] if r["objective"] == obj]
         np.testing.assert_allclose(agg["auroc_iwae"]["mean"], np.mean([r["auroc_iwae"] for r in runs]))

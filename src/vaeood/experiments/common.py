@@ -1,18 +1,26 @@
-"""Pieces every experiment shares: the registry, train-or-reuse, run summaries and
-the environment stamp written into each report."""
+"""Pieces every experiment shares: the registry, train-or-reuse, run summaries, the
+environment stamp written into each report, evaluation with the detectors asked for, and
+the AUROC summaries over seeds with their intervals and verdict words."""
 
 from __future__ import annotations
 
 import datetime
+import inspect
+import math
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._version import __version__
 from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ..config import Config
+from ..evaluate import evaluate
+from ..intervals import N_BOOT, seed_summary
 from ..registry import Registry
+from ..scores import SCORES
+from ..scoring import score
 from ..train import resumable, train
 
 EXPERIMENTS = Registry("experiment")
@@ -44,14 +52,51 @@ def stamp(device: str) -> dict:
                             "device": device, "threads": torch.get_num_threads()}}
 
 
-def verdict_word(auroc: float) -> str:
-    """AUROC of −log p(x) with OOD positive: ≥ 0.6 the OOD set gets lower likelihood
-    (the model "knows"), ≤ 0.4 higher (inverted), otherwise no separation."""
-    if auroc >= 0.6:
-        return "separates"
-    if auroc <= 0.4:
-        return "inverted"
-    return "no separation"
+DEFAULT_DETECTORS = ("nll",)
+
+
+def run_evaluate(run_dir: Path, in_dataset: str, ood_datasets: list[str], *,
+                 detectors: tuple[str, ...] = DEFAULT_DETECTORS, **kwargs) -> dict:
+    """:func:`vaeood.evaluate.evaluate` with the detectors asked for. The default
+    (``("nll",)``, −log p(x)) is evaluate's own default and is not passed; other names go
+    under the keyword evaluate takes (``detectors=``, or ``scores=`` before it had one)."""
+    if tuple(detectors) != DEFAULT_DETECTORS:
+        params = inspect.signature(evaluate).parameters
+        kwargs["detectors" if "detectors" in params else "scores"] = tuple(detectors)
+    return evaluate(run_dir, in_dataset, list(ood_datasets), **kwargs)
+
+
+def per_image_scores(run_dir: Path, dataset: str, detector: str, **score_kwargs) -> np.ndarray:
+    """One detector's per-image OOD scores (higher = more OOD) of ``dataset``, from the
+    per-image estimates that :func:`vaeood.scoring.score` saved in the run (the same
+    call evaluate made, so nothing is recomputed); the bootstrap intervals resample them."""
+    return np.asarray(SCORES.get(detector)(score(run_dir, dataset, **score_kwargs)), dtype=np.float64)
+
+
+def auroc_summary(pairs: list[tuple[np.ndarray, np.ndarray]], *, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """Mean ± sd over seeds, each seed's image-bootstrap interval and the two-level
+    interval with its verdict word (:func:`vaeood.intervals.seed_summary`)."""
+    s = seed_summary(pairs, n_boot=n_boot, seed=seed)
+    return {**s.as_dict(), "text": s.text()}
+
+
+def strict_json(obj):
+    """NaN/inf → None, tuples → lists: what ``json`` writes is then strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+INTERVAL_METHOD = ("95% percentile interval of the seed-mean AUROC by a two-level bootstrap: each replicate "
+                   "draws the training seeds with replacement and one stratified resample of the test images "
+                   "(in-distribution and OOD resampled separately, shared by the seeds, which score the same "
+                   "images); each seed's own interval resamples the test images only")
+VERDICT_RULE = ("separates: the interval lies above AUROC 0.5 (the OOD set gets lower likelihood); inverted: "
+                "below 0.5 (the OOD set gets *higher* likelihood); indistinguishable: it covers 0.5")
 
 
 def report_header(title: str, out: dict, samples: list[str]) -> list[str]:

@@ -30,8 +30,10 @@ p < 0.05 after Holm's correction for testing the three forward-KL objectives (Ho
 "A simple sequentially rejective multiple test procedure"); "worsens" symmetrically;
 otherwise "no detectable difference" (three seeds detect only large effects, and the
 report says so). Raw p-values are reported beside the adjusted ones. The verdict also states, from the
-same numbers, whether any objective gives a usable detector at all (AUROC ≥ 0.6), since
-a significant change of an inverted detector (AUROC < 0.5) is not an improvement anyone
+same numbers, whether any objective gives a usable detector at all — the word of the 95%
+interval of its seed-mean AUROC (:mod:`vaeood.intervals`: a two-level bootstrap over seeds
+and test images; *separates* above 0.5, *inverted* below, *indistinguishable* covering
+it) — since a significant change of an inverted detector is not an improvement anyone
 could use.
 """
 
@@ -53,11 +55,14 @@ from ..atomic import atomic_write, atomic_write_json, atomic_write_text
 from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ..config import Config, ConfigError
 from ..data import load_dataset
+from ..intervals import N_BOOT, mean_sd
 from ..metrics import ood_metrics
-from ..report import markdown_table
+from ..report import interval_text, markdown_table
 from ..run import load_model, to_tensor
+from ..scores import SCORES
 from ..scoring import score, score_meta
-from .common import EXPERIMENTS, stamp, train_or_reuse, verdict_word
+from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, stamp, strict_json,
+                     train_or_reuse)
 
 REVERSE_KL = ("elbo", "iwae")
 FORWARD_KL = ("rws", "rws_dreg", "msc")
@@ -91,6 +96,7 @@ class AblationPreset:
     score_limit: int | None
     allow_sample: bool = False
     note: str = ""
+    n_boot: int = N_BOOT
 
 
 @dataclass(frozen=True)
@@ -100,13 +106,15 @@ class ForwardKLExperiment:
     in_dataset: str
     ood_datasets: tuple[str, ...]
     presets: dict[str, AblationPreset] = field(default_factory=dict)
+    detectors: tuple[str, ...] = DEFAULT_DETECTORS
 
     def datasets_needed(self) -> list[tuple[str, str]]:
         return [(self.in_dataset, "train"), (self.in_dataset, "test"), *[(o, "test") for o in self.ood_datasets]]
 
     def run(self, out_dir: Path, preset: str, *, overrides: dict[str, str] | None = None,
             data_dir: str | None = None, device: str = "cpu", estimator: str | None = None,
-            estimator_options: dict | None = None, command: str = "", progress: bool | None = None) -> dict:
+            estimator_options: dict | None = None, command: str = "", progress: bool | None = None,
+            detectors: tuple[str, ...] | None = None) -> dict:
         """Train every (objective, seed) under ``preset``, score the test sets with IWAE-K,
         and write ``report.md``, ``metrics.json`` and the figures into ``out_dir``.
 
@@ -123,6 +131,7 @@ class ForwardKLExperiment:
         if fixed:
             raise ConfigError(f"the forward-kl ablation sets {fixed[0]} itself; it cannot be overridden")
         options = {"k": pre.k, **(estimator_options or {})}
+        detectors = tuple(detectors or self.detectors)
         out_dir.mkdir(parents=True, exist_ok=True)
         started, cpu_started, load_started = time.perf_counter(), time.process_time(), _load_average()
         runs = []
@@ -147,14 +156,23 @@ class ForwardKLExperiment:
                              "epoch_seconds": training["train_seconds"] / max(1, training["epochs"]),
                              "training": _training_info(run_dir, training)})
                 runs[-1]["_bpd"] = {name: s["bpd"] for name, s in scores.items()}
+                runs[-1]["_scores"] = per_image_ood_scores(scores, detectors)
         bpd = {(r["objective"], r["seed"]): r.pop("_bpd") for r in runs}
-        aggregate = {obj: {key: _mean_sd([r[key] for r in runs if r["objective"] == obj]) for key in METRICS}
+        per_image = {(r["objective"], r["seed"]): r.pop("_scores") for r in runs}
+        aggregate = {obj: {key: mean_sd([r[key] for r in runs if r["objective"] == obj]) for key in METRICS}
                      for obj in ABLATED}
+        ood = self.ood_datasets[0]
+        for obj in ABLATED:  # the AUROCs also get the interval and its verdict word
+            for key, by_set in per_image_pairs(per_image, obj, pre.seeds, self.in_dataset, ood).items():
+                aggregate[obj].setdefault(key, {}).update(auroc_summary(by_set, n_boot=pre.n_boot))
         first = runs[0]["datasets"]
         out = {"experiment": self.name, "title": self.title, "preset": preset, "command": command, **stamp(device),
                "settings": {"objectives": list(ABLATED), "seeds": list(pre.seeds), "train_k": pre.train_k,
                             "estimator": "iwae", "estimator_options": options, "score_limit": pre.score_limit,
                             "overrides": {**pre.overrides, **(overrides or {})}, "note": pre.note,
+                            "detectors": list(detectors),
+                            "interval": {"level": 0.95, "n_boot": pre.n_boot, "method": INTERVAL_METHOD,
+                                         "rule": VERDICT_RULE},
                             "wall_seconds": time.perf_counter() - started,
                             "cpu_seconds": time.process_time() - cpu_started, "cpus": os.cpu_count(),
                             "load_average": [load_started, _load_average()],
@@ -162,15 +180,17 @@ class ForwardKLExperiment:
                "datasets": {name: {k: first[name][k] for k in ("n", "source", "is_sample")} for name in first},
                "aggregate": aggregate, "verdict": hypothesis_verdict(aggregate, len(pre.seeds)), "runs": runs}
         out["figures"] = write_figures(out_dir, out, bpd, self.in_dataset, self.ood_datasets[0])
-        atomic_write_json(out_dir / "metrics.json", _finite(out))
+        atomic_write_json(out_dir / "metrics.json", strict_json(out))
         atomic_write_text(out_dir / "report.md", render_report(self, out))
         return out
 
     def summary(self, out: dict) -> str:
         """The mean ± sd table and the verdict, for the terminal."""
         keys = ["auroc_iwae", "auroc_elbo", "bpd_in", "q_var_ratio_in", "ess_fraction_in", "epoch_seconds"]
-        header = ["objective"] + [METRICS[k][0] for k in keys]
-        body = [[obj] + [_pm(out["aggregate"][obj][k], METRICS[k][1]) for k in keys] for obj in out["aggregate"]]
+        header = ["objective"] + [METRICS[k][0] for k in keys] + ["95% interval (−IWAE)", "verdict"]
+        body = [[obj] + [_pm(agg[k], METRICS[k][1]) for k in keys]
+                + [interval_text(agg["auroc_iwae"]["interval"]), agg["auroc_iwae"]["verdict"]]
+                for obj, agg in out["aggregate"].items()]
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *body]]
         lines.append(f"verdict: {out['verdict']['text']}")
@@ -206,6 +226,25 @@ def run_metrics(scores: dict[str, dict], in_name: str, ood_name: str) -> dict:
             "ess_fraction_ood": datasets[ood_name]["ess_fraction"], "datasets": datasets}
 
 
+def per_image_ood_scores(scores: dict[str, dict], detectors: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-image OOD scores (higher = more OOD) of one run, per AUROC key and test set:
+    ``auroc_iwae`` (−IWAE_K), ``auroc_elbo`` (−ELBO) and, for every detector besides
+    ``nll`` (which is −IWAE_K here), ``auroc_DETECTOR`` from the same IWAE estimates."""
+    out = {"auroc_iwae": {n: -np.asarray(s["log_px_nats"], dtype=np.float64) for n, s in scores.items()},
+           "auroc_elbo": {n: -np.asarray(s["elbo_nats"], dtype=np.float64) for n, s in scores.items()}}
+    for d in detectors:
+        if d != "nll":
+            out[f"auroc_{d}"] = {n: np.asarray(SCORES.get(d)(s), dtype=np.float64) for n, s in scores.items()}
+    return out
+
+
+def per_image_pairs(per_image: dict, objective: str, seeds, in_name: str, ood_name: str) -> dict[str, list]:
+    """AUROC key → one (in, OOD) pair of per-image scores per seed of ``objective``."""
+    keys = per_image[(objective, seeds[0])]
+    return {key: [(per_image[(objective, s)][key][in_name], per_image[(objective, s)][key][ood_name])
+                  for s in seeds] for key in keys}
+
+
 def q_variance(run_dir: Path, dataset: str, *, limit: int | None, data_dir: str | None, allow_sample: bool,
                device: str) -> float:
     """Geometric mean over the test images and latent dims of q(z|x)'s variance."""
@@ -224,13 +263,6 @@ def _training_info(run_dir: Path, training: dict) -> dict:
     return {"epochs": training["epochs"], "train_seconds": training["train_seconds"],
             "final_train_loss_nats": training["final_train_loss_nats"],
             "final_train_ess": last.get("train_ess"), "final_train_chain_moved": last.get("train_chain_moved")}
-
-
-def _mean_sd(values: list[float]) -> dict:
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    return {"mean": float(v.mean()) if len(v) else math.nan,
-            "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v)),
-            "values": [float(x) for x in values]}
 
 
 def compare(a: dict, b: dict) -> dict:
@@ -294,17 +326,20 @@ def hypothesis_verdict(aggregate: dict, n_seeds: int) -> dict:
         f"{f} {aggregate[f][metric]['mean']:.3f} ({comparisons[f][reference][metric]['diff']:+.3f} "
         f"± {comparisons[f][reference][metric]['se']:.3f}, p = {comparisons[f][reference][metric]['p']:.2f}, "
         f"Holm-adjusted {comparisons[f][reference][metric]['p_holm']:.2f}: {labels[f]})" for f in FORWARD_KL)
-    words = {o: verdict_word(aggregate[o][metric]["mean"]) for o in ABLATED}
+    words = {o: aggregate[o][metric]["verdict"] for o in ABLATED}
     low, high = min(aggregate[o][metric]["mean"] for o in ABLATED), max(aggregate[o][metric]["mean"] for o in ABLATED)
+    intervals = ", ".join(f"{o} {interval_text(aggregate[o][metric]['interval'])}" for o in ABLATED)
     regime_text = {"separates": "separates the two test sets",
                    "inverted": "ranks the OOD set as MORE likely (inverted)",
-                   "no separation": "does not separate the two test sets"}
+                   "indistinguishable": "cannot be told from chance (its AUROC interval covers 0.5)"}
     if len(set(words.values())) == 1:
         word = words[reference]
-        regime = (f"Detection: every objective's model {regime_text[word]} (AUROC {low:.3f}–{high:.3f})"
+        regime = (f"Detection: every objective's model {regime_text[word]} (seed-mean AUROC {low:.3f}–{high:.3f}; "
+                  f"95% intervals {intervals})"
                   + (", so none gives a usable likelihood-based detector here. " if word != "separates" else ". "))
     else:
-        regime = "Detection: " + ", ".join(f"{o} {w}" for o, w in words.items()) + ". "
+        regime = "Detection: " + ", ".join(f"{o} {w} ({interval_text(aggregate[o][metric]['interval'])})"
+                                           for o, w in words.items()) + ". "
     mechanism = ", ".join(f"{o} {aggregate[o]['q_var_in']['mean']:.4f}" for o in ABLATED)
     ratio = ", ".join(f"{o} {aggregate[o]['q_var_ratio_in']['mean']:.2f}" for o in ABLATED)
     text = (f"forward KL improves OOD detection — {status.upper()} by this run: AUROC of the −IWAE score, "
@@ -327,17 +362,6 @@ def _load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
-
-
-def _finite(obj):
-    """NaN/inf → None for strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _pm(stat: dict, fmt: str) -> str:
@@ -432,12 +456,22 @@ def render_report(exp: ForwardKLExperiment, out: dict) -> str:
               "instead of the reverse KL improves OOD detection.",
               f"- Ours: {verdict['text']}",
               f"- Rule: {verdict['rule']}. Three seeds detect only large effects; a difference below the rule "
-              f"is reported as none, not as a small effect. Detection words: AUROC ≥ 0.6 separates, ≤ 0.4 "
-              f"inverted (the OOD set gets the higher likelihood), else no separation.", "",
+              f"is reported as none, not as a small effect. Detection words come from the 95% interval of the "
+              f"seed-mean AUROC: {s['interval']['rule']}. The interval: {s['interval']['method']}.", "",
               "## Results (mean ± sd over seeds)", ""]
     keys = list(METRICS)
     lines += [markdown_table(["objective", *[METRICS[k][0] for k in keys]],
                              [[o, *[_pm(agg[o][k], METRICS[k][1]) for k in keys]] for o in agg]), ""]
+    auroc_keys = [k for k in agg[ABLATED[0]] if k.startswith("auroc_") and "interval" in agg[ABLATED[0]][k]]
+    lines += ["Detection: AUROC (MNIST positive) mean ± sd over the seeds, the 95% interval of the seed mean "
+              "and the verdict word it gives; each seed's AUROC with its image-bootstrap interval in brackets.", "",
+              markdown_table(["objective", "score", "AUROC mean ± sd", "95% interval", "verdict",
+                              "per seed: AUROC [interval]"],
+                             [[o, _score_label(k), _pm(agg[o][k], ".3f"), interval_text(agg[o][k]["interval"]),
+                               f"**{agg[o][k]['verdict']}**",
+                               "; ".join(f"{a:.3f} [{interval_text(i)}]" for a, i in
+                                         zip(agg[o][k]["values"], agg[o][k]["per_seed_intervals"]))]
+                              for o in agg for k in auroc_keys]), ""]
     lines += ["Forward-KL objective minus reverse-KL objective, AUROC (difference ± standard error, Welch p; "
               "for the verdict's comparisons also the Holm-adjusted p that decides their label):", ""]
     rows = []
@@ -478,6 +512,10 @@ def render_report(exp: ForwardKLExperiment, out: dict) -> str:
               + ("" if out["preset"] != "quick" else " The per-run checkpoints and per-image scores are in "
                  "`runs/` when kept."), ""]
     return "\n".join(lines)
+
+
+def _score_label(key: str) -> str:
+    return {"auroc_iwae": "−IWAE", "auroc_elbo": "−ELBO"}.get(key, key.removeprefix("auroc_"))
 
 
 def _load_text(load: list, cpus: int | None) -> str:
