@@ -1,7 +1,7 @@
 """vaeood: does my deep generative model know what it doesn't know?
 
 Train VAEs, estimate each image's log-likelihood honestly and turn the estimates into
-out-of-distribution scores, metrics, figures and reports.
+per-image features, fitted out-of-distribution detectors, metrics, figures and reports.
 
     >>> import vaeood
     >>> run = vaeood.train(vaeood.Config(), "runs/fmnist")            # doctest: +SKIP
@@ -10,10 +10,15 @@ out-of-distribution scores, metrics, figures and reports.
 
 from ._version import __version__
 from .config import Config
-from .evaluate import evaluate
+from .byo import VAEAdapter, VAEProtocol, from_pythae
+from .detectors import DETECTORS
+from .evaluate import detect, evaluate, evaluate_model, fit_detector
+from .features import FEATURES, compute_features
 from .experiments import reproduce
 from .run import load_model
 from .scoring import score
 from .train import train
 
-__all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "__version__"]
+__all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "compute_features", "fit_detector",
+           "detect", "evaluate_model", "FEATURES", "DETECTORS", "VAEAdapter", "VAEProtocol", "from_pythae",
+           "__version__"]

@@ -7,6 +7,7 @@ Config changes are dotted overrides after the options, e.g.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -22,6 +23,7 @@ from . import distributed
 from .checkpoint import CheckpointError
 from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
 from .data import DataError, load_dataset
+from .detectors import DETECTORS
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
 from .registry import UnknownNameError
@@ -149,6 +151,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ood", action="append", required=True, help="OOD dataset (repeatable)")
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output directory (default: the run directory)")
+    p.add_argument("--detectors", default=None,
+                   help="comma-separated detectors (default: every one that applies to the run); known: "
+                        + ", ".join(DETECTORS.names()))
+    p.add_argument("--detector-options", default=None,
+                   help='JSON: options per detector, e.g. \'{"likelihood_ratio": {"background_run": "runs/bg"}}\'')
+    p.add_argument("--fit-limit", type=int, default=None,
+                   help="held-out training images that fitted detectors fit on (default: up to 5000)")
     common(p)
     fit_options(p)
     p.set_defaults(func=_evaluate)
@@ -226,12 +235,21 @@ def _score(args, overrides) -> int:
 
 def _evaluate(args, overrides) -> int:
     _fetch(args, [(name, args.split) for name in [args.in_dataset, *args.ood]])
+    try:
+        detector_options = json.loads(args.detector_options) if args.detector_options else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--detector-options is not valid JSON: {exc}") from None
+    if detector_options is not None and not isinstance(detector_options, dict):
+        raise ConfigError("--detector-options must be a JSON object: {\"detector\": {\"option\": value}}")
     out = evaluate(args.run_dir, args.in_dataset, args.ood, split=args.split, estimator=args.estimator or "elbo",
                    estimator_options=_estimator_options(args), out_dir=args.out, data_dir=args.data_dir,
-                   limit=args.limit, device=args.device, fit=args.fit)
+                   limit=args.limit, device=args.device, fit=args.fit,
+                   detectors=args.detectors or "all", detector_options=detector_options, fit_limit=args.fit_limit)
     for name, description in out["fitted"].items():
         say(f"{name}: images fitted to the model: {description}")
-    say(format_table([(Path(args.run_dir).name, ood, m) for ood, m in out["results"]["nll"].items()]))
+    for name, reason in out["skipped"].items():
+        say(f"{name}: not run ({reason})")
+    say(format_table([(detector, ood, m) for detector, r in out["results"].items() for ood, m in r.items()]))
     say(f"metrics: {Path(args.out or args.run_dir) / 'metrics.json'}")
     return 0
 

@@ -137,6 +137,10 @@ class DataConfig:
     data_dir: str | None = _rule(Rule(check=_path_problem), default=None)
     limit: int | None = _rule(COUNT, default=None)  # train on the first `limit` images only (quick presets)
     allow_sample: bool = False  # fall back to the bundled offline sample if not found
+    # keep the last `holdout` images of the split out of training (detectors fit on them)
+    holdout: int | None = _rule(COUNT, default=None)
+    # replace each pixel by a uniform random value with this probability (Ren et al.'s background model, 0.1-0.3)
+    noise_rate: float = _rule(Rule(low=0, high=1), default=0.0)
 
 
 @dataclass
@@ -160,6 +164,7 @@ class TrainConfig:
     epochs: int = _rule(COUNT, default=10)
     batch_size: int = _rule(COUNT, default=128)
     lr: float = _rule(Rule(low=0, low_open=True), default=1e-3)
+    weight_decay: float = _rule(Rule(low=0), default=0.0)  # L2 penalty on the weights (Adam's weight_decay)
     seed: int = _rule(Rule(low=0, high=2**32 - 1), default=0)  # products with it stay within int64
     device: str = _rule(Rule(check=_device_problem), default="cpu")  # "cpu", "cuda", "cuda:1", ...
     max_nonfinite_steps: int = _rule(COUNT, default=20)  # stop after this many NaN/inf losses in a row

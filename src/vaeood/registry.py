@@ -1,5 +1,5 @@
 """Name → class registries for every plug point (dataset, model, likelihood, objective,
-estimator, score).
+estimator, feature, detector).
 
 A registry maps the names used in configs and on the command line to the classes or
 functions that implement them, so that adding a plug-in is one decorator and no

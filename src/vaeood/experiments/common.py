@@ -15,11 +15,11 @@ import torch
 
 from .._version import __version__
 from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ..config import Config
+from ..config import Config, ConfigError
 from ..evaluate import evaluate
 from ..intervals import N_BOOT, seed_summary
+from ..detectors import make_detector
 from ..registry import Registry
-from ..scores import SCORES
 from ..scoring import score
 from ..train import resumable, train
 
@@ -70,7 +70,19 @@ def per_image_scores(run_dir: Path, dataset: str, detector: str, **score_kwargs)
     """One detector's per-image OOD scores (higher = more OOD) of ``dataset``, from the
     per-image estimates that :func:`vaeood.scoring.score` saved in the run (the same
     call evaluate made, so nothing is recomputed); the bootstrap intervals resample them."""
-    return np.asarray(SCORES.get(detector)(score(run_dir, dataset, **score_kwargs)), dtype=np.float64)
+    return estimate_scores(detector, score(run_dir, dataset, **score_kwargs), score_kwargs.get("estimator", "elbo"),
+                           score_kwargs.get("estimator_options"))
+
+
+def estimate_scores(detector: str, estimates: dict, estimator: str = "elbo",
+                    estimator_options: dict | None = None) -> np.ndarray:
+    """Scores of a detector that reads only the log p(x) estimates and fits nothing
+    (``nll``, ``bpd``), from estimates already computed."""
+    det = make_detector(detector, {"estimator": estimator, "estimator_options": dict(estimator_options or {})})
+    if det.fits or set(det.needs) != {"log_px"}:
+        raise ConfigError(f"detector {detector!r} needs fitting or features beyond log p(x); the likelihood "
+                          "experiments take nll or bpd (the ood-suite runs every detector)")
+    return det.score(estimates)
 
 
 def auroc_summary(pairs: list[tuple[np.ndarray, np.ndarray]], *, n_boot: int = N_BOOT, seed: int = 0) -> dict:

@@ -59,10 +59,9 @@ from ..intervals import N_BOOT, mean_sd
 from ..metrics import ood_metrics
 from ..report import interval_text, markdown_table
 from ..run import load_model, to_tensor
-from ..scores import SCORES
 from ..scoring import score, score_meta
-from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, stamp, strict_json,
-                     train_or_reuse)
+from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, estimate_scores, stamp,
+                     strict_json, train_or_reuse)
 
 REVERSE_KL = ("elbo", "iwae")
 FORWARD_KL = ("rws", "rws_dreg", "msc")
@@ -234,7 +233,7 @@ def per_image_ood_scores(scores: dict[str, dict], detectors: tuple[str, ...]) ->
            "auroc_elbo": {n: -np.asarray(s["elbo_nats"], dtype=np.float64) for n, s in scores.items()}}
     for d in detectors:
         if d != "nll":
-            out[f"auroc_{d}"] = {n: np.asarray(SCORES.get(d)(s), dtype=np.float64) for n, s in scores.items()}
+            out[f"auroc_{d}"] = {n: estimate_scores(d, s, "iwae", score_meta(s)["options"]) for n, s in scores.items()}
     return out
 
 
