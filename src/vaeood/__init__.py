@@ -11,10 +11,11 @@ out-of-distribution scores, metrics, figures and reports.
 __version__ = "0.1.0"
 
 from .config import Config  # noqa: E402
+from .decisions import calibrate, detect  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .experiments import reproduce  # noqa: E402
 from .run import load_model  # noqa: E402
 from .scoring import score  # noqa: E402
 from .train import train  # noqa: E402
 
-__all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "__version__"]
+__all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "calibrate", "detect", "__version__"]
