@@ -63,10 +63,10 @@ def test_detect_end_to_end(tiny, capsys):
     assert not out.exists()
 
     assert main(["calibrate", str(run), "--n", "150", "--data-dir", str(data)]) == 0
-    assert "on 150 held-out images fashion_mnist/train[350:500] (the model trained on [0:300])" in \
+    assert "on 150 held-out images fashion_mnist/train[300:450] (the model trained on [0:300])" in \
         capsys.readouterr().out
     record = load_calibration(run, "nll")
-    assert record["calibration_slice"] == [350, 500] and record["train_slice"] == [0, 300]
+    assert record["calibration_slice"] == [300, 450] and record["train_slice"] == [0, 300]
     assert record["fit_slice"] is None and record["n_calibration"] == 150
 
     assert main(["detect", str(run), str(folder), "--alpha", "0.1", "--out", str(out), "--data-dir", str(data)]) == 0
@@ -82,25 +82,25 @@ def test_detect_end_to_end(tiny, capsys):
     np.testing.assert_array_equal(flagged, p <= 0.1)
     summary = json.loads((root / "out.summary.json").read_text())
     assert summary["n_flagged"] == flagged.sum() and summary["guarantee"] == "marginal"
-    assert summary["calibration"]["slice"] == [350, 500] and summary["skipped"] == []
+    assert summary["calibration"]["slice"] == [300, 450] and summary["skipped"] == []
 
     # the same images as an .npz and as a dataset name give the same scores (PNG is lossless)
     x = np.stack([np.asarray(Image.open(folder / r["file"])) for r in rows])
     np.savez(root / "same.npz", x=x, y=np.zeros(len(x), dtype=np.int64))
-    same = vaeood.detect(run, root / "same.npz", alpha=0.1, data_dir=str(data))
+    same = vaeood.decide(run, root / "same.npz", alpha=0.1, data_dir=str(data))
     np.testing.assert_allclose(same.scores, scores, rtol=1e-6)
-    by_name = vaeood.detect(run, "mnist", alpha=0.1, data_dir=str(data), limit=30)
+    by_name = vaeood.decide(run, "mnist", alpha=0.1, data_dir=str(data), limit=30)
     with np.load(data / "mnist_test.npz") as f:
         np.savez(root / "mn30.npz", x=f["x"][:30], y=f["y"][:30])
-    np.testing.assert_allclose(by_name.scores, vaeood.detect(run, root / "mn30.npz").scores, rtol=1e-6)
+    np.testing.assert_allclose(by_name.scores, vaeood.decide(run, root / "mn30.npz").scores, rtol=1e-6)
     assert by_name.names[0] == "mnist/test[0]" and len(by_name.names) == 30
 
     # calibration-conditional and FDR rules
-    cond = vaeood.detect(run, folder, alpha=0.1, delta=0.1)
+    cond = vaeood.decide(run, folder, alpha=0.1, delta=0.1)
     t = conformal.threshold(cal, 0.1, 0.1)
     np.testing.assert_array_equal(cond.flagged, scores > t.value)
     assert cond.summary["guarantee"] == "conditional" and cond.flagged.sum() <= flagged.sum()
-    fdr = vaeood.detect(run, folder, alpha=0.1, fdr=True)
+    fdr = vaeood.decide(run, folder, alpha=0.1, fdr=True)
     np.testing.assert_array_equal(fdr.flagged, conformal.benjamini_hochberg(p, 0.1))
 
     # operating points for reports, from the run's calibration
@@ -151,9 +151,9 @@ def test_detect_refusals(tiny, capsys, tmp_path):
 
     # other detector options than the calibrated ones
     with pytest.raises(NoCalibrationError, match="calibrate with those options"):
-        vaeood.detect(run, folder, detector_options={"estimator": "iwae", "estimator_options": {"k": 4}})
+        vaeood.decide(run, folder, detector_options={"estimator": "iwae", "estimator_options": {"k": 4}})
     with pytest.raises(NoCalibrationError, match="unknown detector 'nl'"):
-        vaeood.detect(run, folder, detector="nl")
+        vaeood.decide(run, folder, detector="nl")
 
 
 def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_path, capsys):
@@ -170,9 +170,35 @@ def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_pat
     assert "choose 1 ≤ n ≤ 50" in capsys.readouterr().err
     vaeood.calibrate(part, data_dir=str(data))  # default: all 50 held-out images (fewer than 2000)
     assert load_calibration(part)["calibration_slice"] == [450, 500]
+    with pytest.raises(NoCalibrationError, match="choose 1 ≤ n_fit < 50"):
+        vaeood.calibrate(part, "typicality", n_fit=50, data_dir=str(data))
     # the model changes (another training's checkpoint in its place): the calibration no longer applies
     other = tmp_path / "other"
     assert main(["train", str(other), "--data-dir", str(data), "--data.limit=450", "--train.seed=1", *TINY]) == 0
     (part / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())
     with pytest.raises(NoCalibrationError, match="another checkpoint"):
-        vaeood.detect(part, tiny["folder"])
+        vaeood.decide(part, tiny["folder"])
+
+
+def test_a_fitting_detector_is_fitted_and_calibrated_on_disjoint_held_out_slices(tiny, tmp_path):
+    run, data, folder = tiny["run"], tiny["data"], tiny["folder"]
+    record = vaeood.calibrate(run, "typicality", n_fit=100, n_calibration=100, data_dir=str(data))
+    assert record["fit_slice"] == [300, 400] and record["calibration_slice"] == [400, 500]
+    assert record["detector_options"] == {"estimator": "elbo", "estimator_options": {}}
+    # the scores are |-log p(x) - H|, H the mean over the fitting slice
+    nll_fit = -vaeood.compute_features(run, "fashion_mnist", "train", "log_px", start=300, stop=400,
+                                       data_dir=str(data))["log_px_nats"]
+    nll_cal = -vaeood.compute_features(run, "fashion_mnist", "train", "log_px", start=400, stop=500,
+                                       data_dir=str(data))["log_px_nats"]
+    np.testing.assert_allclose(record["scores"], np.abs(nll_cal - nll_fit.mean()), rtol=1e-9)
+    result = vaeood.decide(run, folder, "typicality", alpha=0.2, data_dir=str(data))
+    np.testing.assert_array_equal(result.flagged, result.p_values <= 0.2)
+    assert result.summary["calibration"]["fit_slice"] == [300, 400]
+
+    # calibration scores that the refitted detector does not reproduce are refused
+    path = calibration_path(run, "typicality")
+    with np.load(path) as f:
+        scores, meta = f["scores"], f["meta"]
+    np.savez(path, scores=scores + 1.0, meta=meta)
+    with pytest.raises(NoCalibrationError, match="does not reproduce"):
+        vaeood.decide(run, folder, "typicality", data_dir=str(data))

@@ -44,8 +44,8 @@ def test_distributed_scores_equal_single_process_scores_image_by_image(tmp_path,
     args = ["--dataset", "mnist", "--data-dir", str(data_dir), "--estimator", "iwae", "--k", "8", "--batch-size", "20"]
     assert main(["score", str(run), *args]) == 0
     torchrun("score", str(copy), *args, cwd=tmp_path)
-    single = np.load(next((run / "scores").glob("mnist_test_iwae*.npz")))
-    multi = np.load(next((copy / "scores").glob("mnist_test_iwae*.npz")))
+    single = np.load(next((run / "features").glob("mnist_test_iwae*.npz")))
+    multi = np.load(next((copy / "features").glob("mnist_test_iwae*.npz")))
     assert multi["log_px_nats"].shape == (128,)
     np.testing.assert_allclose(multi["log_px_nats"], single["log_px_nats"], rtol=1e-6)
     np.testing.assert_array_equal(multi["labels"], single["labels"])

@@ -34,7 +34,7 @@ def test_train_score_evaluate_cli(tmp_path, data_dir, capsys):
 
     assert main(["score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir)]) == 0
     assert "mnist/test: 128 images" in capsys.readouterr().out
-    saved = list((run / "scores").glob("mnist_test_elbo*.npz"))
+    saved = list((run / "features").glob("mnist_test_elbo*.npz"))
     assert len(saved) == 1
 
     out = tmp_path / "eval"
@@ -55,8 +55,8 @@ def test_metrics_json_matches_an_independent_computation(tmp_path, data_dir):
                 data_dir=str(data_dir))
     main(["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data_dir)])
     auroc = json.loads((run / "metrics.json").read_text())["results"]["nll"]["mnist"]["auroc"]
-    s_in = -np.load(next((run / "scores").glob("fashion_mnist_test_*.npz")))["log_px_nats"]
-    s_ood = -np.load(next((run / "scores").glob("mnist_test_*.npz")))["log_px_nats"]
+    s_in = -np.load(next((run / "features").glob("fashion_mnist_test_*.npz")))["log_px_nats"]
+    s_ood = -np.load(next((run / "features").glob("mnist_test_*.npz")))["log_px_nats"]
     pairs = (s_ood[:, None] > s_in[None, :]).mean() + 0.5 * (s_ood[:, None] == s_in[None, :]).mean()
     assert auroc == pytest.approx(pairs, abs=1e-12)
 
@@ -90,7 +90,7 @@ def test_scores_are_reused_until_the_checkpoint_changes(tmp_path, data_dir):
     run = train(Config().override({"train.epochs": "1", "model.base_channels": "4"}), tmp_path / "run",
                 data_dir=str(data_dir))
     first = score(run, "mnist", data_dir=str(data_dir))
-    path = next((run / "scores").glob("mnist_*.npz"))
+    path = next((run / "features").glob("mnist_*.npz"))
     stamp = path.stat().st_mtime_ns
     again = score(run, "mnist", data_dir=str(data_dir))
     assert path.stat().st_mtime_ns == stamp
@@ -110,7 +110,7 @@ def test_iwae_estimator_from_the_cli(tmp_path, data_dir, capsys):
     main(["train", str(run), "--data-dir", str(data_dir), "--train.epochs=1", "--model.base_channels=4"])
     assert main(["score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--estimator", "iwae",
                  "--k", "8", "--limit", "16"]) == 0
-    s = np.load(next((run / "scores").glob("mnist_test_iwae_k8_first16*.npz")))
+    s = np.load(next((run / "features").glob("mnist_test_iwae_k8_first16*.npz")))
     assert s["log_px_nats"].shape == (16,)
     assert (s["ess"] >= 1).all() and (s["ess"] <= 8 + 1e-6).all()
 

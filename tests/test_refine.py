@@ -135,7 +135,7 @@ def test_refine_steps_from_the_cli_is_recorded(tmp_path, data_dir, capsys):
                  "--model.likelihood=dlogistic"]) == 0
     assert main(["score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--estimator", "iwae",
                  "--k", "8", "--refine-steps", "2", "--limit", "16"]) == 0
-    saved = np.load(next((run / "scores").glob("mnist_test_iwae_k8_refine_steps2_first16*.npz")))
+    saved = np.load(next((run / "features").glob("mnist_test_iwae_k8_refine_steps2_first16*.npz")))
     assert json.loads(str(saved["meta"]))["options"] == {"k": 8, "refine_steps": 2}
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data_dir),

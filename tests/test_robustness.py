@@ -551,7 +551,7 @@ def test_resize_fits_and_is_recorded(tmp_path, trained, capsys):
     write_npz(tmp_path / "d", "colour", "test", blobs(8, 0, size=32, channels=3))
     assert main(["score", str(run), "--dataset", "colour", "--data-dir", str(tmp_path / "d"), "--resize"]) == 0
     assert "images fitted: resize 3×32×32 → 1×28×28" in capsys.readouterr().out
-    saved = np.load(next((run / "scores").glob("colour_test_elbo_fitresize_*.npz")))
+    saved = np.load(next((run / "features").glob("colour_test_elbo_fitresize_*.npz")))
     meta = json.loads(str(saved["meta"]))
     assert meta["fit"] == {"method": "resize", "from_shape": [3, 32, 32], "to_shape": [1, 28, 28],
                            "description": "resize 3×32×32 → 1×28×28"}
@@ -642,9 +642,9 @@ def test_disk_full_while_saving_scores_leaves_nothing_half_written(tmp_path, tra
     _disk_fills_on_call(monkeypatch, np, "savez", call=1)
     err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
                              "--limit", "7"])
-    assert "scores" in err and "_first7_" in err and "no space left on device" in err
+    assert "features" in err and "_first7_" in err and "no space left on device" in err
     assert "nothing was written" in err
-    assert not list((trained[0] / "scores").glob("*first7*")) and not temp_files(trained[0])
+    assert not list((trained[0] / "features").glob("*first7*")) and not temp_files(trained[0])
 
 
 def test_failed_rename_keeps_the_old_file(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """vaeood: does my deep generative model know what it doesn't know?
 
 Train VAEs, estimate each image's log-likelihood honestly and turn the estimates into
-out-of-distribution scores, metrics, figures and reports.
+per-image features, fitted out-of-distribution detectors, metrics, figures and reports.
 
     >>> import vaeood
     >>> run = vaeood.train(vaeood.Config(), "runs/fmnist")            # doctest: +SKIP
@@ -11,11 +11,14 @@ out-of-distribution scores, metrics, figures and reports.
 __version__ = "0.1.0"
 
 from .config import Config  # noqa: E402
-from .decisions import calibrate, detect  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
+from .decisions import calibrate, decide  # noqa: E402
+from .detectors import DETECTORS  # noqa: E402
+from .evaluate import detect, evaluate, evaluate_model, fit_detector  # noqa: E402
+from .features import FEATURES, compute_features  # noqa: E402
 from .experiments import reproduce  # noqa: E402
 from .run import load_model  # noqa: E402
 from .scoring import score  # noqa: E402
 from .train import train  # noqa: E402
 
-__all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "calibrate", "detect", "__version__"]
+__all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "compute_features", "fit_detector",
+           "detect", "evaluate_model", "calibrate", "decide", "FEATURES", "DETECTORS", "__version__"]

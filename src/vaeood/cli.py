@@ -7,6 +7,7 @@ Config changes are dotted overrides after the options, e.g.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -19,7 +20,8 @@ from .checkpoint import CheckpointError
 from .config import Config, ConfigError
 from .conformal import CalibrationError
 from .data import DataError, load_dataset
-from .decisions import NoCalibrationError, calibrate, detect
+from .decisions import NoCalibrationError, calibrate, decide
+from .detectors import DETECTORS
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
 from .report import format_table
@@ -98,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ood", action="append", required=True, help="OOD dataset (repeatable)")
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output directory (default: the run directory)")
+    p.add_argument("--detectors", default=None,
+                   help="comma-separated detectors (default: every one that applies to the run); known: "
+                        + ", ".join(DETECTORS.names()))
+    p.add_argument("--detector-options", default=None,
+                   help='JSON: options per detector, e.g. \'{"likelihood_ratio": {"background_run": "runs/bg"}}\'')
+    p.add_argument("--fit-limit", type=int, default=None,
+                   help="held-out training images that fitted detectors fit on (default: up to 5000)")
     common(p)
     fit_options(p)
     p.set_defaults(func=_evaluate)
@@ -108,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-options", type=_json_object, default=None,
                    help='JSON options of the detector, e.g. \'{"estimator": "iwae", "estimator_options": {"k": 100}}\'')
     p.add_argument("--n", dest="n_calibration", type=int, default=None,
-                   help="calibration images: the last N of the training split (default 2000)")
+                   help="calibration images: N held-out training images after the fitting slice (default 2000)")
+    p.add_argument("--n-fit", type=int, default=None,
+                   help="held-out images a detector that fits is fitted on first (default 5000, at most half)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     common(p, scoring=False)
@@ -206,12 +217,21 @@ def _score(args, overrides) -> int:
 
 def _evaluate(args, overrides) -> int:
     _fetch(args, [(name, args.split) for name in [args.in_dataset, *args.ood]])
+    try:
+        detector_options = json.loads(args.detector_options) if args.detector_options else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--detector-options is not valid JSON: {exc}") from None
+    if detector_options is not None and not isinstance(detector_options, dict):
+        raise ConfigError("--detector-options must be a JSON object: {\"detector\": {\"option\": value}}")
     out = evaluate(args.run_dir, args.in_dataset, args.ood, split=args.split, estimator=args.estimator or "elbo",
                    estimator_options=_estimator_options(args), out_dir=args.out, data_dir=args.data_dir,
-                   limit=args.limit, device=args.device, fit=args.fit)
+                   limit=args.limit, device=args.device, fit=args.fit,
+                   detectors=args.detectors or "all", detector_options=detector_options, fit_limit=args.fit_limit)
     for name, description in out["fitted"].items():
         say(f"{name}: images fitted to the model: {description}")
-    say(format_table([(Path(args.run_dir).name, ood, m) for ood, m in out["results"]["nll"].items()]))
+    for name, reason in out["skipped"].items():
+        say(f"{name}: not run ({reason})")
+    say(format_table([(detector, ood, m) for detector, r in out["results"].items() for ood, m in r.items()]))
     say(f"metrics: {Path(args.out or args.run_dir) / 'metrics.json'}")
     return 0
 
@@ -230,17 +250,18 @@ def _json_object(text: str) -> dict:
 
 def _calibrate(args, overrides) -> int:
     record = calibrate(args.run_dir, args.detector, detector_options=args.detector_options,
-                       n_calibration=args.n_calibration, data_dir=args.data_dir, device=args.device, seed=args.seed,
-                       batch_size=args.batch_size)
+                       n_calibration=args.n_calibration, n_fit=args.n_fit, data_dir=args.data_dir, device=args.device,
+                       seed=args.seed, batch_size=args.batch_size)
     a, b = record["calibration_slice"]
+    fitted = f", fitted on [{record['fit_slice'][0]}:{record['fit_slice'][1]}]" if record["fit_slice"] else ""
     say(f"calibrated {record['detector']} on {record['n_calibration']} held-out images "
-        f"{record['dataset']}/{record['split']}[{a}:{b}] (the model trained on [0:{record['train_slice'][1]}]): "
-        f"{Path(args.run_dir) / 'calibration' / (record['detector'] + '.npz')}")
+        f"{record['dataset']}/{record['split']}[{a}:{b}] (the model trained on [0:{record['train_slice'][1]}]"
+        f"{fitted}): {Path(args.run_dir) / 'calibration' / (record['detector'] + '.npz')}")
     return 0
 
 
 def _detect(args, overrides) -> int:
-    result = detect(args.run_dir, args.input, args.detector, alpha=args.alpha, delta=args.delta, fdr=args.fdr,
+    result = decide(args.run_dir, args.input, args.detector, alpha=args.alpha, delta=args.delta, fdr=args.fdr,
                     detector_options=args.detector_options, fit=args.fit, skip_bad=args.skip_bad, split=args.split,
                     limit=args.limit, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size,
                     out=args.out)

@@ -33,6 +33,8 @@ class DataConfig:
     data_dir: str | None = None  # None: --data-dir / $VAEOOD_DATA / default search dirs
     limit: int | None = None  # train on the first `limit` images only (quick presets)
     allow_sample: bool = False  # fall back to the bundled offline sample if not found
+    holdout: int | None = None  # keep the last `holdout` images of the split out of training (detectors fit on them)
+    noise_rate: float = 0.0  # replace each pixel by a uniform random value with this probability (Ren et al.'s background model)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    weight_decay: float = 0.0  # L2 penalty on the weights (Adam's weight_decay)
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     max_nonfinite_steps: int = 20  # stop after this many NaN/inf losses in a row

@@ -2,24 +2,25 @@
 in-distribution training images, then flag images at a false-alarm rate you choose,
 with the guarantees of :mod:`vaeood.conformal`.
 
-The held-out images are the end of the run's training split, after the images the
-model was trained on (``data.limit``)::
+The held-out images are the part of the run's training split that training never used
+(after ``data.limit``, or the last ``data.holdout`` images; :mod:`vaeood.fitdata`)::
 
-    train split:  [0, limit)            the model's training images
-                  [fit.start, fit.stop) the detector's fitting images (detectors that fit)
-                  [N − n, N)            calibration images (this module), disjoint from both
+    train split:  [0, h)                 the model's training images
+                  [h, h + n_fit)         the detector's fitting images (detectors that fit;
+                                         the slice :func:`vaeood.evaluate` fits on)
+                  [h + n_fit, … + n)     calibration images, disjoint from both
 
-:func:`calibrate` scores the calibration slice with the detector and records the split,
-the scores, the detector and its options, the checkpoint's SHA-256 and the SHA-256 of
-the calibration images in ``RUN/calibration/<detector>.npz``. :func:`detect` reads a
-folder, ``.npz`` or dataset, scores it with the same detector and turns the scores
-into conformal p-values and decisions; it refuses when the run has no calibration for
-the detector (and says how to make one), or when the model or the options changed.
+:func:`calibrate` fits the detector where it fits, scores the calibration slice and
+records the split, the scores, the detector and its options, the checkpoint's SHA-256
+and the SHA-256 of the calibration images in ``RUN/calibration/<detector>.npz``.
+:func:`decide` (``vaeood detect``) reads a folder, ``.npz`` or dataset, scores it with
+the same detector (fitted again on the same slice from cached features, and checked to
+reproduce the calibration scores) and turns the scores into conformal p-values and
+decisions. It refuses when the run has no calibration for the detector (saying how to
+make one), or when the model, the calibration images or the options changed.
 
-Which detector scores are available is behind one small boundary, :func:`make_scorer`
-(an object with ``name``, ``options``, ``fit_slice``, ``prepare()``,
-``score_train_slice(start, stop)`` and ``score_images(images)``): the log-likelihood
-score ``nll`` is built in here; the detectors of :mod:`vaeood.detectors` plug in there.
+:func:`operating_points_for_run` gives reports the realised FPR and TPR at α = 0.01,
+0.05, 0.1 from a run's calibration and a detector's test scores.
 
 The guarantees hold for in-distribution images exchangeable with the calibration images
 (the test split of the same dataset, processed the same way) and say nothing about how
@@ -37,17 +38,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import conformal
 from .atomic import atomic_write, atomic_write_json, atomic_write_text
-from .checkpoint import checkpoint_path
+from .checkpoint import checkpoint_path, load_checkpoint
 from .data import load_dataset
 from .data.checksums import file_hexdigest
 from .data.folder import InputImages, load_input
-from .estimators import ESTIMATORS
-from .registry import check_options
-from .run import load_model, to_tensor
+from .detectors import DETECTORS, make_detector
+from .evaluate import fit_detector
+from .features import compute_features, is_normalised, needs_features
+from .fitdata import DEFAULT_FIT_IMAGES, heldout_range, run_config
+from .run import load_model
+from .train import training_count
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +66,25 @@ class NoCalibrationError(ValueError):
 
 
 # -- the score boundary ---------------------------------------------------------------------
-class LogLikelihoodScorer:
-    """The score −log p(x) in nats (``nll``), by the run's own estimator
-    (``estimator="elbo"`` or ``"iwae"`` with ``estimator_options``), with no fitting.
+class DetectorScorer:
+    """A detector of :mod:`vaeood.detectors` under a run: fitted (when it fits) on the
+    run's held-out fitting slice, scoring slices of the training split (features cached
+    in ``RUN/features/``) and arrays of images (uncached).
 
-    Noise: batch b of a slice draws from a generator seeded by ``seed * 1_000_003 + b``
-    as :func:`vaeood.scoring.score` does; the images of :meth:`score_images` use the
-    seed + 1 so that no test image shares its noise draw with a calibration image.
+    Noise: the features of the calibration slice use ``seed``; those of the images to
+    decide on use ``seed + 1``, so that no test image shares its estimator noise draw
+    with a calibration image (a feature's noise depends on the image's place in its
+    slice and the seed).
     """
 
-    name = "nll"
-    fit_slice = None
-    fits = False
-
-    def __init__(self, run_dir: Path, *, estimator: str = "elbo", estimator_options: dict | None = None,
-                 device: str = "cpu", seed: int = 0, data_dir: str | None = None, batch_size: int | None = None):
-        fn = ESTIMATORS.get(estimator)
-        self.estimator_options = check_options(fn, estimator_options or {}, "estimator", estimator,
-                                               ("model", "x", "generator"))
-        self.fn, self.run_dir, self.device, self.seed = fn, run_dir, device, seed
-        self.batch_size = batch_size or 1000
-        self.options = {"estimator": estimator, "estimator_options": self.estimator_options}
+    def __init__(self, run_dir: Path, detector: str, options: dict | None = None, *, device: str = "cpu",
+                 seed: int = 0, data_dir: str | None = None, batch_size: int | None = None, n_fit: int | None = None):
+        self.run_dir, self.device, self.seed, self.data_dir = run_dir, device, seed, data_dir
+        self.batch_size, self.n_fit = batch_size, n_fit
+        self.detector = make_detector(detector, options)
+        self.name = detector
+        self.fits = self.detector.fits
+        self.options = _jsonable(self.detector.options)
         self._model = None
 
     @property
@@ -96,45 +97,52 @@ class LogLikelihoodScorer:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.model.image_shape)
 
-    def prepare(self, train_images: np.ndarray) -> None:
-        """Fit on the fitting slice (nothing to fit for ``nll``)."""
+    def check_applies(self, has_fit_data: bool) -> None:
+        reason = self.detector.why_not({"normalised": is_normalised(self.model), "has_fit_data": has_fit_data})
+        if reason is not None:
+            raise NoCalibrationError(f"detector {self.name!r} does not apply to {self.run_dir}: {reason}")
 
-    def score_train_slice(self, images: np.ndarray) -> np.ndarray:
-        return self._score(images, self.seed)
+    def fit(self, start: int, stop: int) -> None:
+        """Fit on images [start, stop) of the run's training split (checked to be held out)."""
+        if self.fits:
+            fit_detector(str(self.run_dir), self.detector, start=start, stop=stop, data_dir=self.data_dir,
+                         device=self.device, seed=self.seed)
+        else:
+            self.detector.fit({})
+
+    def score_train_slice(self, dataset: str, split: str, start: int, stop: int, *, data_dir, allow_sample) -> np.ndarray:
+        feats = compute_features(str(self.run_dir), dataset, split, self.detector.needs, data_dir=data_dir,
+                                 start=start, stop=stop, batch_size=self.batch_size, device=self.device,
+                                 seed=self.seed, allow_sample=allow_sample)
+        return np.asarray(self.detector.score(feats), dtype=np.float64)
 
     def score_images(self, images: np.ndarray) -> np.ndarray:
-        return self._score(images, self.seed + 1)
-
-    def _score(self, images: np.ndarray, seed: int) -> np.ndarray:
-        model = self.model
-        dev = next(model.parameters()).device
-        out = []
-        with torch.no_grad():
-            for b, start in enumerate(range(0, len(images), self.batch_size)):
-                x = to_tensor(images[start: start + self.batch_size], dev)
-                generator = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + b)
-                est = self.fn(model, x, generator=generator, **self.estimator_options)
-                out.append(-est["log_px_nats"].double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
-
-
-SCORERS = {"nll": LogLikelihoodScorer}
+        needs = {}
+        for key, opts in self.detector.needs.items():  # another run's model (e.g. a background model) by object
+            opts = dict(opts)
+            if isinstance(opts.get("run"), (str, Path)):
+                opts["run"] = load_model(opts["run"], self.device)[0]
+            needs[key] = opts
+        feats = needs_features(self.model, images, needs, seed=self.seed + 1, batch_size=self.batch_size)
+        return np.asarray(self.detector.score(feats), dtype=np.float64)
 
 
 def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None, *, device: str = "cpu",
-                seed: int = 0, data_dir: str | None = None, batch_size: int | None = None):
+                seed: int = 0, data_dir: str | None = None, batch_size: int | None = None,
+                n_fit: int | None = None) -> DetectorScorer:
     """The object that gives ``detector``'s scores under the run (see the module doc)."""
-    return _scorer_class(detector)(Path(run_dir), **dict(options or {}), device=device, seed=seed,
-                                   data_dir=data_dir, batch_size=batch_size)
-
-
-def _scorer_class(detector: str):
-    if detector not in SCORERS:
+    if detector not in DETECTORS.names():
         from .registry import did_you_mean
 
-        raise NoCalibrationError(f"unknown detector {detector!r}{did_you_mean(detector, SCORERS)}; "
-                                 f"known: {', '.join(SCORERS)}")
-    return SCORERS[detector]
+        raise NoCalibrationError(f"unknown detector {detector!r}{did_you_mean(detector, DETECTORS.names())}; "
+                                 f"known: {', '.join(DETECTORS.names())}")
+    return DetectorScorer(Path(run_dir), detector, options, device=device, seed=seed, data_dir=data_dir,
+                          batch_size=batch_size, n_fit=n_fit)
+
+
+def _jsonable(value):
+    """Options as they are recorded in JSON (paths as strings, tuples as lists)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 # -- calibration -----------------------------------------------------------------------------
@@ -150,81 +158,96 @@ def calibration_path(run_dir: str | Path, detector: str) -> Path:
 
 
 def _training_split(run_dir: Path, data_dir: str | None):
-    """The run's training split as found now, and the end of its training images."""
-    model, config, meta = load_model(run_dir, "cpu")
-    trained = meta.get("train_data") or {}
-    data = load_dataset(config.data.name, config.data.split, data_dir=data_dir or config.data.data_dir,
-                        allow_sample=config.data.allow_sample)
+    """The run's config, its training split as found now, and where it was found."""
+    config = run_config(run_dir)
+    where = config.data.data_dir or data_dir  # as training and the detectors' fitting slice look for it
+    data = load_dataset(config.data.name, config.data.split, data_dir=where, allow_sample=config.data.allow_sample)
+    trained = load_checkpoint(checkpoint_path(run_dir), map_location="cpu").get("train_data") or {}
     if bool(trained.get("is_sample")) != data.is_sample:
         raise NoCalibrationError(
             f"the run trained on {'the bundled sample' if trained.get('is_sample') else 'the real dataset'} of "
             f"{data.name}/{data.split} but {'the bundled sample' if data.is_sample else 'the real dataset'} was "
             "found now; calibrate with the data the run trained on (--data-dir)")
+    if trained.get("split_size") not in (None, len(data.images)):
+        raise NoCalibrationError(f"the run trained on a {data.name}/{data.split} of {trained['split_size']} images, "
+                                 f"but the one found now ({data.source}) has {len(data.images)}; calibrate with the "
+                                 "data the run trained on (--data-dir)")
     if trained.get("source") and trained["source"] != data.source:
         log.warning("the run trained on %s/%s from %s; calibrating with %s (check it is the same file)",
                     data.name, data.split, trained["source"], data.source)
-    end = config.data.limit or len(data.images)
-    if end > len(data.images):
-        raise NoCalibrationError(f"the run trained on the first {end} images of {data.name}/{data.split}, but only "
-                                 f"{len(data.images)} were found now; use the data the run trained on (--data-dir)")
-    return data, end, model
+    return config, data, where
 
 
 def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: dict | None = None,
-              n_calibration: int | None = None, data_dir: str | None = None, device: str = "cpu", seed: int = 0,
-              batch_size: int | None = None) -> dict:
-    """Score the last ``n_calibration`` images of the run's training split (default
-    2,000, or all held-out images not used for the detector's fit if fewer) with the
-    detector, and save them with the split in ``RUN/calibration/<detector>.npz``.
+              n_calibration: int | None = None, n_fit: int | None = None, data_dir: str | None = None,
+              device: str = "cpu", seed: int = 0, batch_size: int | None = None) -> dict:
+    """Fit ``detector`` (when it fits) on the run's held-out fitting slice, score the
+    next ``n_calibration`` held-out training images, and save the scores with the
+    split in ``RUN/calibration/<detector>.npz``.
+
+    Layout of the training split (N images; the held-out part [h, N) is what training
+    never used, :func:`vaeood.fitdata.heldout_range`): the fitting slice is
+    [h, h + n_fit) (``n_fit`` default: 5,000 as in :func:`vaeood.evaluate`, at most half
+    the held-out images; 0 for detectors that do not fit), the calibration slice the
+    ``n_calibration`` images after it (default 2,000, or all that are left if fewer).
 
     Raises :class:`NoCalibrationError` when the run kept no held-out training images
-    (it trained on the whole split: retrain with ``data.limit``), or when the
-    calibration slice would overlap the training or fitting images.
+    (it trained on the whole split: retrain with ``data.limit`` or ``data.holdout``),
+    when too few are left, or when the detector does not apply to the run.
     Returns the record (see :func:`load_calibration`).
     """
     run_dir = Path(run_dir)
-    data, train_end, _ = _training_split(run_dir, data_dir)
+    config, data, where = _training_split(run_dir, data_dir)
     total = len(data.images)
-    scorer = make_scorer(run_dir, detector, detector_options, device=device, seed=seed, data_dir=data_dir,
-                         batch_size=batch_size)
-    fit_slice = scorer.fit_slice  # (start, stop) in the training split, or None
-    free_from = max(train_end, fit_slice[1] if fit_slice else 0)
-    available = total - free_from
-    if available <= 0:
-        how = (f"retrain with --data.limit=M, M < {total}, to keep images out of training, e.g. "
-               f"--data.limit={max(total - 2 * DEFAULT_N_CALIBRATION, total // 2)} keeps the last "
-               f"{min(2 * DEFAULT_N_CALIBRATION, total - total // 2)} for fitting and calibration")
-        used = f"the run trained on all {total} images of {data.name}/{data.split}" if train_end >= total else \
-            f"the detector fits on images [{fit_slice[0]}, {fit_slice[1]}) up to the end of the split"
-        raise NoCalibrationError(f"no held-out training images left to calibrate detector {detector!r}: {used}; "
-                                 f"{how}")
-    n = n_calibration if n_calibration is not None else min(DEFAULT_N_CALIBRATION, available)
-    if n < 1 or n > available:
+    first, last = heldout_range(config, total)
+    held = max(0, last - first)
+    trained = training_count(config.data, total)
+    if held == 0:
+        keep = min(2 * DEFAULT_N_CALIBRATION, total // 2)
         raise NoCalibrationError(
-            f"n_calibration = {n}: {data.name}/{data.split} has {available} held-out images after the training "
-            f"images [0, {train_end})" + (f" and the detector's fitting images [{fit_slice[0]}, {fit_slice[1]})"
-                                            if fit_slice else "") + f"; choose 1 ≤ n ≤ {available}")
-    start = total - n
-    if fit_slice and fit_slice[0] < total and fit_slice[1] > start:
-        raise NoCalibrationError(f"calibration images [{start}, {total}) would overlap the detector's fitting "
-                                 f"images [{fit_slice[0]}, {fit_slice[1]}); choose a smaller n_calibration")
-    scorer.prepare(data.images)
-    images = data.images[start:total]
-    scores = np.asarray(scorer.score_train_slice(images), dtype=np.float64)
+            f"no held-out training images to calibrate detector {detector!r} on: the run trained on all {total} "
+            f"images of {data.name}/{data.split}. Calibration needs in-distribution images that neither training "
+            f"nor the detector's fit saw: retrain with --data.limit={total - keep} (or --data.holdout={keep}) to "
+            f"keep {keep} images out of training")
+    scorer = make_scorer(run_dir, detector, detector_options, device=device, seed=seed, data_dir=where,
+                         batch_size=batch_size)
+    scorer.check_applies(has_fit_data=True)
+    if scorer.fits:
+        n_fit = n_fit if n_fit is not None else min(DEFAULT_FIT_IMAGES, held // 2)
+        if not 1 <= n_fit < held:
+            raise NoCalibrationError(f"n_fit = {n_fit}: the detector fits on held-out images and calibration needs "
+                                     f"others; {held} are held out, so choose 1 ≤ n_fit < {held}")
+    else:
+        n_fit = 0
+    cal_start = first + n_fit
+    available = last - cal_start
+    n = n_calibration if n_calibration is not None else min(DEFAULT_N_CALIBRATION, available)
+    if not 1 <= n <= available:
+        fit_text = f" and the detector's {n_fit} fitting images" if n_fit else ""
+        raise NoCalibrationError(f"n_calibration = {n}: {data.name}/{data.split} has {available} held-out images "
+                                 f"left after the training images{fit_text}; choose 1 ≤ n ≤ {available}")
+    fit_slice = [first, first + n_fit] if n_fit else None
+    cal_slice = [cal_start, cal_start + n]
+    if fit_slice:
+        scorer.fit(*fit_slice)
+    else:
+        scorer.fit(0, 0)
+    scores = scorer.score_train_slice(data.name, data.split, *cal_slice, data_dir=where,
+                                      allow_sample=config.data.allow_sample)
     conformal._as_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
     record = {
         "format": FORMAT, "detector": detector, "detector_options": scorer.options,
         "dataset": data.name, "split": data.split, "source": data.source, "is_sample": data.is_sample,
-        "n_split": total, "train_slice": [0, train_end], "fit_slice": list(fit_slice) if fit_slice else None,
-        "calibration_slice": [start, total], "n_calibration": n,
-        "calibration_images_sha256": images_sha256(images),
+        "n_split": total, "train_slice": [0, trained], "heldout": [first, last], "fit_slice": fit_slice,
+        "calibration_slice": cal_slice, "n_calibration": n,
+        "calibration_images_sha256": images_sha256(data.images[cal_slice[0]:cal_slice[1]]),
         "checkpoint_sha256": file_hexdigest(checkpoint_path(run_dir), "sha256"), "seed": seed,
         "score_direction": "higher = more out-of-distribution",
     }
     path = calibration_path(run_dir, detector)
     atomic_write(path, lambda f: np.savez(f, scores=scores, meta=np.array(json.dumps(record))))
     log.info("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,
-             start, total, path)
+             *cal_slice, path)
     return {**record, "scores": scores}
 
 
@@ -238,7 +261,8 @@ def load_calibration(run_dir: str | Path, detector: str = "nll", detector_option
     to make one) when there is none, when the checkpoint changed since, or when
     ``detector_options`` (if given) differ from the calibrated ones."""
     run_dir = Path(run_dir)
-    _scorer_class(detector)
+    if detector not in DETECTORS.names():
+        make_scorer(run_dir, detector)  # refused with the known names
     path = calibration_path(run_dir, detector)
     if not path.exists():
         raise NoCalibrationError(
@@ -271,7 +295,7 @@ def calibration_scores(run_dir: str | Path, detector: str = "nll") -> np.ndarray
 # -- decisions -------------------------------------------------------------------------------
 @dataclass
 class Detection:
-    """The result of :func:`detect`: one row per image, and a summary.
+    """The result of :func:`decide`: one row per image, and a summary.
 
     ``names``, ``scores``, ``p_values``, ``flagged`` are ``[N]``; ``summary`` is a JSON-able
     dict (input, skipped files, fit, detector, calibration split, guarantee, counts).
@@ -326,7 +350,7 @@ def _options_text(options: dict) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in options.items() if v not in ({}, None)) + ")"
 
 
-def detect(run_dir: str | Path, source, detector: str = "nll", *, alpha: float = 0.05, delta: float | None = None,
+def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float = 0.05, delta: float | None = None,
            fdr: bool = False, detector_options: dict | None = None, fit: str | None = None, skip_bad: bool = False,
            split: str = "test", limit: int | None = None, data_dir: str | None = None, device: str = "cpu",
            batch_size: int | None = None, out: str | Path | None = None) -> Detection:
@@ -354,6 +378,8 @@ def detect(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
                          data_dir=data_dir, batch_size=batch_size)
     if scorer.fits:
         _refit_and_check(scorer, record, data_dir)
+    else:
+        scorer.fit(0, 0)
     cal = record["scores"]
     # refuse an impossible alpha/delta before reading and scoring the input
     if fdr or delta is None:
@@ -385,20 +411,23 @@ def detect(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     return result
 
 
-def _refit_and_check(scorer, record: dict, data_dir: str | None) -> None:
-    """Refit a fitting detector on its recorded slice and check that it reproduces the
-    saved calibration scores (a detector fitted differently would void the guarantee)."""
-    data = load_dataset(record["dataset"], record["split"], data_dir=data_dir)
-    scorer.prepare(data.images)
+def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None) -> None:
+    """Fit the detector again on its recorded slice (features cached in the run) and check
+    that it reproduces the saved calibration scores on the same images: a detector
+    fitted differently, or other calibration images, would void the guarantee."""
+    config, data, where = _training_split(scorer.run_dir, data_dir)
     a, b = record["calibration_slice"]
-    images = data.images[a:b]
-    if images_sha256(images) != record["calibration_images_sha256"]:
+    if images_sha256(data.images[a:b]) != record["calibration_images_sha256"]:
         raise NoCalibrationError(f"the calibration images {record['dataset']}/{record['split']}[{a}:{b}] found now "
-                                 "differ from those calibrated on; calibrate again")
-    again = scorer.score_train_slice(images)
+                                 f"differ from those calibrated on; calibrate again: "
+                                 f"{_how_to_calibrate(scorer.run_dir, record['detector'])}")
+    scorer.fit(*record["fit_slice"])
+    again = scorer.score_train_slice(data.name, data.split, a, b, data_dir=where,
+                                     allow_sample=config.data.allow_sample)
     if not np.allclose(again, record["scores"], rtol=1e-6, atol=1e-9):
-        raise NoCalibrationError(f"detector {record['detector']!r} refitted does not reproduce its calibration "
-                                 "scores (is its fit random?); calibrate again")
+        raise NoCalibrationError(f"detector {record['detector']!r} fitted again does not reproduce its calibration "
+                                 "scores (is its fit random?); calibrate again: "
+                                 f"{_how_to_calibrate(scorer.run_dir, record['detector'])}")
 
 
 def operating_points_for_run(run_dir: str | Path, detector: str, in_scores, ood_scores: dict | None = None, *,

@@ -1,48 +1,179 @@
-"""Evaluation: score an in-distribution test set and OOD sets with a trained run,
-compute the OOD metrics for every (score, OOD set) pair, and write ``metrics.json`` and
-the Figure-2-style histogram."""
+"""Evaluation: detectors on an in-distribution test set and OOD sets.
+
+For every detector asked for (default ``("nll",)`` in Python; the command line's default
+is every detector that applies): compute the features it needs (cached in
+``RUN/features/``), fit it on a held-out slice of the *training* split where it fits, score
+every set, and compute the OOD metrics of every (detector, OOD set) pair. Writes
+``metrics.json``, the per-image detector scores (``detector_scores/NAME.npz``, one array
+per dataset, for ROC curves) and the Figure-2-style histogram of log p(x).
+"""
 
 from __future__ import annotations
 
+import inspect
+import json
+import logging
 import math
+import time
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 
-from .atomic import atomic_write_json
+from .atomic import atomic_write, atomic_write_json
+from .config import ConfigError
+from .data import load_dataset
+from .detectors import DETECTORS, Detector, FitDataError, batch_test_power, make_detector
+from .features import compute_features, needs_features
+from .fitdata import check_fit_slice, heldout_slice, run_config
 from .metrics import ood_metrics
 from .report import histogram_figure
-from .scores import SCORES
 from .scoring import score, score_meta
+
+log = logging.getLogger(__name__)
+
+SCORES_DIR = "detector_scores"
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def build_detectors(names: str | Iterable[str] | None, detector_options: Mapping | None = None, *,
+                    estimator: str = "elbo", estimator_options: dict | None = None) -> dict[str, Detector]:
+    """Detectors by name (``"all"`` or None: every registered one, to be filtered by what
+    applies), with ``detector_options[name]`` and evaluate's estimator as the default of
+    detectors that take one."""
+    if names is None or names == "all":
+        chosen = DETECTORS.names()
+    else:
+        chosen = [names] if isinstance(names, str) else list(names)
+        chosen = [n.strip() for item in chosen for n in str(item).split(",") if n.strip()]
+    detector_options = dict(detector_options or {})
+    unknown = [k for k in detector_options if k not in chosen]
+    if unknown:
+        raise ConfigError(f"options given for detector {unknown[0]!r}, which is not among the detectors asked for "
+                          f"({', '.join(chosen)})")
+    out = {}
+    for name in chosen:
+        cls = DETECTORS.get(name)
+        accepted = inspect.signature(cls.__init__).parameters
+        defaults = {}
+        if "estimator" in accepted:
+            defaults = {"estimator": estimator, "estimator_options": dict(estimator_options or {})}
+        out[name] = make_detector(name, {**defaults, **(detector_options.get(name) or {})})
+    return out
 
 
 def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, split: str = "test",
-             estimator: str = "elbo", estimator_options: dict | None = None, scores: tuple[str, ...] = ("nll",),
-             out_dir: str | Path | None = None, data_dir: str | None = None, limit: int | None = None,
-             device: str = "cpu", allow_sample: bool = False, progress: bool | None = None,
+             detectors: str | Iterable[str] | None = ("nll",), detector_options: Mapping | None = None,
+             estimator: str = "elbo", estimator_options: dict | None = None, out_dir: str | Path | None = None,
+             data_dir: str | None = None, limit: int | None = None, fit_limit: int | None = None,
+             device: str = "cpu", seed: int = 0, allow_sample: bool = False, progress: bool | None = None,
              fit: str | None = None) -> dict:
     """Return (and write to ``out_dir``, default the run directory) the metrics dict:
 
-    ``results[score][ood_dataset] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``
-    plus per-dataset summaries (mean log p(x), bits/dim where defined, pixel statistics,
-    and the fit applied, if any). ``fit`` (``"pad"``/``"resize"``) makes datasets of
-    another image shape fit the model (see :func:`vaeood.scoring.score`).
+    ``results[detector][ood_dataset] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``
+    plus ``detectors[name]`` (options, features needed, paper, fit, seconds),
+    ``detector_scores`` (the per-image score files), ``fit_data`` (the held-out training
+    slice detectors were fitted on), ``skipped`` (detectors of ``"all"`` that do not apply,
+    with the reason), ``typicality_batch_test`` (power at M = 1, 2, 5, 10, when typicality
+    ran) and per-dataset summaries (mean log p(x), bits/dim where defined, pixel
+    statistics, the fit applied). ``detectors``: names (a list or ``"a,b"``), or ``"all"``
+    / None for every detector that applies to the run without extra runs. ``fit``
+    (``"pad"``/``"resize"``) makes datasets of another image shape fit the model.
+    ``limit``: the first N test images of each set; ``fit_limit``: the number of held-out
+    training images to fit on (default up to 5,000).
     """
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir
+    explicit = not (detectors is None or detectors == "all")
+    dets = build_detectors(detectors, detector_options, estimator=estimator, estimator_options=estimator_options)
     per_set = {}
     for name in [in_dataset, *ood_datasets]:
         per_set[name] = score(run_dir, name, split, estimator=estimator, estimator_options=estimator_options,
-                              data_dir=data_dir, limit=limit, device=device, allow_sample=allow_sample,
+                              data_dir=data_dir, limit=limit, device=device, seed=seed, allow_sample=allow_sample,
                               progress=progress, fit=fit)
-    results = {}
-    for score_name in scores:
-        fn = SCORES.get(score_name)
-        s_in = fn(per_set[in_dataset])
-        results[score_name] = {ood: ood_metrics(s_in, fn(per_set[ood])) for ood in ood_datasets}
-
     meta_in = score_meta(per_set[in_dataset])
     normalised = meta_in["normalised"]
+
+    fit_slice, fit_error = None, None
+    if any(d.fits for d in dets.values()):
+        try:
+            fit_slice = heldout_slice(run_dir, n=fit_limit, data_dir=data_dir)
+        except FitDataError as exc:
+            fit_error = exc
+    info = {"normalised": normalised, "has_fit_data": fit_slice is not None}
+    skipped = {}
+    for name, det in list(dets.items()):
+        reason = det.why_not(info)
+        if reason is None:
+            continue
+        if explicit:
+            if det.fits and fit_error is not None and fit_slice is None:
+                raise fit_error
+            raise ConfigError(f"detector {name!r} does not apply to {run_dir}: {reason}")
+        skipped[name] = reason
+        del dets[name]
+    if skipped:
+        log.info("detectors that do not apply: %s", "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+
+    common = dict(data_dir=data_dir, limit=limit, device=device, seed=seed, fit=fit, allow_sample=allow_sample,
+                  progress=progress)
+    results, det_info, score_files, batch_tests = {}, {}, {}, {}
+    for name, det in dets.items():
+        started = time.perf_counter()
+        feature_seconds = {}
+        fit_scores = None
+        if det.fits:
+            for other in [run_dir, *(o["run"] for o in det.needs.values() if isinstance(o.get("run"), (str, Path)))]:
+                # held out for every model whose features the detector fits on
+                check_fit_slice(other, fit_slice["dataset"], fit_slice["split"], fit_slice["start"],
+                                fit_slice["stop"], split_size=fit_slice["split_size"])
+            fit_features = compute_features(run_dir, fit_slice["dataset"], fit_slice["split"], det.needs,
+                                            data_dir=fit_slice["data_dir"], start=fit_slice["start"],
+                                            stop=fit_slice["stop"], device=device, seed=seed,
+                                            allow_sample=fit_slice["allow_sample"], progress=progress)
+            _add_seconds(feature_seconds, fit_features["meta"])
+            t0 = time.perf_counter()
+            det.fit(fit_features)
+            fit_seconds = time.perf_counter() - t0
+            fit_scores = det.score(fit_features)
+        else:
+            fit_seconds = 0.0
+        set_scores, score_seconds, nll_by_set = {}, 0.0, {}
+        for set_name in [in_dataset, *ood_datasets]:
+            feats = compute_features(run_dir, set_name, split, det.needs, **common)
+            _add_seconds(feature_seconds, feats["meta"])
+            t0 = time.perf_counter()
+            set_scores[set_name] = det.score(feats)
+            score_seconds += time.perf_counter() - t0
+            if name == "typicality":
+                nll_by_set[set_name] = -feats["log_px_nats"]
+        results[name] = {ood: ood_metrics(set_scores[in_dataset], set_scores[ood]) for ood in ood_datasets}
+        if name == "typicality":
+            batch_tests = {ood: batch_test_power(-fit_features["log_px_nats"], nll_by_set[in_dataset],
+                                                 nll_by_set[ood], seed=seed) for ood in ood_datasets}
+        arrays = {k: v for k, v in set_scores.items()}
+        if fit_scores is not None:
+            arrays["_fit"] = fit_scores
+        path = out_dir / SCORES_DIR / f"{name}.npz"
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+        score_files[name] = f"{SCORES_DIR}/{name}.npz"
+        det_info[name] = {"options": _jsonable(det.options), "needs": _jsonable(det.needs), "paper": det.paper,
+                          "fits": det.fits, "fit": det.fit_info if det.fits else None,
+                          "seconds": {"features": feature_seconds, "features_total": sum(feature_seconds.values()),
+                                      "fit": fit_seconds, "score": score_seconds,
+                                      "wall_this_call": time.perf_counter() - started}}
+
     summary = {name: _summary(s) for name, s in per_set.items()}
     key, xlabel = (("bpd", "bits/dim (lower = more likely)") if normalised
                    else ("log_px_nats", f"{estimator} log p(x) [nats] (not normalised: {meta_in['likelihood']})"))
@@ -63,11 +194,24 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
         "positive_class": "ood",
         "score_direction": "higher = more out-of-distribution",
         "results": results,
+        "detectors": det_info,
+        "detector_scores": score_files,
+        "skipped": skipped,
+        "fit_data": ({k: v for k, v in fit_slice.items() if k not in ("data_dir",)} if fit_slice and any(
+            d.fits for d in dets.values()) else None),
         "datasets": summary,
         "histogram": figure.name,
     }
+    if batch_tests:
+        out["typicality_batch_test"] = batch_tests
     atomic_write_json(out_dir / "metrics.json", out)
     return out
+
+
+def _add_seconds(acc: dict, metas: Mapping) -> None:
+    for key, meta in metas.items():
+        label = f"{key}:{meta.get('dataset')}/{meta.get('split')}[{meta.get('start')}:{meta.get('stop')}]"
+        acc[label] = float(meta.get("seconds") or 0.0)
 
 
 def _label(name: str, summary: dict) -> str:
@@ -86,3 +230,95 @@ def _summary(s: dict[str, np.ndarray]) -> dict:
         if diag in s:
             out[f"mean_{diag}"] = float(np.mean(s[diag]))
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+# -- one detector at a time ----------------------------------------------------------------
+def _is_run(source) -> bool:
+    return isinstance(source, (str, Path))
+
+
+def fit_detector(source, detector: str | Detector, options: Mapping | None = None, *, images=None,
+                 dataset: str | None = None, split: str | None = None, start: int | None = None,
+                 stop: int | None = None, n: int | None = None, data_dir: str | None = None, device: str = "cpu",
+                 seed: int = 0, progress: bool | None = None) -> Detector:
+    """A detector fitted on held-out training images, ready for :func:`detect`.
+
+    ``source``: a run directory, or a model object (your own VAE, :mod:`vaeood.byo`).
+    With a run directory the default fitting data is its held-out training slice
+    (:func:`vaeood.fitdata.heldout_slice`, ``n`` images); ``dataset``/``split``/``start``/
+    ``stop`` choose another slice, which must be held-out images of the training split:
+    test images, another dataset or images the model trained on are refused
+    (:class:`~vaeood.detectors.FitDataError`). With a model object pass ``images``
+    (uint8 ``[N, H, W, C]``): held-out images of its training distribution.
+    """
+    det = detector if isinstance(detector, Detector) else make_detector(detector, options)
+    if not det.fits:
+        return det.fit({})
+    if _is_run(source):
+        if images is not None:
+            raise FitDataError("with a run directory, fitting data is named by dataset/split/start/stop (so that "
+                               "it can be checked to be held-out training data), not passed as images")
+        if dataset is None and split is None and start is None and stop is None:
+            sl = heldout_slice(source, n=n, data_dir=data_dir)
+        else:
+            config = run_config(source)
+            dataset, split = dataset or config.data.name, split or config.data.split
+            check_fit_slice(source, dataset, split, start or 0, stop or 0)  # dataset and split first
+            data = load_dataset(dataset, split, data_dir=config.data.data_dir or data_dir,
+                                allow_sample=config.data.allow_sample)
+            default = heldout_slice(source, n=n, data_dir=data_dir, data=data)
+            start = default["start"] if start is None else start
+            stop = min(len(data.images), start + (n or len(data.images))) if stop is None else stop
+            check_fit_slice(source, dataset, split, start, stop, split_size=len(data.images))
+            sl = {**default, "start": start, "stop": stop, "n": stop - start}
+        feats = compute_features(source, sl["dataset"], sl["split"], det.needs, data_dir=sl["data_dir"],
+                                 start=sl["start"], stop=sl["stop"], device=device, seed=seed,
+                                 allow_sample=sl["allow_sample"], progress=progress)
+        det.fit(feats)
+        det.fit_info.update({k: sl[k] for k in ("dataset", "split", "start", "stop")})
+        return det
+    if images is None:
+        raise FitDataError(f"detector {det.name!r} fits: pass images= (held-out images of the model's training "
+                           "distribution, never test images)")
+    return det.fit(needs_features(source, images, det.needs, seed=seed, progress=progress))
+
+
+def detect(source, detector: Detector, images=None, *, dataset: str | None = None, split: str = "test",
+           limit: int | None = None, data_dir: str | None = None, device: str = "cpu", seed: int = 0,
+           fit: str | None = None, allow_sample: bool = False, progress: bool | None = None) -> np.ndarray:
+    """Detector scores ``[N]`` (higher = more OOD) of ``images`` (uint8 ``[N, H, W, C]``,
+    with a model object) or of ``dataset/split`` (with a run directory; features cached)."""
+    if _is_run(source) and dataset is not None:
+        feats = compute_features(source, dataset, split, detector.needs, data_dir=data_dir, limit=limit,
+                                 device=device, seed=seed, fit=fit, allow_sample=allow_sample, progress=progress)
+    else:
+        if images is None:
+            raise ValueError("detect: pass images= (or dataset= with a run directory)")
+        model = source
+        if _is_run(source):
+            from .run import load_model
+
+            model = load_model(source, device)[0]
+        feats = needs_features(model, images, detector.needs, seed=seed, progress=progress)
+    return detector.score(feats)
+
+
+def evaluate_model(model, in_images, ood_images: Mapping[str, np.ndarray], *, fit_images=None,
+                   detectors: Iterable[str] | str = ("nll",), detector_options: Mapping | None = None,
+                   estimator: str = "elbo", estimator_options: dict | None = None, seed: int = 0) -> dict:
+    """:func:`evaluate` for a model object (your own VAE, see :mod:`vaeood.byo`) and
+    arrays of images, uncached, nothing written: ``{"results": {detector: {ood: metrics}},
+    "scores": {detector: {set: [N]}}}``. ``fit_images``: held-out images of the model's
+    training distribution (needed by detectors that fit; never test images)."""
+    dets = build_detectors(detectors, detector_options, estimator=estimator, estimator_options=estimator_options)
+    results, scores = {}, {}
+    for name, det in dets.items():
+        if det.fits:
+            fit_detector(model, det, images=fit_images, seed=seed)
+        else:
+            det.fit({})
+        s_in = detect(model, det, in_images, seed=seed)
+        s_ood = {ood: detect(model, det, imgs, seed=seed) for ood, imgs in ood_images.items()}
+        results[name] = {ood: ood_metrics(s_in, s) for ood, s in s_ood.items()}
+        scores[name] = {"in": s_in, **s_ood}
+    return {"results": results, "scores": scores}

@@ -96,7 +96,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     rank, world = distributed.rank(), distributed.world_size()
     data = load_dataset(config.data.name, config.data.split, data_dir=config.data.data_dir or data_dir,
                         allow_sample=config.data.allow_sample)
-    images = data.images[: config.data.limit] if config.data.limit else data.images
+    _check_new_settings(config, len(data.images))
+    images = data.images[: training_count(config.data, len(data.images))]
     x_all = to_tensor(images, device)
     image_shape = tuple(x_all.shape[1:])
     log.info("training on %d images of %s/%s from %s", len(x_all), data.name, data.split, data.source)
@@ -106,7 +107,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
     # fused: one kernel per step on a GPU, and it can skip a step on the device (found_inf)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, fused=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=True)
     # one per run: an objective may keep per-example state (MSC), saved with each checkpoint
     objective = make_objective(tcfg.objective, tcfg.objective_options, num_examples=len(x_all))
     takes_index = "index" in inspect.signature(objective).parameters  # per-example state (e.g. MSC)
@@ -160,6 +161,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
         order = epoch_order(n, tcfg.seed, epoch).to(device)
+        noise = _noise_generator(config.data.noise_rate, tcfg.seed, epoch, rank, device)
         keys, sums = None, None  # logged values summed on the device over good steps; read once per epoch
         steps, skipped = 0, torch.zeros((), device=device)
         started = time.perf_counter()
@@ -167,8 +169,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
                    disable=not show, leave=False)
         for i in bar:
             index = order[i: i + tcfg.batch_size][rank::world]  # this rank's share of the global batch
+            x = x_all[index] if noise is None else corrupt(x_all[index], config.data.noise_rate, noise)
             with autocast():
-                out = step(x_all[index], **({"index": index} if takes_index else {}))
+                out = step(x, **({"index": index} if takes_index else {}))
             optimizer.zero_grad(set_to_none=True)
             loss = out["loss"]
             loss.backward()  # even when NaN: under DDP every rank must join the gradient all-reduce
@@ -235,8 +238,42 @@ def _save(path, config, model, optimizer, epoch, history, image_shape, data, dev
         "objective": objective or {},  # per-example state of a stateful objective (MSC chains)
         "num_parameters": count_parameters(model),
         "train_data": {"name": data.name, "split": data.split, "source": data.source,
-                       "is_sample": data.is_sample},
+                       "is_sample": data.is_sample, "trained_range": [0, training_count(config.data, len(data.images))],
+                       "split_size": len(data.images)},
     })
+
+
+def training_count(data_config, n: int) -> int:
+    """How many images of the split training uses: the first ``n - holdout`` (``data.holdout``),
+    at most ``data.limit``. The rest is never seen in training: detectors fit on it."""
+    count = n - (data_config.holdout or 0)
+    return min(count, data_config.limit) if data_config.limit else count
+
+
+def _check_new_settings(config: Config, n: int) -> None:
+    d = config.data
+    if d.holdout is not None and not (isinstance(d.holdout, int) and 1 <= d.holdout < n):
+        raise ConfigError(f"data.holdout must be an integer in [1, {n - 1}] (the split has {n} images), got {d.holdout!r}")
+    if not 0.0 <= d.noise_rate <= 1.0:
+        raise ConfigError(f"data.noise_rate must be in [0, 1] (Ren et al. use 0.1-0.3), got {d.noise_rate!r}")
+    if not (config.train.weight_decay >= 0.0 and math.isfinite(config.train.weight_decay)):
+        raise ConfigError(f"train.weight_decay must be finite and >= 0, got {config.train.weight_decay!r}")
+
+
+def _noise_generator(rate: float, seed: int, epoch: int, rank: int, device) -> torch.Generator | None:
+    """The pixel-noise stream of one epoch (a function of seed, epoch and rank: resumable)."""
+    if not rate:
+        return None
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7_919 * (epoch + 1) + 104_729 * rank)
+
+
+def corrupt(x: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace each sub-pixel of uint8 ``x``, with probability ``rate``, by a value drawn
+    uniformly from 0..255: the input perturbation of Ren et al. (NeurIPS 2019) for
+    training the background model of the likelihood-ratio detector."""
+    mask = torch.rand(x.shape, generator=generator, device=x.device) < rate
+    values = torch.randint(0, 256, x.shape, generator=generator, device=x.device, dtype=torch.uint8)
+    return torch.where(mask, values, x)
 
 
 def _check_interval(device: torch.device) -> int:

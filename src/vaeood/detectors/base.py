@@ -1,0 +1,141 @@
+"""The detector protocol (after pytorch-ood): a detector declares the features it needs,
+is fitted on features of held-out *training* images where it needs to be, and scores:
+one number per image, higher = more out-of-distribution.
+
+    class MyDetector(Detector):
+        name = "mine"
+        fits = True
+        def __init__(self, *, estimator="elbo"):          # keyword options only: recorded, checked
+            super().__init__(estimator=estimator)
+        @property
+        def needs(self):                                   # feature name (or alias) -> options
+            return {"log_px": {"estimator": self.options["estimator"]}}
+        def _fit(self, features):                          # held-out TRAIN features only
+            self.h = features["log_px_nats"].mean()
+        def _score(self, features):                        # -> float64 [N]
+            return abs(features["log_px_nats"] - self.h)
+
+    DETECTORS.register("mine")(MyDetector)
+
+``features`` is the flat dict of :func:`vaeood.features.compute_features` (``[N]``
+arrays such as ``log_px_nats``, ``bpd``, ``mu_z_norm``; an aliased need's outputs as
+``"alias/output"``). ``fit`` refuses features whose metadata says they are test images.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Mapping
+
+import numpy as np
+
+from ..config import ConfigError
+from ..registry import Registry, check_options
+
+DETECTORS: Registry = Registry("detector")
+
+
+class FitDataError(ConfigError):
+    """A detector was asked to fit on images it must not see (test images, or training
+    images the model was trained on)."""
+
+
+class Detector:
+    """Base class. Subclasses set ``name``, ``fits``, take keyword options in
+    ``__init__`` (passed on to ``super().__init__`` to be recorded), and implement
+    ``needs`` and ``_score`` (and ``_fit`` when ``fits``)."""
+
+    name: str = ""
+    fits: bool = False  # needs in-distribution fitting data (a held-out TRAIN slice)
+    normalised_only: bool = False  # needs bits/dim: only for normalised decoders
+    required: tuple[str, ...] = ()  # options without which it cannot run (e.g. a second run): not a default
+    paper: str = ""
+
+    def __init__(self, **options):
+        self.options = options
+        self.fitted = not self.fits
+        self.fit_info: dict = {}
+
+    @property
+    def needs(self) -> dict[str, dict]:
+        raise NotImplementedError
+
+    def fit(self, features: Mapping[str, np.ndarray]) -> "Detector":
+        """Fit on features of held-out training images (a no-op for detectors that do not fit)."""
+        check_fit_features(features, self.name)
+        if self.fits:
+            self._fit(features)
+            self.fit_info = {"n": int(len(next(v for k, v in features.items() if k not in ("meta", "labels"))))}
+        self.fitted = True
+        return self
+
+    def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Detector scores ``[N]`` (float64), higher = more out-of-distribution."""
+        if not self.fitted:
+            raise RuntimeError(f"detector {self.name!r} must be fitted on held-out training images first "
+                               "(vaeood.fit_detector, or .fit(features))")
+        out = np.asarray(self._score(features), dtype=np.float64)
+        return out
+
+    def _fit(self, features):
+        pass
+
+    def _score(self, features) -> np.ndarray:
+        raise NotImplementedError
+
+    def why_not(self, info: Mapping) -> str | None:
+        """Why this detector does not apply to a run described by ``info`` (keys
+        ``normalised``, ``has_fit_data``), or None when it does."""
+        missing = [k for k in self.required if self.options.get(k) is None]
+        if missing:
+            return f"needs option {', '.join(missing)}"
+        if self.normalised_only and not info.get("normalised", False):
+            return "needs bits/dim, which the decoder does not define (not a normalised pmf)"
+        if self.fits and not info.get("has_fit_data", False):
+            return "needs held-out training images to fit on (train with data.limit or data.holdout)"
+        return None
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__name__}({opts})"
+
+
+def check_fit_features(features: Mapping, name: str) -> None:
+    """Refuse fitting data whose feature metadata says it is a test split."""
+    metas = features.get("meta") if isinstance(features, Mapping) else None
+    if not isinstance(metas, Mapping):
+        return
+    for meta in (metas.values() if all(isinstance(m, Mapping) for m in metas.values()) else [metas]):
+        split = meta.get("split")
+        if split == "test":
+            raise FitDataError(f"detector {name!r} refuses to fit on {meta.get('dataset')}/{split} images: detectors "
+                               "fit only on held-out images of the training split, never on the images they are "
+                               "evaluated on")
+
+
+def make_detector(name: str, options: Mapping | None = None) -> Detector:
+    """A detector by registered name with keyword options (unknown options are refused)."""
+    cls = DETECTORS.get(name)
+    opts = check_options(cls.__init__, dict(options or {}), "detector", name, ("self",))
+    return cls(**opts)
+
+
+def estimate_need(estimator: str, estimator_options: dict | None) -> dict:
+    return {"estimator": estimator, "estimator_options": dict(estimator_options or {})}
+
+
+def standardise_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def stack(features: Mapping[str, np.ndarray], names) -> np.ndarray:
+    missing = [n for n in names if n not in features]
+    if missing:
+        raise KeyError(f"features {', '.join(missing)} are missing (have {', '.join(sorted(k for k in features if k != 'meta'))})")
+    return np.stack([np.asarray(features[n], dtype=np.float64) for n in names], axis=1)
+
+
+def signature_options(cls) -> list[str]:
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]

@@ -1,0 +1,91 @@
+"""Several features at once, flattened into one dict of ``[N]`` arrays for detectors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ..data import load_dataset
+from .core import _Source, _split_need, compute_feature, feature_meta, features_of, normalise_needs
+
+
+def _merge(out: dict, arrays: Mapping[str, np.ndarray], prefix: str, key: str) -> None:
+    for name, value in arrays.items():
+        if name in ("labels", "meta"):
+            continue
+        flat = prefix + name
+        if flat in out and not np.array_equal(out[flat], value, equal_nan=True):
+            raise ValueError(f"two features give different values named {flat!r} (the second from need {key!r}); "
+                             "give one of them an alias: {'alias': {'feature': name, ...}}")
+        out[flat] = value
+
+
+def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
+                     needs: Mapping[str, dict] | Iterable[str] | str = ("log_px",), *, data_dir: str | None = None,
+                     limit: int | None = None, start: int | None = None, stop: int | None = None,
+                     batch_size: int | None = None, device: str = "cpu", seed: int = 0, fit: str | None = None,
+                     allow_sample: bool = False, reuse: bool = True, progress: bool | None = None) -> dict:
+    """The features ``needs`` of images ``[start, stop)`` (or the first ``limit``) of
+    ``dataset/split`` under the run's model, each cached in ``RUN/features/`` (see
+    :func:`compute_feature` for the cache key).
+
+    ``needs``: a feature name, a list of names, or ``{key: options}`` where a key is a
+    feature's name or an alias (``{"background": {"feature": "log_px", "run": "runs/bg"}}``
+    computes ``log_px`` with another run's model, cached in that run, and returns its
+    outputs as ``"background/log_px_nats"``, ...).
+
+    Returns a flat dict: every output ``[N]`` (e.g. ``log_px_nats``, ``bpd``,
+    ``mu_z_norm``, ``png_bits``), ``labels`` ``[N]`` and ``meta``: ``{key: metadata}``
+    (a dict, not an array: dataset, slice, digests, seconds taken, ...).
+    """
+    needs = normalise_needs(needs)
+    sources: dict[str, _Source] = {}
+    data = None
+    out: dict = {}
+    metas = {}
+    for key, options in needs.items():
+        name, producer, other, prefix = _split_need(key, options)
+        where = Path(other) if other is not None else Path(run_dir)
+        source = sources.setdefault(str(where), _Source(where, device))
+        source.sha256  # a missing checkpoint is reported before any data is read
+        if data is None:
+            cfg_dir = _run_data_dir(Path(run_dir))
+            data = load_dataset(dataset, split, data_dir=data_dir or cfg_dir, allow_sample=allow_sample)
+        result = compute_feature(where, dataset, split, name, producer, data_dir=data_dir, limit=limit, start=start,
+                                 stop=stop, batch_size=batch_size, device=device, seed=seed, fit=fit,
+                                 allow_sample=allow_sample, reuse=reuse, progress=progress, _source=source,
+                                 _data=data)
+        _merge(out, result, prefix, key)
+        out.setdefault("labels", result["labels"])
+        metas[key] = feature_meta(result)
+    out["meta"] = metas
+    return out
+
+
+def _run_data_dir(run_dir: Path) -> str | None:
+    path = run_dir / "config.json"
+    if not path.exists():
+        return None
+    return (json.loads(path.read_text()).get("data") or {}).get("data_dir")
+
+
+def needs_features(model, images, needs: Mapping[str, dict] | Iterable[str] | str = ("log_px",), *, seed: int = 0,
+                   batch_size: int | None = None, progress: bool | None = None) -> dict[str, np.ndarray]:
+    """Uncached :func:`compute_features` for a model object (your own VAE, see
+    :mod:`vaeood.byo`) and an array of images (uint8 numpy ``[N, H, W, C]`` or tensor
+    ``[N, C, H, W]``). An aliased need's ``"run"`` is then another model object."""
+    needs = normalise_needs(needs)
+    out: dict = {}
+    for key, options in needs.items():
+        name, producer, _, prefix = _split_need(key, {k: v for k, v in options.items() if k != "run"})
+        if "run" in options:
+            prefix = f"{key}/"
+        the_model = options.get("run", model)
+        if isinstance(the_model, (str, Path)):
+            raise TypeError(f"need {key!r}: with a model object, 'run' must be another model object, not a path")
+        _merge(out, features_of(the_model, images, name, producer, seed=seed, batch_size=batch_size,
+                                progress=progress), prefix, key)
+    return out

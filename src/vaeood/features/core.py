@@ -1,0 +1,345 @@
+"""Features: per-image computations of a model (or of the image alone), computed in
+batches and cached in the run directory.
+
+Vocabulary (one meaning each): an *estimator* (``vaeood.estimators``) estimates log p(x);
+a *feature* is any per-image number a detector may use (the estimate of log p(x) is the
+``log_px`` feature, beside rate, distortion, posterior norms, reconstruction error,
+compressed bits, ...); a *detector score* (``vaeood.detectors``) is what a detector
+makes of features, higher = more out-of-distribution.
+
+A feature producer is a function registered in :data:`FEATURES`::
+
+    @FEATURES.register("name")
+    def name(model, x, *, generator=None, **options) -> dict[str, torch.Tensor]:  # each [B]
+        ...
+    name.needs_grad = True    # optional: run without torch.no_grad() (the producer owns its graph)
+    name.uses_model = False   # optional: depends on the image only (e.g. compression)
+
+``x`` is a uint8 tensor ``[B, C, H, W]`` and ``model`` follows the duck-typed protocol of
+:mod:`vaeood.estimators` (see :mod:`vaeood.byo` for bringing your own VAE). Output keys
+carry their unit (``log_px_nats``, ``png_bits``, ...). No image may influence another's
+output: the noise of batch ``b`` is drawn from a generator seeded with
+``seed * 1_000_003 + b`` (so a value depends on the image, its place in the slice and
+the seed, never on the other images' content).
+
+Cache (:func:`compute_feature`): ``RUN/features/<tag>.npz`` holds one feature of one
+slice of one dataset split: its arrays, the labels and a JSON ``meta`` that records the
+key — the checkpoint's SHA-256 (for features that use the model), the SHA-256 of the
+images of the slice (their bytes, so a data file replaced in place or another
+``--data-dir`` is a different key), the slice, the fit, the feature options and the
+seed. A cached file is used only when every part of the key matches; a file that fails
+to load is recomputed, with a warning naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import distributed
+from ..atomic import atomic_write
+from ..checkpoint import checkpoint_path
+from ..config import ConfigError
+from ..data import load_dataset
+from ..data.checksums import file_hexdigest
+from ..data.fit import FITS, fit_images
+from ..registry import Registry, check_options
+from ..run import load_model, to_tensor
+
+log = logging.getLogger(__name__)
+
+FEATURES: Registry = Registry("feature")
+
+FEATURES_DIR = "features"
+SUPPLIED = ("model", "x", "generator")
+RESERVED = ("feature", "run")  # keys of a need that are not options of the producer
+FORMAT = 2  # version of the cache-file layout; files of another format are recomputed
+
+
+class ShapeMismatchError(ValueError):
+    """The images to score do not have the shape the model was trained on."""
+
+
+# -- requests ------------------------------------------------------------------------------
+def normalise_needs(needs: Mapping[str, dict] | Iterable[str] | str) -> dict[str, dict]:
+    """``"log_px"`` / ``["log_px", "posterior"]`` / ``{"log_px": {...}}`` → ``{key: options}``.
+
+    A need's key is the feature's name, or an alias when the options carry
+    ``"feature": name`` (and optionally ``"run": other_run_dir`` to compute it with
+    another run's model). An aliased need's outputs are returned as ``"alias/output"``.
+    """
+    if isinstance(needs, str):
+        needs = [needs]
+    if not isinstance(needs, Mapping):
+        needs = {name: {} for name in needs}
+    out = {}
+    for key, options in needs.items():
+        options = dict(options or {})
+        name = options.get("feature", key)
+        fn = FEATURES.get(name)
+        check_options(fn, {k: v for k, v in options.items() if k not in RESERVED}, "feature", name, SUPPLIED)
+        out[key] = options
+    return out
+
+
+def canonical_options(fn, options: dict) -> dict:
+    """The options with the producer's defaults filled in (``None`` for an ``*_options``
+    dict reads as ``{}``), so that equal requests share one cache key."""
+    import inspect
+
+    out = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in SUPPLIED or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = options.get(p.name, p.default if p.default is not p.empty else None)
+        if value is None and p.name.endswith("_options"):
+            value = {}
+        out[p.name] = value
+    return out
+
+
+def _split_need(key: str, options: dict) -> tuple[str, dict, str | None, str]:
+    """(feature name, producer options, other run or None, output prefix)."""
+    name = options.get("feature", key)
+    run = options.get("run")
+    producer = {k: v for k, v in options.items() if k not in RESERVED}
+    prefix = "" if (key == name and run is None) else f"{key}/"
+    return name, producer, (str(run) if run is not None else None), prefix
+
+
+# -- computing -----------------------------------------------------------------------------
+def model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: dict | None = None, *,
+                seed: int = 0, batch_size: int | None = None, progress: bool | None = None,
+                desc: str = "") -> dict[str, np.ndarray]:
+    """Feature ``name`` of every image, uncached: ``{output: float64 [N]}``.
+
+    ``images``: uint8 numpy ``[N, H, W, C]`` (as datasets load) or a uint8 tensor
+    ``[N, C, H, W]``. Batches of ``batch_size`` (default 1000); batch ``b`` draws its
+    noise from a generator seeded with ``seed * 1_000_003 + b`` and, under torchrun, runs
+    on rank ``b mod W`` (so values do not depend on the number of processes).
+    """
+    fn = FEATURES.get(name)
+    options = check_options(fn, options or {}, "feature", name, SUPPLIED)
+    batch_size = int(batch_size or 1000)
+    dev = model_device(model)
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        batch_of = lambda s, e: images[s:e].to(dev)  # noqa: E731
+    else:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 numpy [N, H, W, C], got {images.dtype} {images.shape}")
+        batch_of = lambda s, e: to_tensor(images[s:e], dev)  # noqa: E731
+    n = len(images)
+    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
+    rank, world = distributed.rank(), distributed.world_size()
+    starts = range(0, n, batch_size)
+    grad = torch.enable_grad if getattr(fn, "needs_grad", False) else torch.no_grad
+    mine: dict[int, dict[str, np.ndarray]] = {}
+    with grad():
+        for b in tqdm(range(rank, len(starts), world), desc=desc or name, disable=not show, leave=False):
+            x = batch_of(starts[b], starts[b] + batch_size)
+            generator = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + b)
+            out = fn(model, x, generator=generator, **options)
+            mine[b] = {k: v.detach().double().cpu().numpy() for k, v in out.items()}
+    if world > 1:
+        batches = {b: r for part in distributed.gather_objects(mine) for b, r in part.items()}
+    else:
+        batches = mine
+    if not batches:
+        return {}
+    return {k: np.concatenate([batches[b][k] for b in range(len(starts))]) for k in batches[0]}
+
+
+def images_digest(images: np.ndarray) -> str:
+    """SHA-256 of a slice of images (shape and bytes): the data part of a cache key."""
+    digest = hashlib.sha256(repr((images.dtype.str, images.shape)).encode())
+    digest.update(np.ascontiguousarray(images).data)
+    return digest.hexdigest()
+
+
+def pixel_stats(images: np.ndarray) -> dict[str, float]:
+    """Mean and variance of the pixel values on the [0, 1] scale (over all pixels and
+    images): the study explains SVHN's high likelihood under a CIFAR-10 model by its
+    similar mean and smaller variance."""
+    x = images.astype(np.float64) / 255.0
+    return {"pixel_mean": float(x.mean()), "pixel_var": float(x.var())}
+
+
+def _slice(n: int, limit: int | None, start: int | None, stop: int | None) -> tuple[int, int]:
+    for label, value in (("limit", limit), ("start", start), ("stop", stop)):
+        if value is not None and (isinstance(value, bool) or int(value) != value):
+            raise ConfigError(f"{label} must be an integer, got {value!r}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be ≥ 1 (or None for every image), got {limit}")
+    begin = int(start or 0)
+    if begin < 0:
+        raise ConfigError(f"start must be ≥ 0, got {begin}")
+    end = n if stop is None else int(stop)
+    if limit is not None:
+        end = min(end, begin + int(limit))
+    end = min(end, n)
+    if end <= begin:
+        raise ConfigError(f"the slice [{begin}, {end}) of {n} images is empty")
+    return begin, end
+
+
+def _tag(dataset: str, split: str, name: str, options: dict, begin: int, end: int, n: int,
+         limit: int | None, fit: str | None, seed: int) -> str:
+    """A readable file name; the full key is checked inside the file's meta."""
+    if name == "log_px":  # the estimator's name first, as the score files were named
+        opts = {k: v for k, v in options.items() if k != "estimator"}
+        opts = {**(opts.pop("estimator_options", None) or {}), **opts}
+        head = [options.get("estimator", "elbo")]
+    else:
+        opts, head = options, [name]
+    parts = [dataset, split, *head]
+    for k, v in sorted(opts.items()):
+        parts.append(f"{k}{json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}")
+    if begin == 0 and limit:
+        parts.append(f"first{limit}")
+    elif begin or end < n:
+        parts.append(f"from{begin}to{end}")
+    if fit:
+        parts.append(f"fit{fit}")
+    parts.append(f"seed{seed}")
+    tag = "_".join(str(p) for p in parts)
+    return "".join(c if c.isalnum() or c in "_.-=" else "-" for c in tag)[:200]
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            saved = {k: f[k] for k in f.files}
+        json.loads(str(saved["meta"]))
+        return saved
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("cached features %s cannot be read (%s: %s); recomputing it", path, type(exc).__name__, exc)
+        return None
+
+
+def feature_meta(features: Mapping) -> dict:
+    """The metadata of one cached feature result (``result["meta"]``)."""
+    meta = features["meta"]
+    return meta if isinstance(meta, dict) else json.loads(str(meta))
+
+
+class _Source:
+    """A run directory's model, loaded once on first need."""
+
+    def __init__(self, run_dir: Path, device: str):
+        self.run_dir, self.device = run_dir, device
+        self._loaded = None
+        self._sha = None
+
+    @property
+    def sha256(self) -> str:
+        if self._sha is None:
+            self._sha = file_hexdigest(checkpoint_path(self.run_dir), "sha256")
+        return self._sha
+
+    def load(self):
+        if self._loaded is None:
+            self._loaded = load_model(self.run_dir, str(distributed.setup(self.device)))
+        return self._loaded
+
+
+def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name: str = "log_px",
+                    options: dict | None = None, *, data_dir: str | None = None, limit: int | None = None,
+                    start: int | None = None, stop: int | None = None, batch_size: int | None = None,
+                    device: str = "cpu", seed: int = 0, fit: str | None = None, allow_sample: bool = False,
+                    reuse: bool = True, progress: bool | None = None, _source: _Source | None = None,
+                    _data=None) -> dict[str, np.ndarray]:
+    """One feature of images ``[start, stop)`` (or the first ``limit``) of ``dataset/split``,
+    cached in ``RUN/features/``; returns its arrays ``[N]``, ``labels`` and ``meta`` (a JSON
+    string; read it with :func:`feature_meta`).
+
+    Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
+    unless ``fit`` is ``"pad"`` or ``"resize"`` (see :mod:`vaeood.data.fit`; recorded in
+    ``meta["fit"]``).
+    """
+    run_dir = Path(run_dir)
+    fn = FEATURES.get(name)
+    options = canonical_options(fn, check_options(fn, options or {}, "feature", name, SUPPLIED))
+    if fit is not None:
+        FITS.get(fit)  # an unknown fit is refused before any work
+    source = _source or _Source(run_dir, device)
+    uses_model = getattr(fn, "uses_model", True)
+    ckpt_sha = source.sha256  # a missing or unreadable checkpoint is reported before any data is read
+    if _data is None:
+        config_dir = None
+        if data_dir is None:
+            from ..config import Config  # the run's own data dir, as score() always did
+            cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+            config_dir = Config.from_dict(cfg).data.data_dir if cfg else None
+        _data = load_dataset(dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample)
+    data = _data
+    begin, end = _slice(len(data.images), limit, start, stop)
+    images = data.images[begin:end]
+    key = {"format": FORMAT, "feature": name, "feature_options": options, "dataset": data.name,
+           "split": data.split, "start": begin, "stop": end, "data_sha256": images_digest(images),
+           "fit_method": fit, "seed": seed,
+           "checkpoint_sha256": ckpt_sha if uses_model else None}
+    path = run_dir / FEATURES_DIR / f"{_tag(dataset, split, name, options, begin, end, len(data.images), limit, fit, seed)}.npz"
+    if reuse and path.exists():
+        saved = _read_cache(path)
+        if saved is not None:
+            meta = feature_meta(saved)
+            if {k: meta.get(k) for k in key} == key:
+                log.info("reusing %s", path)
+                return saved
+            differ = [k for k in key if meta.get(k) != key[k]]
+            log.info("%s was made from another %s; recomputing", path, " and ".join(differ))
+
+    model, config, ckpt = source.load()
+    height, width, channels = images.shape[1:]
+    image_shape = (channels, height, width)
+    fitted = None
+    if image_shape != tuple(model.image_shape):
+        shapes = f"{'×'.join(map(str, image_shape))} → {'×'.join(map(str, model.image_shape))}"
+        if fit is None:
+            raise ShapeMismatchError(
+                f"{data.name}/{data.split} images are C×H×W = {'×'.join(map(str, image_shape))} but the model in "
+                f"{run_dir} was trained on {'×'.join(map(str, model.image_shape))}; score a dataset of the same "
+                "shape, or pass --pad (zero-pad centred) or --resize (bilinear) to make it fit "
+                "(fit='pad'/'resize' in Python)")
+        images = fit_images(images, tuple(model.image_shape), fit)
+        fitted = {"method": fit, "from_shape": list(image_shape), "to_shape": list(model.image_shape),
+                  "description": f"{fit} {shapes}"}
+        log.warning("%s/%s: images fitted to the model by %s, %s (recorded in the features' metadata)",
+                    data.name, data.split, fit, shapes)
+    started = time.perf_counter()
+    result = features_of(model, images, name, options, seed=seed, batch_size=batch_size, progress=progress,
+                         desc=f"{name} {data.name}/{split}")
+    seconds = time.perf_counter() - started
+    result["labels"] = data.labels[begin:end]
+    info = {**key, "source": data.source, "is_sample": data.is_sample, "limit": limit,
+            "checkpoint_epoch": ckpt["epoch"], "likelihood": config.model.likelihood,
+            "normalised": bool(model.likelihood.normalised), "num_dims": model.num_dims,
+            "seconds": seconds, "n": end - begin, **pixel_stats(images)}
+    if name == "log_px":  # the keys score() has always written
+        info.update(estimator=options.get("estimator", "elbo"), options=options.get("estimator_options") or {})
+    info["fit"] = fitted  # the fit applied (score metadata), or None
+    result["meta"] = np.array(json.dumps(info))
+    if distributed.is_main():
+        atomic_write(path, lambda f: np.savez(f, **result))
+    log.info("computed %s of %d images of %s/%s in %.1f s → %s", name, end - begin, data.name, split, seconds, path)
+    return result

@@ -1,0 +1,76 @@
+"""Fitting data for detectors: a held-out slice of the *training* split that training
+never saw — the images after ``data.limit``, or the last ``data.holdout`` images.
+
+Detectors that fit (``typicality``, ``dose``, ``lpath``, ...) fit only there. Fitting on
+test images, on another dataset than the model's training set, or on images the model
+was trained on is refused (:class:`~vaeood.detectors.FitDataError`). Issue 16's
+calibration takes a second, disjoint slice (``offset``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import Config
+from .data import load_dataset
+from .detectors.base import FitDataError
+from .train import training_count
+
+DEFAULT_FIT_IMAGES = 5000
+
+
+def run_config(run_dir: str | Path) -> Config:
+    """The run's resolved config (``RUN/config.json``)."""
+    return Config.from_dict(json.loads((Path(run_dir) / "config.json").read_text()),
+                            where=str(Path(run_dir) / "config.json"))
+
+
+def heldout_range(config: Config, split_size: int) -> tuple[int, int]:
+    """``[start, stop)`` of the images of the training split that training did not use."""
+    trained = training_count(config.data, split_size)
+    start = split_size - config.data.holdout if config.data.holdout else trained
+    return start, split_size
+
+
+def heldout_slice(run_dir: str | Path, *, n: int | None = None, offset: int = 0, data_dir: str | None = None,
+                  data=None) -> dict:
+    """The fitting slice of a run: ``{dataset, split, start, stop, n, trained_range,
+    source, data_dir, allow_sample}``; ``n`` images (default up to 5,000) from ``offset``
+    images into the held-out part. Raises :class:`FitDataError` when nothing is held out."""
+    config = run_config(run_dir)
+    where = config.data.data_dir or data_dir
+    data = data or load_dataset(config.data.name, config.data.split, data_dir=where,
+                                allow_sample=config.data.allow_sample)
+    total = len(data.images)
+    first, last = heldout_range(config, total)
+    start = first + int(offset)
+    stop = min(last, start + int(n or DEFAULT_FIT_IMAGES))
+    if stop <= start:
+        raise FitDataError(
+            f"{run_dir} was trained on {training_count(config.data, total)} of the {total} images of "
+            f"{config.data.name}/{config.data.split}, leaving {max(0, last - start)} held-out images from offset "
+            f"{offset}: detectors that fit need held-out training images; retrain with --data.limit=N or "
+            "--data.holdout=N (the last N images are then never trained on)")
+    return {"dataset": config.data.name, "split": config.data.split, "start": start, "stop": stop,
+            "n": stop - start, "trained_range": [0, training_count(config.data, total)], "split_size": total,
+            "source": data.source, "is_sample": data.is_sample, "data_dir": where,
+            "allow_sample": config.data.allow_sample}
+
+
+def check_fit_slice(run_dir: str | Path, dataset: str, split: str, start: int, stop: int, *,
+                    split_size: int | None = None) -> None:
+    """Refuse a fitting slice that is not held-out training data of this run."""
+    config = run_config(run_dir)
+    if split != config.data.split or dataset != config.data.name:
+        raise FitDataError(
+            f"detectors fit only on held-out images of the model's training split "
+            f"({config.data.name}/{config.data.split}), never on {dataset}/{split}: "
+            + ("test images are what detectors are evaluated on" if split == "test"
+               else "another dataset is not in-distribution"))
+    if split_size is not None:
+        trained = training_count(config.data, split_size)
+        first, _ = heldout_range(config, split_size)
+        if start < first:
+            raise FitDataError(f"images [{start}, {min(stop, trained)}) of {dataset}/{split} were used to train "
+                               f"{run_dir}; fit on held-out images from index {first} on")
