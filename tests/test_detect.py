@@ -202,3 +202,25 @@ def test_a_fitting_detector_is_fitted_and_calibrated_on_disjoint_held_out_slices
     np.savez(path, scores=scores + 1.0, meta=meta)
     with pytest.raises(NoCalibrationError, match="does not reproduce"):
         vaeood.decide(run, folder, "typicality", data_dir=str(data))
+
+
+def test_decision_rates_for_the_suite_report(tiny):
+    from vaeood.decisions import decision_rates, format_decision_table
+
+    run, data = tiny["run"], tiny["data"]
+    rates = decision_rates(run, "fashion_mnist", ["mnist"], ["nll", "complexity"], n_calibration=150,
+                           data_dir=str(data), alphas=(0.001, 0.01, 0.1))
+    assert "bits/dim" in rates["complexity"]["error"]  # the Bernoulli decoder has no bits/dim
+    nll = rates["nll"]
+    assert nll["n_calibration"] == 150 and nll["calibration"]["slice"] == [300, 450]
+    assert "at least 999" in nll["alphas"]["0.001"]["error"]  # 150 calibration images cannot support 0.001
+    assert nll["alphas"]["0.01"]["rank"] == 150  # floor(0.01 * 151) = 1: only scores above the largest
+    # an independent computation from the features (test features use seed 1)
+    cal = calibration_scores(run, "nll")
+    s_in = -vaeood.compute_features(run, "fashion_mnist", "test", "log_px", data_dir=str(data), seed=1)["log_px_nats"]
+    s_ood = -vaeood.compute_features(run, "mnist", "test", "log_px", data_dir=str(data), seed=1)["log_px_nats"]
+    t = conformal.threshold(cal, 0.1)
+    assert nll["alphas"]["0.1"]["fpr"] == pytest.approx((s_in > t.value).mean())
+    assert nll["alphas"]["0.1"]["tpr"]["mnist"]["tpr"] == pytest.approx((s_ood > t.value).mean())
+    table = format_decision_table(rates)
+    assert "| nll | 0.1 | 150 |" in table and "TPR mnist" in table

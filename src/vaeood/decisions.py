@@ -440,3 +440,88 @@ def operating_points_for_run(run_dir: str | Path, detector: str, in_scores, ood_
     out["calibration"] = {"dataset": record["dataset"], "split": record["split"],
                           "slice": record["calibration_slice"]}
     return out
+
+
+def _calibrated_scorer(run_dir: Path, detector: str, options: dict | None, *, n_calibration, n_fit, data_dir,
+                       device, seed, batch_size) -> tuple[DetectorScorer, dict]:
+    """The run's calibration of ``detector`` (made now if missing, stale or of other
+    options/sizes) and its scorer, fitted as calibrated."""
+    try:
+        record = load_calibration(run_dir, detector, options)
+        if n_calibration is not None and record["n_calibration"] != n_calibration:
+            raise NoCalibrationError("another calibration size")
+        if n_fit is not None and record["fit_slice"] and record["fit_slice"][1] - record["fit_slice"][0] != n_fit:
+            raise NoCalibrationError("another fitting slice")
+    except NoCalibrationError:
+        record = calibrate(run_dir, detector, detector_options=options, n_calibration=n_calibration, n_fit=n_fit,
+                           data_dir=data_dir, device=device, seed=seed, batch_size=batch_size)
+    scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],
+                         data_dir=data_dir, batch_size=batch_size)
+    if scorer.fits:
+        _refit_and_check(scorer, record, data_dir)
+    else:
+        scorer.fit(0, 0)
+    return scorer, record
+
+
+def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], detectors=("nll",), *,
+                   detector_options: dict | None = None, alphas=DEFAULT_ALPHAS, delta: float | None = None,
+                   split: str = "test", limit: int | None = None, n_calibration: int | None = None,
+                   n_fit: int | None = None, data_dir: str | None = None, device: str = "cpu", fit: str | None = None,
+                   batch_size: int | None = None) -> dict:
+    """For the ood-suite report: per detector, the realised false-alarm rate on the
+    in-distribution test set and the detection rate (TPR) on each OOD set of conformal
+    thresholds at each α (default 0.01, 0.05, 0.1), calibrated on the run's held-out
+    training images (:func:`calibrate`, run here when the run has no matching calibration).
+
+    Test features use the calibration seed + 1 (cached in ``RUN/features/``).
+    ``detector_options``: ``{detector: options}``. ``delta``: the calibration-conditional
+    threshold instead of the marginal one. Returns ``{detector: operating points}`` (see
+    :func:`vaeood.conformal.operating_points`; plus ``"calibration"``: the slice), or
+    ``{detector: {"error": message}}`` for a detector that cannot be calibrated on the run.
+    """
+    run_dir = Path(run_dir)
+    out = {}
+    for name in ([detectors] if isinstance(detectors, str) else detectors):
+        try:
+            scorer, record = _calibrated_scorer(run_dir, name, (detector_options or {}).get(name) or {},
+                                                n_calibration=n_calibration, n_fit=n_fit, data_dir=data_dir,
+                                                device=device, seed=0, batch_size=batch_size)
+        except (NoCalibrationError, conformal.CalibrationError) as err:
+            out[name] = {"error": str(err)}
+            continue
+        sets = {}
+        for dataset in [in_dataset, *ood_datasets]:
+            feats = compute_features(str(run_dir), dataset, split, scorer.detector.needs, data_dir=data_dir,
+                                     limit=limit, batch_size=batch_size, device=device, seed=record["seed"] + 1,
+                                     fit=fit)
+            sets[dataset] = np.asarray(scorer.detector.score(feats), dtype=np.float64)
+        rates = conformal.operating_points(record["scores"], sets[in_dataset],
+                                           {ood: sets[ood] for ood in ood_datasets}, alphas=alphas, delta=delta)
+        rates["calibration"] = {"dataset": record["dataset"], "split": record["split"],
+                                "slice": record["calibration_slice"], "fit_slice": record["fit_slice"]}
+        out[name] = rates
+    return out
+
+
+def format_decision_table(rates: dict) -> str:
+    """A Markdown table of :func:`decision_rates`: detector, α, realised FPR with its exact
+    95% interval, the binomial 95% bound of the FPR at a true rate α, and TPR per OOD set."""
+    oods = sorted({o for r in rates.values() for a in r.get("alphas", {}).values() for o in a.get("tpr", {})})
+    head = ["detector", "α", "n cal.", "realised FPR [95% CI]", "α + binomial 95%"] + [f"TPR {o}" for o in oods]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rates.items():
+        if "error" in r:
+            lines.append(f"| {name} | — | — | {r['error'].splitlines()[0][:120]} |" + " |" * (len(head) - 4))
+            continue
+        for key, a in r["alphas"].items():
+            if "error" in a:
+                lines.append(f"| {name} | {key} | {r['n_calibration']} | too few calibration images |"
+                             + " |" * (len(head) - 4))
+                continue
+            lo, hi = a["fpr_ci95"]
+            row = [name, key, str(r["n_calibration"]), f"{a['fpr']:.3f} [{lo:.3f}, {hi:.3f}]",
+                   f"{a['fpr_binomial_upper95']:.3f}"] + [f"{a['tpr'][o]['tpr']:.3f}" if o in a["tpr"] else "—"
+                                                          for o in oods]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
