@@ -121,6 +121,8 @@ def test_detect_refusals(tiny, capsys, tmp_path):
     assert "at least 999 are needed" in capsys.readouterr().err
     assert main(["detect", str(run), str(folder), "--alpha", "0.01", "--delta", "0.01", "--out", str(out)]) == 2
     assert "calibration-conditional" in capsys.readouterr().err
+    assert main(["detect", str(run), str(folder), "--alpha", "1.5", "--out", str(out)]) == 2
+    assert "alpha must be in (0, 1), got 1.5" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["detect", str(run), str(folder), "--delta", "0.1", "--fdr", "--out", str(out)])
     capsys.readouterr()

@@ -69,10 +69,12 @@ _EPS = 1e-9
 
 class CalibrationError(ValueError):
     """The calibration scores cannot support the requested decision (too few of them
-    for α/δ, or non-finite values)."""
+    for α/δ, non-finite values, or a level outside (0, 1))."""
 
 
-def _as_scores(values, what: str) -> np.ndarray:
+def check_scores(values, what: str) -> np.ndarray:
+    """``values`` as a float64 ``[N]`` array; :class:`CalibrationError` naming ``what`` when
+    any is NaN or infinite."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"{what}: expected a 1-D array of scores, got shape {arr.shape}")
@@ -84,16 +86,19 @@ def _as_scores(values, what: str) -> np.ndarray:
 
 
 def _check_level(value: float, name: str) -> float:
-    value = float(value)
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"{name} must be a number in (0, 1), got {value!r}") from None
+    if not 0.0 < value < 1.0:  # NaN fails too
+        raise CalibrationError(f"{name} must be in (0, 1), got {value}")
     return value
 
 
 def count_at_least(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """#{i : c_i ≥ s} for each s in ``scores`` (int64 ``[M]``), in O((n + M) log n)."""
-    cal = np.sort(_as_scores(calibration, "calibration scores"))
-    s = _as_scores(scores, "test scores")
+    cal = np.sort(check_scores(calibration, "calibration scores"))
+    s = check_scores(scores, "test scores")
     return (len(cal) - np.searchsorted(cal, s, side="left")).astype(np.int64)
 
 
@@ -106,7 +111,7 @@ def p_values(calibration, scores) -> np.ndarray:
     images (Vovk et al. 2005; Bates et al. 2023, eq. 2); ties count against the test
     image (≥), which keeps validity without randomisation.
     """
-    cal = _as_scores(calibration, "calibration scores")
+    cal = check_scores(calibration, "calibration scores")
     if len(cal) == 0:
         raise CalibrationError("no calibration scores: conformal p-values need in-distribution calibration images")
     return (1.0 + count_at_least(cal, scores)) / (len(cal) + 1.0)
@@ -200,7 +205,7 @@ class Threshold:
         return (1 + self.max_count) / (self.n + 1)
 
     def flag(self, scores) -> np.ndarray:
-        return _as_scores(scores, "test scores") > self.value
+        return check_scores(scores, "test scores") > self.value
 
     def describe(self) -> str:
         return describe_guarantee(self.guarantee, self.alpha, self.delta, self.n)
@@ -218,7 +223,7 @@ def threshold(calibration, alpha: float, delta: float | None = None) -> Threshol
     the calibration draw, P(false alarm | calibration) ≤ α), k from
     :func:`conditional_rank`. Both flag iff score > c_(k).
     """
-    cal = np.sort(_as_scores(calibration, "calibration scores"))
+    cal = np.sort(check_scores(calibration, "calibration scores"))
     n = len(cal)
     if delta is None:
         k, guarantee = marginal_rank(n, alpha), "marginal"
@@ -315,8 +320,8 @@ def decide(calibration, scores, alpha: float, *, delta: float | None = None, fdr
     if fdr and delta is not None:
         raise ValueError("choose one guarantee: fdr=True (Benjamini–Hochberg) or delta (calibration-conditional), "
                          "not both")
-    cal = _as_scores(calibration, "calibration scores")
-    s = _as_scores(scores, "test scores")
+    cal = check_scores(calibration, "calibration scores")
+    s = check_scores(scores, "test scores")
     p = p_values(cal, s)
     if fdr:
         alpha = _check_level(alpha, "alpha")
@@ -361,9 +366,9 @@ def operating_points(calibration, in_scores, ood_scores: dict[str, np.ndarray] |
 
     Returns ``{"n_calibration", "guarantee", "delta", "alphas": {str(α): {...}}}``.
     """
-    cal = _as_scores(calibration, "calibration scores")
-    s_in = _as_scores(in_scores, "in-distribution test scores")
-    oods = {name: _as_scores(v, f"OOD scores {name}") for name, v in (ood_scores or {}).items()}
+    cal = check_scores(calibration, "calibration scores")
+    s_in = check_scores(in_scores, "in-distribution test scores")
+    oods = {name: check_scores(v, f"OOD scores {name}") for name, v in (ood_scores or {}).items()}
     out = {"n_calibration": len(cal), "n_in": len(s_in), "guarantee": "marginal" if delta is None else "conditional",
            "delta": delta, "alphas": {}}
     for alpha in alphas:

@@ -234,7 +234,7 @@ def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: d
         scorer.fit(0, 0)
     scores = scorer.score_train_slice(data.name, data.split, *cal_slice, data_dir=where,
                                       allow_sample=config.data.allow_sample)
-    conformal._as_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
+    conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
     record = {
         "format": FORMAT, "detector": detector, "detector_options": scorer.options,
         "dataset": data.name, "split": data.split, "source": data.source, "is_sample": data.is_sample,
