@@ -343,6 +343,22 @@ def binomial_upper(rate: float, n: int, level: float = 0.95) -> float:
     return float(stats.binom.ppf(level, n, rate)) / n
 
 
+def realised_fpr_upper(t: Threshold, m: int, level: float = 0.95) -> float:
+    """The ``level`` quantile of the realised false-alarm fraction of threshold ``t`` on
+    ``m`` in-distribution test images, over the calibration draw *and* the test draw.
+
+    Given the calibration set, the false-alarm rate of "flag iff s > c_(k)" is
+    1 − F(c_(k)) ~ Beta(n + 1 − k, k) for i.i.d. continuous scores, and the number of
+    false alarms among m test images is Binomial(m, that rate): so the count is
+    Beta-Binomial(m, n + 1 − k, k) (exact; with ties it is stochastically smaller).
+    This is wider than :func:`binomial_upper` (which ignores that one calibration set
+    gives one threshold, whose own rate scatters around α with sd ≈ √(α(1 − α)/n)).
+    """
+    if m < 1:
+        raise ValueError("realised_fpr_upper needs m ≥ 1")
+    return float(stats.betabinom.ppf(level, m, t.n + 1 - t.rank, t.rank)) / m
+
+
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Exact (Clopper–Pearson) two-sided confidence interval of a proportion k/n."""
     if n < 1:
@@ -359,8 +375,10 @@ def operating_points(calibration, in_scores, ood_scores: dict[str, np.ndarray] |
 
     For each α in ``alphas``: the threshold from ``calibration`` (marginal, or
     calibration-conditional when ``delta`` is given), the realised FPR on the
-    in-distribution test scores ``in_scores`` (with its exact 95% interval and the
-    binomial 95% upper bound for a true rate of α), and the TPR on each OOD set of
+    in-distribution test scores ``in_scores`` with its exact 95% interval, the
+    binomial 95% upper bound for a true rate of α (``fpr_binomial_upper95``) and the
+    95% quantile of the realised FPR over calibration and test draws
+    (``fpr_upper95``, :func:`realised_fpr_upper`), and the TPR on each OOD set of
     ``ood_scores`` (name → scores). An α that the number of calibration scores cannot
     support gives ``{"error": message}`` instead of numbers.
 
@@ -382,6 +400,7 @@ def operating_points(calibration, in_scores, ood_scores: dict[str, np.ndarray] |
                  "fpr": false / len(s_in) if len(s_in) else float("nan"), "false_alarms": false,
                  "fpr_ci95": list(clopper_pearson(false, len(s_in))),
                  "fpr_binomial_upper95": binomial_upper(alpha, len(s_in)) if len(s_in) else float("nan"),
+                 "fpr_upper95": realised_fpr_upper(t, len(s_in)) if len(s_in) else float("nan"),
                  "tpr": {}}
         for name, s in oods.items():
             hits = int(t.flag(s).sum())

@@ -78,9 +78,9 @@ class DetectorScorer:
     """
 
     def __init__(self, run_dir: Path, detector: str, options: dict | None = None, *, device: str = "cpu",
-                 seed: int = 0, data_dir: str | None = None, batch_size: int | None = None, n_fit: int | None = None):
+                 seed: int = 0, data_dir: str | None = None, batch_size: int | None = None):
         self.run_dir, self.device, self.seed, self.data_dir = run_dir, device, seed, data_dir
-        self.batch_size, self.n_fit = batch_size, n_fit
+        self.batch_size = batch_size
         self.detector = make_detector(detector, options)
         self.name = detector
         self.fits = self.detector.fits
@@ -128,8 +128,7 @@ class DetectorScorer:
 
 
 def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None, *, device: str = "cpu",
-                seed: int = 0, data_dir: str | None = None, batch_size: int | None = None,
-                n_fit: int | None = None) -> DetectorScorer:
+                seed: int = 0, data_dir: str | None = None, batch_size: int | None = None) -> DetectorScorer:
     """The object that gives ``detector``'s scores under the run (see the module doc)."""
     if detector not in DETECTORS.names():
         from .registry import did_you_mean
@@ -137,7 +136,7 @@ def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None,
         raise NoCalibrationError(f"unknown detector {detector!r}{did_you_mean(detector, DETECTORS.names())}; "
                                  f"known: {', '.join(DETECTORS.names())}")
     return DetectorScorer(Path(run_dir), detector, options, device=device, seed=seed, data_dir=data_dir,
-                          batch_size=batch_size, n_fit=n_fit)
+                          batch_size=batch_size)
 
 
 def _jsonable(value):
@@ -506,9 +505,11 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
 
 def format_decision_table(rates: dict) -> str:
     """A Markdown table of :func:`decision_rates`: detector, α, realised FPR with its exact
-    95% interval, the binomial 95% bound of the FPR at a true rate α, and TPR per OOD set."""
+    95% interval, the binomial 95% bound of the FPR at a true rate α, the 95% quantile of
+    the realised FPR over calibration and test draws (Beta-Binomial), and TPR per OOD set."""
     oods = sorted({o for r in rates.values() for a in r.get("alphas", {}).values() for o in a.get("tpr", {})})
-    head = ["detector", "α", "n cal.", "realised FPR [95% CI]", "α + binomial 95%"] + [f"TPR {o}" for o in oods]
+    head = ["detector", "α", "n cal.", "realised FPR [95% CI]", "α + binomial 95%", "95% over cal. + test"] + \
+        [f"TPR {o}" for o in oods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rates.items():
         if "error" in r:
@@ -521,7 +522,7 @@ def format_decision_table(rates: dict) -> str:
                 continue
             lo, hi = a["fpr_ci95"]
             row = [name, key, str(r["n_calibration"]), f"{a['fpr']:.3f} [{lo:.3f}, {hi:.3f}]",
-                   f"{a['fpr_binomial_upper95']:.3f}"] + [f"{a['tpr'][o]['tpr']:.3f}" if o in a["tpr"] else "—"
-                                                          for o in oods]
+                   f"{a['fpr_binomial_upper95']:.3f}", f"{a['fpr_upper95']:.3f}"] + \
+                [f"{a['tpr'][o]['tpr']:.3f}" if o in a["tpr"] else "—" for o in oods]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
