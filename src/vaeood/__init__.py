@@ -11,6 +11,7 @@ per-image features, fitted out-of-distribution detectors, metrics, figures and r
 __version__ = "0.1.0"
 
 from .config import Config  # noqa: E402
+from .byo import VAEAdapter, VAEProtocol, from_pythae  # noqa: E402
 from .decisions import calibrate, decide  # noqa: E402
 from .detectors import DETECTORS  # noqa: E402
 from .evaluate import detect, evaluate, evaluate_model, fit_detector  # noqa: E402
@@ -21,4 +22,5 @@ from .scoring import score  # noqa: E402
 from .train import train  # noqa: E402
 
 __all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "compute_features", "fit_detector",
-           "detect", "evaluate_model", "calibrate", "decide", "FEATURES", "DETECTORS", "__version__"]
+           "detect", "evaluate_model", "calibrate", "decide", "FEATURES", "DETECTORS", "VAEAdapter", "VAEProtocol",
+           "from_pythae", "__version__"]

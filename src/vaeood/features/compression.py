@@ -5,8 +5,8 @@ successor, through ``imagecodecs``).
 
 Sizes are of the compressed *payload*, in bits, so that a constant image costs nearly
 nothing: for PNG the bytes of the IDAT chunks (the deflate stream of the filtered
-pixels, highest compression level), without the fixed signature/IHDR/IEND overhead of
-the file; for JPEG-XL the bare codestream (no container), effort 9, lossless.
+pixels at the highest compression level, less its 2-byte zlib header and 4-byte
+Adler-32 checksum), without the fixed signature/IHDR/IEND overhead of the file; for JPEG-XL the bare codestream (no container), effort 9, lossless.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ CODECS = ("png", "jxl")
 
 
 def png_payload_bytes(image: np.ndarray) -> int:
-    """Bytes of the IDAT chunks of the lossless PNG of ``image`` (uint8 ``[H, W]`` or ``[H, W, C]``)."""
+    """Bytes of the deflate stream in the IDAT chunks of the lossless PNG of ``image``
+    (uint8 ``[H, W]`` or ``[H, W, C]``), less the zlib wrapper's 6 bytes."""
     import imagecodecs
 
     data = imagecodecs.png_encode(image, level=9)
@@ -33,7 +34,7 @@ def png_payload_bytes(image: np.ndarray) -> int:
         if data[pos + 4: pos + 8] == b"IDAT":
             total += length
         pos += 12 + length
-    return total
+    return total - 6
 
 
 def jxl_bytes(image: np.ndarray) -> int:

@@ -130,7 +130,7 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
                 desc: str = "") -> dict[str, np.ndarray]:
     """Feature ``name`` of every image, uncached: ``{output: float64 [N]}``.
 
-    ``images``: uint8 numpy ``[N, H, W, C]`` (as datasets load) or a uint8 tensor
+    ``images``: uint8 numpy ``[N, H, W, C]`` (as datasets load; ``[N, H, W]`` for grey) or a uint8 tensor
     ``[N, C, H, W]``. Batches of ``batch_size`` (default 1000); batch ``b`` draws its
     noise from a generator seeded with ``seed * 1_000_003 + b`` and, under torchrun, runs
     on rank ``b mod W`` (so values do not depend on the number of processes).
@@ -145,6 +145,8 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
         batch_of = lambda s, e: images[s:e].to(dev)  # noqa: E731
     else:
         images = np.asarray(images)
+        if images.ndim == 3:  # grey [N, H, W]
+            images = images[..., None]
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 numpy [N, H, W, C], got {images.dtype} {images.shape}")
         batch_of = lambda s, e: to_tensor(images[s:e], dev)  # noqa: E731

@@ -1,0 +1,152 @@
+"""Features: known answers, batch independence, and the cache key (issue 10 item 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tinydata import blobs, strokes, write_fig2a_data, write_npz
+from vaeood.config import Config
+from vaeood.features import compute_feature, compute_features, feature_meta, features_of
+from vaeood.features.compression import compressed_bytes
+from vaeood.train import corrupt, train
+
+
+@pytest.fixture()
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("VAEOOD_DATA", raising=False)
+    return write_fig2a_data(tmp_path / "data")
+
+
+@pytest.fixture()
+def run(tmp_path, data_dir):
+    config = Config().override({"train.epochs": "1", "model.base_channels": "4", "model.latent_dim": "4",
+                                "model.likelihood": "dlogistic", "data.limit": "200"})
+    return train(config, tmp_path / "run", data_dir=str(data_dir))
+
+
+@pytest.mark.parametrize("codec, most", [("png", 0.2), ("jxl", 0.3)])  # of 8 bits/dim raw
+def test_a_constant_image_compresses_to_nearly_zero_bits_and_noise_does_not(codec, most):
+    constant = np.full((3, 28, 28, 1), 137, dtype=np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    assert (8 * compressed_bytes(constant, codec) / 784 < most).all()
+    assert (8 * compressed_bytes(noise, codec) / 784 > 7.5).all()  # incompressible: ≈ 8 bits/dim or more
+
+
+def test_deterministic_features_do_not_depend_on_the_batch(run):
+    from vaeood.run import load_model
+
+    model = load_model(run)[0]
+    images = np.concatenate([blobs(10, 5), strokes(10, 6)])
+    for name in ("posterior", "reconstruction", "compressed"):
+        whole = features_of(model, images, name, batch_size=20)
+        pieces = features_of(model, images, name, batch_size=3)
+        for key in whole:
+            np.testing.assert_allclose(whole[key], pieces[key], rtol=1e-6, err_msg=f"{name}/{key}")
+
+
+def test_log_px_of_an_image_does_not_depend_on_the_other_images_of_its_batch(run):
+    from vaeood.run import load_model
+
+    model = load_model(run)[0]
+    a = blobs(8, 5)
+    b = a.copy()
+    b[1:] = strokes(7, 9)  # same first image, different company
+    for est in ({"estimator": "elbo"}, {"estimator": "iwae", "estimator_options": {"k": 4}}):
+        fa = features_of(model, a, "log_px", est, seed=3)
+        fb = features_of(model, b, "log_px", est, seed=3)
+        assert fa["log_px_nats"][0] == pytest.approx(fb["log_px_nats"][0], rel=1e-6)
+
+
+def test_compute_features_flattens_and_caches(run, data_dir):
+    feats = compute_features(run, "mnist", "test", ["log_px", "posterior", "reconstruction"],
+                             data_dir=str(data_dir), limit=16)
+    for key in ("log_px_nats", "bpd", "rate_nats", "mu_z_norm", "sigma_z_norm", "recon_log_l2",
+                "posterior_entropy_nats", "prior_cross_entropy_nats"):
+        assert feats[key].shape == (16,), key
+    # KL(q||p) = cross-entropy − entropy, and the ELBO's analytic rate is that KL
+    np.testing.assert_allclose(feats["prior_cross_entropy_nats"] - feats["posterior_entropy_nats"],
+                               feats["rate_nats"], rtol=1e-4, atol=1e-3)
+    assert set(feats["meta"]) == {"log_px", "posterior", "reconstruction"}
+    files = sorted(p.name for p in (run / "features").iterdir())
+    assert len(files) == 3 and all("first16" in f for f in files)
+    stamps = {p: p.stat().st_mtime_ns for p in (run / "features").iterdir()}
+    compute_features(run, "mnist", "test", ["log_px", "posterior", "reconstruction"], data_dir=str(data_dir),
+                     limit=16)
+    assert {p: p.stat().st_mtime_ns for p in (run / "features").iterdir()} == stamps
+
+
+def test_a_slice_is_part_of_the_key(run, data_dir):
+    first = compute_feature(run, "mnist", "test", "posterior", data_dir=str(data_dir), start=0, stop=8)
+    later = compute_feature(run, "mnist", "test", "posterior", data_dir=str(data_dir), start=8, stop=16)
+    both = compute_feature(run, "mnist", "test", "posterior", data_dir=str(data_dir), limit=16)
+    np.testing.assert_allclose(np.concatenate([first["mu_z_norm"], later["mu_z_norm"]]), both["mu_z_norm"])
+    assert feature_meta(later)["start"] == 8 and feature_meta(later)["stop"] == 16
+
+
+def test_an_unreadable_cache_file_is_recomputed_with_a_warning_naming_it(run, data_dir, caplog):
+    first = compute_feature(run, "mnist", "test", "posterior", data_dir=str(data_dir), limit=8)
+    path = next((run / "features").glob("mnist_test_posterior*.npz"))
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    again = compute_feature(run, "mnist", "test", "posterior", data_dir=str(data_dir), limit=8)
+    assert str(path) in caplog.text and "recomputing" in caplog.text
+    np.testing.assert_allclose(first["mu_z_norm"], again["mu_z_norm"])
+
+
+def _cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "vaeood.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_the_cache_never_reuses_features_of_other_data_through_the_cli(tmp_path, run, data_dir):
+    """Issue 10, case 1: the same request against another data dir, and against a file
+    replaced in place, must compute from the new images (not print "reusing")."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("VAEOOD_DATA", None)
+    other = tmp_path / "other"
+    write_npz(other, "mnist", "test", blobs(40, 11))  # other images under the same name
+    first = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--limit", "20", env=env)
+    assert first.returncode == 0, first.stderr
+    swapped = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), "--limit", "20", env=env)
+    assert swapped.returncode == 0, swapped.stderr
+    assert "reusing" not in swapped.stderr
+    assert first.stdout.split("mean log p(x) = ")[1] != swapped.stdout.split("mean log p(x) = ")[1]
+    # replaced in place: 1 image, then 50
+    write_npz(other, "mnist", "test", strokes(1, 4))
+    one = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
+    assert "mnist/test: 1 images" in one.stdout, one.stderr
+    write_npz(other, "mnist", "test", strokes(50, 4))
+    fifty = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
+    assert "mnist/test: 50 images" in fifty.stdout and "reusing" not in fifty.stderr
+    # and the same data again is reused
+    again = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
+    assert "reusing" in again.stderr and again.stdout == fifty.stdout
+
+
+def test_corrupt_replaces_pixels_at_the_rate_asked(tmp_path):
+    x = torch.full((64, 1, 28, 28), 7, dtype=torch.uint8)
+    assert torch.equal(corrupt(x, 0.0, torch.Generator().manual_seed(0)), x)
+    noisy = corrupt(x, 0.2, torch.Generator().manual_seed(0))
+    changed = (noisy != x).double().mean().item()
+    assert changed == pytest.approx(0.2 * 255 / 256, abs=0.01)  # a replacement may draw the same value
+    values = noisy[noisy != x].double()
+    assert values.min() >= 0 and values.max() <= 255 and abs(values.mean().item() - 127.5) < 5
+
+
+def test_holdout_keeps_the_last_images_out_of_training_and_defaults_change_nothing(tmp_path, data_dir):
+    from vaeood.checkpoint import load_checkpoint
+    from vaeood.fitdata import heldout_slice
+
+    base = {"train.epochs": "1", "model.base_channels": "4", "model.latent_dim": "4"}
+    run = train(Config().override({**base, "data.holdout": "56"}), tmp_path / "h", data_dir=str(data_dir))
+    assert load_checkpoint(run)["train_data"]["trained_range"] == [0, 200]
+    sl = heldout_slice(run, data_dir=str(data_dir))
+    assert (sl["start"], sl["stop"]) == (200, 256)
+    plain = train(Config().override(base), tmp_path / "p", data_dir=str(data_dir))
+    assert load_checkpoint(plain)["train_data"]["trained_range"] == [0, 256]
