@@ -110,20 +110,26 @@ class DetectorScorer:
         else:
             self.detector.fit({})
 
-    def score_train_slice(self, dataset: str, split: str, start: int, stop: int, *, data_dir, allow_sample) -> np.ndarray:
+    def score_slice(self, dataset: str, split: str, *, seed: int, start: int | None = None,
+                    stop: int | None = None, limit: int | None = None, data_dir=None, allow_sample: bool = False,
+                    fit: str | None = None) -> np.ndarray:
+        """Scores of a slice of a dataset split, from features cached in ``RUN/features/``."""
         feats = compute_features(str(self.run_dir), dataset, split, self.detector.needs, data_dir=data_dir,
-                                 start=start, stop=stop, batch_size=self.batch_size, device=self.device,
-                                 seed=self.seed, allow_sample=allow_sample)
+                                 start=start, stop=stop, limit=limit, batch_size=self.batch_size, device=self.device,
+                                 seed=seed, allow_sample=allow_sample, fit=fit)
         return np.asarray(self.detector.score(feats), dtype=np.float64)
 
-    def score_images(self, images: np.ndarray) -> np.ndarray:
+    def score_images(self, images: np.ndarray, seed: int) -> np.ndarray:
+        """Scores of an array of images, from features computed now (no cache): the
+        calibration images and the images to decide on go through this same path, so
+        that both are scored by the same code."""
         needs = {}
         for key, opts in self.detector.needs.items():  # another run's model (e.g. a background model) by object
             opts = dict(opts)
             if isinstance(opts.get("run"), (str, Path)):
                 opts["run"] = load_model(opts["run"], self.device)[0]
             needs[key] = opts
-        feats = needs_features(self.model, images, needs, seed=self.seed + 1, batch_size=self.batch_size)
+        feats = needs_features(self.model, images, needs, seed=seed, batch_size=self.batch_size)
         return np.asarray(self.detector.score(feats), dtype=np.float64)
 
 
@@ -231,8 +237,7 @@ def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: d
         scorer.fit(*fit_slice)
     else:
         scorer.fit(0, 0)
-    scores = scorer.score_train_slice(data.name, data.split, *cal_slice, data_dir=where,
-                                      allow_sample=config.data.allow_sample)
+    scores = scorer.score_images(data.images[cal_slice[0]:cal_slice[1]], seed)
     conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
     record = {
         "format": FORMAT, "detector": detector, "detector_options": scorer.options,
@@ -375,10 +380,7 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     record = load_calibration(run_dir, detector, detector_options)
     scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],
                          data_dir=data_dir, batch_size=batch_size)
-    if scorer.fits:
-        _refit_and_check(scorer, record, data_dir)
-    else:
-        scorer.fit(0, 0)
+    _refit_and_check(scorer, record, data_dir)
     cal = record["scores"]
     # refuse an impossible alpha/delta before reading and scoring the input
     if fdr or delta is None:
@@ -387,7 +389,7 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
         conformal.conditional_rank(len(cal), alpha, delta)
     images: InputImages = load_input(source, shape=scorer.image_shape, fit=fit, skip_bad=skip_bad, split=split,
                                      data_dir=data_dir, limit=limit)
-    scores = np.asarray(scorer.score_images(images.images), dtype=np.float64)
+    scores = scorer.score_images(images.images, record["seed"] + 1)
     decision = conformal.decide(cal, scores, alpha, delta=delta, fdr=fdr)
     rank = None if decision.guarantee == "fdr" else conformal.threshold(cal, alpha, delta).rank
     summary = {
@@ -411,29 +413,34 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
 
 
 def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None) -> None:
-    """Fit the detector again on its recorded slice (features cached in the run) and check
-    that it reproduces the saved calibration scores on the same images: a detector
-    fitted differently, or other calibration images, would void the guarantee."""
+    """Fit the detector again on its recorded slice (features cached in the run), score
+    the calibration images again through the path the images to decide on take, and
+    check that this reproduces the saved calibration scores: a detector fitted
+    differently, features computed by other code, or other calibration images would
+    void the guarantee."""
     config, data, where = _training_split(scorer.run_dir, data_dir)
     a, b = record["calibration_slice"]
+    how = _how_to_calibrate(scorer.run_dir, record["detector"])
     if images_sha256(data.images[a:b]) != record["calibration_images_sha256"]:
         raise NoCalibrationError(f"the calibration images {record['dataset']}/{record['split']}[{a}:{b}] found now "
-                                 f"differ from those calibrated on; calibrate again: "
-                                 f"{_how_to_calibrate(scorer.run_dir, record['detector'])}")
-    scorer.fit(*record["fit_slice"])
-    again = scorer.score_train_slice(data.name, data.split, a, b, data_dir=where,
-                                     allow_sample=config.data.allow_sample)
-    if not np.allclose(again, record["scores"], rtol=1e-6, atol=1e-9):
-        raise NoCalibrationError(f"detector {record['detector']!r} fitted again does not reproduce its calibration "
-                                 "scores (is its fit random?); calibrate again: "
-                                 f"{_how_to_calibrate(scorer.run_dir, record['detector'])}")
+                                 f"differ from those calibrated on; calibrate again: {how}")
+    scorer.fit(*(record["fit_slice"] or (0, 0)))
+    again = scorer.score_images(data.images[a:b], record["seed"])
+    if not np.allclose(again, record["scores"], rtol=1e-5, atol=1e-6):
+        worst = float(np.max(np.abs(again - record["scores"])))
+        raise NoCalibrationError(f"detector {record['detector']!r} no longer reproduces its calibration scores "
+                                 f"(largest difference {worst:.3g}): its fit or its features changed since "
+                                 f"calibration (another vaeood version, a random fit, a recomputed feature cache); "
+                                 f"calibrate again: {how}")
 
 
 def operating_points_for_run(run_dir: str | Path, detector: str, in_scores, ood_scores: dict | None = None, *,
                              alphas=DEFAULT_ALPHAS, delta: float | None = None) -> dict:
     """:func:`vaeood.conformal.operating_points` with the run's saved calibration scores
     of ``detector``: per α, the realised FPR on ``in_scores`` (test in-distribution
-    scores of the same detector) and the TPR on each OOD set of ``ood_scores``."""
+    scores of the same detector, computed by the same code and options as the
+    calibration: check with :func:`load_calibration`'s ``detector_options``) and the
+    TPR on each OOD set of ``ood_scores``. :func:`decision_rates` computes both itself."""
     record = load_calibration(run_dir, detector)
     out = conformal.operating_points(record["scores"], in_scores, ood_scores, alphas=alphas, delta=delta)
     out["calibration"] = {"dataset": record["dataset"], "split": record["split"],
@@ -441,26 +448,20 @@ def operating_points_for_run(run_dir: str | Path, detector: str, in_scores, ood_
     return out
 
 
-def _calibrated_scorer(run_dir: Path, detector: str, options: dict | None, *, n_calibration, n_fit, data_dir,
-                       device, seed, batch_size) -> tuple[DetectorScorer, dict]:
-    """The run's calibration of ``detector`` (made now if missing, stale or of other
-    options/sizes) and its scorer, fitted as calibrated."""
+def _calibration_for_rates(run_dir: Path, detector: str, options: dict, *, n_calibration, n_fit, data_dir,
+                           device, batch_size) -> dict:
+    """The run's calibration record of ``detector`` with these options and sizes, made
+    now if missing, stale, or of other options or sizes."""
     try:
         record = load_calibration(run_dir, detector, options)
         if n_calibration is not None and record["n_calibration"] != n_calibration:
             raise NoCalibrationError("another calibration size")
         if n_fit is not None and record["fit_slice"] and record["fit_slice"][1] - record["fit_slice"][0] != n_fit:
             raise NoCalibrationError("another fitting slice")
+        return record
     except NoCalibrationError:
-        record = calibrate(run_dir, detector, detector_options=options, n_calibration=n_calibration, n_fit=n_fit,
-                           data_dir=data_dir, device=device, seed=seed, batch_size=batch_size)
-    scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],
-                         data_dir=data_dir, batch_size=batch_size)
-    if scorer.fits:
-        _refit_and_check(scorer, record, data_dir)
-    else:
-        scorer.fit(0, 0)
-    return scorer, record
+        return calibrate(run_dir, detector, detector_options=options, n_calibration=n_calibration, n_fit=n_fit,
+                         data_dir=data_dir, device=device, batch_size=batch_size)
 
 
 def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], detectors=("nll",), *,
@@ -473,7 +474,9 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
     thresholds at each α (default 0.01, 0.05, 0.1), calibrated on the run's held-out
     training images (:func:`calibrate`, run here when the run has no matching calibration).
 
-    Test features use the calibration seed + 1 (cached in ``RUN/features/``).
+    The calibration record gives the slices; the calibration and test scores are both
+    computed here from features cached in ``RUN/features/`` (so by the same code; test
+    features with the calibration seed + 1).
     ``detector_options``: ``{detector: options}``. ``delta``: the calibration-conditional
     threshold instead of the marginal one. Returns ``{detector: operating points}`` (see
     :func:`vaeood.conformal.operating_points`; plus ``"calibration"``: the slice), or
@@ -483,19 +486,24 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
     out = {}
     for name in ([detectors] if isinstance(detectors, str) else detectors):
         try:
-            scorer, record = _calibrated_scorer(run_dir, name, (detector_options or {}).get(name) or {},
-                                                n_calibration=n_calibration, n_fit=n_fit, data_dir=data_dir,
-                                                device=device, seed=0, batch_size=batch_size)
+            record = _calibration_for_rates(run_dir, name, (detector_options or {}).get(name) or {},
+                                            n_calibration=n_calibration, n_fit=n_fit, data_dir=data_dir,
+                                            device=device, batch_size=batch_size)
         except (NoCalibrationError, conformal.CalibrationError) as err:
             out[name] = {"error": str(err)}
             continue
-        sets = {}
-        for dataset in [in_dataset, *ood_datasets]:
-            feats = compute_features(str(run_dir), dataset, split, scorer.detector.needs, data_dir=data_dir,
-                                     limit=limit, batch_size=batch_size, device=device, seed=record["seed"] + 1,
-                                     fit=fit)
-            sets[dataset] = np.asarray(scorer.detector.score(feats), dtype=np.float64)
-        rates = conformal.operating_points(record["scores"], sets[in_dataset],
+        config, data, where = _training_split(run_dir, data_dir)
+        scorer = make_scorer(run_dir, name, record["detector_options"], device=device, seed=record["seed"],
+                             data_dir=where, batch_size=batch_size)
+        scorer.fit(*(record["fit_slice"] or (0, 0)))
+        # calibration and test scores from the same feature cache, so from the same code
+        a, b = record["calibration_slice"]
+        cal = scorer.score_slice(data.name, data.split, seed=record["seed"], start=a, stop=b, data_dir=where,
+                                 allow_sample=config.data.allow_sample)
+        sets = {dataset: scorer.score_slice(dataset, split, seed=record["seed"] + 1, limit=limit, data_dir=data_dir,
+                                            fit=fit)
+                for dataset in [in_dataset, *ood_datasets]}
+        rates = conformal.operating_points(cal, sets[in_dataset],
                                            {ood: sets[ood] for ood in ood_datasets}, alphas=alphas, delta=delta)
         rates["calibration"] = {"dataset": record["dataset"], "split": record["split"],
                                 "slice": record["calibration_slice"], "fit_slice": record["fit_slice"]}
