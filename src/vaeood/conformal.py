@@ -64,7 +64,7 @@ GUARANTEES = ("marginal", "conditional", "fdr")
 
 # α·(n + 1) is compared with integers; a binary float such as 0.29·100 = 28.999999999999996
 # must count as 29 (the user meant 0.29), so counts are floored with this relative slack.
-_EPS = 1e-9
+_EPS = 1e-12
 
 
 class CalibrationError(ValueError):
