@@ -98,6 +98,10 @@ def test_detect_end_to_end(tiny, capsys):
     np.testing.assert_allclose(by_name.scores, vaeood.decide(run, root / "mn30.npz").scores, rtol=1e-6)
     assert by_name.names[0] == "mnist/test[0]" and len(by_name.names) == 30
 
+    on_train = vaeood.decide(run, "fashion_mnist", split="train", limit=20)
+    assert "carry no guarantee" in on_train.summary_text() and on_train.summary["warnings"]
+    assert by_name.summary["warnings"] == []
+
     # calibration-conditional and FDR rules
     cond = vaeood.decide(run, folder, alpha=0.1, delta=0.1)
     t = conformal.threshold(cal, 0.1, 0.1)

@@ -338,6 +338,7 @@ class Detection:
             lines.append(f"skipped {len(s['skipped'])} files: " +
                          "; ".join(f"{n} ({r})" for n, r in s["skipped"][:10]) +
                          (" ..." if len(s["skipped"]) > 10 else ""))
+        lines += [f"warning: {w}" for w in s.get("warnings", [])]
         if s["fitted"]:
             lines.append(f"images fitted to the model: {s['fitted']['description']} (a change of the images: the "
                          "guarantee covers them only if in-distribution images arrive fitted the same way)")
@@ -405,7 +406,14 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
                         "fit_slice": record["fit_slice"], "images_sha256": record["calibration_images_sha256"]},
         "checkpoint_sha256": record["checkpoint_sha256"],
         "score_direction": "higher = more out-of-distribution",
+        "warnings": [],
     }
+    if images.kind == "dataset" and (str(source), split) == (record["dataset"], record["split"]):
+        summary["warnings"].append(
+            f"these are images of the split the run was trained and calibrated on ({record['dataset']}/{split}: "
+            f"trained on [0:{record['train_slice'][1]}], calibrated on [{record['calibration_slice'][0]}:"
+            f"{record['calibration_slice'][1]}]); their decisions carry no guarantee")
+        log.warning("%s", summary["warnings"][-1])
     result = Detection(images.names, scores, decision.p_values, decision.flagged, summary, labels=images.labels)
     if out is not None:
         result.write(out)
