@@ -224,10 +224,14 @@ def test_decision_rates_for_the_suite_report(tiny):
     assert nll["n_calibration"] == 150 and nll["calibration"]["slice"] == [300, 450]
     assert "at least 999" in nll["alphas"]["0.001"]["error"]  # 150 calibration images cannot support 0.001
     assert nll["alphas"]["0.01"]["rank"] == 150  # floor(0.01 * 151) = 1: only scores above the largest
-    # an independent computation from the features (test features use seed 1)
+    # an independent computation from the features (test features use seed 0 as evaluate's, calibration seed 1)
+    assert nll["calibration"]["seed"] == 1 and nll["calibration"]["test_seed"] == 0
     cal = calibration_scores(run, "nll")
-    s_in = -vaeood.compute_features(run, "fashion_mnist", "test", "log_px", data_dir=str(data), seed=1)["log_px_nats"]
-    s_ood = -vaeood.compute_features(run, "mnist", "test", "log_px", data_dir=str(data), seed=1)["log_px_nats"]
+    s_in = -vaeood.compute_features(run, "fashion_mnist", "test", "log_px", data_dir=str(data))["log_px_nats"]
+    s_ood = -vaeood.compute_features(run, "mnist", "test", "log_px", data_dir=str(data))["log_px_nats"]
+    cal_again = -vaeood.compute_features(run, "fashion_mnist", "train", "log_px", start=300, stop=450, seed=1,
+                                         data_dir=str(data))["log_px_nats"]
+    np.testing.assert_allclose(cal, cal_again, rtol=1e-6)
     t = conformal.threshold(cal, 0.1)
     assert nll["alphas"]["0.1"]["fpr"] == pytest.approx((s_in > t.value).mean())
     assert nll["alphas"]["0.1"]["tpr"]["mnist"]["tpr"] == pytest.approx((s_ood > t.value).mean())

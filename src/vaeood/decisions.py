@@ -457,25 +457,29 @@ def operating_points_for_run(run_dir: str | Path, detector: str, in_scores, ood_
 
 
 def _calibration_for_rates(run_dir: Path, detector: str, options: dict, *, n_calibration, n_fit, data_dir,
-                           device, batch_size) -> dict:
-    """The run's calibration record of ``detector`` with these options and sizes, made
-    now if missing, stale, or of other options or sizes."""
+                           device, batch_size, test_seed: int) -> dict:
+    """The run's calibration record of ``detector`` with these options and sizes and a
+    seed other than ``test_seed``, made now (with ``test_seed + 1``) if missing, stale,
+    or of other options, sizes or that seed."""
     try:
         record = load_calibration(run_dir, detector, options)
         if n_calibration is not None and record["n_calibration"] != n_calibration:
             raise NoCalibrationError("another calibration size")
         if n_fit is not None and record["fit_slice"] and record["fit_slice"][1] - record["fit_slice"][0] != n_fit:
             raise NoCalibrationError("another fitting slice")
+        if record["seed"] == test_seed:
+            raise NoCalibrationError("the test images' seed")
         return record
     except NoCalibrationError:
         return calibrate(run_dir, detector, detector_options=options, n_calibration=n_calibration, n_fit=n_fit,
-                         data_dir=data_dir, device=device, batch_size=batch_size)
+                         data_dir=data_dir, device=device, seed=test_seed + 1, batch_size=batch_size)
 
 
 def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], detectors=("nll",), *,
                    detector_options: dict | None = None, alphas=DEFAULT_ALPHAS, delta: float | None = None,
                    split: str = "test", limit: int | None = None, n_calibration: int | None = None,
-                   n_fit: int | None = None, data_dir: str | None = None, device: str = "cpu", fit: str | None = None,
+                   n_fit: int | None = None, data_dir: str | None = None, data_dirs: dict | None = None,
+                   device: str = "cpu", seed: int = 0, fit: str | None = None, allow_sample: bool = False,
                    batch_size: int | None = None) -> dict:
     """For the ood-suite report: per detector, the realised false-alarm rate on the
     in-distribution test set and the detection rate (TPR) on each OOD set of conformal
@@ -483,11 +487,15 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
     training images (:func:`calibrate`, run here when the run has no matching calibration).
 
     The calibration record gives the slices; the calibration and test scores are both
-    computed here from features cached in ``RUN/features/`` (so by the same code; test
-    features with the calibration seed + 1).
-    ``detector_options``: ``{detector: options}``. ``delta``: the calibration-conditional
-    threshold instead of the marginal one. Returns ``{detector: operating points}`` (see
-    :func:`vaeood.conformal.operating_points`; plus ``"calibration"``: the slice), or
+    computed here from features cached in ``RUN/features/`` (so by the same code). The
+    test sets' features use ``seed``, as :func:`vaeood.evaluate` with the same arguments
+    does (so its cache is reused); the calibration's use another seed (``seed + 1``).
+    Arguments as :func:`vaeood.evaluate`'s: ``limit`` the first N test images of each
+    set, ``n_fit`` its ``fit_limit``, ``data_dirs`` a folder per dataset name (overriding
+    ``data_dir``), ``fit`` pad/resize for sets of another shape. ``detector_options``:
+    ``{detector: options}``. ``delta``: the calibration-conditional threshold instead of
+    the marginal one. Returns ``{detector: operating points}`` (see
+    :func:`vaeood.conformal.operating_points`; plus ``"calibration"``: the slices), or
     ``{detector: {"error": message}}`` for a detector that cannot be calibrated on the run.
     """
     run_dir = Path(run_dir)
@@ -496,7 +504,7 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         try:
             record = _calibration_for_rates(run_dir, name, (detector_options or {}).get(name) or {},
                                             n_calibration=n_calibration, n_fit=n_fit, data_dir=data_dir,
-                                            device=device, batch_size=batch_size)
+                                            device=device, batch_size=batch_size, test_seed=seed)
         except (NoCalibrationError, conformal.CalibrationError) as err:
             out[name] = {"error": str(err)}
             continue
@@ -508,13 +516,15 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         a, b = record["calibration_slice"]
         cal = scorer.score_slice(data.name, data.split, seed=record["seed"], start=a, stop=b, data_dir=where,
                                  allow_sample=config.data.allow_sample)
-        sets = {dataset: scorer.score_slice(dataset, split, seed=record["seed"] + 1, limit=limit, data_dir=data_dir,
-                                            fit=fit)
+        sets = {dataset: scorer.score_slice(dataset, split, seed=seed, limit=limit,
+                                            data_dir=(data_dirs or {}).get(dataset, data_dir), fit=fit,
+                                            allow_sample=allow_sample)
                 for dataset in [in_dataset, *ood_datasets]}
         rates = conformal.operating_points(cal, sets[in_dataset],
                                            {ood: sets[ood] for ood in ood_datasets}, alphas=alphas, delta=delta)
         rates["calibration"] = {"dataset": record["dataset"], "split": record["split"],
-                                "slice": record["calibration_slice"], "fit_slice": record["fit_slice"]}
+                                "slice": record["calibration_slice"], "fit_slice": record["fit_slice"],
+                                "seed": record["seed"], "test_seed": seed}
         out[name] = rates
     return out
 
