@@ -128,6 +128,13 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
 
     common = dict(data_dir=data_dir, limit=limit, device=device, seed=seed, fit=fit, allow_sample=allow_sample,
                   progress=progress)
+    loaded = {}  # each split read once per call (the cache key is the digest of its images all the same)
+
+    def data_of(name: str, which: str, where: str | None, sample: bool):
+        if (name, which) not in loaded:
+            loaded[name, which] = load_dataset(name, which, data_dir=where, allow_sample=sample)
+        return loaded[name, which]
+
     results, det_info, score_files, batch_tests = {}, {}, {}, {}
     for name, det in dets.items():
         started = time.perf_counter()
@@ -141,7 +148,9 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
             fit_features = compute_features(run_dir, fit_slice["dataset"], fit_slice["split"], det.needs,
                                             data_dir=fit_slice["data_dir"], start=fit_slice["start"],
                                             stop=fit_slice["stop"], device=device, seed=seed,
-                                            allow_sample=fit_slice["allow_sample"], progress=progress)
+                                            allow_sample=fit_slice["allow_sample"], progress=progress,
+                                            data=data_of(fit_slice["dataset"], fit_slice["split"],
+                                                         fit_slice["data_dir"], fit_slice["allow_sample"]))
             _add_seconds(feature_seconds, fit_features["meta"])
             t0 = time.perf_counter()
             det.fit(fit_features)
@@ -151,7 +160,9 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
             fit_seconds = 0.0
         set_scores, score_seconds, nll_by_set = {}, 0.0, {}
         for set_name in [in_dataset, *ood_datasets]:
-            feats = compute_features(run_dir, set_name, split, det.needs, **common)
+            feats = compute_features(run_dir, set_name, split, det.needs, **common,
+                                     data=data_of(set_name, split, data_dir or run_config(run_dir).data.data_dir,
+                                                  allow_sample))
             _add_seconds(feature_seconds, feats["meta"])
             t0 = time.perf_counter()
             set_scores[set_name] = det.score(feats)

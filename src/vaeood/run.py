@@ -5,7 +5,8 @@ Layout::
     RUN/config.json        resolved config (also inside the checkpoint)
     RUN/metrics.jsonl      one line per finished epoch
     RUN/checkpoint.pt      last finished epoch (model, optimiser, RNG, history)
-    RUN/scores/*.npz       per-image estimates, reusable without retraining
+    RUN/features/*.npz     per-image features (log p(x), posterior stats, ...), cached by checkpoint + data digest
+    RUN/detector_scores/   per-image detector scores of the last evaluate (ROC curves)
 """
 
 from __future__ import annotations

@@ -3,16 +3,22 @@
     T(x) = (log p(x) [ELBO], rate KL(q‖p), distortion −E_q log p(x|z),
             posterior entropy H[q(z|x)], cross-entropy −E_q log p(z))
     t(x) = (T(x) − mean_fit) / sd_fit                (standardised on the fit images)
-    S(x) = −log q̂(t(x))                             (``dose``: Gaussian KDE q̂)
+    S(x) = −Σ_i log q̂_i(t_i(x))                     (``dose``: a 1-D Gaussian KDE q̂_i per statistic)
+    S(x) = −log q̂(t(x))                             (``dose`` with ``kde="joint"``: one 5-D KDE)
     S(x) = −f(t(x))                                  (``dose_svm``: one-class SVM decision f)
 
 Morningstar, Ham, Gallagher, Lakshminarayanan, Alemi & Dillon (AISTATS 2021), "Density
 of States Estimation for Out-of-Distribution Detection": the model's likelihood alone
 is not a good test statistic, but the joint density of several of its summary
 statistics, estimated non-parametrically on held-out training images, is. The KDE
-bandwidth is Scott's rule on the standardised statistics (h = n^(−1/(d+4))) or chosen
-by 5-fold cross-validated likelihood (``bandwidth="cv"``); the SVM is RBF with
-``gamma="scale"`` and ``nu``.
+treats the statistics as independent by default (a product of one-dimensional KDEs,
+DoSE_KDE as we read the paper); ``kde="joint"`` fits one KDE on the joint statistics.
+The five are far from independent (rate = cross-entropy − entropy, log p = −(rate +
+distortion)), and on a Fashion-MNIST VAE the joint KDE separated MNIST worse (AUROC
+0.76 against 0.89 for the product). The bandwidth is Scott's rule on the standardised
+statistics (h = n^(−1/(d+4))), Silverman's, a number, or chosen by 5-fold
+cross-validated likelihood (``bandwidth="cv"``); the SVM is RBF with ``gamma="scale"``
+and ``nu``.
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ class DoSE(Detector):
     default_method = "kde"
 
     def __init__(self, *, method: str | None = None, stats: tuple | list | None = None,
-                 bandwidth: str | float = "scott", nu: float = 0.1):
+                 bandwidth: str | float = "scott", kde: str = "independent", nu: float = 0.1):
         method = method or self.default_method
+        if kde not in ("independent", "joint"):
+            raise ValueError(f"dose: kde must be 'independent' or 'joint', got {kde!r}")
         if method not in ("kde", "svm"):
             raise ValueError(f"dose: method must be 'kde' or 'svm', got {method!r}")
         if not (isinstance(bandwidth, (int, float)) and bandwidth > 0 or bandwidth in ("scott", "silverman", "cv")):
             raise ValueError(f"dose: bandwidth must be 'scott', 'silverman', 'cv' or a positive number, got {bandwidth!r}")
-        super().__init__(method=method, stats=list(stats or DOSE_STATS), bandwidth=bandwidth, nu=nu)
+        super().__init__(method=method, stats=list(stats or DOSE_STATS), bandwidth=bandwidth, nu=nu,
+                         **({"kde": kde} if method == "kde" else {}))
 
     @property
     def needs(self):
@@ -54,26 +63,36 @@ class DoSE(Detector):
 
             self.model = OneClassSVM(kernel="rbf", gamma="scale", nu=self.options["nu"]).fit(t)
             return
-        from sklearn.neighbors import KernelDensity
-
-        bw = self.options["bandwidth"]
-        if bw == "cv":
-            from sklearn.model_selection import GridSearchCV
-
-            grid = GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-1.5, 0.5, 12)}, cv=5)
-            bw = float(grid.fit(t).best_params_["bandwidth"])
-        elif bw == "scott":
-            bw = len(t) ** (-1.0 / (t.shape[1] + 4))
-        elif bw == "silverman":
-            bw = (len(t) * (t.shape[1] + 2) / 4.0) ** (-1.0 / (t.shape[1] + 4))
-        self.bandwidth_ = float(bw)
-        self.model = KernelDensity(kernel="gaussian", bandwidth=self.bandwidth_).fit(t)
+        columns = [t] if self.options["kde"] == "joint" else [t[:, [i]] for i in range(t.shape[1])]
+        self.kdes = [_kde(c, self.options["bandwidth"]) for c in columns]
+        self.bandwidth_ = [float(k.bandwidth) for k in self.kdes]
 
     def _score(self, features):
         t = (stack(features, self.options["stats"]) - self.mean) / self.std
         if self.options["method"] == "svm":
             return -self.model.decision_function(t)
-        return -self.model.score_samples(t)
+        if self.options["kde"] == "joint":
+            return -self.kdes[0].score_samples(t)
+        return -sum(k.score_samples(t[:, [i]]) for i, k in enumerate(self.kdes))
+
+
+def _kde(t: np.ndarray, bandwidth):
+    """A Gaussian KDE on standardised data ``t [n, d]`` with the bandwidth rule asked for."""
+    from sklearn.neighbors import KernelDensity
+
+    n, d = t.shape
+    if bandwidth == "cv":
+        from sklearn.model_selection import GridSearchCV
+
+        grid = GridSearchCV(KernelDensity(), {"bandwidth": np.logspace(-1.5, 0.5, 12)}, cv=5)
+        bw = float(grid.fit(t).best_params_["bandwidth"])
+    elif bandwidth == "scott":
+        bw = n ** (-1.0 / (d + 4))
+    elif bandwidth == "silverman":
+        bw = (n * (d + 2) / 4.0) ** (-1.0 / (d + 4))
+    else:
+        bw = float(bandwidth)
+    return KernelDensity(kernel="gaussian", bandwidth=bw).fit(t)
 
 
 @DETECTORS.register("dose_svm")

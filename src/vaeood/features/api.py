@@ -27,7 +27,8 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
                      needs: Mapping[str, dict] | Iterable[str] | str = ("log_px",), *, data_dir: str | None = None,
                      limit: int | None = None, start: int | None = None, stop: int | None = None,
                      batch_size: int | None = None, device: str = "cpu", seed: int = 0, fit: str | None = None,
-                     allow_sample: bool = False, reuse: bool = True, progress: bool | None = None) -> dict:
+                     allow_sample: bool = False, reuse: bool = True, progress: bool | None = None,
+                     data=None) -> dict:
     """The features ``needs`` of images ``[start, stop)`` (or the first ``limit``) of
     ``dataset/split`` under the run's model, each cached in ``RUN/features/`` (see
     :func:`compute_feature` for the cache key).
@@ -40,6 +41,9 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
     Returns a flat dict: every output ``[N]`` (e.g. ``log_px_nats``, ``bpd``,
     ``mu_z_norm``, ``png_bits``), ``labels`` ``[N]`` and ``meta``: ``{key: metadata}``
     (a dict, not an array: dataset, slice, digests, seconds taken, ...).
+
+    ``data``: the split already loaded (:class:`~vaeood.data.ImageSet`), to skip loading it
+    again; the cache key is still the digest of its images.
     """
     needs = normalise_needs(needs)
     sources: dict[str, _Source] = {}
