@@ -11,6 +11,7 @@ per-image features, fitted out-of-distribution detectors, metrics, figures and r
 from ._version import __version__
 from .config import Config
 from .byo import VAEAdapter, VAEProtocol, from_pythae
+from .decisions import calibrate, decide
 from .detectors import DETECTORS
 from .evaluate import detect, evaluate, evaluate_model, fit_detector
 from .features import FEATURES, compute_features
@@ -20,5 +21,5 @@ from .scoring import score
 from .train import train
 
 __all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "compute_features", "fit_detector",
-           "detect", "evaluate_model", "FEATURES", "DETECTORS", "VAEAdapter", "VAEProtocol", "from_pythae",
-           "__version__"]
+           "detect", "evaluate_model", "calibrate", "decide", "FEATURES", "DETECTORS", "VAEAdapter", "VAEProtocol",
+           "from_pythae", "__version__"]

@@ -22,7 +22,9 @@ from .allocator import keep_freed_memory
 from . import distributed
 from .checkpoint import CheckpointError
 from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
+from .conformal import CalibrationError
 from .data import DataError, load_dataset
+from .decisions import NoCalibrationError, calibrate, decide
 from .detectors import DETECTORS
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
@@ -34,7 +36,7 @@ from .train import TrainingError, train
 
 # errors of the user's input or machine, reported in one line; anything else is a bug
 EXPECTED_ERRORS = (DataError, ConfigError, CheckpointError, ShapeMismatchError, TrainingError, RunLockedError,
-                   UnknownNameError, OSError)
+                   UnknownNameError, NoCalibrationError, CalibrationError, OSError)
 REPORT_BUGS = "the vaeood issue tracker (with the command line and this traceback)"
 
 
@@ -156,11 +158,46 @@ def _parser() -> argparse.ArgumentParser:
                         + ", ".join(DETECTORS.names()))
     p.add_argument("--detector-options", default=None,
                    help='JSON: options per detector, e.g. \'{"likelihood_ratio": {"background_run": "runs/bg"}}\'')
-    p.add_argument("--fit-limit", type=int, default=None,
+    p.add_argument("--fit-limit", type=_checked("--fit-limit", field_rule("data.limit")), default=None,
                    help="held-out training images that fitted detectors fit on (default: up to 5000)")
     common(p)
     fit_options(p)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("calibrate", help="score held-out training images for conformal decisions (vaeood detect)")
+    p.add_argument("run_dir")
+    p.add_argument("--detector", default="nll", help="detector to calibrate (default nll: -log p(x))")
+    p.add_argument("--detector-options", type=_json_object, default=None,
+                   help='JSON options of the detector, e.g. \'{"estimator": "iwae", "estimator_options": {"k": 100}}\'')
+    p.add_argument("--n", dest="n_calibration", type=_checked("--n", field_rule("data.limit")), default=None,
+                   help="calibration images: N held-out training images after the fitting slice (default 2000)")
+    p.add_argument("--n-fit", type=_checked("--n-fit", field_rule("data.limit")), default=None,
+                   help="held-out images a detector that fits is fitted on first (default 5000, at most half)")
+    p.add_argument("--seed", type=_checked("--seed", field_rule("train.seed")), default=0)
+    p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
+    common(p, scoring=False)
+    p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("detect", help="flag OOD images of a folder/.npz/dataset at a chosen false-alarm rate")
+    p.add_argument("run_dir")
+    p.add_argument("input", help="a folder of PNG/JPEG images, an .npz file (x, y) or a dataset name")
+    p.add_argument("--detector", default="nll", help="a detector calibrated in the run (vaeood calibrate)")
+    p.add_argument("--detector-options", type=_json_object, default=None,
+                   help="JSON options of the detector (default: the calibrated ones)")
+    p.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate (with --fdr: false-discovery rate)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--delta", type=float, default=None,
+                       help="calibration-conditional: FPR <= alpha with probability >= 1 - delta")
+    group.add_argument("--fdr", action="store_true", help="Benjamini-Hochberg over the images at level alpha")
+    p.add_argument("--skip-bad", action="store_true", help="skip unusable files of a folder (listed in the summary)")
+    p.add_argument("--out", required=True, help="CSV to write (file, score, p_value, flagged); the summary goes "
+                                                "beside it as FILE.summary.json")
+    p.add_argument("--split", default="test", help="split, when INPUT is a dataset name")
+    p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None, help="first N images of an .npz or dataset")
+    p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
+    common(p, scoring=False)
+    fit_options(p)
+    p.set_defaults(func=_detect)
 
     p = sub.add_parser("reproduce", help="reproduce an experiment of the study")
     p.add_argument("experiment", choices=EXPERIMENTS.names())
@@ -251,6 +288,41 @@ def _evaluate(args, overrides) -> int:
         say(f"{name}: not run ({reason})")
     say(format_table([(detector, ood, m) for detector, r in out["results"].items() for ood, m in r.items()]))
     say(f"metrics: {Path(args.out or args.run_dir) / 'metrics.json'}")
+    return 0
+
+
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"estimator\": \"iwae\"}'")
+    return value
+
+
+def _calibrate(args, overrides) -> int:
+    record = calibrate(args.run_dir, args.detector, detector_options=args.detector_options,
+                       n_calibration=args.n_calibration, n_fit=args.n_fit, data_dir=args.data_dir, device=args.device,
+                       seed=args.seed, batch_size=args.batch_size)
+    a, b = record["calibration_slice"]
+    fitted = f", fitted on [{record['fit_slice'][0]}:{record['fit_slice'][1]}]" if record["fit_slice"] else ""
+    say(f"calibrated {record['detector']} on {record['n_calibration']} held-out images "
+        f"{record['dataset']}/{record['split']}[{a}:{b}] (the model trained on [0:{record['train_slice'][1]}]"
+        f"{fitted}): {Path(args.run_dir) / 'calibration' / (record['detector'] + '.npz')}")
+    return 0
+
+
+def _detect(args, overrides) -> int:
+    result = decide(args.run_dir, args.input, args.detector, alpha=args.alpha, delta=args.delta, fdr=args.fdr,
+                    detector_options=args.detector_options, fit=args.fit, skip_bad=args.skip_bad, split=args.split,
+                    limit=args.limit, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size,
+                    out=args.out)
+    csv_path = Path(args.out)
+    say(result.summary_text())
+    say(f"wrote {csv_path} and {csv_path.with_name(csv_path.stem + '.summary.json')}")
     return 0
 
 

@@ -1,0 +1,278 @@
+"""Images to decide on: a folder of PNG/JPEG files, an ``.npz`` file or a dataset name,
+converted to the model's image shape with the explicit fits of :mod:`vaeood.data.fit`.
+
+A folder is read whole or not at all. Every file that cannot be used is named with
+the reason (not a PNG/JPEG, truncated or corrupt, an unsupported pixel format, another
+shape than the model's), and the read is refused, unless the caller asks to skip them
+(``skip_bad=True``, ``vaeood detect --skip-bad``); the skipped files are then returned
+with their reasons, logged, and written into the results. Never a silent partial
+result.
+
+Pixel formats (Pillow modes): 8-bit grey (``L``) gives one channel, ``RGB`` three;
+1-bit images (``1``) become grey 0/255; palette images (``P``) become RGB, or grey when
+the palette is grey; an alpha channel (``LA``, ``RGBA``, palette transparency) is
+dropped only when every pixel is opaque, and refused otherwise (what a transparent
+pixel means is not ours to guess). 16-bit, 32-bit and float images, CMYK and other
+modes are refused: their scaling to 8 bits is ambiguous.
+
+Shapes: images whose shape differs from the model's (``shape`` = C×H×W) are refused
+unless ``fit`` is ``"pad"`` or ``"resize"``, exactly as for scoring; then each image is
+fitted and the fit is recorded (``fitted``). Without a model shape, images must all
+have the same shape; those that differ from the most common shape are named.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .fit import FITS, fit_images
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_FORMATS = {"PNG", "JPEG"}
+_PNG_SIGNATURE, _JPEG_SIGNATURE = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+_SHOW = 20  # bad files listed in an error message before "... and N more"
+
+
+@dataclass(frozen=True)
+class InputImages:
+    """Images ready for a model, and where each came from.
+
+    Attributes:
+        images: uint8 ``[N, H, W, C]`` in the model's shape (when one was given).
+        names: ``[N]`` one name per image: the file name relative to the folder, or
+            ``FILE.npz[i]`` / ``DATASET/SPLIT[i]``.
+        source: what was read (the folder, file or dataset), for summaries.
+        kind: ``"folder"``, ``"npz"`` or ``"dataset"``.
+        skipped: ``(name, reason)`` of each file skipped with ``skip_bad=True``.
+        fitted: ``None``, or ``{"method", "to_shape", "from_shapes": {"C×H×W": count}}``
+            when some images were padded or resized.
+        labels: the ``.npz``/dataset labels, or None for a folder.
+    """
+
+    images: np.ndarray
+    names: list[str]
+    source: str
+    kind: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    fitted: dict | None = None
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _shape_text(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """One PNG/JPEG file as uint8 ``[H, W, C]`` (C = 1 or 3); :class:`DataError` with the
+    reason (without the file name: the caller names it) when it cannot be used."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.format not in _FORMATS:
+                raise DataError(f"a {img.format} image, not PNG or JPEG")
+            img.verify()  # PNG: every chunk's CRC and the end chunk (a cut-off file fails here)
+        with Image.open(path) as img:
+            img.load()  # decodes every pixel (a truncated JPEG fails here)
+            return _to_array(img)
+    except DataError:
+        raise
+    except (PermissionError, FileNotFoundError) as err:  # e.g. a broken symbolic link
+        raise DataError(f"cannot be read ({err.strerror or err})") from None
+    except UnidentifiedImageError:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SIGNATURE):
+            raise DataError("truncated or corrupt (a PNG/JPEG signature but no readable header)") from None
+        raise DataError("not an image file (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"refused as a decompression bomb ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        reason = str(err) or type(err).__name__
+        raise DataError(f"truncated or corrupt ({reason})") from None
+
+
+def _to_array(img) -> np.ndarray:
+    mode = img.mode
+    if mode == "P":
+        has_alpha = "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+        mode = img.mode
+        if mode == "RGB":
+            rgb = np.asarray(img)
+            if (rgb[..., :1] == rgb).all():  # a grey palette
+                return np.ascontiguousarray(rgb[..., :1])
+            return rgb
+    if mode == "1":
+        img, mode = img.convert("L"), "L"
+    if mode in ("LA", "RGBA", "PA"):
+        arr = np.asarray(img.convert("RGBA" if mode == "PA" else mode))
+        alpha = arr[..., -1]
+        if (alpha != 255).any():
+            raise DataError(f"has transparent pixels ({int((alpha != 255).sum())} with alpha < 255); "
+                            "flatten it onto a background first")
+        arr = arr[..., :-1]
+        return np.ascontiguousarray(arr if arr.ndim == 3 else arr[..., None])
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8)[..., None]
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    raise DataError(f"pixel format {mode!r} is not supported (only 8-bit grey or RGB, optionally with an "
+                    "opaque alpha channel); convert it to 8-bit grey or RGB first")
+
+
+def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
+                      fit: str | None = None, skip_bad: bool = False) -> InputImages:
+    """Every PNG/JPEG file in ``folder`` (not recursive), sorted by name.
+
+    Args:
+        folder: the folder. Hidden entries (names starting with ``.``) are ignored;
+            any other entry that is not a readable PNG/JPEG image counts as bad.
+        shape: the model's image shape ``(C, H, W)``; None to accept the folder's own.
+        fit: ``"pad"`` or ``"resize"`` to convert images of another shape (see
+            :mod:`vaeood.data.fit`); None refuses them.
+        skip_bad: skip bad files (returned in ``skipped`` with the reason) instead of
+            refusing the folder.
+
+    Raises:
+        DataError: the folder is missing or empty, or holds bad files (each named with
+            its reason) and ``skip_bad`` is False, or nothing usable is left.
+    """
+    folder = Path(folder)
+    if fit is not None:
+        FITS.get(fit)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    if not entries:
+        raise DataError(f"{folder}: the folder holds no files (expected PNG or JPEG images)")
+
+    bad: list[tuple[str, str]] = []
+    good: list[tuple[str, np.ndarray]] = []
+    for path in entries:
+        name = path.name
+        if path.is_dir():
+            bad.append((name, "a subfolder (folders are not read recursively)"))
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            bad.append((name, f"not a PNG/JPEG file name (suffix {path.suffix or 'none'!r})"))
+        else:
+            try:
+                good.append((name, read_image(path)))
+            except DataError as err:
+                bad.append((name, str(err)))
+
+    if shape is not None:
+        target = (shape[1], shape[2], shape[0])  # (H, W, C)
+        target_text = f"the model's C×H×W = {_shape_text(shape)}"
+    else:
+        common = Counter(a.shape for _, a in good).most_common(1)
+        target = common[0][0] if common else None
+        target_text = f"the folder's most common shape C×H×W = {_shape_text((target[2], *target[:2]))}" \
+            if target else ""
+    keep, odd = [], []
+    for name, arr in good:
+        if arr.shape == target:
+            keep.append((name, arr))
+        elif fit is not None and shape is not None:
+            odd.append((name, arr))
+        else:
+            found = _shape_text((arr.shape[2], *arr.shape[:2]))
+            hint = "; pass --pad or --resize to fit it (fit='pad'/'resize')" if shape is not None else ""
+            bad.append((name, f"C×H×W = {found}, not {target_text}{hint}"))
+
+    if bad and not skip_bad:
+        lines = [f"  {name}: {reason}" for name, reason in sorted(bad)[:_SHOW]]
+        if len(bad) > _SHOW:
+            lines.append(f"  ... and {len(bad) - _SHOW} more")
+        raise DataError(f"{folder}: {len(bad)} of {len(entries)} files cannot be used:\n" + "\n".join(lines) +
+                        "\nFix or remove them, or pass --skip-bad (skip_bad=True) to skip them; the skipped files "
+                        "are then listed in the results.")
+    if bad:
+        log.warning("%s: skipping %d bad files (listed in the results): %s", folder, len(bad),
+                    "; ".join(f"{n}: {r}" for n, r in sorted(bad)[:_SHOW]))
+
+    fitted = None
+    if odd:
+        from_shapes = Counter(_shape_text((a.shape[2], *a.shape[:2])) for _, a in odd)
+        fixed = {}
+        for shp in {a.shape for _, a in odd}:  # fit each shape group in one call
+            group = [(n, a) for n, a in odd if a.shape == shp]
+            out = fit_images(np.stack([a for _, a in group]), tuple(shape), fit)
+            fixed.update({n: img for (n, _), img in zip(group, out)})
+        keep += [(n, fixed[n]) for n, _ in odd]
+        keep.sort(key=lambda item: item[0])
+        fitted = {"method": fit, "to_shape": list(shape), "from_shapes": dict(sorted(from_shapes.items())),
+                  "description": f"{fit} " + ", ".join(f"{s} ({c} images)" for s, c in sorted(from_shapes.items())) +
+                                 f" → {_shape_text(shape)}"}
+        log.warning("%s: %d images fitted to the model by %s (recorded in the results)", folder, len(odd), fit)
+    if not keep:
+        raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
+    images = np.ascontiguousarray(np.stack([a for _, a in keep]))
+    return InputImages(images, [n for n, _ in keep], source=str(folder), kind="folder", skipped=sorted(bad),
+                       fitted=fitted)
+
+
+def fit_array(images: np.ndarray, shape: tuple[int, int, int] | None, fit: str | None,
+              where: str) -> tuple[np.ndarray, dict | None]:
+    """Images ``[N, H, W, C]`` converted to ``shape`` (C, H, W) by ``fit``, as scoring does;
+    refused (naming ``where``) when the shapes differ and no fit was asked for."""
+    if shape is None:
+        return images, None
+    have = (images.shape[3], images.shape[1], images.shape[2])
+    if have == tuple(shape):
+        return images, None
+    if fit is None:
+        raise DataError(f"{where}: images are C×H×W = {_shape_text(have)} but the model was trained on "
+                        f"{_shape_text(shape)}; pass --pad (zero-pad centred) or --resize (bilinear) to make "
+                        "them fit (fit='pad'/'resize' in Python)")
+    out = fit_images(images, tuple(shape), fit)
+    return out, {"method": fit, "to_shape": list(shape), "from_shapes": {_shape_text(have): len(images)},
+                 "description": f"{fit} {_shape_text(have)} → {_shape_text(shape)}"}
+
+
+def load_input(source: str | os.PathLike, *, shape: tuple[int, int, int] | None = None, fit: str | None = None,
+               skip_bad: bool = False, split: str = "test", data_dir: str | os.PathLike | None = None,
+               limit: int | None = None) -> InputImages:
+    """A folder of PNG/JPEG images, an ``.npz`` file (arrays ``x``, ``y``, see
+    :mod:`vaeood.data.npz`) or a dataset name (split ``split``, found as by
+    :func:`vaeood.data.load_dataset`), converted to ``shape`` (C, H, W) by ``fit``.
+    ``limit`` keeps the first N images of an ``.npz`` or dataset."""
+    from .load import load_dataset
+    from .npz import read_image_arrays
+
+    path = Path(source)
+    if fit is not None:
+        FITS.get(fit)
+    if path.is_dir():
+        if limit:
+            raise DataError("limit applies to an .npz or a dataset, not to a folder (choose its files instead)")
+        return read_image_folder(path, shape=shape, fit=fit, skip_bad=skip_bad)
+    if path.suffix.lower() == ".npz":
+        if not path.is_file():
+            raise DataError(f"{path}: no such .npz file")
+        images, labels, _ = read_image_arrays(path, str(path))
+        images, labels = (images[:limit], labels[:limit]) if limit else (images, labels)
+        images, fitted = fit_array(images, shape, fit, str(path))
+        return InputImages(images, [f"{path.name}[{i}]" for i in range(len(images))], source=str(path), kind="npz",
+                           fitted=fitted, labels=labels)
+    if path.exists():
+        raise DataError(f"{path}: neither a folder of PNG/JPEG images nor an .npz file")
+    if os.sep in str(source) or (os.altsep and os.altsep in str(source)):
+        raise DataError(f"{source}: no such folder or file")
+    data = load_dataset(str(source), split, data_dir=data_dir)
+    images, labels = (data.images[:limit], data.labels[:limit]) if limit else (data.images, data.labels)
+    images, fitted = fit_array(images, shape, fit, f"{data.name}/{data.split}")
+    return InputImages(images, [f"{data.name}/{data.split}[{i}]" for i in range(len(images))], source=data.source,
+                       kind="dataset", fitted=fitted, labels=labels)

@@ -1,0 +1,556 @@
+"""From a trained run to decisions on new images: calibrate a detector on held-out
+in-distribution training images, then flag images at a false-alarm rate you choose,
+with the guarantees of :mod:`vaeood.conformal`.
+
+The held-out images are the part of the run's training split that training never used
+(after ``data.limit``, or the last ``data.holdout`` images; :mod:`vaeood.fitdata`)::
+
+    train split:  [0, h)                 the model's training images
+                  [h, h + n_fit)         the detector's fitting images (detectors that fit;
+                                         the slice :func:`vaeood.evaluate` fits on)
+                  [h + n_fit, … + n)     calibration images, disjoint from both
+
+:func:`calibrate` fits the detector where it fits, scores the calibration slice and
+records the split, the scores, the detector and its options, the checkpoint's SHA-256
+and the SHA-256 of the calibration images in ``RUN/calibration/<detector>.npz``.
+:func:`decide` (``vaeood detect``) reads a folder, ``.npz`` or dataset, scores it with
+the same detector (fitted again on the same slice from cached features, and checked to
+reproduce the calibration scores) and turns the scores into conformal p-values and
+decisions. It refuses when the run has no calibration for the detector (saying how to
+make one), or when the model, the calibration images or the options changed.
+
+:func:`operating_points_for_run` gives reports the realised FPR and TPR at α = 0.01,
+0.05, 0.1 from a run's calibration and a detector's test scores.
+
+The guarantees hold for in-distribution images exchangeable with the calibration images
+(the test split of the same dataset, processed the same way) and say nothing about how
+many OOD images are found; see :mod:`vaeood.conformal`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import conformal
+from .atomic import atomic_write, atomic_write_json, atomic_write_text
+from .runlock import holds_run_lock
+from .checkpoint import checkpoint_path, load_checkpoint
+from .data import load_dataset
+from .data.checksums import file_hexdigest
+from .data.folder import InputImages, load_input
+from .detectors import DETECTORS, make_detector
+from .evaluate import fit_detector
+from .features import compute_features, is_normalised, needs_features
+from .fitdata import DEFAULT_FIT_IMAGES, heldout_range, run_config
+from .run import load_model
+from .train import training_count
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_DIR = "calibration"
+DEFAULT_N_CALIBRATION = 2000
+FORMAT = 1
+DEFAULT_ALPHAS = (0.01, 0.05, 0.1)
+
+
+class NoCalibrationError(ValueError):
+    """The run has no (valid) calibration for the requested detector; the message says
+    how to make one."""
+
+
+# -- the score boundary ---------------------------------------------------------------------
+class DetectorScorer:
+    """A detector of :mod:`vaeood.detectors` under a run: fitted (when it fits) on the
+    run's held-out fitting slice, scoring slices of the training split (features cached
+    in ``RUN/features/``) and arrays of images (uncached).
+
+    Noise: the features of the calibration slice use ``seed``; those of the images to
+    decide on use ``seed + 1``, so that no test image shares its estimator noise draw
+    with a calibration image (a feature's noise depends on the image's place in its
+    slice and the seed).
+    """
+
+    def __init__(self, run_dir: Path, detector: str, options: dict | None = None, *, device: str = "cpu",
+                 seed: int = 0, data_dir: str | None = None, batch_size: int | None = None):
+        self.run_dir, self.device, self.seed, self.data_dir = run_dir, device, seed, data_dir
+        self.batch_size = batch_size
+        self.detector = make_detector(detector, options)
+        self.name = detector
+        self.fits = self.detector.fits
+        self.options = _jsonable(self.detector.options)
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model, _, _ = load_model(self.run_dir, self.device)
+        return self._model
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.model.image_shape)
+
+    def check_applies(self, has_fit_data: bool) -> None:
+        reason = self.detector.why_not({"normalised": is_normalised(self.model), "has_fit_data": has_fit_data})
+        if reason is not None:
+            raise NoCalibrationError(f"detector {self.name!r} does not apply to {self.run_dir}: {reason}")
+
+    def fit(self, start: int, stop: int) -> None:
+        """Fit on images [start, stop) of the run's training split (checked to be held out)."""
+        if self.fits:
+            fit_detector(str(self.run_dir), self.detector, start=start, stop=stop, data_dir=self.data_dir,
+                         device=self.device, seed=self.seed)
+        else:
+            self.detector.fit({})
+
+    def score_slice(self, dataset: str, split: str, *, seed: int, start: int | None = None,
+                    stop: int | None = None, limit: int | None = None, data_dir=None, allow_sample: bool = False,
+                    fit: str | None = None) -> np.ndarray:
+        """Scores of a slice of a dataset split, from features cached in ``RUN/features/``."""
+        feats = compute_features(str(self.run_dir), dataset, split, self.detector.needs, data_dir=data_dir,
+                                 start=start, stop=stop, limit=limit, batch_size=self.batch_size, device=self.device,
+                                 seed=seed, allow_sample=allow_sample, fit=fit)
+        return np.asarray(self.detector.score(feats), dtype=np.float64)
+
+    def score_images(self, images: np.ndarray, seed: int) -> np.ndarray:
+        """Scores of an array of images, from features computed now (no cache): the
+        calibration images and the images to decide on go through this same path, so
+        that both are scored by the same code."""
+        needs = {}
+        for key, opts in self.detector.needs.items():  # another run's model (e.g. a background model) by object
+            opts = dict(opts)
+            if isinstance(opts.get("run"), (str, Path)):
+                opts["run"] = load_model(opts["run"], self.device)[0]
+            needs[key] = opts
+        feats = needs_features(self.model, images, needs, seed=seed, batch_size=self.batch_size)
+        return np.asarray(self.detector.score(feats), dtype=np.float64)
+
+
+def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None, *, device: str = "cpu",
+                seed: int = 0, data_dir: str | None = None, batch_size: int | None = None) -> DetectorScorer:
+    """The object that gives ``detector``'s scores under the run (see the module doc)."""
+    if detector not in DETECTORS.names():
+        from .registry import did_you_mean
+
+        raise NoCalibrationError(f"unknown detector {detector!r}{did_you_mean(detector, DETECTORS.names())}; "
+                                 f"known: {', '.join(DETECTORS.names())}")
+    return DetectorScorer(Path(run_dir), detector, options, device=device, seed=seed, data_dir=data_dir,
+                          batch_size=batch_size)
+
+
+def _jsonable(value):
+    """Options as they are recorded in JSON (paths as strings, tuples as lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# -- calibration -----------------------------------------------------------------------------
+def images_sha256(images: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(repr((images.shape, str(images.dtype))).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()
+
+
+def calibration_path(run_dir: str | Path, detector: str) -> Path:
+    return Path(run_dir) / CALIBRATION_DIR / f"{detector}.npz"
+
+
+def _training_split(run_dir: Path, data_dir: str | None):
+    """The run's config, its training split as found now, and where it was found."""
+    config = run_config(run_dir)
+    where = config.data.data_dir or data_dir  # as training and the detectors' fitting slice look for it
+    data = load_dataset(config.data.name, config.data.split, data_dir=where, allow_sample=config.data.allow_sample)
+    trained = load_checkpoint(checkpoint_path(run_dir), map_location="cpu").get("train_data") or {}
+    if bool(trained.get("is_sample")) != data.is_sample:
+        raise NoCalibrationError(
+            f"the run trained on {'the bundled sample' if trained.get('is_sample') else 'the real dataset'} of "
+            f"{data.name}/{data.split} but {'the bundled sample' if data.is_sample else 'the real dataset'} was "
+            "found now; calibrate with the data the run trained on (--data-dir)")
+    if trained.get("split_size") not in (None, len(data.images)):
+        raise NoCalibrationError(f"the run trained on a {data.name}/{data.split} of {trained['split_size']} images, "
+                                 f"but the one found now ({data.source}) has {len(data.images)}; calibrate with the "
+                                 "data the run trained on (--data-dir)")
+    if trained.get("source") and trained["source"] != data.source:
+        log.warning("the run trained on %s/%s from %s; calibrating with %s (check it is the same file)",
+                    data.name, data.split, trained["source"], data.source)
+    return config, data, where
+
+
+@holds_run_lock("calibrate")  # it writes RUN/calibration and RUN/features
+def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: dict | None = None,
+              n_calibration: int | None = None, n_fit: int | None = None, data_dir: str | None = None,
+              device: str = "cpu", seed: int = 0, batch_size: int | None = None) -> dict:
+    """Fit ``detector`` (when it fits) on the run's held-out fitting slice, score the
+    next ``n_calibration`` held-out training images, and save the scores with the
+    split in ``RUN/calibration/<detector>.npz``.
+
+    Layout of the training split (N images; the held-out part [h, N) is what training
+    never used, :func:`vaeood.fitdata.heldout_range`): the fitting slice is
+    [h, h + n_fit) (``n_fit`` default: 5,000 as in :func:`vaeood.evaluate`, at most half
+    the held-out images; 0 for detectors that do not fit), the calibration slice the
+    ``n_calibration`` images after it (default 2,000, or all that are left if fewer).
+
+    Raises :class:`NoCalibrationError` when the run kept no held-out training images
+    (it trained on the whole split: retrain with ``data.limit`` or ``data.holdout``),
+    when too few are left, or when the detector does not apply to the run.
+    Returns the record (see :func:`load_calibration`).
+    """
+    run_dir = Path(run_dir)
+    config, data, where = _training_split(run_dir, data_dir)
+    total = len(data.images)
+    first, last = heldout_range(config, total)
+    held = max(0, last - first)
+    trained = training_count(config.data, total)
+    if held == 0:
+        keep = min(2 * DEFAULT_N_CALIBRATION, total // 2)
+        raise NoCalibrationError(
+            f"no held-out training images to calibrate detector {detector!r} on: the run trained on all {total} "
+            f"images of {data.name}/{data.split}. Calibration needs in-distribution images that neither training "
+            f"nor the detector's fit saw: retrain with --data.limit={total - keep} (or --data.holdout={keep}) to "
+            f"keep {keep} images out of training")
+    scorer = make_scorer(run_dir, detector, detector_options, device=device, seed=seed, data_dir=where,
+                         batch_size=batch_size)
+    scorer.check_applies(has_fit_data=True)
+    if scorer.fits:
+        n_fit = n_fit if n_fit is not None else min(DEFAULT_FIT_IMAGES, held // 2)
+        if not 1 <= n_fit < held:
+            raise NoCalibrationError(f"n_fit = {n_fit}: the detector fits on held-out images and calibration needs "
+                                     f"others; {held} are held out, so choose 1 ≤ n_fit < {held}")
+    else:
+        n_fit = 0
+    cal_start = first + n_fit
+    available = last - cal_start
+    n = n_calibration if n_calibration is not None else min(DEFAULT_N_CALIBRATION, available)
+    if not 1 <= n <= available:
+        fit_text = f" and the detector's {n_fit} fitting images" if n_fit else ""
+        raise NoCalibrationError(f"n_calibration = {n}: {data.name}/{data.split} has {available} held-out images "
+                                 f"left after the training images{fit_text}; choose 1 ≤ n ≤ {available}")
+    fit_slice = [first, first + n_fit] if n_fit else None
+    cal_slice = [cal_start, cal_start + n]
+    if fit_slice:
+        scorer.fit(*fit_slice)
+    else:
+        scorer.fit(0, 0)
+    scores = scorer.score_images(data.images[cal_slice[0]:cal_slice[1]], seed)
+    conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
+    record = {
+        "format": FORMAT, "detector": detector, "detector_options": scorer.options,
+        "dataset": data.name, "split": data.split, "source": data.source, "is_sample": data.is_sample,
+        "n_split": total, "train_slice": [0, trained], "heldout": [first, last], "fit_slice": fit_slice,
+        "calibration_slice": cal_slice, "n_calibration": n,
+        "calibration_images_sha256": images_sha256(data.images[cal_slice[0]:cal_slice[1]]),
+        "checkpoint_sha256": file_hexdigest(checkpoint_path(run_dir), "sha256"), "seed": seed,
+        "score_direction": "higher = more out-of-distribution",
+    }
+    path = calibration_path(run_dir, detector)
+    atomic_write(path, lambda f: np.savez(f, scores=scores, meta=np.array(json.dumps(record))))
+    log.info("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,
+             *cal_slice, path)
+    return {**record, "scores": scores}
+
+
+def _how_to_calibrate(run_dir: Path, detector: str) -> str:
+    return f"vaeood calibrate {run_dir} --detector {detector} (in Python: vaeood.calibrate(run, {detector!r}))"
+
+
+def load_calibration(run_dir: str | Path, detector: str = "nll", detector_options: dict | None = None) -> dict:
+    """The calibration record of ``detector`` in the run: the split, options, digests
+    and ``scores`` (float64 ``[n]``). Refused (:class:`NoCalibrationError`, saying how
+    to make one) when there is none, when the checkpoint changed since, or when
+    ``detector_options`` (if given) differ from the calibrated ones."""
+    run_dir = Path(run_dir)
+    if detector not in DETECTORS.names():
+        make_scorer(run_dir, detector)  # refused with the known names
+    path = calibration_path(run_dir, detector)
+    if not path.exists():
+        raise NoCalibrationError(
+            f"run {run_dir} has no calibration for detector {detector!r} ({path} does not exist). Make it from "
+            f"held-out training images with: {_how_to_calibrate(run_dir, detector)}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            scores, record = f["scores"], json.loads(str(f["meta"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise NoCalibrationError(f"{path}: unreadable calibration file ({err}); make it again with "
+                                 f"{_how_to_calibrate(run_dir, detector)}") from None
+    ckpt = file_hexdigest(checkpoint_path(run_dir), "sha256")
+    if record.get("checkpoint_sha256") != ckpt:
+        raise NoCalibrationError(f"{path} was made with another checkpoint (the model has been trained since); "
+                                 f"calibrate again: {_how_to_calibrate(run_dir, detector)}")
+    if detector_options is not None:
+        want = make_scorer(run_dir, detector, detector_options).options
+        if want != record["detector_options"]:
+            raise NoCalibrationError(f"{path} calibrates detector {detector!r} with options "
+                                     f"{record['detector_options']}, not {want}; calibrate with those options "
+                                     f"(--detector-options) or detect with the calibrated ones")
+    return {**record, "scores": np.asarray(scores, dtype=np.float64)}
+
+
+def calibration_scores(run_dir: str | Path, detector: str = "nll") -> np.ndarray:
+    """The saved calibration scores ``[n]`` of ``detector`` (see :func:`load_calibration`)."""
+    return load_calibration(run_dir, detector)["scores"]
+
+
+# -- decisions -------------------------------------------------------------------------------
+@dataclass
+class Detection:
+    """The result of :func:`decide`: one row per image, and a summary.
+
+    ``names``, ``scores``, ``p_values``, ``flagged`` are ``[N]``; ``summary`` is a JSON-able
+    dict (input, skipped files, fit, detector, calibration split, guarantee, counts).
+    """
+
+    names: list[str]
+    scores: np.ndarray
+    p_values: np.ndarray
+    flagged: np.ndarray
+    summary: dict
+    labels: np.ndarray | None = field(default=None, repr=False)
+
+    def csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["file", "score", "p_value", "flagged"])
+        for name, s, p, f in zip(self.names, self.scores, self.p_values, self.flagged):
+            w.writerow([name, repr(float(s)), repr(float(p)), int(bool(f))])
+        return buf.getvalue()
+
+    def write(self, csv_path: str | Path) -> tuple[Path, Path]:
+        """Write the CSV and ``<csv stem>.summary.json`` beside it (atomically)."""
+        csv_path = Path(csv_path)
+        summary_path = csv_path.with_name(csv_path.stem + ".summary.json")
+        atomic_write_text(csv_path, self.csv_text())
+        atomic_write_json(summary_path, {**self.summary, "csv": csv_path.name})
+        return csv_path, summary_path
+
+    def summary_text(self) -> str:
+        s = self.summary
+        lines = [f"{s['n_images']} images from {s['input']} ({s['input_kind']}); detector {s['detector']} "
+                 f"{_options_text(s['detector_options'])}; {s['n_calibration']} calibration images "
+                 f"{s['calibration']['dataset']}/{s['calibration']['split']}"
+                 f"[{s['calibration']['slice'][0]}:{s['calibration']['slice'][1]}]"]
+        if s["skipped"]:
+            lines.append(f"skipped {len(s['skipped'])} files: " +
+                         "; ".join(f"{n} ({r})" for n, r in s["skipped"][:10]) +
+                         (" ..." if len(s["skipped"]) > 10 else ""))
+        lines += [f"warning: {w}" for w in s.get("warnings", [])]
+        if s["fitted"]:
+            lines.append(f"images fitted to the model: {s['fitted']['description']} (a change of the images: the "
+                         "guarantee covers them only if in-distribution images arrive fitted the same way)")
+        rule = {"marginal": f"flag iff p ≤ {s['alpha']:g}",
+                "conditional": f"flag iff score > the calibration order statistic of rank {s.get('rank')}",
+                "fdr": f"Benjamini–Hochberg at q = {s['alpha']:g}"}[s["guarantee"]]
+        thr = f", score threshold {s['threshold']:.6g}" if s["threshold"] is not None else ""
+        lines.append(f"flagged {s['n_flagged']} of {s['n_images']} ({rule}{thr})")
+        lines.append(s["guarantee_text"])
+        return "\n".join(lines)
+
+
+def _options_text(options: dict) -> str:
+    return "(" + ", ".join(f"{k}={v}" for k, v in options.items() if v not in ({}, None)) + ")"
+
+
+def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float = 0.05, delta: float | None = None,
+           fdr: bool = False, detector_options: dict | None = None, fit: str | None = None, skip_bad: bool = False,
+           split: str = "test", limit: int | None = None, data_dir: str | None = None, device: str = "cpu",
+           batch_size: int | None = None, out: str | Path | None = None) -> Detection:
+    """Flag the out-of-distribution images of ``source`` at false-alarm rate ``alpha``.
+
+    Args:
+        run_dir: a trained run with a calibration for ``detector`` (see :func:`calibrate`).
+        source: a folder of PNG/JPEG images, an ``.npz`` file, or a dataset name
+            (``split``, ``limit``, ``data_dir`` then apply); see :func:`vaeood.data.folder.load_input`.
+        alpha: the false-alarm rate (or, with ``fdr``, the false-discovery rate).
+        delta: calibration-conditional guarantee: FPR ≤ alpha with probability ≥ 1 − delta.
+        fdr: Benjamini–Hochberg on the batch's p-values instead of a per-image rule.
+        detector_options: must match the calibrated options (default: the calibrated ones).
+        fit: ``"pad"``/``"resize"`` for images of another shape than the model's.
+        skip_bad: skip unreadable/other-shaped files of a folder (listed in the summary).
+        out: write the CSV (file, score, p_value, flagged) there, and the summary beside it.
+
+    Raises :class:`NoCalibrationError` when the run has no valid calibration for the
+    detector, :class:`vaeood.conformal.CalibrationError` when it is too small for
+    ``alpha``/``delta``, and :class:`vaeood.data.DataError` for unusable input.
+    """
+    run_dir = Path(run_dir)
+    record = load_calibration(run_dir, detector, detector_options)
+    scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],
+                         data_dir=data_dir, batch_size=batch_size)
+    _refit_and_check(scorer, record, data_dir)
+    cal = record["scores"]
+    # refuse an impossible alpha/delta before reading and scoring the input
+    if fdr or delta is None:
+        conformal.marginal_rank(len(cal), alpha)
+    else:
+        conformal.conditional_rank(len(cal), alpha, delta)
+    images: InputImages = load_input(source, shape=scorer.image_shape, fit=fit, skip_bad=skip_bad, split=split,
+                                     data_dir=data_dir, limit=limit)
+    scores = scorer.score_images(images.images, record["seed"] + 1)
+    decision = conformal.decide(cal, scores, alpha, delta=delta, fdr=fdr)
+    rank = None if decision.guarantee == "fdr" else conformal.threshold(cal, alpha, delta).rank
+    summary = {
+        "input": str(source), "input_kind": images.kind, "input_source": images.source,
+        "n_images": len(images), "skipped": [list(s) for s in images.skipped], "fitted": images.fitted,
+        "detector": detector, "detector_options": record["detector_options"],
+        "alpha": float(alpha), "delta": delta, "fdr": bool(fdr), "guarantee": decision.guarantee,
+        "guarantee_text": decision.describe(), "threshold": decision.threshold, "rank": rank,
+        "n_calibration": len(cal), "n_flagged": decision.n_flagged,
+        "fraction_flagged": decision.n_flagged / len(images),
+        "calibration": {"dataset": record["dataset"], "split": record["split"],
+                        "slice": record["calibration_slice"], "train_slice": record["train_slice"],
+                        "fit_slice": record["fit_slice"], "images_sha256": record["calibration_images_sha256"]},
+        "checkpoint_sha256": record["checkpoint_sha256"],
+        "score_direction": "higher = more out-of-distribution",
+        "warnings": [],
+    }
+    if images.kind == "dataset" and (str(source), split) == (record["dataset"], record["split"]):
+        summary["warnings"].append(
+            f"these are images of the split the run was trained and calibrated on ({record['dataset']}/{split}: "
+            f"trained on [0:{record['train_slice'][1]}], calibrated on [{record['calibration_slice'][0]}:"
+            f"{record['calibration_slice'][1]}]); their decisions carry no guarantee")
+        log.warning("%s", summary["warnings"][-1])
+    result = Detection(images.names, scores, decision.p_values, decision.flagged, summary, labels=images.labels)
+    if out is not None:
+        result.write(out)
+    return result
+
+
+def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None) -> None:
+    """Fit the detector again on its recorded slice (features cached in the run), score
+    the calibration images again through the path the images to decide on take, and
+    check that this reproduces the saved calibration scores: a detector fitted
+    differently, features computed by other code, or other calibration images would
+    void the guarantee."""
+    config, data, where = _training_split(scorer.run_dir, data_dir)
+    a, b = record["calibration_slice"]
+    how = _how_to_calibrate(scorer.run_dir, record["detector"])
+    if images_sha256(data.images[a:b]) != record["calibration_images_sha256"]:
+        raise NoCalibrationError(f"the calibration images {record['dataset']}/{record['split']}[{a}:{b}] found now "
+                                 f"differ from those calibrated on; calibrate again: {how}")
+    scorer.fit(*(record["fit_slice"] or (0, 0)))
+    again = scorer.score_images(data.images[a:b], record["seed"])
+    if not np.allclose(again, record["scores"], rtol=1e-5, atol=1e-6):
+        worst = float(np.max(np.abs(again - record["scores"])))
+        raise NoCalibrationError(f"detector {record['detector']!r} no longer reproduces its calibration scores "
+                                 f"(largest difference {worst:.3g}): its fit or its features changed since "
+                                 f"calibration (another vaeood version, a random fit, a recomputed feature cache); "
+                                 f"calibrate again: {how}")
+
+
+def operating_points_for_run(run_dir: str | Path, detector: str, in_scores, ood_scores: dict | None = None, *,
+                             alphas=DEFAULT_ALPHAS, delta: float | None = None) -> dict:
+    """:func:`vaeood.conformal.operating_points` with the run's saved calibration scores
+    of ``detector``: per α, the realised FPR on ``in_scores`` (test in-distribution
+    scores of the same detector, computed by the same code and options as the
+    calibration: check with :func:`load_calibration`'s ``detector_options``) and the
+    TPR on each OOD set of ``ood_scores``. :func:`decision_rates` computes both itself."""
+    record = load_calibration(run_dir, detector)
+    out = conformal.operating_points(record["scores"], in_scores, ood_scores, alphas=alphas, delta=delta)
+    out["calibration"] = {"dataset": record["dataset"], "split": record["split"],
+                          "slice": record["calibration_slice"]}
+    return out
+
+
+def _calibration_for_rates(run_dir: Path, detector: str, options: dict, *, n_calibration, n_fit, data_dir,
+                           device, batch_size, test_seed: int) -> dict:
+    """The run's calibration record of ``detector`` with these options and sizes and a
+    seed other than ``test_seed``, made now (with ``test_seed + 1``) if missing, stale,
+    or of other options, sizes or that seed."""
+    try:
+        record = load_calibration(run_dir, detector, options)
+        if n_calibration is not None and record["n_calibration"] != n_calibration:
+            raise NoCalibrationError("another calibration size")
+        if n_fit is not None and record["fit_slice"] and record["fit_slice"][1] - record["fit_slice"][0] != n_fit:
+            raise NoCalibrationError("another fitting slice")
+        if record["seed"] == test_seed:
+            raise NoCalibrationError("the test images' seed")
+        return record
+    except NoCalibrationError:
+        return calibrate(run_dir, detector, detector_options=options, n_calibration=n_calibration, n_fit=n_fit,
+                         data_dir=data_dir, device=device, seed=test_seed + 1, batch_size=batch_size)
+
+
+def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], detectors=("nll",), *,
+                   detector_options: dict | None = None, alphas=DEFAULT_ALPHAS, delta: float | None = None,
+                   split: str = "test", limit: int | None = None, n_calibration: int | None = None,
+                   n_fit: int | None = None, data_dir: str | None = None, data_dirs: dict | None = None,
+                   device: str = "cpu", seed: int = 0, fit: str | None = None, allow_sample: bool = False,
+                   batch_size: int | None = None) -> dict:
+    """For the ood-suite report: per detector, the realised false-alarm rate on the
+    in-distribution test set and the detection rate (TPR) on each OOD set of conformal
+    thresholds at each α (default 0.01, 0.05, 0.1), calibrated on the run's held-out
+    training images (:func:`calibrate`, run here when the run has no matching calibration).
+
+    The calibration record gives the slices; the calibration and test scores are both
+    computed here from features cached in ``RUN/features/`` (so by the same code). The
+    test sets' features use ``seed``, as :func:`vaeood.evaluate` with the same arguments
+    does (so its cache is reused); the calibration's use another seed (``seed + 1``).
+    Arguments as :func:`vaeood.evaluate`'s: ``limit`` the first N test images of each
+    set, ``n_fit`` its ``fit_limit``, ``data_dirs`` a folder per dataset name (overriding
+    ``data_dir``), ``fit`` pad/resize for sets of another shape. ``detector_options``:
+    ``{detector: options}``. ``delta``: the calibration-conditional threshold instead of
+    the marginal one. Returns ``{detector: operating points}`` (see
+    :func:`vaeood.conformal.operating_points`; plus ``"calibration"``: the slices), or
+    ``{detector: {"error": message}}`` for a detector that cannot be calibrated on the run.
+    """
+    run_dir = Path(run_dir)
+    out = {}
+    for name in ([detectors] if isinstance(detectors, str) else detectors):
+        try:
+            record = _calibration_for_rates(run_dir, name, (detector_options or {}).get(name) or {},
+                                            n_calibration=n_calibration, n_fit=n_fit, data_dir=data_dir,
+                                            device=device, batch_size=batch_size, test_seed=seed)
+        except (NoCalibrationError, conformal.CalibrationError) as err:
+            out[name] = {"error": str(err)}
+            continue
+        config, data, where = _training_split(run_dir, data_dir)
+        scorer = make_scorer(run_dir, name, record["detector_options"], device=device, seed=record["seed"],
+                             data_dir=where, batch_size=batch_size)
+        scorer.fit(*(record["fit_slice"] or (0, 0)))
+        # calibration and test scores from the same feature cache, so from the same code
+        a, b = record["calibration_slice"]
+        cal = scorer.score_slice(data.name, data.split, seed=record["seed"], start=a, stop=b, data_dir=where,
+                                 allow_sample=config.data.allow_sample)
+        sets = {dataset: scorer.score_slice(dataset, split, seed=seed, limit=limit,
+                                            data_dir=(data_dirs or {}).get(dataset, data_dir), fit=fit,
+                                            allow_sample=allow_sample)
+                for dataset in [in_dataset, *ood_datasets]}
+        rates = conformal.operating_points(cal, sets[in_dataset],
+                                           {ood: sets[ood] for ood in ood_datasets}, alphas=alphas, delta=delta)
+        rates["calibration"] = {"dataset": record["dataset"], "split": record["split"],
+                                "slice": record["calibration_slice"], "fit_slice": record["fit_slice"],
+                                "seed": record["seed"], "test_seed": seed}
+        out[name] = rates
+    return out
+
+
+def format_decision_table(rates: dict) -> str:
+    """A Markdown table of :func:`decision_rates`: detector, α, realised FPR with its exact
+    95% interval, the binomial 95% bound of the FPR at a true rate α, the 95% quantile of
+    the realised FPR over calibration and test draws (Beta-Binomial), and TPR per OOD set."""
+    oods = sorted({o for r in rates.values() for a in r.get("alphas", {}).values() for o in a.get("tpr", {})})
+    head = ["detector", "α", "n cal.", "realised FPR [95% CI]", "α + binomial 95%", "95% over cal. + test"] + \
+        [f"TPR {o}" for o in oods]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rates.items():
+        if "error" in r:
+            lines.append(f"| {name} | — | — | {r['error'].splitlines()[0][:120]} |" + " |" * (len(head) - 4))
+            continue
+        for key, a in r["alphas"].items():
+            if "error" in a:
+                lines.append(f"| {name} | {key} | {r['n_calibration']} | too few calibration images |"
+                             + " |" * (len(head) - 4))
+                continue
+            lo, hi = a["fpr_ci95"]
+            row = [name, key, str(r["n_calibration"]), f"{a['fpr']:.3f} [{lo:.3f}, {hi:.3f}]",
+                   f"{a['fpr_binomial_upper95']:.3f}", f"{a['fpr_upper95']:.3f}"] + \
+                [f"{a['tpr'][o]['tpr']:.3f}" if o in a["tpr"] else "—" for o in oods]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

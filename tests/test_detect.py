@@ -1,0 +1,262 @@
+"""`vaeood calibrate` and `vaeood detect` end to end on tiny data written by the test:
+calibration on held-out training images, decisions on a folder of PNGs, an .npz and a
+dataset name, and every refusal (no calibration, no held-out images, too small for α,
+a changed checkpoint, bad files)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vaeood
+from tinydata import blobs, strokes, write_npz
+from vaeood import conformal
+from vaeood.cli import main
+from vaeood.decisions import (NoCalibrationError, calibration_path, calibration_scores, load_calibration,
+                              operating_points_for_run)
+
+TINY = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A run trained on the first 300 of 500 'fashion_mnist' training images (blobs),
+    and a folder of 30 test blobs + 30 test strokes as PNG files."""
+    import os
+
+    root = tmp_path_factory.mktemp("detect")
+    data = root / "data"
+    write_npz(data, "fashion_mnist", "train", blobs(500, 0))
+    write_npz(data, "fashion_mnist", "test", blobs(60, 1))
+    write_npz(data, "mnist", "test", strokes(60, 3))
+    old = os.environ.get("VAEOOD_DATA")
+    os.environ["VAEOOD_DATA"] = str(data)  # detect scores the calibration images again: it finds them here
+    run = root / "run"
+    assert main(["train", str(run), "--data-dir", str(data), "--data.limit=300", *TINY]) == 0
+    folder = root / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(blobs(30, 1)):
+        Image.fromarray(img).save(folder / f"fm_{i:02d}.png")
+    for i, img in enumerate(strokes(30, 3)):
+        Image.fromarray(img).save(folder / f"mn_{i:02d}.png")
+    yield {"root": root, "data": data, "run": run, "folder": folder}
+    if old is None:
+        os.environ.pop("VAEOOD_DATA", None)
+    else:
+        os.environ["VAEOOD_DATA"] = old
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_detect_end_to_end(tiny, capsys):
+    run, data, folder, root = tiny["run"], tiny["data"], tiny["folder"], tiny["root"]
+    out = root / "out.csv"
+
+    # no calibration yet: refused, saying how to make it
+    assert main(["detect", str(run), str(folder), "--out", str(out), "--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "has no calibration for detector 'nll'" in err and f"vaeood calibrate {run} --detector nll" in err
+    assert not out.exists()
+
+    assert main(["calibrate", str(run), "--n", "150", "--data-dir", str(data)]) == 0
+    assert "on 150 held-out images fashion_mnist/train[300:450] (the model trained on [0:300])" in \
+        capsys.readouterr().out
+    record = load_calibration(run, "nll")
+    assert record["calibration_slice"] == [300, 450] and record["train_slice"] == [0, 300]
+    assert record["fit_slice"] is None and record["n_calibration"] == 150
+
+    assert main(["detect", str(run), str(folder), "--alpha", "0.1", "--out", str(out), "--data-dir", str(data)]) == 0
+    text = capsys.readouterr().out
+    assert "60 images from" in text and "Guarantee marginal" in text and "exchangeable" in text
+    rows = _read_csv(out)
+    assert [r["file"] for r in rows] == sorted(p.name for p in folder.iterdir())
+    scores = np.array([float(r["score"]) for r in rows])
+    p = np.array([float(r["p_value"]) for r in rows])
+    flagged = np.array([r["flagged"] == "1" for r in rows])
+    cal = calibration_scores(run, "nll")
+    np.testing.assert_allclose(p, conformal.p_values(cal, scores))
+    np.testing.assert_array_equal(flagged, p <= 0.1)
+    summary = json.loads((root / "out.summary.json").read_text())
+    assert summary["n_flagged"] == flagged.sum() and summary["guarantee"] == "marginal"
+    assert summary["calibration"]["slice"] == [300, 450] and summary["skipped"] == []
+
+    # the same images as an .npz and as a dataset name give the same scores (PNG is lossless)
+    x = np.stack([np.asarray(Image.open(folder / r["file"])) for r in rows])
+    np.savez(root / "same.npz", x=x, y=np.zeros(len(x), dtype=np.int64))
+    same = vaeood.decide(run, root / "same.npz", alpha=0.1, data_dir=str(data))
+    np.testing.assert_allclose(same.scores, scores, rtol=1e-6)
+    by_name = vaeood.decide(run, "mnist", alpha=0.1, data_dir=str(data), limit=30)
+    with np.load(data / "mnist_test.npz") as f:
+        np.savez(root / "mn30.npz", x=f["x"][:30], y=f["y"][:30])
+    np.testing.assert_allclose(by_name.scores, vaeood.decide(run, root / "mn30.npz").scores, rtol=1e-6)
+    assert by_name.names[0] == "mnist/test[0]" and len(by_name.names) == 30
+
+    on_train = vaeood.decide(run, "fashion_mnist", split="train", limit=20)
+    assert "carry no guarantee" in on_train.summary_text() and on_train.summary["warnings"]
+    assert by_name.summary["warnings"] == []
+
+    # calibration-conditional and FDR rules
+    cond = vaeood.decide(run, folder, alpha=0.1, delta=0.1)
+    t = conformal.threshold(cal, 0.1, 0.1)
+    np.testing.assert_array_equal(cond.flagged, scores > t.value)
+    assert cond.summary["guarantee"] == "conditional" and cond.flagged.sum() <= flagged.sum()
+    fdr = vaeood.decide(run, folder, alpha=0.1, fdr=True)
+    np.testing.assert_array_equal(fdr.flagged, conformal.benjamini_hochberg(p, 0.1))
+
+    # operating points for reports, from the run's calibration
+    ops = operating_points_for_run(run, "nll", scores[:30], {"mnist": scores[30:]}, alphas=(0.05, 0.1))
+    assert ops["alphas"]["0.1"]["fpr"] == flagged[:30].mean()
+    assert ops["alphas"]["0.1"]["tpr"]["mnist"]["tpr"] == flagged[30:].mean()
+
+
+def test_detect_refusals(tiny, capsys, tmp_path):
+    run, data, folder = tiny["run"], tiny["data"], tiny["folder"]
+    if not calibration_path(run, "nll").exists():
+        main(["calibrate", str(run), "--n", "150", "--data-dir", str(data)])
+    capsys.readouterr()
+    out = tmp_path / "o.csv"
+
+    # too little calibration data for alpha (150 < 1/0.001 - 1), before reading any image
+    assert main(["detect", str(run), str(folder), "--alpha", "0.001", "--out", str(out)]) == 2
+    assert "at least 999 are needed" in capsys.readouterr().err
+    assert main(["detect", str(run), str(folder), "--alpha", "0.01", "--delta", "0.01", "--out", str(out)]) == 2
+    assert "calibration-conditional" in capsys.readouterr().err
+    assert main(["detect", str(run), str(folder), "--alpha", "1.5", "--out", str(out)]) == 2
+    assert "alpha must be in (0, 1), got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["detect", str(run), str(folder), "--delta", "0.1", "--fdr", "--out", str(out)])
+    capsys.readouterr()
+
+    # bad files: each named, or skipped and listed on request
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in folder.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    good = (folder / "fm_00.png").read_bytes()
+    (bad / "cut.png").write_bytes(good[: len(good) // 2])
+    (bad / "readme.png").write_text("hello")
+    Image.fromarray(blobs(1, 9, size=32)[0]).save(bad / "big.png")
+    assert main(["detect", str(run), str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "3 of 63 files cannot be used" in err
+    assert "cut.png: truncated" in err and "readme.png: not an image" in err and "big.png: C×H×W = 1×32×32" in err
+    assert not out.exists()
+    assert main(["detect", str(run), str(bad), "--skip-bad", "--out", str(out)]) == 0
+    assert "skipped 3 files" in capsys.readouterr().out
+    assert len(_read_csv(out)) == 60
+    summary = json.loads(out.with_name("o.summary.json").read_text())
+    assert sorted(n for n, _ in summary["skipped"]) == ["big.png", "cut.png", "readme.png"]
+    # with --pad the 32×32 image cannot shrink; with --resize it is fitted and recorded
+    assert main(["detect", str(run), str(bad), "--skip-bad", "--resize", "--out", str(out)]) == 0
+    assert len(_read_csv(out)) == 61
+    assert json.loads(out.with_name("o.summary.json").read_text())["fitted"]["method"] == "resize"
+
+    # other detector options than the calibrated ones
+    with pytest.raises(NoCalibrationError, match="calibrate with those options"):
+        vaeood.decide(run, folder, detector_options={"estimator": "iwae", "estimator_options": {"k": 4}})
+    with pytest.raises(NoCalibrationError, match="unknown detector 'nl'"):
+        vaeood.decide(run, folder, detector="nl")
+
+
+def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_path, capsys):
+    data = tiny["data"]
+    full = tmp_path / "full"
+    assert main(["train", str(full), "--data-dir", str(data), *TINY]) == 0
+    assert main(["calibrate", str(full), "--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "the run trained on all 500 images of fashion_mnist/train" in err and "--data.limit=" in err
+
+    part = tmp_path / "part"
+    assert main(["train", str(part), "--data-dir", str(data), "--data.limit=450", *TINY]) == 0
+    assert main(["calibrate", str(part), "--n", "51", "--data-dir", str(data)]) == 2
+    assert "choose 1 ≤ n ≤ 50" in capsys.readouterr().err
+    vaeood.calibrate(part, data_dir=str(data))  # default: all 50 held-out images (fewer than 2000)
+    assert load_calibration(part)["calibration_slice"] == [450, 500]
+    with pytest.raises(NoCalibrationError, match="choose 1 ≤ n_fit < 50"):
+        vaeood.calibrate(part, "typicality", n_fit=50, data_dir=str(data))
+    # the model changes (another training's checkpoint in its place): the calibration no longer applies
+    other = tmp_path / "other"
+    assert main(["train", str(other), "--data-dir", str(data), "--data.limit=450", "--train.seed=1", *TINY]) == 0
+    (part / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())
+    with pytest.raises(NoCalibrationError, match="another checkpoint"):
+        vaeood.decide(part, tiny["folder"])
+
+
+def test_a_fitting_detector_is_fitted_and_calibrated_on_disjoint_held_out_slices(tiny, tmp_path):
+    run, data, folder = tiny["run"], tiny["data"], tiny["folder"]
+    record = vaeood.calibrate(run, "typicality", n_fit=100, n_calibration=100, data_dir=str(data))
+    assert record["fit_slice"] == [300, 400] and record["calibration_slice"] == [400, 500]
+    assert record["detector_options"] == {"estimator": "elbo", "estimator_options": {}}
+    # the scores are |-log p(x) - H|, H the mean over the fitting slice
+    nll_fit = -vaeood.compute_features(run, "fashion_mnist", "train", "log_px", start=300, stop=400,
+                                       data_dir=str(data))["log_px_nats"]
+    nll_cal = -vaeood.compute_features(run, "fashion_mnist", "train", "log_px", start=400, stop=500,
+                                       data_dir=str(data))["log_px_nats"]
+    np.testing.assert_allclose(record["scores"], np.abs(nll_cal - nll_fit.mean()), rtol=1e-9)
+    result = vaeood.decide(run, folder, "typicality", alpha=0.2, data_dir=str(data))
+    np.testing.assert_array_equal(result.flagged, result.p_values <= 0.2)
+    assert result.summary["calibration"]["fit_slice"] == [300, 400]
+
+    # calibration scores that the refitted detector does not reproduce are refused
+    path = calibration_path(run, "typicality")
+    with np.load(path) as f:
+        scores, meta = f["scores"], f["meta"]
+    np.savez(path, scores=scores + 1.0, meta=meta)
+    with pytest.raises(NoCalibrationError, match="no longer reproduces its calibration scores"):
+        vaeood.decide(run, folder, "typicality", data_dir=str(data))
+
+
+def test_decision_rates_for_the_suite_report(tiny):
+    from vaeood.decisions import decision_rates, format_decision_table
+
+    run, data = tiny["run"], tiny["data"]
+    rates = decision_rates(run, "fashion_mnist", ["mnist"], ["nll", "complexity"], n_calibration=150,
+                           data_dir=str(data), alphas=(0.001, 0.01, 0.1))
+    assert "bits/dim" in rates["complexity"]["error"]  # the Bernoulli decoder has no bits/dim
+    nll = rates["nll"]
+    assert nll["n_calibration"] == 150 and nll["calibration"]["slice"] == [300, 450]
+    assert "at least 999" in nll["alphas"]["0.001"]["error"]  # 150 calibration images cannot support 0.001
+    assert nll["alphas"]["0.01"]["rank"] == 150  # floor(0.01 * 151) = 1: only scores above the largest
+    # an independent computation from the features (test features use seed 0 as evaluate's, calibration seed 1)
+    assert nll["calibration"]["seed"] == 1 and nll["calibration"]["test_seed"] == 0
+    cal = calibration_scores(run, "nll")
+    s_in = -vaeood.compute_features(run, "fashion_mnist", "test", "log_px", data_dir=str(data))["log_px_nats"]
+    s_ood = -vaeood.compute_features(run, "mnist", "test", "log_px", data_dir=str(data))["log_px_nats"]
+    cal_again = -vaeood.compute_features(run, "fashion_mnist", "train", "log_px", start=300, stop=450, seed=1,
+                                         data_dir=str(data))["log_px_nats"]
+    np.testing.assert_allclose(cal, cal_again, rtol=1e-6)
+    t = conformal.threshold(cal, 0.1)
+    assert nll["alphas"]["0.1"]["fpr"] == pytest.approx((s_in > t.value).mean())
+    assert nll["alphas"]["0.1"]["tpr"]["mnist"]["tpr"] == pytest.approx((s_ood > t.value).mean())
+    table = format_decision_table(rates)
+    assert "| nll | 0.1 | 150 |" in table and "TPR mnist" in table
+
+
+def test_readme_decisions_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's Python block on decisions, on a tiny normalised-decoder run."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Decisions"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    data = tmp_path / "data"
+    write_npz(data, "fashion_mnist", "train", blobs(400, 0))
+    monkeypatch.setenv("VAEOOD_DATA", str(data))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "runs/fm", "--model.likelihood=dlogistic", "--data.limit=300", *TINY]) == 0
+    (tmp_path / "new_images").mkdir()
+    for i, img in enumerate([*blobs(5, 1), *strokes(5, 3)]):
+        Image.fromarray(img).save(tmp_path / "new_images" / f"{i}.png")
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "10 images from new_images/" in printed and "Guarantee marginal" in printed
+    assert len(_read_csv(tmp_path / "flags.csv")) == 10
