@@ -39,12 +39,13 @@ class DataConfig:
 class ModelConfig:
     """The VAE: encoder/decoder architecture and the decoder likelihood p(x|z)."""
 
-    arch: str = "conv"  # conv | mlp
+    arch: str = "conv"  # conv | mlp | hvae
     likelihood: str = "bernoulli"  # bernoulli | dlogistic | categorical
     latent_dim: int = 16
     base_channels: int = 32  # conv width (the "capacity" knob of Dai & Wipf)
     hidden_dim: int = 512  # mlp width (784-512-z in the Keras-blog VAE)
     likelihood_options: dict = field(default_factory=dict)  # e.g. {"n_mix": 5}
+    arch_options: dict = field(default_factory=dict)  # hvae: e.g. {"latent_dims": [32, 16, 8]} (models/hvae.py)
 
 
 @dataclass

@@ -159,6 +159,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     bad_in_a_row = torch.zeros((), device=device)  # NaN/inf steps in a row, across epoch boundaries
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
+        if hasattr(objective, "set_epoch"):  # epoch-scheduled objectives (elbo_warmup's KL warm-up)
+            objective.set_epoch(epoch)
         order = epoch_order(n, tcfg.seed, epoch).to(device)
         keys, sums = None, None  # logged values summed on the device over good steps; read once per epoch
         steps, skipped = 0, torch.zeros((), device=device)
