@@ -4,6 +4,7 @@ bounds (llr.py): known identities, not smoke."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,3 +241,28 @@ def test_train_end_to_end_with_warmup_and_resume(tmp_path, monkeypatch):
                    estimator_options={"k": 4}, limit=16)
     assert scores["bpd"].shape == (16,) and (scores["bpd"] > 0).all()
     assert {"rate_nats_layer1", "rate_nats_layer3"} <= set(scores)
+
+
+def test_ddp_trains_the_hierarchical_model(tmp_path, monkeypatch):
+    """Two gloo processes under torchrun: every HVAE module takes part in the loss (DDP
+    without find_unused_parameters), rank 0 writes, the warm-up schedule is logged."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("VAEOOD_DATA", raising=False)
+    data = write_fig2a_data(tmp_path / "data", n_train=128, n_test=32)
+    import vaeood
+
+    src = str(Path(vaeood.__file__).resolve().parents[1])  # this checkout's package, whatever the cwd
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("VAEOOD_DATA", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "vaeood.cli",
+           "train", str(tmp_path / "two"), "--data-dir", str(data), "--model.arch=hvae", "--model.base_channels=4",
+           '--model.arch_options={"latent_dims": [4, 3, 2], "widths": [8, 8]}', "--train.objective=elbo_warmup",
+           '--train.objective_options={"warmup_epochs": 2}', "--train.epochs=2", "--train.batch_size=32"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "two")
+    assert state["epoch"] == 2 and [h["train_beta"] for h in state["history"]] == [0.5, 1.0]
