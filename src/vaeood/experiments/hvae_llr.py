@@ -44,6 +44,11 @@ HVAE = {"model.arch": "hvae",
         "train.objective": "elbo_warmup",
         "train.objective_options": json.dumps({"warmup_epochs": 2, "free_nats": 2.0, "free_nats_epochs": 4})}
 VAE = {"model.arch": "conv", "model.latent_dim": "16"}
+# how the k lowest layers are drawn, and importance samples per bound
+VARIANTS = {"sampled": (1, False), "prior_mean": (1, True), "sampled_iw16": (16, False)}
+WHAT = {"sampled": "lower layers sampled from p(z_i|z_{i+1}) (the bound as written), 1 sample",
+        "prior_mean": "lower layers at the conditional prior's mean (the authors' code), 1 sample",
+        "sampled_iw16": "lower layers sampled, both bounds importance-weighted with 16 samples"}
 
 
 def llr_scores(run_dir: Path, dataset: str, limit: int, *, data_dir: str | None, seed: int = 0,
@@ -61,25 +66,29 @@ def llr_scores(run_dir: Path, dataset: str, limit: int, *, data_dir: str | None,
             out = llr_bounds(model, x, generator=g, samples=samples, prior_mean=prior_mean)
             parts.append({k: v.double().numpy() for k, v in out.items()})
     result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    result["bpd"] = bits_per_dim(torch.from_numpy(result["elbo_nats"]), model.num_dims).numpy()
+    if model.likelihood.normalised:
+        result["bpd"] = bits_per_dim(torch.from_numpy(result["elbo_nats"]), model.num_dims).numpy()
     return result
 
 
 def run(out: Path, seeds: list[int], *, limit: int = 2000, data_dir: str | None = None, vae: bool = True,
-        iwae_k: int = 0, overrides: dict | None = None, command: str = "") -> dict:
+        iwae_k: int = 0, llr_iw: bool = True, overrides: dict | None = None, prefix: str = "hvae",
+        command: str = "") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results = {"experiment": "hvae-llr", "command": command, "paper_auroc_llr_gt_1": PAPER_AUROC,
                "budget": {**QUICK, **(overrides or {})}, "limit": limit, "hvae": {}, "vae": {}, **stamp("cpu")}
     for seed in seeds:
         cfg = Config().override({**QUICK, **HVAE, **(overrides or {}), "train.seed": str(seed)})
-        run_dir = out / "runs" / f"hvae_seed{seed}"
+        run_dir = out / "runs" / f"{prefix}_seed{seed}"
         training = train_or_reuse(cfg, run_dir, data_dir=data_dir, progress=False)
         row = {"train_seconds": training["train_seconds"], "num_parameters": training["num_parameters"],
                "config": training["config"]["model"], "objective": training["config"]["train"]}
-        for prior_mean in (False, True):
-            tag = "prior_mean" if prior_mean else "sampled"
-            s_in = llr_scores(run_dir, "fashion_mnist", limit, data_dir=data_dir, prior_mean=prior_mean)
-            s_ood = llr_scores(run_dir, "mnist", limit, data_dir=data_dir, prior_mean=prior_mean)
+        for tag, (samples, prior_mean) in VARIANTS.items():
+            if samples > 1 and not llr_iw:
+                continue
+            kw = {"data_dir": data_dir, "prior_mean": prior_mean, "samples": samples}
+            s_in = llr_scores(run_dir, "fashion_mnist", limit, **kw)
+            s_ood = llr_scores(run_dir, "mnist", limit, **kw)
             layers = 1 + sum(1 for k in s_in if k.startswith("l_gt_"))
             metrics = {"elbo_nll": ood_metrics(-s_in["elbo_nats"], -s_ood["elbo_nats"])}
             for k in range(1, layers):
@@ -89,7 +98,8 @@ def run(out: Path, seeds: list[int], *, limit: int = 2000, data_dir: str | None 
                         "means_nats": {name: {k: float(v.mean()) for k, v in s.items()}
                                        for name, s in (("fashion_mnist", s_in), ("mnist", s_ood))}}
         elbo_scores = {d: score(run_dir, d, data_dir=data_dir, limit=limit) for d in ("fashion_mnist", "mnist")}
-        row["elbo_bpd"] = {d: float(s["bpd"].mean()) for d, s in elbo_scores.items()}
+        row["elbo_bpd"] = {d: float(s["bpd"].mean()) if "bpd" in s else None for d, s in elbo_scores.items()}
+        row["elbo_nats"] = {d: float(s["log_px_nats"].mean()) for d, s in elbo_scores.items()}
         row["rate_nats_per_layer_fashion_mnist"] = {
             k: float(v.mean()) for k, v in elbo_scores["fashion_mnist"].items() if k.startswith("rate_nats")}
         if iwae_k:
@@ -105,7 +115,8 @@ def run(out: Path, seeds: list[int], *, limit: int = 2000, data_dir: str | None 
         training = train_or_reuse(cfg, run_dir, data_dir=data_dir, progress=False)
         scores = {d: score(run_dir, d, data_dir=data_dir, limit=limit) for d in ("fashion_mnist", "mnist")}
         results["vae"] = {"train_seconds": training["train_seconds"], "num_parameters": training["num_parameters"],
-                          "elbo_bpd": {d: float(s["bpd"].mean()) for d, s in scores.items()},
+                          "elbo_bpd": {d: float(s["bpd"].mean()) if "bpd" in s else None for d, s in scores.items()},
+                          "elbo_nats": {d: float(s["log_px_nats"].mean()) for d, s in scores.items()},
                           "elbo_nll": ood_metrics(-scores["fashion_mnist"]["log_px_nats"],
                                                   -scores["mnist"]["log_px_nats"])}
         if iwae_k:
@@ -125,8 +136,9 @@ def report(r: dict) -> str:
              f"{r['limit']} test images of each set; LLR>k = ELBO − L>k with one sample (shared noise), "
              "OOD = MNIST is the positive class, higher = more OOD.", "",
              f"Paper (Havtorn et al. 2021, HVAE): AUROC {r['paper_auroc_llr_gt_1']} with LLR>1.", ""]
-    for tag, what in (("sampled", "lower layers sampled from p(z_i|z_{i+1}) (the bound as written)"),
-                      ("prior_mean", "lower layers at the conditional prior's mean (the authors' code)")):
+    for tag, what in WHAT.items():
+        if tag not in r["hvae"][seeds[0]]:
+            continue
         names = list(r["hvae"][seeds[0]][tag]["metrics"])
         lines += [f"## AUROC, {what}", "", "| score | " + " | ".join(seeds) + " | mean |",
                   "| --- |" + " --- |" * (len(seeds) + 1)]
@@ -134,15 +146,22 @@ def report(r: dict) -> str:
             vals = [r["hvae"][s][tag]["metrics"][name]["auroc"] for s in seeds]
             lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {np.mean(vals):.3f} |")
         lines.append("")
-    lines += ["## Test bits/dim (ELBO, discretised logistic)", "",
+    def fmt(bpd, nats):
+        return f"{bpd:.3f} bits/dim" if bpd is not None else f"{nats:.1f} nats (not normalised)"
+
+    lines += ["## Test bits/dim (ELBO)", "",
               "| model | Fashion-MNIST | MNIST | AUROC of −ELBO | parameters | train s |", "| --- | --- | --- | --- | --- | --- |"]
     for s in seeds:
         h = r["hvae"][s]
-        lines.append(f"| HVAE {s} | {h['elbo_bpd']['fashion_mnist']:.3f} | {h['elbo_bpd']['mnist']:.3f} | "
+        nats = h.get("elbo_nats", {"fashion_mnist": float("nan"), "mnist": float("nan")})
+        lines.append(f"| HVAE {s} | {fmt(h['elbo_bpd']['fashion_mnist'], nats['fashion_mnist'])} | "
+                     f"{fmt(h['elbo_bpd']['mnist'], nats['mnist'])} | "
                      f"{h['sampled']['metrics']['elbo_nll']['auroc']:.3f} | {h['num_parameters']} | {h['train_seconds']:.0f} |")
     if r["vae"]:
         v = r["vae"]
-        lines.append(f"| conv VAE seed0 | {v['elbo_bpd']['fashion_mnist']:.3f} | {v['elbo_bpd']['mnist']:.3f} | "
+        nats = v.get("elbo_nats", {"fashion_mnist": float("nan"), "mnist": float("nan")})
+        lines.append(f"| conv VAE seed0 | {fmt(v['elbo_bpd']['fashion_mnist'], nats['fashion_mnist'])} | "
+                     f"{fmt(v['elbo_bpd']['mnist'], nats['mnist'])} | "
                      f"{v['elbo_nll']['auroc']:.3f} | {v['num_parameters']} | {v['train_seconds']:.0f} |")
     lines.append("")
     return "\n".join(lines)
@@ -156,12 +175,14 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--no-vae", action="store_true")
     p.add_argument("--iwae-k", type=int, default=0, help="also IWAE-K bits/dim (0: off)")
+    p.add_argument("--no-llr-iw", action="store_true", help="skip the 16-sample LLR variant")
+    p.add_argument("--tag", default="hvae", help="run directory prefix (runs/TAG_seedS)")
     p.add_argument("--set", nargs="*", default=[], help="extra config overrides key=value")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     overrides = dict(item.split("=", 1) for item in a.set)
     r = run(Path(a.out), a.seeds, limit=a.limit, data_dir=a.data_dir, vae=not a.no_vae, iwae_k=a.iwae_k,
-            overrides=overrides, command="python -m vaeood.experiments.hvae_llr " + shlex.join(sys.argv[1:] if argv is None else argv))
+            llr_iw=not a.no_llr_iw, overrides=overrides, prefix=a.tag, command="python -m vaeood.experiments.hvae_llr " + shlex.join(sys.argv[1:] if argv is None else argv))
     print(report(r))
 
 
