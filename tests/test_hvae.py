@@ -266,3 +266,20 @@ def test_ddp_trains_the_hierarchical_model(tmp_path, monkeypatch):
     assert done.returncode == 0, done.stderr[-3000:]
     state = load_checkpoint(tmp_path / "two")
     assert state["epoch"] == 2 and [h["train_beta"] for h in state["history"]] == [0.5, 1.0]
+
+
+def test_hvae_llr_experiment_runs_end_to_end_on_tiny_data(tmp_path, monkeypatch):
+    from vaeood.experiments import hvae_llr
+
+    monkeypatch.delenv("VAEOOD_DATA", raising=False)
+    data = write_fig2a_data(tmp_path / "data", n_train=64, n_test=32)
+    out = hvae_llr.run(tmp_path / "out", [0], limit=16, data_dir=str(data), llr_iw=False,
+                       overrides={"train.epochs": "1", "model.base_channels": "4", "data.limit": "64"})
+    row = out["hvae"]["seed0"]
+    assert set(row["sampled"]["metrics"]) == {"elbo_nll", "llr_gt_1", "l_gt_1_nll", "llr_gt_2", "l_gt_2_nll"}
+    assert all(0 <= m["auroc"] <= 1 for m in row["sampled"]["metrics"].values())
+    assert out["vae"]["elbo_bpd"]["fashion_mnist"] > 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "LLR>k" in report and "0.98" in report
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["hvae"]["seed0"]["elbo_bpd"] == row["elbo_bpd"]
