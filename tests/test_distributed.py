@@ -7,11 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import vaeood
 from tinydata import write_fig2a_data
 from vaeood.checkpoint import load_checkpoint
 from vaeood.cli import main
@@ -22,7 +24,10 @@ TINY = ["--train.epochs=3", "--model.base_channels=4", "--model.latent_dim=4", "
 
 
 def torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the package under test, by absolute path: a relative PYTHONPATH=src would not resolve from cwd
+    src = str(Path(vaeood.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.pop("VAEOOD_DATA", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "vaeood.cli", *args]

@@ -153,6 +153,7 @@ class ModelConfig:
     base_channels: int = _rule(COUNT, default=32)  # conv width (the "capacity" knob of Dai & Wipf)
     hidden_dim: int = _rule(COUNT, default=512)  # mlp width (784-512-z in the Keras-blog VAE)
     likelihood_options: dict = field(default_factory=dict)  # e.g. {"n_mix": 5}; checked by _check_options
+    arch_options: dict = field(default_factory=dict)  # hvae: e.g. {"latent_dims": [32, 16, 8]} (models/hvae.py)
 
 
 @dataclass

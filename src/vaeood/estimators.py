@@ -15,6 +15,23 @@ The model is duck-typed; it must provide
   (sample, image) pair materialises when decoded, hidden layers included, used by
   ``iwae`` to bound memory (default ``Z + x[0].numel()``, which counts the output alone).
 
+Hierarchical models (several latent layers, e.g. :class:`vaeood.models.hvae.HierarchicalVAE`)
+provide instead a small protocol, on which ``elbo`` and ``iwae`` dispatch (``hasattr(model,
+"log_weight_terms")``):
+
+* ``model.encode(x)``: whatever the model needs to reuse across sample chunks (one pass of
+  the encoder per image);
+* ``model.draw_noise(S, B, like, generator) -> list`` of per-layer noise ``[S, B, Z_i]``,
+  drawn per sample index (so chunking does not change a sample);
+* ``model.log_weight_terms(x, eps, encoded=...) -> {"log_likelihood": [S, B], "log_ratio":
+  [L × [S, B]], "kl": [L × ([B] or [S, B])]}``: log p(x|z), per layer
+  ``log q(z_i|·) − log p(z_i|·)`` at the samples, and per layer the analytic KL given the
+  sampled parents; ``log w = log_likelihood − Σ_i log_ratio_i``.
+
+Their outputs add the rate per layer, ``rate_nats_layer{i}`` (i = 1 the lowest layer). A
+one-layer model on a VAE's modules gives the VAE's numbers (bit for bit for the analytic
+ELBO, to rounding for the MC ones: the same noise, the terms summed in another order).
+
 Estimators neither call ``.backward`` nor change grad mode or train/eval mode: wrap them
 in ``torch.no_grad()`` (and ``model.eval()``) for evaluation; ``elbo`` is differentiable
 and serves as the training objective (``-elbo(model, x)["log_px_nats"].mean()``).
@@ -45,7 +62,7 @@ logger = logging.getLogger(__name__)
 ESTIMATORS: Registry = Registry("estimator")
 
 # -- the model protocol, checked ------------------------------------------------------------
-def checked_posterior(model, x) -> tuple[Tensor, Tensor]:
+def checkedchecked_posterior(model, x) -> tuple[Tensor, Tensor]:
     """``model.posterior(x)``, checked to be ``(mu, logvar)`` of equal shape ``[B, Z]``."""
     mu, logvar = model.posterior(x)
     if mu.dim() != 2 or logvar.shape != mu.shape:
@@ -56,7 +73,7 @@ def checked_posterior(model, x) -> tuple[Tensor, Tensor]:
     return mu, logvar
 
 
-def checked_log_joint(model, x, z: Tensor) -> tuple[Tensor, Tensor]:
+def checkedchecked_log_joint(model, x, z: Tensor) -> tuple[Tensor, Tensor]:
     """(log p(x|z), log p(z)), each checked to be ``[S, B]``."""
     log_lik = model.log_likelihood(x, z)
     log_prior = model.log_prior(z)
@@ -113,7 +130,9 @@ def elbo(
     samples = check_positive_int("samples", samples)
     if kl not in ("analytic", "mc"):
         raise ValueError(f"kl must be 'analytic' or 'mc', got {kl!r}")
-    mu, logvar = checked_posterior(model, x)
+    if hasattr(model, "log_weight_terms"):
+        return _elbo_layers(model, x, samples, kl, generator)
+    mu, logvar = checkedchecked_posterior(model, x)
     eps = standard_normal(samples, mu, generator)
     z = mu + torch.exp(0.5 * logvar) * eps
     if kl == "analytic":
@@ -123,12 +142,12 @@ def elbo(
                 f"model.log_likelihood must return [S, B] = {list(z.shape[:2])}, "
                 f"got {list(log_lik.shape)}"
             )
-        rate = kl_to_standard_normal(mu, logvar)
+        rate = kl_tostandard_normal(mu, logvar)
         mean_log_lik = log_lik.mean(dim=0)
         distortion = -mean_log_lik
         log_px = mean_log_lik - rate
     else:
-        log_lik, log_prior = checked_log_joint(model, x, z)
+        log_lik, log_prior = checkedchecked_log_joint(model, x, z)
         log_q = log_prob_from_eps(eps, logvar)
         # same expression, same order as in iwae, so iwae(k=1) matches bit for bit
         log_w = log_lik + log_prior - log_q
@@ -136,6 +155,30 @@ def elbo(
         distortion = -log_lik.mean(dim=0)
         rate = (log_q - log_prior).mean(dim=0)
     return {"log_px_nats": log_px, "distortion_nats": distortion, "rate_nats": rate}
+
+
+def _elbo_layers(model, x, samples: int, kl: str, generator) -> dict[str, Tensor]:
+    """``elbo`` for a hierarchical model (module docstring): the analytic KL of each layer is
+    taken given its sampled parents (Sønderby et al. 2016), averaged over the samples."""
+    encoded = model.encode(x)
+    like = encoded[0][0] if isinstance(encoded, (list, tuple)) else encoded
+    eps = model.draw_noise(samples, len(x), like, generator)
+    terms = model.log_weight_terms(x, eps, encoded=encoded)
+    log_lik = terms["log_likelihood"]
+    if kl == "analytic":
+        rates = [r if r.dim() == 1 else r.mean(dim=0) for r in terms["kl"]]
+        mean_log_lik = log_lik.mean(dim=0)
+        distortion = -mean_log_lik
+        rate = sum(rates)
+        log_px = mean_log_lik - rate
+    else:
+        ratio = sum(terms["log_ratio"])
+        log_px = (log_lik - ratio).mean(dim=0)
+        distortion = -log_lik.mean(dim=0)
+        rate = ratio.mean(dim=0)
+        rates = [r.mean(dim=0) for r in terms["log_ratio"]]
+    return {"log_px_nats": log_px, "distortion_nats": distortion, "rate_nats": rate,
+            **{f"rate_nats_layer{i + 1}": r for i, r in enumerate(rates)}}
 
 
 @ESTIMATORS.register("iwae")
@@ -200,11 +243,24 @@ def iwae(
     a tiny fraction of K (a few weights dominate, typical when q(z|x) is too narrow, e.g. on
     out-of-distribution inputs) means the estimate is untrustworthy and may be far below
     log p(x). With ``k=1`` this is the single-sample ELBO with MC KL.
+
+    For a hierarchical model (module docstring) the weights come from
+    ``model.log_weight_terms``; the outputs add ``rate_nats`` and ``rate_nats_layer{i}``, the
+    K-sample means of ``log q − log p`` per layer, and ``q_var_ratio`` is NaN (there is no
+    single Gaussian q to compare); ``refine_steps`` is refused.
     """
     k = check_positive_int("k", k)
     max_elements = check_positive_int("max_elements", max_elements)
-    mu, logvar = checked_posterior(model, x)  # encode once
-    batch, latent = mu.shape
+    layered = hasattr(model, "log_weight_terms")  # a hierarchical model (module docstring)
+    if layered:
+        if refine_steps:
+            raise ValueError("refine_steps refines a single Gaussian q(z|x); a hierarchical model has none")
+        encoded = model.encode(x)  # encode once
+        like = encoded[0][0] if isinstance(encoded, (list, tuple)) else encoded
+        batch, latent = len(x), int(getattr(model, "latent_dim", 1))
+    else:
+        mu, logvar = checkedchecked_posterior(model, x)  # encode once
+        batch, latent = mu.shape
     if chunk_size is None:
         per_sample = getattr(model, "elements_per_sample", None)
         if per_sample is None:
@@ -214,24 +270,33 @@ def iwae(
     chunk_size = min(check_positive_int("chunk_size", chunk_size), k)
     logger.debug("iwae: k=%d, batch=%d, chunk_size=%d", k, batch, chunk_size)
     if refine_steps:
-        mu, logvar = refine_posterior(model, x, mu, logvar, steps=refine_steps, k=refine_k,
+        mu, logvar = refinechecked_posterior(model, x, mu, logvar, steps=refine_steps, k=refine_k,
                                       step_size=refine_step_size, chunk_size=chunk_size, generator=generator)
 
-    std = torch.exp(0.5 * logvar)
-    log_sum_w = log_sum_w2 = sum_log_w = m1 = m2 = None
+    if not layered:
+        std = torch.exp(0.5 * logvar)
+    log_sum_w = log_sum_w2 = sum_log_w = m1 = m2 = rate_sums = None
     for start in range(0, k, chunk_size):
         n = min(chunk_size, k - start)
-        eps = standard_normal(n, mu, generator)
-        z = mu + std * eps
-        log_lik, log_prior = checked_log_joint(model, x, z)
-        log_q = log_prob_from_eps(eps, logvar)
-        log_w = log_lik + log_prior - log_q  # [n, B]
+        if layered:
+            terms = model.log_weight_terms(x, model.draw_noise(n, batch, like, generator), encoded=encoded)
+            log_w = terms["log_likelihood"] - sum(terms["log_ratio"])  # [n, B]
+            c_rates = torch.stack(terms["log_ratio"]).sum(dim=1)  # [L, B]
+            rate_sums = c_rates if rate_sums is None else rate_sums + c_rates
+            c_m1 = c_m2 = torch.zeros(batch, 1, dtype=log_w.dtype, device=log_w.device)  # no single q to compare
+        else:
+            eps = standard_normal(n, mu, generator)
+            z = mu + std * eps
+            log_lik, log_prior = checkedchecked_log_joint(model, x, z)
+            log_q = log_prob_from_eps(eps, logvar)
+            log_w = log_lik + log_prior - log_q  # [n, B]
         c_sum_w = torch.logsumexp(log_w, dim=0)
         c_sum_w2 = torch.logsumexp(2.0 * log_w, dim=0)
         c_sum_log_w = log_w.sum(dim=0)
-        # SNIS moments of eps within the chunk, merged below with the running normaliser
-        c_w = torch.softmax(log_w.detach(), dim=0).unsqueeze(-1)
-        c_m1, c_m2 = (c_w * eps).sum(0), (c_w * eps.pow(2)).sum(0)
+        if not layered:
+            # SNIS moments of eps within the chunk, merged below with the running normaliser
+            c_w = torch.softmax(log_w.detach(), dim=0).unsqueeze(-1)
+            c_m1, c_m2 = (c_w * eps).sum(0), (c_w * eps.pow(2)).sum(0)
         if log_sum_w is None:
             log_sum_w, log_sum_w2, sum_log_w, m1, m2 = c_sum_w, c_sum_w2, c_sum_log_w, c_m1, c_m2
         else:
@@ -250,7 +315,7 @@ def iwae(
     inv_ess = torch.exp(log_sum_w2 - 2.0 * log_sum_w).detach().unsqueeze(-1)
     snis_var = ((m2 - m1.pow(2)) / (1.0 - inv_ess)).clamp_min(1e-12)
     snis_var = torch.where(inv_ess < 1.0 - 1e-6, snis_var, torch.full_like(snis_var, math.nan))
-    return {
+    out = {
         "log_px_nats": log_px,
         "elbo_nats": elbo_k,
         "gap_nats": (log_px - elbo_k).clamp_min(0.0),
@@ -258,6 +323,11 @@ def iwae(
         "ess_fraction": ess / k,
         "q_var_ratio": torch.exp(-torch.log(snis_var).mean(-1)),
     }
+    if layered:  # per-layer MC rates (mean over the K samples); q_var_ratio is undefined: NaN
+        out["q_var_ratio"] = torch.full_like(log_px, math.nan)
+        out["rate_nats"] = rate_sums.sum(dim=0) / k
+        out.update({f"rate_nats_layer{i + 1}": r / k for i, r in enumerate(rate_sums)})
+    return out
 
 
 # -- units --------------------------------------------------------------------------------

@@ -171,6 +171,8 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
     bad_in_a_row = torch.zeros((), device=device)  # NaN/inf steps in a row, across epoch boundaries
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
+        if hasattr(objective, "set_epoch"):  # epoch-scheduled objectives (elbo_warmup's KL warm-up)
+            objective.set_epoch(epoch)
         order = epoch_order(n, tcfg.seed, epoch).to(device)
         noise = _noise_generator(config.data.noise_rate, tcfg.seed, epoch, rank, device)
         keys, sums = None, None  # logged values summed on the device over good steps; read once per epoch

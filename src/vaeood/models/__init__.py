@@ -1,20 +1,27 @@
 """VAE models: architectures (``ARCHITECTURES``), likelihoods (``LIKELIHOODS``) and
-:func:`build_model`, which turns a :class:`~vaeood.config.ModelConfig` into a VAE."""
+:func:`build_model`, which turns a :class:`~vaeood.config.ModelConfig` into a VAE.
+
+An architecture is either an encoder/decoder pair for the single-layer :class:`VAE`
+(``conv``, ``mlp``) or, when its builder has ``builds_model = True``, a builder of a whole
+model from ``(cfg, image_shape, likelihood, **cfg.arch_options)`` (``hvae``)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..registry import Registry
+from ..errors import ConfigError
+from ..registry import Registry, check_options
 from .conv import conv_decoder, conv_encoder
 from .likelihoods import LIKELIHOODS, Likelihood
+from .hvae import HierarchicalVAE, build_hvae
 from .mlp import mlp_decoder, mlp_encoder
 from .vae import VAE
 
 if TYPE_CHECKING:  # config validates names against these registries, so no import back
     from ..config import ModelConfig
 
-# arch name → function(cfg, (C, H, W), params_per_channel) → (encoder, decoder)
+# arch name → function(cfg, (C, H, W), params_per_channel) → (encoder, decoder), or, with
+# builds_model = True, function(cfg, (C, H, W), likelihood, **arch_options) → model
 ARCHITECTURES = Registry("architecture")
 
 
@@ -32,10 +39,22 @@ def _mlp(cfg: ModelConfig, shape, params_per_channel: int):
             mlp_decoder(c, h, w, cfg.hidden_dim, cfg.latent_dim, params_per_channel))
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> VAE:
+ARCHITECTURES.register("hvae")(build_hvae)
+build_hvae.builds_model = True
+
+
+def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> VAE | HierarchicalVAE:
     """A VAE for images ``(C, H, W)`` as the config describes."""
     likelihood = LIKELIHOODS.get(cfg.likelihood)(image_shape[0], **cfg.likelihood_options)
-    encoder, decoder = ARCHITECTURES.get(cfg.arch)(cfg, image_shape, likelihood.params_per_channel)
+    builder = ARCHITECTURES.get(cfg.arch)
+    options = dict(cfg.arch_options or {})
+    if getattr(builder, "builds_model", False):
+        check_options(builder, options, "model.arch", cfg.arch, ("cfg", "image_shape", "likelihood"))
+        return builder(cfg, image_shape, likelihood, **options)
+    if options:
+        raise ConfigError(f"model.arch {cfg.arch!r} takes no arch_options (got {', '.join(sorted(options))}); "
+                          "they are for model.arch 'hvae'")
+    encoder, decoder = builder(cfg, image_shape, likelihood.params_per_channel)
     return VAE(encoder, decoder, likelihood, cfg.latent_dim, image_shape)
 
 
@@ -43,4 +62,5 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARCHITECTURES", "LIKELIHOODS", "Likelihood", "VAE", "build_model", "count_parameters"]
+__all__ = ["ARCHITECTURES", "LIKELIHOODS", "HierarchicalVAE", "Likelihood", "VAE", "build_hvae", "build_model",
+           "count_parameters"]

@@ -33,7 +33,7 @@ class OutputConvTranspose2d(nn.ConvTranspose2d):
 
 
 def conv_encoder(channels: int, height: int, width: int, base: int, latent_dim: int) -> nn.Module:
-    _check_divisible(height, width)
+    check_divisible(height, width)
     h, w = height // 4, width // 4
     return nn.Sequential(
         nn.Conv2d(channels, base, 4, stride=2, padding=1), nn.ReLU(inplace=True),
@@ -45,7 +45,7 @@ def conv_encoder(channels: int, height: int, width: int, base: int, latent_dim: 
 
 def conv_decoder(channels: int, height: int, width: int, base: int, latent_dim: int,
                  params_per_channel: int) -> nn.Module:
-    _check_divisible(height, width)
+    check_divisible(height, width)
     h, w = height // 4, width // 4
     return nn.Sequential(
         nn.Linear(latent_dim, 2 * base * h * w), nn.ReLU(inplace=True),
@@ -55,7 +55,7 @@ def conv_decoder(channels: int, height: int, width: int, base: int, latent_dim: 
     )
 
 
-def _check_divisible(height: int, width: int) -> None:
+def check_divisible(height: int, width: int) -> None:
     if height % 4 or width % 4:
         raise ConfigError(f"model.arch = 'conv' needs image height and width divisible by 4, got "
                           f"{height}×{width}; use model.arch=mlp or pad the images")
