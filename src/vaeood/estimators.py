@@ -61,8 +61,9 @@ logger = logging.getLogger(__name__)
 
 ESTIMATORS: Registry = Registry("estimator")
 
+
 # -- the model protocol, checked ------------------------------------------------------------
-def checkedchecked_posterior(model, x) -> tuple[Tensor, Tensor]:
+def checked_posterior(model, x) -> tuple[Tensor, Tensor]:
     """``model.posterior(x)``, checked to be ``(mu, logvar)`` of equal shape ``[B, Z]``."""
     mu, logvar = model.posterior(x)
     if mu.dim() != 2 or logvar.shape != mu.shape:
@@ -73,7 +74,7 @@ def checkedchecked_posterior(model, x) -> tuple[Tensor, Tensor]:
     return mu, logvar
 
 
-def checkedchecked_log_joint(model, x, z: Tensor) -> tuple[Tensor, Tensor]:
+def checked_log_joint(model, x, z: Tensor) -> tuple[Tensor, Tensor]:
     """(log p(x|z), log p(z)), each checked to be ``[S, B]``."""
     log_lik = model.log_likelihood(x, z)
     log_prior = model.log_prior(z)
@@ -85,12 +86,6 @@ def checkedchecked_log_joint(model, x, z: Tensor) -> tuple[Tensor, Tensor]:
                 f"{list(z.shape)}, got {list(value.shape)}"
             )
     return log_lik, log_prior
-
-
-def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 # -- estimators ---------------------------------------------------------------------------
@@ -132,7 +127,7 @@ def elbo(
         raise ValueError(f"kl must be 'analytic' or 'mc', got {kl!r}")
     if hasattr(model, "log_weight_terms"):
         return _elbo_layers(model, x, samples, kl, generator)
-    mu, logvar = checkedchecked_posterior(model, x)
+    mu, logvar = checked_posterior(model, x)
     eps = standard_normal(samples, mu, generator)
     z = mu + torch.exp(0.5 * logvar) * eps
     if kl == "analytic":
@@ -142,12 +137,12 @@ def elbo(
                 f"model.log_likelihood must return [S, B] = {list(z.shape[:2])}, "
                 f"got {list(log_lik.shape)}"
             )
-        rate = kl_tostandard_normal(mu, logvar)
+        rate = kl_to_standard_normal(mu, logvar)
         mean_log_lik = log_lik.mean(dim=0)
         distortion = -mean_log_lik
         log_px = mean_log_lik - rate
     else:
-        log_lik, log_prior = checkedchecked_log_joint(model, x, z)
+        log_lik, log_prior = checked_log_joint(model, x, z)
         log_q = log_prob_from_eps(eps, logvar)
         # same expression, same order as in iwae, so iwae(k=1) matches bit for bit
         log_w = log_lik + log_prior - log_q
@@ -259,7 +254,7 @@ def iwae(
         like = encoded[0][0] if isinstance(encoded, (list, tuple)) else encoded
         batch, latent = len(x), int(getattr(model, "latent_dim", 1))
     else:
-        mu, logvar = checkedchecked_posterior(model, x)  # encode once
+        mu, logvar = checked_posterior(model, x)  # encode once
         batch, latent = mu.shape
     if chunk_size is None:
         per_sample = getattr(model, "elements_per_sample", None)
@@ -270,7 +265,7 @@ def iwae(
     chunk_size = min(check_positive_int("chunk_size", chunk_size), k)
     logger.debug("iwae: k=%d, batch=%d, chunk_size=%d", k, batch, chunk_size)
     if refine_steps:
-        mu, logvar = refinechecked_posterior(model, x, mu, logvar, steps=refine_steps, k=refine_k,
+        mu, logvar = refine_posterior(model, x, mu, logvar, steps=refine_steps, k=refine_k,
                                       step_size=refine_step_size, chunk_size=chunk_size, generator=generator)
 
     if not layered:
@@ -287,7 +282,7 @@ def iwae(
         else:
             eps = standard_normal(n, mu, generator)
             z = mu + std * eps
-            log_lik, log_prior = checkedchecked_log_joint(model, x, z)
+            log_lik, log_prior = checked_log_joint(model, x, z)
             log_q = log_prob_from_eps(eps, logvar)
             log_w = log_lik + log_prior - log_q  # [n, B]
         c_sum_w = torch.logsumexp(log_w, dim=0)
