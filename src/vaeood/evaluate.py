@@ -111,7 +111,8 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
             fit_slice = heldout_slice(run_dir, n=fit_limit, data_dir=data_dir)
         except FitDataError as exc:
             fit_error = exc
-    info = {"normalised": normalised, "has_fit_data": fit_slice is not None}
+    info = {"normalised": normalised, "has_fit_data": fit_slice is not None,
+            "hierarchical": run_config(run_dir).model.arch == "hvae"}
     skipped = {}
     for name, det in list(dets.items()):
         reason = det.why_not(info)

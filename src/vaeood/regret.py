@@ -236,6 +236,9 @@ def likelihood_regret(
 
 
 likelihood_regret.needs_grad = True  # the feature protocol: run without torch.no_grad()
+# its noise comes from each image's bytes and the generator's seed: a feature layer gives every
+# batch the same seed, so that the batches an image is scored in do not change its regret
+likelihood_regret.per_image_noise = True
 
 
 # -- per-image noise ------------------------------------------------------------------------

@@ -34,6 +34,9 @@ from ..registry import Registry, check_options
 
 DETECTORS: Registry = Registry("detector")
 
+#: features that read a single Gaussian q(z|x) (model.posterior), which a hierarchical VAE has not
+SINGLE_LAYER_FEATURES = frozenset({"posterior", "reconstruction", "regret"})
+
 
 class FitDataError(ConfigError):
     """A detector was asked to fit on images it must not see (test images, or training
@@ -89,6 +92,9 @@ class Detector:
         missing = [k for k in self.required if self.options.get(k) is None]
         if missing:
             return f"needs option {', '.join(missing)}"
+        features = {opts.get("feature", key) for key, opts in self.needs.items()}
+        if info.get("hierarchical", False) and features & SINGLE_LAYER_FEATURES:
+            return "needs a single Gaussian q(z|x), which a hierarchical VAE does not have"
         if self.normalised_only and not info.get("normalised", False):
             return "needs bits/dim, which the decoder does not define (not a normalised pmf)"
         if self.fits and not info.get("has_fit_data", False):

@@ -133,7 +133,8 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
 
     ``images``: uint8 numpy ``[N, H, W, C]`` (as datasets load; ``[N, H, W]`` for grey) or a uint8 tensor
     ``[N, C, H, W]``. Batches of ``batch_size`` (default 1000); batch ``b`` draws its
-    noise from a generator seeded with ``seed * 1_000_003 + b`` and, under torchrun, runs
+    noise from a generator seeded with ``seed * 1_000_003 + b`` (``seed`` itself for a
+    feature with ``per_image_noise``, whose noise is keyed on each image) and, under torchrun, runs
     on rank ``b mod W`` (so values do not depend on the number of processes).
     """
     fn = FEATURES.get(name)
@@ -160,7 +161,9 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
     with grad():
         for b in tqdm(range(rank, len(starts), world), desc=desc or name, disable=not show, leave=False):
             x = batch_of(starts[b], starts[b] + batch_size)
-            generator = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + b)
+            # features that key their noise on each image take one seed for every batch
+            batch_seed = seed if getattr(fn, "per_image_noise", False) else seed * 1_000_003 + b
+            generator = torch.Generator(device=dev).manual_seed(batch_seed)
             out = fn(model, x, generator=generator, **options)
             mine[b] = {k: v.detach().double().cpu().numpy() for k, v in out.items()}
     if world > 1:
