@@ -117,7 +117,7 @@ def test_why_6_a_model_without_latent_variable_is_refused(tmp_path, capsys):
     ("--train.device=meta", "train.device = 'meta': must be a device torch knows that vaeood runs on"),
     ("--train.seed=-1", "train.seed = -1: must be an integer >= 0 and <= 4294967295"),
     ("--train.precision=fp16", "train.precision = 'fp16': must be one of fp32, bf16"),
-    ("--model.arch=cnn", "model.arch = 'cnn': must be one of conv, mlp"),
+    ("--model.arch=cnn", "model.arch = 'cnn': must be one of conv, hvae, mlp"),
     ("--data.name=../etc", "data.name = '../etc': must be a plain word"),
 ])
 def test_bad_config_values_name_key_value_and_range(tmp_path, capsys, override, message):
@@ -261,9 +261,16 @@ def test_an_ood_set_that_is_the_in_distribution_set_is_warned_about(trained, tmp
     out = tmp_path / "eval"
     assert main(["evaluate", str(trained[0]), "--in", "mnist", "--ood", "mnist", "--ood", "fashion_mnist",
                  "--data-dir", str(trained[1]), "--limit", "16", "--out", str(out)]) == 0
-    warnings = json.loads((out / "metrics.json").read_text())["warnings"]
-    assert len(warnings) == 1 and "'mnist' is the in-distribution set 'mnist' itself" in warnings[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    same = [w for w in metrics["warnings"] if "itself" in w]
+    assert len(same) == 1 and "'mnist' is the in-distribution set 'mnist' itself" in same[0]
     assert "say nothing about detecting OOD images" in caplog.text
+    # 16 images a set: each AUROC is reported with its bootstrap interval, and warned about
+    small = [w for w in metrics["warnings"] if "fewer than 30" in w]
+    assert len(small) == 2 * len(metrics["results"]) and all("rests on 16 in-distribution and 16 OOD" in w for w in small)
+    m = metrics["results"]["nll"]["fashion_mnist"]
+    lo, hi = m["auroc_interval_95"]
+    assert lo <= m["auroc"] <= hi and hi > lo
 
 
 # ============================================================ every field, random values

@@ -26,7 +26,7 @@ from .data import load_dataset
 from .detectors import DETECTORS, Detector, FitDataError, batch_test_power, make_detector
 from .features import compute_features, needs_features
 from .fitdata import check_fit_slice, heldout_slice, run_config
-from .metrics import ood_metrics, same_data_warnings
+from .metrics import ood_metrics, same_data_warnings, small_set_interval
 from .report import histogram_figure
 from .scoring import score, score_meta
 
@@ -136,7 +136,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
             loaded[name, which] = load_dataset(name, which, data_dir=where, allow_sample=sample)
         return loaded[name, which]
 
-    results, det_info, score_files, batch_tests = {}, {}, {}, {}
+    results, det_info, score_files, batch_tests, small_sets = {}, {}, {}, {}, []
     for name, det in dets.items():
         started = time.perf_counter()
         feature_seconds = {}
@@ -171,6 +171,8 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
             if name == "typicality":
                 nll_by_set[set_name] = -feats["log_px_nats"]
         results[name] = {ood: ood_metrics(set_scores[in_dataset], set_scores[ood]) for ood in ood_datasets}
+        small_sets += [w for ood in ood_datasets if (w := small_set_interval(
+            results[name][ood], set_scores[in_dataset], set_scores[ood], f"{name} on {ood}"))]
         if name == "typicality":
             batch_tests = {ood: batch_test_power(-fit_features["log_px_nats"], nll_by_set[in_dataset],
                                                  nll_by_set[ood], seed=seed) for ood in ood_datasets}
@@ -206,7 +208,8 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
         "positive_class": "ood",
         "score_direction": "higher = more out-of-distribution",
         "results": results,
-        "warnings": same_data_warnings(in_dataset, ood_datasets, {n: score_meta(s) for n, s in per_set.items()}),
+        "warnings": same_data_warnings(in_dataset, ood_datasets,
+                                       {n: score_meta(s) for n, s in per_set.items()}) + small_sets,
         "detectors": det_info,
         "detector_scores": score_files,
         "skipped": skipped,

@@ -15,6 +15,8 @@ import logging
 
 import numpy as np
 
+from .intervals import bootstrap_auroc
+
 log = logging.getLogger(__name__)
 
 METRIC_NAMES = ("auroc", "auprc_in", "auprc_out", "fpr_at_80_tpr", "fpr_at_95_tpr")
@@ -66,3 +68,22 @@ def same_data_warnings(in_name: str, ood_names: list[str], metas: dict[str, dict
     for message in out:
         log.warning(message)
     return out
+
+
+#: with fewer images than this in either set, an AUROC comes with its bootstrap interval and a warning
+SMALL_SET = 30
+
+
+def small_set_interval(metrics: dict, s_in, s_out, label: str) -> str | None:
+    """When either set has fewer than :data:`SMALL_SET` images, add the AUROC's 95%
+    stratified-bootstrap interval to ``metrics`` (``auroc_interval_95``) and return (and
+    log) a warning saying what the point value rests on; else None."""
+    n_in, n_out = len(s_in), len(s_out)
+    if min(n_in, n_out) >= SMALL_SET:
+        return None
+    lo, hi = bootstrap_auroc(np.asarray(s_in, dtype=np.float64), np.asarray(s_out, dtype=np.float64))
+    metrics["auroc_interval_95"] = [lo, hi]
+    message = (f"{label}: the AUROC {metrics['auroc']:.3f} rests on {n_in} in-distribution and {n_out} OOD images "
+               f"(fewer than {SMALL_SET} in a set); its 95% bootstrap interval is [{lo:.3f}, {hi:.3f}]")
+    log.warning(message)
+    return message
