@@ -483,7 +483,7 @@ def write_figures(out_dir: Path, out: dict) -> dict:
             ax.set_visible(False)
         roc.suptitle(f"ROC curves, VAE trained on {fam['title']} (OOD positive; {len(seeds)} seeds, first solid)")
         hist.suptitle(f"Detector scores, VAE trained on {fam['title']} (seed {seeds[0]}; "
-                      "central 98% of the scores, the rest in the end bins)")
+                      "around the in-distribution scores, the rest in the end bins)")
         for fig, kind in ((roc, "roc"), (hist, "hist")):
             fig.tight_layout()
             path = out_dir / "figures" / f"{kind}_{fam_name}.png"
@@ -493,16 +493,20 @@ def write_figures(out_dir: Path, out: dict) -> dict:
 
 
 def _histogram(ax, values: dict[str, np.ndarray], colours: dict[str, str]) -> None:
-    """Overlaid density histograms on shared bins over the central 98% of all the scores,
-    values outside clipped into the end bins (noise images can score 10⁴× the rest)."""
-    pooled = np.concatenate([v[np.isfinite(v)] for v in values.values()])
-    lo, hi = np.quantile(pooled, [0.01, 0.99])
+    """Overlaid density histograms on shared bins around the in-distribution scores (the
+    first set): from its 0.5% to its 99.5% quantile, widened by twice that span on each
+    side (noise images can score 10⁴× the rest); values outside are clipped into the end bins."""
+    finite = {k: v[np.isfinite(v)] for k, v in values.items()}
+    ref = next(iter(finite.values()))
+    q_lo, q_hi = np.quantile(ref, [0.005, 0.995])
+    span = max(q_hi - q_lo, 1e-9)
+    pooled = np.concatenate(list(finite.values()))
+    lo, hi = max(pooled.min(), q_lo - 2 * span), min(pooled.max(), q_hi + 2 * span)
     if not hi > lo:
         lo, hi = pooled.min(), pooled.max() + 1e-9
     bins = np.linspace(lo, hi, 50)
-    for name, v in values.items():
-        ax.hist(np.clip(v[np.isfinite(v)], lo, hi), bins=bins, density=True, alpha=0.45, color=colours[name],
-                label=name)
+    for name, v in finite.items():
+        ax.hist(np.clip(v, lo, hi), bins=bins, density=True, alpha=0.45, color=colours[name], label=name)
 
 
 def _save_png(fig, path: Path) -> None:
