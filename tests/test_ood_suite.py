@@ -154,3 +154,17 @@ def test_dose_plus_needs_its_three_statistics_and_scores_the_tails_above_the_bul
     off_ridge = {"log_px_nats": np.array([-2050.0]), "png_bpd": np.array([1.95]), "recon_log_l2": np.array([1.0])}
     assert det.score(off_ridge)[0] > det.score(on_ridge)[0] + 5.0
     assert list(det.options["stats"]) == list(stats)
+
+
+def test_lpath_copod_scores_do_not_depend_on_the_other_images_scored():
+    from vaeood.detectors import make_detector
+
+    rng = np.random.default_rng(0)
+    stats = ("recon_log_l2", "mu_z_norm", "sigma_z_norm")
+    fit = {k: rng.normal(0.0, 1.0, 500) for k in stats}
+    det = make_detector("lpath_copod").fit(fit)
+    probe = {k: np.array([0.0, 4.0]) for k in stats}
+    crowd = {k: np.r_[probe[k], np.full(1000, 4.0)] for k in stats}  # many more outliers like the second
+    alone, with_crowd = det.score(probe), det.score(crowd)[:2]
+    np.testing.assert_allclose(with_crowd, alone)
+    assert alone[1] > alone[0]
