@@ -168,3 +168,9 @@ def test_lpath_copod_scores_do_not_depend_on_the_other_images_scored():
     alone, with_crowd = det.score(probe), det.score(crowd)[:2]
     np.testing.assert_allclose(with_crowd, alone)
     assert alone[1] > alone[0]
+
+
+def test_dose_plus_keeps_a_joint_kde_where_dose_defaults_to_independent_ones():
+    from vaeood.detectors import make_detector
+
+    assert make_detector("dose_plus").options["kde"] == "joint"

@@ -2,7 +2,7 @@
 
     T(x) = (log p(x) [ELBO], L_PNG(x) / D, log ‖x − x̂(x)‖₂)
     t(x) = (T(x) − mean_fit) / sd_fit                (standardised on the fit images)
-    S(x) = −log q̂(t(x))                             (Gaussian KDE q̂, Scott's bandwidth)
+    S(x) = −log q̂(t(x))                             (one joint 3-D Gaussian KDE q̂, Scott's bandwidth)
 
 The density-of-states detector of Morningstar et al. (AISTATS 2021), "Density of States
 Estimation for Out-of-Distribution Detection", on three statistics taken from the
@@ -31,8 +31,11 @@ class DoSEPlus(DoSE):
     paper = "Morningstar et al., AISTATS 2021; statistics of Serrà et al. 2020 and Huang et al. 2024"
 
     def __init__(self, *, method: str | None = None, stats: tuple | list | None = None,
-                 bandwidth: str | float = "scott", nu: float = 0.1):
-        super().__init__(method=method, stats=stats or DOSE_PLUS_STATS, bandwidth=bandwidth, nu=nu)
+                 bandwidth: str | float = "scott", kde: str = "joint", nu: float = 0.1):
+        # one joint KDE, not dose's default product of 1-D ones: what separates is where an
+        # image lies relative to the joint typical set of its likelihood and its code length,
+        # which are strongly correlated on in-distribution images
+        super().__init__(method=method, stats=stats or DOSE_PLUS_STATS, bandwidth=bandwidth, kde=kde, nu=nu)
 
     @property
     def needs(self):
