@@ -78,7 +78,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
              estimator: str = "elbo", estimator_options: dict | None = None, out_dir: str | Path | None = None,
              data_dir: str | None = None, limit: int | None = None, fit_limit: int | None = None,
              device: str = "cpu", seed: int = 0, allow_sample: bool = False, progress: bool | None = None,
-             fit: str | None = None) -> dict:
+             fit: str | None = None, data_dirs: Mapping[str, str] | None = None) -> dict:
     """Return (and write to ``out_dir``, default the run directory) the metrics dict:
 
     ``results[detector][ood_dataset] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``
@@ -91,17 +91,20 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     / None for every detector that applies to the run without extra runs. ``fit``
     (``"pad"``/``"resize"``) makes datasets of another image shape fit the model.
     ``limit``: the first N test images of each set; ``fit_limit``: the number of held-out
-    training images to fit on (default up to 5,000).
+    training images to fit on (default up to 5,000). ``data_dirs``: ``{dataset: folder}``
+    for test sets that live elsewhere than ``data_dir`` (e.g. OOD sets an experiment
+    generated, such as uniform noise).
     """
     run_dir = Path(run_dir)
+    data_dirs = dict(data_dirs or {})
     out_dir = Path(out_dir) if out_dir else run_dir
     explicit = not (detectors is None or detectors == "all")
     dets = build_detectors(detectors, detector_options, estimator=estimator, estimator_options=estimator_options)
     per_set = {}
     for name in [in_dataset, *ood_datasets]:
         per_set[name] = score(run_dir, name, split, estimator=estimator, estimator_options=estimator_options,
-                              data_dir=data_dir, limit=limit, device=device, seed=seed, allow_sample=allow_sample,
-                              progress=progress, fit=fit)
+                              data_dir=data_dirs.get(name, data_dir), limit=limit, device=device, seed=seed,
+                              allow_sample=allow_sample, progress=progress, fit=fit)
     meta_in = score_meta(per_set[in_dataset])
     normalised = meta_in["normalised"]
 
@@ -127,7 +130,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     if skipped:
         log.info("detectors that do not apply: %s", "; ".join(f"{k}: {v}" for k, v in skipped.items()))
 
-    common = dict(data_dir=data_dir, limit=limit, device=device, seed=seed, fit=fit, allow_sample=allow_sample,
+    common = dict(limit=limit, device=device, seed=seed, fit=fit, allow_sample=allow_sample,
                   progress=progress)
     loaded = {}  # each split read once per call (the cache key is the digest of its images all the same)
 
@@ -161,8 +164,9 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
             fit_seconds = 0.0
         set_scores, score_seconds, nll_by_set = {}, 0.0, {}
         for set_name in [in_dataset, *ood_datasets]:
-            feats = compute_features(run_dir, set_name, split, det.needs, **common,
-                                     data=data_of(set_name, split, data_dir or run_config(run_dir).data.data_dir,
+            where = data_dirs.get(set_name, data_dir)
+            feats = compute_features(run_dir, set_name, split, det.needs, data_dir=where, **common,
+                                     data=data_of(set_name, split, where or run_config(run_dir).data.data_dir,
                                                   allow_sample))
             _add_seconds(feature_seconds, feats["meta"])
             t0 = time.perf_counter()

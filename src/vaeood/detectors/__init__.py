@@ -1,10 +1,12 @@
 """OOD detectors, one per module, each registered by name in ``DETECTORS`` (see
 :mod:`vaeood.detectors.base` for the protocol): ``nll``, ``bpd``, ``complexity``,
 ``complexity_jxl``, ``likelihood_ratio``, ``typicality``, ``dose``, ``dose_svm``,
-``lpath``, ``lpath_copod``, ``lpath_2m``, ``likelihood_regret``, ``llr``. Scores: higher = more out-of-distribution."""
+``lpath``, ``lpath_copod``, ``lpath_2m``, ``dose_plus``, ``likelihood_regret``, ``llr``. Scores: higher =
+more out-of-distribution."""
 
 from .base import DETECTORS, Detector, FitDataError, check_fit_features, make_detector
-from . import bpd, complexity, dose, likelihood_ratio, llr, lpath, nll, regret, typicality  # noqa: F401  (registration)
+from . import (bpd, complexity, dose, dose_plus, likelihood_ratio, llr, lpath, nll, regret,  # noqa: F401  (registration)
+               typicality)
 from .typicality import batch_test_power
 
 __all__ = ["DETECTORS", "Detector", "FitDataError", "check_fit_features", "make_detector", "batch_test_power"]

@@ -16,6 +16,7 @@ from .common import EXPERIMENTS
 from . import fig2  # noqa: F401  (registers fig2a, fig2b)
 from . import forward_kl  # noqa: F401  (registers forward-kl)
 from . import capacity  # noqa: F401  (registers capacity, capacity_cifar10)
+from . import ood_suite  # noqa: F401  (registers ood-suite)
 
 
 
