@@ -66,6 +66,12 @@ def test_fitting_slice_is_held_out_training_data_and_recorded(suite):
             assert fd["trained_range"] == [0, 120]  # --data.limit=120
             assert fd["start"] >= 120 and fd["stop"] - fd["start"] == fd["n"] == 80  # 200 - 120 held out
     assert "### Fitting data (held-out training images, never test images)" in report
+    # the conformal decisions need a calibration slice after the fitting slice: 80 held-out
+    # images are all taken by the fit here, so each detector says so instead of giving rates
+    assert "## Decisions at a chosen false-alarm rate" in report
+    for fam in metrics["families"].values():
+        for det in fam["seeds"]["0"]["detectors"].values():
+            assert det["decisions"] is not None
     assert "| fashion_mnist | 0 | fashion_mnist/train | [120, 200) | 80 | [0, 120) |" in report
 
 

@@ -10,7 +10,9 @@ each seed it trains what the detectors need:
   uniform noise at rate μ and an L2 penalty on the weights (Ren et al. 2019), for
   ``likelihood_ratio``;
 - ``wide`` and ``small``: the same VAE with a very wide and a very small latent, for
-  LPath's two-model variant ``lpath_2m`` (Huang et al. 2024),
+  LPath's two-model variant ``lpath_2m`` (Huang et al. 2024);
+- ``hvae``: a three-layer hierarchical VAE on the same budget, for ``llr`` (Havtorn et
+  al. 2021),
 
 then scores the in-distribution test set against every OOD set: the other grey-scale
 dataset (MNIST ↔ Fashion-MNIST); for CIFAR-10, MNIST padded to 32×32 RGB (``fit="pad"``)
@@ -19,6 +21,10 @@ generated deterministically (seed :data:`SYNTHETIC_SEED`, the same images for ev
 model seed) and written as datasets in ``OUT/runs/data/``. Detectors that fit are
 fitted on a held-out slice of the training split (the images after ``data.limit``),
 recorded in ``metrics.json`` and the report.
+
+For each detector the conformal decisions of :mod:`vaeood.decisions` are calibrated on
+held-out training images after its fitting slice, and the report gives the realised
+false-alarm rate and the TPR at α = 0.01, 0.05, 0.1 beside the AUROC.
 
 The report gives AUROC, AUPRC and FPR@95%TPR as mean ± sd over the seeds, ROC curves
 and score histograms per detector, the time each detector costs (its features, fit and
@@ -39,6 +45,7 @@ import numpy as np
 from ..atomic import atomic_write, atomic_write_json, atomic_write_text
 from ..config import Config
 from ..data import DatasetNotFoundError, load_dataset
+from ..decisions import decision_rates
 from ..detectors import DETECTORS
 from ..evaluate import evaluate
 from ..metrics import METRIC_NAMES
@@ -55,6 +62,16 @@ WEAK_BELOW = 0.9  # AUROC below this: not usable as a detector on that pair
 EXTRA_RUNS = {"background_run": "background", "second_run": "small"}
 # detectors that run on the wide model (with the small one as their second run)
 ON_WIDE = ("lpath_2m",)
+# detectors that run on a hierarchical VAE trained beside the main one (Havtorn et al. 2021)
+ON_HVAE = ("llr",)
+#: the hierarchical VAE of ``llr``: three layers (z1 spatial), KL warm-up and free nats as in
+#: ``experiments/hvae_llr.py``; its budget is the main model's
+HVAE = {"model.arch": "hvae",
+        "model.arch_options": '{"latent_dims": [8, 16, 8], "widths": [256, 256], "bottom": "spatial"}',
+        "train.objective": "elbo_warmup",
+        "train.objective_options": '{"warmup_epochs": 2, "free_nats": 2.0, "free_nats_epochs": 4}'}
+#: false-alarm rates of the conformal decisions reported per detector (vaeood.decisions)
+ALPHAS = (0.01, 0.05, 0.1)
 
 
 @dataclass(frozen=True)
@@ -78,7 +95,7 @@ FAMILIES = {
 }
 
 DEFAULT_DETECTORS = ("nll", "bpd", "complexity", "complexity_jxl", "likelihood_ratio", "typicality", "dose",
-                     "dose_svm", "dose_plus", "lpath", "lpath_copod", "lpath_2m")
+                     "dose_svm", "dose_plus", "lpath", "lpath_copod", "lpath_2m", "likelihood_regret", "llr")
 
 
 @dataclass(frozen=True)
@@ -112,7 +129,10 @@ PRESETS = {
     "demo": SuitePreset(seeds=(0,), train={"fashion_mnist": {"data.limit": "30000", "train.epochs": "8",
                                                              "data.holdout": "1000"}},
                         test_limit=2000, fit_images=1000, synthetic_images=2000, allow_sample=True,
-                        detectors=tuple(d for d in DEFAULT_DETECTORS if d != "complexity_jxl"),
+                        # the demo stays within minutes: no JPEG-XL, no regret (a per-image optimisation)
+                        # and no hierarchical VAE to train (llr); the quick preset runs them
+                        detectors=tuple(d for d in DEFAULT_DETECTORS
+                                        if d not in ("complexity_jxl", "likelihood_regret", "llr")),
                         families=("fashion_mnist",)),
     # seconds, for tests and a first look at the report (numbers meaningless)
     "smoke": SuitePreset(seeds=(0, 1), train={"fashion_mnist": SMOKE, "mnist": SMOKE, "cifar10": SMOKE},
@@ -224,7 +244,7 @@ class OODSuite:
         latent = Config().override(base).model.latent_dim
         variants = {"main": {}, "background": pre.background,
                     "wide": {"model.latent_dim": str(pre.wide_latent)},
-                    "small": {"model.latent_dim": str(pre.small_latent)}}
+                    "small": {"model.latent_dim": str(pre.small_latent)}, "hvae": HVAE}
         dets = [d for d in pre.detectors if d in DETECTORS]
         unknown = [d for d in pre.detectors if d not in DETECTORS]
         if unknown:
@@ -234,6 +254,8 @@ class OODSuite:
             needed.add("background")
         if any(d in ON_WIDE for d in dets):
             needed |= {"wide", "small"}
+        if any(d in ON_HVAE for d in dets):
+            needed.add("hvae")
         runs, training = {}, {}
         for variant, extra in variants.items():
             if variant not in needed:
@@ -251,32 +273,35 @@ class OODSuite:
         for name in ON_WIDE:
             if name in det_opts:
                 det_opts[name]["second_run"] = str(runs["small"])
-        evaluations = {}
-        main_dets = [d for d in dets if d not in ON_WIDE]
-        if main_dets:
-            evaluations["main"] = evaluate(runs["main"], fam.name, plan["ood"], detectors=main_dets,
-                                           detector_options={d: det_opts[d] for d in main_dets},
-                                           out_dir=runs_dir / "eval-main", **common)
-        wide_dets = [d for d in dets if d in ON_WIDE]
-        if wide_dets:
-            evaluations["wide"] = evaluate(runs["wide"], fam.name, plan["ood"], detectors=wide_dets,
-                                           detector_options={d: det_opts[d] for d in wide_dets},
-                                           out_dir=runs_dir / "eval-wide", **common)
+        evaluations, decisions = {}, {}
+        groups = {"main": [d for d in dets if d not in ON_WIDE + ON_HVAE],
+                  "wide": [d for d in dets if d in ON_WIDE], "hvae": [d for d in dets if d in ON_HVAE]}
+        for model, names in groups.items():
+            if not names:
+                continue
+            opts = {d: det_opts[d] for d in names}
+            evaluations[model] = evaluate(runs[model], fam.name, plan["ood"], detectors=names, detector_options=opts,
+                                          out_dir=runs_dir / f"eval-{model}", **common)
+            decisions.update(decision_rates(
+                runs[model], fam.name, plan["ood"], names, detector_options=opts, alphas=ALPHAS, split="test",
+                limit=pre.test_limit, n_calibration=pre.fit_images, n_fit=pre.fit_images, data_dir=data_dir,
+                data_dirs=common["data_dirs"], device=device, seed=seed, fit=fam.fit, allow_sample=pre.allow_sample))
         detectors = {}
         for model, ev in evaluations.items():
             eval_dir = runs_dir / f"eval-{model}"
             for name, per_ood in ev["results"].items():
                 info = ev["detectors"][name]
                 extra_runs = [v for k, v in EXTRA_RUNS.items() if info["options"].get(k)]
-                if model == "wide":
-                    extra_runs = ["wide", *extra_runs]
+                if model in ("wide", "hvae"):
+                    extra_runs = [model, *extra_runs]
                 detectors[name] = {
                     "model": model, "metrics": per_ood, "options": info["options"], "paper": info["paper"],
                     "fit": info["fit"], "scores_file": str(eval_dir / ev["detector_scores"][name]),
                     "seconds": {"features": info["seconds"]["features_total"], "fit": info["seconds"]["fit"],
                                 "score": info["seconds"]["score"],
                                 "extra_training": sum(training[r]["train_seconds"] for r in extra_runs)},
-                    "extra_runs": extra_runs}
+                    "extra_runs": extra_runs, "decisions": decisions.get(name)}
+        detectors = {d: detectors[d] for d in dets if d in detectors}  # the preset's order
         main = evaluations.get("main") or next(iter(evaluations.values()))
         return {"detectors": detectors, "training": training, "latent_dim": latent,
                 "fit_data": main.get("fit_data"), "datasets": main["datasets"], "fitted": main["fitted"],
@@ -366,6 +391,57 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
         out[name] = {ood: {m: _stats([r["metrics"][ood][m] for r in runs]) for m in METRIC_NAMES} for ood in oods}
         out[name]["seconds"] = {k: _stats([r["seconds"][k] for r in runs]) for k in runs[0]["seconds"]}
     return out
+
+
+def decision_summary(seeds: dict) -> dict:
+    """``{detector: {α: {"fpr": stats, "bound": mean α + binomial 95%, "tpr": {ood: stats}}}}``
+    over seeds, from each seed's conformal operating points (``None`` where a seed could
+    not be calibrated: the message is kept under ``"error"``)."""
+    out = {}
+    for name in next(iter(seeds.values()))["detectors"]:
+        per = [r["detectors"][name].get("decisions") for r in seeds.values()]
+        if not all(p and "alphas" in p for p in per):
+            out[name] = {"error": next((p.get("error") for p in per if p and "error" in p), "not calibrated")}
+            continue
+        out[name] = {}
+        for key in per[0]["alphas"]:
+            entries = [p["alphas"][key] for p in per]
+            if any("error" in e for e in entries):
+                out[name][key] = {"error": "too few calibration images"}
+                continue
+            out[name][key] = {"fpr": _stats([e["fpr"] for e in entries]),
+                              "bound": float(np.mean([e["fpr_binomial_upper95"] for e in entries])),
+                              "tpr": {o: _stats([e["tpr"][o]["tpr"] for e in entries]) for o in entries[0]["tpr"]}}
+    return out
+
+
+def decision_section(families: dict) -> list[str]:
+    """The report's table of conformal decisions: per detector and α, the realised
+    false-alarm rate on the in-distribution test images and the TPR on each OOD set."""
+    lines = ["## Decisions at a chosen false-alarm rate (conformal, `vaeood detect`)", "",
+             "Each detector's threshold at α is calibrated on held-out training images (after its fitting slice, "
+             "never test images): flag an image when its conformal p-value (1 + #{calibration scores ≥ s})/(n + 1) "
+             "is ≤ α, which guarantees a false-alarm rate ≤ α in expectation for exchangeable in-distribution "
+             "images (marginal guarantee; Bates et al. 2023). Realised FPR on the in-distribution test images and "
+             "TPR on each OOD set, mean ± sd over seeds; 'bound' is α plus the binomial 95% margin for this many "
+             "test images.", ""]
+    for fam in families.values():
+        dec = decision_summary(fam["seeds"])
+        oods = fam["ood"]
+        rows = []
+        for name, per_alpha in dec.items():
+            if "error" in per_alpha:
+                rows.append([f"`{name}`", "—", per_alpha["error"].splitlines()[0][:100], "—", *["—"] * len(oods)])
+                continue
+            for key, d in per_alpha.items():
+                if "error" in d:
+                    rows.append([f"`{name}`", key, d["error"], "—", *["—"] * len(oods)])
+                    continue
+                rows.append([f"`{name}`", key, _pm(d["fpr"]), f"{d['bound']:.3f}",
+                             *[_pm(d["tpr"][o]) if o in d["tpr"] else "—" for o in oods]])
+        lines += [f"### {fam['title']}", "",
+                  markdown_table(["detector", "α", "realised FPR", "bound", *[f"TPR {o}" for o in oods]], rows), ""]
+    return lines
 
 
 def _pm(stats: dict, digits: int = 3) -> str:
@@ -606,6 +682,8 @@ def render_report(exp: OODSuite, out: dict) -> str:
                          ", ".join(r0["extra_runs"]) or "—"])
     lines += [markdown_table(["dataset", "detector", "features [s]", "fit [s]", "score [s]", "extra training [s]",
                               "extra models"], rows), ""]
+
+    lines += decision_section(families)
 
     tb = {fam: f["seeds"] for fam, f in families.items()}
     rows = []
