@@ -20,11 +20,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from cli_processes import launch, wait_for
 from tinydata import write_fig2a_data
 from vaeood.atomic import atomic_write_json
 from vaeood.checkpoint import load_checkpoint
@@ -34,7 +34,6 @@ from vaeood.experiments.common import train_or_reuse
 from vaeood.runlock import LOCK_NAME, run_lock
 from vaeood.train import train
 
-SRC = Path(__file__).parents[1] / "src"
 SMALL = {"model.base_channels": "4", "model.latent_dim": "4", "train.batch_size": "64", "train.epochs": "1"}
 SMALL_ARGS = [f"--{k}={v}" for k, v in SMALL.items()]
 
@@ -119,21 +118,6 @@ def test_an_experiment_resumes_with_its_full_config_and_starts_fresh_runs(tmp_pa
 
 
 # ====================================================================== one writer
-def launch(argv: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "vaeood.cli", *argv], env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def wait_for(ready, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, "the first training ended before it was checked"
-        assert time.monotonic() < deadline, "the first training made no progress"
-        time.sleep(0.02)
-
-
 def test_why_3_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp_path, data):
     run = tmp_path / "run"
     base = ["--data-dir", str(data), "--model.base_channels=4", "--train.batch_size=16"]

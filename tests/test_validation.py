@@ -20,9 +20,7 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cli_processes import launch, wait_for
 from tinydata import write_fig2a_data
 from vaeood import checkpoint as checkpoint_module
 from vaeood.atomic import atomic_write
@@ -39,7 +38,6 @@ from vaeood.estimators import elbo
 from vaeood.models import build_model
 from vaeood.train import train
 
-SRC = Path(__file__).parents[1] / "src"
 TINY = ["--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
 
 
@@ -65,21 +63,6 @@ def cli_error(capsys, argv) -> str:
     err = capsys.readouterr().err
     assert "vaeood: error:" in err and "Traceback" not in err
     return err
-
-
-def launch(argv: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "vaeood.cli", *argv], env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def wait_for(ready, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, "the process ended before it was ready"
-        assert time.monotonic() < deadline, "the process made no progress"
-        time.sleep(0.02)
 
 
 # ===================================================== the Why list: wrong results with exit 0

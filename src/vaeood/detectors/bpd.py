@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import DETECTORS, Detector, estimate_need
+from .base import DETECTORS
+from .nll import NLL
 
 
 @DETECTORS.register("bpd")
-class BitsPerDim(Detector):
+class BitsPerDim(NLL):
+    """``nll`` in bits per dimension: the same ranking, in the unit of the literature."""
+
     name = "bpd"
     normalised_only = True
     paper = "Theis, van den Oord & Bethge, ICLR 2016"
-
-    def __init__(self, *, estimator: str = "elbo", estimator_options: dict | None = None):
-        super().__init__(estimator=estimator, estimator_options=dict(estimator_options or {}))
-
-    @property
-    def needs(self):
-        return {"log_px": estimate_need(self.options["estimator"], self.options["estimator_options"])}
 
     def _score(self, features):
         return np.asarray(features["bpd"], dtype=np.float64)
