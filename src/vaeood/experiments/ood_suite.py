@@ -296,7 +296,7 @@ class OODSuite:
                     extra_runs = [model, *extra_runs]
                 detectors[name] = {
                     "model": model, "metrics": per_ood, "options": info["options"], "paper": info["paper"],
-                    "fit": info["fit"], "scores_file": str(eval_dir / ev["detector_scores"][name]),
+                    "fit": info["fit"], "scores_file": str((eval_dir / ev["detector_scores"][name]).relative_to(out_dir)),
                     "seconds": {"features": info["seconds"]["features_total"], "fit": info["seconds"]["fit"],
                                 "score": info["seconds"]["score"],
                                 "extra_training": sum(training[r]["train_seconds"] for r in extra_runs)},
