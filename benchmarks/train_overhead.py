@@ -27,6 +27,7 @@ Also: the cost of ``clip_grad_norm_`` and ``isfinite`` alone, measured after a b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -62,7 +63,8 @@ def main(argv=None) -> dict:
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)  # as vaeood.train
     objective = OBJECTIVES.get("elbo")
-    from vaeood.train import _check_interval
+    from vaeood.train import ObjectiveStep, _check_interval, _GoodSums, _guarded_step
+    model_step = ObjectiveStep(model, objective, {})  # the library's step: objective(model, x)
 
     def bare_step(xb):
         loss = common.bare_neg_elbo(enc, dec, xb).mean()
@@ -71,23 +73,20 @@ def main(argv=None) -> dict:
         bare_opt.step()
 
     def vaeood_step(guard: bool, sums: bool, read_every: int | None):
-        state = {"steps": 0, "run": torch.zeros((), device=device), "acc": torch.zeros(3, device=device)}
+        state = {"steps": 0, "run": torch.zeros((), device=device), "acc": _GoodSums(device)}
 
         def step(xb):
-            out = objective(model, xb)
-            opt.zero_grad(set_to_none=True)
-            loss = out["loss"]
-            loss.backward()
-            if guard:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-                bad = (~torch.isfinite(norm) | ~torch.isfinite(loss.detach())).float()
-                opt.found_inf = bad
-                state["run"] = (state["run"] + 1.0) * bad
-            opt.step()
+            if guard:  # the library's own guarded step (vaeood.train._guarded_step), one process
+                out, bad = _guarded_step(model_step, model, opt, xb, {}, contextlib.nullcontext, 1)
+                state["run"].add_(1.0).mul_(bad)
+            else:
+                out = model_step(xb)
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                opt.step()
             state["steps"] += 1
             if sums:
-                values = torch.stack([out[k].detach().float() for k in out])
-                state["acc"] += torch.where(bad > 0, 0.0, values)
+                state["acc"].add(out, bad)
             if read_every and state["steps"] % read_every == 0:
                 int(state["run"])  # the host read that stops a run of bad steps
         return step

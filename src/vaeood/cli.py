@@ -108,45 +108,65 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaeood", description="VAEs, honest log-likelihoods and OOD scores.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_score_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_calibrate_parser(sub)
+    _add_detect_parser(sub)
+    _add_reproduce_parser(sub)
+    return parser
 
-    def common(p, scoring=True):
-        p.add_argument("--data-dir", help="where datasets are (default: $VAEOOD_DATA, then standard places)")
-        p.add_argument("--download", action="store_true", help="fetch missing official datasets first")
-        p.add_argument("--device", default="cpu", type=_checked("--device", field_rule("train.device")),
-                       help="cpu (default), cuda, cuda:1, ...")
-        if scoring:
-            p.add_argument("--estimator", default=None, help="elbo (default) or iwae")
-            p.add_argument("--k", type=_checked("--k", (OPTION_RULES["k"], int)), default=None,
-                           help="importance samples for iwae (e.g. 1000)")
-            p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None,
-                           help="score only the first N images (N >= 1)")
-            p.add_argument("--refine-steps", type=_checked("--refine-steps", (OPTION_RULES["refine_steps"], int)),
-                           default=None,
-                           help="iwae: refine each image's q(z|x) by N forward-KL steps first (Jerfel et al. 2021)")
 
-    def fit_options(p):
-        group = p.add_mutually_exclusive_group()
-        group.add_argument("--pad", dest="fit", action="store_const", const="pad",
-                           help="zero-pad (centred) images smaller than the model's, e.g. 28×28 → 32×32")
-        group.add_argument("--resize", dest="fit", action="store_const", const="resize",
-                           help="bilinear-resize images to the model's size (grey ↔ RGB converted too)")
+def _add_common(p, scoring=True):
+    """The options every subcommand takes (``scoring``: and those of scoring images)."""
+    p.add_argument("--data-dir", help="where datasets are (default: $VAEOOD_DATA, then standard places)")
+    p.add_argument("--download", action="store_true", help="fetch missing official datasets first")
+    p.add_argument("--device", default="cpu", type=_checked("--device", field_rule("train.device")),
+                   help="cpu (default), cuda, cuda:1, ...")
+    if scoring:
+        p.add_argument("--estimator", default=None, help="elbo (default) or iwae")
+        p.add_argument("--k", type=_checked("--k", (OPTION_RULES["k"], int)), default=None,
+                       help="importance samples for iwae (e.g. 1000)")
+        p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None,
+                       help="score only the first N images (N >= 1)")
+        p.add_argument("--refine-steps", type=_checked("--refine-steps", (OPTION_RULES["refine_steps"], int)),
+                       default=None,
+                       help="iwae: refine each image's q(z|x) by N forward-KL steps first (Jerfel et al. 2021)")
 
+
+def _add_fit_options(p):
+    """--pad / --resize: make images of another shape fit the model."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--pad", dest="fit", action="store_const", const="pad",
+                       help="zero-pad (centred) images smaller than the model's, e.g. 28×28 → 32×32")
+    group.add_argument("--resize", dest="fit", action="store_const", const="resize",
+                       help="bilinear-resize images to the model's size (grey ↔ RGB converted too)")
+
+
+def _add_train_parser(sub) -> None:
+    """The ``vaeood train RUN_DIR`` subcommand."""
     p = sub.add_parser("train", help="train a VAE into a run directory")
     p.add_argument("run_dir")
     p.add_argument("--config", help="JSON or TOML config file (unknown keys are refused)")
     p.add_argument("--resume", action="store_true", help="continue the run directory's last checkpoint")
-    common(p, scoring=False)
+    _add_common(p, scoring=False)
     p.set_defaults(func=_train)
 
+
+def _add_score_parser(sub) -> None:
+    """The ``vaeood score RUN_DIR`` subcommand."""
     p = sub.add_parser("score", help="per-image log-likelihood of a dataset split, saved in the run")
     p.add_argument("run_dir")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
-    common(p)
-    fit_options(p)
+    _add_common(p)
+    _add_fit_options(p)
     p.set_defaults(func=_score)
 
+
+def _add_evaluate_parser(sub) -> None:
+    """The ``vaeood evaluate RUN_DIR`` subcommand."""
     p = sub.add_parser("evaluate", help="OOD metrics and histogram for in-distribution vs OOD sets")
     p.add_argument("run_dir")
     p.add_argument("--in", dest="in_dataset", required=True, help="in-distribution dataset")
@@ -160,10 +180,13 @@ def _parser() -> argparse.ArgumentParser:
                    help='JSON: options per detector, e.g. \'{"likelihood_ratio": {"background_run": "runs/bg"}}\'')
     p.add_argument("--fit-limit", type=_checked("--fit-limit", field_rule("data.limit")), default=None,
                    help="held-out training images that fitted detectors fit on (default: up to 5000)")
-    common(p)
-    fit_options(p)
+    _add_common(p)
+    _add_fit_options(p)
     p.set_defaults(func=_evaluate)
 
+
+def _add_calibrate_parser(sub) -> None:
+    """The ``vaeood calibrate RUN_DIR`` subcommand."""
     p = sub.add_parser("calibrate", help="score held-out training images for conformal decisions (vaeood detect)")
     p.add_argument("run_dir")
     p.add_argument("--detector", default="nll", help="detector to calibrate (default nll: -log p(x))")
@@ -175,9 +198,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="held-out images a detector that fits is fitted on first (default 5000, at most half)")
     p.add_argument("--seed", type=_checked("--seed", field_rule("train.seed")), default=0)
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
-    common(p, scoring=False)
+    _add_common(p, scoring=False)
     p.set_defaults(func=_calibrate)
 
+
+def _add_detect_parser(sub) -> None:
+    """The ``vaeood detect RUN_DIR INPUT`` subcommand."""
     p = sub.add_parser("detect", help="flag OOD images of a folder/.npz/dataset at a chosen false-alarm rate")
     p.add_argument("run_dir")
     p.add_argument("input", help="a folder of PNG/JPEG images, an .npz file (x, y) or a dataset name")
@@ -195,18 +221,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="split, when INPUT is a dataset name")
     p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None, help="first N images of an .npz or dataset")
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
-    common(p, scoring=False)
-    fit_options(p)
+    _add_common(p, scoring=False)
+    _add_fit_options(p)
     p.set_defaults(func=_detect)
 
+
+def _add_reproduce_parser(sub) -> None:
+    """The ``vaeood reproduce EXPERIMENT`` subcommand."""
     p = sub.add_parser("reproduce", help="reproduce an experiment of the study")
     p.add_argument("experiment", choices=EXPERIMENTS.names())
     p.add_argument("--out", required=True, help="output directory for runs, report.md and metrics.json")
     p.add_argument("--preset", default="quick", help="quick (minutes on a CPU) or paper (full training)")
-    common(p)
+    _add_common(p)
     p.set_defaults(func=_reproduce)
-    return parser
-
 
 def say(*lines: str) -> None:
     """Print results once (rank 0 under torchrun)."""

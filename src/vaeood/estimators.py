@@ -256,55 +256,90 @@ def iwae(
     else:
         mu, logvar = checked_posterior(model, x)  # encode once
         batch, latent = mu.shape
+    chunk_size = _iwae_chunk_size(model, x, k, chunk_size, max_elements, batch, latent)
+    logger.debug("iwae: k=%d, batch=%d, chunk_size=%d", k, batch, chunk_size)
+    if refine_steps:
+        mu, logvar = refine_posterior(model, x, mu, logvar, steps=refine_steps, k=refine_k,
+                                      step_size=refine_step_size, chunk_size=chunk_size, generator=generator)
+    if layered:
+        def chunk(n):
+            return _layered_chunk(model, x, n, batch, like, encoded, generator)
+    else:
+        std = torch.exp(0.5 * logvar)
+
+        def chunk(n):
+            return _gaussian_chunk(model, x, n, mu, std, logvar, generator)
+    sums = _LogWeightSums()
+    for start in range(0, k, chunk_size):
+        sums.add(*chunk(min(chunk_size, k - start)))
+    return _iwae_outputs(sums, k, layered)
+
+
+def _iwae_chunk_size(model, x, k: int, chunk_size: int | None, max_elements: int, batch: int, latent: int) -> int:
+    """``chunk_size``, or by default the most samples whose decoding fits ``max_elements``; at most K."""
     if chunk_size is None:
         per_sample = getattr(model, "elements_per_sample", None)
         if per_sample is None:
             per_sample = latent + (x[0].numel() if batch else 0)
         per_sample = max(1, int(per_sample))
         chunk_size = max(1, max_elements // max(1, batch * per_sample))
-    chunk_size = min(check_positive_int("chunk_size", chunk_size), k)
-    logger.debug("iwae: k=%d, batch=%d, chunk_size=%d", k, batch, chunk_size)
-    if refine_steps:
-        mu, logvar = refine_posterior(model, x, mu, logvar, steps=refine_steps, k=refine_k,
-                                      step_size=refine_step_size, chunk_size=chunk_size, generator=generator)
+    return min(check_positive_int("chunk_size", chunk_size), k)
 
-    if not layered:
-        std = torch.exp(0.5 * logvar)
-    log_sum_w = log_sum_w2 = sum_log_w = m1 = m2 = rate_sums = None
-    for start in range(0, k, chunk_size):
-        n = min(chunk_size, k - start)
-        if layered:
-            terms = model.log_weight_terms(x, model.draw_noise(n, batch, like, generator), encoded=encoded)
-            log_w = terms["log_likelihood"] - sum(terms["log_ratio"])  # [n, B]
-            c_rates = torch.stack(terms["log_ratio"]).sum(dim=1)  # [L, B]
-            rate_sums = c_rates if rate_sums is None else rate_sums + c_rates
-            c_m1 = c_m2 = torch.zeros(batch, 1, dtype=log_w.dtype, device=log_w.device)  # no single q to compare
-        else:
-            eps = standard_normal(n, mu, generator)
-            z = mu + std * eps
-            log_lik, log_prior = checked_log_joint(model, x, z)
-            log_q = log_prob_from_eps(eps, logvar)
-            log_w = log_lik + log_prior - log_q  # [n, B]
+
+def _gaussian_chunk(model, x, n: int, mu, std, logvar, generator):
+    """``n`` samples of q(z|x) = N(mu, std²): their log-weights [n, B], the SNIS first and
+    second moments of their standardised noise eps within the chunk ([B, D] each), no rates."""
+    eps = standard_normal(n, mu, generator)
+    z = mu + std * eps
+    log_lik, log_prior = checked_log_joint(model, x, z)
+    log_q = log_prob_from_eps(eps, logvar)
+    log_w = log_lik + log_prior - log_q  # [n, B]
+    # SNIS moments of eps within the chunk, merged with the running normaliser
+    c_w = torch.softmax(log_w.detach(), dim=0).unsqueeze(-1)
+    return log_w, (c_w * eps).sum(0), (c_w * eps.pow(2)).sum(0), None
+
+
+def _layered_chunk(model, x, n: int, batch: int, like, encoded, generator):
+    """``n`` samples of a hierarchical model: their log-weights [n, B], zero moments (there is
+    no single q to compare) and the chunk's per-layer sums of ``log q − log p`` [L, B]."""
+    terms = model.log_weight_terms(x, model.draw_noise(n, batch, like, generator), encoded=encoded)
+    log_w = terms["log_likelihood"] - sum(terms["log_ratio"])  # [n, B]
+    c_rates = torch.stack(terms["log_ratio"]).sum(dim=1)  # [L, B]
+    c_m = torch.zeros(batch, 1, dtype=log_w.dtype, device=log_w.device)  # no single q to compare
+    return log_w, c_m, c_m, c_rates
+
+
+class _LogWeightSums:
+    """``log Σ w``, ``log Σ w²``, ``Σ log w``, the SNIS moments of eps and the per-layer
+    rates, accumulated across chunks of samples (``torch.logaddexp`` / sums)."""
+
+    def __init__(self):
+        self.log_sum_w = self.log_sum_w2 = self.sum_log_w = self.m1 = self.m2 = self.rates = None
+
+    def add(self, log_w, c_m1, c_m2, c_rates) -> None:
+        if c_rates is not None:
+            self.rates = c_rates if self.rates is None else self.rates + c_rates
         c_sum_w = torch.logsumexp(log_w, dim=0)
         c_sum_w2 = torch.logsumexp(2.0 * log_w, dim=0)
         c_sum_log_w = log_w.sum(dim=0)
-        if not layered:
-            # SNIS moments of eps within the chunk, merged below with the running normaliser
-            c_w = torch.softmax(log_w.detach(), dim=0).unsqueeze(-1)
-            c_m1, c_m2 = (c_w * eps).sum(0), (c_w * eps.pow(2)).sum(0)
-        if log_sum_w is None:
-            log_sum_w, log_sum_w2, sum_log_w, m1, m2 = c_sum_w, c_sum_w2, c_sum_log_w, c_m1, c_m2
-        else:
-            total = torch.logaddexp(log_sum_w, c_sum_w)
-            a = torch.exp(log_sum_w - total).detach().unsqueeze(-1)
-            b = torch.exp(c_sum_w - total).detach().unsqueeze(-1)
-            m1, m2 = a * m1 + b * c_m1, a * m2 + b * c_m2
-            log_sum_w = total
-            log_sum_w2 = torch.logaddexp(log_sum_w2, c_sum_w2)
-            sum_log_w = sum_log_w + c_sum_log_w
+        if self.log_sum_w is None:
+            self.log_sum_w, self.log_sum_w2, self.sum_log_w = c_sum_w, c_sum_w2, c_sum_log_w
+            self.m1, self.m2 = c_m1, c_m2
+            return
+        total = torch.logaddexp(self.log_sum_w, c_sum_w)
+        a = torch.exp(self.log_sum_w - total).detach().unsqueeze(-1)
+        b = torch.exp(c_sum_w - total).detach().unsqueeze(-1)
+        self.m1, self.m2 = a * self.m1 + b * c_m1, a * self.m2 + b * c_m2
+        self.log_sum_w = total
+        self.log_sum_w2 = torch.logaddexp(self.log_sum_w2, c_sum_w2)
+        self.sum_log_w = self.sum_log_w + c_sum_log_w
 
+
+def _iwae_outputs(sums: _LogWeightSums, k: int, layered: bool) -> dict[str, Tensor]:
+    """:func:`iwae`'s outputs from its accumulated sums over the K samples."""
+    log_sum_w, log_sum_w2, m1, m2 = sums.log_sum_w, sums.log_sum_w2, sums.m1, sums.m2
     log_px = log_sum_w - math.log(k)
-    elbo_k = sum_log_w / k
+    elbo_k = sums.sum_log_w / k
     ess = torch.exp(2.0 * log_sum_w - log_sum_w2).clamp(1.0, float(k))
     # Var_SNIS / Var_q per dim, with the reliability-weights correction 1 / (1 - sum w~^2) = ESS / (ESS - 1)
     inv_ess = torch.exp(log_sum_w2 - 2.0 * log_sum_w).detach().unsqueeze(-1)
@@ -320,8 +355,8 @@ def iwae(
     }
     if layered:  # per-layer MC rates (mean over the K samples); q_var_ratio is undefined: NaN
         out["q_var_ratio"] = torch.full_like(log_px, math.nan)
-        out["rate_nats"] = rate_sums.sum(dim=0) / k
-        out.update({f"rate_nats_layer{i + 1}": r / k for i, r in enumerate(rate_sums)})
+        out["rate_nats"] = sums.rates.sum(dim=0) / k
+        out.update({f"rate_nats_layer{i + 1}": r / k for i, r in enumerate(sums.rates)})
     return out
 
 

@@ -108,96 +108,19 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     meta_in = score_meta(per_set[in_dataset])
     normalised = meta_in["normalised"]
 
-    fit_slice, fit_error = None, None
-    if any(d.fits for d in dets.values()):
-        try:
-            fit_slice = heldout_slice(run_dir, n=fit_limit, data_dir=data_dir)
-        except FitDataError as exc:
-            fit_error = exc
+    fit_slice, fit_error = _fit_slice(run_dir, dets, fit_limit, data_dir)
     info = {"normalised": normalised, "has_fit_data": fit_slice is not None,
             "hierarchical": run_config(run_dir).model.arch == "hvae"}
-    skipped = {}
-    for name, det in list(dets.items()):
-        reason = det.why_not(info)
-        if reason is None:
-            continue
-        if explicit:
-            if det.fits and fit_error is not None and fit_slice is None:
-                raise fit_error
-            raise ConfigError(f"detector {name!r} does not apply to {run_dir}: {reason}")
-        skipped[name] = reason
-        del dets[name]
-    if skipped:
-        log.info("detectors that do not apply: %s", "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-
+    skipped = _drop_inapplicable(dets, info, explicit, fit_slice, fit_error, run_dir)
     common = dict(limit=limit, device=device, seed=seed, fit=fit, allow_sample=allow_sample,
                   progress=progress)
-    loaded = {}  # each split read once per call (the cache key is the digest of its images all the same)
-
-    def data_of(name: str, which: str, where: str | None, sample: bool):
-        if (name, which) not in loaded:
-            loaded[name, which] = load_dataset(name, which, data_dir=where, allow_sample=sample)
-        return loaded[name, which]
-
-    results, det_info, score_files, batch_tests, small_sets = {}, {}, {}, {}, []
+    runner = _DetectorRunner(run_dir, in_dataset, ood_datasets, split, data_dir, data_dirs, fit_slice, out_dir,
+                             common)
     for name, det in dets.items():
-        started = time.perf_counter()
-        feature_seconds = {}
-        fit_scores = None
-        if det.fits:
-            for other in [run_dir, *(o["run"] for o in det.needs.values() if isinstance(o.get("run"), (str, Path)))]:
-                # held out for every model whose features the detector fits on
-                check_fit_slice(other, fit_slice["dataset"], fit_slice["split"], fit_slice["start"],
-                                fit_slice["stop"], split_size=fit_slice["split_size"])
-            fit_features = compute_features(run_dir, fit_slice["dataset"], fit_slice["split"], det.needs,
-                                            data_dir=fit_slice["data_dir"], start=fit_slice["start"],
-                                            stop=fit_slice["stop"], device=device, seed=seed,
-                                            allow_sample=fit_slice["allow_sample"], progress=progress,
-                                            data=data_of(fit_slice["dataset"], fit_slice["split"],
-                                                         fit_slice["data_dir"], fit_slice["allow_sample"]))
-            _add_seconds(feature_seconds, fit_features["meta"])
-            t0 = time.perf_counter()
-            det.fit(fit_features)
-            fit_seconds = time.perf_counter() - t0
-            fit_scores = det.score(fit_features)
-        else:
-            fit_seconds = 0.0
-        set_scores, score_seconds, nll_by_set = {}, 0.0, {}
-        for set_name in [in_dataset, *ood_datasets]:
-            where = data_dirs.get(set_name, data_dir)
-            feats = compute_features(run_dir, set_name, split, det.needs, data_dir=where, **common,
-                                     data=data_of(set_name, split, where or run_config(run_dir).data.data_dir,
-                                                  allow_sample))
-            _add_seconds(feature_seconds, feats["meta"])
-            t0 = time.perf_counter()
-            set_scores[set_name] = det.score(feats)
-            score_seconds += time.perf_counter() - t0
-            if name == "typicality":
-                nll_by_set[set_name] = -feats["log_px_nats"]
-        results[name] = {ood: ood_metrics(set_scores[in_dataset], set_scores[ood]) for ood in ood_datasets}
-        small_sets += [w for ood in ood_datasets if (w := small_set_interval(
-            results[name][ood], set_scores[in_dataset], set_scores[ood], f"{name} on {ood}"))]
-        if name == "typicality":
-            batch_tests = {ood: batch_test_power(-fit_features["log_px_nats"], nll_by_set[in_dataset],
-                                                 nll_by_set[ood], seed=seed) for ood in ood_datasets}
-        arrays = {k: v for k, v in set_scores.items()}
-        if fit_scores is not None:
-            arrays["_fit"] = fit_scores
-        path = out_dir / SCORES_DIR / f"{name}.npz"
-        atomic_write(path, lambda f: np.savez(f, **arrays))
-        score_files[name] = f"{SCORES_DIR}/{name}.npz"
-        det_info[name] = {"options": _jsonable(det.options), "needs": _jsonable(det.needs), "paper": det.paper,
-                          "fits": det.fits, "fit": det.fit_info if det.fits else None,
-                          "seconds": {"features": feature_seconds, "features_total": sum(feature_seconds.values()),
-                                      "fit": fit_seconds, "score": score_seconds,
-                                      "wall_this_call": time.perf_counter() - started}}
+        runner.run(name, det)
 
     summary = {name: _summary(s) for name, s in per_set.items()}
-    key, xlabel = (("bpd", "bits/dim (lower = more likely)") if normalised
-                   else ("log_px_nats", f"{estimator} log p(x) [nats] (not normalised: {meta_in['likelihood']})"))
-    figure = histogram_figure(out_dir / f"histogram_{estimator}.png",
-                              {_label(name, summary[name]): per_set[name][key] for name in per_set}, xlabel,
-                              f"{meta_in['likelihood']} VAE trained on {in_dataset}")
+    figure = _histogram(out_dir, estimator, in_dataset, per_set, summary, meta_in)
     out = {
         "run_dir": str(run_dir),
         "estimator": estimator,
@@ -211,21 +134,139 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
         "ood": list(ood_datasets),
         "positive_class": "ood",
         "score_direction": "higher = more out-of-distribution",
-        "results": results,
+        "results": runner.results,
         "warnings": same_data_warnings(in_dataset, ood_datasets,
-                                       {n: score_meta(s) for n, s in per_set.items()}) + small_sets,
-        "detectors": det_info,
-        "detector_scores": score_files,
+                                       {n: score_meta(s) for n, s in per_set.items()}) + runner.small_sets,
+        "detectors": runner.det_info,
+        "detector_scores": runner.score_files,
         "skipped": skipped,
         "fit_data": ({k: v for k, v in fit_slice.items() if k not in ("data_dir",)} if fit_slice and any(
             d.fits for d in dets.values()) else None),
         "datasets": summary,
         "histogram": figure.name,
     }
-    if batch_tests:
-        out["typicality_batch_test"] = batch_tests
+    if runner.batch_tests:
+        out["typicality_batch_test"] = runner.batch_tests
     atomic_write_json(out_dir / "metrics.json", out)
     return out
+
+
+def _fit_slice(run_dir: Path, dets: dict, fit_limit: int | None, data_dir: str | None):
+    """The held-out training slice detectors that fit are fitted on (None when none fits),
+    and the error that kept it from being found (None if none)."""
+    fit_slice, fit_error = None, None
+    if any(d.fits for d in dets.values()):
+        try:
+            fit_slice = heldout_slice(run_dir, n=fit_limit, data_dir=data_dir)
+        except FitDataError as exc:
+            fit_error = exc
+    return fit_slice, fit_error
+
+
+def _drop_inapplicable(dets: dict, info: dict, explicit: bool, fit_slice, fit_error, run_dir: Path) -> dict:
+    """Remove from ``dets`` the detectors that do not apply to the run (``info``); return
+    ``{name: reason}``. A detector asked for by name that does not apply is an error."""
+    skipped = {}
+    for name, det in list(dets.items()):
+        reason = det.why_not(info)
+        if reason is None:
+            continue
+        if explicit:
+            if det.fits and fit_error is not None and fit_slice is None:
+                raise fit_error
+            raise ConfigError(f"detector {name!r} does not apply to {run_dir}: {reason}")
+        skipped[name] = reason
+        del dets[name]
+    if skipped:
+        log.info("detectors that do not apply: %s", "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    return skipped
+
+
+class _DetectorRunner:
+    """Fits and scores one detector after another for :func:`evaluate`, writing each one's
+    score file and collecting its metrics, warnings, batch tests and timings."""
+
+    def __init__(self, run_dir: Path, in_dataset: str, ood_datasets: list[str], split: str, data_dir, data_dirs,
+                 fit_slice, out_dir: Path, common: dict):
+        self.run_dir, self.in_dataset, self.ood_datasets, self.split = run_dir, in_dataset, ood_datasets, split
+        self.data_dir, self.data_dirs, self.fit_slice, self.out_dir = data_dir, data_dirs, fit_slice, out_dir
+        self.common = common
+        self.loaded = {}  # each split read once per call (the cache key is the digest of its images all the same)
+        self.results, self.det_info, self.score_files, self.batch_tests, self.small_sets = {}, {}, {}, {}, []
+
+    def data_of(self, name: str, which: str, where: str | None, sample: bool):
+        if (name, which) not in self.loaded:
+            self.loaded[name, which] = load_dataset(name, which, data_dir=where, allow_sample=sample)
+        return self.loaded[name, which]
+
+    def run(self, name: str, det: Detector) -> None:
+        started = time.perf_counter()
+        feature_seconds = {}
+        fit_features, fit_seconds, fit_scores = self.fit(det, feature_seconds) if det.fits else (None, 0.0, None)
+        set_scores, score_seconds, nll_by_set = self.score_sets(name, det, feature_seconds)
+        ins, oods = self.in_dataset, self.ood_datasets
+        self.results[name] = {ood: ood_metrics(set_scores[ins], set_scores[ood]) for ood in oods}
+        self.small_sets += [w for ood in oods if (w := small_set_interval(
+            self.results[name][ood], set_scores[ins], set_scores[ood], f"{name} on {ood}"))]
+        if name == "typicality":
+            self.batch_tests = {ood: batch_test_power(-fit_features["log_px_nats"], nll_by_set[ins],
+                                                      nll_by_set[ood], seed=self.common["seed"]) for ood in oods}
+        arrays = {k: v for k, v in set_scores.items()}
+        if fit_scores is not None:
+            arrays["_fit"] = fit_scores
+        path = self.out_dir / SCORES_DIR / f"{name}.npz"
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+        self.score_files[name] = f"{SCORES_DIR}/{name}.npz"
+        self.det_info[name] = {
+            "options": _jsonable(det.options), "needs": _jsonable(det.needs), "paper": det.paper,
+            "fits": det.fits, "fit": det.fit_info if det.fits else None,
+            "seconds": {"features": feature_seconds, "features_total": sum(feature_seconds.values()),
+                        "fit": fit_seconds, "score": score_seconds,
+                        "wall_this_call": time.perf_counter() - started}}
+
+    def fit(self, det: Detector, feature_seconds: dict):
+        """Fit ``det`` on the held-out slice; its features, fitting seconds and scores of the fit images."""
+        fs = self.fit_slice
+        for other in [self.run_dir, *(o["run"] for o in det.needs.values() if isinstance(o.get("run"), (str, Path)))]:
+            # held out for every model whose features the detector fits on
+            check_fit_slice(other, fs["dataset"], fs["split"], fs["start"], fs["stop"], split_size=fs["split_size"])
+        fit_features = compute_features(self.run_dir, fs["dataset"], fs["split"], det.needs,
+                                        data_dir=fs["data_dir"], start=fs["start"], stop=fs["stop"],
+                                        device=self.common["device"], seed=self.common["seed"],
+                                        allow_sample=fs["allow_sample"], progress=self.common["progress"],
+                                        data=self.data_of(fs["dataset"], fs["split"], fs["data_dir"],
+                                                          fs["allow_sample"]))
+        _add_seconds(feature_seconds, fit_features["meta"])
+        t0 = time.perf_counter()
+        det.fit(fit_features)
+        fit_seconds = time.perf_counter() - t0
+        return fit_features, fit_seconds, det.score(fit_features)
+
+    def score_sets(self, name: str, det: Detector, feature_seconds: dict):
+        """``det``'s scores of each test set, the seconds scoring took, and (typicality) the sets' NLLs."""
+        set_scores, score_seconds, nll_by_set = {}, 0.0, {}
+        for set_name in [self.in_dataset, *self.ood_datasets]:
+            where = self.data_dirs.get(set_name, self.data_dir)
+            feats = compute_features(self.run_dir, set_name, self.split, det.needs, data_dir=where, **self.common,
+                                     data=self.data_of(set_name, self.split,
+                                                       where or run_config(self.run_dir).data.data_dir,
+                                                       self.common["allow_sample"]))
+            _add_seconds(feature_seconds, feats["meta"])
+            t0 = time.perf_counter()
+            set_scores[set_name] = det.score(feats)
+            score_seconds += time.perf_counter() - t0
+            if name == "typicality":
+                nll_by_set[set_name] = -feats["log_px_nats"]
+        return set_scores, score_seconds, nll_by_set
+
+
+def _histogram(out_dir: Path, estimator: str, in_dataset: str, per_set: dict, summary: dict, meta_in: dict) -> Path:
+    """The histogram of log p(x) (bits/dim when normalised) of every set, written; its path."""
+    key, xlabel = (("bpd", "bits/dim (lower = more likely)") if meta_in["normalised"]
+                   else ("log_px_nats", f"{estimator} log p(x) [nats] (not normalised: {meta_in['likelihood']})"))
+    return histogram_figure(out_dir / f"histogram_{estimator}.png",
+                            {_label(name, summary[name]): per_set[name][key] for name in per_set}, xlabel,
+                            f"{meta_in['likelihood']} VAE trained on {in_dataset}")
 
 
 def _add_seconds(acc: dict, metas: Mapping) -> None:

@@ -182,26 +182,8 @@ def likelihood_regret(
     neither changes the model's parameters nor its train/eval mode — call
     ``model.eval()`` first, as the paper does.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
-    if loss not in ("elbo", "stl"):
-        raise ValueError(f"loss must be 'elbo' or 'stl', got {loss!r}")
-    if bound not in ("elbo", "iwae"):
-        raise ValueError(f"bound must be 'elbo' or 'iwae', got {bound!r}")
-    defaults = DEFAULTS[variant]
-    steps = defaults["steps"] if steps is None else steps
-    lr = defaults["lr"] if lr is None else lr
-    weight_decay = defaults["weight_decay"] if weight_decay is None else weight_decay
-    keep_start = defaults["keep_start"] if keep_start is None else bool(keep_start)
-    k = defaults["k"] if k is None else k
-    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+    steps, lr, weight_decay, keep_start, k = _checked_settings(variant, optimizer, loss, bound, steps, lr,
+                                                               weight_decay, keep_start, k)
     samples = check_positive_int("samples", samples)
     k = check_positive_int("k", k)
     layers = check_positive_int("layers", layers)
@@ -233,6 +215,33 @@ def likelihood_regret(
         logger.warning("likelihood_regret: %d of %d images have a non-finite bound after "
                        "optimisation (regret NaN); lower lr", int(bad.sum()), n)
     return {"regret_nats": after - before, "bound_before_nats": before, "bound_after_nats": after}
+
+
+
+def _checked_settings(variant, optimizer, loss, bound, steps, lr, weight_decay, keep_start, k):
+    """:func:`likelihood_regret`'s choices checked, and its settings with the variant's
+    ``DEFAULTS`` for those left None: ``(steps, lr, weight_decay, keep_start, k)``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    if loss not in ("elbo", "stl"):
+        raise ValueError(f"loss must be 'elbo' or 'stl', got {loss!r}")
+    if bound not in ("elbo", "iwae"):
+        raise ValueError(f"bound must be 'elbo' or 'iwae', got {bound!r}")
+    defaults = DEFAULTS[variant]
+    steps = defaults["steps"] if steps is None else steps
+    lr = defaults["lr"] if lr is None else lr
+    weight_decay = defaults["weight_decay"] if weight_decay is None else weight_decay
+    keep_start = defaults["keep_start"] if keep_start is None else bool(keep_start)
+    k = defaults["k"] if k is None else k
+    if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+    return steps, lr, weight_decay, keep_start, k
 
 
 likelihood_regret.needs_grad = True  # the feature protocol: run without torch.no_grad()

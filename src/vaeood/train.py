@@ -16,6 +16,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -135,16 +136,64 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
     tcfg = config.train
     resolve_device(tcfg.device)
     device = distributed.setup(tcfg.device)  # cuda:LOCAL_RANK under torchrun
-    rank, world = distributed.rank(), distributed.world_size()
+    data, x_all = _training_data(config, data_dir, device)
+    image_shape = tuple(x_all.shape[1:])
+    run = _build_run(config, x_all, device, ckpt_path, progress)
+    history, start_epoch, rng_restored = ([], 0, False) if state is None else \
+        _restore(state, run.model, run.optimizer, run.objective, device)
+    if run.world > 1 and not rng_restored:
+        # different reparameterisation noise per rank; also when resuming a checkpoint saved
+        # by another number of processes, whose per-rank states don't map onto these ranks
+        torch.manual_seed(tcfg.seed + 104_729 * run.rank + start_epoch)
+    bad_in_a_row = torch.zeros((), device=device)  # NaN/inf steps in a row, across epoch boundaries
+    for epoch in range(start_epoch, tcfg.epochs):
+        record = _train_epoch(run, epoch, bad_in_a_row)
+        history.append(record)
+        log.info("epoch %d/%d: loss %.3f nats/image, %.0f images/s", epoch + 1, tcfg.epochs,
+                 record["train_loss"], record["images_per_s"])
+        _save(ckpt_path, config, run.model, run.optimizer, epoch + 1, history, image_shape, data, device,
+              objective=objective_state(run.objective))
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
+    return run_dir
+
+
+def _training_data(config: Config, data_dir: str | None, device: torch.device):
+    """The dataset and, on ``device``, the images of it that training uses."""
     data = load_dataset(config.data.name, config.data.split, data_dir=config.data.data_dir or data_dir,
                         allow_sample=config.data.allow_sample)
     images = data.images[: training_count(config.data, len(data.images))]
     x_all = to_tensor(images, device)
-    image_shape = tuple(x_all.shape[1:])
     log.info("training on %d images of %s/%s from %s", len(x_all), data.name, data.split, data.source)
+    return data, x_all
 
+
+@dataclass
+class _Run:
+    """What every epoch of one training run uses."""
+
+    config: Config
+    x_all: torch.Tensor
+    device: torch.device
+    rank: int
+    world: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    objective: object
+    step: object  # the objective step as it runs (DDP-wrapped, compiled)
+    takes_index: bool
+    autocast: object  # a context-manager factory
+    show: bool
+    check_every: int
+    ckpt_path: Path
+
+
+def _build_run(config: Config, x_all: torch.Tensor, device: torch.device, ckpt_path: Path,
+               progress: bool | None) -> _Run:
+    """The model, optimiser, objective and training step of a fresh run, with their settings."""
+    tcfg = config.train
+    rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(tcfg.seed)  # identical initial weights on every rank
-    model = build_model(config.model, image_shape).to(device)
+    model = build_model(config.model, tuple(x_all.shape[1:])).to(device)
     if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
     # fused: one kernel per step on a GPU, and it can skip a step on the device (found_inf)
@@ -155,80 +204,96 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
     step = _wrap_step(ObjectiveStep(model, objective, tcfg.objective_options), tcfg, device, world)
     dtype = getattr(torch, PRECISIONS[tcfg.precision]) if PRECISIONS[tcfg.precision] else None
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    history, start_epoch, rng_restored = ([], 0, False) if state is None else \
-        _restore(state, model, optimizer, objective, device)
-    if world > 1 and not rng_restored:
-        # different reparameterisation noise per rank; also when resuming a checkpoint saved
-        # by another number of processes, whose per-rank states don't map onto these ranks
-        torch.manual_seed(tcfg.seed + 104_729 * rank + start_epoch)
-
     show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
-    n = len(x_all)
     # Reading a device flag on the host stalls a GPU's queue, so there the run of bad steps
     # is read every CHECK_EVERY_GPU steps (a bad step changes nothing, the stop just comes
     # a few steps later); on the CPU reading it is free and the check is exact.
-    check_every = _check_interval(device)
-    bad_in_a_row = torch.zeros((), device=device)  # NaN/inf steps in a row, across epoch boundaries
-    for epoch in range(start_epoch, tcfg.epochs):
-        model.train()
-        if hasattr(objective, "set_epoch"):  # epoch-scheduled objectives (elbo_warmup's KL warm-up)
-            objective.set_epoch(epoch)
-        order = epoch_order(n, tcfg.seed, epoch).to(device)
-        noise = _noise_generator(config.data.noise_rate, tcfg.seed, epoch, rank, device)
-        keys, sums = None, None  # logged values summed on the device over good steps; read once per epoch
-        steps, skipped = 0, torch.zeros((), device=device)
-        started = time.perf_counter()
-        bar = tqdm(range(0, n, tcfg.batch_size), desc=f"epoch {epoch + 1}/{tcfg.epochs}",
-                   disable=not show, leave=False)
-        for i in bar:
-            index = order[i: i + tcfg.batch_size][rank::world]  # this rank's share of the global batch
-            x = x_all[index] if noise is None else corrupt(x_all[index], config.data.noise_rate, noise)
-            with autocast():
-                out = step(x, **({"index": index} if takes_index else {}))
-            optimizer.zero_grad(set_to_none=True)
-            loss = out["loss"]
-            loss.backward()  # even when NaN: under DDP every rank must join the gradient all-reduce
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-            # the all-reduced gradient is the same on every rank, so all ranks skip alike (the
-            # loss is per rank); loss + norm is finite iff both are, one kernel fewer per step
-            bad = (~torch.isfinite(grad_norm if world > 1 else loss.detach() + grad_norm)).float()
-            # Skip the update rather than let one bad batch poison the weights: fused Adam
-            # leaves weights, moments and step count untouched where found_inf is 1.
-            optimizer.found_inf = bad
-            optimizer.step()
-            steps += 1
-            skipped += bad
-            bad_in_a_row.add_(1.0).mul_(bad)
-            if keys is None:
-                keys = list(out)
-                sums = torch.zeros(len(keys), device=device)
-            values = torch.stack([out[k].detach().float() for k in keys])
-            sums += torch.where(bad > 0, 0.0, values)
-            if steps % check_every == 0 or i + tcfg.batch_size >= n:
-                in_a_row = int(bad_in_a_row)
-                if in_a_row >= tcfg.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"loss or gradient was NaN/inf for {in_a_row} steps in a row at epoch {epoch + 1} "
-                        f"(train.max_nonfinite_steps = {tcfg.max_nonfinite_steps}); {_kept(ckpt_path)}. "
-                        f"Lower train.lr (now {tcfg.lr}) or check the data")
-            if show:
-                bar.set_postfix(loss=f"{float(loss):.2f}")
-        skipped = int(skipped)
-        good = steps - skipped
-        seconds = time.perf_counter() - started
-        if good == 0:
-            raise TrainingError(f"no finite step in epoch {epoch + 1}; {_kept(ckpt_path)}. "
-                                f"Lower train.lr (now {tcfg.lr}) or check the data")
-        means = (distributed.all_reduce_sum(sums) / (world * good)).tolist()
-        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in zip(keys, means)},
-                  "skipped_steps": skipped, "seconds": seconds, "images_per_s": n / seconds}
-        history.append(record)
-        log.info("epoch %d/%d: loss %.3f nats/image, %.0f images/s", epoch + 1, tcfg.epochs,
-                 record["train_loss"], record["images_per_s"])
-        _save(ckpt_path, config, model, optimizer, epoch + 1, history, image_shape, data, device,
-              objective=objective_state(objective))
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
-    return run_dir
+    return _Run(config, x_all, device, rank, world, model, optimizer, objective, step, takes_index, autocast,
+                show, _check_interval(device), ckpt_path)
+
+
+def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
+    """One epoch of guarded steps; its record for ``metrics.jsonl`` (before the save)."""
+    tcfg, n, device = run.config.train, len(run.x_all), run.device
+    run.model.train()
+    if hasattr(run.objective, "set_epoch"):  # epoch-scheduled objectives (elbo_warmup's KL warm-up)
+        run.objective.set_epoch(epoch)
+    order = epoch_order(n, tcfg.seed, epoch).to(device)
+    noise = _noise_generator(run.config.data.noise_rate, tcfg.seed, epoch, run.rank, device)
+    sums = _GoodSums(device)  # logged values summed on the device over good steps; read once per epoch
+    steps, skipped = 0, torch.zeros((), device=device)
+    started = time.perf_counter()
+    bar = tqdm(range(0, n, tcfg.batch_size), desc=f"epoch {epoch + 1}/{tcfg.epochs}",
+               disable=not run.show, leave=False)
+    for i in bar:
+        index = order[i: i + tcfg.batch_size][run.rank::run.world]  # this rank's share of the global batch
+        x = run.x_all[index] if noise is None else corrupt(run.x_all[index], run.config.data.noise_rate, noise)
+        out, bad = _guarded_step(run.step, run.model, run.optimizer, x, {"index": index} if run.takes_index else {},
+                                run.autocast, run.world)
+        steps += 1
+        skipped += bad
+        bad_in_a_row.add_(1.0).mul_(bad)
+        sums.add(out, bad)
+        if steps % run.check_every == 0 or i + tcfg.batch_size >= n:
+            _check_bad_run(bad_in_a_row, epoch, tcfg, run.ckpt_path)
+        if run.show:
+            bar.set_postfix(loss=f"{float(out['loss']):.2f}")
+    skipped = int(skipped)
+    good = steps - skipped
+    seconds = time.perf_counter() - started
+    if good == 0:
+        raise TrainingError(f"no finite step in epoch {epoch + 1}; {_kept(run.ckpt_path)}. "
+                            f"Lower train.lr (now {tcfg.lr}) or check the data")
+    means = (distributed.all_reduce_sum(sums.sums) / (run.world * good)).tolist()
+    return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in zip(sums.keys, means)},
+            "skipped_steps": skipped, "seconds": seconds, "images_per_s": n / seconds}
+
+
+def _guarded_step(step, model, optimizer, x: torch.Tensor, kwargs: dict, autocast, world: int):
+    """One training step that a NaN/inf loss or gradient turns into no update.
+
+    Runs ``step(x, **kwargs)`` under ``autocast()``, backpropagates its ``"loss"`` and
+    steps the fused Adam ``optimizer`` with ``found_inf`` set on the device, no host read.
+    Returns the step's logged values and ``bad``: 1.0 where the update was skipped, else 0.0.
+    """
+    with autocast():
+        out = step(x, **kwargs)
+    optimizer.zero_grad(set_to_none=True)
+    loss = out["loss"]
+    loss.backward()  # even when NaN: under DDP every rank must join the gradient all-reduce
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    # the all-reduced gradient is the same on every rank, so all ranks skip alike (the
+    # loss is per rank); loss + norm is finite iff both are, one kernel fewer per step
+    bad = (~torch.isfinite(grad_norm if world > 1 else loss.detach() + grad_norm)).float()
+    # Skip the update rather than let one bad batch poison the weights: fused Adam
+    # leaves weights, moments and step count untouched where found_inf is 1.
+    optimizer.found_inf = bad
+    optimizer.step()
+    return out, bad
+
+
+class _GoodSums:
+    """A step's logged values summed on the device over the good (finite) steps."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.keys, self.sums = device, None, None
+
+    def add(self, out: dict, bad: torch.Tensor) -> None:
+        if self.keys is None:
+            self.keys = list(out)
+            self.sums = torch.zeros(len(self.keys), device=self.device)
+        values = torch.stack([out[k].detach().float() for k in self.keys])
+        self.sums += torch.where(bad > 0, 0.0, values)
+
+
+def _check_bad_run(bad_in_a_row: torch.Tensor, epoch: int, tcfg, ckpt_path: Path) -> None:
+    """Stop training (a host read) once ``train.max_nonfinite_steps`` steps in a row were bad."""
+    in_a_row = int(bad_in_a_row)
+    if in_a_row >= tcfg.max_nonfinite_steps:
+        raise TrainingError(
+            f"loss or gradient was NaN/inf for {in_a_row} steps in a row at epoch {epoch + 1} "
+            f"(train.max_nonfinite_steps = {tcfg.max_nonfinite_steps}); {_kept(ckpt_path)}. "
+            f"Lower train.lr (now {tcfg.lr}) or check the data")
 
 
 def _wrap_step(step: ObjectiveStep, tcfg, device: torch.device, world: int):

@@ -159,6 +159,31 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
     if not entries:
         raise DataError(f"{folder}: the folder holds no files (expected PNG or JPEG images)")
 
+    good, bad = _read_entries(entries)
+    keep, odd = _split_by_shape(good, shape, fit, bad)
+
+    if bad and not skip_bad:
+        lines = [f"  {name}: {reason}" for name, reason in sorted(bad)[:_SHOW]]
+        if len(bad) > _SHOW:
+            lines.append(f"  ... and {len(bad) - _SHOW} more")
+        raise DataError(f"{folder}: {len(bad)} of {len(entries)} files cannot be used:\n" + "\n".join(lines) +
+                        "\nFix or remove them, or pass --skip-bad (skip_bad=True) to skip them; the skipped files "
+                        "are then listed in the results.")
+    if bad:
+        log.warning("%s: skipping %d bad files (listed in the results): %s", folder, len(bad),
+                    "; ".join(f"{n}: {r}" for n, r in sorted(bad)[:_SHOW]))
+
+    fitted = _fit_odd(keep, odd, shape, fit, folder) if odd else None
+    if not keep:
+        raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
+    images = np.ascontiguousarray(np.stack([a for _, a in keep]))
+    return InputImages(images, [n for n, _ in keep], source=str(folder), kind="folder", skipped=sorted(bad),
+                       fitted=fitted)
+
+
+def _read_entries(entries: list[Path]) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
+    """The readable PNG/JPEG images among ``entries`` as (name, HxWxC array), and the
+    others as (name, reason)."""
     bad: list[tuple[str, str]] = []
     good: list[tuple[str, np.ndarray]] = []
     for path in entries:
@@ -172,7 +197,12 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
                 good.append((name, read_image(path)))
             except DataError as err:
                 bad.append((name, str(err)))
+    return good, bad
 
+
+def _split_by_shape(good, shape, fit, bad: list) -> tuple[list, list]:
+    """``good`` images of the target shape (the model's, else the folder's most common),
+    and those of another shape to fit; the rest are appended to ``bad`` with the reason."""
     if shape is not None:
         target = (shape[1], shape[2], shape[0])  # (H, W, C)
         target_text = f"the model's C×H×W = {_shape_text(shape)}"
@@ -191,37 +221,25 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
             found = _shape_text((arr.shape[2], *arr.shape[:2]))
             hint = "; pass --pad or --resize to fit it (fit='pad'/'resize')" if shape is not None else ""
             bad.append((name, f"C×H×W = {found}, not {target_text}{hint}"))
+    return keep, odd
 
-    if bad and not skip_bad:
-        lines = [f"  {name}: {reason}" for name, reason in sorted(bad)[:_SHOW]]
-        if len(bad) > _SHOW:
-            lines.append(f"  ... and {len(bad) - _SHOW} more")
-        raise DataError(f"{folder}: {len(bad)} of {len(entries)} files cannot be used:\n" + "\n".join(lines) +
-                        "\nFix or remove them, or pass --skip-bad (skip_bad=True) to skip them; the skipped files "
-                        "are then listed in the results.")
-    if bad:
-        log.warning("%s: skipping %d bad files (listed in the results): %s", folder, len(bad),
-                    "; ".join(f"{n}: {r}" for n, r in sorted(bad)[:_SHOW]))
 
-    fitted = None
-    if odd:
-        from_shapes = Counter(_shape_text((a.shape[2], *a.shape[:2])) for _, a in odd)
-        fixed = {}
-        for shp in {a.shape for _, a in odd}:  # fit each shape group in one call
-            group = [(n, a) for n, a in odd if a.shape == shp]
-            out = fit_images(np.stack([a for _, a in group]), tuple(shape), fit)
-            fixed.update({n: img for (n, _), img in zip(group, out)})
-        keep += [(n, fixed[n]) for n, _ in odd]
-        keep.sort(key=lambda item: item[0])
-        fitted = {"method": fit, "to_shape": list(shape), "from_shapes": dict(sorted(from_shapes.items())),
-                  "description": f"{fit} " + ", ".join(f"{s} ({c} images)" for s, c in sorted(from_shapes.items())) +
-                                 f" → {_shape_text(shape)}"}
-        log.warning("%s: %d images fitted to the model by %s (recorded in the results)", folder, len(odd), fit)
-    if not keep:
-        raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
-    images = np.ascontiguousarray(np.stack([a for _, a in keep]))
-    return InputImages(images, [n for n, _ in keep], source=str(folder), kind="folder", skipped=sorted(bad),
-                       fitted=fitted)
+def _fit_odd(keep: list, odd: list, shape, fit: str, folder: Path) -> dict:
+    """Fit the ``odd`` images to ``shape`` by ``fit`` and merge them into ``keep`` (sorted by
+    name, in place); return the fit's record for the results."""
+    from_shapes = Counter(_shape_text((a.shape[2], *a.shape[:2])) for _, a in odd)
+    fixed = {}
+    for shp in {a.shape for _, a in odd}:  # fit each shape group in one call
+        group = [(n, a) for n, a in odd if a.shape == shp]
+        out = fit_images(np.stack([a for _, a in group]), tuple(shape), fit)
+        fixed.update({n: img for (n, _), img in zip(group, out)})
+    keep += [(n, fixed[n]) for n, _ in odd]
+    keep.sort(key=lambda item: item[0])
+    fitted = {"method": fit, "to_shape": list(shape), "from_shapes": dict(sorted(from_shapes.items())),
+              "description": f"{fit} " + ", ".join(f"{s} ({c} images)" for s, c in sorted(from_shapes.items())) +
+                             f" → {_shape_text(shape)}"}
+    log.warning("%s: %d images fitted to the model by %s (recorded in the results)", folder, len(odd), fit)
+    return fitted
 
 
 def fit_array(images: np.ndarray, shape: tuple[int, int, int] | None, fit: str | None,

@@ -119,17 +119,7 @@ class Fig2Experiment:
                 if seed == pre.seeds[0]:  # the Figure 2 panels show the first seed's model
                     elbos[variant] = {name: _elbo(score(run_dir, name, **score_kwargs))
                                       for name in (self.in_dataset, *self.ood_datasets)}
-            first = runs[f"seed{pre.seeds[0]}"]
-            models[variant] = {
-                "description": self.descriptions.get(variant, ""), "likelihood": first["likelihood"],
-                "normalised": first["normalised"], "config": first["training"]["config"],
-                "summary": {d: {o: {"auroc": auroc_summary(pairs[d][o], n_boot=pre.n_boot),
-                                    **{m: mean_sd([r["results"][d][o][m] for r in runs.values()])
-                                       for m in METRIC_NAMES if m != "auroc"}}
-                                for o in self.ood_datasets} for d in detectors},
-                "datasets": _dataset_summary(runs),
-                "training": _training_summary(runs),
-                "runs": runs}
+            models[variant] = self._variant_summary(variant, runs, pairs, detectors, pre)
         (out_dir / "figures").mkdir(exist_ok=True)
         figure = histogram_panels(
             out_dir / "figures" / f"{self.name}_elbo_histograms.png",
@@ -147,6 +137,22 @@ class Fig2Experiment:
         atomic_write_json(out_dir / "metrics.json", strict_json(out))
         atomic_write_text(out_dir / "report.md", render_report(self, out))
         return out
+
+    def _variant_summary(self, variant: str, runs: dict, pairs: dict, detectors: tuple[str, ...],
+                         pre: Preset) -> dict:
+        """One model variant's entry of ``metrics.json``: its AUROC per detector and OOD set
+        over seeds (from the per-image score ``pairs``), other metrics' mean ± sd, its runs."""
+        first = runs[f"seed{pre.seeds[0]}"]
+        return {
+            "description": self.descriptions.get(variant, ""), "likelihood": first["likelihood"],
+            "normalised": first["normalised"], "config": first["training"]["config"],
+            "summary": {d: {o: {"auroc": auroc_summary(pairs[d][o], n_boot=pre.n_boot),
+                                **{m: mean_sd([r["results"][d][o][m] for r in runs.values()])
+                                   for m in METRIC_NAMES if m != "auroc"}}
+                            for o in self.ood_datasets} for d in detectors},
+            "datasets": _dataset_summary(runs),
+            "training": _training_summary(runs),
+            "runs": runs}
 
     def datasets_needed(self) -> list[tuple[str, str]]:
         return [(self.in_dataset, "train"), (self.in_dataset, "test"), *[(o, "test") for o in self.ood_datasets]]

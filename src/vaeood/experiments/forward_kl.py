@@ -136,26 +136,8 @@ class ForwardKLExperiment:
         runs = []
         for objective in ABLATED:
             for seed in pre.seeds:
-                config = Config().override({
-                    **pre.overrides, "train.device": device, "data.allow_sample": str(pre.allow_sample).lower(),
-                    "train.objective": objective, "train.seed": str(seed),
-                    "train.objective_options": json.dumps({} if objective == "elbo" else {"k": pre.train_k}),
-                    **(overrides or {})})
-                run_dir = out_dir / "runs" / f"{objective}_seed{seed}"
-                training = train_or_reuse(config, run_dir, data_dir=data_dir, progress=progress)
-                scores = {name: score(run_dir, name, "test", estimator="iwae", estimator_options=options,
-                                      data_dir=data_dir, limit=pre.score_limit, device=device,
-                                      allow_sample=pre.allow_sample, progress=progress)
-                          for name in (self.in_dataset, *self.ood_datasets)}
-                q_var = {name: q_variance(run_dir, name, limit=pre.score_limit, data_dir=data_dir,
-                                          allow_sample=pre.allow_sample, device=device) for name in scores}
-                runs.append({"objective": objective, "seed": seed, "run_dir": str(run_dir),
-                             **run_metrics(scores, self.in_dataset, self.ood_datasets[0]),
-                             "q_var_in": q_var[self.in_dataset], "q_var_ood": q_var[self.ood_datasets[0]],
-                             "epoch_seconds": training["train_seconds"] / max(1, training["epochs"]),
-                             "training": _training_info(run_dir, training)})
-                runs[-1]["_bpd"] = {name: s["bpd"] for name, s in scores.items()}
-                runs[-1]["_scores"] = per_image_ood_scores(scores, detectors)
+                runs.append(self._one_run(out_dir, pre, objective, seed, overrides=overrides, options=options,
+                                          detectors=detectors, data_dir=data_dir, device=device, progress=progress))
         bpd = {(r["objective"], r["seed"]): r.pop("_bpd") for r in runs}
         per_image = {(r["objective"], r["seed"]): r.pop("_scores") for r in runs}
         aggregate = {obj: {key: mean_sd([r[key] for r in runs if r["objective"] == obj]) for key in METRICS}
@@ -182,6 +164,32 @@ class ForwardKLExperiment:
         atomic_write_json(out_dir / "metrics.json", strict_json(out))
         atomic_write_text(out_dir / "report.md", render_report(self, out))
         return out
+
+    def _one_run(self, out_dir: Path, pre: AblationPreset, objective: str, seed: int, *, overrides, options: dict,
+                 detectors: tuple[str, ...], data_dir, device: str, progress) -> dict:
+        """Train (or reuse) one (objective, seed) run and score the test sets: its entry of
+        ``runs``, with its per-image bits/dim (``_bpd``) and OOD scores (``_scores``) beside."""
+        config = Config().override({
+            **pre.overrides, "train.device": device, "data.allow_sample": str(pre.allow_sample).lower(),
+            "train.objective": objective, "train.seed": str(seed),
+            "train.objective_options": json.dumps({} if objective == "elbo" else {"k": pre.train_k}),
+            **(overrides or {})})
+        run_dir = out_dir / "runs" / f"{objective}_seed{seed}"
+        training = train_or_reuse(config, run_dir, data_dir=data_dir, progress=progress)
+        scores = {name: score(run_dir, name, "test", estimator="iwae", estimator_options=options,
+                              data_dir=data_dir, limit=pre.score_limit, device=device,
+                              allow_sample=pre.allow_sample, progress=progress)
+                  for name in (self.in_dataset, *self.ood_datasets)}
+        q_var = {name: q_variance(run_dir, name, limit=pre.score_limit, data_dir=data_dir,
+                                  allow_sample=pre.allow_sample, device=device) for name in scores}
+        run = {"objective": objective, "seed": seed, "run_dir": str(run_dir),
+               **run_metrics(scores, self.in_dataset, self.ood_datasets[0]),
+               "q_var_in": q_var[self.in_dataset], "q_var_ood": q_var[self.ood_datasets[0]],
+               "epoch_seconds": training["train_seconds"] / max(1, training["epochs"]),
+               "training": _training_info(run_dir, training)}
+        run["_bpd"] = {name: s["bpd"] for name, s in scores.items()}
+        run["_scores"] = per_image_ood_scores(scores, detectors)
+        return run
 
     def summary(self, out: dict) -> str:
         """The mean ± sd table and the verdict, for the terminal."""
@@ -422,7 +430,13 @@ def write_figures(out_dir: Path, out: dict, bpd: dict, in_name: str, ood_name: s
 
 
 def render_report(exp: ForwardKLExperiment, out: dict) -> str:
-    s, agg, verdict = out["settings"], out["aggregate"], out["verdict"]
+    """``report.md``: set-up and verdict, the results tables, definitions, figures and caveats."""
+    return "\n".join(_report_setup(exp, out) + _report_results(out) + _report_notes(out))
+
+
+def _report_setup(exp: ForwardKLExperiment, out: dict) -> list[str]:
+    """The report's title, provenance, set-up, and hypothesis with its verdict."""
+    s, verdict = out["settings"], out["verdict"]
     opts = s["estimator_options"]
     refine = f", proposals refined by {opts['refine_steps']} forward-KL steps" if opts.get("refine_steps") else ""
     lines = [f"# {exp.title}", "",
@@ -458,6 +472,13 @@ def render_report(exp: ForwardKLExperiment, out: dict) -> str:
               f"is reported as none, not as a small effect. Detection words come from the 95% interval of the "
               f"seed-mean AUROC: {s['interval']['rule']}. The interval: {s['interval']['method']}.", "",
               "## Results (mean ± sd over seeds)", ""]
+    return lines
+
+
+def _report_results(out: dict) -> list[str]:
+    """The report's results: metrics, AUROCs with intervals, and the forward- vs reverse-KL comparisons."""
+    agg, verdict = out["aggregate"], out["verdict"]
+    lines = []
     keys = list(METRICS)
     lines += [markdown_table(["objective", *[METRICS[k][0] for k in keys]],
                              [[o, *[_pm(agg[o][k], METRICS[k][1]) for k in keys]] for o in agg]), ""]
@@ -480,6 +501,13 @@ def render_report(exp: ForwardKLExperiment, out: dict) -> str:
                                    + (f", Holm {c['p_holm']:.2f}" if "p_holm" in c else "") + f" ({c['label']})"
                                    for c in by_metric.values()]])
     lines += [markdown_table(["forward KL", "vs", "−IWAE score", "−ELBO score"], rows), ""]
+    return lines
+
+
+def _report_notes(out: dict) -> list[str]:
+    """The report's definitions, figures and caveats."""
+    s = out["settings"]
+    lines = []
     lines += ["## Definitions", "",
               "- **AUROC**: P(OOD image scores higher than an in-distribution image), OOD = MNIST positive; "
               "scores −IWAE_K and −ELBO (the K-sample MC average of log w) from the same samples.",
@@ -510,7 +538,7 @@ def render_report(exp: ForwardKLExperiment, out: dict) -> str:
               "`metrics.json` holds every number above, per run and per seed."
               + ("" if out["preset"] != "quick" else " The per-run checkpoints and per-image scores are in "
                  "`runs/` when kept."), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _score_label(key: str) -> str:

@@ -291,14 +291,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     source = _source or _Source(run_dir, device)
     uses_model = getattr(fn, "uses_model", True)
     ckpt_sha = source.sha256  # a missing or unreadable checkpoint is reported before any data is read
-    if _data is None:
-        config_dir = None
-        if data_dir is None:
-            from ..config import Config  # the run's own data dir, as score() always did
-            cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-            config_dir = Config.from_dict(cfg).data.data_dir if cfg else None
-        _data = load_dataset(dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample)
-    data = _data
+    data = _data if _data is not None else _run_dataset(run_dir, dataset, split, data_dir, allow_sample)
     begin, end = _slice(len(data.images), limit, start, stop)
     images = data.images[begin:end]
     key = {"format": FORMAT, "feature": name, "feature_options": options, "dataset": data.name,
@@ -306,33 +299,12 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
            "fit_method": fit, "seed": seed,
            "checkpoint_sha256": ckpt_sha if uses_model else None}
     path = run_dir / FEATURES_DIR / f"{_tag(dataset, split, name, options, begin, end, len(data.images), limit, fit, seed)}.npz"
-    if reuse and path.exists():
-        saved = _read_cache(path)
-        if saved is not None:
-            meta = feature_meta(saved)
-            if {k: meta.get(k) for k in key} == key:
-                log.info("reusing %s", path)
-                return saved
-            differ = [k for k in key if meta.get(k) != key[k]]
-            log.info("%s was made from another %s; recomputing", path, " and ".join(differ))
+    saved = _cached(path, key) if reuse and path.exists() else None
+    if saved is not None:
+        return saved
 
     model, config, ckpt = source.load()
-    height, width, channels = images.shape[1:]
-    image_shape = (channels, height, width)
-    fitted = None
-    if image_shape != tuple(model.image_shape):
-        shapes = f"{'×'.join(map(str, image_shape))} → {'×'.join(map(str, model.image_shape))}"
-        if fit is None:
-            raise ShapeMismatchError(
-                f"{data.name}/{data.split} images are C×H×W = {'×'.join(map(str, image_shape))} but the model in "
-                f"{run_dir} was trained on {'×'.join(map(str, model.image_shape))}; score a dataset of the same "
-                "shape, or pass --pad (zero-pad centred) or --resize (bilinear) to make it fit "
-                "(fit='pad'/'resize' in Python)")
-        images = fit_images(images, tuple(model.image_shape), fit)
-        fitted = {"method": fit, "from_shape": list(image_shape), "to_shape": list(model.image_shape),
-                  "description": f"{fit} {shapes}"}
-        log.warning("%s/%s: images fitted to the model by %s, %s (recorded in the features' metadata)",
-                    data.name, data.split, fit, shapes)
+    images, fitted = _fit_to_model(images, model, fit, data, run_dir)
     started = time.perf_counter()
     result = features_of(model, images, name, options, seed=seed, batch_size=batch_size, progress=progress,
                          desc=f"{name} {data.name}/{split}")
@@ -350,3 +322,49 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
         atomic_write(path, lambda f: np.savez(f, **result))
     log.info("computed %s of %d images of %s/%s in %.1f s → %s", name, end - begin, data.name, split, seconds, path)
     return result
+
+def _run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, allow_sample: bool):
+    """``dataset/split`` read from ``data_dir``, or when None from the run's own data dir
+    (as score() always did)."""
+    config_dir = None
+    if data_dir is None:
+        from ..config import Config
+        cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+        config_dir = Config.from_dict(cfg).data.data_dir if cfg else None
+    return load_dataset(dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample)
+
+
+def _cached(path: Path, key: dict):
+    """The features cached at ``path`` when they were made from ``key``; else None (logged)."""
+    saved = _read_cache(path)
+    if saved is None:
+        return None
+    meta = feature_meta(saved)
+    if {k: meta.get(k) for k in key} == key:
+        log.info("reusing %s", path)
+        return saved
+    differ = [k for k in key if meta.get(k) != key[k]]
+    log.info("%s was made from another %s; recomputing", path, " and ".join(differ))
+    return None
+
+
+def _fit_to_model(images: np.ndarray, model, fit: str | None, data, run_dir: Path):
+    """``images`` fitted to the model's shape by ``fit`` (refused when None and the shapes
+    differ), and the fit's record for the metadata (None when none was needed)."""
+    height, width, channels = images.shape[1:]
+    image_shape = (channels, height, width)
+    if image_shape == tuple(model.image_shape):
+        return images, None
+    shapes = f"{'×'.join(map(str, image_shape))} → {'×'.join(map(str, model.image_shape))}"
+    if fit is None:
+        raise ShapeMismatchError(
+            f"{data.name}/{data.split} images are C×H×W = {'×'.join(map(str, image_shape))} but the model in "
+            f"{run_dir} was trained on {'×'.join(map(str, model.image_shape))}; score a dataset of the same "
+            "shape, or pass --pad (zero-pad centred) or --resize (bilinear) to make it fit "
+            "(fit='pad'/'resize' in Python)")
+    images = fit_images(images, tuple(model.image_shape), fit)
+    fitted = {"method": fit, "from_shape": list(image_shape), "to_shape": list(model.image_shape),
+              "description": f"{fit} {shapes}"}
+    log.warning("%s/%s: images fitted to the model by %s, %s (recorded in the features' metadata)",
+                data.name, data.split, fit, shapes)
+    return images, fitted
