@@ -11,7 +11,6 @@ gap to the exact log p(x).
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest

@@ -32,7 +32,6 @@ from vaeood.cli import main
 from vaeood.config import Config
 from vaeood.experiments.common import train_or_reuse
 from vaeood.runlock import LOCK_NAME, run_lock
-from vaeood.train import train
 
 SMALL = {"model.base_channels": "4", "model.latent_dim": "4", "train.batch_size": "64", "train.epochs": "1"}
 SMALL_ARGS = [f"--{k}={v}" for k, v in SMALL.items()]

@@ -21,7 +21,6 @@ import math
 import os
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 import torch

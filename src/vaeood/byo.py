@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor, nn
 
 from .gaussian import LOG_2PI

@@ -11,7 +11,6 @@ per dataset, for ROC curves) and the Figure-2-style histogram of log p(x).
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import time

@@ -242,27 +242,8 @@ class OODSuite:
                 **pre.train[fam.name], "train.seed": str(seed), "train.device": device,
                 "data.allow_sample": str(pre.allow_sample).lower(), **overrides}
         latent = Config().override(base).model.latent_dim
-        variants = {"main": {}, "background": pre.background,
-                    "wide": {"model.latent_dim": str(pre.wide_latent)},
-                    "small": {"model.latent_dim": str(pre.small_latent)}, "hvae": HVAE}
-        dets = [d for d in pre.detectors if d in DETECTORS]
-        unknown = [d for d in pre.detectors if d not in DETECTORS]
-        if unknown:
-            raise KeyError(f"ood-suite: unknown detectors {', '.join(unknown)}; known: {', '.join(DETECTORS.names())}")
-        needed = {"main"}
-        if "likelihood_ratio" in dets:
-            needed.add("background")
-        if any(d in ON_WIDE for d in dets):
-            needed |= {"wide", "small"}
-        if any(d in ON_HVAE for d in dets):
-            needed.add("hvae")
-        runs, training = {}, {}
-        for variant, extra in variants.items():
-            if variant not in needed:
-                continue
-            config = Config().override({**base, **extra})
-            runs[variant] = runs_dir / variant
-            training[variant] = train_or_reuse(config, runs[variant], data_dir=data_dir, progress=progress)
+        dets = _known_detectors(pre)
+        runs, training = _train_models(base, pre, dets, runs_dir, data_dir, progress)
         common = dict(split="test", estimator=estimator, estimator_options=options, data_dir=data_dir,
                       limit=pre.test_limit, fit_limit=pre.fit_images, device=device, seed=seed,
                       allow_sample=pre.allow_sample, progress=progress, fit=fam.fit,
@@ -323,6 +304,37 @@ class OODSuite:
             lines.append("NOTE: no dataset was found, so this ran on the small sample bundled with vaeood "
                          "(set VAEOOD_DATA or --data-dir for the real data)")
         return "\n".join(lines)
+
+
+def _known_detectors(pre: SuitePreset) -> list[str]:
+    """The preset's detectors, refusing a name no detector is registered under."""
+    unknown = [d for d in pre.detectors if d not in DETECTORS]
+    if unknown:
+        raise KeyError(f"ood-suite: unknown detectors {', '.join(unknown)}; known: {', '.join(DETECTORS.names())}")
+    return list(pre.detectors)
+
+
+def _train_models(base: dict, pre: SuitePreset, dets: list[str], runs_dir: Path, data_dir: str | None,
+                  progress: bool | None) -> tuple[dict, dict]:
+    """Train (or reuse) the models the detectors need: ``main`` always, ``background``
+    for the likelihood ratio, ``wide`` and ``small`` for LPath's two-model variant,
+    ``hvae`` for LLR>k. Returns the run folders and training summaries by model."""
+    variants = {"main": {}, "background": pre.background, "wide": {"model.latent_dim": str(pre.wide_latent)},
+                "small": {"model.latent_dim": str(pre.small_latent)}, "hvae": HVAE}
+    needed = {"main"}
+    if "likelihood_ratio" in dets:
+        needed.add("background")
+    if any(d in ON_WIDE for d in dets):
+        needed |= {"wide", "small"}
+    if any(d in ON_HVAE for d in dets):
+        needed.add("hvae")
+    runs, training = {}, {}
+    for variant, extra in variants.items():
+        if variant in needed:
+            runs[variant] = runs_dir / variant
+            training[variant] = train_or_reuse(Config().override({**base, **extra}), runs[variant],
+                                               data_dir=data_dir, progress=progress)
+    return runs, training
 
 
 def _describe(d) -> dict:
@@ -606,8 +618,10 @@ def render_report(exp: OODSuite, out: dict) -> str:
               f"(latent {next(iter(next(iter(families.values()))['seeds'].values()))['latent_dim'] if families else '?'}), "
               f"`background` (pixels replaced by uniform noise at rate {s['background'].get('data.noise_rate')}, "
               f"L2 weight decay {s['background'].get('train.weight_decay')}; Ren et al. 2019), `wide` (latent "
-              f"{s['wide_latent']}) and `small` (latent {s['small_latent']}) for `lpath_2m` (Huang et al. 2024).",
-              f"- Training budgets: " + "; ".join(f"{k}: " + ", ".join(f"`{a}={b}`" for a, b in v.items())
+              f"{s['wide_latent']}) and `small` (latent {s['small_latent']}) for `lpath_2m` (Huang et al. 2024)"
+              + ("; `hvae` (three latent layers, KL warm-up and free nats, the same budget) for `llr` (Havtorn "
+                 "et al. 2021)." if "llr" in s["detectors"] else "."),
+              "- Training budgets: " + "; ".join(f"{k}: " + ", ".join(f"`{a}={b}`" for a, b in v.items())
                                                   for k, v in s["train"].items() if k in families) + ".",
               f"- Log-likelihood estimator for `nll`, `bpd`, `complexity*`, `likelihood_ratio`, `typicality`: "
               f"{out['estimator']}{' ' + str(out['estimator_options']) if out['estimator_options'] else ''}; "
@@ -622,6 +636,26 @@ def render_report(exp: OODSuite, out: dict) -> str:
                       + "; ".join(f"{k}: {v}" for k, v in fitted.items()) + "); the fit changes the likelihood."]
     if any((next(iter(f["seeds"].values())).get("fitted") or {}) for f in families.values()):
         lines += [""]
+    lines += _report_detectors(out)
+    lines += _report_aurocs(out)
+    lines += _report_costs(out)
+    lines += _report_closing(out)
+    return "\n".join(lines)
+
+
+CAVEATS = [
+    "`dose_plus`'s three statistics were chosen on development runs of Fashion-MNIST → MNIST (the first 2,000 "
+    "test images of each, one VAE at this preset's budget and one at fig2a quick's): its Fashion-MNIST → MNIST "
+    "number is not out of sample; every other pair is.",
+    "`likelihood_ratio`'s background model here is a VAE of the main model's configuration and budget (Ren et "
+    "al. used PixelCNN models); its noise rate and L2 weight are the paper's range, not tuned.",
+]
+
+
+def _report_detectors(out: dict) -> list[str]:
+    """The detectors table, the fitting slices and the notes."""
+    families = out["families"]
+    lines: list[str] = []
     lines += ["### Detectors", ""]
     first = {d: r for f in families.values() for d, r in next(iter(f["seeds"].values()))["detectors"].items()}
     lines += [markdown_table(["detector", "paper", "runs on", "fits", "options"],
@@ -641,7 +675,13 @@ def render_report(exp: OODSuite, out: dict) -> str:
     lines += [markdown_table(["dataset", "seed", "fit split", "fit images", "n", "trained on", "source"], rows), ""]
     for note in out["notes"]:
         lines += [f"> Note: {note}.", ""]
+    return lines
 
+
+def _report_aurocs(out: dict) -> list[str]:
+    """AUROC per detector and pair, and every metric per pair."""
+    families = out["families"]
+    lines: list[str] = []
     lines += ["## AUROC per detector and pair (mean ± sd over seeds)", "",
               "OOD is the positive class; higher scores mean more out-of-distribution. 0.5 is chance; below 0.5 "
               "the detector ranks the OOD images as *more* in-distribution.", ""]
@@ -666,7 +706,13 @@ def render_report(exp: OODSuite, out: dict) -> str:
         rows = [[f"`{d}`", _pm(summ[d][o]["auroc"]), _pm(summ[d][o]["auprc_in"]), _pm(summ[d][o]["auprc_out"]),
                  _pm(summ[d][o]["fpr_at_95_tpr"])] for d in summ if o in summ[d]]
         lines += [markdown_table(["detector", "AUROC", "AUPRC-in", "AUPRC-out", "FPR@95%TPR"], rows), ""]
+    return lines
 
+
+def _report_costs(out: dict) -> list[str]:
+    """What each detector costs, the conformal decisions and the typicality batch test."""
+    families = out["families"]
+    lines: list[str] = []
     lines += ["## What each detector costs", "",
               "Seconds on this machine (mean over seeds), for all the images of one dataset's evaluation (fit "
               "slice + in-distribution test set + every OOD set): computing the features it needs (each "
@@ -701,7 +747,13 @@ def render_report(exp: OODSuite, out: dict) -> str:
                   "Power (fraction of OOD batches of M images flagged) at level α = 0.01, the threshold set by "
                   "bootstrap on held-out training batches (Nalisnick et al. 2019b); mean over seeds.", "",
                   markdown_table(["dataset", "OOD", *[f"M = {m}" for m in ms], "false alarms at M = 1"], rows), ""]
+    return lines
 
+
+def _report_closing(out: dict) -> list[str]:
+    """Figures, training and which detector to use."""
+    families = out["families"]
+    lines: list[str] = []
     lines += ["## Figures", ""]
     for key, path in out["figures"].items():
         lines += [f"![{key}]({path})", ""]
@@ -719,16 +771,7 @@ def render_report(exp: OODSuite, out: dict) -> str:
     lines += ["## Which detector to use", ""] + _closing(out) + [""]
     lines += ["Runs, per-image features and per-image detector scores are in `runs/` (not committed); "
               "`metrics.json` holds every number above.", ""]
-    return "\n".join(lines)
-
-
-CAVEATS = [
-    "`dose_plus`'s three statistics were chosen on development runs of Fashion-MNIST → MNIST (the first 2,000 "
-    "test images of each, one VAE at this preset's budget and one at fig2a quick's): its Fashion-MNIST → MNIST "
-    "number is not out of sample; every other pair is.",
-    "`likelihood_ratio`'s background model here is a VAE of the main model's configuration and budget (Ren et "
-    "al. used PixelCNN models); its noise rate and L2 weight are the paper's range, not tuned.",
-]
+    return lines
 
 
 def _closing(out: dict) -> list[str]:
