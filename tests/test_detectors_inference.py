@@ -97,3 +97,11 @@ def test_regret_and_llr_through_the_cli_with_their_options_recorded(data, tmp_pa
     assert {k: metrics["detectors"][detector]["options"][k] for k in options} == options
     assert 0.0 <= metrics["results"][detector]["mnist"]["auroc"] <= 1.0
     assert detector in capsys.readouterr().out
+
+
+def test_llr_is_calibrated_for_decisions_on_a_hierarchical_run(data, tmp_path):
+    from vaeood.decisions import calibrate
+
+    deep = train(Config().override(HVAE), tmp_path / "deep", data_dir=str(data))
+    record = calibrate(deep, "llr", n_calibration=50, data_dir=str(data))
+    assert record["detector"] == "llr" and record["n_calibration"] == 50

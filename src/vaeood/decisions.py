@@ -99,7 +99,9 @@ class DetectorScorer:
         return tuple(self.model.image_shape)
 
     def check_applies(self, has_fit_data: bool) -> None:
-        reason = self.detector.why_not({"normalised": is_normalised(self.model), "has_fit_data": has_fit_data})
+        reason = self.detector.why_not({"normalised": is_normalised(self.model), "has_fit_data": has_fit_data,
+                                        # the estimators' protocol of a model with several latent layers
+                                        "hierarchical": hasattr(self.model, "log_weight_terms")})
         if reason is not None:
             raise NoCalibrationError(f"detector {self.name!r} does not apply to {self.run_dir}: {reason}")
 
