@@ -4,6 +4,7 @@ at once), importing this checkout's source."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,8 +17,11 @@ def launch(argv: list[str], log: Path) -> subprocess.Popen:
     """Start ``python -m vaeood.cli ARGV`` with one thread, its output into ``log``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "vaeood.cli", *argv], env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    # a shell runs background jobs with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the command the default, as a terminal would
+    return subprocess.Popen([sys.executable, "-m", "vaeood.cli", *argv], env=env, stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(ready, proc: subprocess.Popen, timeout: float = 120.0) -> None:
