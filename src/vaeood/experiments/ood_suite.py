@@ -123,10 +123,10 @@ QUICK_GREY = {"data.limit": "10000", "train.epochs": "5"}
 SMOKE = {"data.limit": "300", "train.epochs": "1", "model.base_channels": "8"}
 PRESETS = {
     # `make demo`: one seed, Fashion-MNIST only, the main model configured as fig2a quick's
-    # discretised-logistic VAE (30,000 images, 8 epochs, seed 0); data.holdout keeps images to
+    # discretised-logistic VAE (20,000 images, 4 epochs, seed 0); data.holdout keeps images to
     # fit on even on the bundled 3,000-image sample (on the real set it changes nothing: the
-    # first 30,000 images are trained on either way, the last 1,000 are fitted on)
-    "demo": SuitePreset(seeds=(0,), train={"fashion_mnist": {"data.limit": "30000", "train.epochs": "8",
+    # first 20,000 images are trained on either way, the last 1,000 are fitted on)
+    "demo": SuitePreset(seeds=(0,), train={"fashion_mnist": {"data.limit": "20000", "train.epochs": "4",
                                                              "data.holdout": "1000"}},
                         test_limit=2000, fit_images=1000, synthetic_images=2000, allow_sample=True,
                         # the demo stays within minutes: no JPEG-XL, no regret (a per-image optimisation)
