@@ -47,6 +47,7 @@ from .data import load_dataset
 from .data.checksums import file_hexdigest
 from .data.folder import InputImages, load_input
 from .detectors import DETECTORS, make_detector
+from .estimators import is_hierarchical
 from .evaluate import fit_detector
 from .features import compute_features, is_normalised, needs_features
 from .fitdata import DEFAULT_FIT_IMAGES, heldout_range, run_config
@@ -100,8 +101,7 @@ class DetectorScorer:
 
     def check_applies(self, has_fit_data: bool) -> None:
         reason = self.detector.why_not({"normalised": is_normalised(self.model), "has_fit_data": has_fit_data,
-                                        # the estimators' protocol of a model with several latent layers
-                                        "hierarchical": hasattr(self.model, "log_weight_terms")})
+                                        "hierarchical": is_hierarchical(self.model)})
         if reason is not None:
             raise NoCalibrationError(f"detector {self.name!r} does not apply to {self.run_dir}: {reason}")
 

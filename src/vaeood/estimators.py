@@ -55,11 +55,17 @@ from .gaussian import check_positive_int, kl_to_standard_normal, log_prob_from_e
 from .refine import refine_posterior
 from .registry import Registry
 
-__all__ = ["ESTIMATORS", "elbo", "iwae", "bits_per_dim", "checked_posterior", "checked_log_joint"]
+__all__ = ["ESTIMATORS", "elbo", "iwae", "bits_per_dim", "checked_posterior", "checked_log_joint", "is_hierarchical"]
 
 logger = logging.getLogger(__name__)
 
 ESTIMATORS: Registry = Registry("estimator")
+
+
+def is_hierarchical(model) -> bool:
+    """Whether ``model`` gives its log-weights layer by layer (``log_weight_terms``, the
+    hierarchical protocol of the module docstring) instead of one Gaussian q(z|x)."""
+    return hasattr(model, "log_weight_terms")
 
 
 # -- the model protocol, checked ------------------------------------------------------------
@@ -125,7 +131,7 @@ def elbo(
     samples = check_positive_int("samples", samples)
     if kl not in ("analytic", "mc"):
         raise ValueError(f"kl must be 'analytic' or 'mc', got {kl!r}")
-    if hasattr(model, "log_weight_terms"):
+    if is_hierarchical(model):
         return _elbo_layers(model, x, samples, kl, generator)
     mu, logvar = checked_posterior(model, x)
     eps = standard_normal(samples, mu, generator)
@@ -246,7 +252,7 @@ def iwae(
     """
     k = check_positive_int("k", k)
     max_elements = check_positive_int("max_elements", max_elements)
-    layered = hasattr(model, "log_weight_terms")  # a hierarchical model (module docstring)
+    layered = is_hierarchical(model)
     if layered:
         if refine_steps:
             raise ValueError("refine_steps refines a single Gaussian q(z|x); a hierarchical model has none")

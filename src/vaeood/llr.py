@@ -35,6 +35,7 @@ import math
 import torch
 from torch import Tensor
 
+from .estimators import is_hierarchical
 from .gaussian import check_positive_int
 
 __all__ = ["llr_bounds"]
@@ -59,7 +60,7 @@ def llr_bounds(model, x: Tensor, *, generator: torch.Generator | None = None, sa
     ``torch.no_grad()`` for evaluation.
     """
     samples = check_positive_int("samples", samples)
-    if not hasattr(model, "log_weight_terms") or not hasattr(model, "num_layers"):
+    if not is_hierarchical(model) or not hasattr(model, "num_layers"):
         raise TypeError(f"llr_bounds needs a hierarchical VAE (model.log_weight_terms, model.num_layers); "
                         f"{type(model).__name__} has a single latent layer, where L>k is not defined")
     layers = int(model.num_layers)
