@@ -79,6 +79,23 @@ def test_lpath_mahalanobis_is_the_squared_distance_in_fit_units():
     assert s[1] > s[0]
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_copod_scores_equal_pyods_copod_called_one_row_at_a_time(ties):
+    from pyod.models.copod import COPOD
+
+    from vaeood.detectors.lpath import copod_scores
+
+    rng = np.random.default_rng(1)
+    train = rng.standard_normal((500, 3))
+    train[:, 1], train[:, 2] = np.exp(train[:, 1]), -np.exp(train[:, 2])  # right- and left-skewed columns
+    x = np.concatenate([3 * rng.standard_normal((60, 3)), train[:10]])  # tails, bulk, and fit rows again
+    if ties:
+        train, x = np.round(train * 2) / 2, np.round(x * 2) / 2
+    model = COPOD().fit(train)
+    expected = [model.decision_function(row[None])[0] for row in x]
+    np.testing.assert_allclose(copod_scores(train, x), expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", ["dose", "dose_svm"])
 def test_dose_scores_the_tails_above_the_bulk(name):
     rng = np.random.default_rng(0)
