@@ -478,3 +478,26 @@ def test_real_data_via_env(monkeypatch):
 
 def test_registry_lists_official_datasets():
     assert list(DATASETS) == ["cifar10", "fashion_mnist", "mnist", "svhn"]
+
+
+def test_a_file_rewritten_between_two_loads_is_read_again_and_callers_get_their_own_arrays(tmp_path):
+    """load_dataset keeps a file's arrays while it is unchanged: a rewritten file (even
+    with the same size) must give the new images and digest, and changing a loaded array
+    must not change what the next load returns."""
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 256, (5, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "toy_test.npz", x=first, y=np.zeros(5, dtype=np.int64))
+    a = load_dataset("toy", "test", data_dir=tmp_path)
+    a.images[:] = 0  # the caller's copy
+    b = load_dataset("toy", "test", data_dir=tmp_path)
+    np.testing.assert_array_equal(b.images[..., 0], first)
+    second = 255 - first  # same shapes, so the same file size
+    os.replace(_write(tmp_path / "new.npz", second), tmp_path / "toy_test.npz")
+    c = load_dataset("toy", "test", data_dir=tmp_path)
+    np.testing.assert_array_equal(c.images[..., 0], second)
+    assert c.files != b.files and c.files[0][1] == hashlib.sha256((tmp_path / "toy_test.npz").read_bytes()).hexdigest()
+
+
+def _write(path: Path, images: np.ndarray) -> Path:
+    np.savez(path, x=images, y=np.zeros(len(images), dtype=np.int64))
+    return path

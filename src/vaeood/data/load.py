@@ -14,6 +14,7 @@ warning says so); otherwise ``DatasetNotFoundError`` lists every place looked.
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
@@ -34,30 +35,21 @@ log = logging.getLogger(__name__)
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names become file names: no paths
 
 
-def load_dataset(
-    name: str,
-    split: str,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = False,
-    allow_sample: bool = False,
-) -> ImageSet:
-    """Load split ``split`` of dataset ``name`` as uint8 NHWC images and int64 labels.
+def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
+                 allow_sample: bool = False) -> ImageSet:
+    """Split ``split`` of dataset ``name`` as uint8 NHWC images and int64 labels.
 
     Args:
-        name: an official dataset (``fashion_mnist``, ``mnist``, ``cifar10``, ``svhn``)
-            or any name that has a ``NAME_SPLIT.npz`` file in a search folder.
-        split: ``"train"`` or ``"test"``; npz datasets may use any word.
-        data_dir: searched first, and where downloads go (default: ``$VAEOOD_DATA``,
-            else ``~/.cache/vaeood``).
+        name: an official dataset (``fashion_mnist``, ``mnist``, ``cifar10``, ``svhn``) or a
+            name with a ``NAME_SPLIT.npz`` file; split: ``"train"``/``"test"`` (npz: any word).
+        data_dir: searched first, where downloads go (default ``$VAEOOD_DATA``, ~/.cache/vaeood).
         download: fetch missing official files from the authors' mirrors.
-        allow_sample: when nothing is found, return the small bundled sample
-            (``is_sample=True``) instead of raising.
-
+        allow_sample: when nothing is found, return the bundled sample (``is_sample=True``).
     Raises:
-        DataError: a file was found but is corrupt, of the wrong format, or fails its
-            published MD5 (never silently skipped: a broken file must be fixed).
-        DatasetNotFoundError: nothing found; the message lists where it looked and
-            how to get the data.
+        DataError: a file found is corrupt, of the wrong format or fails its published MD5
+            (never silently skipped: a broken file must be fixed).
+        DatasetNotFoundError: nothing found; the message lists where it looked and how to
+            get the data.
     """
     for field, value in (("name", name), ("split", split)):
         if not isinstance(value, str) or not _WORD.fullmatch(value):
@@ -131,13 +123,23 @@ def _load_from_folder(name: str, split: str, folder: Path,
 
 
 def _load_npz(path: Path, name: str, split: str, subset: str | None = None) -> ImageSet:
-    images, labels, provenance = read_image_arrays(path, str(path))
+    st = path.stat()
+    images, labels, provenance, files = _read_npz(str(path), st.st_size, st.st_mtime_ns, st.st_ino)
     source = path.name
     if subset is not None:
         source += f" (subset {subset!r} of {name} {split}, not the full split)"
     if provenance:
         source += f"; {provenance}"
-    return ImageSet(name, split, images, labels, source=source, files=named_sha256(path))
+    # copies: a caller may change its arrays; the cached ones stay as read
+    return ImageSet(name, split, images.copy(), labels.copy(), source=source, files=files)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_npz(path: str, size: int, mtime_ns: int, inode: int):
+    """The checked arrays and digest of one npz file, read once per process while the file
+    is unchanged (same size, modification time and inode): an experiment loads the same
+    splits hundreds of times, and decompressing and hashing them cost a minute a run."""
+    return (*read_image_arrays(path, path), named_sha256(path))
 
 
 def _cannot_download(name: str, split: str, official: OfficialDataset | None) -> str:
