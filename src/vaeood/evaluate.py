@@ -78,22 +78,15 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
              data_dir: str | None = None, limit: int | None = None, fit_limit: int | None = None,
              device: str = "cpu", seed: int = 0, allow_sample: bool = False, progress: bool | None = None,
              fit: str | None = None, data_dirs: Mapping[str, str] | None = None) -> dict:
-    """Return (and write to ``out_dir``, default the run directory) the metrics dict:
-
-    ``results[detector][ood_dataset] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``
-    plus ``detectors[name]`` (options, features needed, paper, fit, seconds),
-    ``detector_scores`` (the per-image score files), ``fit_data`` (the held-out training
-    slice detectors were fitted on), ``skipped`` (detectors of ``"all"`` that do not apply,
-    with the reason), ``typicality_batch_test`` (power at M = 1, 2, 5, 10, when typicality
-    ran) and per-dataset summaries (mean log p(x), bits/dim where defined, pixel
-    statistics, the fit applied). ``detectors``: names (a list or ``"a,b"``), or ``"all"``
-    / None for every detector that applies to the run without extra runs. ``fit``
-    (``"pad"``/``"resize"``) makes datasets of another image shape fit the model.
-    ``limit``: the first N test images of each set; ``fit_limit``: the number of held-out
-    training images to fit on (default up to 5,000). ``data_dirs``: ``{dataset: folder}``
-    for test sets that live elsewhere than ``data_dir`` (e.g. OOD sets an experiment
-    generated, such as uniform noise).
-    """
+    """The metrics dict, also written to ``out_dir`` (default: the run directory):
+    ``results[detector][ood] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``,
+    ``detectors`` (options, features, paper, fit, seconds), ``detector_scores`` (files),
+    ``fit_data`` (the held-out training slice fitted on), ``skipped`` (with reasons),
+    ``typicality_batch_test`` and per-dataset summaries. ``detectors``: names, or
+    ``"all"``/None for every one that applies without extra runs; ``fit`` (``"pad"``/
+    ``"resize"``) makes other image shapes fit; ``limit``: the first N test images;
+    ``fit_limit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``:
+    ``{dataset: folder}`` for sets that live elsewhere (e.g. generated uniform noise)."""
     run_dir = Path(run_dir)
     data_dirs = dict(data_dirs or {})
     out_dir = Path(out_dir) if out_dir else run_dir
@@ -121,28 +114,17 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     summary = {name: _summary(s) for name, s in per_set.items()}
     figure = _histogram(out_dir, estimator, in_dataset, per_set, summary, meta_in)
     out = {
-        "run_dir": str(run_dir),
-        "estimator": estimator,
-        "estimator_options": meta_in["options"],
-        "split": split,
-        "fit": fit,
-        "fitted": {name: s["fit"]["description"] for name, s in summary.items() if s.get("fit")},
-        "likelihood": meta_in["likelihood"],
-        "normalised": normalised,
-        "in_distribution": in_dataset,
-        "ood": list(ood_datasets),
-        "positive_class": "ood",
-        "score_direction": "higher = more out-of-distribution",
+        "run_dir": str(run_dir), "estimator": estimator, "estimator_options": meta_in["options"], "split": split,
+        "fit": fit, "fitted": {name: s["fit"]["description"] for name, s in summary.items() if s.get("fit")},
+        "likelihood": meta_in["likelihood"], "normalised": normalised, "in_distribution": in_dataset,
+        "ood": list(ood_datasets), "positive_class": "ood", "score_direction": "higher = more out-of-distribution",
         "results": runner.results,
         "warnings": same_data_warnings(in_dataset, ood_datasets,
                                        {n: score_meta(s) for n, s in per_set.items()}) + runner.small_sets,
-        "detectors": runner.det_info,
-        "detector_scores": runner.score_files,
-        "skipped": skipped,
+        "detectors": runner.det_info, "detector_scores": runner.score_files, "skipped": skipped,
         "fit_data": ({k: v for k, v in fit_slice.items() if k not in ("data_dir",)} if fit_slice and any(
             d.fits for d in dets.values()) else None),
-        "datasets": summary,
-        "histogram": figure.name,
+        "datasets": summary, "histogram": figure.name,
     }
     if runner.batch_tests:
         out["typicality_batch_test"] = runner.batch_tests
@@ -190,13 +172,7 @@ class _DetectorRunner:
         self.run_dir, self.in_dataset, self.ood_datasets, self.split = run_dir, in_dataset, ood_datasets, split
         self.data_dir, self.data_dirs, self.fit_slice, self.out_dir = data_dir, data_dirs, fit_slice, out_dir
         self.common = common
-        self.loaded = {}  # each split read once per call (the cache key is the digest of its images all the same)
         self.results, self.det_info, self.score_files, self.batch_tests, self.small_sets = {}, {}, {}, {}, []
-
-    def data_of(self, name: str, which: str, where: str | None, sample: bool):
-        if (name, which) not in self.loaded:
-            self.loaded[name, which] = load_dataset(name, which, data_dir=where, allow_sample=sample)
-        return self.loaded[name, which]
 
     def run(self, name: str, det: Detector) -> None:
         started = time.perf_counter()
@@ -232,9 +208,7 @@ class _DetectorRunner:
         fit_features = compute_features(self.run_dir, fs["dataset"], fs["split"], det.needs,
                                         data_dir=fs["data_dir"], start=fs["start"], stop=fs["stop"],
                                         device=self.common["device"], seed=self.common["seed"],
-                                        allow_sample=fs["allow_sample"], progress=self.common["progress"],
-                                        data=self.data_of(fs["dataset"], fs["split"], fs["data_dir"],
-                                                          fs["allow_sample"]))
+                                        allow_sample=fs["allow_sample"], progress=self.common["progress"])
         _add_seconds(feature_seconds, fit_features["meta"])
         t0 = time.perf_counter()
         det.fit(fit_features)
@@ -246,10 +220,7 @@ class _DetectorRunner:
         set_scores, score_seconds, nll_by_set = {}, 0.0, {}
         for set_name in [self.in_dataset, *self.ood_datasets]:
             where = self.data_dirs.get(set_name, self.data_dir)
-            feats = compute_features(self.run_dir, set_name, self.split, det.needs, data_dir=where, **self.common,
-                                     data=self.data_of(set_name, self.split,
-                                                       where or run_config(self.run_dir).data.data_dir,
-                                                       self.common["allow_sample"]))
+            feats = compute_features(self.run_dir, set_name, self.split, det.needs, data_dir=where, **self.common)
             _add_seconds(feature_seconds, feats["meta"])
             t0 = time.perf_counter()
             set_scores[set_name] = det.score(feats)

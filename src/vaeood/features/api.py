@@ -9,7 +9,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ..data import load_dataset
-from .core import _Source, _split_need, compute_feature, feature_meta, features_of, normalise_needs
+from .core import Source, split_need, compute_feature, feature_meta, features_of, normalise_needs
 
 
 def _merge(out: dict, arrays: Mapping[str, np.ndarray], prefix: str, key: str) -> None:
@@ -27,8 +27,7 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
                      needs: Mapping[str, dict] | Iterable[str] | str = ("log_px",), *, data_dir: str | None = None,
                      limit: int | None = None, start: int | None = None, stop: int | None = None,
                      batch_size: int | None = None, device: str = "cpu", seed: int = 0, fit: str | None = None,
-                     allow_sample: bool = False, reuse: bool = True, progress: bool | None = None,
-                     data=None) -> dict:
+                     allow_sample: bool = False, reuse: bool = True, progress: bool | None = None) -> dict:
     """The features ``needs`` of images ``[start, stop)`` (or the first ``limit``) of
     ``dataset/split`` under the run's model, each cached in ``RUN/features/`` (see
     :func:`compute_feature` for the cache key).
@@ -42,18 +41,16 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
     ``mu_z_norm``, ``png_bits``), ``labels`` ``[N]`` and ``meta``: ``{key: metadata}``
     (a dict, not an array: dataset, slice, digests, seconds taken, ...).
 
-    ``data``: the split already loaded (:class:`~vaeood.data.ImageSet`), to skip loading it
-    again; the cache key is still the digest of its images.
     """
     needs = normalise_needs(needs)
-    sources: dict[str, _Source] = {}
+    sources: dict[str, Source] = {}
     data = None
     out: dict = {}
     metas = {}
     for key, options in needs.items():
-        name, producer, other, prefix = _split_need(key, options)
+        name, producer, other, prefix = split_need(key, options)
         where = Path(other) if other is not None else Path(run_dir)
-        source = sources.setdefault(str(where), _Source(where, device))
+        source = sources.setdefault(str(where), Source(where, device))
         source.sha256  # a missing checkpoint is reported before any data is read
         if data is None:
             cfg_dir = _run_data_dir(Path(run_dir))
@@ -84,7 +81,7 @@ def needs_features(model, images, needs: Mapping[str, dict] | Iterable[str] | st
     needs = normalise_needs(needs)
     out: dict = {}
     for key, options in needs.items():
-        name, producer, _, prefix = _split_need(key, {k: v for k, v in options.items() if k != "run"})
+        name, producer, _, prefix = split_need(key, {k: v for k, v in options.items() if k != "run"})
         if "run" in options:
             prefix = f"{key}/"
         the_model = options.get("run", model)

@@ -109,7 +109,7 @@ def canonical_options(fn, options: dict) -> dict:
     return out
 
 
-def _split_need(key: str, options: dict) -> tuple[str, dict, str | None, str]:
+def split_need(key: str, options: dict) -> tuple[str, dict, str | None, str]:
     """(feature name, producer options, other run or None, output prefix)."""
     name = options.get("feature", key)
     run = options.get("run")
@@ -248,7 +248,7 @@ def feature_meta(features: Mapping) -> dict:
     return meta if isinstance(meta, dict) else json.loads(str(meta))
 
 
-class _Source:
+class Source:
     """A run directory's model, loaded once on first need."""
 
     def __init__(self, run_dir: Path, device: str):
@@ -273,7 +273,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
                     options: dict | None = None, *, data_dir: str | None = None, limit: int | None = None,
                     start: int | None = None, stop: int | None = None, batch_size: int | None = None,
                     device: str = "cpu", seed: int = 0, fit: str | None = None, allow_sample: bool = False,
-                    reuse: bool = True, progress: bool | None = None, _source: _Source | None = None,
+                    reuse: bool = True, progress: bool | None = None, _source: Source | None = None,
                     _data=None) -> dict[str, np.ndarray]:
     """One feature of images ``[start, stop)`` (or the first ``limit``) of ``dataset/split``,
     cached in ``RUN/features/``; returns its arrays ``[N]``, ``labels`` and ``meta`` (a JSON
@@ -288,7 +288,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     options = canonical_options(fn, check_options(fn, options or {}, "feature", name, SUPPLIED))
     if fit is not None:
         FITS.get(fit)  # an unknown fit is refused before any work
-    source = _source or _Source(run_dir, device)
+    source = _source or Source(run_dir, device)
     uses_model = getattr(fn, "uses_model", True)
     ckpt_sha = source.sha256  # a missing or unreadable checkpoint is reported before any data is read
     data = _data if _data is not None else _run_dataset(run_dir, dataset, split, data_dir, allow_sample)
