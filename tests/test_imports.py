@@ -83,3 +83,15 @@ def test_the_graph_sees_relative_and_local_imports():
 def test_vaeood_has_no_import_cycle():
     cycle = _find_cycle(_graph())
     assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_every_function_in_src_reads_at_a_glance():
+    """No function of the package, signature and docstring included, is over 60 lines:
+    long explanations belong in module docstrings, long code in named parts."""
+    long = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
+                            f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

@@ -147,12 +147,12 @@ def test_vmap_matches_loop(tiny_vae):
 
 def test_head_shortcut_equals_per_image_linear_copies(tiny_vae, monkeypatch):
     """Adam on a per-image copy of the last linear layer == Adam on (mu, logvar) with the
-    step scaled by 1 + ||h||_1 (regret._feature_scale), up to Adam's epsilon."""
+    step scaled by 1 + ||h||_1 (regret.feature_scale), up to Adam's epsilon."""
     import vaeood.regret as regret
 
     calls = []
-    original = regret._feature_scale
-    monkeypatch.setattr(regret, "_feature_scale", lambda *a: calls.append(1) or original(*a))
+    original = regret.feature_scale
+    monkeypatch.setattr(regret, "feature_scale", lambda *a: calls.append(1) or original(*a))
     model, x = tiny_vae
     fast = likelihood_regret(model, x, generator=_gen(), variant="head", steps=10, lr=1e-2)
     assert calls  # the shortcut ran

@@ -362,7 +362,7 @@ def test_on_a_gpu_the_run_of_bad_steps_is_read_every_few_steps_and_still_stops(
     """On a GPU the host reads the device's count only every few steps (no stall per
     step): the stop comes at the next read, with the count as read, and the bad steps in
     between changed nothing (the checkpoint of epoch 1 is kept)."""
-    monkeypatch.setattr(sys.modules["vaeood.train"], "_check_interval", lambda device: 2)
+    monkeypatch.setattr(sys.modules["vaeood.train"], "check_interval", lambda device: 2)
     faulty.update({s: "loss" for s in range(4, 12)})  # every step from epoch 2 on (4 per epoch)
     saved = _checkpoint_spy(monkeypatch)
     # reads after steps 2 and 4 of epoch 2: 2 < 3, then 4 >= 3

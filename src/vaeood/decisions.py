@@ -190,21 +190,11 @@ def _training_split(run_dir: Path, data_dir: str | None):
 def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: dict | None = None,
               n_calibration: int | None = None, n_fit: int | None = None, data_dir: str | None = None,
               device: str = "cpu", seed: int = 0, batch_size: int | None = None) -> dict:
-    """Fit ``detector`` (when it fits) on the run's held-out fitting slice, score the
-    next ``n_calibration`` held-out training images, and save the scores with the
-    split in ``RUN/calibration/<detector>.npz``.
-
-    Layout of the training split (N images; the held-out part [h, N) is what training
-    never used, :func:`vaeood.fitdata.heldout_range`): the fitting slice is
-    [h, h + n_fit) (``n_fit`` default: 5,000 as in :func:`vaeood.evaluate`, at most half
-    the held-out images; 0 for detectors that do not fit), the calibration slice the
-    ``n_calibration`` images after it (default 2,000, or all that are left if fewer).
-
-    Raises :class:`NoCalibrationError` when the run kept no held-out training images
-    (it trained on the whole split: retrain with ``data.limit`` or ``data.holdout``),
-    when too few are left, or when the detector does not apply to the run.
-    Returns the record (see :func:`load_calibration`).
-    """
+    """Fit ``detector`` on held-out training images [h, h + n_fit) (never trained on,
+    :func:`vaeood.fitdata.heldout_range`; ``n_fit`` ≤ 5,000 and half of them, 0 when it does
+    not fit), score the next ``n_calibration`` (default 2,000) into ``RUN/calibration/
+    <detector>.npz`` and return the record; :class:`NoCalibrationError` when too few were
+    held out (retrain with ``data.limit``/``data.holdout``) or the detector does not apply."""
     run_dir = Path(run_dir)
     config, data, where = _training_split(run_dir, data_dir)
     total = len(data.images)
@@ -367,20 +357,17 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
 
     Args:
         run_dir: a trained run with a calibration for ``detector`` (see :func:`calibrate`).
-        source: a folder of PNG/JPEG images, an ``.npz`` file, or a dataset name
-            (``split``, ``limit``, ``data_dir`` then apply); see :func:`vaeood.data.folder.load_input`.
+        source: PNG/JPEG folder, ``.npz`` file or dataset name (with ``split``, ``limit``, ``data_dir``).
         alpha: the false-alarm rate (or, with ``fdr``, the false-discovery rate).
         delta: calibration-conditional guarantee: FPR ≤ alpha with probability ≥ 1 − delta.
         fdr: Benjamini–Hochberg on the batch's p-values instead of a per-image rule.
         detector_options: must match the calibrated options (default: the calibrated ones).
-        fit: ``"pad"``/``"resize"`` for images of another shape than the model's.
-        skip_bad: skip unreadable/other-shaped files of a folder (listed in the summary).
+        fit: ``"pad"``/``"resize"`` for other image shapes; skip_bad: skip unreadable files.
         out: write the CSV (file, score, p_value, flagged) there, and the summary beside it.
 
-    Raises :class:`NoCalibrationError` when the run has no valid calibration for the
-    detector, :class:`vaeood.conformal.CalibrationError` when it is too small for
-    ``alpha``/``delta``, and :class:`vaeood.data.DataError` for unusable input.
-    """
+    Raises :class:`NoCalibrationError` (no valid calibration for the detector),
+    :class:`vaeood.conformal.CalibrationError` (too small for ``alpha``/``delta``) or
+    :class:`vaeood.data.DataError` (unusable input)."""
     run_dir = Path(run_dir)
     record = load_calibration(run_dir, detector, detector_options)
     scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],

@@ -1,4 +1,4 @@
-"""Per-image estimates of log p(x), in nats, from a VAE.
+r"""Per-image estimates of log p(x), in nats, from a VAE.
 
 Every estimator is a function ``f(model, x, **options) -> dict[str, Tensor]`` registered
 in ``ESTIMATORS``; every value has shape ``[B]`` (one number per image, reductions happen
@@ -41,6 +41,33 @@ Randomness: the noise is drawn from ``generator`` (or torch's default generator)
 image does not depend on how the K samples are chunked, ``iwae(k=1)`` and
 ``elbo(kl="mc")`` see the same z, and estimates for K and K' > K share their first K
 samples (common random numbers). The noise of an image does depend on the batch it is in.
+
+**IWAE outputs** (:func:`iwae`), each ``[B]``:
+
+* ``log_px_nats``: :math:`\mathcal{L}_K`;
+* ``elbo_nats``: ``mean_k log w_k``, a K-sample estimate of the ELBO (MC KL);
+* ``gap_nats``: ``log_px_nats - elbo_nats``, >= 0 by Jensen (clamped at 0 against
+  rounding);
+* ``ess``: effective sample size ``(sum w)^2 / sum w^2`` in [1, K] (clamped against
+  rounding);
+* ``ess_fraction``: ``ess / K``;
+* ``q_var_ratio``: how q's variance compares with the posterior's, the geometric mean
+  over latent dims j of ``Var_q[z_j] / Var_SNIS[z_j|x]``, where ``Var_SNIS`` is the
+  self-normalised importance-weighted variance of the K samples with the
+  reliability-weights correction ``1 / (1 - Σ w~²)`` (computed on the standardised
+  ``eps``, floored at 1e-12 of q's variance); NaN where ESS ≈ 1 (one sample carries
+  all the weight, so there is no variance to measure; always for K = 1). Below 1: q is
+  narrower than the posterior. It inherits SNIS's bias: the weighted variance only sees
+  where q put samples, so it understates how much too narrow q is, and it needs a large
+  K (within a few % of the truth for a well-matched q at K = 1000, ~30% high at K = 10).
+
+Caveats: :math:`\mathcal{L}_K` is a stochastic lower bound, biased low —
+:math:`\mathbb{E}\,\mathcal{L}_K \le \mathbb{E}\,\mathcal{L}_{K+1} \le \log p(x)` — by
+roughly ``Var(w) / (2 K p(x)^2)``, i.e. O(1/K), and consistent as K → ∞ when the
+weights have finite variance. The bias is invisible in a single number: an ESS that is
+a tiny fraction of K (a few weights dominate, typical when q(z|x) is too narrow, e.g. on
+out-of-distribution inputs) means the estimate is untrustworthy and may be far below
+log p(x). With ``k=1`` this is the single-sample ELBO with MC KL.
 """
 
 from __future__ import annotations
@@ -183,17 +210,9 @@ def _elbo_layers(model, x, samples: int, kl: str, generator) -> dict[str, Tensor
 
 
 @ESTIMATORS.register("iwae")
-def iwae(
-    model,
-    x,
-    k: int = 1000,
-    chunk_size: int | None = None,
-    max_elements: int = 2**22,
-    generator: torch.Generator | None = None,
-    refine_steps: int = 0,
-    refine_k: int = 16,
-    refine_step_size: float = 0.5,
-) -> dict[str, Tensor]:
+def iwae(model, x, k: int = 1000, chunk_size: int | None = None, max_elements: int = 2**22,
+         generator: torch.Generator | None = None, refine_steps: int = 0, refine_k: int = 16,
+         refine_step_size: float = 0.5) -> dict[str, Tensor]:
     r"""Importance-weighted bound IWAE-K (Burda, Grosse & Salakhutdinov 2016).
 
     With ``z_k ~ q(z|x)`` i.i.d. and log-weights
@@ -203,52 +222,24 @@ def iwae(
               = \operatorname{logsumexp}_k(\log w_k) - \log K .
 
     Each image is encoded once; the K samples are decoded in chunks of ``chunk_size``
-    (default: the largest chunk with ``chunk * B * elements_per_sample <= max_elements``;
-    the default 2**22, 16 MiB of float32 activations, keeps a chunk's working set in the
-    CPU's last-level cache: about 410 decoded (image, sample) pairs for the 28×28 conv
-    Bernoulli decoder, whose layers allocate 10,208 elements per pair; cache-sized chunks
-    ran 2.5× faster than 20,000-pair chunks in ``benchmarks/iwae_speed.py``; on a GPU
-    ``scoring`` raises the bound to an eighth of the free memory), and ``log sum w``,
-    ``log sum w^2`` and ``sum log w`` are accumulated across chunks with
-    ``torch.logaddexp`` / sums, so memory does not grow with K. The result does not depend on the chunking beyond float rounding (the noise
-    is drawn per sample index).
+    (default: the largest with ``chunk * B * elements_per_sample <= max_elements``, whose
+    2**22 keeps a chunk's activations in a CPU's last-level cache: ~410 (image, sample)
+    pairs for the 28×28 conv decoder, 2.5× faster than 20,000-pair chunks; a GPU gets an
+    eighth of its free memory), and ``log sum w``, ``log sum w^2`` and ``sum log w`` are
+    accumulated across chunks, so memory does not grow with K and the result does not
+    depend on the chunking beyond float rounding (the noise is drawn per sample index).
 
-    Returns, each ``[B]``:
-
-    * ``log_px_nats``: :math:`\mathcal{L}_K`;
-    * ``elbo_nats``: ``mean_k log w_k``, a K-sample estimate of the ELBO (MC KL);
-    * ``gap_nats``: ``log_px_nats - elbo_nats``, >= 0 by Jensen (clamped at 0 against
-      rounding);
-    * ``ess``: effective sample size ``(sum w)^2 / sum w^2`` in [1, K] (clamped against
-      rounding);
-    * ``ess_fraction``: ``ess / K``;
-    * ``q_var_ratio``: how q's variance compares with the posterior's, the geometric mean
-      over latent dims j of ``Var_q[z_j] / Var_SNIS[z_j|x]``, where ``Var_SNIS`` is the
-      self-normalised importance-weighted variance of the K samples with the
-      reliability-weights correction ``1 / (1 - Σ w~²)`` (computed on the standardised
-      ``eps``, floored at 1e-12 of q's variance); NaN where ESS ≈ 1 (one sample carries
-      all the weight, so there is no variance to measure; always for K = 1). Below 1: q is
-      narrower than the posterior. It inherits SNIS's bias: the weighted variance only sees
-      where q put samples, so it understates how much too narrow q is, and it needs a large
-      K (within a few % of the truth for a well-matched q at K = 1000, ~30% high at K = 10).
+    Returns ``log_px_nats`` (:math:`\mathcal{L}_K`), ``elbo_nats``, ``gap_nats``, ``ess``,
+    ``ess_fraction``, ``q_var_ratio`` (*IWAE outputs* in the module docstring, with caveats).
 
     ``refine_steps > 0`` first refines each image's q(z|x) by that many forward-KL steps
     of ``refine_k`` samples and step size ``refine_step_size`` (Jerfel et al. 2021, see
     :mod:`vaeood.refine`), then samples the K importance samples from the refined q; the
     refinement draws from the same ``generator`` first and carries no gradient.
 
-    Caveats: :math:`\mathcal{L}_K` is a stochastic lower bound, biased low —
-    :math:`\mathbb{E}\,\mathcal{L}_K \le \mathbb{E}\,\mathcal{L}_{K+1} \le \log p(x)` — by
-    roughly ``Var(w) / (2 K p(x)^2)``, i.e. O(1/K), and consistent as K → ∞ when the
-    weights have finite variance. The bias is invisible in a single number: an ESS that is
-    a tiny fraction of K (a few weights dominate, typical when q(z|x) is too narrow, e.g. on
-    out-of-distribution inputs) means the estimate is untrustworthy and may be far below
-    log p(x). With ``k=1`` this is the single-sample ELBO with MC KL.
-
-    For a hierarchical model (module docstring) the weights come from
-    ``model.log_weight_terms``; the outputs add ``rate_nats`` and ``rate_nats_layer{i}``, the
-    K-sample means of ``log q − log p`` per layer, and ``q_var_ratio`` is NaN (there is no
-    single Gaussian q to compare); ``refine_steps`` is refused.
+    A hierarchical model (module docstring) adds ``rate_nats`` and ``rate_nats_layer{i}``
+    (K-sample means of ``log q − log p`` per layer); its ``q_var_ratio`` is NaN and
+    ``refine_steps`` is refused.
     """
     k = check_positive_int("k", k)
     max_elements = check_positive_int("max_elements", max_elements)

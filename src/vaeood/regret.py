@@ -27,7 +27,7 @@ image influences another. Variants (``variant=``):
 * ``"head"`` (default): per-image copies of the encoder's last ``layers`` parameterised
   modules (default 1: the linear layer that emits ``(mu, logvar)``), the rest of the
   encoder shared and frozen. For one linear layer under Adam this has a closed form
-  (:func:`_feature_scale`): it *is* Adam on the image's ``(mu, logvar)`` with the step
+  (:func:`feature_scale`): it *is* Adam on the image's ``(mu, logvar)`` with the step
   scaled by ``1 + ||h||_1``, h the layer's input, so it costs no more than
   ``"posterior"``; deeper heads run with ``torch.func.functional_call`` + ``vmap``;
 * ``"posterior"``: the per-image Gaussian parameters ``(mu, logvar)`` directly,
@@ -73,6 +73,42 @@ steps find a local improvement only, and the score depends on the optimiser budg
 (defaults measured in ``benchmarks/regret_speed.py``). The whole-encoder variant holds
 an encoder copy plus Adam state per image: memory grows as 4 × encoder size × batch, so
 use ``batch_size`` to bound it.
+
+**Arguments of** :func:`likelihood_regret`:
+
+* ``x``: images ``[B, ...]`` as ``model.posterior`` takes them (uint8 ``[B, C, H, W]``
+  for :class:`vaeood.models.VAE`);
+* ``variant``: ``"head"`` (default), ``"posterior"`` or ``"encoder"``;
+* ``steps``, ``lr``, ``weight_decay``, ``keep_start``, ``k``: None takes the variant's
+  entry in ``DEFAULTS`` (``"head"``: 5 Adam steps of 1e-3, IWAE-8, keep_start);
+  ``optimizer``: a name in ``OPTIMIZERS``, with extra keyword
+  arguments in ``optimizer_options`` (e.g. ``{"betas": (0.9, 0.999)}``);
+* ``samples``: reparameterised draws per step in the optimised negative ELBO;
+* ``loss``: the gradient estimator of the optimised ELBO: ``"elbo"`` (the paper's:
+  reconstruction by ``samples`` draws, closed-form KL to N(0, I)) or ``"stl"``
+  ("sticking the landing", Roeder, Wu & Duvenaud 2017: ``log p(x, z) - log q(z)``
+  with q's parameters held fixed inside ``log q``, so the gradient flows through z
+  only; its variance vanishes where q equals the posterior);
+* ``bound``: ``"iwae"`` (:math:`\operatorname{logsumexp}_k \log w_k - \log K`) or
+  ``"elbo"`` (:math:`\frac1K\sum_k \log p(x|z_k) - \mathrm{KL}(q\,\|\,N(0, I))`),
+  with ``k`` samples, the same samples before and after;
+* ``layers``: for ``"head"``, how many trailing parameterised modules of the
+  encoder are copied per image;
+* ``head_exact``: for ``"head"`` with ``layers=1``, Adam/AdamW without weight decay
+  and a last ``nn.Linear`` layer, the per-image weight copies are replaced by their
+  exact equivalent, per-image ``(mu, logvar)`` with the step scaled by
+  ``1 + ||h||_1`` (see :func:`feature_scale`): no per-image weights in memory and
+  3.5× faster at 20 steps in the tuning sweep; True forces the weight copies (same
+  numbers up to Adam's epsilon);
+* ``keep_start``: the regret estimates a supremum over inference parameters, so the
+  start is a candidate too: ``bound_after = max(bound at the end, bound before)`` and
+  the regret is ``>= 0``; False (the paper) reports the last iterate, which can be
+  worse than the start when the step size is large;
+* ``vmap``: for the encoder variants, ``torch.func.vmap`` over the per-image copies
+  (False: a loop over images, same numbers up to rounding);
+* ``batch_size``: images optimised together (None: all of ``x``); a memory bound
+  only, the scores do not depend on it;
+* ``max_elements``: bound on decoded elements per chunk of bound samples.
 """
 
 from __future__ import annotations
@@ -117,65 +153,15 @@ DEFAULTS: dict[str, dict] = {
 }
 
 
-def likelihood_regret(
-    model,
-    x: Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    variant: str = "head",
-    steps: int | None = None,
-    lr: float | None = None,
-    optimizer: str = "adam",
-    weight_decay: float | None = None,
-    optimizer_options: dict | None = None,
-    samples: int = 1,
-    loss: str = "elbo",
-    bound: str = "iwae",
-    k: int | None = None,
-    layers: int = 1,
-    head_exact: bool = False,
-    keep_start: bool | None = None,
-    vmap: bool = True,
-    batch_size: int | None = None,
-    max_elements: int = 2**22,
-) -> dict[str, Tensor]:
-    r"""Likelihood regret of each image of ``x`` (see the module docstring), in nats.
-
-    Arguments:
-
-    * ``x``: images ``[B, ...]`` as ``model.posterior`` takes them (uint8 ``[B, C, H, W]``
-      for :class:`vaeood.models.VAE`);
-    * ``variant``: ``"head"`` (default), ``"posterior"`` or ``"encoder"``;
-    * ``steps``, ``lr``, ``weight_decay``, ``keep_start``, ``k``: None takes the variant's
-      entry in ``DEFAULTS`` (``"head"``: 5 Adam steps of 1e-3, IWAE-8, keep_start);
-      ``optimizer``: a name in ``OPTIMIZERS``, with extra keyword
-      arguments in ``optimizer_options`` (e.g. ``{"betas": (0.9, 0.999)}``);
-    * ``samples``: reparameterised draws per step in the optimised negative ELBO;
-    * ``loss``: the gradient estimator of the optimised ELBO: ``"elbo"`` (the paper's:
-      reconstruction by ``samples`` draws, closed-form KL to N(0, I)) or ``"stl"``
-      ("sticking the landing", Roeder, Wu & Duvenaud 2017: ``log p(x, z) - log q(z)``
-      with q's parameters held fixed inside ``log q``, so the gradient flows through z
-      only; its variance vanishes where q equals the posterior);
-    * ``bound``: ``"iwae"`` (:math:`\operatorname{logsumexp}_k \log w_k - \log K`) or
-      ``"elbo"`` (:math:`\frac1K\sum_k \log p(x|z_k) - \mathrm{KL}(q\,\|\,N(0, I))`),
-      with ``k`` samples, the same samples before and after;
-    * ``layers``: for ``"head"``, how many trailing parameterised modules of the
-      encoder are copied per image;
-    * ``head_exact``: for ``"head"`` with ``layers=1``, Adam/AdamW without weight decay
-      and a last ``nn.Linear`` layer, the per-image weight copies are replaced by their
-      exact equivalent, per-image ``(mu, logvar)`` with the step scaled by
-      ``1 + ||h||_1`` (see :func:`_feature_scale`): no per-image weights in memory and
-      3.5× faster at 20 steps in the tuning sweep; True forces the weight copies (same
-      numbers up to Adam's epsilon);
-    * ``keep_start``: the regret estimates a supremum over inference parameters, so the
-      start is a candidate too: ``bound_after = max(bound at the end, bound before)`` and
-      the regret is ``>= 0``; False (the paper) reports the last iterate, which can be
-      worse than the start when the step size is large;
-    * ``vmap``: for the encoder variants, ``torch.func.vmap`` over the per-image copies
-      (False: a loop over images, same numbers up to rounding);
-    * ``batch_size``: images optimised together (None: all of ``x``); a memory bound
-      only, the scores do not depend on it;
-    * ``max_elements``: bound on decoded elements per chunk of bound samples.
+def likelihood_regret(model, x: Tensor, *, generator: torch.Generator | None = None, variant: str = "head",
+                      steps: int | None = None, lr: float | None = None, optimizer: str = "adam",
+                      weight_decay: float | None = None, optimizer_options: dict | None = None, samples: int = 1,
+                      loss: str = "elbo", bound: str = "iwae", k: int | None = None, layers: int = 1,
+                      head_exact: bool = False, keep_start: bool | None = None, vmap: bool = True,
+                      batch_size: int | None = None, max_elements: int = 2**22) -> dict[str, Tensor]:
+    r"""Likelihood regret of each image of ``x`` (uint8 ``[B, C, H, W]`` for
+    :class:`vaeood.models.VAE`), in nats; the module docstring gives the method and, under
+    *Arguments*, every option.
 
     Returns ``{"regret_nats", "bound_before_nats", "bound_after_nats"}``, each ``[B]``,
     with ``regret = after - before``. Needs grad mode (it enables it internally); it
@@ -320,7 +306,7 @@ def _encoder_param_names(model, variant: str, layers: int) -> list[str]:
     return names
 
 
-def _feature_scale(model, x, latent: int) -> Tensor | None:
+def feature_scale(model, x, latent: int) -> Tensor | None:
     r"""``1 + ||h_b||_1`` ``[B, 1]``, h_b the input of the encoder's last layer for image b,
     or None when that layer is not an ``nn.Linear`` emitting the 2·Z posterior parameters.
 
@@ -397,7 +383,7 @@ def _regret_batch(model, x, *, seed, variant, steps, opt_class, opt_kwargs, samp
     scale = None
     if (variant == "head" and layers == 1 and not head_exact and opt_kwargs["weight_decay"] == 0
             and opt_class in (torch.optim.Adam, torch.optim.AdamW)):
-        scale = _feature_scale(model, x, mu0.shape[1])
+        scale = feature_scale(model, x, mu0.shape[1])
     params, encode = _make_encode(model, x, variant, layers, use_vmap, mu0, logvar0, scale)
     eps_opt = _image_noise(x, seed, "optimise", (steps, samples, mu0.shape[1]), mu0)
     with torch.enable_grad():

@@ -41,7 +41,7 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[VAE, Config, d
     dev = resolve_device(device)
     model.to(dev).eval()
     # conv models score in NHWC on every device: oneDNN's and cuDNN's NHWC kernels run the
-    # decoder's transposed convolutions faster (benchmarks/iwae_settings.py, prototypes.py);
+    # decoder's transposed convolutions faster (benchmarks/elbo_speed.py, iwae_settings.py);
     # the numbers agree with NCHW to float rounding (tests/test_models.py). Training stays
     # NCHW unless train.channels_last asks, since NHWC slowed whole training steps here.
     if config.train.channels_last or config.model.arch == "conv":

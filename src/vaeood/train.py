@@ -151,7 +151,7 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
         history.append(record)
         log.info("epoch %d/%d: loss %.3f nats/image, %.0f images/s", epoch + 1, tcfg.epochs,
                  record["train_loss"], record["images_per_s"])
-        _save(ckpt_path, config, run.model, run.optimizer, epoch + 1, history, image_shape, data, device,
+        save_run_state(ckpt_path, config, run.model, run.optimizer, epoch + 1, history, image_shape, data, device,
               objective=objective_state(run.objective))
         atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
     return run_dir
@@ -209,7 +209,7 @@ def _build_run(config: Config, x_all: torch.Tensor, device: torch.device, ckpt_p
     # is read every CHECK_EVERY_GPU steps (a bad step changes nothing, the stop just comes
     # a few steps later); on the CPU reading it is free and the check is exact.
     return _Run(config, x_all, device, rank, world, model, optimizer, objective, step, takes_index, autocast,
-                show, _check_interval(device), ckpt_path)
+                show, check_interval(device), ckpt_path)
 
 
 def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
@@ -220,7 +220,7 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
         run.objective.set_epoch(epoch)
     order = epoch_order(n, tcfg.seed, epoch).to(device)
     noise = _noise_generator(run.config.data.noise_rate, tcfg.seed, epoch, run.rank, device)
-    sums = _GoodSums(device)  # logged values summed on the device over good steps; read once per epoch
+    sums = GoodSums(device)  # logged values summed on the device over good steps; read once per epoch
     steps, skipped = 0, torch.zeros((), device=device)
     started = time.perf_counter()
     bar = tqdm(range(0, n, tcfg.batch_size), desc=f"epoch {epoch + 1}/{tcfg.epochs}",
@@ -228,7 +228,7 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
     for i in bar:
         index = order[i: i + tcfg.batch_size][run.rank::run.world]  # this rank's share of the global batch
         x = run.x_all[index] if noise is None else corrupt(run.x_all[index], run.config.data.noise_rate, noise)
-        out, bad = _guarded_step(run.step, run.model, run.optimizer, x, {"index": index} if run.takes_index else {},
+        out, bad = guarded_step(run.step, run.model, run.optimizer, x, {"index": index} if run.takes_index else {},
                                 run.autocast, run.world)
         steps += 1
         skipped += bad
@@ -249,7 +249,7 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
             "skipped_steps": skipped, "seconds": seconds, "images_per_s": n / seconds}
 
 
-def _guarded_step(step, model, optimizer, x: torch.Tensor, kwargs: dict, autocast, world: int):
+def guarded_step(step, model, optimizer, x: torch.Tensor, kwargs: dict, autocast, world: int):
     """One training step that a NaN/inf loss or gradient turns into no update.
 
     Runs ``step(x, **kwargs)`` under ``autocast()``, backpropagates its ``"loss"`` and
@@ -272,7 +272,7 @@ def _guarded_step(step, model, optimizer, x: torch.Tensor, kwargs: dict, autocas
     return out, bad
 
 
-class _GoodSums:
+class GoodSums:
     """A step's logged values summed on the device over the good (finite) steps."""
 
     def __init__(self, device: torch.device):
@@ -331,7 +331,9 @@ def _restore(state: dict, model, optimizer, objective, device: torch.device) -> 
     return list(state["history"]), state["epoch"], rng_restored
 
 
-def _save(path, config, model, optimizer, epoch, history, image_shape, data, device, objective=None) -> None:
+def save_run_state(path, config, model, optimizer, epoch, history, image_shape, data, device, objective=None) -> None:
+    """Write the checkpoint of ``epoch`` (weights, optimiser, RNG states, history) atomically;
+    refuses NaN/inf weights so that the last good checkpoint survives."""
     params = [p for p in model.parameters()]
     if not all(torch.isfinite(p).all() for p in params):
         raise TrainingError(f"model weights became NaN/inf at epoch {epoch}; {_kept(path)}")
@@ -381,7 +383,7 @@ def corrupt(x: torch.Tensor, rate: float, generator: torch.Generator) -> torch.T
     return torch.where(mask, values, x)
 
 
-def _check_interval(device: torch.device) -> int:
+def check_interval(device: torch.device) -> int:
     """Steps between host reads of the device's count of bad steps in a row."""
     return 1 if device.type == "cpu" else CHECK_EVERY_GPU
 

@@ -190,21 +190,18 @@ class HierarchicalVAE(nn.Module):
                          prior_mean: bool = False) -> dict:
         r"""The pieces of the importance weights at S samples, for the estimators and ``llr``.
 
-        ``eps``: noise per layer ``[S, B, Z_i]`` (lowest first, :meth:`draw_noise`);
-        ``encoded``: :meth:`encode`'s output for ``x`` (computed when None). Layers are sampled
-        top-down, ``z_i = mu_i + sigma_i eps_i`` from the posterior ``q(z_i | z_{i+1}, x)``,
-        except the ``from_prior`` lowest layers, which are drawn from the conditional prior
-        ``p(z_i | z_{i+1})`` with the same noise (or set to its mean when ``prior_mean``, as
-        in Havtorn et al.'s code), so bounds for different ``from_prior`` share their random
-        numbers.
+        ``eps``: noise per layer ``[S, B, Z_i]`` (lowest first, :meth:`draw_noise`); ``encoded``:
+        :meth:`encode`'s output (computed when None). Layers are sampled top-down, ``z_i = mu_i
+        + sigma_i eps_i`` from ``q(z_i | z_{i+1}, x)``, except the ``from_prior`` lowest, drawn
+        from the prior ``p(z_i | z_{i+1})`` with the same noise (or its mean when ``prior_mean``,
+        as Havtorn et al.'s code does): bounds for different ``from_prior`` share their noise.
 
-        Returns ``log_likelihood``: ``[S, B]``, log p(x | z_1); ``log_ratio``: L tensors
-        ``[S, B]``, ``log q(z_i | ·) − log p(z_i | ·)`` at the sample (exactly 0 for layers drawn
-        from the prior, whose p and q coincide); ``kl``: L tensors, the analytic
-        ``KL(q(z_i | z_{i+1}, x) ‖ p(z_i | z_{i+1}))`` given the sampled parent (``[B]`` for the
-        top layer, ``[S, B]`` below; 0 for prior-drawn layers). ``log w = log_likelihood −
-        Σ_i log_ratio_i`` is the log importance weight of the proposal
-        ``q(z_{>k} | x) p(z_{≤k} | z_{>k})``, ``k = from_prior``.
+        Returns ``log_likelihood``: ``[S, B]``, log p(x | z_1); ``log_ratio``: L tensors ``[S, B]``,
+        ``log q(z_i | ·) − log p(z_i | ·)`` at the sample (0 for prior-drawn layers); ``kl``: L
+        tensors, ``KL(q(z_i | z_{i+1}, x) ‖ p(z_i | z_{i+1}))`` given the sampled parent (``[B]``
+        for the top layer, ``[S, B]`` below; 0 for prior-drawn layers). ``log w = log_likelihood
+        − Σ_i log_ratio_i`` is the log weight of the proposal ``q(z_{>k} | x) p(z_{≤k} | z_{>k})``,
+        ``k = from_prior``.
         """
         nl = self.num_layers
         if isinstance(from_prior, bool) or int(from_prior) != from_prior or not 0 <= from_prior <= nl:
