@@ -79,6 +79,12 @@ def test_why_5_a_negative_or_zero_limit_is_refused(tmp_path, trained, capsys):
         err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--limit", limit])
         assert f"--limit: got '{limit}'; must be an integer >= 1" in err
     assert not (trained[0] / "scores").exists()
+    from vaeood.scoring import score  # the Python API refuses them too, naming the argument
+
+    for limit in (-5, 0, 2.5):
+        with pytest.raises(ConfigError, match="limit must be"):
+            score(trained[0], "mnist", "test", data_dir=str(trained[1]), limit=limit)
+    assert not list((trained[0] / "features").glob("mnist*"))
 
 
 def test_why_6_a_model_without_latent_variable_is_refused(tmp_path, capsys):
@@ -188,15 +194,17 @@ def test_disk_full_inside_torch_save_gets_the_documented_message(tmp_path, capsy
     assert checkpoint_module.load_checkpoint(run)["epoch"] == 1
 
 
-def test_sigint_ends_with_one_line_and_status_130(tmp_path, trained):
+@pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"),
+                                               (signal.SIGTERM, 143, "terminated")])
+def test_sigint_and_sigterm_end_with_one_line_and_their_status(tmp_path, trained, sig, status, word):
     log = tmp_path / "score.log"
     proc = launch(["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
                    "--estimator", "iwae", "--k", "20000", "--batch-size", "8"], log)
     wait_for(lambda: "loaded mnist/test" in log.read_text(), proc)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == status
     out = log.read_text()
-    assert "Traceback" not in out and out.splitlines()[-1].startswith("vaeood: interrupted")
+    assert "Traceback" not in out and out.splitlines()[-1].startswith(f"vaeood: {word}")
     assert not list((trained[0] / "scores").glob("*k20000*"))
 
 

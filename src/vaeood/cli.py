@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -40,6 +42,14 @@ EXPECTED_ERRORS = (DataError, ConfigError, CheckpointError, ShapeMismatchError, 
 REPORT_BUGS = "the vaeood issue tracker (with the command line and this traceback)"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or ``kill``'s stop), handled like Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, extra = _parser().parse_known_args(argv)
@@ -48,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     keep_freed_memory()  # the command owns its process: no page faults per training step
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         overrides = _dotted(extra)
         if overrides and args.command not in ("train", "reproduce"):
@@ -56,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, overrides)
     except EXPECTED_ERRORS as exc:
         return _fail(exc.args[0] if isinstance(exc, UnknownNameError) and exc.args else exc)
-    except KeyboardInterrupt:
-        print("vaeood: interrupted; files already written are complete (a run continues with "
+    except KeyboardInterrupt as exc:
+        stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"vaeood: {stopped}; files already written are complete (a run continues with "
               "`vaeood train RUN --resume`)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         if _out_of_memory(exc):
             return _fail(f"out of memory ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
@@ -70,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         distributed.teardown()  # leave a torchrun process group cleanly
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _out_of_memory(exc: Exception) -> bool:
