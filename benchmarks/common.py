@@ -1,6 +1,6 @@
-"""Shared pieces of the benchmarks: machine description, data, the one conv VAE every
-benchmark uses, its pythae twin (same modules, same weights), and a timer that runs
-competitors in alternation.
+"""The harness every benchmark shares: its command line and result file, the machine
+description, data, the one conv VAE every benchmark uses, its pythae twin (same modules,
+same weights), and a timer that runs competitors in alternation.
 
 Benchmarks are scripts, not library code: they print, and they write JSON under
 ``benchmarks/results/``.
@@ -8,9 +8,11 @@ Benchmarks are scripts, not library code: they print, and they write JSON under
 
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,54 +34,59 @@ BASE_CHANNELS = 32
 LATENT_DIM = 16
 
 
+# -- command line and result ---------------------------------------------------------------
+def parser(doc: str, **options) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``--device`` (default cpu), ``--out`` (default
+    ``results/<benchmark>.json``) and ``--NAME`` per option: ``name=default`` or ``name=
+    (default, help)``; the type follows the default, ``False`` makes a flag and a list
+    takes several values."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, value in {"device": "cpu", **options, "out": None}.items():
+        default, text = value if isinstance(value, tuple) else (value, None)
+        flag = "--" + name.replace("_", "-")
+        if default is False:
+            p.add_argument(flag, action="store_true", help=text)
+        elif isinstance(default, list):
+            p.add_argument(flag, nargs="*", default=default, help=text, type=type(default[0]) if default else str)
+        else:
+            p.add_argument(flag, default=default, help=text, type=str if default is None else type(default))
+    return p
+
+
+def finish(name: str, result: dict, out: str | None, *lines: str, hide: dict | None = None) -> dict:
+    """Write ``result`` (with the command line, ``hide``'s arguments replaced by their
+    placeholders) and print ``lines`` and where it went."""
+    path = write_result(name, {"benchmark": name, "command": command_line(hide), **result}, out)
+    print("\n".join([*lines, f"→ {path}"]))
+    return result
+
+
 # -- machine ------------------------------------------------------------------------------
-def cpu_model() -> str:
+def cpu_description() -> dict:
+    """The CPU's model name, its family/model numbers and widest SIMD (the name alone can be
+    just "AMD EPYC"), and its physical cores (distinct (physical id, core id) pairs)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_details() -> str:
-    """Family/model numbers and the widest SIMD (the model name alone can be just "AMD EPYC")."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    fields = {}
-    for line in text.splitlines():
-        if ":" in line:
-            key, value = (part.strip() for part in line.split(":", 1))
-            fields.setdefault(key, value)
+        lines = []
+    fields, cores, phys = {}, set(), "0"
+    for key, value in (tuple(part.strip() for part in line.split(":", 1)) for line in lines if ":" in line):
+        fields.setdefault(key, value)
+        if key == "physical id":
+            phys = value
+        elif key == "core id":
+            cores.add((phys, value))
     flags = set(fields.get("flags", "").split())
     simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE/other"
-    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {simd}"
-
-
-def physical_cores() -> int | None:
-    """Distinct (physical id, core id) pairs in /proc/cpuinfo (None when unreadable)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    cores, phys = set(), "0"
-    for line in text.splitlines():
-        if line.startswith("physical id"):
-            phys = line.split(":", 1)[1].strip()
-        elif line.startswith("core id"):
-            cores.add((phys, line.split(":", 1)[1].strip()))
-    return len(cores) or None
+    return {"cpu": fields.get("model name") or platform.processor() or platform.machine(),
+            "cpu_details": f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {simd}"
+            if lines else "", "physical_cores": len(cores) or None}
 
 
 def machine_info(device: str = "cpu") -> dict:
     info = {
-        "cpu": cpu_model(),
-        "cpu_details": cpu_details(),
+        **cpu_description(),
         "logical_cpus": os.cpu_count(),
-        "physical_cores": physical_cores(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -93,14 +101,16 @@ def machine_info(device: str = "cpu") -> dict:
     return info
 
 
-def command_line() -> str:
-    """The command that produced a result, as it would be typed from the repo root."""
+def command_line(hide: dict | None = None) -> str:
+    """The command that produced a result, as it would be typed from the repo root, with
+    the arguments in ``hide`` (e.g. a run directory) replaced by placeholders."""
     script = Path(sys.argv[0]).resolve()
     try:
         script = script.relative_to(REPO)
     except ValueError:
         pass
-    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+    args = [(hide or {}).get(arg, arg) for arg in sys.argv[1:]]
+    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, args)])
 
 
 def sync(device: torch.device | str) -> None:
@@ -122,6 +132,18 @@ def load_images(name: str = "fashion_mnist", split: str = "train", limit: int | 
     data = load_dataset(name, split, data_dir=data_dir(), allow_sample=True)
     images = data.images[:limit] if limit else data.images
     return to_tensor(images), data
+
+
+def train_run(out_dir: Path, device: str, images: int, epochs: int) -> Path:
+    """A run directory of the benchmarks' conv VAE trained briefly by ``vaeood.train`` on
+    the first ``images`` Fashion-MNIST training images, so that scores are a real model's."""
+    from vaeood.config import Config
+    from vaeood.train import train
+
+    cfg = Config().override({"train.epochs": str(epochs), "train.device": device, "data.limit": str(images),
+                             "data.allow_sample": "true", "model.base_channels": str(BASE_CHANNELS),
+                             "model.latent_dim": str(LATENT_DIM)})
+    return train(cfg, Path(out_dir) / "run", data_dir=data_dir(), progress=False)
 
 
 def bare_neg_elbo(encoder, decoder, x_uint8: torch.Tensor) -> torch.Tensor:
@@ -148,7 +170,8 @@ def pythae_twin(model):
     """pythae's ``VAE`` around copies of ``model``'s encoder and decoder (same weights),
     with pythae's Bernoulli decoder (``reconstruction_loss="bce"``): the decoder wrapper
     returns ``sigmoid(logits)``, which pythae feeds to ``F.binary_cross_entropy`` against
-    the grey levels in [0, 1] — the same likelihood as vaeood's ``bernoulli``."""
+    the grey levels in [0, 1] — the same likelihood as vaeood's ``bernoulli``. The copies
+    are NCHW, as pythae's users run them (vaeood scores conv models in NHWC)."""
     from pythae.models import VAE, VAEConfig
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn import BaseDecoder, BaseEncoder
@@ -171,7 +194,8 @@ def pythae_twin(model):
             return ModelOutput(reconstruction=torch.sigmoid(self.net(z)))
 
     config = VAEConfig(input_dim=tuple(model.image_shape), latent_dim=model.latent_dim, reconstruction_loss="bce")
-    twin = VAE(config, encoder=Encoder(copy.deepcopy(model.encoder)), decoder=Decoder(copy.deepcopy(model.decoder)))
+    enc, dec = (copy.deepcopy(m).to(memory_format=torch.contiguous_format) for m in (model.encoder, model.decoder))
+    twin = VAE(config, encoder=Encoder(enc), decoder=Decoder(dec))
     return twin.to(next(model.parameters()).device)
 
 
@@ -189,13 +213,14 @@ def quiet_pythae() -> None:
 
 # -- timing ---------------------------------------------------------------------------------
 def alternate(competitors: dict[str, Callable[[], float | None]], rounds: int, warmup: bool = True,
-              peaks: list | None = None, device="cpu") -> dict:
+              peaks: list | None = None, device="cpu", on_round: Callable[[int], None] | None = None) -> dict:
     """Run every competitor once per round, the starting one rotating between rounds, so
     slow drifts of a shared machine hit all of them alike. A competitor returns the
     seconds it wants counted (or None: its wall time is used).
 
     With ``peaks`` (a list), :func:`peak_probe` runs at the start of every round and its
-    result is appended. Returns {name: [seconds per round]}; :func:`summarise` turns them into medians and
+    result is appended. ``on_round(r)`` runs before round r (0-based; e.g. to pick the
+    round's images). Returns {name: [seconds per round]}; :func:`summarise` turns them into medians and
     per-round ratios (robust to load that changes between rounds).
     """
     names = list(competitors)
@@ -204,6 +229,8 @@ def alternate(competitors: dict[str, Callable[[], float | None]], rounds: int, w
             competitors[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
+        if on_round is not None:
+            on_round(r)
         if peaks is not None:
             peaks.append(peak_probe(device))
         order = names[r % len(names):] + names[: r % len(names)]
@@ -213,6 +240,20 @@ def alternate(competitors: dict[str, Callable[[], float | None]], rounds: int, w
             wall = time.perf_counter() - start
             times[name].append(float(counted) if counted is not None else wall)
     return times
+
+
+def median_seconds(fn: Callable[[], object], samples: int = 3, calls: int = 1, device="cpu") -> float:
+    """Median over ``samples`` timings of the seconds per call of ``calls`` calls of ``fn``
+    (after one untimed call)."""
+    fn()
+    out = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync(device)
+        out.append((time.perf_counter() - start) / calls)
+    return statistics.median(out)
 
 
 def summarise(times: dict[str, list[float]], work: dict[str, float], unit: str = "images_per_s") -> dict:
@@ -254,6 +295,33 @@ def fraction_of_peak(seconds: list[float], flops_per_round: float, peaks: list[d
         out[key] = statistics.median(flops_per_round / t / 1e9 / p[key] for t, p in zip(seconds, peaks))
     out["achieved_gflops"] = flops_per_round / statistics.median(seconds) / 1e9
     return out
+
+
+def peak_fractions(times: dict[str, list[float]], flops_per_round: dict[str, float], peaks: list[dict]) -> dict:
+    """Each competitor's :func:`fraction_of_peak`, with the peaks probed per round."""
+    return {"fraction_of_peak": {k: fraction_of_peak(times[k], flops_per_round[k], peaks) for k in times},
+            "peaks_per_round_gflops": peaks}
+
+
+def in_fresh_process(script: str, argv: list[str] | None, *extra: str) -> dict:
+    """Run ``script`` with this process's arguments (or ``argv``) plus ``extra`` in a new
+    interpreter, and return the JSON object it prints last."""
+    import subprocess
+
+    args = sys.argv[1:] if argv is None else argv
+    done = subprocess.run([sys.executable, script, *args, *extra], capture_output=True, text=True, cwd=HERE)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{Path(script).name} {' '.join(extra)} failed: {done.stderr.strip()[-500:]}")
+    return json.loads(lines[-1])
+
+
+def paired_difference(a, b) -> dict:
+    """Per-image differences ``a − b`` in nats: their number, mean ± standard error, mean |·|."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return {"images": len(d), "mean_diff_nats": float(d.mean()),
+            "standard_error_nats": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None,
+            "mean_abs_diff_nats": float(np.abs(d).mean())}
 
 
 def write_result(name: str, result: dict, out: str | None = None) -> Path:

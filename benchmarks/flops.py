@@ -24,7 +24,6 @@ measured throughput x FLOPs/image by both.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -52,12 +51,6 @@ def gemm_gflops(fn, size: int, repeat: int, reps: int, device) -> dict:
         common.sync(device)
         samples.append(repeat * 2 * size**3 / (time.perf_counter() - start) / 1e9)
     return {"median": statistics.median(samples), "max": max(samples), "samples": samples}
-
-
-def matmul_peak_gflops(size: int, repeat: int, reps: int, device) -> dict:
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    return gemm_gflops(lambda: torch.mm(a, b), size, repeat, reps, device)
 
 
 def onednn_peak_gflops(size: int, repeat: int, reps: int) -> dict | None:
@@ -95,29 +88,21 @@ def flops_per_image(k: int = 1000, device="cpu") -> dict[str, float]:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--mm-size", type=int, default=2048)
-    p.add_argument("--mm-repeat", type=int, default=10)
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
+    a = common.parser(__doc__, k=1000, mm_size=2048, mm_repeat=10, reps=7).parse_args(argv)
     device = torch.device(a.device)
     info = common.machine_info(a.device)
     per_image = flops_per_image(a.k, device)
-    peak = matmul_peak_gflops(a.mm_size, a.mm_repeat, a.reps, device)
+    x, y = torch.randn(a.mm_size, a.mm_size, device=device), torch.randn(a.mm_size, a.mm_size, device=device)
+    peak = gemm_gflops(lambda: torch.mm(x, y), a.mm_size, a.mm_repeat, a.reps, device)
     onednn = onednn_peak_gflops(a.mm_size, a.mm_repeat, a.reps) if device.type == "cpu" else None
-    result = {"benchmark": "flops", "command": common.command_line(), "machine": info, "k": a.k,
-              "flops_per_image": per_image, "matmul_peak_gflops": peak, "onednn_gemm_peak_gflops": onednn,
-              "matmul": {"size": a.mm_size, "repeat": a.mm_repeat, "reps": a.reps, "dtype": "float32"}}
-    path = common.write_result("flops", result, a.out)
-    print("MFLOP/image: " + "  ".join(f"{k} {v / 1e6:.1f}" for k, v in per_image.items()))
-    print(f"fp32 torch.mm: best {peak['max']:.1f} GFLOP/s (median {peak['median']:.1f})")
-    if onednn and "max" in onednn:
-        print(f"fp32 oneDNN GEMM: best {onednn['max']:.1f} GFLOP/s (median {onednn['median']:.1f})")
-    print(f"→ {path}")
-    return result
+    one = (f"fp32 oneDNN GEMM: best {onednn['max']:.1f} GFLOP/s (median {onednn['median']:.1f})"
+           if onednn and "max" in onednn else "")
+    return common.finish("flops", {
+        "machine": info, "k": a.k, "flops_per_image": per_image, "matmul_peak_gflops": peak,
+        "onednn_gemm_peak_gflops": onednn,
+        "matmul": {"size": a.mm_size, "repeat": a.mm_repeat, "reps": a.reps, "dtype": "float32"}}, a.out,
+        "MFLOP/image: " + "  ".join(f"{k} {v / 1e6:.1f}" for k, v in per_image.items()),
+        f"fp32 torch.mm: best {peak['max']:.1f} GFLOP/s (median {peak['median']:.1f})", one)
 
 
 if __name__ == "__main__":

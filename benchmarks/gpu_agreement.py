@@ -18,13 +18,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import common
@@ -89,11 +86,8 @@ def compare(case: str, a, tmp: Path) -> dict:
                         limit=a.test_images, device=dev, data_dir=common.data_dir(), allow_sample=True,
                         reuse=False, progress=False)
            for label, dev in sides.items()}
-    d = est["gpu"]["log_px_nats"] - est["cpu"]["log_px_nats"]
     out["iwae_same_weights"] = {
-        "images": len(d), "mean_diff_nats": float(d.mean()),
-        "standard_error_nats": float(d.std(ddof=1) / math.sqrt(len(d))),
-        "mean_abs_diff_nats": float(np.abs(d).mean()),
+        **common.paired_difference(est["gpu"]["log_px_nats"], est["cpu"]["log_px_nats"]),
         "mean_log_px_nats": {label: float(e["log_px_nats"].mean()) for label, e in est.items()}}
 
     # 3. trained on each device: loss curves and the test ELBO of the two models
@@ -111,27 +105,18 @@ def compare(case: str, a, tmp: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda")
+    p = common.parser(__doc__, device="cuda", train_images=4000, epochs=3, test_images=500, k=100)
     p.add_argument("--cases", nargs="+", default=["fashion_mnist/bernoulli", "cifar10/dlogistic"],
                    help="DATASET/LIKELIHOOD pairs")
-    p.add_argument("--train-images", type=int, default=4000)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--test-images", type=int, default=500)
-    p.add_argument("--k", type=int, default=100)
-    p.add_argument("--out", default=None)
     a = p.parse_args(argv)
 
-    out: dict = {"benchmark": "gpu_agreement", "command": common.command_line(),
-                 "machine": common.machine_info(a.device), "k": a.k, "cases": {}}
+    out: dict = {"machine": common.machine_info(a.device), "k": a.k, "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for case in a.cases:
             out["cases"][case] = compare(case, a, Path(tmp))
             print(case, json.dumps({k: out["cases"][case][k] for k in ("same_weights", "iwae_same_weights", "training")},
                                    indent=1), flush=True)
-    path = common.write_result("gpu_agreement", out, a.out)
-    print(f"→ {path}")
-    return out
+    return common.finish("gpu_agreement", out, a.out)
 
 
 if __name__ == "__main__":

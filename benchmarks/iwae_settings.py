@@ -14,15 +14,12 @@ images with ``vaeood.estimators.iwae`` (chunk bound as ``score`` sets it) under:
 
 Every setting draws the same noise (same generator seed), so differences from ``fp32``
 are numerics alone: the table gives their mean and maximum absolute value in nats.
-Also timed alone: drawing the K noise samples (``vaeood.gaussian.standard_normal``, one ``[B, Z]`` draw
-per sample index).
 
     python benchmarks/iwae_settings.py --device cuda [--batch-sizes 200 1000] [--k 1000]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import statistics
@@ -34,7 +31,6 @@ import numpy as np
 import torch
 
 import common
-from iwae_speed import train_model
 
 SETTINGS = ["fp32", "tf32_off", "cudnn_benchmark", "channels_last", "channels_last+cudnn_benchmark", "bf16",
             "bf16+channels_last+cudnn_benchmark"]
@@ -57,25 +53,16 @@ def applied(setting: str, device: torch.device):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[200, 1000])
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--settings", nargs="+", default=SETTINGS)
-    p.add_argument("--train-images", type=int, default=20000)
-    p.add_argument("--train-epochs", type=int, default=2)
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
+    a = common.parser(__doc__, device="cuda", k=1000, batch_sizes=[200, 1000], reps=3, settings=list(SETTINGS),
+                      train_images=20000, train_epochs=2).parse_args(argv)
 
     from vaeood.estimators import iwae
-    from vaeood.gaussian import standard_normal
     from vaeood.run import load_model
-    from vaeood.scoring import memory_sized_options
+    from vaeood.features.model import memory_sized_options
 
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
-        model, _, _ = load_model(train_model(a.device, a.train_images, a.train_epochs, Path(tmp)), a.device)
+        model, _, _ = load_model(common.train_run(Path(tmp), a.device, a.train_images, a.train_epochs), a.device)
     x_all, data = common.load_images("fashion_mnist", "test", max(a.batch_sizes))
     x_all = x_all.to(device)
     rows, reference = {}, {}
@@ -111,20 +98,8 @@ def main(argv=None) -> dict:
             r = rows[f"{setting} B={b}"]
             print(f"{setting:40s} B={b:5d}: {r['images_per_s']:9.1f} images/s   |Δ| mean "
                   f"{r['mean_abs_diff_vs_fp32_nats']:.4f} max {r['max_abs_diff_vs_fp32_nats']:.4f} nats", flush=True)
-        mu = torch.zeros(b, model.latent_dim, device=device)
-        gen = torch.Generator(device=device).manual_seed(0)
-        standard_normal(a.k, mu, gen)
-        common.sync(device)
-        start = time.perf_counter()
-        standard_normal(a.k, mu, gen)
-        common.sync(device)
-        rows[f"noise B={b}"] = {"noise_seconds": time.perf_counter() - start}
-        print(f"noise draw K={a.k} B={b}: {rows[f'noise B={b}']['noise_seconds'] * 1e3:.1f} ms", flush=True)
-    result = {"benchmark": "iwae_settings", "command": common.command_line(), "machine": common.machine_info(a.device),
-              "k": a.k, "data": data.source, "rows": rows, "chunk_options": memory_sized_options(iwae, device)}
-    path = common.write_result("iwae_settings", result, a.out)
-    print(f"→ {path}")
-    return result
+    return common.finish("iwae_settings", {"machine": common.machine_info(a.device), "k": a.k, "data": data.source,
+                                           "rows": rows, "chunk_options": memory_sized_options(iwae, device)}, a.out)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Per-layer cost of the conv decoder (where IWAE scoring spends its time), in µs per
-decoded sample, for the chunk sizes and kernels the IWAE prototypes compare:
+decoded sample: the evidence for the library's kernel and chunk choices.
 
-* rows: decoded samples per call — ~20,000 is what ``iwae``'s default chunking gives
-  for 28x28 images (``2**24`` elements of decoder output), 512 the prototype's chunk;
-* layout: NCHW (as the library runs) vs channels_last (NHWC);
-* kernel: oneDNN (PyTorch's default on CPU) vs PyTorch's native kernel (oneDNN disabled).
+* rows: decoded samples per call — 512 is about what ``iwae``'s CPU default chunking gives
+  (``max_elements = 2**22`` of the decoder's allocations, ~410 pairs), 20,000 what a
+  chunk bound of ``2**24`` elements of decoder output would give for 28x28 images;
+* layout: NCHW vs channels_last (NHWC, the layout conv models are scored in);
+* kernel: oneDNN (PyTorch's default on CPU) vs PyTorch's native kernel (oneDNN disabled,
+  as ``OutputConvTranspose2d`` runs the one-channel output layer).
 
 Layers: ``Linear(16 → 3136)``, ``ReLU``, ``ConvTranspose2d(64 → 32)`` 7→14, ``ReLU``,
 ``ConvTranspose2d(32 → 1)`` 14→28 (the Bernoulli decoder's output layer), and the
@@ -16,7 +18,7 @@ Bernoulli log-likelihood (BCE-with-logits) on its output. Variants alternate; me
 
 from __future__ import annotations
 
-import argparse
+import copy
 import statistics
 
 import torch
@@ -27,12 +29,7 @@ import common
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", default="512,20000")
-    p.add_argument("--reps", type=int, default=9)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
+    a = common.parser(__doc__, rows="512,20000", reps=9).parse_args(argv)
     device = torch.device(a.device)
     info = common.machine_info(a.device)
     torch.manual_seed(0)
@@ -40,10 +37,8 @@ def main(argv=None) -> dict:
     lin = nn.Linear(z_dim, 2 * base * 49).to(device)
     ct1 = nn.ConvTranspose2d(2 * base, base, 4, 2, 1).to(device)
     ct2 = nn.ConvTranspose2d(base, 1, 4, 2, 1).to(device)
-    ct1_cl = nn.ConvTranspose2d(2 * base, base, 4, 2, 1).to(device).to(memory_format=torch.channels_last)
-    ct2_cl = nn.ConvTranspose2d(base, 1, 4, 2, 1).to(device).to(memory_format=torch.channels_last)
-    ct1_cl.load_state_dict(ct1.state_dict())
-    ct2_cl.load_state_dict(ct2.state_dict())
+    ct1_cl, ct2_cl = (copy.deepcopy(m).to(memory_format=torch.channels_last) for m in (ct1, ct2))
+
     def no_onednn(fn):
         def run():
             with torch.backends.mkldnn.flags(enabled=False):
@@ -81,11 +76,8 @@ def main(argv=None) -> dict:
             times = common.alternate({k: timed(v) for k, v in variants.items()}, a.reps)
             results[rows] = {k: 1e6 * statistics.median(v) / rows for k, v in times.items()}
             print(f"rows {rows}: " + "  ".join(f"{k} {v:.1f}" for k, v in results[rows].items()) + "  µs/sample")
-    result = {"benchmark": "layer_speed", "command": common.command_line(), "machine": info,
-              "us_per_sample": {str(k): v for k, v in results.items()}}
-    path = common.write_result("layer_speed", result, a.out)
-    print(f"→ {path}")
-    return result
+    return common.finish("layer_speed", {"machine": info, "us_per_sample": {str(k): v for k, v in results.items()}},
+                         a.out)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ Cases (same network, Fashion-MNIST):
   default chunking: chunks of ``max_elements // (B * elements_per_sample)`` samples
   (``2**22`` elements of the decoder's allocations: ~410 decoded (image, sample) pairs
   whatever the batch), so this is the footprint of ``vaeood score`` on a CPU;
-  ``iwae_vaeood_proposed``: the same with the prototypes of ``prototypes.py`` (~512-pair
-  chunks, channels_last);
 * ``iwae_pythae_onebatch`` / ``iwae_pythae_bs100``: ``get_nll(x, n_samples=K,
   batch_size=K or 100)`` on ``--pythae-images`` (3) images (it goes one image at a time,
   so its footprint does not depend on how many);
@@ -25,16 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import common
 
-CASES = ["iwae_vaeood", "iwae_vaeood_proposed", "iwae_pythae_onebatch", "iwae_pythae_bs100",
+CASES = ["iwae_vaeood", "iwae_pythae_onebatch", "iwae_pythae_bs100",
          "train_bare", "train_vaeood", "train_pythae", "elbo_bare", "elbo_vaeood"]
 
 
@@ -44,10 +38,6 @@ def _rss_now_mib() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def run_case(case: str, a) -> dict:
@@ -65,18 +55,15 @@ def run_case(case: str, a) -> dict:
     model = common.vaeood_model(0).to(device)
     if case.startswith("iwae") or case.startswith("elbo"):
         model.eval()
+        if case.endswith("vaeood"):  # as score() loads conv models
+            model.to(memory_format=torch.channels_last)
     setup = _rss_now_mib()
     start = time.perf_counter()
-    if case in ("iwae_vaeood", "iwae_vaeood_proposed"):
-        from prototypes import optimised_copy, small_chunk_size
+    if case == "iwae_vaeood":
         from vaeood.estimators import iwae
 
         with torch.no_grad():
-            if case.endswith("proposed"):
-                chunk = small_chunk_size(a.k, len(x)) if device.type == "cpu" else None
-                iwae(optimised_copy(model), x, k=a.k, chunk_size=chunk)
-            else:
-                iwae(model, x, k=a.k)
+            iwae(model, x, k=a.k)
     elif case.startswith("iwae_pythae"):
         twin = common.pythae_twin(model).eval()
         bs = a.k if case.endswith("onebatch") else min(100, a.k)
@@ -92,24 +79,17 @@ def run_case(case: str, a) -> dict:
         with torch.no_grad():
             for i in range(0, len(x), 1000):
                 common.bare_neg_elbo(model.encoder, model.decoder, x[i: i + 1000])
-    elif case == "train_bare":
-        from train_speed import bare_loop
+    elif case.startswith("train_"):
+        import train_speed
 
-        bare_loop(x, 1, 128, 0, device)
-    elif case == "train_vaeood":
-        from train_speed import run_vaeood
-
-        run_vaeood(argparse.Namespace(images=a.train_images, epochs=1, batch_size=128, device=a.device,
-                                      dataset="fashion_mnist", split="train"), 0)
-    elif case == "train_pythae":
-        from train_speed import run_pythae
-
-        run_pythae(argparse.Namespace(images=a.train_images, epochs=1, batch_size=128, device=a.device,
-                                      dataset="fashion_mnist", split="train"), 0)
+        side = {"train_bare": train_speed.run_bare, "train_vaeood": train_speed.run_vaeood,
+                "train_pythae": train_speed.run_pythae}[case]
+        side(argparse.Namespace(images=a.train_images, epochs=1, batch_size=128, device=a.device, arch="conv",
+                                dataset="fashion_mnist", split="train"), 0)
     else:
         raise SystemExit(f"unknown case {case!r}; cases: {', '.join(CASES)}")
     out = {"case": case, "seconds": time.perf_counter() - start, "rss_after_setup_mib": setup,
-           "peak_rss_mib": _peak_mib()}
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # kB on Linux
     out["peak_growth_mib"] = out["peak_rss_mib"] - setup
     if device.type == "cuda":
         out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -117,39 +97,27 @@ def run_case(case: str, a) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", choices=CASES)
-    p.add_argument("--cases", default=",".join(CASES), help="comma-separated subset (driver mode)")
-    p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--iwae-images", type=int, default=20)
-    p.add_argument("--pythae-images", type=int, default=3)
-    p.add_argument("--train-images", type=int, default=10000)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
+    a = common.parser(__doc__, case=(None, f"one case in this process: {', '.join(CASES)}"),
+                      cases=(",".join(CASES), "comma-separated subset (driver mode)"),
+                      k=1000, iwae_images=20, pythae_images=3, train_images=10000).parse_args(argv)
     if a.case:
         print(json.dumps(run_case(a.case, a)))
         return {}
     info = common.machine_info(a.device)
     rows = []
     for case in a.cases.split(","):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--case", case, "--k", str(a.k),
-               "--iwae-images", str(a.iwae_images), "--pythae-images", str(a.pythae_images), "--train-images", str(a.train_images), "--device", a.device]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.HERE, env=os.environ.copy())
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode or not lines:
-            rows.append({"case": case, "error": proc.stderr.strip().splitlines()[-1:]})
-            print(f"{case}: FAILED {proc.stderr.strip()[-500:]}")
+        try:
+            row = common.in_fresh_process(__file__, argv, "--case", case)
+        except RuntimeError as err:
+            rows.append({"case": case, "error": str(err)})
+            print(f"{case}: FAILED {err}")
             continue
-        row = json.loads(lines[-1])
         rows.append(row)
         print(f"{case:22s} peak RSS {row['peak_rss_mib']:7.0f} MiB  (after setup {row['rss_after_setup_mib']:5.0f},"
               f" growth {row['peak_growth_mib']:6.0f})")
-    result = {"benchmark": "memory", "command": common.command_line(), "machine": info, "k": a.k,
-              "iwae_images": a.iwae_images, "pythae_images": a.pythae_images, "train_images": a.train_images, "cases": rows}
-    path = common.write_result("memory", result, a.out)
-    print(f"→ {path}")
-    return result
+    return common.finish("memory", {"machine": info, "k": a.k, "iwae_images": a.iwae_images,
+                                    "pythae_images": a.pythae_images, "train_images": a.train_images,
+                                    "cases": rows}, a.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ the measured fixed cost), marked as such in the JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -80,15 +79,11 @@ def train_once(overrides: dict[str, str], data_dir: str | None) -> dict:
 def main(argv=None) -> dict:
     from vaeood.experiments import EXPERIMENTS
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--experiment", default="fig2b")
-    p.add_argument("--preset", default="paper")
+    p = common.parser(__doc__, experiment="fig2b", preset="paper",
+                      decoders=(None, "comma-separated model variants (default: all of the preset)"),
+                      variants=([""], "train.* settings per variant, e.g. precision=bf16"))
     p.add_argument("--epochs", type=int, default=None, help="default: the preset's")
     p.add_argument("--tile-to", type=int, default=None)
-    p.add_argument("--decoders", default=None, help="comma-separated model variants (default: all of the preset)")
-    p.add_argument("--variants", nargs="*", default=[""], help="train.* settings per variant, e.g. precision=bf16")
-    p.add_argument("--out", default=None)
     a = p.parse_args(argv)
 
     exp = EXPERIMENTS.get(a.experiment)
@@ -115,11 +110,9 @@ def main(argv=None) -> dict:
                          if "projected_100_epochs_s" in r else "")
                       + f"; final loss {r['final_train_loss_nats']:.1f} nats", flush=True)
                 # written after every run, so a run cut short by a time limit keeps the finished ones
-                result = {"benchmark": "paper_train_time", "command": common.command_line(), "machine": machine,
-                          "experiment": a.experiment, "preset": a.preset, "data": data, "runs": results,
-                          "goal": "a full CIFAR-10 VAE (100 epochs) trains in <= 5 minutes on one H100 (issue 5)"}
-                path = common.write_result("paper_train_time", result, a.out)
-    print(f"→ {path}")
+                result = common.finish("paper_train_time", {
+                    "machine": machine, "experiment": a.experiment, "preset": a.preset, "data": data, "runs": results,
+                    "goal": "a full CIFAR-10 VAE (100 epochs) trains in <= 5 minutes on one H100 (issue 5)"}, a.out)
     return result
 
 

@@ -15,7 +15,6 @@ the bf16 − fp32 difference with.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -28,14 +27,8 @@ import common
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=30000)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--test-images", type=int, default=10000)
-    p.add_argument("--decoders", default="bernoulli,dlogistic")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
+    a = common.parser(__doc__, images=30000, epochs=8, test_images=10000,
+                      decoders="bernoulli,dlogistic").parse_args(argv)
 
     from vaeood.config import Config
     from vaeood.metrics import ood_metrics
@@ -72,11 +65,8 @@ def main(argv=None) -> dict:
                 rows[f"{decoder}/{other}"]["fashion_mnist_diff_vs_fp32_nats"] = {
                     "mean": float(d.mean()), "standard_error": float(d.std(ddof=1) / math.sqrt(len(d))),
                     "mean_abs": float(np.abs(d).mean())}
-    result = {"benchmark": "precision_quality", "command": common.command_line(),
-              "machine": common.machine_info(a.device), "images": a.images, "epochs": a.epochs, "rows": rows}
-    path = common.write_result("precision_quality", result, a.out)
-    print(f"→ {path}")
-    return result
+    return common.finish("precision_quality", {"machine": common.machine_info(a.device), "images": a.images,
+                                                "epochs": a.epochs, "rows": rows}, a.out)
 
 
 if __name__ == "__main__":

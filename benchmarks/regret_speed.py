@@ -14,44 +14,39 @@ NLLs — which is at least as fast as the official 5 × 200 repeated-image batch
 
 Modes:
 
-* default: time the loop on ``--loop-images`` images per set and compute its AUROC on
-  them (or reuse ``--loop-cache``, per-image loop results of an earlier run of this
-  script on the same checkpoint and images: the JSON says so), run the batched regret
-  on ``--images`` images per set (a superset of the loop's), and compare on the loop's
-  images with a paired bootstrap; ``--loop-retime N`` times the loop afresh on N images
-  per set in this run (half before, half after the batched timings) and takes its
-  images/s from them; ``--faithful-check N`` also runs the batched whole-encoder variant
-  (the paper's settings) on the loop's first N images per set and correlates it with the loop;
-* ``--sweep``: AUROC and images/s of the batched variants / settings on *tuning* images
-  that the comparison never uses (Fashion-MNIST training images after the model's
-  ``data.limit``, i.e. never trained on, and MNIST training images), to choose the defaults.
+* default: the loop on ``--loop-images`` images per set (or its results of an earlier run
+  on the same checkpoint, ``--loop-cache``) against the batched regret on ``--images``
+  (a superset), compared on the loop's images with a paired bootstrap; ``--loop-retime N``
+  times the loop afresh on N images per set, half before and half after the batched
+  timings; ``--faithful-check N`` also runs the paper's whole-encoder variant, batched,
+  on N loop images per set and correlates it with the loop;
+* ``--sweep``: AUROC and images/s of the batched settings on *tuning* images the
+  comparison never uses (Fashion-MNIST training images after ``data.limit``, never trained
+  on, and MNIST training images), to choose the defaults.
 
     PYTHONPATH=src python benchmarks/regret_speed.py --run RUN --images 400 --loop-images 200 \
         --loop-retime 6 --loop-cache LOOP_CACHE.json          # results/regret_speed.json
-    PYTHONPATH=src python benchmarks/regret_speed.py --run RUN --sweep [--settings JSON]
+    PYTHONPATH=src python benchmarks/regret_speed.py --run RUN --sweep --settings JSON    # a list of options
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, machine_info, write_result  # noqa: E402
-
-from vaeood.data import load_dataset  # noqa: E402
-from vaeood.estimators import elbo, iwae  # noqa: E402
-from vaeood.regret import likelihood_regret  # noqa: E402
-from vaeood.run import load_model, to_tensor  # noqa: E402
+import common
+from vaeood.data import load_dataset
+from vaeood.estimators import elbo, iwae
+from vaeood.intervals import auroc
+from vaeood.regret import likelihood_regret
+from vaeood.run import load_model, to_tensor
 
 
 # -- the faithful per-image loop ----------------------------------------------------------------
@@ -88,14 +83,7 @@ def faithful_regret(model, x1, generator, k=1000, steps=100, lr=2e-4, weight_dec
     return nll_before - nll_after, nll_before, nll_after
 
 
-# -- metrics ----------------------------------------------------------------------------------------
-def auroc(s_in, s_ood) -> float:
-    s_in, s_ood = np.asarray(s_in, float), np.asarray(s_ood, float)
-    greater = (s_ood[:, None] > s_in[None, :]).mean()
-    ties = (s_ood[:, None] == s_in[None, :]).mean()
-    return float(greater + 0.5 * ties)
-
-
+# -- intervals (the percentile bootstrap these results were made with) --------------------------
 def bootstrap_ci(s_in, s_ood, reps=2000, seed=0):
     """Percentile 95% CI of the AUROC, resampling each set with replacement."""
     rng = np.random.default_rng(seed)
@@ -122,14 +110,6 @@ def summary(s_in, s_ood) -> dict:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def images(name, split, data_dir, start, count):
     ds = load_dataset(name, split, data_dir=data_dir)
     return to_tensor(ds.images[start:start + count]), {"dataset": name, "split": split, "start": start,
@@ -137,9 +117,8 @@ def images(name, split, data_dir, start, count):
 
 
 def timed_regret(model, x, seed, **options):
-    g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    out = likelihood_regret(model, x, generator=g, **options)
+    out = likelihood_regret(model, x, generator=torch.Generator().manual_seed(seed), **options)
     return out, time.perf_counter() - start
 
 
@@ -149,19 +128,9 @@ def run_sweep(model, args, data_dir, base):
     x_ood, src_ood = images("mnist", "train", data_dir, 0, args.tune_images)
     x = torch.cat([x_in, x_ood])
     n = len(x_in)
-    settings = json.loads(args.settings) if args.settings else [
-        {"variant": "posterior", "steps": 0, "bound": "iwae", "k": 16},
-        {"variant": "posterior", "steps": 10, "lr": 0.1, "bound": "iwae", "k": 16},
-        {"variant": "posterior", "steps": 20, "lr": 0.1, "bound": "iwae", "k": 16},
-        {"variant": "posterior", "steps": 20, "lr": 0.05, "bound": "iwae", "k": 16},
-        {"variant": "posterior", "steps": 20, "lr": 0.1, "bound": "elbo", "k": 16},
-        {"variant": "posterior", "steps": 20, "lr": 0.1, "bound": "iwae", "k": 16, "loss": "stl"},
-        {"variant": "posterior", "steps": 50, "lr": 0.05, "bound": "iwae", "k": 16},
-        {"variant": "head", "steps": 20, "lr": 1e-3, "bound": "iwae", "k": 16},
-        {"variant": "encoder", "steps": 20, "lr": 1e-3, "bound": "iwae", "k": 16},
-    ]
-    from vaeood.regret import _feature_scale
-    l1 = _feature_scale(model, x, model.latent_dim)[:, 0].numpy()
+    settings = json.loads(args.settings)  # e.g. '[{"variant": "head", "steps": 5, "lr": 1e-3, "k": 8}]'
+    from vaeood.regret import feature_scale
+    l1 = feature_scale(model, x, model.latent_dim)[:, 0].numpy()
     print(json.dumps({"auroc_of_feature_l1_norm": auroc(l1[:n], l1[n:])}), flush=True)
     rows = []
     for s in settings:
@@ -192,13 +161,10 @@ def run_compare(model, args, data_dir, base):
     loop_seconds = []
     # interleaved, so whatever number finishes is balanced between the sets
     order = [(s, i) for i in range(args.loop_images) for s in ("in", "ood")]
-    deadline = time.monotonic() + args.loop_budget_s
     for s, i in order:
         name = f"{s}:{i}"
         if name in cache:
             continue
-        if time.monotonic() > deadline:
-            break
         x1 = (x_in if s == "in" else x_ood)[i:i + 1]
         g = torch.Generator().manual_seed(args.seed * 100003 + i * 2 + (s == "ood"))
         start = time.perf_counter()
@@ -288,50 +254,34 @@ def run_compare(model, args, data_dir, base):
     return result
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="a vaeood run directory (trained on Fashion-MNIST)")
-    parser.add_argument("--images", type=int, default=400, help="images per set for the batched regret")
-    parser.add_argument("--loop-images", type=int, default=60, help="images per set for the faithful loop")
-    parser.add_argument("--loop-budget-s", type=float, default=1e9, help="stop the loop after this many seconds")
-    parser.add_argument("--loop-retime", type=int, default=0,
-                        help="time the loop afresh on this many cached images per set (images/s from these)")
-    parser.add_argument("--loop-cache", default=None, help="JSON file of per-image loop results to reuse/extend")
-    parser.add_argument("--options", default=None, help="JSON options for likelihood_regret (default: its defaults)")
-    parser.add_argument("--faithful-check", type=int, default=0,
-                        help="also run variant='encoder' (the paper's settings, batched) on this many loop images per set")
-    parser.add_argument("--faithful-batch", type=int, default=20)
-    parser.add_argument("--extra-seeds", type=lambda v: [int(t) for t in v.split(",") if t], default=[],
-                        help="comma-separated seeds: the batched AUROC again with these noise seeds")
-    parser.add_argument("--sweep", action="store_true")
-    parser.add_argument("--settings", default=None, help="sweep: JSON list of option dicts")
-    parser.add_argument("--tune-images", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-
-    data_dir = os.environ.get("VAEOOD_DATA")
+def main(argv=None) -> dict:
+    p = common.parser(__doc__, run=(None, "a vaeood run directory (trained on Fashion-MNIST)"),
+                      images=(400, "images per set for the batched regret"),
+                      loop_images=(60, "images per set for the faithful loop"),
+                      loop_retime=(0, "time the loop afresh on this many cached images per set (images/s from these)"),
+                      loop_cache=(None, "JSON file of per-image loop results to reuse/extend"),
+                      options=(None, "JSON options for likelihood_regret (default: its defaults)"),
+                      faithful_check=(0, "also run variant='encoder' (the paper's settings, batched) on this many "
+                                         "loop images per set"), faithful_batch=20,
+                      extra_seeds=("", "comma-separated seeds: the batched AUROC again with these noise seeds"),
+                      sweep=False, settings=(None, "sweep: JSON list of option dicts"), tune_images=200, seed=0)
+    args = p.parse_args(argv)
+    if not args.run or (args.sweep and not args.settings):
+        p.error("--run is required, and --settings with --sweep")
+    args.extra_seeds = [int(t) for t in args.extra_seeds.split(",") if t]
     model, config, meta = load_model(args.run)
     model.eval()
-    command = command_line().replace(args.run, "RUN")
-    if args.out and Path(args.out).is_absolute():
-        command = command.replace(f" --out {args.out}", "")
-    if args.loop_cache:
-        command = command.replace(args.loop_cache, "LOOP_CACHE.json")
-    base = {
-        "command": command, "machine": machine_info(),
-        "note": "2 CPU cores shared with other helpers' jobs; load averages recorded",
-        "checkpoint_sha256": sha256(Path(args.run) / "checkpoint.pt"),
-        "config": config.to_dict() if hasattr(config, "to_dict") else json.loads(Path(args.run, "config.json").read_text()),
-        "epoch": meta.get("epoch"),
-    }
-    for key in ("data_dir",):
-        base["config"].get("data", {}).pop(key, None)  # no absolute paths in results
+    config = config.to_dict()
+    config["data"].pop("data_dir", None)  # no absolute paths in results
+    base = {"note": "2 CPU cores shared with other helpers' jobs; load averages recorded",
+            "checkpoint_sha256": hashlib.sha256((Path(args.run) / "checkpoint.pt").read_bytes()).hexdigest(),
+            "config": config, "epoch": meta.get("epoch"), "machine": common.machine_info()}
+    data_dir = common.data_dir()
     result = run_sweep(model, args, data_dir, base) if args.sweep else run_compare(model, args, data_dir, base)
-    result = {**base, **result, "load_average_at_end": list(os.getloadavg())}
-    path = write_result("regret_sweep" if args.sweep else "regret_speed", result, out=args.out)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("machine", "config", "loop")}, indent=1)[:4000])
-    print("written", path)
+    name = "regret_sweep" if args.sweep else "regret_speed"
+    hide = {args.run: "RUN", args.loop_cache: "LOOP_CACHE.json", args.out: f"{name}.json"}
+    return common.finish(name, {**base, **result, "load_average_at_end": list(os.getloadavg())}, args.out,
+                         hide={k: v for k, v in hide.items() if k})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Per step: the same batches go through variants of one training step that add vae
 pieces one at a time, run in alternation (``--steps`` steps per variant per round,
 ``--rounds`` rounds, median ms/step):
 
-* ``bare``: hand-written step (as in ``train_speed.bare_loop``; default Adam);
+* ``bare``: hand-written step (as in ``train_speed.run_bare``; default Adam);
 * ``objective``: vaeood's ``elbo`` objective on vaeood's ``VAE`` (posterior, uint8 →
   float, likelihood object, analytic KL, logged-dict entries) + backward + fused Adam;
 * ``+guard``: ... + the NaN/inf guard on the device: gradient norm
@@ -18,7 +18,7 @@ pieces one at a time, run in alternation (``--steps`` steps per variant per roun
   did before (on a GPU each read waits for the device).
 
 Per run: loading the dataset from disk (``load_dataset`` + ``to_tensor``), building the
-model, and one checkpoint + metrics write (``vaeood.train._save``), each timed directly.
+model, and one checkpoint + metrics write (``vaeood.train.save_run_state``), each timed directly.
 Also: the cost of ``clip_grad_norm_`` and ``isfinite`` alone, measured after a backward.
 
     python benchmarks/train_overhead.py [--steps 40] [--rounds 5] [--device cpu]
@@ -26,7 +26,6 @@ Also: the cost of ``clip_grad_norm_`` and ``isfinite`` alone, measured after a b
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import tempfile
@@ -39,45 +38,38 @@ import common
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
-    from vaeood.models.conv import conv_decoder, conv_encoder
+    a = common.parser(__doc__, steps=40, rounds=5, batch_size=128).parse_args(argv)
     from vaeood.objectives import OBJECTIVES
 
     device = torch.device(a.device)
     info = common.machine_info(a.device)
-    x_all, data = common.load_images("fashion_mnist", "train", a.steps * a.batch_size)
-    x_all = x_all.to(device)
+    start = time.perf_counter()  # the split's first load in this process: what a run pays once
+    x_all, data = common.load_images("fashion_mnist", "train")
+    load_seconds = time.perf_counter() - start
+    x_all = x_all[: a.steps * a.batch_size].to(device)
     batches = [x_all[i: i + a.batch_size] for i in range(0, len(x_all), a.batch_size)]
 
-    torch.manual_seed(0)
-    enc = conv_encoder(1, 28, 28, common.BASE_CHANNELS, common.LATENT_DIM).to(device)
-    dec = conv_decoder(1, 28, 28, common.BASE_CHANNELS, common.LATENT_DIM, 1).to(device)
-    bare_opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
+    bare = common.vaeood_model(0).to(device).train()  # the same network, stepped by hand
+    bare_opt = torch.optim.Adam(bare.parameters(), lr=1e-3)
     model = common.vaeood_model(0).to(device).train()
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)  # as vaeood.train
     objective = OBJECTIVES.get("elbo")
-    from vaeood.train import ObjectiveStep, _check_interval, _GoodSums, _guarded_step
+    from vaeood.train import ObjectiveStep, check_interval, GoodSums, guarded_step
     model_step = ObjectiveStep(model, objective, {})  # the library's step: objective(model, x)
 
     def bare_step(xb):
-        loss = common.bare_neg_elbo(enc, dec, xb).mean()
+        loss = common.bare_neg_elbo(bare.encoder, bare.decoder, xb).mean()
         bare_opt.zero_grad()
         loss.backward()
         bare_opt.step()
 
     def vaeood_step(guard: bool, sums: bool, read_every: int | None):
-        state = {"steps": 0, "run": torch.zeros((), device=device), "acc": _GoodSums(device)}
+        state = {"steps": 0, "run": torch.zeros((), device=device), "acc": GoodSums(device)}
 
         def step(xb):
-            if guard:  # the library's own guarded step (vaeood.train._guarded_step), one process
-                out, bad = _guarded_step(model_step, model, opt, xb, {}, contextlib.nullcontext, 1)
+            if guard:  # the library's own guarded step (vaeood.train.guarded_step), one process
+                out, bad = guarded_step(model_step, model, opt, xb, {}, contextlib.nullcontext, 1)
                 state["run"].add_(1.0).mul_(bad)
             else:
                 out = model_step(xb)
@@ -96,7 +88,7 @@ def main(argv=None) -> dict:
         "objective": vaeood_step(False, False, None),
         "+guard": vaeood_step(True, False, None),
         "+sums": vaeood_step(True, True, None),
-        "full": vaeood_step(True, True, _check_interval(device)),
+        "full": vaeood_step(True, True, check_interval(device)),
         "full, host read every step": vaeood_step(True, True, 1),
     }
 
@@ -120,18 +112,9 @@ def main(argv=None) -> dict:
 
     # micro: the guard's pieces alone, after a backward
     objective(model, batches[0])["loss"].backward()
-    reps = 200
 
     def micro(fn):
-        fn()
-        samples = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            common.sync(device)
-            samples.append((time.perf_counter() - start) / reps * 1e6)
-        return statistics.median(samples)
+        return 1e6 * common.median_seconds(fn, samples=5, calls=200, device=device)
 
     loss = objective(model, batches[0])["loss"].detach()
     acc = torch.zeros(3, device=device)
@@ -148,47 +131,27 @@ def main(argv=None) -> dict:
     from vaeood.config import Config
     from vaeood.data import load_dataset
     from vaeood.models import build_model
-    from vaeood.run import to_tensor
-
-    def once(fn, n=3):
-        samples = []
-        for _ in range(n):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples)
 
     cfg = Config().override({"model.base_channels": str(common.BASE_CHANNELS), "model.latent_dim": str(common.LATENT_DIM)})
-    per_run_s = {
-        "load_dataset(fashion_mnist/train) + to_tensor": once(
-            lambda: to_tensor(load_dataset("fashion_mnist", "train", data_dir=common.data_dir(), allow_sample=True).images)),
-        "build_model": once(lambda: build_model(cfg.model, (1, 28, 28))),
-    }
-    try:
-        from vaeood.train import _save
+    per_run_s = {"load_dataset(fashion_mnist/train) + to_tensor": load_seconds,
+                 "build_model": common.median_seconds(lambda: build_model(cfg.model, (1, 28, 28)))}
+    from vaeood.train import save_run_state
 
-        with tempfile.TemporaryDirectory() as tmp:
-            ds = load_dataset("fashion_mnist", "train", data_dir=common.data_dir(), allow_sample=True)
-            path = Path(tmp) / "checkpoint.pt"
-            per_run_s["checkpoint write per epoch (_save)"] = once(
-                lambda: _save(path, cfg, model, opt, 1, [], (1, 28, 28), ds, device))
-    except Exception as err:  # the library's private helper may change under us
-        per_run_s["checkpoint write per epoch (_save)"] = f"not measured: {type(err).__name__}: {err}"
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = load_dataset("fashion_mnist", "train", data_dir=common.data_dir(), allow_sample=True)
+        path = Path(tmp) / "checkpoint.pt"
+        per_run_s["checkpoint write per epoch"] = common.median_seconds(
+            lambda: save_run_state(path, cfg, model, opt, 1, [], (1, 28, 28), ds, device))
 
-    result = {
-        "benchmark": "train_overhead", "command": common.command_line(), "machine": info, "data": data.source,
-        "batch_size": a.batch_size, "steps_per_round": len(batches), "rounds": a.rounds,
-        "ms_per_step": per_step_ms, "ms_per_step_rounds": per_round, "increment_ms_per_step": increments,
-        "ratio_full_over_bare_time": per_step_ms["full"] / per_step_ms["bare"],
-        "micro_us": micro_us, "per_run_seconds": per_run_s,
-    }
-    path = common.write_result("train_overhead", result, a.out)
-    print("ms/step: " + "  ".join(f"{k} {v:.2f}" for k, v in per_step_ms.items()))
-    print("increments: " + "  ".join(f"{k} {v:+.3f}" for k, v in increments.items()))
-    print("micro µs: " + "  ".join(f"{k} {v:.0f}" for k, v in micro_us.items()))
-    print("per run s: " + "  ".join(f"{k} {v if isinstance(v, str) else round(v, 3)}" for k, v in per_run_s.items()))
-    print(f"→ {path}")
-    return result
+    return common.finish("train_overhead", {
+        "machine": info, "data": data.source, "batch_size": a.batch_size, "steps_per_round": len(batches),
+        "rounds": a.rounds, "ms_per_step": per_step_ms, "ms_per_step_rounds": per_round,
+        "increment_ms_per_step": increments, "ratio_full_over_bare_time": per_step_ms["full"] / per_step_ms["bare"],
+        "micro_us": micro_us, "per_run_seconds": per_run_s}, a.out,
+        "ms/step: " + "  ".join(f"{k} {v:.2f}" for k, v in per_step_ms.items()),
+        "increments: " + "  ".join(f"{k} {v:+.3f}" for k, v in increments.items()),
+        "micro µs: " + "  ".join(f"{k} {v:.0f}" for k, v in micro_us.items()),
+        "per run s: " + "  ".join(f"{k} {v if isinstance(v, str) else round(v, 3)}" for k, v in per_run_s.items()))
 
 
 if __name__ == "__main__":

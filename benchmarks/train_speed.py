@@ -1,34 +1,33 @@
 """Training throughput: ``vaeood.train`` against a bare PyTorch loop and pythae's
 ``TrainingPipeline`` (``BaseTrainer``), on the same network, data and batch size.
 
-* ``bare``: what a researcher writes by hand — shuffle, index a uint8 tensor, scale to
-  [0, 1], encode, reparameterise, decode, Bernoulli (BCE-with-logits) log-likelihood +
-  analytic KL, Adam step.
+* ``bare``: what a researcher writes by hand on the same modules — shuffle, index a uint8
+  tensor, scale to [0, 1], encode, reparameterise, decode, Bernoulli (BCE-with-logits)
+  log-likelihood + analytic KL, Adam step. For ``--arch hvae`` (the hierarchical VAE of
+  ``vaeood.experiments.hvae_llr``: conv trunk, z_1 8×7×7, z_2 16, z_3 8, widths 256): the
+  bottom-up pass, top-down sampling with the LVAE precision-weighted merge and the
+  analytic KL of every layer;
 * ``vaeood``: ``vaeood.train`` (objective registry, NaN/inf guards, per-epoch atomic
-  checkpoint and metrics.jsonl).
-* ``vaeood_proposed``: ``vaeood.train`` with the model changes of ``prototypes.py``
-  (channels_last, oneDNN-free output deconvolution, in-place ReLU), injected by wrapping
-  ``vaeood.train.build_model`` in this process — a library change proposed here, not
-  what the library does;
+  checkpoint and metrics.jsonl);
 * ``vaeood_bf16`` (``--bf16``): ``vaeood.train`` with ``train.precision=bf16`` (autocast of
   convolutions and linear layers, log-likelihood sums in fp32; ``precision_quality.py``
   checks that it trains a model of the same test likelihood);
-* ``pythae``: ``TrainingPipeline(VAE(bce) around the same modules, BaseTrainerConfig)``
-  — its DataLoader over a ``BaseDataset`` of float images, per-step ``loss.item()``,
-  best-model deep copy per epoch, final model save.
+* ``pythae`` (conv only): ``TrainingPipeline(VAE(bce) around the same modules,
+  BaseTrainerConfig)`` — its DataLoader over a ``BaseDataset`` of float images, per-step
+  ``loss.item()``, best-model deep copy per epoch, final model save.
 
-Two numbers per side: **loop** images/s (the epochs' training steps only: vaeood's
-per-epoch ``seconds`` from metrics.jsonl, pythae's first-to-last train step per epoch via
-a callback, the bare loop's whole time) and **end-to-end** images/s (from the dataset on
-disk to a trained model: data loading, model build, checkpoints and saves included).
-Same initial weights on every side (seed r in round r). Runs alternate, medians of the
-rounds and of the per-round ratios are reported. By default all sides share one process
-(after a warm-up, so its allocator is warm for all); ``--fresh-processes`` runs each side
-in a new process per round, as a user's run starts: there the allocator's behaviour
-counts (``vaeood.allocator``).
+Per side: **loop** images/s (training steps only: vaeood's per-epoch ``seconds``,
+pythae's first-to-last step per epoch, the bare loop's whole time), **end-to-end** images/s
+(dataset on disk to trained model) and end-to-end images per CPU second (robust to other
+jobs on the cores). Same initial weights on every side (seed r in round r); alternated
+rounds, medians of the rounds and of the per-round ratios. All sides share one warmed-up
+process, or with ``--fresh-processes`` each run starts a new one, as a user's does (there
+the allocator counts, ``vaeood.allocator``). The result also records how far the bare loss
+is from vaeood's ELBO with the same weights and noise.
 
     python benchmarks/train_speed.py [--images 20000] [--epochs 2] [--rounds 3] [--device cpu]
-    python benchmarks/train_speed.py --fresh-processes --bf16 --no-proposed   # each run in a new process
+    python benchmarks/train_speed.py --fresh-processes --bf16   # each run in a new process
+    python benchmarks/train_speed.py --arch hvae --no-pythae    # results/hvae_train_speed.json
 
 Data: Fashion-MNIST from $VAEOOD_DATA when set, else the bundled sample.
 """
@@ -39,72 +38,108 @@ import argparse
 import contextlib
 import io
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import common
-from vaeood.models.conv import conv_decoder, conv_encoder
+
+HVAE = {"model.arch": "hvae",
+        "model.arch_options": json.dumps({"latent_dims": [8, 16, 8], "widths": [256, 256], "bottom": "spatial"})}
 
 
-def bare_loop(x_all: torch.Tensor, epochs: int, batch_size: int, seed: int, device) -> float:
-    """Seconds for ``epochs`` epochs of a hand-written VAE loop (x_all already on device)."""
-    torch.manual_seed(seed)
-    c, h, w = x_all.shape[1:]
-    enc = conv_encoder(c, h, w, common.BASE_CHANNELS, common.LATENT_DIM).to(device)
-    dec = conv_decoder(c, h, w, common.BASE_CHANNELS, common.LATENT_DIM, 1).to(device)
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-3)
-    n = len(x_all)
-    common.sync(device)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        for idx in torch.randperm(n, device=device).split(batch_size):
-            loss = common.bare_neg_elbo(enc, dec, x_all[idx]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    common.sync(device)
-    return time.perf_counter() - start
-
-
-def run_bare(a, seed: int) -> dict:
-    start = time.perf_counter()
-    x_all, _ = common.load_images(a.dataset, a.split, a.images)
-    x_all = x_all.to(a.device)
-    loop = bare_loop(x_all, a.epochs, a.batch_size, seed, a.device)
-    return {"loop": loop, "total": time.perf_counter() - start}
-
-
-def run_vaeood(a, seed: int, proposed: bool = False, extra: dict | None = None) -> dict:
-    import sys
-
+def config(a, seed: int, extra: dict | None = None):
     from vaeood.config import Config
-    from vaeood.train import train
 
-    vtrain = sys.modules["vaeood.train"]  # the module (vaeood.train is also the function's name)
-    original = vtrain.build_model
-    if proposed:
-        from prototypes import optimised_copy
-
-        vtrain.build_model = lambda cfg, shape: optimised_copy(original(cfg, shape))
-
-    cfg = Config().override({
+    return Config().override({
         "train.epochs": str(a.epochs), "train.batch_size": str(a.batch_size), "train.seed": str(seed),
         "train.device": a.device, "model.base_channels": str(common.BASE_CHANNELS),
         "model.latent_dim": str(common.LATENT_DIM), "data.name": a.dataset, "data.split": a.split,
-        "data.limit": str(a.images), "data.allow_sample": "true", **(extra or {}),
-    })
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            run = train(cfg, Path(tmp) / "run", data_dir=common.data_dir(), progress=False)
-            total = time.perf_counter() - start
-            history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    finally:
-        vtrain.build_model = original
-    return {"loop": sum(r["seconds"] for r in history), "total": total}
+        "data.limit": str(a.images), "data.allow_sample": "true", **(HVAE if a.arch == "hvae" else {}),
+        **(extra or {})})
+
+
+def hvae_neg_elbo(m, x_uint8: torch.Tensor) -> torch.Tensor:
+    """−ELBO per image, written out by hand on the HVAE's modules."""
+    x = x_uint8.float() / 255.0
+    d = m.trunk(x)
+    q = [m.q_heads[0](d).chunk(2, -1)]
+    for up, head in zip(m.up, m.q_heads[1:]):
+        d = up(d)
+        q.append(head(d).chunk(2, -1))
+    mu, lv = q[-1]
+    z = mu + torch.exp(0.5 * lv) * torch.randn_like(mu)
+    kl = 0.5 * (mu.pow(2) + lv.exp() - 1 - lv).sum(-1)
+    for i in reversed(range(len(q) - 1)):
+        mp, lp = m.p_heads[i](z).chunk(2, -1)
+        mq, lq = q[i]
+        lv = -torch.logaddexp(-lq, -lp)
+        mu = mq * torch.exp(lv - lq) + mp * torch.exp(lv - lp)
+        z = mu + torch.exp(0.5 * lv) * torch.randn_like(mu)
+        kl = kl + 0.5 * (lp - lv + (lv.exp() + (mu - mp).pow(2)) * torch.exp(-lp) - 1).sum(-1)
+    logits = m.decoder(z)
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3)) + kl
+
+
+def bare_neg_elbo(a, model, x: torch.Tensor) -> torch.Tensor:
+    return hvae_neg_elbo(model, x) if a.arch == "hvae" else common.bare_neg_elbo(model.encoder, model.decoder, x)
+
+
+def build(a, seed: int, shape):
+    """The network of ``vaeood.train``'s run of seed ``seed``, with its initial weights."""
+    from vaeood.models import build_model
+
+    torch.manual_seed(seed)  # as vaeood.train seeds before build_model
+    return build_model(config(a, seed).model, tuple(shape)).to(a.device)
+
+
+def run_bare(a, seed: int) -> dict:
+    start, cpu = time.perf_counter(), time.process_time()
+    x_all, _ = common.load_images(a.dataset, a.split, a.images)
+    x_all = x_all.to(a.device)
+    model = build(a, seed, x_all.shape[1:])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    common.sync(a.device)
+    t0 = time.perf_counter()
+    for _ in range(a.epochs):
+        for idx in torch.randperm(len(x_all), device=a.device).split(a.batch_size):
+            loss = bare_neg_elbo(a, model, x_all[idx]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    common.sync(a.device)
+    loop = time.perf_counter() - t0
+    return {"loop": loop, "total": time.perf_counter() - start, "cpu": time.process_time() - cpu}
+
+
+def run_vaeood(a, seed: int, extra: dict | None = None) -> dict:
+    from vaeood.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start, cpu = time.perf_counter(), time.process_time()
+        run = train(config(a, seed, extra), Path(tmp) / "run", data_dir=common.data_dir(), progress=False)
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"loop": sum(r["seconds"] for r in history), "total": total, "cpu": cpu}
+
+
+def same_loss(a) -> float:
+    """max |bare − vaeood| −ELBO on 64 images with the same weights and noise (nats/image)."""
+    from vaeood.estimators import elbo
+
+    x, _ = common.load_images(a.dataset, a.split, 64)
+    model = build(a, 0, x.shape[1:]).eval()
+    x = x.to(a.device)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        bare = bare_neg_elbo(a, model, x)
+        torch.manual_seed(1)  # vaeood's ELBO draws its one sample the same way
+        ours = -elbo(model, x)["log_px_nats"]
+    return float((bare - ours).abs().max())
 
 
 def run_pythae(a, seed: int) -> dict:
@@ -126,7 +161,7 @@ def run_pythae(a, seed: int) -> dict:
 
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         x_all, _ = common.load_images(a.dataset, a.split, a.images)
         model = common.pythae_twin(common.vaeood_model(seed, tuple(x_all.shape[1:])))
         config = BaseTrainerConfig(output_dir=tmp, num_epochs=a.epochs, learning_rate=1e-3,
@@ -134,48 +169,27 @@ def run_pythae(a, seed: int) -> dict:
                                    no_cuda=not a.device.startswith("cuda"), seed=seed)
         with contextlib.redirect_stderr(io.StringIO()):  # pythae's progress bars
             TrainingPipeline(model=model, training_config=config)(train_data=x_all.float() / 255.0, callbacks=[timer])
-        total = time.perf_counter() - start
-    return {"loop": sum(e - b for b, e in zip(timer.begin, timer.end)), "total": total}
-
-
-def in_fresh_process(side: str, seed: int, argv) -> dict:
-    """One side, one round, in a new interpreter (same arguments)."""
-    import subprocess
-    import sys
-
-    args = [x for x in (sys.argv[1:] if argv is None else argv) if x != "--fresh-processes"]
-    done = subprocess.run([sys.executable, __file__, *args, "--side", side, "--seed", str(seed)],
-                          capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"loop": sum(e - b for b, e in zip(timer.begin, timer.end)), "total": total, "cpu": cpu}
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=20000)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--split", default="train")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-pythae", action="store_true")
-    p.add_argument("--no-proposed", action="store_true", help="leave out the vaeood_proposed prototype")
-    p.add_argument("--bf16", action="store_true", help="add vaeood with train.precision=bf16 (see precision_quality.py)")
+    p = common.parser(__doc__, images=20000, epochs=2, rounds=3, batch_size=128, dataset="fashion_mnist",
+                      split="train", arch=("conv", "conv or hvae"), no_pythae=False,
+                      bf16=(False, "add vaeood with train.precision=bf16 (see precision_quality.py)"))
     p.add_argument("--fresh-processes", action="store_true",
                    help="run every side in a new Python process per round, as users run them "
                         "(the vaeood sides as the vaeood command does: allocator.keep_freed_memory)")
     p.add_argument("--side", default=None, help=argparse.SUPPRESS)  # internal: one side, one round, JSON out
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     common.quiet_pythae()
     sides = {"bare": run_bare, "vaeood": run_vaeood}
-    if not a.no_proposed and not a.fresh_processes:
-        sides["vaeood_proposed"] = lambda args, seed: run_vaeood(args, seed, proposed=True)
     if a.bf16:
         sides["vaeood_bf16"] = lambda args, seed: run_vaeood(args, seed, extra={"train.precision": "bf16"})
-
     if not a.no_pythae:
+        if a.arch != "conv":
+            raise SystemExit("--arch hvae: pythae has no twin of this network; add --no-pythae")
         sides["pythae"] = run_pythae
     if a.side:  # one side in this (fresh) process
         if a.side.startswith("vaeood"):
@@ -193,43 +207,39 @@ def main(argv=None) -> dict:
         warm = argparse.Namespace(**{**vars(a), "images": min(a.images, 2 * a.batch_size), "epochs": 1})
         for fn in sides.values():
             fn(warm, 0)
+    child = [x for x in (sys.argv[1:] if argv is None else argv) if x != "--fresh-processes"]  # one side each
     records: dict[str, list[dict]] = {n: [] for n in sides}
     names = list(sides)
     peaks = []
     for r in range(a.rounds):
         peaks.append(common.peak_probe(a.device))
         for name in names[r % len(names):] + names[: r % len(names)]:
-            records[name].append(in_fresh_process(name, r, argv) if a.fresh_processes else sides[name](a, r))
+            records[name].append(common.in_fresh_process(__file__, child, "--side", name, "--seed", str(r))
+                                 if a.fresh_processes else sides[name](a, r))
     n = a.images * a.epochs
-    loop = common.summarise({k: [x["loop"] for x in v] for k, v in records.items()}, {k: n for k in sides})
-    total = common.summarise({k: [x["total"] for x in v] for k, v in records.items()}, {k: n for k in sides})
+    loop, total, cpu = (common.summarise({k: [x[key] for x in v] for k, v in records.items()}, {k: n for k in sides},
+                                         unit=unit)
+                        for key, unit in (("loop", "images_per_s"), ("total", "images_per_s"), ("cpu", "images_per_cpu_s")))
     from flops import flops_per_image
 
-    step_flops = flops_per_image(1, a.device)["train_step"] if tuple(x_probe.shape[1:]) == (1, 28, 28) else None
+    conv_28 = a.arch == "conv" and tuple(x_probe.shape[1:]) == (1, 28, 28)
+    step_flops = flops_per_image(1, a.device)["train_step"] if conv_28 else None
     if step_flops:
-        loop["flops_per_image"] = step_flops
-        loop["fraction_of_peak"] = {k: common.fraction_of_peak([x["loop"] for x in v], n * step_flops, peaks)
-                                    for k, v in records.items()}
-    loop["peaks_per_round_gflops"] = peaks
+        loop.update(flops_per_image=step_flops, **common.peak_fractions(loop["seconds"], {k: n * step_flops for k in sides},
+                                                                        peaks))
     result = {
-        "benchmark": "train_speed", "command": common.command_line(), "machine": info, "data": data.source,
+        "machine": info, "data": data.source,
         "images": a.images, "epochs": a.epochs, "batch_size": a.batch_size, "rounds": a.rounds,
         "fresh_processes": a.fresh_processes,
-        "model": {"arch": "conv", "base_channels": common.BASE_CHANNELS, "latent_dim": common.LATENT_DIM,
-                  "likelihood": "bernoulli"},
-        "loop": loop, "end_to_end": total,
-        "goals": {"vaeood/bare >= 1.0": loop["ratios"]["vaeood/bare"] >= 1.0},
+        "model": config(a, 0).to_dict()["model"], "same_loss_max_abs_diff_nats": same_loss(a),
+        "loop": loop, "end_to_end": total, "end_to_end_cpu": cpu,  # run_all.py reads the goals off the ratios
     }
-    if "pythae" in sides:
-        result["goals"]["vaeood/pythae >= 1.2"] = loop["ratios"]["vaeood/pythae"] >= 1.2
-        if "vaeood_bf16" in sides:
-            result["goals"]["vaeood_bf16/pythae >= 1.2"] = loop["ratios"]["vaeood_bf16/pythae"] >= 1.2
-    path = common.write_result("train_speed_fresh" if a.fresh_processes else "train_speed", result, a.out)
-    for label, s in (("loop", loop), ("end-to-end", total)):
-        print(f"training {label} images/s: " + "  ".join(f"{k} {v:.0f}" for k, v in s["images_per_s"].items())
-              + "   ratios: " + "  ".join(f"{k} {v:.3f}" for k, v in s["ratios"].items() if k.startswith("vaeood")))
-    print(f"→ {path}")
-    return result
+    name = ("hvae_" if a.arch == "hvae" else "") + ("train_speed_fresh" if a.fresh_processes else "train_speed")
+    return common.finish(name, result, a.out, *(
+        f"training {label} {unit}: " + "  ".join(f"{k} {v:.0f}" for k, v in s[unit].items())
+        + "   ratios: " + "  ".join(f"{k} {v:.3f}" for k, v in s["ratios"].items() if k.startswith("vaeood"))
+        for label, s, unit in (("loop", loop, "images_per_s"), ("end-to-end", total, "images_per_s"),
+                               ("end-to-end CPU", cpu, "images_per_cpu_s"))))
 
 
 if __name__ == "__main__":
