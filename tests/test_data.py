@@ -491,6 +491,11 @@ def test_a_file_rewritten_between_two_loads_is_read_again_and_callers_get_their_
     a.images[:] = 0  # the caller's copy
     b = load_dataset("toy", "test", data_dir=tmp_path)
     np.testing.assert_array_equal(b.images[..., 0], first)
+    # the copies keep a fresh read's strides (grey: a 0-stride channel axis), which decide the
+    # memory format of torch's convolutions and so the bits a model trains to
+    from vaeood.data.npz import read_image_arrays
+
+    assert a.images.strides == b.images.strides == read_image_arrays(tmp_path / "toy_test.npz", "x")[0].strides
     second = 255 - first  # same shapes, so the same file size
     os.replace(_write(tmp_path / "new.npz", second), tmp_path / "toy_test.npz")
     c = load_dataset("toy", "test", data_dir=tmp_path)

@@ -21,6 +21,8 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from ..registry import did_you_mean
 from .errors import DataError, DatasetNotFoundError
 from .checksums import named_sha256
@@ -130,8 +132,16 @@ def _load_npz(path: Path, name: str, split: str, subset: str | None = None) -> I
         source += f" (subset {subset!r} of {name} {split}, not the full split)"
     if provenance:
         source += f"; {provenance}"
-    # copies: a caller may change its arrays; the cached ones stay as read
-    return ImageSet(name, split, images.copy(), labels.copy(), source=source, files=files)
+    return ImageSet(name, split, _copy(images), labels.copy(), source=source, files=files)
+
+
+def _copy(images: np.ndarray) -> np.ndarray:
+    """A copy a caller may change, with the strides of a fresh read: grey images keep the
+    0 stride of their added channel axis, which decides the memory format torch's
+    convolutions choose, so the copy trains to the same bits as the file read afresh."""
+    if images.shape[-1] == 1 and images.strides[-1] == 0:
+        return images[..., 0].copy()[..., np.newaxis]
+    return images.copy()
 
 
 @functools.lru_cache(maxsize=8)
