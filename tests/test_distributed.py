@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import vaeood
-from tinydata import write_fig2a_data
+from tinydata import raise_saved_epochs, write_fig2a_data
 from vaeood.checkpoint import load_checkpoint
 from vaeood.cli import main
 
@@ -81,9 +81,7 @@ def test_resumed_ddp_run_retraces_the_uninterrupted_one(tmp_path, data_dir):
     state = load_checkpoint(tmp_path / "stopped")
     assert len(state["rng"]["ranks"]) == 2
     assert not torch.equal(state["rng"]["ranks"][0]["torch"], state["rng"]["ranks"][1]["torch"])
-    # a resumed run continues with its saved config: raise its epochs as a 2-epoch run killed after epoch 1
-    state["config"]["train"]["epochs"] = 2
-    torch.save(state, tmp_path / "stopped" / "checkpoint.pt")
+    raise_saved_epochs(tmp_path / "stopped", 2)  # as a 2-epoch run killed after epoch 1
     torchrun("train", str(tmp_path / "stopped"), *args, "--train.epochs=2", "--resume", cwd=tmp_path)
     straight, resumed = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "stopped")
     assert resumed["epoch"] == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinydata import blobs, write_fig2a_data, write_npz
+from tinydata import blobs, raise_saved_epochs, write_fig2a_data, write_npz
 from vaeood.checkpoint import load_checkpoint
 from vaeood.cli import main
 from vaeood.config import Config
@@ -76,10 +76,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, dat
     train(cfg.override({"train.epochs": "1"}), tmp_path / "resumed", data_dir=str(data_dir))
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, tmp_path / "resumed", data_dir=str(data_dir))
-    # the saved config says 1 epoch; resuming a run continues with its own config, so raise it there
-    state = load_checkpoint(tmp_path / "resumed")
-    state["config"]["train"]["epochs"] = 3
-    torch.save(state, tmp_path / "resumed" / "checkpoint.pt")
+    raise_saved_epochs(tmp_path / "resumed", 3)
     resumed = load_checkpoint(train(cfg, tmp_path / "resumed", resume=True, data_dir=str(data_dir)))
     assert resumed["epoch"] == 3
     assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])

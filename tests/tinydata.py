@@ -2,13 +2,25 @@
 
 Two visibly different families so that a trained model has something to separate:
 "blobs" (bright filled shapes on a dark ground, Fashion-MNIST-like) and "strokes"
-(thin lines, MNIST-like)."""
+(thin lines, MNIST-like). Also :func:`raise_saved_epochs`, for the resume tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+
+def raise_saved_epochs(run: Path, epochs: int) -> None:
+    """Make a run stopped after some epochs look like a longer one killed there: a resumed
+    run continues with its saved config, so its ``train.epochs`` is raised in the checkpoint."""
+    import torch
+
+    from vaeood.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run)
+    state["config"]["train"]["epochs"] = epochs
+    torch.save(state, Path(run) / "checkpoint.pt")
 
 
 def blobs(n: int, seed: int, size: int = 28, channels: int = 1) -> np.ndarray:
