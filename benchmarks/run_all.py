@@ -191,7 +191,7 @@ def iwae_table(iw: dict, rss, level: str) -> tuple[list, list[str]]:
                           ", ".join(f"{n} {m:.2f}" for n, m in g["mean_log_px_nats"].items())]
                          for key, g in agr.items()]), ""]
     r = iw["ratios"]
-    if "cuda" in str(iw["machine"]):
+    if iw["machine"]["device"].startswith("cuda"):
         goal = [f"IWAE-{k} scoring ≥ 20× pythae on a GPU",
                 f"{_x(r['vaeood/pythae_bs100'], 1)} pythae's default `get_nll(batch_size=100)`; "
                 f"{_x(r['vaeood/pythae_onebatch'], 1)} pythae with `batch_size={k}` (its fastest)",
@@ -237,7 +237,7 @@ def train_table(tr: dict, where: str, rss, level: str) -> tuple[list, list[str]]
         return [["Hierarchical VAE training: vaeood vs the bare loop (loop / end-to-end / CPU; no numeric goal)",
                  f"{_x(lr['vaeood/bare'], 3)} / {_x(er['vaeood/bare'], 3)} / {_x(cpu['ratios']['vaeood/bare'], 3)}",
                  "–", _cmd(tr), _machine(tr)]], out
-    if "cuda" in str(tr["machine"]):
+    if tr["machine"]["device"].startswith("cuda"):
         return [["Training vs the bare loop on a GPU (no numeric goal; eager, the default)",
                  f"{_x(lr['vaeood/bare'], 3)} bare, {_x(lr.get('vaeood/pythae'), 3)} pythae", "–",
                  _cmd(tr), _machine(tr)]], out
