@@ -36,8 +36,10 @@ def test_every_detector_on_every_pair_with_seed_statistics(suite):
     out, metrics, report = suite
     preset = EXPERIMENTS.get("ood-suite").presets["smoke"]
     assert set(metrics["families"]) == {"fashion_mnist", "mnist"}
-    assert metrics["families"]["fashion_mnist"]["ood"] == ["mnist", *SYNTHETIC]
-    assert metrics["families"]["mnist"]["ood"] == ["fashion_mnist", *SYNTHETIC]
+    assert metrics["families"]["fashion_mnist"]["ood"] == ["mnist", *SYNTHETIC, "fashion_mnist_rot90"]
+    assert metrics["families"]["mnist"]["ood"] == ["fashion_mnist", *SYNTHETIC, "mnist_rot90"]
+    assert metrics["families"]["mnist"]["kinds"] == {"fashion_mnist": "far", "uniform_noise": "far",
+                                                     "constant": "far", "mnist_rot90": "near"}
     for fam in metrics["families"].values():
         assert list(fam["summary"]) == list(preset.detectors)
         for det, per_ood in fam["summary"].items():

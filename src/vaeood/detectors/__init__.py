@@ -5,7 +5,7 @@
 more out-of-distribution."""
 
 from .base import DETECTORS, Detector, FitDataError, check_fit_features, make_detector
-from . import (bpd, complexity, dose, dose_plus, likelihood_ratio, llr, lpath, nll, regret,  # noqa: F401  (registration)
+from . import (bpd, complexity, dose, dose_plus, fused, latent, likelihood_ratio, llr, lpath, nll, regret,  # noqa: F401
                typicality)
 from .typicality import batch_test_power
 

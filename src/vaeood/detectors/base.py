@@ -24,7 +24,6 @@ arrays such as ``log_px_nats``, ``bpd``, ``mu_z_norm``; an aliased need's output
 
 from __future__ import annotations
 
-import inspect
 from typing import Mapping
 
 import numpy as np
@@ -35,7 +34,7 @@ from ..registry import Registry, check_options
 DETECTORS: Registry = Registry("detector")
 
 #: features that read a single Gaussian q(z|x) (model.posterior), which a hierarchical VAE has not
-SINGLE_LAYER_FEATURES = frozenset({"posterior", "reconstruction", "regret"})
+SINGLE_LAYER_FEATURES = frozenset({"posterior", "latent", "reconstruction", "regret"})
 
 
 class FitDataError(ConfigError):
@@ -67,8 +66,9 @@ class Detector:
         """Fit on features of held-out training images (a no-op for detectors that do not fit)."""
         check_fit_features(features, self.name)
         if self.fits:
-            self._fit(features)
-            self.fit_info = {"n": int(len(next(v for k, v in features.items() if k not in ("meta", "labels"))))}
+            details = self._fit(features) or {}  # what the fit chose (components, k, ...): recorded
+            self.fit_info = {"n": int(len(next(v for k, v in features.items() if k not in ("meta", "labels")))),
+                             **details}
         self.fitted = True
         return self
 
@@ -80,11 +80,17 @@ class Detector:
         out = np.asarray(self._score(features), dtype=np.float64)
         return out
 
-    def _fit(self, features):
-        pass
+    def _fit(self, features) -> dict | None:
+        """Fit on held-out training features; may return what it chose (recorded in ``fit_info``)."""
 
     def _score(self, features) -> np.ndarray:
         raise NotImplementedError
+
+    def frozen_options(self) -> dict:
+        """Options that make a new detector repeat this fitted one's choices (a component
+        count, a bandwidth picked by cross-validation) when fitted on other images: the
+        options as given, unless a detector's fit chooses something."""
+        return dict(self.options)
 
     def why_not(self, info: Mapping) -> str | None:
         """Why this detector does not apply to a run described by ``info`` (keys
@@ -143,5 +149,14 @@ def stack(features: Mapping[str, np.ndarray], names) -> np.ndarray:
     return np.stack([np.asarray(features[n], dtype=np.float64) for n in names], axis=1)
 
 
-def signature_options(cls) -> list[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+def mahalanobis_fit(t: np.ndarray) -> np.ndarray:
+    """The (pseudo-)inverse covariance of the rows of ``t`` [n, d], ridged by 1e-6 so that
+    a constant or collinear column does not make it singular."""
+    cov = np.cov(t, rowvar=False).reshape(t.shape[1], t.shape[1])
+    return np.linalg.pinv(cov + 1e-6 * np.eye(len(cov)))
+
+
+def mahalanobis_score(t: np.ndarray, precision: np.ndarray, mean: np.ndarray | float = 0.0) -> np.ndarray:
+    """(t − m)ᵀ Σ⁻¹ (t − m) per row; ``m`` = 0 for statistics standardised on the fit rows."""
+    d = t - mean
+    return np.einsum("ni,ij,nj->n", d, precision, d)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import DETECTORS, Detector, stack, standardise_fit
+from .base import DETECTORS, Detector, mahalanobis_fit, mahalanobis_score, stack, standardise_fit
 
 LPATH_STATS = ("recon_log_l2", "mu_z_norm", "sigma_z_norm")
 
@@ -83,15 +83,13 @@ class LPath(Detector):
         if self.options["method"] == "copod":
             self.fit_rows = t
             return
-        cov = np.cov(t, rowvar=False).reshape(t.shape[1], t.shape[1])
-        self.precision = np.linalg.pinv(cov + 1e-6 * np.eye(len(cov)))
+        self.precision = mahalanobis_fit(t)
 
     def _score(self, features):
         t = (stack(features, self.columns()) - self.mean) / self.std
         if self.options["method"] == "copod":
             return copod_scores(self.fit_rows, t)  # each image against the fit images alone
-        d = t - 0.0  # standardised: the fit mean is 0
-        return np.einsum("ni,ij,nj->n", d, self.precision, d)
+        return mahalanobis_score(t, self.precision)  # standardised: the fit mean is 0
 
 
 @DETECTORS.register("lpath_copod")

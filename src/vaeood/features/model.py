@@ -77,6 +77,22 @@ def posterior(model, x: Tensor, *, generator: torch.Generator | None = None) -> 
     }
 
 
+@FEATURES.register("latent")
+def latent(model, x: Tensor, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    r"""Where the image lands in latent space: the parameters of q(z|x) = N(μ, diag σ²),
+    deterministic (no sampling), one row per image:
+
+    * ``latent_mu`` = μ(x) ``[B, Z]``;
+    * ``latent_logvar`` = log σ²(x) ``[B, Z]``.
+
+    The latent-space detectors (:mod:`vaeood.detectors.latent`) fit a density, nearest
+    neighbours or a Gaussian to these vectors of held-out training images: the evidence
+    a single summary number (‖μ‖, the rate) averages away.
+    """
+    mu, logvar = model.posterior(x)
+    return {"latent_mu": mu.double(), "latent_logvar": logvar.double()}
+
+
 def reconstruction_mean(model, x: Tensor) -> Tensor:
     """x̂ = the mean of p(x|z = μ(x)) on the [0, 1] scale: ``model.reconstruct(x)``, or
     ``model.likelihood.mean(model.decode(μ))``."""
