@@ -374,7 +374,7 @@ def seed_spearman(x, ys, *, strata: tuple[int, ...] | None = None, n_boot: int =
     A replicate's ρ is computed exactly from its multiplicities (:class:`_Midranks`)."""
     _check(n_boot, level)
     x = _as_scores(x, "x")
-    ys = [_as_scores(y, f"seed {i} y") for i, y in enumerate([ys] if np.ndim(ys) == 1 else ys)]
+    ys = [_as_scores(y, f"seed {i} y") for i, y in enumerate([ys] if np.ndim(ys[0]) == 0 else ys)]
     strata = tuple(strata or (len(x),))
     if sum(strata) != len(x) or any(len(y) != len(x) for y in ys):
         raise ValueError(f"x has {len(x)} items; every y must have as many and strata {strata} must sum to it")

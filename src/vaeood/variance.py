@@ -24,7 +24,10 @@ sets (in-distribution, OOD) under one model (trained with one or several seeds):
    with s ≥ 0 found per image by bisection so that v(x') equals the in-distribution
    set's mean per-image variance v̄_in (clipping and rounding make s differ from
    √(v̄_in / v(x)); an image that saturates before reaching it keeps the largest
-   variance it can reach and counts as not reached). The model scores the rescaled
+   variance it can reach and counts as not reached). Clipping moves the mean of an image
+   pushed against 0 or 255 (dark digits on a black ground: raising their contrast raises
+   their mean); the ``matched`` set's statistics show by how much, and where ρ(m, log p)
+   is not 0 part of the change in likelihood can be the mean's. The model scores the rescaled
    images again. With gap = mean log p(OOD) − mean log p(in) [nats], the fraction of the
    gap that **remains** is r = gap(matched) / gap(original) (1: variance explains none of
    it; 0: all of it), with its two-level bootstrap interval (the matched images resampled
