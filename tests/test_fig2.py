@@ -54,7 +54,8 @@ def test_the_variance_record_uses_the_experiments_own_scores(tiny):
     r = record["pairs"]["keras_blog"]["mnist"]
     assert record["verdict"]["keras_blog/mnist"].split(":")[0] in WORDS and r["verdict"] in WORDS
     # the AUROC before matching is the experiment's own (same scores, same bootstrap)
-    assert r["auroc"]["before"]["interval"] == metrics["models"]["keras_blog"]["summary"]["nll"]["mnist"]["auroc"]["interval"]
+    own = metrics["models"]["keras_blog"]["summary"]["nll"]["mnist"]["auroc"]
+    assert r["auroc"]["before"]["interval"] == own["interval"] and r["auroc"]["before"]["values"] == own["values"]
     assert r["spearman"]["pixel_var"]["pooled"]["n"] == 192 and r["spearman"]["pixel_var"]["pooled"]["n_seeds"] == 2
     x = np.load(data / "mnist_test.npz")["x"] / 255.0
     assert r["sets"]["ood"]["pixel_var"] == pytest.approx(x.var())

@@ -138,3 +138,14 @@ def test_contrast_rescaling_says_when_an_image_cannot_reach_the_target():
 ])
 def test_verdict_rule(rho, before, after, remaining, word):
     assert variance_verdict(rho, before, after, remaining)[0] == word
+
+
+def test_the_sets_statistics_say_when_mean_and_variance_go_together():
+    """Near-binary images (v = m(1 − m) exactly for 0/255 pixels) have ρ(m, v) = 1 below m = ½;
+    independent draws of mean and sd have ρ near 0."""
+    rng = np.random.default_rng(12)
+    binary = (rng.random((200, 8, 8, 1)) < rng.uniform(0.05, 0.4, (200, 1, 1, 1))).astype(np.uint8) * 255
+    lp = scorer(1000, 0)
+    out = variance_check(binary, images(200, 128, (10, 30), 13), [lp], n_boot=50)
+    assert out["sets"]["in"]["spearman_mean_var"] == pytest.approx(1.0)
+    assert abs(out["sets"]["ood"]["spearman_mean_var"]) < 0.2

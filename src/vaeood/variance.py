@@ -10,7 +10,8 @@ sets (in-distribution, OOD) under one model (trained with one or several seeds):
 1. **Pixel statistics.** Per set, :func:`vaeood.features.pixel_stats` (mean and variance
    over all pixels on the [0, 1] scale) and the per-image statistics of
    :func:`image_stats`: for image x with D values x_d ∈ [0, 1] (pixels × channels),
-   ``pixel_mean`` m(x) = (1/D) Σ_d x_d and ``pixel_var`` v(x) = (1/D) Σ_d (x_d − m(x))².
+   ``pixel_mean`` m(x) = (1/D) Σ_d x_d and ``pixel_var`` v(x) = (1/D) Σ_d (x_d − m(x))²,
+   and Spearman ρ(m, v) over the set's images (near ±1 the two cannot be told apart).
 2. **Rank correlations.** Spearman's ρ between v(x) and log p(x), within each set and
    pooled over both, and the same for m(x): :func:`vaeood.intervals.seed_spearman`, the
    seed-mean ρ with the two-level bootstrap interval (seeds and images resampled; a
@@ -58,7 +59,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .features import pixel_stats
-from .intervals import LEVEL, N_BOOT, mean_sd, resample_counts, seed_spearman, seed_summary
+from .intervals import LEVEL, N_BOOT, mean_sd, resample_counts, seed_spearman, seed_summary, spearman
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,12 @@ def _seeds(values, name: str, n: int) -> list[np.ndarray]:
 
 
 def _set_stats(images: np.ndarray, stats: dict[str, np.ndarray]) -> dict:
+    """A set's pixel statistics, with Spearman ρ(m, v) of its images: near ±1, mean and
+    variance cannot be told apart in that set (as for near-binary digits, v ≈ m(1 − m))."""
     return {"n": int(len(images)), **pixel_stats(np.asarray(images)),
             "per_image_var": {"mean": float(stats["pixel_var"].mean()), "sd": float(stats["pixel_var"].std())},
-            "per_image_mean": {"mean": float(stats["pixel_mean"].mean()), "sd": float(stats["pixel_mean"].std())}}
+            "per_image_mean": {"mean": float(stats["pixel_mean"].mean()), "sd": float(stats["pixel_mean"].std())},
+            "spearman_mean_var": spearman(stats["pixel_mean"], stats["pixel_var"])}
 
 
 def _correlations(s_in: dict, s_ood: dict, lp_in: list, lp_ood: list, n_boot: int, seed: int, level: float) -> dict:

@@ -78,7 +78,8 @@ def variance_record(checks: dict) -> dict:
     """What ``metrics.json`` holds of the checks ``{variant: {ood: result}}``."""
     return {"method": METHOD, "rule": VERDICT_RULE, "remaining_margin": REMAINING_MARGIN,
             "reach_tolerance": REACH_TOLERANCE,
-            "verdict": {f"{v}/{o}": f"{r['verdict']}: {r['reason']}" for v, by in checks.items() for o, r in by.items()},
+            "verdict": {f"{v}/{o}": f"{r['verdict']}: {r['reason']}"
+                        for v, by in checks.items() for o, r in by.items()},
             "pairs": checks}
 
 
@@ -99,11 +100,13 @@ def _stats_rows(pairs: dict) -> list[list]:
     first = next(iter(pairs.values()))
     rows = []
     for ood, r in first.items():
-        for label, key in (("in-distribution", "in"), (f"OOD: {ood}", "ood"), (f"OOD: {ood}, contrast-matched", "matched")):
+        labels = (("in-distribution", "in"), (f"OOD: {ood}", "ood"), (f"OOD: {ood}, contrast-matched", "matched"))
+        for label, key in labels:
             s = r["sets"][key]
             rows.append([label, s["n"], f"{s['pixel_mean']:.4f}", f"{s['pixel_var']:.4f}",
                          f"{s['per_image_mean']['mean']:.4f} ± {s['per_image_mean']['sd']:.4f}",
-                         f"{s['per_image_var']['mean']:.4f} ± {s['per_image_var']['sd']:.4f}"])
+                         f"{s['per_image_var']['mean']:.4f} ± {s['per_image_var']['sd']:.4f}",
+                         f"{s['spearman_mean_var']:+.3f}" if math.isfinite(s["spearman_mean_var"]) else "undefined"])
     return rows
 
 
@@ -116,7 +119,8 @@ def variance_section(record: dict, level: str = "95%") -> list[str]:
              "Nalisnick et al. 2019). Tested here for every pair: " + METHOD + ".", "",
              f"Verdict rule ({level} intervals): {record['rule']}.", "",
              markdown_table(["set", "images", "pixel mean", "pixel variance", "per-image mean (mean ± sd)",
-                             "per-image variance (mean ± sd)"], _stats_rows(pairs)), "",
+                             "per-image variance (mean ± sd)", "ρ(mean, variance) of its images"],
+                            _stats_rows(pairs)), "",
              f"Spearman ρ with log p(x), seed mean [{level} interval]:", "",
              markdown_table(["model", "OOD", *[f"ρ({w}, log p) {where}" for w in ("variance", "mean")
                                                for where in ("in", "OOD", "pooled")]],
