@@ -5,8 +5,8 @@ known in advance; and the contrast rescaling on its own."""
 import numpy as np
 import pytest
 
-from vaeood.variance import (REACH_TOLERANCE, REMAINING_MARGIN, contrast_match, image_stats, variance_check,
-                             variance_verdict)
+from vaeood.variance import (MEAN_TOLERANCE, REACH_TOLERANCE, REMAINING_MARGIN, contrast_match, image_stats,
+                             variance_check, variance_verdict)
 
 N_BOOT = 300
 
@@ -149,3 +149,27 @@ def test_the_sets_statistics_say_when_mean_and_variance_go_together():
     out = variance_check(binary, images(200, 128, (10, 30), 13), [lp], n_boot=50)
     assert out["sets"]["in"]["spearman_mean_var"] == pytest.approx(1.0)
     assert abs(out["sets"]["ood"]["spearman_mean_var"]) < 0.2
+
+
+def test_contrast_rescaling_can_keep_each_images_mean():
+    """Dark images whose contrast is raised hit 0 and their mean rises; with keep_mean the
+    shift b brings it back (within a grey level) at the same target variance."""
+    x = images(60, 60, (5, 30), 14)
+    plain, info = contrast_match(x, 0.03)
+    kept, info_kept = contrast_match(x, 0.03, keep_mean=True)
+    assert np.abs(info["mean_shift"]).max() > 0.01  # clipping moved the means
+    assert info_kept["reached"].all() and np.abs(info_kept["mean_shift"]).max() <= MEAN_TOLERANCE
+    assert np.abs(image_stats(kept)["pixel_var"] - 0.03).max() <= REACH_TOLERANCE * 0.03
+    assert kept.dtype == np.uint8 and info_kept["shift"].min() < 0
+
+
+def test_the_mean_kept_check_tells_variance_from_mean():
+    """OOD images darker and of lower contrast; log p(x) depends on the mean only. Raising the
+    contrast raises the mean (clipping), which alone moves log p; keeping the mean, it does not."""
+    x_in, x_ood = images(200, 110, (40, 50), 15), images(200, 40, (10, 20), 16)
+    out = variance_check(x_in, x_ood, [scorer(0, 500)], n_boot=100)
+    kept = out["mean_kept"]
+    assert out["sets"]["matched"]["pixel_mean"] > out["sets"]["ood"]["pixel_mean"] + 0.01
+    assert kept["set"]["pixel_mean"] == pytest.approx(out["sets"]["ood"]["pixel_mean"], abs=MEAN_TOLERANCE)
+    assert out["remaining"]["mean"] < 0.9 and kept["remaining"]["mean"] == pytest.approx(1.0, abs=0.02)
+    assert kept["auroc_after"]["verdict"] == out["auroc"]["before"]["verdict"]

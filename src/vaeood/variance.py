@@ -28,7 +28,10 @@ sets (in-distribution, OOD) under one model (trained with one or several seeds):
    variance it can reach and counts as not reached). Clipping moves the mean of an image
    pushed against 0 or 255 (dark digits on a black ground: raising their contrast raises
    their mean); the ``matched`` set's statistics show by how much, and where ρ(m, log p)
-   is not 0 part of the change in likelihood can be the mean's. The model scores the rescaled
+   is not 0 part of the change in likelihood can be the mean's. So the check is made a
+   second time with each image's mean kept (``keep_mean``: x' = clip(round(m + b + s(x − m)))
+   with the shift b found by bisection too), reported beside the first (``mean_kept``); the
+   verdict reads the first. The model scores the rescaled
    images again. With gap = mean log p(OOD) − mean log p(in) [nats], the fraction of the
    gap that **remains** is r = gap(matched) / gap(original) (1: variance explains none of
    it; 0: all of it), with its two-level bootstrap interval (the matched images resampled
@@ -66,6 +69,8 @@ log = logging.getLogger(__name__)
 WORDS = ("supported", "not supported", "partly")
 REMAINING_MARGIN = 0.75  # r above this (its whole interval): variance removes < a quarter of the gap
 REACH_TOLERANCE = 0.01  # a rescaled image reaches the target variance within 1% of it
+MEAN_TOLERANCE = 1.0 / 255.0  # with keep_mean, and its own mean within one grey level
+MEAN_ROUNDS, MEAN_ITERS = 4, 30  # keep_mean: alternations of the two bisections, steps of each
 VERDICT_RULE = ("not supported when the original AUROC interval covers 0.5 (no gap to explain) or the pooled "
                 "Spearman ρ(per-image variance, log p(x)) interval reaches 0 or above; supported when the "
                 "contrast-matched OOD set's AUROC interval covers 0.5 or lies on the other side of it; not "
@@ -91,48 +96,66 @@ def image_stats(images: np.ndarray) -> dict[str, np.ndarray]:
     return {"pixel_mean": x.mean(axis=1), "pixel_var": x.var(axis=1)}
 
 
-def _rescaled(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(mean + scale[:, None] * (x - mean)), 0.0, 255.0)
+def _rescaled(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(mean + shift[:, None] + scale[:, None] * (x - mean)), 0.0, 255.0)
 
 
-def _match_chunk(x: np.ndarray, target: float, max_scale: float, iters: int) -> np.ndarray:
-    """Per-image contrast scales s of the rows of ``x`` (0–255 values) whose rescaled
-    variance is closest to ``target`` (on the 0–255 scale), by bisection on s ∈ [0, max_scale]:
-    the variance grows with s (up to rounding steps and the saturation of clipping)."""
-    mean = x.mean(axis=1, keepdims=True)
-    lo, hi = np.zeros(len(x)), np.full(len(x), float(max_scale))
+def _bisect(f, lo: np.ndarray, hi: np.ndarray, target, iters: int) -> np.ndarray:
+    """Per row, the end of the last bracket [lo, hi] of f(·) = target whose f is closer to it
+    (f nondecreasing per row, up to rounding steps and the saturation of clipping)."""
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        low = _rescaled(x, mean, mid).var(axis=1) < target
+        low = f(mid) < target
         lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
-    err_lo = np.abs(_rescaled(x, mean, lo).var(axis=1) - target)
-    err_hi = np.abs(_rescaled(x, mean, hi).var(axis=1) - target)
-    return np.where(err_lo <= err_hi, lo, hi)
+    return np.where(np.abs(f(lo) - target) <= np.abs(f(hi) - target), lo, hi)
 
 
-def contrast_match(images: np.ndarray, target_var: float, *, max_scale: float = 64.0,
+def _match_chunk(x: np.ndarray, target: float, max_scale: float, iters: int,
+                 keep_mean: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image contrast scales s ∈ [0, max_scale] (and shifts b, 0 unless ``keep_mean``)
+    of the rows of ``x`` (0–255 values) whose rescaled variance is ``target`` (0–255 scale),
+    by bisection; with ``keep_mean`` alternately on s (the variance) and on b ∈ ±255 (1 + s)
+    (the mean, back to the image's own), since each moves the other through the clipping."""
+    mean = x.mean(axis=1, keepdims=True)
+    scale, shift = np.ones(len(x)), np.zeros(len(x))
+    for _ in range(MEAN_ROUNDS if keep_mean else 1):
+        scale = _bisect(lambda s: _rescaled(x, mean, s, shift).var(axis=1), np.zeros(len(x)),
+                        np.full(len(x), float(max_scale)), target, iters)
+        if keep_mean:  # |b| up to 255 (1 + s): at a large s, b moves the level the image is cut at
+            reach = 255.0 * (1.0 + scale)
+            shift = _bisect(lambda b: _rescaled(x, mean, scale, b).mean(axis=1), -reach, reach, mean[:, 0], iters)
+    return scale, shift
+
+
+def contrast_match(images: np.ndarray, target_var: float, *, keep_mean: bool = False, max_scale: float = 64.0,
                    iters: int = 40) -> tuple[np.ndarray, dict]:
     """``images`` with each one's contrast rescaled about its own mean so that its per-image
     variance v(x') is ``target_var`` (on the [0, 1] scale), clipped to 0–255 and rounded to
-    uint8 (the formula is in the module docstring). Returns the uint8 images (shape and
-    dtype of the input) and ``{"target_pixel_var", "scale" [N], "pixel_var" [N] (reached),
-    "reached" [N] (within ``REACH_TOLERANCE`` of the target), "reached_fraction"}``."""
+    uint8 (the formula is in the module docstring). ``keep_mean``: also shift each image by
+    b so that clipping leaves its mean where it was, x' = clip(round(m + b + s(x − m))).
+    Returns the uint8 images (shape and dtype of the input) and ``{"target_pixel_var",
+    "scale" [N], "shift" [N] (0–255 levels), "pixel_var" [N], "mean_shift" [N] (m(x') − m(x)),
+    "reached" [N] (variance within ``REACH_TOLERANCE`` of the target and, with ``keep_mean``,
+    mean within ``MEAN_TOLERANCE``), "reached_fraction"}``."""
     flat = _flat(images)
     if not (isinstance(target_var, (int, float, np.floating)) and 0.0 < float(target_var) < 0.25):
         raise ValueError(f"target_var must be a per-image pixel variance on the [0, 1] scale, in (0, 0.25), "
                          f"got {target_var!r}")
     target = float(target_var) * 255.0 ** 2
     out = np.empty(flat.shape, dtype=np.uint8)
-    scales = np.empty(len(flat))
+    scales, shifts = np.empty(len(flat)), np.empty(len(flat))
     for start in range(0, len(flat), _CHUNK):
         x = flat[start:start + _CHUNK].astype(np.float64)
-        s = _match_chunk(x, target, max_scale, iters)
-        out[start:start + _CHUNK] = _rescaled(x, x.mean(axis=1, keepdims=True), s).astype(np.uint8)
-        scales[start:start + _CHUNK] = s
+        s, b = _match_chunk(x, target, max_scale, iters if not keep_mean else MEAN_ITERS, keep_mean)
+        out[start:start + _CHUNK] = _rescaled(x, x.mean(axis=1, keepdims=True), s, b).astype(np.uint8)
+        scales[start:start + _CHUNK], shifts[start:start + _CHUNK] = s, b
     reached_var = out.astype(np.float64).var(axis=1) / 255.0 ** 2
+    mean_shift = (out.astype(np.float64).mean(axis=1) - flat.astype(np.float64).mean(axis=1)) / 255.0
     reached = np.abs(reached_var - float(target_var)) <= REACH_TOLERANCE * float(target_var)
-    return out.reshape(np.shape(images)), {"target_pixel_var": float(target_var), "scale": scales,
-                                           "pixel_var": reached_var, "reached": reached,
+    if keep_mean:
+        reached &= np.abs(mean_shift) <= MEAN_TOLERANCE
+    return out.reshape(np.shape(images)), {"target_pixel_var": float(target_var), "scale": scales, "shift": shifts,
+                                           "pixel_var": reached_var, "mean_shift": mean_shift, "reached": reached,
                                            "reached_fraction": float(reached.mean())}
 
 
@@ -234,6 +257,26 @@ def _aurocs(lp_in: list, lp_ood: list, n_boot: int, seed: int, level: float) -> 
     return {**s.as_dict(), "text": s.text()}
 
 
+def _match_record(info: dict) -> dict:
+    return {"target_pixel_var": info["target_pixel_var"], "reached_fraction": info["reached_fraction"],
+            "tolerance": REACH_TOLERANCE, "scale_median": float(np.median(info["scale"])),
+            "mean_shift_mean": float(np.mean(info["mean_shift"])),
+            "mean_shift_max_abs": float(np.max(np.abs(info["mean_shift"])))}
+
+
+def _mean_kept(ood_images: np.ndarray, target: float, scorers: Sequence[Scorer], lp_in: list, lp_ood: list,
+               kw: dict) -> dict:
+    """The contrast-matched check again with each image's mean kept (``keep_mean``): where
+    raising the contrast also raised the mean, this tells the variance's part from the mean's.
+    Reported beside the main check; the verdict does not use it."""
+    matched, info = contrast_match(ood_images, target, keep_mean=True)
+    lp_matched = _seeds([f(matched) for f in scorers], "scorer(mean-kept matched)", len(matched))
+    return {"contrast_match": {**_match_record(info), "mean_tolerance": MEAN_TOLERANCE},
+            "set": _set_stats(matched, image_stats(matched)),
+            "log_px_nats": mean_sd([float(a.mean()) for a in lp_matched]),
+            **remaining_gap(lp_in, lp_ood, lp_matched, **kw), "auroc_after": _aurocs(lp_in, lp_matched, **kw)}
+
+
 def variance_check(in_images: np.ndarray, ood_images: np.ndarray, scorers: Sequence[Scorer], *,
                    log_px_in=None, log_px_ood=None, n_boot: int = N_BOOT, seed: int = 0,
                    level: float = LEVEL) -> dict:
@@ -245,7 +288,8 @@ def variance_check(in_images: np.ndarray, ood_images: np.ndarray, scorers: Seque
     ``log_px_ood``, e.g. from the cache). Returns a JSON-ready dict: ``sets`` (pixel
     statistics of ``in``, ``ood``, ``matched``), ``contrast_match``, ``spearman``
     (``pixel_var`` / ``pixel_mean`` → ``in`` / ``ood`` / ``pooled``), ``log_px_nats``,
-    the gaps and ``remaining``, ``auroc`` (``before`` / ``after``), ``verdict``, ``reason``, ``rule``."""
+    the gaps and ``remaining``, ``auroc`` (``before`` / ``after``), ``mean_kept`` (the matched
+    check with each image's mean kept, beside it), ``verdict``, ``reason``, ``rule``."""
     if not scorers:
         raise ValueError("scorers must hold one log p(x) function per training seed, got none")
     s_in, s_ood = image_stats(in_images), image_stats(ood_images)
@@ -257,20 +301,21 @@ def variance_check(in_images: np.ndarray, ood_images: np.ndarray, scorers: Seque
     if not len(lp_in) == len(lp_ood) == len(scorers):
         raise ValueError(f"log_px_in, log_px_ood and scorers must have one entry per seed, got {len(lp_in)}, "
                          f"{len(lp_ood)} and {len(scorers)}")
-    matched, info = contrast_match(ood_images, float(s_in["pixel_var"].mean()))
+    kw = dict(n_boot=n_boot, seed=seed, level=level)
+    target = float(s_in["pixel_var"].mean())
+    matched, info = contrast_match(ood_images, target)
     lp_matched = _seeds([f(matched) for f in scorers], "scorer(matched)", len(matched))
     log.info("contrast-matched %d OOD images to variance %.4f (%.1f%% reached)", len(matched),
              info["target_pixel_var"], 100 * info["reached_fraction"])
-    kw = dict(n_boot=n_boot, seed=seed, level=level)
     out = {"sets": {"in": _set_stats(in_images, s_in), "ood": _set_stats(ood_images, s_ood),
                     "matched": _set_stats(matched, image_stats(matched))},
-           "contrast_match": {k: info[k] for k in ("target_pixel_var", "reached_fraction")}
-           | {"tolerance": REACH_TOLERANCE, "scale_median": float(np.median(info["scale"]))},
+           "contrast_match": _match_record(info),
            "spearman": _correlations(s_in, s_ood, lp_in, lp_ood, **kw),
            "log_px_nats": {k: mean_sd([float(a.mean()) for a in v])
                            for k, v in (("in", lp_in), ("ood", lp_ood), ("matched", lp_matched))},
            **remaining_gap(lp_in, lp_ood, lp_matched, **kw),
-           "auroc": {"before": _aurocs(lp_in, lp_ood, **kw), "after": _aurocs(lp_in, lp_matched, **kw)}}
+           "auroc": {"before": _aurocs(lp_in, lp_ood, **kw), "after": _aurocs(lp_in, lp_matched, **kw)},
+           "mean_kept": _mean_kept(ood_images, target, scorers, lp_in, lp_ood, kw)}
     out["verdict"], out["reason"] = variance_verdict(
         out["spearman"]["pixel_var"]["pooled"]["interval"], out["auroc"]["before"]["interval"],
         out["auroc"]["after"]["interval"], out["remaining"]["interval"])
@@ -278,5 +323,5 @@ def variance_check(in_images: np.ndarray, ood_images: np.ndarray, scorers: Seque
     return out
 
 
-__all__ = ["REACH_TOLERANCE", "REMAINING_MARGIN", "VERDICT_RULE", "WORDS", "contrast_match", "image_stats",
-           "remaining_gap", "variance_check", "variance_verdict"]
+__all__ = ["MEAN_TOLERANCE", "REACH_TOLERANCE", "REMAINING_MARGIN", "VERDICT_RULE", "WORDS", "contrast_match",
+           "image_stats", "remaining_gap", "variance_check", "variance_verdict"]
