@@ -30,8 +30,9 @@ sets (in-distribution, OOD) under one model (trained with one or several seeds):
    their mean); the ``matched`` set's statistics show by how much, and where ρ(m, log p)
    is not 0 part of the change in likelihood can be the mean's. So the check is made a
    second time with each image's mean kept (``keep_mean``: x' = clip(round(m + b + s(x − m)))
-   with the shift b found by bisection too), reported beside the first (``mean_kept``); the
-   verdict reads the first. The model scores the rescaled
+   with the shift b found by bisection too), reported beside the first (``mean_kept``; an
+   image of 0/255 pixels with mean m has at most the variance m(1 − m), so near-binary
+   dark digits reach the target less often); the verdict reads the first. The model scores the rescaled
    images again. With gap = mean log p(OOD) − mean log p(in) [nats], the fraction of the
    gap that **remains** is r = gap(matched) / gap(original) (1: variance explains none of
    it; 0: all of it), with its two-level bootstrap interval (the matched images resampled
