@@ -476,6 +476,29 @@ def test_real_data_via_env(monkeypatch):
     assert got.labels.dtype == np.int64 and not got.is_sample
 
 
+def test_tinyimagenet_loads_from_its_npz_like_any_npz_dataset(tmp_path):
+    """``tinyimagenet`` has no official files here (not in DATASETS): ``tinyimagenet_test.npz``
+    (32×32 RGB, labels all −1, as ../shared/data has it) loads by the npz route, and a
+    missing file says which file to write."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "tinyimagenet_test.npz", x=x, y=np.full(6, -1, dtype=np.int64))
+    got = load_dataset("tinyimagenet", "test", data_dir=tmp_path)
+    np.testing.assert_array_equal(got.images, x)
+    assert got.labels.tolist() == [-1] * 6 and got.source == "tinyimagenet_test.npz" and not got.is_sample
+    with pytest.raises(DatasetNotFoundError, match="tinyimagenet_train.npz"):
+        load_dataset("tinyimagenet", "train", data_dir=tmp_path)
+
+
+@pytest.mark.skipif(not REAL_DATA or not os.path.exists(os.path.join(REAL_DATA or ".", "tinyimagenet_test.npz")),
+                    reason="set VAEOOD_DATA (e.g. to ../shared/data, which has tinyimagenet_test.npz)")
+def test_real_tinyimagenet_via_env(monkeypatch):
+    """Reads the real Tiny ImageNet (resize) test set from $VAEOOD_DATA (10,000 images, ~1 s)."""
+    monkeypatch.setenv("VAEOOD_DATA", REAL_DATA)
+    got = load_dataset("tinyimagenet", "test")
+    assert got.images.shape == (10000, 32, 32, 3) and got.images.dtype == np.uint8 and not got.is_sample
+
+
 def test_registry_lists_official_datasets():
     assert list(DATASETS) == ["cifar10", "fashion_mnist", "mnist", "svhn"]
 

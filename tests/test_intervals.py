@@ -165,3 +165,39 @@ def test_experiments_pass_detectors_to_evaluate_under_its_keyword(monkeypatch):
     monkeypatch.setattr(common, "evaluate", later)
     common.run_evaluate("run", "fashion_mnist", ["mnist"], detectors=["nll", "other"])
     assert calls == [("scores", ("nll",)), ("scores", ("nll", "other")), ("detectors", ("nll", "other"))]
+
+
+def test_spearman_matches_scipy_with_ties_and_of_every_resample():
+    """A replicate's multiplicities give exactly scipy's ρ of the repeated data (midranks)."""
+    from vaeood.intervals import _Midranks, _weighted_pearson, spearman
+
+    rng = np.random.default_rng(20)
+    x = rng.integers(0, 15, 200).astype(float)
+    y = 0.5 * x + rng.integers(0, 10, 200)
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y)[0], abs=1e-12)
+    w = rng.integers(0, 4, (4, 200)).astype(float)
+    got = _weighted_pearson(_Midranks(x).ranks(w), _Midranks(y).ranks(w), w)
+    for r in range(4):
+        want = spearmanr(np.repeat(x, w[r].astype(int)), np.repeat(y, w[r].astype(int)))[0]
+        assert got[r] == pytest.approx(want, abs=1e-12)
+    assert math.isnan(spearman(np.ones(5), np.arange(5.0)))
+
+
+def test_seed_spearman_known_answers():
+    from vaeood.intervals import correlation_word, seed_spearman
+
+    x = np.arange(100.0)
+    exact = seed_spearman(x, [-x, -2 * x - 1], n_boot=200)
+    assert exact["values"] == pytest.approx([-1, -1]) and exact["interval"] == pytest.approx([-1, -1])
+    assert exact["word"] == "negative" and exact["n_seeds"] == 2 and exact["sd"] == 0
+    rng = np.random.default_rng(21)
+    a, b = rng.normal(size=1000), rng.normal(size=1000)
+    none = seed_spearman(a, b, n_boot=300)  # one seed, as one array
+    assert none["interval"][0] < 0 < none["interval"][1] and none["word"] == "no detectable correlation"
+    # pooled over two strata: each resampled to its own size, so both are in every replicate
+    pooled = seed_spearman(np.r_[np.zeros(50), np.ones(50)], [np.r_[np.zeros(50), np.ones(50)]],
+                           strata=(50, 50), n_boot=100)
+    assert pooled["interval"] == pytest.approx([1, 1]) and pooled["boot_undefined"] == 0
+    assert correlation_word((0.0, 0.3)) == "no detectable correlation" and correlation_word((0.01, 0.3)) == "positive"
+    with pytest.raises(ValueError, match="strata"):
+        seed_spearman(x, [-x], strata=(50, 40))

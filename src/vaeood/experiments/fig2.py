@@ -19,6 +19,14 @@ test images. A verdict is the word of the 95% interval of the seed-mean AUROC of
 −log p(x) (OOD positive; :mod:`vaeood.intervals`): *separates*, *inverted* or
 *indistinguishable*, reported beside the mean ± sd over seeds and each seed's
 image-bootstrap interval.
+
+"Is it the variance?" (:mod:`vaeood.variance`, :mod:`.variance_runs`): for every (variant,
+OOD set) pair, the study's explanation — the OOD set is more likely because of its smaller
+pixel variance — is tested on the same scores: Spearman ρ of per-image variance and mean
+with log p(x), and the OOD images rescaled in contrast to the in-distribution variance and
+scored again on the side, with a verdict word (*supported*, *not supported*, *partly*).
+It only adds to ``metrics.json`` (key ``variance``) and the report; every other number is
+the same as without it (``run(..., variance=False)``).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from ..scoring import score
 from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
                      report_header, run_evaluate, sample_sources, stamp, strict_json,
                      train_or_reuse)
+from .variance_runs import variance_pairs, variance_record, variance_section
 
 
 @dataclass(frozen=True)
@@ -83,11 +92,12 @@ class Fig2Experiment:
     def run(self, out_dir: Path, preset: str, *, overrides: dict[str, str] | None = None,
             data_dir: str | None = None, device: str = "cpu", estimator: str | None = None,
             estimator_options: dict | None = None, command: str = "", progress: bool | None = None,
-            detectors: tuple[str, ...] | None = None) -> dict:
+            detectors: tuple[str, ...] | None = None, variance: bool = True) -> dict:
         """Train every (model variant, seed) under ``preset`` into ``out_dir/runs/VARIANT_seedS``
         (finished runs are reused), evaluate each on the in-distribution and OOD test sets
         with every detector, summarise over seeds with intervals, and write ``report.md``,
-        ``metrics.json`` and ``figures/`` into ``out_dir``."""
+        ``metrics.json`` and ``figures/`` into ``out_dir``. ``variance``: add the test of the
+        variance explanation (:mod:`vaeood.variance`) for every (variant, OOD set) pair."""
         pre = self.presets[preset]
         detectors = tuple(detectors or self.detectors)
         estimator = estimator or pre.estimator
@@ -97,29 +107,20 @@ class Fig2Experiment:
         score_kwargs = dict(split="test", estimator=estimator, estimator_options=options, data_dir=data_dir,
                             limit=pre.score_limit, device=device, allow_sample=pre.allow_sample, progress=progress)
         configs = self.configs(preset, overrides=overrides, device=device)
-        models, elbos = {}, {}
+        models, elbos, checks = {}, {}, {}
         for variant in self.models:
             runs, pairs = {}, {d: {o: [] for o in self.ood_datasets} for d in detectors}
-            for seed in pre.seeds:
-                config = configs[(variant, seed)]
-                run_dir = out_dir / "runs" / f"{variant}_seed{seed}"
-                training = train_or_reuse(config, run_dir, data_dir=data_dir, progress=progress)
-                eval_out = out_dir / variant / f"seed{seed}"
-                eval_out.mkdir(parents=True, exist_ok=True)
-                result = run_evaluate(run_dir, self.in_dataset, list(self.ood_datasets), detectors=detectors,
-                                      estimator=estimator, estimator_options=options, out_dir=eval_out,
-                                      data_dir=data_dir, limit=pre.score_limit, device=device,
-                                      allow_sample=pre.allow_sample, progress=progress)
-                result["training"] = training
-                runs[f"seed{seed}"] = result
-                for d in detectors:
-                    s_in = per_image_scores(run_dir, self.in_dataset, d, **score_kwargs)
-                    for o in self.ood_datasets:
-                        pairs[d][o].append((s_in, per_image_scores(run_dir, o, d, **score_kwargs)))
+            run_dirs = [out_dir / "runs" / f"{variant}_seed{seed}" for seed in pre.seeds]
+            for seed, run_dir in zip(pre.seeds, run_dirs):
+                runs[f"seed{seed}"] = self._run_seed(run_dir, out_dir / variant / f"seed{seed}",
+                                                     configs[(variant, seed)], detectors, pairs, score_kwargs)
                 if seed == pre.seeds[0]:  # the Figure 2 panels show the first seed's model
                     elbos[variant] = {name: _elbo(score(run_dir, name, **score_kwargs))
                                       for name in (self.in_dataset, *self.ood_datasets)}
             models[variant] = self._variant_summary(variant, runs, pairs, detectors, pre)
+            if variance:  # only adds: the rescaled images are scored on the side, nothing above changes
+                checks[variant] = variance_pairs(self.in_dataset, self.ood_datasets, run_dirs, score_kwargs,
+                                                 n_boot=pre.n_boot)
         (out_dir / "figures").mkdir(exist_ok=True)
         figure = histogram_panels(
             out_dir / "figures" / f"{self.name}_elbo_histograms.png",
@@ -134,9 +135,29 @@ class Fig2Experiment:
                            for v, m in models.items() for d in detectors for o in self.ood_datasets},
                "figures": {"elbo_histograms": f"figures/{figure.name}"},
                "models": models}
+        if variance:
+            out["variance"] = variance_record(checks)
         atomic_write_json(out_dir / "metrics.json", strict_json(out))
         atomic_write_text(out_dir / "report.md", render_report(self, out))
         return out
+
+    def _run_seed(self, run_dir: Path, eval_out: Path, config: Config, detectors: tuple[str, ...], pairs: dict,
+                  score_kwargs: dict) -> dict:
+        """Train (or reuse) one (variant, seed) run, evaluate it into ``eval_out`` and append
+        its per-image scores to ``pairs[detector][ood]``; its evaluation with its training."""
+        kw = score_kwargs
+        training = train_or_reuse(config, run_dir, data_dir=kw["data_dir"], progress=kw["progress"])
+        eval_out.mkdir(parents=True, exist_ok=True)
+        result = run_evaluate(run_dir, self.in_dataset, list(self.ood_datasets), detectors=detectors,
+                              estimator=kw["estimator"], estimator_options=kw["estimator_options"], out_dir=eval_out,
+                              data_dir=kw["data_dir"], limit=kw["limit"], device=kw["device"],
+                              allow_sample=kw["allow_sample"], progress=kw["progress"])
+        result["training"] = training
+        for d in detectors:
+            s_in = per_image_scores(run_dir, self.in_dataset, d, **kw)
+            for o in self.ood_datasets:
+                pairs[d][o].append((s_in, per_image_scores(run_dir, o, d, **kw)))
+        return result
 
     def _variant_summary(self, variant: str, runs: dict, pairs: dict, detectors: tuple[str, ...],
                          pre: Preset) -> dict:
@@ -164,6 +185,8 @@ class Fig2Experiment:
                               s["auroc"]["verdict"]]
                              for v, m in out["models"].items() for d, by_ood in m["summary"].items()
                              for o, s in by_ood.items()])]
+        if "variance" in out:
+            lines += [f"is it the variance? {k}: {v}" for k, v in out["variance"]["verdict"].items()]
         if any(d["is_sample"] for m in out["models"].values() for d in m["datasets"].values()):
             lines.append("NOTE: no dataset was found, so this ran on the small sample bundled with vaeood "
                          "(set VAEOOD_DATA or --data-dir for the real data)")
@@ -297,6 +320,7 @@ def render_report(exp: Fig2Experiment, out: dict) -> str:
                          f"{d['pixel_mean']:.4f}", f"{d['pixel_var']:.4f}"])
     lines += [markdown_table(["model", "dataset", "images", f"mean log p(x) [nats] ({estimator})", "mean bits/dim",
                               "pixel mean", "pixel variance"], rows), "",
+              *(variance_section(out["variance"], level) if "variance" in out else []),
               "## Figure 2, ours", "",
               f"Per-image ELBO of the test sets, one panel per model (the seed-{seeds[0]} run), counts on the "
               "y axis, as in the study's Figure 2.", "",
