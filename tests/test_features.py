@@ -138,6 +138,22 @@ def test_corrupt_replaces_pixels_at_the_rate_asked(tmp_path):
     assert values.min() >= 0 and values.max() <= 255 and abs(values.mean().item() - 127.5) < 5
 
 
+def test_shuffle_patches_permutes_each_images_tiles_and_keeps_them_whole():
+    x = torch.arange(4 * 3 * 8 * 8, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(4, 3, 8, 8)
+    x[:, :, :4, :4] = 0  # one constant tile per image, so the tiles can be told apart by content
+    out = corrupt(x, 0.0, torch.Generator().manual_seed(0), patch=4)
+    assert torch.equal(out, corrupt(x, 0.0, torch.Generator().manual_seed(0), patch=4))  # seeded
+
+    def tiles(img):  # the 4 tiles (all channels) of one image, as sorted byte strings
+        return sorted(img[:, r:r + 4, c:c + 4].numpy().tobytes() for r in (0, 4) for c in (0, 4))
+
+    for i in range(4):
+        assert tiles(out[i]) == tiles(x[i])  # the same tiles, whole, channels together
+    assert not torch.equal(out, x)  # in another order for some image
+    with pytest.raises(ValueError, match="must divide the image size"):
+        corrupt(x, 0.0, torch.Generator(), patch=3)
+
+
 def test_holdout_keeps_the_last_images_out_of_training_and_defaults_change_nothing(tmp_path, data_dir):
     from vaeood.checkpoint import load_checkpoint
     from vaeood.fitdata import heldout_slice

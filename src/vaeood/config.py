@@ -141,6 +141,9 @@ class DataConfig:
     holdout: int | None = _rule(COUNT, default=None)
     # replace each pixel by a uniform random value with this probability (Ren et al.'s background model, 0.1-0.3)
     noise_rate: float = _rule(Rule(low=0, high=1), default=0.0)
+    # shuffle each training image's tiles of this size (0: off): a model of local statistics only,
+    # the background of a likelihood ratio against local statistics (Schirrmeister et al. 2020)
+    shuffle_patches: int = _rule(Rule(low=0), default=0)
 
 
 @dataclass

@@ -162,6 +162,10 @@ def _training_data(config: Config, data_dir: str | None, device: torch.device):
     data = load_dataset(config.data.name, config.data.split, data_dir=config.data.data_dir or data_dir,
                         allow_sample=config.data.allow_sample)
     images = data.images[: training_count(config.data, len(data.images))]
+    patch = config.data.shuffle_patches
+    if patch and (images.shape[1] % patch or images.shape[2] % patch):
+        raise ConfigError(f"data.shuffle_patches = {patch}: must divide the image size "
+                          f"{images.shape[1]}×{images.shape[2]} of {data.name}")
     x_all = to_tensor(images, device)
     log.info("training on %d images of %s/%s from %s", len(x_all), data.name, data.split, data.source)
     return data, x_all
@@ -219,7 +223,8 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
     if hasattr(run.objective, "set_epoch"):  # epoch-scheduled objectives (elbo_warmup's KL warm-up)
         run.objective.set_epoch(epoch)
     order = epoch_order(n, tcfg.seed, epoch).to(device)
-    noise = _noise_generator(run.config.data.noise_rate, tcfg.seed, epoch, run.rank, device)
+    dcfg = run.config.data
+    noise = _noise_generator(bool(dcfg.noise_rate or dcfg.shuffle_patches), tcfg.seed, epoch, run.rank, device)
     sums = GoodSums(device)  # logged values summed on the device over good steps; read once per epoch
     steps, skipped = 0, torch.zeros((), device=device)
     started = time.perf_counter()
@@ -227,7 +232,8 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
                disable=not run.show, leave=False)
     for i in bar:
         index = order[i: i + tcfg.batch_size][run.rank::run.world]  # this rank's share of the global batch
-        x = run.x_all[index] if noise is None else corrupt(run.x_all[index], run.config.data.noise_rate, noise)
+        x = run.x_all[index] if noise is None else corrupt(run.x_all[index], dcfg.noise_rate, noise,
+                                                            dcfg.shuffle_patches)
         out, bad = guarded_step(run.step, run.model, run.optimizer, x, {"index": index} if run.takes_index else {},
                                 run.autocast, run.world)
         steps += 1
@@ -367,20 +373,38 @@ def training_count(data_config, n: int) -> int:
     return min(count, data_config.limit) if data_config.limit else count
 
 
-def _noise_generator(rate: float, seed: int, epoch: int, rank: int, device) -> torch.Generator | None:
-    """The pixel-noise stream of one epoch (a function of seed, epoch and rank: resumable)."""
-    if not rate:
+def _noise_generator(active: bool, seed: int, epoch: int, rank: int, device) -> torch.Generator | None:
+    """The corruption stream of one epoch (a function of seed, epoch and rank: resumable)."""
+    if not active:
         return None
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7_919 * (epoch + 1) + 104_729 * rank)
 
 
-def corrupt(x: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
-    """Replace each sub-pixel of uint8 ``x``, with probability ``rate``, by a value drawn
-    uniformly from 0..255: the input perturbation of Ren et al. (NeurIPS 2019) for
-    training the background model of the likelihood-ratio detector."""
+def corrupt(x: torch.Tensor, rate: float, generator: torch.Generator, patch: int = 0) -> torch.Tensor:
+    """The training images of a background model, uint8 ``[B, C, H, W]``: each sub-pixel
+    replaced, with probability ``rate``, by a value drawn uniformly from 0..255 (the input
+    perturbation of Ren et al., NeurIPS 2019); with ``patch`` > 0, first each image's
+    ``patch × patch`` tiles put in a random order of their own (:func:`shuffle_patches`)."""
+    if patch:
+        x = shuffle_patches(x, patch, generator)
+    if not rate:
+        return x
     mask = torch.rand(x.shape, generator=generator, device=x.device) < rate
     values = torch.randint(0, 256, x.shape, generator=generator, device=x.device, dtype=torch.uint8)
     return torch.where(mask, values, x)
+
+
+def shuffle_patches(x: torch.Tensor, patch: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image's non-overlapping ``patch × patch`` tiles in a random order (one
+    permutation per image): local statistics are kept, the global arrangement is not."""
+    b, c, h, w = x.shape
+    if h % patch or w % patch:
+        raise ValueError(f"data.shuffle_patches = {patch} must divide the image size {h}×{w}")
+    gh, gw = h // patch, w // patch
+    tiles = x.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, patch, patch)
+    order = torch.argsort(torch.rand(b, gh * gw, generator=generator, device=x.device), dim=1)
+    tiles = torch.gather(tiles, 1, order[:, :, None, None, None].expand_as(tiles))
+    return tiles.reshape(b, gh, gw, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
 def check_interval(device: torch.device) -> int:
