@@ -85,6 +85,12 @@ def test_report_figures_notes_and_no_machine_paths(suite):
             assert f"](figures/{kind}_{fam}.png)" in report
     assert any("CIFAR-10 was not found" in n for n in metrics["notes"])
     assert "## Which detector to use" in report and "## What each detector costs" in report
+    # the default detector's AUROC on every pair with its interval, and the best one's
+    pairs = [f"{f}→{o}" for f, fam in metrics["families"].items() for o in fam["ood"]]
+    default = metrics["verdict"]["default"]
+    assert list(default) == pairs and all(d["interval"][0] <= d["auroc"] <= d["interval"][1] for d in default.values())
+    assert "`fused`, the detector to pick, on every pair" in report
+    assert all("95% interval" in line for line in metrics["verdict"]["lines"] if line.startswith("Best on"))
     text = (out / "metrics.json").read_text() + report
     assert str(out.parent) not in text  # neither the output folder nor the data folder's absolute path
     assert not re.search(r"(?<![\w.])/(tmp|home|root|work)/", text)
