@@ -165,6 +165,48 @@ def test_detect_refusals(tiny, capsys, tmp_path):
         vaeood.decide(run, folder, detector="nl")
 
 
+def _calibrated(tiny):
+    if not calibration_path(tiny["run"], "nll").exists():
+        assert main(["calibrate", str(tiny["run"]), "--n", "150", "--data-dir", str(tiny["data"])]) == 0
+
+
+def test_an_images_score_depends_neither_on_its_position_nor_on_the_batch_size(tiny, tmp_path, capsys):
+    """Issue 23: identical images in one folder get one score and one decision; --batch-size
+    changes no estimate, so detect accepts its own calibration at any batch size."""
+    run, data = tiny["run"], tiny["data"]
+    _calibrated(tiny)
+    folder = tmp_path / "dup"
+    folder.mkdir()
+    images = [*blobs(4, 7), *strokes(3, 8)]
+    for i, img in enumerate([*images, images[1], images[5]]):  # two images again, at the end
+        Image.fromarray(img).save(folder / f"{i}.png")
+    outs = []
+    for extra in ([], ["--batch-size", "2"], ["--batch-size", "3"]):
+        out = tmp_path / f"o{len(outs)}.csv"
+        assert main(["detect", str(run), str(folder), "--alpha", "0.1", "--out", str(out), *extra]) == 0, \
+            capsys.readouterr().err
+        outs.append({r["file"]: r for r in _read_csv(out)})
+    for rows in outs:
+        assert rows["7.png"]["score"] == rows["1.png"]["score"] and rows["8.png"]["score"] == rows["5.png"]["score"]
+        assert rows["7.png"]["flagged"] == rows["1.png"]["flagged"]
+        for name, row in rows.items():
+            assert float(row["score"]) == pytest.approx(float(outs[0][name]["score"]), rel=1e-6)
+
+
+def test_a_calibration_of_an_older_format_is_refused_saying_to_calibrate_again(tiny, tmp_path):
+    import shutil
+
+    _calibrated(tiny)
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    path = calibration_path(run, "nll")
+    with np.load(path) as f:
+        scores, meta = f["scores"], json.loads(str(f["meta"]))
+    np.savez(path, scores=scores, meta=np.array(json.dumps({**meta, "format": 1})))
+    with pytest.raises(NoCalibrationError, match=r"format 1.*reads format 2.*calibrate again: vaeood calibrate"):
+        load_calibration(run, "nll")
+
+
 def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_path, capsys):
     data = tiny["data"]
     full = tmp_path / "full"

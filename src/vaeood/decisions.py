@@ -58,7 +58,9 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_DIR = "calibration"
 DEFAULT_N_CALIBRATION = 2000
-FORMAT = 1
+# version of the calibration files; another is refused, saying to calibrate again
+FORMAT = 2
+FORMAT_CHANGE = "format 2: every feature's noise is keyed on each image's bytes, so scores made before differ"
 DEFAULT_ALPHAS = (0.01, 0.05, 0.1)
 
 
@@ -74,9 +76,9 @@ class DetectorScorer:
     in ``RUN/features/``) and arrays of images (uncached).
 
     Noise: the features of the calibration slice use ``seed``; those of the images to
-    decide on use ``seed + 1``, so that no test image shares its estimator noise draw
-    with a calibration image (a feature's noise depends on the image's place in its
-    slice and the seed).
+    decide on use ``seed + 1``, so that a test image identical to a calibration image
+    does not share its noise draw (a feature's noise depends on the image's bytes and
+    the seed alone, :mod:`vaeood.features.core`; not on its position or the batch size).
     """
 
     def __init__(self, run_dir: Path, detector: str, options: dict | None = None, *, device: str = "cpu",
@@ -272,6 +274,11 @@ def load_calibration(run_dir: str | Path, detector: str = "nll", detector_option
     except (OSError, ValueError, KeyError) as err:
         raise NoCalibrationError(f"{path}: unreadable calibration file ({err}); make it again with "
                                  f"{_how_to_calibrate(run_dir, detector)}") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise NoCalibrationError(f"{path}: calibration file of format {found!r}, but this vaeood reads format "
+                                 f"{FORMAT} ({FORMAT_CHANGE}); calibrate again: "
+                                 f"{_how_to_calibrate(run_dir, detector)}")
     ckpt = file_hexdigest(checkpoint_path(run_dir), "sha256")
     if record.get("checkpoint_sha256") != ckpt:
         raise NoCalibrationError(f"{path} was made with another checkpoint (the model has been trained since); "

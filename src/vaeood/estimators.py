@@ -40,7 +40,10 @@ Randomness: the noise is drawn from ``generator`` (or torch's default generator)
 ``[B, Z]`` draw per sample index, in order. So for a fixed seed the k-th sample of an
 image does not depend on how the K samples are chunked, ``iwae(k=1)`` and
 ``elbo(kl="mc")`` see the same z, and estimates for K and K' > K share their first K
-samples (common random numbers). The noise of an image does depend on the batch it is in.
+samples (common random numbers). With a torch generator the noise of an image depends on
+the batch it is in; with an :class:`vaeood.noise.ImageNoise` as ``generator`` (what the
+feature layer passes) each image's noise is keyed on its bytes and the seed, so its
+estimate does not depend on the batch, its position in it or the batch size.
 
 **IWAE outputs** (:func:`iwae`), each ``[B]``:
 

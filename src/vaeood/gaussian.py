@@ -9,16 +9,22 @@ import math
 import torch
 from torch import Tensor
 
+from .noise import ImageNoise
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def standard_normal(num: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+def standard_normal(num: int, like: Tensor, generator: torch.Generator | ImageNoise | None) -> Tensor:
     """``[num, B, Z]`` standard-normal noise, one ``[B, Z]`` draw per sample index.
 
     Drawing sample by sample (rather than one ``[num, B, Z]`` call) makes the noise of
     sample k independent of how the samples are chunked: torch's samplers lay out a big
-    draw differently from a sequence of small ones.
+    draw differently from a sequence of small ones. With an :class:`vaeood.noise.ImageNoise`
+    as ``generator`` each image's rows come from its own stream, keyed on its bytes and
+    the seed (chunk-independent too), so they do not depend on the batch.
     """
+    if isinstance(generator, ImageNoise):
+        return generator.normal(num, like.shape[-1], like)
     draws = [torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
              for _ in range(num)]
     return draws[0][None] if num == 1 else torch.stack(draws)
