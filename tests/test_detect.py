@@ -207,6 +207,87 @@ def test_a_calibration_of_an_older_format_is_refused_saying_to_calibrate_again(t
         load_calibration(run, "nll")
 
 
+def test_an_out_that_would_replace_an_input_or_a_run_file_is_refused_before_any_work(tiny, tmp_path, capsys):
+    """Issue 23: --out naming the checkpoint, the input .npz, an input image, or a path in the
+    input folder or the run (its CSV or its summary) is refused with exit 2, nothing written."""
+    run, folder = tiny["run"], tiny["folder"]
+    _calibrated(tiny)
+    ckpt = (run / "checkpoint.pt").read_bytes()
+    images = tmp_path / "in"
+    images.mkdir()
+    for f in sorted(folder.iterdir())[:3]:
+        (images / f.name).write_bytes(f.read_bytes())
+    x = np.stack([np.asarray(Image.open(p)) for p in sorted(images.iterdir())])
+    np.savez(tmp_path / "in.npz", x=x, y=np.zeros(len(x), dtype=np.int64))
+    npz_bytes = (tmp_path / "in.npz").read_bytes()
+    png = sorted(images.iterdir())[0]
+    png_bytes = png.read_bytes()
+    (tmp_path / "link.csv").symlink_to(tmp_path / "in.npz")
+    cases = [(images, run / "checkpoint.pt", "inside the run directory"),
+             (images, run / "new.csv", "inside the run directory"),
+             (tmp_path / "in.npz", tmp_path / "in.npz", "is the input file"),
+             (tmp_path / "in.npz", tmp_path / "link.csv", "is the input file"),
+             (images, png, "inside the input folder"),
+             (images, images / "results.csv", "inside the input folder"),
+             (images, tmp_path / "in", "inside the input folder")]
+    for source, out, message in cases:
+        assert main(["detect", str(run), str(source), "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert "vaeood: error: --out" in err and message in err and "write the results elsewhere" in err, err
+    assert (run / "checkpoint.pt").read_bytes() == ckpt and not (run / "new.csv").exists()
+    assert (tmp_path / "in.npz").read_bytes() == npz_bytes and png.read_bytes() == png_bytes
+    assert sorted(p.name for p in images.iterdir()) == [f.name for f in sorted(folder.iterdir())[:3]]
+    # the summary is written beside the CSV: it may not land on an input either
+    (images / "x.summary.json").write_text("{}")
+    assert main(["detect", str(run), str(images / "x.summary.json"), "--out", str(images / "x.csv")]) == 2
+    assert "x.summary.json is the input file" in capsys.readouterr().err
+    (images / "x.summary.json").unlink()
+    assert main(["detect", str(run), str(images), "--out", str(tmp_path / "ok.csv")]) == 0
+
+
+def test_special_hidden_and_oddly_named_files_of_a_folder(tiny, tmp_path, capsys):
+    """Issue 23: a FIFO named like an image is named and skipped, never opened (no hang); a
+    hidden file is left out and the summary says so; a name that is not UTF-8 is a clear
+    error; names a spreadsheet would run as formulas are escaped in the CSV."""
+    import os
+    import threading
+
+    run = tiny["run"]
+    _calibrated(tiny)
+    d = tmp_path / "odd"
+    d.mkdir()
+    imgs = blobs(6, 4)
+    names = ["=cmd|' -C calc'!A0.png", "+SUM(1).png", "-x.png", "@y.png", "\tz.png", "plain.png"]
+    for name, img in zip(names, imgs):
+        Image.fromarray(img).save(d / name)
+    Image.fromarray(imgs[0]).save(d / ".hidden.png")
+    os.mkfifo(d / "pipe.png")
+    out = tmp_path / "o.csv"
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(main(["detect", str(run), str(d), "--out", str(out)])),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "detect blocked on a FIFO"
+    assert codes == [2] and "pipe.png: a FIFO (named pipe), not a regular file (not opened)" in capsys.readouterr().err
+    assert main(["detect", str(run), str(d), "--skip-bad", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "left out 1 files: .hidden.png (hidden" in text and "5 file names escaped in the CSV" in text
+    rows = _read_csv(out)
+    assert sorted(r["file"] for r in rows) == sorted(["'" + n for n in names[:5]] + ["plain.png"])
+    summary = json.loads(out.with_name("o.summary.json").read_text())
+    assert summary["left_out"] == [[".hidden.png", "hidden (a name starting with '.'): not read"]]
+    assert [n for n, _ in summary["skipped"]] == ["pipe.png"] and "OWASP" in summary["csv_escaping"]
+
+    bad = os.fsencode(str(d)) + b"/caf\xe9.png"  # Latin-1, not UTF-8
+    with open(bad, "wb") as f:
+        f.write((d / "plain.png").read_bytes())
+    assert main(["detect", str(run), str(d), "--out", str(out)]) == 2
+    assert "caf\\xe9.png: its name is not valid UTF-8 (rename it)" in capsys.readouterr().err
+    assert main(["detect", str(run), str(d), "--skip-bad", "--out", str(out)]) == 0
+    assert "caf\\xe9.png" in capsys.readouterr().out and len(_read_csv(out)) == 6
+
+
 def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_path, capsys):
     data = tiny["data"]
     full = tmp_path / "full"

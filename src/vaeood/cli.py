@@ -26,7 +26,7 @@ from .checkpoint import CheckpointError
 from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
 from .conformal import CalibrationError
 from .data import DataError, load_dataset
-from .decisions import NoCalibrationError, calibrate, decide
+from .decisions import NoCalibrationError, calibrate, decide, summary_path_for
 from .detectors import DETECTORS
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
@@ -364,7 +364,7 @@ def _detect(args, overrides) -> int:
                     out=args.out)
     csv_path = Path(args.out)
     say(result.summary_text())
-    say(f"wrote {csv_path} and {csv_path.with_name(csv_path.stem + '.summary.json')}")
+    say(f"wrote {csv_path} and {summary_path_for(csv_path)}")
     return 0
 
 

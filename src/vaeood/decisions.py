@@ -43,9 +43,9 @@ from . import conformal
 from .atomic import atomic_write, atomic_write_json, atomic_write_text
 from .runlock import holds_run_lock
 from .checkpoint import checkpoint_path, load_checkpoint
-from .data import load_dataset
+from .data import DataError, load_dataset
 from .data.checksums import file_hexdigest
-from .data.folder import InputImages, load_input
+from .data.folder import InputImages, display_name, load_input
 from .detectors import DETECTORS, make_detector
 from .estimators import is_hierarchical
 from .evaluate import fit_detector
@@ -89,6 +89,7 @@ class DetectorScorer:
         self.name = detector
         self.fits = self.detector.fits
         self.options = _jsonable(self.detector.options)
+        self.warnings: list[str] = []  # what the checks of the companion runs allow but the user should know
         self._model = None
 
     @property
@@ -148,6 +149,11 @@ def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None,
                                  f"known: {', '.join(DETECTORS.names())}")
     return DetectorScorer(Path(run_dir), detector, options, device=device, seed=seed, data_dir=data_dir,
                           batch_size=batch_size)
+
+
+def companion_runs(options: dict) -> list[str]:
+    """The other runs a detector's options name (``background_run``, ``second_run``, ...)."""
+    return [str(v) for k, v in options.items() if k.endswith("_run") and isinstance(v, (str, Path))]
 
 
 def _jsonable(value):
@@ -298,6 +304,43 @@ def calibration_scores(run_dir: str | Path, detector: str = "nll") -> np.ndarray
 
 
 # -- decisions -------------------------------------------------------------------------------
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+CSV_ESCAPING = ("file names starting with =, +, -, @, a tab or a carriage return are written into the CSV with "
+                "a leading ' (OWASP's rule against CSV injection), so that a spreadsheet shows them as text")
+
+
+def csv_cell(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet will not run as a formula: prefixed with ``'``
+    when it starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (OWASP)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def summary_path_for(csv_path: str | Path) -> Path:
+    """Where :meth:`Detection.write` puts the summary of ``csv_path``: ``<stem>.summary.json`` beside it."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.stem + ".summary.json")
+
+
+def check_outputs(out: str | Path, run_dirs, source) -> None:
+    """Refuse (:class:`vaeood.data.DataError`, before any work) an ``out`` whose CSV or summary
+    would replace an input or a run's file: one inside a run directory of ``run_dirs`` (the
+    run, its companion runs), the input file itself, or a path inside the input folder (links
+    followed), or a folder."""
+    src = Path(source) if isinstance(source, (str, Path)) and Path(source).exists() else None
+    for path in (Path(out), summary_path_for(out)):
+        target = path.resolve()
+        for run in run_dirs:
+            run = Path(run).resolve()
+            if target == run or run in target.parents:
+                raise DataError(f"--out {out}: {path} lies inside the run directory {run}, whose files (the "
+                                "checkpoint, calibration, features) it could replace; write the results elsewhere")
+        if src is not None and (target == src.resolve() or src.is_dir() and src.resolve() in target.parents):
+            what = "lies inside the input folder" if src.is_dir() else "is the input file"
+            raise DataError(f"--out {out}: {path} {what} {source}; write the results elsewhere")
+        if path.is_dir():
+            raise DataError(f"--out {out}: {path} is a folder; name a CSV file to write")
+
+
 @dataclass
 class Detection:
     """The result of :func:`decide`: one row per image, and a summary.
@@ -314,17 +357,18 @@ class Detection:
     labels: np.ndarray | None = field(default=None, repr=False)
 
     def csv_text(self) -> str:
+        """The CSV: ``file`` (escaped by :func:`csv_cell`), ``score``, ``p_value``, ``flagged``."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["file", "score", "p_value", "flagged"])
         for name, s, p, f in zip(self.names, self.scores, self.p_values, self.flagged):
-            w.writerow([name, repr(float(s)), repr(float(p)), int(bool(f))])
+            w.writerow([csv_cell(name), repr(float(s)), repr(float(p)), int(bool(f))])
         return buf.getvalue()
 
     def write(self, csv_path: str | Path) -> tuple[Path, Path]:
         """Write the CSV and ``<csv stem>.summary.json`` beside it (atomically)."""
         csv_path = Path(csv_path)
-        summary_path = csv_path.with_name(csv_path.stem + ".summary.json")
+        summary_path = summary_path_for(csv_path)
         atomic_write_text(csv_path, self.csv_text())
         atomic_write_json(summary_path, {**self.summary, "csv": csv_path.name})
         return csv_path, summary_path
@@ -335,10 +379,12 @@ class Detection:
                  f"{_options_text(s['detector_options'])}; {s['n_calibration']} calibration images "
                  f"{s['calibration']['dataset']}/{s['calibration']['split']}"
                  f"[{s['calibration']['slice'][0]}:{s['calibration']['slice'][1]}]"]
-        if s["skipped"]:
-            lines.append(f"skipped {len(s['skipped'])} files: " +
-                         "; ".join(f"{n} ({r})" for n, r in s["skipped"][:10]) +
-                         (" ..." if len(s["skipped"]) > 10 else ""))
+        for key, verb in (("skipped", "skipped"), ("left_out", "left out")):
+            if s.get(key):
+                lines.append(f"{verb} {len(s[key])} files: " + "; ".join(f"{n} ({r})" for n, r in s[key][:10]) +
+                             (" ..." if len(s[key]) > 10 else ""))
+        if s.get("n_escaped"):
+            lines.append(f"{s['n_escaped']} file names escaped in the CSV: {s['csv_escaping']}")
         lines += [f"warning: {w}" for w in s.get("warnings", [])]
         if s["fitted"]:
             lines.append(f"images fitted to the model: {s['fitted']['description']} (a change of the images: the "
@@ -376,7 +422,11 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     :class:`vaeood.conformal.CalibrationError` (too small for ``alpha``/``delta``) or
     :class:`vaeood.data.DataError` (unusable input)."""
     run_dir = Path(run_dir)
+    if out is not None:
+        check_outputs(out, [run_dir], source)
     record = load_calibration(run_dir, detector, detector_options)
+    if out is not None:
+        check_outputs(out, [run_dir, *companion_runs(record["detector_options"])], source)
     scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],
                          data_dir=data_dir, batch_size=batch_size)
     _refit_and_check(scorer, record, data_dir)
@@ -391,21 +441,8 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     scores = scorer.score_images(images.images, record["seed"] + 1)
     decision = conformal.decide(cal, scores, alpha, delta=delta, fdr=fdr)
     rank = None if decision.guarantee == "fdr" else conformal.threshold(cal, alpha, delta).rank
-    summary = {
-        "input": str(source), "input_kind": images.kind, "input_source": images.source,
-        "n_images": len(images), "skipped": [list(s) for s in images.skipped], "fitted": images.fitted,
-        "detector": detector, "detector_options": record["detector_options"],
-        "alpha": float(alpha), "delta": delta, "fdr": bool(fdr), "guarantee": decision.guarantee,
-        "guarantee_text": decision.describe(), "threshold": decision.threshold, "rank": rank,
-        "n_calibration": len(cal), "n_flagged": decision.n_flagged,
-        "fraction_flagged": decision.n_flagged / len(images),
-        "calibration": {"dataset": record["dataset"], "split": record["split"],
-                        "slice": record["calibration_slice"], "train_slice": record["train_slice"],
-                        "fit_slice": record["fit_slice"], "images_sha256": record["calibration_images_sha256"]},
-        "checkpoint_sha256": record["checkpoint_sha256"],
-        "score_direction": "higher = more out-of-distribution",
-        "warnings": [],
-    }
+    summary = _summary(source, images, record, decision, alpha=alpha, delta=delta, fdr=fdr, rank=rank)
+    summary["warnings"] += scorer.warnings
     if images.kind == "dataset" and (str(source), split) == (record["dataset"], record["split"]):
         summary["warnings"].append(
             f"these are images of the split the run was trained and calibrated on ({record['dataset']}/{split}: "
@@ -416,6 +453,28 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     if out is not None:
         result.write(out)
     return result
+
+
+def _summary(source, images: InputImages, record: dict, decision, *, alpha, delta, fdr, rank) -> dict:
+    """:func:`decide`'s summary (JSON-able): the input and what was left out, skipped or
+    escaped, the detector, the rule and its guarantee, the calibration it rests on."""
+    return {
+        "input": display_name(str(source)), "input_kind": images.kind, "input_source": images.source,
+        "n_images": len(images), "skipped": [list(s) for s in images.skipped],
+        "left_out": [list(s) for s in images.left_out], "fitted": images.fitted,
+        "csv_escaping": CSV_ESCAPING, "n_escaped": sum(n != csv_cell(n) for n in images.names),
+        "detector": record["detector"], "detector_options": record["detector_options"],
+        "alpha": float(alpha), "delta": delta, "fdr": bool(fdr), "guarantee": decision.guarantee,
+        "guarantee_text": decision.describe(), "threshold": decision.threshold, "rank": rank,
+        "n_calibration": len(record["scores"]), "n_flagged": decision.n_flagged,
+        "fraction_flagged": decision.n_flagged / len(images),
+        "calibration": {"dataset": record["dataset"], "split": record["split"],
+                        "slice": record["calibration_slice"], "train_slice": record["train_slice"],
+                        "fit_slice": record["fit_slice"], "images_sha256": record["calibration_images_sha256"]},
+        "checkpoint_sha256": record["checkpoint_sha256"],
+        "score_direction": "higher = more out-of-distribution",
+        "warnings": [],
+    }
 
 
 def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None) -> None:
