@@ -191,6 +191,26 @@ def test_evaluate_detectors_from_the_cli(tiny, tmp_path, capsys):
     assert "did you mean 'dose'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--detectors", ""], "--detectors names no detector (got '')"),  # an unset shell variable
+    (["--detectors", ","], "--detectors names no detector (got ',')"),
+    (["--detectors", " , ,"], "--detectors names no detector"),
+    (["--detectors", "nll", "--detector-options", '{"nll": 3}'],
+     "--detector-options: the options of detector 'nll' must be a JSON object"),
+    (["--detectors", "nll", "--detector-options", '{"nll": ["iwae"]}'], "got list ['iwae']"),
+    (["--detector-options", '[1]'], "--detector-options must be a JSON object"),
+])
+def test_empty_detector_lists_and_options_that_are_not_objects_are_refused(tiny, tmp_path, capsys, argv, message):
+    """Issue 23: `--detectors ''` ran every detector, `--detectors ,` none (exit 0), and
+    options that are not an object were a traceback; each is now an error naming the option."""
+    run, data = tiny
+    assert main(["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data),
+                 "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vaeood: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "metrics.json").exists()
+
+
 def test_detectors_that_need_bits_are_refused_for_a_bernoulli_decoder(tiny, tmp_path, capsys):
     _, data = tiny
     run = train(Config().override({**TINY, "model.likelihood": "bernoulli", "train.epochs": "1"}), tmp_path / "b",

@@ -27,7 +27,7 @@ from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, pars
 from .conformal import CalibrationError
 from .data import DataError, load_dataset
 from .decisions import NoCalibrationError, calibrate, decide, summary_path_for
-from .detectors import DETECTORS
+from .detectors import DETECTORS, per_detector_options
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
 from .registry import UnknownNameError
@@ -318,12 +318,11 @@ def _evaluate(args, overrides) -> int:
         detector_options = json.loads(args.detector_options) if args.detector_options else None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--detector-options is not valid JSON: {exc}") from None
-    if detector_options is not None and not isinstance(detector_options, dict):
-        raise ConfigError("--detector-options must be a JSON object: {\"detector\": {\"option\": value}}")
     out = evaluate(args.run_dir, args.in_dataset, args.ood, split=args.split, estimator=args.estimator or "elbo",
                    estimator_options=_estimator_options(args), out_dir=args.out, data_dir=args.data_dir,
                    limit=args.limit, device=args.device, fit=args.fit,
-                   detectors=args.detectors or "all", detector_options=detector_options, fit_limit=args.fit_limit)
+                   detectors="all" if args.detectors is None else args.detectors,
+                   detector_options=per_detector_options(detector_options), fit_limit=args.fit_limit)
     for name, description in out["fitted"].items():
         say(f"{name}: images fitted to the model: {description}")
     for name, reason in out["skipped"].items():

@@ -46,7 +46,7 @@ from .checkpoint import checkpoint_path, load_checkpoint
 from .data import DataError, load_dataset
 from .data.checksums import file_hexdigest
 from .data.folder import InputImages, display_name, load_input
-from .detectors import DETECTORS, make_detector
+from .detectors import DETECTORS, detector_names, make_detector, per_detector_options
 from .estimators import is_hierarchical
 from .evaluate import fit_detector
 from .features import compute_features, is_normalised, needs_features
@@ -557,9 +557,10 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
     """
     run_dir = Path(run_dir)
     out = {}
-    for name in ([detectors] if isinstance(detectors, str) else detectors):
+    detector_options = per_detector_options(detector_options, "detector_options")
+    for name in detector_names(detectors, "detectors"):
         try:
-            record = _calibration_for_rates(run_dir, name, (detector_options or {}).get(name) or {},
+            record = _calibration_for_rates(run_dir, name, detector_options.get(name) or {},
                                             n_calibration=n_calibration, n_fit=n_fit, data_dir=data_dir,
                                             device=device, batch_size=batch_size, test_seed=seed)
         except (NoCalibrationError, conformal.CalibrationError) as err:

@@ -22,7 +22,8 @@ import numpy as np
 from .atomic import atomic_write, atomic_write_json
 from .config import ConfigError
 from .data import load_dataset
-from .detectors import DETECTORS, Detector, FitDataError, batch_test_power, make_detector
+from .detectors import (DETECTORS, Detector, FitDataError, batch_test_power, detector_names, make_detector,
+                        per_detector_options)
 from .features import compute_features, needs_features
 from .fitdata import check_fit_slice, heldout_slice, run_config
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
@@ -54,9 +55,8 @@ def build_detectors(names: str | Iterable[str] | None, detector_options: Mapping
     if names is None or names == "all":
         chosen = DETECTORS.names()
     else:
-        chosen = [names] if isinstance(names, str) else list(names)
-        chosen = [n.strip() for item in chosen for n in str(item).split(",") if n.strip()]
-    detector_options = dict(detector_options or {})
+        chosen = detector_names(names)
+    detector_options = per_detector_options(detector_options)
     unknown = [k for k in detector_options if k not in chosen]
     if unknown:
         raise ConfigError(f"options given for detector {unknown[0]!r}, which is not among the detectors asked for "

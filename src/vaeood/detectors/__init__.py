@@ -4,9 +4,11 @@
 ``lpath``, ``lpath_copod``, ``lpath_2m``, ``dose_plus``, ``likelihood_regret``, ``llr``. Scores: higher =
 more out-of-distribution."""
 
-from .base import DETECTORS, Detector, FitDataError, check_fit_features, make_detector
+from .base import (DETECTORS, Detector, FitDataError, check_fit_features, detector_names, make_detector,
+                   per_detector_options)
 from . import (bpd, complexity, dose, dose_plus, likelihood_ratio, llr, lpath, nll, regret,  # noqa: F401  (registration)
                typicality)
 from .typicality import batch_test_power
 
-__all__ = ["DETECTORS", "Detector", "FitDataError", "check_fit_features", "make_detector", "batch_test_power"]
+__all__ = ["DETECTORS", "Detector", "FitDataError", "check_fit_features", "make_detector", "batch_test_power",
+           "detector_names", "per_detector_options"]

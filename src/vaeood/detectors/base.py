@@ -126,6 +126,32 @@ def make_detector(name: str, options: Mapping | None = None) -> Detector:
     return cls(**opts)
 
 
+def detector_names(names, option: str = "--detectors") -> list[str]:
+    """A detector list (``"a,b"`` or names) as names; an empty or blank one (an unset shell
+    variable, ``","``) is refused naming ``option``, never read as "all" or as none."""
+    items = [names] if isinstance(names, str) else list(names)
+    chosen = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    if not chosen:
+        raise ConfigError(f"{option} names no detector (got {names!r}); give a comma-separated list of "
+                          f"{', '.join(DETECTORS.names())}, or 'all'")
+    return chosen
+
+
+def per_detector_options(options, option: str = "--detector-options") -> dict[str, dict]:
+    """``{detector: {option: value}}`` checked: a mapping whose every value is a mapping (or
+    null); refused naming ``option`` and the detector otherwise."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{option} must be a JSON object {{\"detector\": {{\"option\": value}}}}, "
+                          f"got {type(options).__name__}")
+    for name, value in options.items():
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{option}: the options of detector {name!r} must be a JSON object such as "
+                              f"{{\"estimator\": \"iwae\"}}, got {type(value).__name__} {value!r}")
+    return {name: dict(value or {}) for name, value in options.items()}
+
+
 def estimate_need(estimator: str, estimator_options: dict | None) -> dict:
     return {"estimator": estimator, "estimator_options": dict(estimator_options or {})}
 
