@@ -288,6 +288,83 @@ def test_special_hidden_and_oddly_named_files_of_a_folder(tiny, tmp_path, capsys
     assert "caf\\xe9.png" in capsys.readouterr().out and len(_read_csv(out)) == 6
 
 
+def _tampered(tiny, tmp_path, change):
+    """A copy of the tiny run whose nll calibration file was rewritten by ``change(arrays, meta)``."""
+    import shutil
+
+    _calibrated(tiny)
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    path = calibration_path(run, "nll")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["meta"]))
+    replaced = change(arrays, meta)  # the record edited in place, or another JSON value returned
+    if "meta" in arrays:
+        arrays["meta"] = np.array(json.dumps(meta if replaced is None else replaced))
+    np.savez(path, **arrays)
+    return run, path
+
+
+def _drop(d, key):
+    d.pop(key)
+
+
+TAMPERING = {
+    "truncated scores": (lambda a, m: a.update(scores=a["scores"][:-10]), "field 'scores' holds 140 scores"),
+    "no scores": (lambda a, m: _drop(a, "scores"), "field 'scores' is missing"),
+    "no meta": (lambda a, m: _drop(a, "meta"), "field 'meta' is missing"),
+    "a key removed": (lambda a, m: _drop(m, "seed"), "field 'seed' is missing"),
+    "slice removed": (lambda a, m: _drop(m, "calibration_slice"), "field 'calibration_slice' is missing"),
+    "float32 scores": (lambda a, m: a.update(scores=a["scores"].astype(np.float32)),
+                       "field 'scores' is float32 of shape [150], expected float64 [n]"),
+    "2-d scores": (lambda a, m: a.update(scores=a["scores"].reshape(10, 15)), "field 'scores' is float64 of shape [10, 15]"),
+    "a NaN score": (lambda a, m: a["scores"].__setitem__(3, np.nan), "field 'scores' holds 1 values that are not finite"),
+    "a text seed": (lambda a, m: m.update(seed="0"), "field 'seed' is \"0\", expected an integer"),
+    "options not an object": (lambda a, m: m.update(detector_options=[]), "field 'detector_options' is []"),
+    "another detector": (lambda a, m: m.update(detector="typicality"), "field 'detector' is 'typicality'"),
+    "an extra array": (lambda a, m: a.update(extra=np.zeros(2)), "field 'extra' is not a field"),
+    "meta not an object": (lambda a, m: [1, 2], "field 'meta' is JSON list, expected an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_a_tampered_calibration_file_is_refused_naming_the_file_and_the_field(tiny, tmp_path, case):
+    """Issue 23: calibration files are untrusted input; truncated arrays or a removed key were tracebacks."""
+    change, message = TAMPERING[case]
+    run, path = _tampered(tiny, tmp_path, change)
+    with pytest.raises(NoCalibrationError) as err:
+        load_calibration(run, "nll")
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value), str(err.value)
+    assert "calibrate again: vaeood calibrate" in str(err.value)
+    assert main(["detect", str(run), str(tiny["folder"]), "--out", str(tmp_path / "o.csv")]) == 2
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_calibration_slice_over_the_training_images_is_refused_even_with_its_digests_redone(tiny, tmp_path):
+    """Issue 23: a slice moved onto the model's own training images [0, 300), with the images'
+    digest and the scores recomputed so that every other check passes, is refused."""
+    from vaeood.decisions import images_sha256, make_scorer
+
+    with np.load(tiny["data"] / "fashion_mnist_train.npz") as f:
+        train_images = f["x"]
+
+    def onto_training_images(arrays, meta):
+        meta["calibration_slice"] = [250, 400]
+        meta["calibration_images_sha256"] = images_sha256(train_images[250:400])
+        scorer = make_scorer(tiny["run"], "nll", meta["detector_options"], seed=meta["seed"])
+        scorer.fit(0, 0)
+        arrays["scores"] = scorer.score_images(train_images[250:400], meta["seed"])
+
+    run, path = _tampered(tiny, tmp_path, onto_training_images)
+    with pytest.raises(NoCalibrationError, match=r"field 'calibration_slice' is \[250, 400\], outside the images "
+                                                 r"the model never trained on \[300, 500\)"):
+        vaeood.decide(run, tiny["folder"])
+    run2, _ = _tampered(tiny, tmp_path / "b", lambda a, m: m.update(train_slice=[0, 250], heldout=[250, 500]))
+    with pytest.raises(NoCalibrationError, match=r"field 'train_slice' is \[0, 250\], but the run's is \[0, 300\]"):
+        load_calibration(run2, "nll")
+
+
 def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_path, capsys):
     data = tiny["data"]
     full = tmp_path / "full"

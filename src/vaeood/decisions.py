@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from . import conformal
+from .calibration_file import NoCalibrationError, check_slices, read_calibration_file
 from .atomic import atomic_write, atomic_write_json, atomic_write_text
 from .runlock import holds_run_lock
 from .checkpoint import checkpoint_path, load_checkpoint
@@ -62,11 +63,6 @@ DEFAULT_N_CALIBRATION = 2000
 FORMAT = 2
 FORMAT_CHANGE = "format 2: every feature's noise is keyed on each image's bytes, so scores made before differ"
 DEFAULT_ALPHAS = (0.01, 0.05, 0.1)
-
-
-class NoCalibrationError(ValueError):
-    """The run has no (valid) calibration for the requested detector; the message says
-    how to make one."""
 
 
 # -- the score boundary ---------------------------------------------------------------------
@@ -274,17 +270,9 @@ def load_calibration(run_dir: str | Path, detector: str = "nll", detector_option
         raise NoCalibrationError(
             f"run {run_dir} has no calibration for detector {detector!r} ({path} does not exist). Make it from "
             f"held-out training images with: {_how_to_calibrate(run_dir, detector)}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            scores, record = f["scores"], json.loads(str(f["meta"]))
-    except (OSError, ValueError, KeyError) as err:
-        raise NoCalibrationError(f"{path}: unreadable calibration file ({err}); make it again with "
-                                 f"{_how_to_calibrate(run_dir, detector)}") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        found = record.get("format") if isinstance(record, dict) else None
-        raise NoCalibrationError(f"{path}: calibration file of format {found!r}, but this vaeood reads format "
-                                 f"{FORMAT} ({FORMAT_CHANGE}); calibrate again: "
-                                 f"{_how_to_calibrate(run_dir, detector)}")
+    how = _how_to_calibrate(run_dir, detector)
+    record = read_calibration_file(path, detector, FORMAT, FORMAT_CHANGE, how)
+    _check_against_run(run_dir, path, record, how)
     ckpt = file_hexdigest(checkpoint_path(run_dir), "sha256")
     if record.get("checkpoint_sha256") != ckpt:
         raise NoCalibrationError(f"{path} was made with another checkpoint (the model has been trained since); "
@@ -295,7 +283,17 @@ def load_calibration(run_dir: str | Path, detector: str = "nll", detector_option
             raise NoCalibrationError(f"{path} calibrates detector {detector!r} with options "
                                      f"{record['detector_options']}, not {want}; calibrate with those options "
                                      f"(--detector-options) or detect with the calibrated ones")
-    return {**record, "scores": np.asarray(scores, dtype=np.float64)}
+    return record
+
+
+def _check_against_run(run_dir: Path, path: Path, record: dict, how: str) -> None:
+    """The record's split and slices against the run's own training range (from its config
+    and checkpoint, not from the file): see :func:`vaeood.calibration_file.check_slices`."""
+    config = run_config(run_dir)
+    trained = load_checkpoint(checkpoint_path(run_dir), map_location="cpu").get("train_data") or {}
+    size = trained.get("split_size") or record["n_split"]
+    check_slices(path, record, split=(config.data.name, config.data.split), split_size=size,
+                 trained=training_count(config.data, size), heldout=heldout_range(config, size), how=how)
 
 
 def calibration_scores(run_dir: str | Path, detector: str = "nll") -> np.ndarray:
