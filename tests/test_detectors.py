@@ -153,6 +153,37 @@ def test_likelihood_ratio_is_zero_when_the_background_is_the_model_itself(tiny, 
     assert (saved["fashion_mnist"] == 0).all() and (saved["mnist"] == 0).all()
     assert out["results"]["likelihood_ratio"]["mnist"]["auroc"] == 0.5
     assert out["detectors"]["likelihood_ratio"]["options"]["background_run"] == str(run)
+    # the model as its own background is allowed, but departs from the papers' recipes: said
+    assert any("without pixel noise" in w for w in out["warnings"])
+    assert any("second_run has the run's latent size (4)" in w for w in out["warnings"])
+
+
+def test_companion_runs_of_another_dataset_or_image_shape_are_refused(tiny, tmp_path, capsys):
+    """Issue 23: a background trained at another image shape was accepted with --pad (a
+    meaningless AUROC); one of another dataset, without noise, without a word."""
+    run, data = tiny
+    quick = {k: v for k, v in TINY.items() if k != "data.holdout"} | {"train.epochs": "1"}
+    other = tmp_path / "data"
+    write_npz(other, "fashion_mnist", "train", blobs(100, 5, size=32))
+    write_npz(other, "mnist", "train", strokes(100, 6))
+    wide = train(Config().override({**quick, "data.noise_rate": "0.2"}), tmp_path / "wide", data_dir=str(other))
+    digits = train(Config().override({**quick, "data.name": "mnist"}), tmp_path / "digits", data_dir=str(other))
+    base = ["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data),
+            "--out", str(tmp_path), "--detectors", "likelihood_ratio"]
+    cases = [(wide, ["--pad"], "was trained on images of C×H×W = 1×32×32, but the run"),
+             (digits, [], "was trained on mnist/train, but the run"),
+             (tmp_path / "nothing", [], "is not a trained run directory")]
+    for companion, extra, message in cases:
+        options = json.dumps({"likelihood_ratio": {"background_run": str(companion)}})
+        assert main([*base, "--detector-options", options, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "vaeood: error: detector 'likelihood_ratio': background_run = " in err and message in err, err
+    assert not (tmp_path / "metrics.json").exists()
+    # calibrate (and so detect) refuse it the same way, before scoring
+    assert main(["calibrate", str(run), "--detector", "likelihood_ratio", "--data-dir", str(data), "--n", "20",
+                 "--detector-options", json.dumps({"background_run": str(digits)})]) == 2
+    assert "was trained on mnist/train, but the run" in capsys.readouterr().err
+    assert not (run / "calibration" / "likelihood_ratio.npz").exists()
 
 
 def test_fitting_on_test_images_or_trained_images_is_refused(tiny):

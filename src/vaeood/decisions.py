@@ -44,6 +44,7 @@ from .calibration_file import NoCalibrationError, check_slices, read_calibration
 from .atomic import atomic_write, atomic_write_json, atomic_write_text
 from .runlock import holds_run_lock
 from .checkpoint import checkpoint_path, load_checkpoint
+from .companions import check_companions
 from .data import DataError, load_dataset
 from .data.checksums import file_hexdigest
 from .data.folder import InputImages, display_name, load_input
@@ -97,6 +98,10 @@ class DetectorScorer:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.model.image_shape)
+
+    def check_companions(self) -> None:
+        """Refuse companion runs of another dataset or image shape; keep the detector's warnings."""
+        self.warnings = check_companions(self.run_dir, {self.name: self.detector})
 
     def check_applies(self, has_fit_data: bool) -> None:
         reason = self.detector.why_not({"normalised": is_normalised(self.model), "has_fit_data": has_fit_data,
@@ -215,6 +220,7 @@ def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: d
     scorer = make_scorer(run_dir, detector, detector_options, device=device, seed=seed, data_dir=where,
                          batch_size=batch_size)
     scorer.check_applies(has_fit_data=True)
+    scorer.check_companions()
     if scorer.fits:
         n_fit = n_fit if n_fit is not None else min(DEFAULT_FIT_IMAGES, held // 2)
         if not 1 <= n_fit < held:
@@ -231,10 +237,7 @@ def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: d
                                  f"left after the training images{fit_text}; choose 1 ≤ n ≤ {available}")
     fit_slice = [first, first + n_fit] if n_fit else None
     cal_slice = [cal_start, cal_start + n]
-    if fit_slice:
-        scorer.fit(*fit_slice)
-    else:
-        scorer.fit(0, 0)
+    scorer.fit(*(fit_slice or (0, 0)))
     scores = scorer.score_images(data.images[cal_slice[0]:cal_slice[1]], seed)
     conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
     record = {
@@ -427,6 +430,7 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
         check_outputs(out, [run_dir, *companion_runs(record["detector_options"])], source)
     scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],
                          data_dir=data_dir, batch_size=batch_size)
+    scorer.check_companions()
     _refit_and_check(scorer, record, data_dir)
     cal = record["scores"]
     # refuse an impossible alpha/delta before reading and scoring the input

@@ -22,6 +22,7 @@ import numpy as np
 from .atomic import atomic_write, atomic_write_json
 from .config import ConfigError
 from .data import load_dataset
+from .companions import check_companions
 from .detectors import (DETECTORS, Detector, FitDataError, batch_test_power, detector_names, make_detector,
                         per_detector_options)
 from .features import compute_features, needs_features
@@ -92,6 +93,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     out_dir = Path(out_dir) if out_dir else run_dir
     explicit = not (detectors is None or detectors == "all")
     dets = build_detectors(detectors, detector_options, estimator=estimator, estimator_options=estimator_options)
+    companion_notes = check_companions(run_dir, dets)  # before any score: a mismatched companion is refused
     per_set = {}
     for name in [in_dataset, *ood_datasets]:
         per_set[name] = score(run_dir, name, split, estimator=estimator, estimator_options=estimator_options,
@@ -120,7 +122,8 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
         "ood": list(ood_datasets), "positive_class": "ood", "score_direction": "higher = more out-of-distribution",
         "results": runner.results,
         "warnings": same_data_warnings(in_dataset, ood_datasets,
-                                       {n: score_meta(s) for n, s in per_set.items()}) + runner.small_sets,
+                                       {n: score_meta(s) for n, s in per_set.items()}) + runner.small_sets
+        + companion_notes,
         "detectors": runner.det_info, "detector_scores": runner.score_files, "skipped": skipped,
         "fit_data": ({k: v for k, v in fit_slice.items() if k not in ("data_dir",)} if fit_slice and any(
             d.fits for d in dets.values()) else None),

@@ -86,6 +86,14 @@ class Detector:
     def _score(self, features) -> np.ndarray:
         raise NotImplementedError
 
+    companions: tuple[str, ...] = ()  # options that name another run the detector computes features with
+
+    def companion_warnings(self, option: str, companion, run) -> list[str]:
+        """What to say about the companion run of ``option`` whose config is ``companion``
+        (``run``: this run's config) when it passes the shared checks (same dataset and
+        image shape, :mod:`vaeood.companions`) but departs from the paper's recipe."""
+        return []
+
     def why_not(self, info: Mapping) -> str | None:
         """Why this detector does not apply to a run described by ``info`` (keys
         ``normalised``, ``has_fit_data``), or None when it does."""
