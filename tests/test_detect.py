@@ -365,6 +365,55 @@ def test_a_calibration_slice_over_the_training_images_is_refused_even_with_its_d
         load_calibration(run2, "nll")
 
 
+def test_hostile_outputs_links_datasets_fifos_and_files_detect_did_not_write(tiny, tmp_path, capsys):
+    """Attacks beyond the issue's: an --out link into the run, a summary link into the run,
+    --out on the dataset file a name input was read from, on a FIFO, on a file detect did
+    not write; a FIFO as the calibration file. All refused, nothing replaced, nothing hangs."""
+    import os
+    import shutil
+    import threading
+
+    run, data, folder = tiny["run"], tiny["data"], tiny["folder"]
+    _calibrated(tiny)
+    config = (run / "config.json").read_bytes()
+    (tmp_path / "a.csv").symlink_to(run / "config.json")
+    (tmp_path / "b.summary.json").symlink_to(run / "config.json")
+    os.mkfifo(tmp_path / "fifo.csv")
+    (tmp_path / "notes.csv").write_text("my notes\n")
+    dataset = (data / "mnist_test.npz").read_bytes()
+    cases = [(folder, tmp_path / "a.csv", "inside the run directory"),
+             (folder, tmp_path / "b.csv", "inside the run directory"),
+             ("mnist", data / "mnist_test.npz", "exists and is not a file detect wrote"),
+             (folder, tmp_path / "fifo.csv", "is a FIFO (named pipe), not a file detect wrote"),
+             (folder, tmp_path / "notes.csv", "exists and is not a file detect wrote")]
+    for source, out, message in cases:
+        codes = []
+        argv = ["detect", str(run), str(source), "--out", str(out), *(["--limit", "5"] if source == "mnist" else [])]
+        worker = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive() and codes == [2], out
+        assert message in capsys.readouterr().err, out
+    assert (run / "config.json").read_bytes() == config and (data / "mnist_test.npz").read_bytes() == dataset
+    assert (tmp_path / "notes.csv").read_text() == "my notes\n"
+    # a CSV detect wrote (and its summary) may be replaced by the next detect
+    assert main(["detect", str(run), str(folder), "--out", str(tmp_path / "again.csv")]) == 0
+    assert main(["detect", str(run), str(folder), "--out", str(tmp_path / "again.csv")]) == 0
+    capsys.readouterr()
+
+    copy = tmp_path / "run_copy"
+    shutil.copytree(run, copy)
+    calibration_path(copy, "nll").unlink()
+    os.mkfifo(calibration_path(copy, "nll"))
+    got = []
+    worker = threading.Thread(target=lambda: got.append(pytest.raises(NoCalibrationError, load_calibration, copy)),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the calibration FIFO was opened"
+    assert "a FIFO (named pipe), not a regular file" in str(got[0].value)
+
+
 def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_path, capsys):
     data = tiny["data"]
     full = tmp_path / "full"

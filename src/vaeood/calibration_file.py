@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.errors import DataError
+from .data.folder import open_regular_file
+
 __all__ = ["NoCalibrationError", "FIELDS", "read_calibration_file", "check_slices"]
 
 HEX64 = "a SHA-256 (64 hexadecimal digits)"
@@ -70,7 +73,7 @@ def _refuse(path: Path, field: str, problem: str, how: str) -> NoCalibrationErro
 def _arrays(path: Path, how: str) -> tuple[np.ndarray, object]:
     """The file's ``scores`` and parsed ``meta``, each checked for what it must be."""
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open_regular_file(path) as raw, np.load(raw, allow_pickle=False) as f:
             if not isinstance(f, np.lib.npyio.NpzFile):
                 raise ValueError("a single array, not an .npz archive")
             missing = [k for k in ("scores", "meta") if k not in f.files]
@@ -82,6 +85,8 @@ def _arrays(path: Path, how: str) -> tuple[np.ndarray, object]:
             scores, meta = f["scores"], f["meta"]
     except NoCalibrationError:
         raise
+    except DataError as err:  # not a regular file: never opened
+        raise NoCalibrationError(f"{path}: {err}; make it again with {how}") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise NoCalibrationError(f"{path}: unreadable calibration file ({err}); make it again with {how}") from None
     if scores.dtype != np.float64 or scores.ndim != 1 or len(scores) == 0:

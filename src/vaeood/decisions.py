@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from .checkpoint import checkpoint_path, load_checkpoint
 from .companions import check_companions
 from .data import DataError, load_dataset
 from .data.checksums import file_hexdigest
-from .data.folder import InputImages, display_name, load_input
+from .data.folder import InputImages, display_name, load_input, open_regular_file, special_file_kind
 from .detectors import DETECTORS, detector_names, make_detector, per_detector_options
 from .estimators import is_hierarchical
 from .evaluate import fit_detector
@@ -340,6 +341,36 @@ def check_outputs(out: str | Path, run_dirs, source) -> None:
             raise DataError(f"--out {out}: {path} {what} {source}; write the results elsewhere")
         if path.is_dir():
             raise DataError(f"--out {out}: {path} is a folder; name a CSV file to write")
+        _check_replaceable(out, path)
+
+
+CSV_HEADER = "file,score,p_value,flagged"
+
+
+def _check_replaceable(out, path: Path) -> None:
+    """An existing ``path`` is replaced only when it is what :meth:`Detection.write` writes
+    (a CSV with its header, or a summary with its ``score_direction``): any other file, e.g.
+    a dataset's ``.npz`` read by name or a copy of a checkpoint, is an input to keep. Never
+    opened unless it is a regular file."""
+    if not path.exists() and not path.is_symlink():
+        return
+    kind = special_file_kind(os.stat(path).st_mode) if path.exists() else "a broken symbolic link"
+    if kind is not None:
+        raise DataError(f"--out {out}: {path} is {kind}, not a file detect wrote; write the results elsewhere")
+    with open_regular_file(path) as f:
+        head = f.read(len(CSV_HEADER) + 1) if path == Path(out) else f.read(2**24)
+    if not head:  # an empty file: nothing to lose
+        return
+    if path == Path(out):
+        ours = head == (CSV_HEADER + "\n").encode()
+    else:
+        try:
+            ours = "score_direction" in json.loads(head)
+        except (ValueError, TypeError):
+            ours = False
+    if not ours:
+        raise DataError(f"--out {out}: {path} exists and is not a file detect wrote (it would be replaced); "
+                        "write the results elsewhere, or remove it first")
 
 
 @dataclass
@@ -361,7 +392,7 @@ class Detection:
         """The CSV: ``file`` (escaped by :func:`csv_cell`), ``score``, ``p_value``, ``flagged``."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["file", "score", "p_value", "flagged"])
+        w.writerow(CSV_HEADER.split(","))
         for name, s, p, f in zip(self.names, self.scores, self.p_values, self.flagged):
             w.writerow([csv_cell(name), repr(float(s)), repr(float(p)), int(bool(f))])
         return buf.getvalue()
