@@ -204,3 +204,35 @@ def test_only_regular_files_are_opened_and_links_are_read_as_their_target(folder
     os.mkfifo(tmp_path / "x.npz")
     with pytest.raises(DataError, match="a FIFO .named pipe., not a regular .npz file"):
         load_input(tmp_path / "x.npz")
+
+
+def test_no_reader_of_a_named_file_waits_on_a_fifo(tmp_path):
+    """A dataset .npz, a file to hash and a checkpoint that are FIFOs are refused by kind,
+    at once (each reader would have blocked for ever waiting for a writer)."""
+    import threading
+
+    from vaeood.checkpoint import CheckpointError, load_checkpoint
+    from vaeood.data import load_dataset
+    from vaeood.data.checksums import file_hexdigest
+
+    os.mkfifo(tmp_path / "mnist_test.npz")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "checkpoint.pt")
+    calls = {"dataset": (lambda: load_dataset("mnist", "test", data_dir=str(tmp_path)), DataError),
+             "digest": (lambda: file_hexdigest(tmp_path / "mnist_test.npz", "sha256"), DataError),
+             "checkpoint": (lambda: load_checkpoint(run), CheckpointError)}
+    for what, (call, error) in calls.items():
+        got = []
+
+        def attempt():
+            try:
+                call()
+            except error as err:
+                got.append(str(err))
+
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), f"{what}: blocked on a FIFO"
+        assert got and "a FIFO (named pipe), not a regular file" in got[0], (what, got)

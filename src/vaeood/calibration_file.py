@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.errors import DataError
-from .data.folder import open_regular_file
+from .data.regular_files import open_regular_file
 
 __all__ = ["NoCalibrationError", "FIELDS", "read_calibration_file", "check_slices"]
 

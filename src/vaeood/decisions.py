@@ -48,7 +48,8 @@ from .checkpoint import checkpoint_path, load_checkpoint
 from .companions import check_companions
 from .data import DataError, load_dataset
 from .data.checksums import file_hexdigest
-from .data.folder import InputImages, display_name, load_input, open_regular_file, special_file_kind
+from .data.folder import InputImages, display_name, load_input
+from .data.regular_files import open_regular_file, special_file_kind
 from .detectors import DETECTORS, detector_names, make_detector, per_detector_options
 from .estimators import is_hierarchical
 from .evaluate import fit_detector

@@ -42,6 +42,7 @@ import numpy as np
 
 from .errors import DataError
 from .fit import FITS, fit_images
+from .regular_files import open_regular_file, special_file_kind
 
 log = logging.getLogger(__name__)
 
@@ -115,33 +116,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         reason = str(err) or type(err).__name__
         raise DataError(f"truncated or corrupt ({reason})") from None
-
-
-def special_file_kind(mode: int) -> str | None:
-    """What a file of ``st_mode`` is when it is not a regular file or a folder (a FIFO, a
-    socket, a device), else None."""
-    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return kind
-    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not a regular file"
-
-
-def open_regular_file(path: str | os.PathLike):
-    """``path`` opened for binary reading, refused (:class:`DataError`) unless it is a regular
-    file. Opened non-blocking and checked again on the open file, so a FIFO swapped in after
-    the first check cannot block the read."""
-    kind = special_file_kind(os.stat(path).st_mode)
-    if kind is not None:
-        raise DataError(f"{kind}, not a regular file (not opened)")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    kind = special_file_kind(os.fstat(fd).st_mode)
-    if kind is not None or stat.S_ISDIR(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise DataError(f"{kind or 'a folder'}, not a regular file (not read)")
-    if hasattr(os, "set_blocking"):
-        os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
 
 
 def display_name(name: str) -> str:
