@@ -287,6 +287,12 @@ def test_special_hidden_and_oddly_named_files_of_a_folder(tiny, tmp_path, capsys
     assert main(["detect", str(run), str(d), "--skip-bad", "--out", str(out)]) == 0
     assert "caf\\xe9.png" in capsys.readouterr().out and len(_read_csv(out)) == 6
 
+    # a terminal escape sequence in a file name is shown escaped, never sent to the terminal
+    Image.fromarray(imgs[0]).save(d / "evil\x1b[2J.gif", format="GIF")
+    assert main(["detect", str(run), str(d), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "evil\\x1b[2J.gif: not a PNG/JPEG file name" in err and "\x1b" not in err
+
 
 def _tampered(tiny, tmp_path, change):
     """A copy of the tiny run whose nll calibration file was rewritten by ``change(arrays, meta)``."""

@@ -26,6 +26,7 @@ from .checkpoint import CheckpointError
 from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
 from .conformal import CalibrationError
 from .data import DataError, load_dataset
+from .data.folder import printable
 from .decisions import NoCalibrationError, calibrate, decide, summary_path_for
 from .detectors import DETECTORS, per_detector_options
 from .evaluate import evaluate
@@ -95,7 +96,9 @@ def _out_of_memory(exc: Exception) -> bool:
 
 
 def _fail(message) -> int:
-    print(f"vaeood: error: {message}", file=sys.stderr)
+    # a file name in the message may hold control characters or undecodable bytes: shown escaped
+    text = "\n".join(printable(line) for line in str(message).split("\n"))
+    print(f"vaeood: error: {text}", file=sys.stderr)
     return 2
 
 
@@ -363,7 +366,7 @@ def _detect(args, overrides) -> int:
                     out=args.out)
     csv_path = Path(args.out)
     say(result.summary_text())
-    say(f"wrote {csv_path} and {summary_path_for(csv_path)}")
+    say(f"wrote {printable(str(csv_path))} and {printable(str(summary_path_for(csv_path)))}")
     return 0
 
 

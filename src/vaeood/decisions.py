@@ -48,7 +48,7 @@ from .checkpoint import checkpoint_path, load_checkpoint
 from .companions import check_companions
 from .data import DataError, load_dataset
 from .data.checksums import file_hexdigest
-from .data.folder import InputImages, display_name, load_input
+from .data.folder import InputImages, display_name, load_input, printable
 from .data.regular_files import open_regular_file, special_file_kind
 from .detectors import DETECTORS, detector_names, make_detector, per_detector_options
 from .estimators import is_hierarchical
@@ -408,13 +408,14 @@ class Detection:
 
     def summary_text(self) -> str:
         s = self.summary
-        lines = [f"{s['n_images']} images from {s['input']} ({s['input_kind']}); detector {s['detector']} "
+        lines = [f"{s['n_images']} images from {printable(s['input'])} ({s['input_kind']}); detector {s['detector']} "
                  f"{_options_text(s['detector_options'])}; {s['n_calibration']} calibration images "
                  f"{s['calibration']['dataset']}/{s['calibration']['split']}"
                  f"[{s['calibration']['slice'][0]}:{s['calibration']['slice'][1]}]"]
         for key, verb in (("skipped", "skipped"), ("left_out", "left out")):
             if s.get(key):
-                lines.append(f"{verb} {len(s[key])} files: " + "; ".join(f"{n} ({r})" for n, r in s[key][:10]) +
+                lines.append(f"{verb} {len(s[key])} files: " + "; ".join(f"{printable(n)} ({r})"
+                                                                         for n, r in s[key][:10]) +
                              (" ..." if len(s[key]) > 10 else ""))
         if s.get("n_escaped"):
             lines.append(f"{s['n_escaped']} file names escaped in the CSV: {s['csv_escaping']}")

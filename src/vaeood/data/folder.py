@@ -128,6 +128,13 @@ def display_name(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an escape sequence in a file
+    name could rewrite the screen) shown as ``\\xNN``/``\\uNNNN``, undecodable bytes as ``\\xNN``."""
+    text = display_name(text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _to_array(img) -> np.ndarray:
     mode = img.mode
     if mode == "P":
