@@ -230,6 +230,10 @@ def test_evaluate_detectors_from_the_cli(tiny, tmp_path, capsys):
      "--detector-options: the options of detector 'nll' must be a JSON object"),
     (["--detectors", "nll", "--detector-options", '{"nll": ["iwae"]}'], "got list ['iwae']"),
     (["--detector-options", '[1]'], "--detector-options must be a JSON object"),
+    (["--detectors", "likelihood_ratio", "--detector-options", '{"likelihood_ratio": {"background_run": 5}}'],
+     "detector 'likelihood_ratio': background_run must be a run directory (a path), got int 5"),
+    (["--detectors", "likelihood_ratio", "--detector-options", '{"likelihood_ratio": {"background_run": ""}}'],
+     "background_run must be a run directory (a path), got str ''"),
 ])
 def test_empty_detector_lists_and_options_that_are_not_objects_are_refused(tiny, tmp_path, capsys, argv, message):
     """Issue 23: `--detectors ''` ran every detector, `--detectors ,` none (exit 0), and

@@ -56,6 +56,11 @@ def check_companions(run_dir: str | Path, detectors: Mapping) -> list[str]:
     run_dir = Path(run_dir)
     pairs = [(name, det, option, det.options.get(option)) for name, det in detectors.items()
              for option in getattr(det, "companions", ())]
+    for name, _, option, value in pairs:
+        if isinstance(value, str) and not value.strip() or not (value is None or isinstance(value, (str, Path))
+                                                                 or hasattr(value, "posterior")):
+            raise ConfigError(f"detector {name!r}: {option} must be a run directory (a path), got "
+                              f"{type(value).__name__} {value!r}")
     pairs = [(n, d, o, Path(v)) for n, d, o, v in pairs if isinstance(v, (str, Path))]
     if not pairs:
         return []

@@ -138,7 +138,7 @@ def detector_names(names, option: str = "--detectors") -> list[str]:
     """A detector list (``"a,b"`` or names) as names; an empty or blank one (an unset shell
     variable, ``","``) is refused naming ``option``, never read as "all" or as none."""
     items = [names] if isinstance(names, str) else list(names)
-    chosen = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    chosen = list(dict.fromkeys(n.strip() for item in items for n in str(item).split(",") if n.strip()))
     if not chosen:
         raise ConfigError(f"{option} names no detector (got {names!r}); give a comma-separated list of "
                           f"{', '.join(DETECTORS.names())}, or 'all'")
