@@ -331,6 +331,11 @@ TAMPERING = {
     "another detector": (lambda a, m: m.update(detector="typicality"), "field 'detector' is 'typicality'"),
     "an extra array": (lambda a, m: a.update(extra=np.zeros(2)), "field 'extra' is not a field"),
     "meta not an object": (lambda a, m: [1, 2], "field 'meta' is JSON list, expected an object"),
+    "an option nll refuses": (lambda a, m: m["detector_options"].update(zzz=1),
+                              "field 'detector_options' is {'estimator': 'elbo', 'estimator_options': {}, 'zzz': 1}, "
+                              "which detector 'nll' refuses"),
+    "options not as recorded": (lambda a, m: m["detector_options"].update(estimator_options=[]),
+                                "not as calibrate records it"),
 }
 
 
@@ -345,6 +350,17 @@ def test_a_tampered_calibration_file_is_refused_naming_the_file_and_the_field(ti
     assert "calibrate again: vaeood calibrate" in str(err.value)
     assert main(["detect", str(run), str(tiny["folder"]), "--out", str(tmp_path / "o.csv")]) == 2
     assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("change", [lambda a, m: m["detector_options"]["estimator_options"].update(samples="x"),
+                                    lambda a, m: m["detector_options"].update(estimator="bogus")],
+                         ids=["a text sample count", "an unknown estimator"])
+def test_recorded_options_the_feature_refuses_are_the_files_fault_not_a_traceback(tiny, tmp_path, capsys, change):
+    run, path = _tampered(tiny, tmp_path, change)
+    assert main(["detect", str(run), str(tiny["folder"]), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: field 'detector_options'" in err and "cannot score the calibration images" in err
+    assert "Traceback" not in err and "calibrate again" in err
 
 
 def test_a_calibration_slice_over_the_training_images_is_refused_even_with_its_digests_redone(tiny, tmp_path):

@@ -55,6 +55,7 @@ from .estimators import is_hierarchical
 from .evaluate import fit_detector
 from .features import compute_features, is_normalised, needs_features
 from .fitdata import DEFAULT_FIT_IMAGES, heldout_range, run_config
+from .registry import UnknownNameError
 from .run import load_model
 from .train import training_count
 
@@ -278,6 +279,7 @@ def load_calibration(run_dir: str | Path, detector: str = "nll", detector_option
     how = _how_to_calibrate(run_dir, detector)
     record = read_calibration_file(path, detector, FORMAT, FORMAT_CHANGE, how)
     _check_against_run(run_dir, path, record, how)
+    _check_recorded_options(run_dir, path, record, how)
     ckpt = file_hexdigest(checkpoint_path(run_dir), "sha256")
     if record.get("checkpoint_sha256") != ckpt:
         raise NoCalibrationError(f"{path} was made with another checkpoint (the model has been trained since); "
@@ -289,6 +291,18 @@ def load_calibration(run_dir: str | Path, detector: str = "nll", detector_option
                                      f"{record['detector_options']}, not {want}; calibrate with those options "
                                      f"(--detector-options) or detect with the calibrated ones")
     return record
+
+
+def _check_recorded_options(run_dir: Path, path: Path, record: dict, how: str) -> None:
+    """The record's detector options are ones the detector takes, as calibrate records them."""
+    try:
+        canonical = make_scorer(run_dir, record["detector"], record["detector_options"]).options
+    except (ValueError, TypeError, KeyError) as err:
+        raise NoCalibrationError(f"{path}: field 'detector_options' is {record['detector_options']}, which detector "
+                                 f"{record['detector']!r} refuses ({err}); calibrate again: {how}") from None
+    if canonical != record["detector_options"]:
+        raise NoCalibrationError(f"{path}: field 'detector_options' is {record['detector_options']}, not as "
+                                 f"calibrate records it ({canonical}); calibrate again: {how}")
 
 
 def _check_against_run(run_dir: Path, path: Path, record: dict, how: str) -> None:
@@ -524,8 +538,13 @@ def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None)
     if images_sha256(data.images[a:b]) != record["calibration_images_sha256"]:
         raise NoCalibrationError(f"the calibration images {record['dataset']}/{record['split']}[{a}:{b}] found now "
                                  f"differ from those calibrated on; calibrate again: {how}")
-    scorer.fit(*(record["fit_slice"] or (0, 0)))
-    again = scorer.score_images(data.images[a:b], record["seed"])
+    try:  # the options come from the calibration file: a value the feature refuses is the file's fault
+        scorer.fit(*(record["fit_slice"] or (0, 0)))
+        again = scorer.score_images(data.images[a:b], record["seed"])
+    except (ValueError, TypeError, UnknownNameError) as err:
+        raise NoCalibrationError(f"{calibration_path(scorer.run_dir, record['detector'])}: field 'detector_options' "
+                                 f"{record['detector_options']} cannot score the calibration images ({err}); "
+                                 f"calibrate again: {how}") from None
     if not np.allclose(again, record["scores"], rtol=1e-5, atol=1e-6):
         worst = float(np.max(np.abs(again - record["scores"])))
         raise NoCalibrationError(f"detector {record['detector']!r} no longer reproduces its calibration scores "
