@@ -22,7 +22,10 @@ provide instead a small protocol, on which ``elbo`` and ``iwae`` dispatch (``has
 * ``model.encode(x)``: whatever the model needs to reuse across sample chunks (one pass of
   the encoder per image);
 * ``model.draw_noise(S, B, like, generator) -> list`` of per-layer noise ``[S, B, Z_i]``,
-  drawn per sample index (so chunking does not change a sample);
+  drawn per sample index (so chunking does not change a sample); ``generator`` may be a
+  torch generator, None, or an :class:`vaeood.noise.ImageNoise` (what the feature layer
+  passes: draw from it with ``generator.normal(S, width, like)``, as
+  :meth:`vaeood.models.hvae.HierarchicalVAE.draw_noise` does);
 * ``model.log_weight_terms(x, eps, encoded=...) -> {"log_likelihood": [S, B], "log_ratio":
   [L × [S, B]], "kl": [L × ([B] or [S, B])]}``: log p(x|z), per layer
   ``log q(z_i|·) − log p(z_i|·)`` at the samples, and per layer the analytic KL given the
