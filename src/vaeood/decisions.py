@@ -17,7 +17,13 @@ and the SHA-256 of the calibration images in ``RUN/calibration/<detector>.npz``.
 the same detector (fitted again on the same slice from cached features, and checked to
 reproduce the calibration scores) and turns the scores into conformal p-values and
 decisions. It refuses when the run has no calibration for the detector (saying how to
-make one), or when the model, the calibration images or the options changed.
+make one), or when the model, the calibration images or the options changed; when the
+calibration file does not add up (every array and field checked, the slices against the
+run's own never-trained range: :mod:`vaeood.calibration_file`); when a companion run is of
+another dataset or image shape (:mod:`vaeood.companions`); and, before any work, when
+``out`` would replace an input, a run's file or any file detect did not write
+(:func:`check_outputs`). File names that a spreadsheet would run as formulas are escaped
+in the CSV (:func:`csv_cell`).
 
 :func:`operating_points_for_run` gives reports the realised FPR and TPR at α = 0.01,
 0.05, 0.1 from a run's calibration and a detector's test scores.
