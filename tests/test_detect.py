@@ -287,6 +287,16 @@ def test_special_hidden_and_oddly_named_files_of_a_folder(tiny, tmp_path, capsys
     assert main(["detect", str(run), str(d), "--skip-bad", "--out", str(out)]) == 0
     assert "caf\\xe9.png" in capsys.readouterr().out and len(_read_csv(out)) == 6
 
+    # an .npz input, and an --out, whose names are not UTF-8: escaped in the CSV, no traceback
+    x = np.stack([np.asarray(Image.open(d / "plain.png"))] * 2)
+    raw = os.fsencode(str(tmp_path)) + b"/na\xefve.npz"
+    np.savez(os.fsdecode(raw), x=x, y=np.zeros(2, dtype=np.int64))
+    odd_out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xe9sults.csv")
+    assert main(["detect", str(run), os.fsdecode(raw), "--out", odd_out]) == 0
+    printed = capsys.readouterr().out
+    assert "r\\xe9sults.csv" in printed
+    assert [r["file"] for r in _read_csv(odd_out)] == ["na\\xefve.npz[0]", "na\\xefve.npz[1]"]
+
     # a terminal escape sequence in a file name is shown escaped, never sent to the terminal
     Image.fromarray(imgs[0]).save(d / "evil\x1b[2J.gif", format="GIF")
     assert main(["detect", str(run), str(d), "--out", str(out)]) == 2

@@ -333,7 +333,9 @@ def load_input(source: str | os.PathLike, *, shape: tuple[int, int, int] | None 
         images, labels, _ = read_image_arrays(path, str(path))
         images, labels = (images[:limit], labels[:limit]) if limit else (images, labels)
         images, fitted = fit_array(images, shape, fit, str(path))
-        return InputImages(images, [f"{path.name}[{i}]" for i in range(len(images))], source=str(path), kind="npz",
+        name = display_name(path.name)  # an undecodable byte of the name, escaped: the CSV and summary are UTF-8
+        return InputImages(images, [f"{name}[{i}]" for i in range(len(images))], source=display_name(str(path)),
+                           kind="npz",
                            fitted=fitted, labels=labels)
     if path.exists():
         raise DataError(f"{path}: neither a folder of PNG/JPEG images nor an .npz file")
