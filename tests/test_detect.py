@@ -446,6 +446,23 @@ def test_hostile_outputs_links_datasets_fifos_and_files_detect_did_not_write(tin
     assert "a FIFO (named pipe), not a regular file" in str(got[0].value)
 
 
+def test_a_background_without_noise_is_said_in_the_detect_summary(tiny, tmp_path, capsys, caplog):
+    """The model as its own likelihood-ratio background (same data and shape: allowed) departs
+    from Ren et al.'s recipe; calibrate and detect say so, and the summary records it."""
+    run, data, folder = tiny["run"], tiny["data"], tiny["folder"]
+    options = json.dumps({"background_run": str(run)})
+    assert main(["calibrate", str(run), "--detector", "likelihood_ratio", "--detector-options", options,
+                 "--n", "50", "--data-dir", str(data)]) == 0
+    assert "without pixel noise" in caplog.text  # logged (on stderr from the command line)
+    out = tmp_path / "lr.csv"
+    assert main(["detect", str(run), str(folder), "--detector", "likelihood_ratio", "--alpha", "0.1",
+                 "--out", str(out)]) == 0
+    assert "warning: detector 'likelihood_ratio': background_run was trained without pixel noise" in \
+        capsys.readouterr().out
+    warnings = json.loads(out.with_name("lr.summary.json").read_text())["warnings"]
+    assert any("without an L2 penalty" in w for w in warnings)
+
+
 def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_path, capsys):
     data = tiny["data"]
     full = tmp_path / "full"
