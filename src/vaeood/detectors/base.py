@@ -91,7 +91,8 @@ class Detector:
     def companion_warnings(self, option: str, companion, run) -> list[str]:
         """What to say about the companion run of ``option`` whose config is ``companion``
         (``run``: this run's config) when it passes the shared checks (same dataset and
-        image shape, :mod:`vaeood.companions`) but departs from the paper's recipe."""
+        image shape, :mod:`vaeood.companions`) but departs from the paper's recipe; a
+        :class:`ConfigError` for a setting the detector cannot do without."""
         return []
 
     def why_not(self, info: Mapping) -> str | None:
