@@ -346,6 +346,8 @@ TAMPERING = {
                               "which detector 'nll' refuses"),
     "options not as recorded": (lambda a, m: m["detector_options"].update(estimator_options=[]),
                                 "not as calibrate records it"),
+    "a fitting slice for nll": (lambda a, m: m.update(fit_slice=[460, 470]),
+                                "field 'fit_slice' is [460, 470], but detector 'nll' does not fit"),
 }
 
 

@@ -302,10 +302,15 @@ def load_calibration(run_dir: str | Path, detector: str = "nll", detector_option
 def _check_recorded_options(run_dir: Path, path: Path, record: dict, how: str) -> None:
     """The record's detector options are ones the detector takes, as calibrate records them."""
     try:
-        canonical = make_scorer(run_dir, record["detector"], record["detector_options"]).options
+        scorer = make_scorer(run_dir, record["detector"], record["detector_options"])
     except (ValueError, TypeError, KeyError) as err:
         raise NoCalibrationError(f"{path}: field 'detector_options' is {record['detector_options']}, which detector "
                                  f"{record['detector']!r} refuses ({err}); calibrate again: {how}") from None
+    canonical = scorer.options
+    if scorer.fits != (record["fit_slice"] is not None):
+        raise NoCalibrationError(f"{path}: field 'fit_slice' is {record['fit_slice']}, but detector "
+                                 f"{record['detector']!r} {'fits' if scorer.fits else 'does not fit'}; calibrate "
+                                 f"again: {how}")
     if canonical != record["detector_options"]:
         raise NoCalibrationError(f"{path}: field 'detector_options' is {record['detector_options']}, not as "
                                  f"calibrate records it ({canonical}); calibrate again: {how}")
