@@ -364,14 +364,17 @@ def test_a_tampered_calibration_file_is_refused_naming_the_file_and_the_field(ti
     assert not (tmp_path / "o.csv").exists()
 
 
-@pytest.mark.parametrize("change", [lambda a, m: m["detector_options"]["estimator_options"].update(samples="x"),
-                                    lambda a, m: m["detector_options"].update(estimator="bogus")],
-                         ids=["a text sample count", "an unknown estimator"])
-def test_recorded_options_the_feature_refuses_are_the_files_fault_not_a_traceback(tiny, tmp_path, capsys, change):
+@pytest.mark.parametrize("change, message", [
+    (lambda a, m: m["detector_options"]["estimator_options"].update(samples="x"),
+     "cannot score the calibration images (samples must be a positive integer, got 'x')"),
+    (lambda a, m: m["detector_options"].update(estimator="bogus"), "which detector 'nll' refuses (unknown estimator")],
+    ids=["a text sample count", "an unknown estimator"])
+def test_recorded_options_the_feature_refuses_are_the_files_fault_not_a_traceback(tiny, tmp_path, capsys, change,
+                                                                                   message):
     run, path = _tampered(tiny, tmp_path, change)
     assert main(["detect", str(run), str(tiny["folder"]), "--out", str(tmp_path / "o.csv")]) == 2
     err = capsys.readouterr().err
-    assert f"{path}: field 'detector_options'" in err and "cannot score the calibration images" in err
+    assert f"{path}: field 'detector_options'" in err and message in err, err
     assert "Traceback" not in err and "calibrate again" in err
 
 

@@ -236,6 +236,15 @@ def test_evaluate_detectors_from_the_cli(tiny, tmp_path, capsys):
      "detector 'likelihood_ratio': background_run must be a run directory (a path), got int 5"),
     (["--detectors", "likelihood_ratio", "--detector-options", '{"likelihood_ratio": {"background_run": ""}}'],
      "background_run must be a run directory (a path), got str ''"),
+    # values of the wrong kind inside a detector's options (were tracebacks)
+    (["--detectors", "nll", "--detector-options", '{"nll": {"estimator_options": 5}}'],
+     "detector 'nll': options {'estimator': 'elbo', 'estimator_options': 5} are not valid"),
+    (["--detectors", "nll", "--detector-options", '{"nll": {"estimator": 3}}'],
+     "the estimator must be named by a text, got int 3; known: elbo, iwae"),
+    (["--detectors", "nll", "--detector-options", '{"nll": {"estimator_options": {"samples": "x"}}}'],
+     "samples must be a positive integer, got 'x'"),
+    (["--detectors", "nll", "--detector-options", '{"nll": {"estimator_options": {"sample": 2}}}'],
+     "estimator 'elbo' takes no option 'sample'"),
 ])
 def test_empty_detector_lists_and_options_that_are_not_objects_are_refused(tiny, tmp_path, capsys, argv, message):
     """Issue 23: `--detectors ''` ran every detector, `--detectors ,` none (exit 0), and

@@ -5,10 +5,12 @@ densities, all in nats and summed over the latent axis (the last dim)."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
 from .noise import ImageNoise
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -54,7 +56,9 @@ def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def check_positive_int(name: str, value) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer ≥ 1."""
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    """``value`` as an int, or a :class:`vaeood.errors.ConfigError` (a ValueError) naming
+    ``name`` when it is not an integer ≥ 1 (a text or None included: the user's value, not a bug)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or int(value) != value or value < 1):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return int(value)

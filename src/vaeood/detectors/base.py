@@ -30,6 +30,7 @@ from typing import Mapping
 import numpy as np
 
 from ..config import ConfigError
+from ..estimators import ESTIMATORS
 from ..registry import Registry, check_options
 
 DETECTORS: Registry = Registry("detector")
@@ -132,7 +133,12 @@ def make_detector(name: str, options: Mapping | None = None) -> Detector:
     """A detector by registered name with keyword options (unknown options are refused)."""
     cls = DETECTORS.get(name)
     opts = check_options(cls.__init__, dict(options or {}), "detector", name, ("self",))
-    return cls(**opts)
+    try:
+        detector = cls(**opts)
+        detector.needs  # builds (and checks) the feature requests
+    except (TypeError, ValueError) as err:  # a value of the wrong kind, e.g. estimator_options = 5
+        raise ConfigError(f"detector {name!r}: options {opts} are not valid ({err})") from None
+    return detector
 
 
 def detector_names(names, option: str = "--detectors") -> list[str]:
@@ -162,7 +168,11 @@ def per_detector_options(options, option: str = "--detector-options") -> dict[st
 
 
 def estimate_need(estimator: str, estimator_options: dict | None) -> dict:
-    return {"estimator": estimator, "estimator_options": dict(estimator_options or {})}
+    """The ``log_px`` request of a detector that takes an estimator: the estimator's name and
+    options checked here (an unknown name or option is refused before any work)."""
+    fn = ESTIMATORS.get(estimator)
+    options = check_options(fn, estimator_options or {}, "estimator", estimator, ("model", "x", "generator"))
+    return {"estimator": estimator, "estimator_options": options}
 
 
 def standardise_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
