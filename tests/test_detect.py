@@ -165,6 +165,309 @@ def test_detect_refusals(tiny, capsys, tmp_path):
         vaeood.decide(run, folder, detector="nl")
 
 
+def _calibrated(tiny):
+    if not calibration_path(tiny["run"], "nll").exists():
+        assert main(["calibrate", str(tiny["run"]), "--n", "150", "--data-dir", str(tiny["data"])]) == 0
+
+
+def test_an_images_score_depends_neither_on_its_position_nor_on_the_batch_size(tiny, tmp_path, capsys):
+    """Issue 23: identical images in one folder get one score and one decision; --batch-size
+    changes no estimate, so detect accepts its own calibration at any batch size."""
+    run, data = tiny["run"], tiny["data"]
+    _calibrated(tiny)
+    folder = tmp_path / "dup"
+    folder.mkdir()
+    images = [*blobs(4, 7), *strokes(3, 8)]
+    for i, img in enumerate([*images, images[1], images[5]]):  # two images again, at the end
+        Image.fromarray(img).save(folder / f"{i}.png")
+    outs = []
+    for extra in ([], ["--batch-size", "2"], ["--batch-size", "3"]):
+        out = tmp_path / f"o{len(outs)}.csv"
+        assert main(["detect", str(run), str(folder), "--alpha", "0.1", "--out", str(out), *extra]) == 0, \
+            capsys.readouterr().err
+        outs.append({r["file"]: r for r in _read_csv(out)})
+    for rows in outs:
+        assert rows["7.png"]["score"] == rows["1.png"]["score"] and rows["8.png"]["score"] == rows["5.png"]["score"]
+        assert rows["7.png"]["flagged"] == rows["1.png"]["flagged"]
+        for name, row in rows.items():
+            assert float(row["score"]) == pytest.approx(float(outs[0][name]["score"]), rel=1e-6)
+
+
+def test_a_calibration_of_an_older_format_is_refused_saying_to_calibrate_again(tiny, tmp_path):
+    import shutil
+
+    _calibrated(tiny)
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    path = calibration_path(run, "nll")
+    with np.load(path) as f:
+        scores, meta = f["scores"], json.loads(str(f["meta"]))
+    np.savez(path, scores=scores, meta=np.array(json.dumps({**meta, "format": 1})))
+    with pytest.raises(NoCalibrationError, match=r"format 1.*reads format 2.*calibrate again: vaeood calibrate"):
+        load_calibration(run, "nll")
+
+
+def test_an_out_that_would_replace_an_input_or_a_run_file_is_refused_before_any_work(tiny, tmp_path, capsys):
+    """Issue 23: --out naming the checkpoint, the input .npz, an input image, or a path in the
+    input folder or the run (its CSV or its summary) is refused with exit 2, nothing written."""
+    run, folder = tiny["run"], tiny["folder"]
+    _calibrated(tiny)
+    ckpt = (run / "checkpoint.pt").read_bytes()
+    images = tmp_path / "in"
+    images.mkdir()
+    for f in sorted(folder.iterdir())[:3]:
+        (images / f.name).write_bytes(f.read_bytes())
+    x = np.stack([np.asarray(Image.open(p)) for p in sorted(images.iterdir())])
+    np.savez(tmp_path / "in.npz", x=x, y=np.zeros(len(x), dtype=np.int64))
+    npz_bytes = (tmp_path / "in.npz").read_bytes()
+    png = sorted(images.iterdir())[0]
+    png_bytes = png.read_bytes()
+    (tmp_path / "link.csv").symlink_to(tmp_path / "in.npz")
+    cases = [(images, run / "checkpoint.pt", "inside the run directory"),
+             (images, run / "new.csv", "inside the run directory"),
+             (tmp_path / "in.npz", tmp_path / "in.npz", "is the input file"),
+             (tmp_path / "in.npz", tmp_path / "link.csv", "is the input file"),
+             (images, png, "inside the input folder"),
+             (images, images / "results.csv", "inside the input folder"),
+             (images, tmp_path / "in", "inside the input folder")]
+    for source, out, message in cases:
+        assert main(["detect", str(run), str(source), "--out", str(out)]) == 2, out
+        err = capsys.readouterr().err
+        assert "vaeood: error: --out" in err and message in err and "write the results elsewhere" in err, err
+    assert (run / "checkpoint.pt").read_bytes() == ckpt and not (run / "new.csv").exists()
+    assert (tmp_path / "in.npz").read_bytes() == npz_bytes and png.read_bytes() == png_bytes
+    assert sorted(p.name for p in images.iterdir()) == [f.name for f in sorted(folder.iterdir())[:3]]
+    # the summary is written beside the CSV: it may not land on an input either
+    (images / "x.summary.json").write_text("{}")
+    assert main(["detect", str(run), str(images / "x.summary.json"), "--out", str(images / "x.csv")]) == 2
+    assert "x.summary.json is the input file" in capsys.readouterr().err
+    (images / "x.summary.json").unlink()
+    assert main(["detect", str(run), str(images), "--out", str(tmp_path / "ok.csv")]) == 0
+
+
+def test_special_hidden_and_oddly_named_files_of_a_folder(tiny, tmp_path, capsys):
+    """Issue 23: a FIFO named like an image is named and skipped, never opened (no hang); a
+    hidden file is left out and the summary says so; a name that is not UTF-8 is a clear
+    error; names a spreadsheet would run as formulas are escaped in the CSV."""
+    import os
+    import threading
+
+    run = tiny["run"]
+    _calibrated(tiny)
+    d = tmp_path / "odd"
+    d.mkdir()
+    imgs = blobs(6, 4)
+    names = ["=cmd|' -C calc'!A0.png", "+SUM(1).png", "-x.png", "@y.png", "\tz.png", "plain.png"]
+    for name, img in zip(names, imgs):
+        Image.fromarray(img).save(d / name)
+    Image.fromarray(imgs[0]).save(d / ".hidden.png")
+    os.mkfifo(d / "pipe.png")
+    out = tmp_path / "o.csv"
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(main(["detect", str(run), str(d), "--out", str(out)])),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "detect blocked on a FIFO"
+    assert codes == [2] and "pipe.png: a FIFO (named pipe), not a regular file (not opened)" in capsys.readouterr().err
+    assert main(["detect", str(run), str(d), "--skip-bad", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "left out 1 files: .hidden.png (hidden" in text and "5 file names escaped in the CSV" in text
+    rows = _read_csv(out)
+    assert sorted(r["file"] for r in rows) == sorted(["'" + n for n in names[:5]] + ["plain.png"])
+    summary = json.loads(out.with_name("o.summary.json").read_text())
+    assert summary["left_out"] == [[".hidden.png", "hidden (a name starting with '.'): not read"]]
+    assert [n for n, _ in summary["skipped"]] == ["pipe.png"] and "OWASP" in summary["csv_escaping"]
+
+    bad = os.fsencode(str(d)) + b"/caf\xe9.png"  # Latin-1, not UTF-8
+    with open(bad, "wb") as f:
+        f.write((d / "plain.png").read_bytes())
+    assert main(["detect", str(run), str(d), "--out", str(out)]) == 2
+    assert "caf\\xe9.png: its name is not valid UTF-8 (rename it)" in capsys.readouterr().err
+    assert main(["detect", str(run), str(d), "--skip-bad", "--out", str(out)]) == 0
+    assert "caf\\xe9.png" in capsys.readouterr().out and len(_read_csv(out)) == 6
+
+    # an .npz input, and an --out, whose names are not UTF-8: escaped in the CSV, no traceback
+    x = np.stack([np.asarray(Image.open(d / "plain.png"))] * 2)
+    raw = os.fsencode(str(tmp_path)) + b"/na\xefve.npz"
+    np.savez(os.fsdecode(raw), x=x, y=np.zeros(2, dtype=np.int64))
+    odd_out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xe9sults.csv")
+    assert main(["detect", str(run), os.fsdecode(raw), "--out", odd_out]) == 0
+    printed = capsys.readouterr().out
+    assert "r\\xe9sults.csv" in printed
+    assert [r["file"] for r in _read_csv(odd_out)] == ["na\\xefve.npz[0]", "na\\xefve.npz[1]"]
+
+    # a terminal escape sequence in a file name is shown escaped, never sent to the terminal
+    Image.fromarray(imgs[0]).save(d / "evil\x1b[2J.gif", format="GIF")
+    assert main(["detect", str(run), str(d), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "evil\\x1b[2J.gif: not a PNG/JPEG file name" in err and "\x1b" not in err
+
+
+def _tampered(tiny, tmp_path, change):
+    """A copy of the tiny run whose nll calibration file was rewritten by ``change(arrays, meta)``."""
+    import shutil
+
+    _calibrated(tiny)
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    path = calibration_path(run, "nll")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["meta"]))
+    replaced = change(arrays, meta)  # the record edited in place, or another JSON value returned
+    if "meta" in arrays:
+        arrays["meta"] = np.array(json.dumps(meta if replaced is None else replaced))
+    np.savez(path, **arrays)
+    return run, path
+
+
+def _drop(d, key):
+    d.pop(key)
+
+
+TAMPERING = {
+    "truncated scores": (lambda a, m: a.update(scores=a["scores"][:-10]), "field 'scores' holds 140 scores"),
+    "no scores": (lambda a, m: _drop(a, "scores"), "field 'scores' is missing"),
+    "no meta": (lambda a, m: _drop(a, "meta"), "field 'meta' is missing"),
+    "a key removed": (lambda a, m: _drop(m, "seed"), "field 'seed' is missing"),
+    "slice removed": (lambda a, m: _drop(m, "calibration_slice"), "field 'calibration_slice' is missing"),
+    "float32 scores": (lambda a, m: a.update(scores=a["scores"].astype(np.float32)),
+                       "field 'scores' is float32 of shape [150], expected float64 [n]"),
+    "2-d scores": (lambda a, m: a.update(scores=a["scores"].reshape(10, 15)), "field 'scores' is float64 of shape [10, 15]"),
+    "a NaN score": (lambda a, m: a["scores"].__setitem__(3, np.nan), "field 'scores' holds 1 values that are not finite"),
+    "a text seed": (lambda a, m: m.update(seed="0"), "field 'seed' is \"0\", expected an integer"),
+    "options not an object": (lambda a, m: m.update(detector_options=[]), "field 'detector_options' is []"),
+    "another detector": (lambda a, m: m.update(detector="typicality"), "field 'detector' is 'typicality'"),
+    "an extra array": (lambda a, m: a.update(extra=np.zeros(2)), "field 'extra' is not a field"),
+    "meta not an object": (lambda a, m: [1, 2], "field 'meta' is JSON list, expected an object"),
+    "an option nll refuses": (lambda a, m: m["detector_options"].update(zzz=1),
+                              "field 'detector_options' is {'estimator': 'elbo', 'estimator_options': {}, 'zzz': 1}, "
+                              "which detector 'nll' refuses"),
+    "options not as recorded": (lambda a, m: m["detector_options"].update(estimator_options=[]),
+                                "not as calibrate records it"),
+    "a fitting slice for nll": (lambda a, m: m.update(fit_slice=[460, 470]),
+                                "field 'fit_slice' is [460, 470], but detector 'nll' does not fit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_a_tampered_calibration_file_is_refused_naming_the_file_and_the_field(tiny, tmp_path, case):
+    """Issue 23: calibration files are untrusted input; truncated arrays or a removed key were tracebacks."""
+    change, message = TAMPERING[case]
+    run, path = _tampered(tiny, tmp_path, change)
+    with pytest.raises(NoCalibrationError) as err:
+        load_calibration(run, "nll")
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value), str(err.value)
+    assert "calibrate again: vaeood calibrate" in str(err.value)
+    assert main(["detect", str(run), str(tiny["folder"]), "--out", str(tmp_path / "o.csv")]) == 2
+    assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a, m: m["detector_options"]["estimator_options"].update(samples="x"),
+     "cannot score the calibration images (samples must be a positive integer, got 'x')"),
+    (lambda a, m: m["detector_options"].update(estimator="bogus"), "which detector 'nll' refuses (unknown estimator")],
+    ids=["a text sample count", "an unknown estimator"])
+def test_recorded_options_the_feature_refuses_are_the_files_fault_not_a_traceback(tiny, tmp_path, capsys, change,
+                                                                                   message):
+    run, path = _tampered(tiny, tmp_path, change)
+    assert main(["detect", str(run), str(tiny["folder"]), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: field 'detector_options'" in err and message in err, err
+    assert "Traceback" not in err and "calibrate again" in err
+
+
+def test_a_calibration_slice_over_the_training_images_is_refused_even_with_its_digests_redone(tiny, tmp_path):
+    """Issue 23: a slice moved onto the model's own training images [0, 300), with the images'
+    digest and the scores recomputed so that every other check passes, is refused."""
+    from vaeood.decisions import images_sha256, make_scorer
+
+    with np.load(tiny["data"] / "fashion_mnist_train.npz") as f:
+        train_images = f["x"]
+
+    def onto_training_images(arrays, meta):
+        meta["calibration_slice"] = [250, 400]
+        meta["calibration_images_sha256"] = images_sha256(train_images[250:400])
+        scorer = make_scorer(tiny["run"], "nll", meta["detector_options"], seed=meta["seed"])
+        scorer.fit(0, 0)
+        arrays["scores"] = scorer.score_images(train_images[250:400], meta["seed"])
+
+    run, path = _tampered(tiny, tmp_path, onto_training_images)
+    with pytest.raises(NoCalibrationError, match=r"field 'calibration_slice' is \[250, 400\], outside the images "
+                                                 r"the model never trained on \[300, 500\)"):
+        vaeood.decide(run, tiny["folder"])
+    run2, _ = _tampered(tiny, tmp_path / "b", lambda a, m: m.update(train_slice=[0, 250], heldout=[250, 500]))
+    with pytest.raises(NoCalibrationError, match=r"field 'train_slice' is \[0, 250\], but the run's is \[0, 300\]"):
+        load_calibration(run2, "nll")
+
+
+def test_hostile_outputs_links_datasets_fifos_and_files_detect_did_not_write(tiny, tmp_path, capsys):
+    """Attacks beyond the issue's: an --out link into the run, a summary link into the run,
+    --out on the dataset file a name input was read from, on a FIFO, on a file detect did
+    not write; a FIFO as the calibration file. All refused, nothing replaced, nothing hangs."""
+    import os
+    import shutil
+    import threading
+
+    run, data, folder = tiny["run"], tiny["data"], tiny["folder"]
+    _calibrated(tiny)
+    config = (run / "config.json").read_bytes()
+    (tmp_path / "a.csv").symlink_to(run / "config.json")
+    (tmp_path / "b.summary.json").symlink_to(run / "config.json")
+    os.mkfifo(tmp_path / "fifo.csv")
+    (tmp_path / "notes.csv").write_text("my notes\n")
+    dataset = (data / "mnist_test.npz").read_bytes()
+    cases = [(folder, tmp_path / "a.csv", "inside the run directory"),
+             (folder, tmp_path / "b.csv", "inside the run directory"),
+             ("mnist", data / "mnist_test.npz", "exists and is not a file detect wrote"),
+             (folder, tmp_path / "fifo.csv", "is a FIFO (named pipe), not a file detect wrote"),
+             (folder, tmp_path / "notes.csv", "exists and is not a file detect wrote")]
+    for source, out, message in cases:
+        codes = []
+        argv = ["detect", str(run), str(source), "--out", str(out), *(["--limit", "5"] if source == "mnist" else [])]
+        worker = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive() and codes == [2], out
+        assert message in capsys.readouterr().err, out
+    assert (run / "config.json").read_bytes() == config and (data / "mnist_test.npz").read_bytes() == dataset
+    assert (tmp_path / "notes.csv").read_text() == "my notes\n"
+    # a CSV detect wrote (and its summary) may be replaced by the next detect
+    assert main(["detect", str(run), str(folder), "--out", str(tmp_path / "again.csv")]) == 0
+    assert main(["detect", str(run), str(folder), "--out", str(tmp_path / "again.csv")]) == 0
+    capsys.readouterr()
+
+    copy = tmp_path / "run_copy"
+    shutil.copytree(run, copy)
+    calibration_path(copy, "nll").unlink()
+    os.mkfifo(calibration_path(copy, "nll"))
+    got = []
+    worker = threading.Thread(target=lambda: got.append(pytest.raises(NoCalibrationError, load_calibration, copy)),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the calibration FIFO was opened"
+    assert "a FIFO (named pipe), not a regular file" in str(got[0].value)
+
+
+def test_a_background_without_noise_is_said_in_the_detect_summary(tiny, tmp_path, capsys, caplog):
+    """The model as its own likelihood-ratio background (same data and shape: allowed) departs
+    from Ren et al.'s recipe; calibrate and detect say so, and the summary records it."""
+    run, data, folder = tiny["run"], tiny["data"], tiny["folder"]
+    options = json.dumps({"background_run": str(run)})
+    assert main(["calibrate", str(run), "--detector", "likelihood_ratio", "--detector-options", options,
+                 "--n", "50", "--data-dir", str(data)]) == 0
+    assert "without pixel noise" in caplog.text  # logged (on stderr from the command line)
+    out = tmp_path / "lr.csv"
+    assert main(["detect", str(run), str(folder), "--detector", "likelihood_ratio", "--alpha", "0.1",
+                 "--out", str(out)]) == 0
+    assert "warning: detector 'likelihood_ratio': background_run was trained without pixel noise" in \
+        capsys.readouterr().out
+    warnings = json.loads(out.with_name("lr.summary.json").read_text())["warnings"]
+    assert any("without an L2 penalty" in w for w in warnings)
+
+
 def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_path, capsys):
     data = tiny["data"]
     full = tmp_path / "full"

@@ -153,6 +153,39 @@ def test_likelihood_ratio_is_zero_when_the_background_is_the_model_itself(tiny, 
     assert (saved["fashion_mnist"] == 0).all() and (saved["mnist"] == 0).all()
     assert out["results"]["likelihood_ratio"]["mnist"]["auroc"] == 0.5
     assert out["detectors"]["likelihood_ratio"]["options"]["background_run"] == str(run)
+    # the model as its own background is allowed, but departs from the papers' recipes: said
+    assert any("without pixel noise" in w for w in out["warnings"])
+    assert any("second_run has the run's latent size (4)" in w for w in out["warnings"])
+
+
+def test_companion_runs_of_another_dataset_or_image_shape_are_refused(tiny, tmp_path, capsys):
+    """Issue 23: a background trained at another image shape was accepted with --pad (a
+    meaningless AUROC); one of another dataset, without noise, without a word."""
+    run, data = tiny
+    quick = {k: v for k, v in TINY.items() if k != "data.holdout"} | {"train.epochs": "1"}
+    other = tmp_path / "data"
+    write_npz(other, "fashion_mnist", "train", blobs(100, 5, size=32))
+    write_npz(other, "mnist", "train", strokes(100, 6))
+    wide = train(Config().override({**quick, "data.noise_rate": "0.2"}), tmp_path / "wide", data_dir=str(other))
+    digits = train(Config().override({**quick, "data.name": "mnist"}), tmp_path / "digits", data_dir=str(other))
+    grey = train(Config().override({**quick, "model.likelihood": "bernoulli"}), tmp_path / "grey", data_dir=str(data))
+    base = ["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data),
+            "--out", str(tmp_path), "--detectors", "likelihood_ratio"]
+    cases = [(wide, ["--pad"], "was trained on images of C×H×W = 1×32×32, but the run"),
+             (digits, [], "was trained on mnist/train, but the run"),
+             (tmp_path / "nothing", [], "is not a trained run directory"),
+             (grey, [], "has a bernoulli decoder and the run a dlogistic one")]
+    for companion, extra, message in cases:
+        options = json.dumps({"likelihood_ratio": {"background_run": str(companion)}})
+        assert main([*base, "--detector-options", options, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "vaeood: error: detector 'likelihood_ratio': background_run" in err and message in err, err
+    assert not (tmp_path / "metrics.json").exists()
+    # calibrate (and so detect) refuse it the same way, before scoring
+    assert main(["calibrate", str(run), "--detector", "likelihood_ratio", "--data-dir", str(data), "--n", "20",
+                 "--detector-options", json.dumps({"background_run": str(digits)})]) == 2
+    assert "was trained on mnist/train, but the run" in capsys.readouterr().err
+    assert not (run / "calibration" / "likelihood_ratio.npz").exists()
 
 
 def test_fitting_on_test_images_or_trained_images_is_refused(tiny):
@@ -189,6 +222,39 @@ def test_evaluate_detectors_from_the_cli(tiny, tmp_path, capsys):
     assert main(["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data),
                  "--out", str(tmp_path), "--detectors", "dosee"]) == 2
     assert "did you mean 'dose'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--detectors", ""], "--detectors names no detector (got '')"),  # an unset shell variable
+    (["--detectors", ","], "--detectors names no detector (got ',')"),
+    (["--detectors", " , ,"], "--detectors names no detector"),
+    (["--detectors", "nll", "--detector-options", '{"nll": 3}'],
+     "--detector-options: the options of detector 'nll' must be a JSON object"),
+    (["--detectors", "nll", "--detector-options", '{"nll": ["iwae"]}'], "got list ['iwae']"),
+    (["--detector-options", '[1]'], "--detector-options must be a JSON object"),
+    (["--detectors", "likelihood_ratio", "--detector-options", '{"likelihood_ratio": {"background_run": 5}}'],
+     "detector 'likelihood_ratio': background_run must be a run directory (a path), got int 5"),
+    (["--detectors", "likelihood_ratio", "--detector-options", '{"likelihood_ratio": {"background_run": ""}}'],
+     "background_run must be a run directory (a path), got str ''"),
+    # values of the wrong kind inside a detector's options (were tracebacks)
+    (["--detectors", "nll", "--detector-options", '{"nll": {"estimator_options": 5}}'],
+     "detector 'nll': options {'estimator': 'elbo', 'estimator_options': 5} are not valid"),
+    (["--detectors", "nll", "--detector-options", '{"nll": {"estimator": 3}}'],
+     "the estimator must be named by a text, got int 3; known: elbo, iwae"),
+    (["--detectors", "nll", "--detector-options", '{"nll": {"estimator_options": {"samples": "x"}}}'],
+     "samples must be a positive integer, got 'x'"),
+    (["--detectors", "nll", "--detector-options", '{"nll": {"estimator_options": {"sample": 2}}}'],
+     "estimator 'elbo' takes no option 'sample'"),
+])
+def test_empty_detector_lists_and_options_that_are_not_objects_are_refused(tiny, tmp_path, capsys, argv, message):
+    """Issue 23: `--detectors ''` ran every detector, `--detectors ,` none (exit 0), and
+    options that are not an object were a traceback; each is now an error naming the option."""
+    run, data = tiny
+    assert main(["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data),
+                 "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vaeood: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_detectors_that_need_bits_are_refused_for_a_bernoulli_decoder(tiny, tmp_path, capsys):

@@ -18,6 +18,7 @@ from vaeood.detectors import make_detector
 from vaeood.features import features_of
 from vaeood.llr import llr_bounds
 from vaeood.models import build_model
+from vaeood.noise import ImageNoise
 from vaeood.regret import likelihood_regret
 from vaeood.train import train
 
@@ -55,9 +56,9 @@ def test_the_llr_detector_is_elbo_minus_the_bound_without_the_lowest_posteriors(
     torch.manual_seed(0)
     model = build_model(Config().override(HVAE).model, (1, 28, 28)).eval()
     x = torch.from_numpy(blobs(6, 2)[:, None])
-    feats = features_of(model, x, "llr", seed=0)  # batch 0 of seed 0: a generator seeded with 0
+    feats = features_of(model, x, "llr", seed=0)  # each image's noise keyed on its bytes and seed 0
     with torch.no_grad():
-        direct = llr_bounds(model, x, generator=torch.Generator().manual_seed(0))
+        direct = llr_bounds(model, x, generator=ImageNoise(x, 0))
     for k in (1, 2):
         expected = (direct["elbo_nats"] - direct[f"l_gt_{k}_nats"]).double().numpy()
         np.testing.assert_allclose(make_detector("llr", {"k": k}).score(feats), expected, rtol=1e-6, atol=1e-5)

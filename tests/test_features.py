@@ -63,6 +63,69 @@ def test_log_px_of_an_image_does_not_depend_on_the_other_images_of_its_batch(run
         assert fa["log_px_nats"][0] == pytest.approx(fb["log_px_nats"][0], rel=1e-6)
 
 
+STOCHASTIC = [("log_px", {"estimator": "elbo", "estimator_options": {"samples": 3}}),
+              ("log_px", {"estimator": "iwae", "estimator_options": {"k": 6, "chunk_size": 4}}),
+              ("log_px", {"estimator": "iwae", "estimator_options": {"k": 4, "refine_steps": 2, "refine_k": 3}}),
+              ("regret", {"variant": "posterior", "steps": 2, "k": 3})]
+
+
+@pytest.mark.parametrize("name, options", STOCHASTIC, ids=["elbo", "iwae", "iwae_refined", "regret"])
+def test_a_stochastic_feature_of_an_image_depends_neither_on_its_position_nor_on_the_batch_size(run, name, options):
+    """Issue 23: the same image at two positions of one slice, and the slice in batches of 2
+    and of 11, give the same value; another seed gives another value."""
+    from vaeood.run import load_model
+
+    model = load_model(run)[0]
+    images = np.concatenate([blobs(6, 5), strokes(5, 6)])
+    images[9] = images[2]  # image 2 again, at another position and in another batch
+    whole = features_of(model, images, name, options, seed=4, batch_size=11)
+    pieces = features_of(model, images, name, options, seed=4, batch_size=2)
+    key = next(k for k in whole if k.endswith("_nats"))
+    np.testing.assert_allclose(pieces[key], whole[key], rtol=1e-6, atol=1e-6)
+    assert whole[key][9] == pytest.approx(whole[key][2], rel=1e-6, abs=1e-6)
+    alone = features_of(model, images[9:10], name, options, seed=4)
+    assert alone[key][0] == pytest.approx(whole[key][2], rel=1e-6, abs=1e-6)
+    other = features_of(model, images, name, options, seed=5, batch_size=11)
+    assert np.abs(other[key] - whole[key]).max() > 1e-4  # the noise is drawn, and keyed on the seed
+
+
+def test_image_noise_is_standard_normal_keyed_on_bytes_and_the_same_however_chunked():
+    from vaeood.gaussian import standard_normal
+    from vaeood.noise import ImageNoise
+
+    x = torch.from_numpy(blobs(4, 1)[:, None])
+    x[3] = x[0]  # images 0 and 3 are equal
+    like = torch.zeros(4, 5)
+    one = standard_normal(300, like, ImageNoise(x, seed=2))  # [300, 4, 5]
+    noise = ImageNoise(x, seed=2)
+    chunks = torch.cat([standard_normal(n, like, noise) for n in (1, 6, 100, 193)])
+    assert torch.equal(one, chunks)
+    assert torch.equal(one[:, 0], one[:, 3]) and not torch.equal(one[:, 0], one[:, 1])
+    assert abs(float(one.mean())) < 0.05 and abs(float(one.var()) - 1) < 0.05  # 6,000 draws
+    reordered = standard_normal(300, like, ImageNoise(x[[2, 0, 1, 3]], seed=2))
+    assert torch.equal(reordered[:, 0], one[:, 2]) and torch.equal(reordered[:, 1], one[:, 0])
+    assert not torch.equal(standard_normal(300, like, ImageNoise(x, seed=3)), one)
+
+
+def test_the_hierarchical_vae_draws_per_image_noise_and_llr_shares_log_px_noise(tmp_path):
+    """A hierarchical model's noise is keyed on the image too; llr's ELBO (L>0) is log_px by
+    IWAE with as many samples, because all features of an image share its key."""
+    from vaeood.models import build_model
+
+    cfg = Config().override({"model.arch": "hvae", "model.base_channels": "4"}).model
+    cfg.arch_options = {"latent_dims": [6, 4, 3], "widths": [16, 16]}
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 28, 28)).eval()
+    images = np.concatenate([blobs(4, 5), strokes(3, 6)])
+    images[5] = images[1]
+    whole = features_of(model, images, "llr", {"samples": 3}, seed=1, batch_size=7)
+    pieces = features_of(model, images, "llr", {"samples": 3}, seed=1, batch_size=3)
+    np.testing.assert_allclose(pieces["llr_gt_1_nats"], whole["llr_gt_1_nats"], rtol=1e-6, atol=1e-6)
+    assert whole["llr_gt_1_nats"][5] == pytest.approx(whole["llr_gt_1_nats"][1], rel=1e-6)
+    iw = features_of(model, images, "log_px", {"estimator": "iwae", "estimator_options": {"k": 3}}, seed=1)
+    np.testing.assert_allclose(iw["log_px_nats"], whole["elbo_nats"], rtol=1e-6)
+
+
 def test_compute_features_flattens_and_caches(run, data_dir):
     feats = compute_features(run, "mnist", "test", ["log_px", "posterior", "reconstruction"],
                              data_dir=str(data_dir), limit=16)

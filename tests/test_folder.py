@@ -49,6 +49,7 @@ def test_hidden_files_are_ignored_and_jpeg_is_read(folder):
     (folder / "z.JPG").write_bytes(buf.getvalue())
     got = read_image_folder(folder)
     assert got.names[-1] == "z.JPG" and len(got) == 6
+    assert got.left_out == [(".DS_Store", "hidden (a name starting with '.'): not read")]  # said, not silent
     assert abs(int(got.images[-1].mean()) - 128) <= 2
 
 
@@ -171,3 +172,67 @@ def test_load_input_npz_dataset_and_folder(tmp_path, folder):
     (tmp_path / "plain.txt").write_text("x")
     with pytest.raises(DataError, match="neither a folder"):
         load_input(tmp_path / "plain.txt")
+
+
+def test_only_regular_files_are_opened_and_links_are_read_as_their_target(folder, tmp_path):
+    """A FIFO, a socket, a link to a FIFO and a broken link are named without being opened;
+    a link to a regular PNG is read under the link's name; a FIFO .npz is refused."""
+    import socket
+    import threading
+
+    os.mkfifo(folder / "pipe.png")
+    os.mkfifo(tmp_path / "elsewhere")
+    (folder / "to_pipe.png").symlink_to(tmp_path / "elsewhere")
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    (folder / "alias.png").symlink_to(folder / "img0.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "sock.png"))
+    try:
+        got = []
+        worker = threading.Thread(target=lambda: got.append(read_image_folder(folder, skip_bad=True)), daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "a special file was opened"
+    finally:
+        sock.close()
+    reasons = dict(got[0].skipped)
+    assert reasons["pipe.png"].startswith("a FIFO (named pipe), not a regular file")
+    assert reasons["to_pipe.png"].startswith("a FIFO (named pipe)")
+    assert reasons["sock.png"].startswith("a socket") and "broken symbolic link" in reasons["gone.png"]
+    assert got[0].names == ["alias.png", *[f"img{i}.png" for i in range(5)]]
+    np.testing.assert_array_equal(got[0].images[0], got[0].images[1])
+    os.mkfifo(tmp_path / "x.npz")
+    with pytest.raises(DataError, match="a FIFO .named pipe., not a regular .npz file"):
+        load_input(tmp_path / "x.npz")
+
+
+def test_no_reader_of_a_named_file_waits_on_a_fifo(tmp_path):
+    """A dataset .npz, a file to hash and a checkpoint that are FIFOs are refused by kind,
+    at once (each reader would have blocked for ever waiting for a writer)."""
+    import threading
+
+    from vaeood.checkpoint import CheckpointError, load_checkpoint
+    from vaeood.data import load_dataset
+    from vaeood.data.checksums import file_hexdigest
+
+    os.mkfifo(tmp_path / "mnist_test.npz")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "checkpoint.pt")
+    calls = {"dataset": (lambda: load_dataset("mnist", "test", data_dir=str(tmp_path)), DataError),
+             "digest": (lambda: file_hexdigest(tmp_path / "mnist_test.npz", "sha256"), DataError),
+             "checkpoint": (lambda: load_checkpoint(run), CheckpointError)}
+    for what, (call, error) in calls.items():
+        got = []
+
+        def attempt():
+            try:
+                call()
+            except error as err:
+                got.append(str(err))
+
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), f"{what}: blocked on a FIFO"
+        assert got and "a FIFO (named pipe), not a regular file" in got[0], (what, got)

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write
+from .data.errors import DataError
+from .data.regular_files import open_regular_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = ("config", "epoch", "image_shape", "model")  # what load_model and --resume need
@@ -50,7 +52,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it reads anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            with open_regular_file(path) as f:  # a FIFO or device is refused, never opened
+                state = torch.load(f, map_location=map_location, weights_only=True)
+    except DataError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"refusing to load {path}: it contains pickled objects other than tensors and plain data, "

@@ -26,8 +26,9 @@ from .checkpoint import CheckpointError
 from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
 from .conformal import CalibrationError
 from .data import DataError, load_dataset
-from .decisions import NoCalibrationError, calibrate, decide
-from .detectors import DETECTORS
+from .data.folder import printable
+from .decisions import NoCalibrationError, calibrate, decide, summary_path_for
+from .detectors import DETECTORS, per_detector_options
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
 from .registry import UnknownNameError
@@ -95,7 +96,9 @@ def _out_of_memory(exc: Exception) -> bool:
 
 
 def _fail(message) -> int:
-    print(f"vaeood: error: {message}", file=sys.stderr)
+    # a file name in the message may hold control characters or undecodable bytes: shown escaped
+    text = "\n".join(printable(line) for line in str(message).split("\n"))
+    print(f"vaeood: error: {text}", file=sys.stderr)
     return 2
 
 
@@ -318,12 +321,11 @@ def _evaluate(args, overrides) -> int:
         detector_options = json.loads(args.detector_options) if args.detector_options else None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--detector-options is not valid JSON: {exc}") from None
-    if detector_options is not None and not isinstance(detector_options, dict):
-        raise ConfigError("--detector-options must be a JSON object: {\"detector\": {\"option\": value}}")
     out = evaluate(args.run_dir, args.in_dataset, args.ood, split=args.split, estimator=args.estimator or "elbo",
                    estimator_options=_estimator_options(args), out_dir=args.out, data_dir=args.data_dir,
                    limit=args.limit, device=args.device, fit=args.fit,
-                   detectors=args.detectors or "all", detector_options=detector_options, fit_limit=args.fit_limit)
+                   detectors="all" if args.detectors is None else args.detectors,
+                   detector_options=per_detector_options(detector_options), fit_limit=args.fit_limit)
     for name, description in out["fitted"].items():
         say(f"{name}: images fitted to the model: {description}")
     for name, reason in out["skipped"].items():
@@ -364,7 +366,7 @@ def _detect(args, overrides) -> int:
                     out=args.out)
     csv_path = Path(args.out)
     say(result.summary_text())
-    say(f"wrote {csv_path} and {csv_path.with_name(csv_path.stem + '.summary.json')}")
+    say(f"wrote {printable(str(csv_path))} and {printable(str(summary_path_for(csv_path)))}")
     return 0
 
 

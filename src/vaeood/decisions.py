@@ -17,7 +17,13 @@ and the SHA-256 of the calibration images in ``RUN/calibration/<detector>.npz``.
 the same detector (fitted again on the same slice from cached features, and checked to
 reproduce the calibration scores) and turns the scores into conformal p-values and
 decisions. It refuses when the run has no calibration for the detector (saying how to
-make one), or when the model, the calibration images or the options changed.
+make one), or when the model, the calibration images or the options changed; when the
+calibration file does not add up (every array and field checked, the slices against the
+run's own never-trained range: :mod:`vaeood.calibration_file`); when a companion run is of
+another dataset or image shape (:mod:`vaeood.companions`); and, before any work, when
+``out`` would replace an input, a run's file or any file detect did not write
+(:func:`check_outputs`). File names that a spreadsheet would run as formulas are escaped
+in the CSV (:func:`csv_cell`).
 
 :func:`operating_points_for_run` gives reports the realised FPR and TPR at α = 0.01,
 0.05, 0.1 from a run's calibration and a detector's test scores.
@@ -34,23 +40,28 @@ import hashlib
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import conformal
+from .calibration_file import NoCalibrationError, check_slices, read_calibration_file
 from .atomic import atomic_write, atomic_write_json, atomic_write_text
 from .runlock import holds_run_lock
 from .checkpoint import checkpoint_path, load_checkpoint
-from .data import load_dataset
+from .companions import check_companions
+from .data import DataError, load_dataset
 from .data.checksums import file_hexdigest
-from .data.folder import InputImages, load_input
-from .detectors import DETECTORS, make_detector
+from .data.folder import InputImages, display_name, load_input, printable
+from .data.regular_files import open_regular_file, special_file_kind
+from .detectors import DETECTORS, detector_names, make_detector, per_detector_options
 from .estimators import is_hierarchical
 from .evaluate import fit_detector
 from .features import compute_features, is_normalised, needs_features
 from .fitdata import DEFAULT_FIT_IMAGES, heldout_range, run_config
+from .registry import UnknownNameError
 from .run import load_model
 from .train import training_count
 
@@ -58,13 +69,10 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_DIR = "calibration"
 DEFAULT_N_CALIBRATION = 2000
-FORMAT = 1
+# version of the calibration files; another is refused, saying to calibrate again
+FORMAT = 2
+FORMAT_CHANGE = "format 2: every feature's noise is keyed on each image's bytes, so scores made before differ"
 DEFAULT_ALPHAS = (0.01, 0.05, 0.1)
-
-
-class NoCalibrationError(ValueError):
-    """The run has no (valid) calibration for the requested detector; the message says
-    how to make one."""
 
 
 # -- the score boundary ---------------------------------------------------------------------
@@ -74,9 +82,9 @@ class DetectorScorer:
     in ``RUN/features/``) and arrays of images (uncached).
 
     Noise: the features of the calibration slice use ``seed``; those of the images to
-    decide on use ``seed + 1``, so that no test image shares its estimator noise draw
-    with a calibration image (a feature's noise depends on the image's place in its
-    slice and the seed).
+    decide on use ``seed + 1``, so that a test image identical to a calibration image
+    does not share its noise draw (a feature's noise depends on the image's bytes and
+    the seed alone, :mod:`vaeood.features.core`; not on its position or the batch size).
     """
 
     def __init__(self, run_dir: Path, detector: str, options: dict | None = None, *, device: str = "cpu",
@@ -87,6 +95,7 @@ class DetectorScorer:
         self.name = detector
         self.fits = self.detector.fits
         self.options = _jsonable(self.detector.options)
+        self.warnings: list[str] = []  # what the checks of the companion runs allow but the user should know
         self._model = None
 
     @property
@@ -98,6 +107,10 @@ class DetectorScorer:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.model.image_shape)
+
+    def check_companions(self) -> None:
+        """Refuse companion runs of another dataset or image shape; keep the detector's warnings."""
+        self.warnings = check_companions(self.run_dir, {self.name: self.detector})
 
     def check_applies(self, has_fit_data: bool) -> None:
         reason = self.detector.why_not({"normalised": is_normalised(self.model), "has_fit_data": has_fit_data,
@@ -146,6 +159,11 @@ def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None,
                                  f"known: {', '.join(DETECTORS.names())}")
     return DetectorScorer(Path(run_dir), detector, options, device=device, seed=seed, data_dir=data_dir,
                           batch_size=batch_size)
+
+
+def companion_runs(options: dict) -> list[str]:
+    """The other runs a detector's options name (``background_run``, ``second_run``, ...)."""
+    return [str(v) for k, v in options.items() if k.endswith("_run") and isinstance(v, (str, Path))]
 
 
 def _jsonable(value):
@@ -211,6 +229,7 @@ def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: d
     scorer = make_scorer(run_dir, detector, detector_options, device=device, seed=seed, data_dir=where,
                          batch_size=batch_size)
     scorer.check_applies(has_fit_data=True)
+    scorer.check_companions()
     if scorer.fits:
         n_fit = n_fit if n_fit is not None else min(DEFAULT_FIT_IMAGES, held // 2)
         if not 1 <= n_fit < held:
@@ -227,10 +246,7 @@ def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: d
                                  f"left after the training images{fit_text}; choose 1 ≤ n ≤ {available}")
     fit_slice = [first, first + n_fit] if n_fit else None
     cal_slice = [cal_start, cal_start + n]
-    if fit_slice:
-        scorer.fit(*fit_slice)
-    else:
-        scorer.fit(0, 0)
+    scorer.fit(*(fit_slice or (0, 0)))
     scores = scorer.score_images(data.images[cal_slice[0]:cal_slice[1]], seed)
     conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
     record = {
@@ -266,12 +282,10 @@ def load_calibration(run_dir: str | Path, detector: str = "nll", detector_option
         raise NoCalibrationError(
             f"run {run_dir} has no calibration for detector {detector!r} ({path} does not exist). Make it from "
             f"held-out training images with: {_how_to_calibrate(run_dir, detector)}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            scores, record = f["scores"], json.loads(str(f["meta"]))
-    except (OSError, ValueError, KeyError) as err:
-        raise NoCalibrationError(f"{path}: unreadable calibration file ({err}); make it again with "
-                                 f"{_how_to_calibrate(run_dir, detector)}") from None
+    how = _how_to_calibrate(run_dir, detector)
+    record = read_calibration_file(path, detector, FORMAT, FORMAT_CHANGE, how)
+    _check_against_run(run_dir, path, record, how)
+    _check_recorded_options(run_dir, path, record, how)
     ckpt = file_hexdigest(checkpoint_path(run_dir), "sha256")
     if record.get("checkpoint_sha256") != ckpt:
         raise NoCalibrationError(f"{path} was made with another checkpoint (the model has been trained since); "
@@ -282,7 +296,34 @@ def load_calibration(run_dir: str | Path, detector: str = "nll", detector_option
             raise NoCalibrationError(f"{path} calibrates detector {detector!r} with options "
                                      f"{record['detector_options']}, not {want}; calibrate with those options "
                                      f"(--detector-options) or detect with the calibrated ones")
-    return {**record, "scores": np.asarray(scores, dtype=np.float64)}
+    return record
+
+
+def _check_recorded_options(run_dir: Path, path: Path, record: dict, how: str) -> None:
+    """The record's detector options are ones the detector takes, as calibrate records them."""
+    try:
+        scorer = make_scorer(run_dir, record["detector"], record["detector_options"])
+    except (ValueError, TypeError, KeyError) as err:
+        raise NoCalibrationError(f"{path}: field 'detector_options' is {record['detector_options']}, which detector "
+                                 f"{record['detector']!r} refuses ({err}); calibrate again: {how}") from None
+    canonical = scorer.options
+    if scorer.fits != (record["fit_slice"] is not None):
+        raise NoCalibrationError(f"{path}: field 'fit_slice' is {record['fit_slice']}, but detector "
+                                 f"{record['detector']!r} {'fits' if scorer.fits else 'does not fit'}; calibrate "
+                                 f"again: {how}")
+    if canonical != record["detector_options"]:
+        raise NoCalibrationError(f"{path}: field 'detector_options' is {record['detector_options']}, not as "
+                                 f"calibrate records it ({canonical}); calibrate again: {how}")
+
+
+def _check_against_run(run_dir: Path, path: Path, record: dict, how: str) -> None:
+    """The record's split and slices against the run's own training range (from its config
+    and checkpoint, not from the file): see :func:`vaeood.calibration_file.check_slices`."""
+    config = run_config(run_dir)
+    trained = load_checkpoint(checkpoint_path(run_dir), map_location="cpu").get("train_data") or {}
+    size = trained.get("split_size") or record["n_split"]
+    check_slices(path, record, split=(config.data.name, config.data.split), split_size=size,
+                 trained=training_count(config.data, size), heldout=heldout_range(config, size), how=how)
 
 
 def calibration_scores(run_dir: str | Path, detector: str = "nll") -> np.ndarray:
@@ -291,6 +332,73 @@ def calibration_scores(run_dir: str | Path, detector: str = "nll") -> np.ndarray
 
 
 # -- decisions -------------------------------------------------------------------------------
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+CSV_ESCAPING = ("file names starting with =, +, -, @, a tab or a carriage return are written into the CSV with "
+                "a leading ' (OWASP's rule against CSV injection), so that a spreadsheet shows them as text")
+
+
+def csv_cell(text: str) -> str:
+    """``text`` as a CSV cell a spreadsheet will not run as a formula: prefixed with ``'``
+    when it starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (OWASP)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def summary_path_for(csv_path: str | Path) -> Path:
+    """Where :meth:`Detection.write` puts the summary of ``csv_path``: ``<stem>.summary.json`` beside it."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.stem + ".summary.json")
+
+
+def check_outputs(out: str | Path, run_dirs, source) -> None:
+    """Refuse (:class:`vaeood.data.DataError`, before any work) an ``out`` whose CSV or summary
+    would replace an input or a run's file: one inside a run directory of ``run_dirs`` (the
+    run, its companion runs), the input file itself, or a path inside the input folder (links
+    followed), or a folder."""
+    src = Path(source) if isinstance(source, (str, Path)) and Path(source).exists() else None
+    for path in (Path(out), summary_path_for(out)):
+        target = path.resolve()
+        for run in run_dirs:
+            run = Path(run).resolve()
+            if target == run or run in target.parents:
+                raise DataError(f"--out {out}: {path} lies inside the run directory {run}, whose files (the "
+                                "checkpoint, calibration, features) it could replace; write the results elsewhere")
+        if src is not None and (target == src.resolve() or src.is_dir() and src.resolve() in target.parents):
+            what = "lies inside the input folder" if src.is_dir() else "is the input file"
+            raise DataError(f"--out {out}: {path} {what} {source}; write the results elsewhere")
+        if path.is_dir():
+            raise DataError(f"--out {out}: {path} is a folder; name a CSV file to write")
+        _check_replaceable(out, path)
+
+
+CSV_HEADER = "file,score,p_value,flagged"
+
+
+def _check_replaceable(out, path: Path) -> None:
+    """An existing ``path`` is replaced only when it is what :meth:`Detection.write` writes
+    (a CSV with its header, or a summary with its ``score_direction``): any other file, e.g.
+    a dataset's ``.npz`` read by name or a copy of a checkpoint, is an input to keep. Never
+    opened unless it is a regular file."""
+    if not path.exists() and not path.is_symlink():
+        return
+    kind = special_file_kind(os.stat(path).st_mode) if path.exists() else "a broken symbolic link"
+    if kind is not None:
+        raise DataError(f"--out {out}: {path} is {kind}, not a file detect wrote; write the results elsewhere")
+    with open_regular_file(path) as f:
+        head = f.read(len(CSV_HEADER) + 1) if path == Path(out) else f.read(2**24)
+    if not head:  # an empty file: nothing to lose
+        return
+    if path == Path(out):
+        ours = head == (CSV_HEADER + "\n").encode()
+    else:
+        try:
+            ours = "score_direction" in json.loads(head)
+        except (ValueError, TypeError):
+            ours = False
+    if not ours:
+        raise DataError(f"--out {out}: {path} exists and is not a file detect wrote (it would be replaced); "
+                        "write the results elsewhere, or remove it first")
+
+
 @dataclass
 class Detection:
     """The result of :func:`decide`: one row per image, and a summary.
@@ -307,31 +415,35 @@ class Detection:
     labels: np.ndarray | None = field(default=None, repr=False)
 
     def csv_text(self) -> str:
+        """The CSV: ``file`` (escaped by :func:`csv_cell`), ``score``, ``p_value``, ``flagged``."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["file", "score", "p_value", "flagged"])
+        w.writerow(CSV_HEADER.split(","))
         for name, s, p, f in zip(self.names, self.scores, self.p_values, self.flagged):
-            w.writerow([name, repr(float(s)), repr(float(p)), int(bool(f))])
+            w.writerow([csv_cell(name), repr(float(s)), repr(float(p)), int(bool(f))])
         return buf.getvalue()
 
     def write(self, csv_path: str | Path) -> tuple[Path, Path]:
         """Write the CSV and ``<csv stem>.summary.json`` beside it (atomically)."""
         csv_path = Path(csv_path)
-        summary_path = csv_path.with_name(csv_path.stem + ".summary.json")
+        summary_path = summary_path_for(csv_path)
         atomic_write_text(csv_path, self.csv_text())
         atomic_write_json(summary_path, {**self.summary, "csv": csv_path.name})
         return csv_path, summary_path
 
     def summary_text(self) -> str:
         s = self.summary
-        lines = [f"{s['n_images']} images from {s['input']} ({s['input_kind']}); detector {s['detector']} "
+        lines = [f"{s['n_images']} images from {printable(s['input'])} ({s['input_kind']}); detector {s['detector']} "
                  f"{_options_text(s['detector_options'])}; {s['n_calibration']} calibration images "
                  f"{s['calibration']['dataset']}/{s['calibration']['split']}"
                  f"[{s['calibration']['slice'][0]}:{s['calibration']['slice'][1]}]"]
-        if s["skipped"]:
-            lines.append(f"skipped {len(s['skipped'])} files: " +
-                         "; ".join(f"{n} ({r})" for n, r in s["skipped"][:10]) +
-                         (" ..." if len(s["skipped"]) > 10 else ""))
+        for key, verb in (("skipped", "skipped"), ("left_out", "left out")):
+            if s.get(key):
+                lines.append(f"{verb} {len(s[key])} files: " + "; ".join(f"{printable(n)} ({r})"
+                                                                         for n, r in s[key][:10]) +
+                             (" ..." if len(s[key]) > 10 else ""))
+        if s.get("n_escaped"):
+            lines.append(f"{s['n_escaped']} file names escaped in the CSV: {s['csv_escaping']}")
         lines += [f"warning: {w}" for w in s.get("warnings", [])]
         if s["fitted"]:
             lines.append(f"images fitted to the model: {s['fitted']['description']} (a change of the images: the "
@@ -369,9 +481,14 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     :class:`vaeood.conformal.CalibrationError` (too small for ``alpha``/``delta``) or
     :class:`vaeood.data.DataError` (unusable input)."""
     run_dir = Path(run_dir)
+    if out is not None:
+        check_outputs(out, [run_dir], source)
     record = load_calibration(run_dir, detector, detector_options)
+    if out is not None:
+        check_outputs(out, [run_dir, *companion_runs(record["detector_options"])], source)
     scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],
                          data_dir=data_dir, batch_size=batch_size)
+    scorer.check_companions()
     _refit_and_check(scorer, record, data_dir)
     cal = record["scores"]
     # refuse an impossible alpha/delta before reading and scoring the input
@@ -384,21 +501,8 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     scores = scorer.score_images(images.images, record["seed"] + 1)
     decision = conformal.decide(cal, scores, alpha, delta=delta, fdr=fdr)
     rank = None if decision.guarantee == "fdr" else conformal.threshold(cal, alpha, delta).rank
-    summary = {
-        "input": str(source), "input_kind": images.kind, "input_source": images.source,
-        "n_images": len(images), "skipped": [list(s) for s in images.skipped], "fitted": images.fitted,
-        "detector": detector, "detector_options": record["detector_options"],
-        "alpha": float(alpha), "delta": delta, "fdr": bool(fdr), "guarantee": decision.guarantee,
-        "guarantee_text": decision.describe(), "threshold": decision.threshold, "rank": rank,
-        "n_calibration": len(cal), "n_flagged": decision.n_flagged,
-        "fraction_flagged": decision.n_flagged / len(images),
-        "calibration": {"dataset": record["dataset"], "split": record["split"],
-                        "slice": record["calibration_slice"], "train_slice": record["train_slice"],
-                        "fit_slice": record["fit_slice"], "images_sha256": record["calibration_images_sha256"]},
-        "checkpoint_sha256": record["checkpoint_sha256"],
-        "score_direction": "higher = more out-of-distribution",
-        "warnings": [],
-    }
+    summary = _summary(source, images, record, decision, alpha=alpha, delta=delta, fdr=fdr, rank=rank)
+    summary["warnings"] += scorer.warnings
     if images.kind == "dataset" and (str(source), split) == (record["dataset"], record["split"]):
         summary["warnings"].append(
             f"these are images of the split the run was trained and calibrated on ({record['dataset']}/{split}: "
@@ -409,6 +513,28 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     if out is not None:
         result.write(out)
     return result
+
+
+def _summary(source, images: InputImages, record: dict, decision, *, alpha, delta, fdr, rank) -> dict:
+    """:func:`decide`'s summary (JSON-able): the input and what was left out, skipped or
+    escaped, the detector, the rule and its guarantee, the calibration it rests on."""
+    return {
+        "input": display_name(str(source)), "input_kind": images.kind, "input_source": images.source,
+        "n_images": len(images), "skipped": [list(s) for s in images.skipped],
+        "left_out": [list(s) for s in images.left_out], "fitted": images.fitted,
+        "csv_escaping": CSV_ESCAPING, "n_escaped": sum(n != csv_cell(n) for n in images.names),
+        "detector": record["detector"], "detector_options": record["detector_options"],
+        "alpha": float(alpha), "delta": delta, "fdr": bool(fdr), "guarantee": decision.guarantee,
+        "guarantee_text": decision.describe(), "threshold": decision.threshold, "rank": rank,
+        "n_calibration": len(record["scores"]), "n_flagged": decision.n_flagged,
+        "fraction_flagged": decision.n_flagged / len(images),
+        "calibration": {"dataset": record["dataset"], "split": record["split"],
+                        "slice": record["calibration_slice"], "train_slice": record["train_slice"],
+                        "fit_slice": record["fit_slice"], "images_sha256": record["calibration_images_sha256"]},
+        "checkpoint_sha256": record["checkpoint_sha256"],
+        "score_direction": "higher = more out-of-distribution",
+        "warnings": [],
+    }
 
 
 def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None) -> None:
@@ -423,8 +549,13 @@ def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None)
     if images_sha256(data.images[a:b]) != record["calibration_images_sha256"]:
         raise NoCalibrationError(f"the calibration images {record['dataset']}/{record['split']}[{a}:{b}] found now "
                                  f"differ from those calibrated on; calibrate again: {how}")
-    scorer.fit(*(record["fit_slice"] or (0, 0)))
-    again = scorer.score_images(data.images[a:b], record["seed"])
+    try:  # the options come from the calibration file: a value the feature refuses is the file's fault
+        scorer.fit(*(record["fit_slice"] or (0, 0)))
+        again = scorer.score_images(data.images[a:b], record["seed"])
+    except (ValueError, TypeError, UnknownNameError) as err:
+        raise NoCalibrationError(f"{calibration_path(scorer.run_dir, record['detector'])}: field 'detector_options' "
+                                 f"{record['detector_options']} cannot score the calibration images ({err}); "
+                                 f"calibrate again: {how}") from None
     if not np.allclose(again, record["scores"], rtol=1e-5, atol=1e-6):
         worst = float(np.max(np.abs(again - record["scores"])))
         raise NoCalibrationError(f"detector {record['detector']!r} no longer reproduces its calibration scores "
@@ -491,9 +622,10 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
     """
     run_dir = Path(run_dir)
     out = {}
-    for name in ([detectors] if isinstance(detectors, str) else detectors):
+    detector_options = per_detector_options(detector_options, "detector_options")
+    for name in detector_names(detectors, "detectors"):
         try:
-            record = _calibration_for_rates(run_dir, name, (detector_options or {}).get(name) or {},
+            record = _calibration_for_rates(run_dir, name, detector_options.get(name) or {},
                                             n_calibration=n_calibration, n_fit=n_fit, data_dir=data_dir,
                                             device=device, batch_size=batch_size, test_seed=seed)
         except (NoCalibrationError, conformal.CalibrationError) as err:

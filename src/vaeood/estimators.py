@@ -22,7 +22,10 @@ provide instead a small protocol, on which ``elbo`` and ``iwae`` dispatch (``has
 * ``model.encode(x)``: whatever the model needs to reuse across sample chunks (one pass of
   the encoder per image);
 * ``model.draw_noise(S, B, like, generator) -> list`` of per-layer noise ``[S, B, Z_i]``,
-  drawn per sample index (so chunking does not change a sample);
+  drawn per sample index (so chunking does not change a sample); ``generator`` may be a
+  torch generator, None, or an :class:`vaeood.noise.ImageNoise` (what the feature layer
+  passes: draw from it with ``generator.normal(S, width, like)``, as
+  :meth:`vaeood.models.hvae.HierarchicalVAE.draw_noise` does);
 * ``model.log_weight_terms(x, eps, encoded=...) -> {"log_likelihood": [S, B], "log_ratio":
   [L × [S, B]], "kl": [L × ([B] or [S, B])]}``: log p(x|z), per layer
   ``log q(z_i|·) − log p(z_i|·)`` at the samples, and per layer the analytic KL given the
@@ -40,7 +43,10 @@ Randomness: the noise is drawn from ``generator`` (or torch's default generator)
 ``[B, Z]`` draw per sample index, in order. So for a fixed seed the k-th sample of an
 image does not depend on how the K samples are chunked, ``iwae(k=1)`` and
 ``elbo(kl="mc")`` see the same z, and estimates for K and K' > K share their first K
-samples (common random numbers). The noise of an image does depend on the batch it is in.
+samples (common random numbers). With a torch generator the noise of an image depends on
+the batch it is in; with an :class:`vaeood.noise.ImageNoise` as ``generator`` (what the
+feature layer passes) each image's noise is keyed on its bytes and the seed, so its
+estimate does not depend on the batch, its position in it or the batch size.
 
 **IWAE outputs** (:func:`iwae`), each ``[B]``:
 

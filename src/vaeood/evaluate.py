@@ -22,7 +22,9 @@ import numpy as np
 from .atomic import atomic_write, atomic_write_json
 from .config import ConfigError
 from .data import load_dataset
-from .detectors import DETECTORS, Detector, FitDataError, batch_test_power, make_detector
+from .companions import check_companions
+from .detectors import (DETECTORS, Detector, FitDataError, batch_test_power, detector_names, make_detector,
+                        per_detector_options)
 from .features import compute_features, needs_features
 from .fitdata import check_fit_slice, heldout_slice, run_config
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
@@ -54,9 +56,8 @@ def build_detectors(names: str | Iterable[str] | None, detector_options: Mapping
     if names is None or names == "all":
         chosen = DETECTORS.names()
     else:
-        chosen = [names] if isinstance(names, str) else list(names)
-        chosen = [n.strip() for item in chosen for n in str(item).split(",") if n.strip()]
-    detector_options = dict(detector_options or {})
+        chosen = detector_names(names)
+    detector_options = per_detector_options(detector_options)
     unknown = [k for k in detector_options if k not in chosen]
     if unknown:
         raise ConfigError(f"options given for detector {unknown[0]!r}, which is not among the detectors asked for "
@@ -92,6 +93,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     out_dir = Path(out_dir) if out_dir else run_dir
     explicit = not (detectors is None or detectors == "all")
     dets = build_detectors(detectors, detector_options, estimator=estimator, estimator_options=estimator_options)
+    companion_notes = check_companions(run_dir, dets)  # before any score: a mismatched companion is refused
     per_set = {}
     for name in [in_dataset, *ood_datasets]:
         per_set[name] = score(run_dir, name, split, estimator=estimator, estimator_options=estimator_options,
@@ -120,7 +122,8 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
         "ood": list(ood_datasets), "positive_class": "ood", "score_direction": "higher = more out-of-distribution",
         "results": runner.results,
         "warnings": same_data_warnings(in_dataset, ood_datasets,
-                                       {n: score_meta(s) for n, s in per_set.items()}) + runner.small_sets,
+                                       {n: score_meta(s) for n, s in per_set.items()}) + runner.small_sets
+        + companion_notes,
         "detectors": runner.det_info, "detector_scores": runner.score_files, "skipped": skipped,
         "fit_data": ({k: v for k, v in fit_slice.items() if k not in ("data_dir",)} if fit_slice and any(
             d.fits for d in dets.values()) else None),

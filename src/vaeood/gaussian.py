@@ -5,20 +5,28 @@ densities, all in nats and summed over the latent axis (the last dim)."""
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
+from .noise import ImageNoise
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def standard_normal(num: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+def standard_normal(num: int, like: Tensor, generator: torch.Generator | ImageNoise | None) -> Tensor:
     """``[num, B, Z]`` standard-normal noise, one ``[B, Z]`` draw per sample index.
 
     Drawing sample by sample (rather than one ``[num, B, Z]`` call) makes the noise of
     sample k independent of how the samples are chunked: torch's samplers lay out a big
-    draw differently from a sequence of small ones.
+    draw differently from a sequence of small ones. With an :class:`vaeood.noise.ImageNoise`
+    as ``generator`` each image's rows come from its own stream, keyed on its bytes and
+    the seed (chunk-independent too), so they do not depend on the batch.
     """
+    if isinstance(generator, ImageNoise):
+        return generator.normal(num, like.shape[-1], like)
     draws = [torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
              for _ in range(num)]
     return draws[0][None] if num == 1 else torch.stack(draws)
@@ -48,7 +56,9 @@ def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def check_positive_int(name: str, value) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer ≥ 1."""
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    """``value`` as an int, or a :class:`vaeood.errors.ConfigError` (a ValueError) naming
+    ``name`` when it is not an integer ≥ 1 (a text or None included: the user's value, not a bug)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or int(value) != value or value < 1):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return int(value)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from contextlib import contextmanager
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, Mapping, TypeVar
 
 from .errors import ConfigError
 
@@ -31,6 +31,9 @@ def check_options(fn, options: dict, kind: str, name: str, supplied: tuple[str, 
     ``supplied`` names the parameters the caller fills itself (``model``, ``x``, ...),
     which are not options. Returns a copy of ``options``.
     """
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"the options of {kind} {name!r} must be an object of named values, got "
+                          f"{type(options).__name__} {options!r}")
     accepted = [name for name, p in inspect.signature(fn).parameters.items() if name not in supplied
                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     unknown = [k for k in options if k not in accepted]
@@ -81,6 +84,9 @@ class Registry(Generic[T]):
                 self._items[name] = before
 
     def get(self, name: str) -> T:
+        if not isinstance(name, str):  # e.g. a number from a JSON option
+            raise UnknownNameError(f"the {self.kind} must be named by a text, got {type(name).__name__} {name!r}; "
+                                   f"known: {', '.join(sorted(self._items))}")
         try:
             return self._items[name]
         except KeyError:

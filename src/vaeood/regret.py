@@ -60,7 +60,8 @@ elementwise, others are untouched); an image whose bound is non-finite after the
 optimisation gets NaN and a warning in the log.
 
 **Randomness and batch independence.** The noise of an image comes from generators
-seeded by the image's bytes and ``generator.initial_seed()`` (torch's default seed when
+seeded by the image's bytes and the seed (:func:`vaeood.noise.image_normals`; the seed is
+an :class:`vaeood.noise.ImageNoise`'s, ``generator.initial_seed()``, or torch's default seed when
 ``generator`` is None) — not from the generator's running state — so an image's scores
 do not depend on its batch, its position in it, or on earlier calls: a batched score
 equals the one-image score for the same image and seed, up to float rounding of batched
@@ -113,7 +114,6 @@ use ``batch_size`` to bound it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from typing import Callable
@@ -124,6 +124,7 @@ from torch import Tensor, nn
 from . import gaussian
 from .estimators import checked_log_joint, checked_posterior
 from .gaussian import check_positive_int, kl_to_standard_normal, log_prob_from_eps
+from .noise import image_normals, noise_seed
 
 __all__ = ["likelihood_regret", "VARIANTS", "OPTIMIZERS", "DEFAULTS"]
 
@@ -178,7 +179,7 @@ def likelihood_regret(model, x: Tensor, *, generator: torch.Generator | None = N
     opt_kwargs.update(lr=float(lr), weight_decay=float(weight_decay))
     opt_class = OPTIMIZERS[optimizer]
 
-    seed = generator.initial_seed() if generator is not None else torch.initial_seed()
+    seed = noise_seed(generator)
     n = x.shape[0]
     step = n if batch_size is None else check_positive_int("batch_size", batch_size)
     parts = []
@@ -231,24 +232,6 @@ def _checked_settings(variant, optimizer, loss, bound, steps, lr, weight_decay, 
 
 
 likelihood_regret.needs_grad = True  # the feature protocol: run without torch.no_grad()
-# its noise comes from each image's bytes and the generator's seed: a feature layer gives every
-# batch the same seed, so that the batches an image is scored in do not change its regret
-likelihood_regret.per_image_noise = True
-
-
-# -- per-image noise ------------------------------------------------------------------------
-def _image_noise(x: Tensor, seed: int, tag: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """``[*shape[:-1], B, shape[-1]]`` standard normals; image b's slice comes from a
-    generator seeded by (seed, tag, shape, image b's bytes), so it is the same in any batch."""
-    host = x.detach().cpu().contiguous()
-    header = f"{seed}|{tag}|{tuple(shape)}|{host.dtype}|{tuple(host.shape[1:])}".encode()
-    draws = []
-    for b in range(host.shape[0]):
-        digest = hashlib.blake2b(header + host[b].numpy().tobytes(), digest_size=8).digest()
-        g = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
-        draws.append(torch.randn(shape, generator=g, dtype=torch.float64))
-    noise = torch.stack(draws, dim=-2) if draws else torch.zeros(*shape[:-1], 0, shape[-1], dtype=torch.float64)
-    return noise.to(device=like.device, dtype=like.dtype)
 
 
 # -- bounds -----------------------------------------------------------------------------------
@@ -376,7 +359,7 @@ def _regret_batch(model, x, *, seed, variant, steps, opt_class, opt_kwargs, samp
                   layers, use_vmap, head_exact, max_elements) -> tuple[Tensor, Tensor]:
     with torch.no_grad():
         mu0, logvar0 = checked_posterior(model, x)
-        eps_bound = _image_noise(x, seed, "bound", (k, mu0.shape[1]), mu0)
+        eps_bound = image_normals(x, seed, "bound", (k, mu0.shape[1]), mu0)
         before = _bound(model, x, mu0, logvar0, eps_bound, bound, max_elements)
     if steps == 0:
         return before, before.clone()
@@ -385,7 +368,7 @@ def _regret_batch(model, x, *, seed, variant, steps, opt_class, opt_kwargs, samp
             and opt_class in (torch.optim.Adam, torch.optim.AdamW)):
         scale = feature_scale(model, x, mu0.shape[1])
     params, encode = _make_encode(model, x, variant, layers, use_vmap, mu0, logvar0, scale)
-    eps_opt = _image_noise(x, seed, "optimise", (steps, samples, mu0.shape[1]), mu0)
+    eps_opt = image_normals(x, seed, "optimise", (steps, samples, mu0.shape[1]), mu0)
     with torch.enable_grad():
         params = [p.requires_grad_(True) for p in params]
         opt = opt_class(params, **opt_kwargs)

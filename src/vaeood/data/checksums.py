@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import DataError
+from .regular_files import open_regular_file
 
 _CHUNK = 1 << 20  # 1 MiB: large enough to be fast, small enough to never hold a file in RAM
 
@@ -26,7 +27,7 @@ def file_hexdigest(path: str | os.PathLike, algorithm: str) -> str:
     """Hex digest (``"md5"``, ``"sha256"``, ...) of a file, read in chunks (works for
     files larger than memory)."""
     digest = hashlib.new(algorithm, usedforsecurity=False)
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:  # a FIFO is refused, never waited on
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()

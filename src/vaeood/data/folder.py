@@ -8,6 +8,14 @@ shape than the model's), and the read is refused, unless the caller asks to skip
 with their reasons, logged, and written into the results. Never a silent partial
 result.
 
+What is read: only regular files (and symbolic links to regular files, read as the
+file the link names, under the link's name). A FIFO, socket or device is a bad file,
+named by its kind and never opened (opening a FIFO waits for a writer for ever); so is
+a subfolder, or a link to one of these or to nothing. Hidden entries (names starting
+with ``.``, e.g. ``.DS_Store``) are not read; they are listed in ``left_out`` and the
+results say so. A file name that is not valid UTF-8 is a bad file (it cannot be written
+into the CSV or the summary), shown with its undecodable bytes escaped.
+
 Pixel formats (Pillow modes): 8-bit grey (``L``) gives one channel, ``RGB`` three;
 1-bit images (``1``) become grey 0/255; palette images (``P``) become RGB, or grey when
 the palette is grey; an alpha channel (``LA``, ``RGBA``, palette transparency) is
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +42,7 @@ import numpy as np
 
 from .errors import DataError
 from .fit import FITS, fit_images
+from .regular_files import open_regular_file, special_file_kind
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,7 @@ class InputImages:
         source: what was read (the folder, file or dataset), for summaries.
         kind: ``"folder"``, ``"npz"`` or ``"dataset"``.
         skipped: ``(name, reason)`` of each file skipped with ``skip_bad=True``.
+        left_out: ``(name, reason)`` of each hidden entry of a folder, not read.
         fitted: ``None``, or ``{"method", "to_shape", "from_shapes": {"C×H×W": count}}``
             when some images were padded or resized.
         labels: the ``.npz``/dataset labels, or None for a folder.
@@ -63,6 +74,7 @@ class InputImages:
     source: str
     kind: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    left_out: list[tuple[str, str]] = field(default_factory=list)
     fitted: dict | None = None
     labels: np.ndarray | None = None
 
@@ -80,19 +92,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            if img.format not in _FORMATS:
-                raise DataError(f"a {img.format} image, not PNG or JPEG")
-            img.verify()  # PNG: every chunk's CRC and the end chunk (a cut-off file fails here)
-        with Image.open(path) as img:
-            img.load()  # decodes every pixel (a truncated JPEG fails here)
-            return _to_array(img)
+        with open_regular_file(path) as f:
+            with Image.open(f) as img:
+                if img.format not in _FORMATS:
+                    raise DataError(f"a {img.format} image, not PNG or JPEG")
+                img.verify()  # PNG: every chunk's CRC and the end chunk (a cut-off file fails here)
+            f.seek(0)
+            with Image.open(f) as img:
+                img.load()  # decodes every pixel (a truncated JPEG fails here)
+                return _to_array(img)
     except DataError:
         raise
     except (PermissionError, FileNotFoundError) as err:  # e.g. a broken symbolic link
         raise DataError(f"cannot be read ({err.strerror or err})") from None
     except UnidentifiedImageError:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             head = f.read(8)
         if head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SIGNATURE):
             raise DataError("truncated or corrupt (a PNG/JPEG signature but no readable header)") from None
@@ -102,6 +116,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         reason = str(err) or type(err).__name__
         raise DataError(f"truncated or corrupt ({reason})") from None
+
+
+def display_name(name: str) -> str:
+    """``name`` as it can be printed and written (UTF-8): undecodable bytes of a file name
+    (which Python keeps as surrogates) shown as ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an escape sequence in a file
+    name could rewrite the screen) shown as ``\\xNN``/``\\uNNNN``, undecodable bytes as ``\\xNN``."""
+    text = display_name(text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _to_array(img) -> np.ndarray:
@@ -138,8 +169,9 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
     """Every PNG/JPEG file in ``folder`` (not recursive), sorted by name.
 
     Args:
-        folder: the folder. Hidden entries (names starting with ``.``) are ignored;
-            any other entry that is not a readable PNG/JPEG image counts as bad.
+        folder: the folder. Hidden entries (names starting with ``.``) are not read and
+            are listed in ``left_out``; any other entry that is not a readable PNG/JPEG
+            regular file counts as bad (see the module docstring).
         shape: the model's image shape ``(C, H, W)``; None to accept the folder's own.
         fit: ``"pad"`` or ``"resize"`` to convert images of another shape (see
             :mod:`vaeood.data.fit`); None refuses them.
@@ -155,9 +187,16 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
         FITS.get(fit)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    everything = sorted(folder.iterdir())
+    entries = [p for p in everything if not p.name.startswith(".")]
+    hidden = [(display_name(p.name), "hidden (a name starting with '.'): not read") for p in everything
+              if p.name.startswith(".")]
+    if hidden:
+        log.warning("%s: %d hidden entries not read (listed in the results): %s", folder, len(hidden),
+                    "; ".join(n for n, _ in hidden[:_SHOW]))
     if not entries:
-        raise DataError(f"{folder}: the folder holds no files (expected PNG or JPEG images)")
+        also = f" (only {len(hidden)} hidden entries, not read)" if hidden else ""
+        raise DataError(f"{folder}: the folder holds no files{also} (expected PNG or JPEG images)")
 
     good, bad = _read_entries(entries)
     keep, odd = _split_by_shape(good, shape, fit, bad)
@@ -177,8 +216,8 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
     if not keep:
         raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
     images = np.ascontiguousarray(np.stack([a for _, a in keep]))
-    return InputImages(images, [n for n, _ in keep], source=str(folder), kind="folder", skipped=sorted(bad),
-                       fitted=fitted)
+    return InputImages(images, [n for n, _ in keep], source=display_name(str(folder)), kind="folder",
+                       skipped=sorted(bad), left_out=hidden, fitted=fitted)
 
 
 def _read_entries(entries: list[Path]) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
@@ -187,9 +226,18 @@ def _read_entries(entries: list[Path]) -> tuple[list[tuple[str, np.ndarray]], li
     bad: list[tuple[str, str]] = []
     good: list[tuple[str, np.ndarray]] = []
     for path in entries:
-        name = path.name
-        if path.is_dir():
+        name = display_name(path.name)
+        try:
+            mode = os.stat(path).st_mode  # follows a symbolic link; lstat would not
+        except OSError as err:
+            bad.append((name, f"cannot be read ({err.strerror or err}; a broken symbolic link?)"))
+            continue
+        if name != path.name:
+            bad.append((name, "its name is not valid UTF-8 (rename it)"))
+        elif stat.S_ISDIR(mode):
             bad.append((name, "a subfolder (folders are not read recursively)"))
+        elif special_file_kind(mode) is not None:
+            bad.append((name, f"{special_file_kind(mode)}, not a regular file (not opened)"))
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
             bad.append((name, f"not a PNG/JPEG file name (suffix {path.suffix or 'none'!r})"))
         else:
@@ -278,12 +326,16 @@ def load_input(source: str | os.PathLike, *, shape: tuple[int, int, int] | None 
             raise DataError("limit applies to an .npz or a dataset, not to a folder (choose its files instead)")
         return read_image_folder(path, shape=shape, fit=fit, skip_bad=skip_bad)
     if path.suffix.lower() == ".npz":
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"{path}: no such .npz file")
+        if special_file_kind(os.stat(path).st_mode) is not None:
+            raise DataError(f"{path}: {special_file_kind(os.stat(path).st_mode)}, not a regular .npz file (not opened)")
         images, labels, _ = read_image_arrays(path, str(path))
         images, labels = (images[:limit], labels[:limit]) if limit else (images, labels)
         images, fitted = fit_array(images, shape, fit, str(path))
-        return InputImages(images, [f"{path.name}[{i}]" for i in range(len(images))], source=str(path), kind="npz",
+        name = display_name(path.name)  # an undecodable byte of the name, escaped: the CSV and summary are UTF-8
+        return InputImages(images, [f"{name}[{i}]" for i in range(len(images))], source=display_name(str(path)),
+                           kind="npz",
                            fitted=fitted, labels=labels)
     if path.exists():
         raise DataError(f"{path}: neither a folder of PNG/JPEG images nor an .npz file")

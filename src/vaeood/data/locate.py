@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import DataError
+from .regular_files import special_file_kind
 
 ENV_VAR = "VAEOOD_DATA"
 
@@ -82,10 +83,14 @@ def candidate_folders(search_dir: SearchDir, name: str) -> list[Path]:
 
 def refuse_broken_links(folder: Path, names: Iterable[str], prefix: str) -> None:
     """Raise a DataError naming a dataset file in ``folder`` (one of ``names``, or a name
-    starting with ``prefix``) that is a symbolic link to nothing. Skipping it would
+    starting with ``prefix``) that is a symbolic link to nothing, or a FIFO, socket or device. Skipping it would
     quietly load another copy of the dataset from a later folder, or report it missing."""
     candidates = [folder / n for n in names] + sorted(folder.glob(glob.escape(prefix) + "*"))
     for path in candidates:
         if path.is_symlink() and not path.exists():
             raise DataError(f"{path} is a broken symbolic link: it points to {os.readlink(path)}, which does "
                             "not exist. Fix the link or remove it")
+        kind = special_file_kind(os.stat(path).st_mode) if path.exists() else None
+        if kind is not None and not path.is_dir():  # a FIFO is not skipped for another copy, nor opened
+            raise DataError(f"{path} is {kind}, not a regular file (not opened). Replace it with the dataset "
+                            "file or remove it")

@@ -22,6 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .errors import DataError
+from .regular_files import open_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ def read_image_arrays(src: str | os.PathLike | BinaryIO, where: str) -> tuple[np
     the file in error messages.
     """
     try:
+        if isinstance(src, (str, os.PathLike)):  # a path: opened only if it is a regular file
+            with open_regular_file(src) as f:
+                return read_image_arrays(f, where)
         npz = np.load(src, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise DataError(f"{where}: holds a single array, not an .npz archive with {_FORMAT}")
@@ -50,8 +54,10 @@ def read_image_arrays(src: str | os.PathLike | BinaryIO, where: str) -> tuple[np
             ignored = sorted(set(npz.files) - {"x", "y", "provenance"})
             if ignored:
                 log.debug("%s: ignoring arrays %s", where, ignored)
-    except DataError:
-        raise
+    except DataError as err:
+        if str(err).startswith(where):
+            raise
+        raise DataError(f"{where}: {err}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{where}: not a readable .npz file ({type(err).__name__}: {err}); "
                         f"expected an archive with {_FORMAT}") from None

@@ -29,6 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from ..config import ConfigError
+from ..estimators import ESTIMATORS
 from ..registry import Registry, check_options
 
 DETECTORS: Registry = Registry("detector")
@@ -92,6 +93,15 @@ class Detector:
         options as given, unless a detector's fit chooses something."""
         return dict(self.options)
 
+    companions: tuple[str, ...] = ()  # options that name another run the detector computes features with
+
+    def companion_warnings(self, option: str, companion, run) -> list[str]:
+        """What to say about the companion run of ``option`` whose config is ``companion``
+        (``run``: this run's config) when it passes the shared checks (same dataset and
+        image shape, :mod:`vaeood.companions`) but departs from the paper's recipe; a
+        :class:`ConfigError` for a setting the detector cannot do without."""
+        return []
+
     def why_not(self, info: Mapping) -> str | None:
         """Why this detector does not apply to a run described by ``info`` (keys
         ``normalised``, ``has_fit_data``), or None when it does."""
@@ -129,11 +139,46 @@ def make_detector(name: str, options: Mapping | None = None) -> Detector:
     """A detector by registered name with keyword options (unknown options are refused)."""
     cls = DETECTORS.get(name)
     opts = check_options(cls.__init__, dict(options or {}), "detector", name, ("self",))
-    return cls(**opts)
+    try:
+        detector = cls(**opts)
+        detector.needs  # builds (and checks) the feature requests
+    except (TypeError, ValueError) as err:  # a value of the wrong kind, e.g. estimator_options = 5
+        raise ConfigError(f"detector {name!r}: options {opts} are not valid ({err})") from None
+    return detector
+
+
+def detector_names(names, option: str = "--detectors") -> list[str]:
+    """A detector list (``"a,b"`` or names) as names; an empty or blank one (an unset shell
+    variable, ``","``) is refused naming ``option``, never read as "all" or as none."""
+    items = [names] if isinstance(names, str) else list(names)
+    chosen = list(dict.fromkeys(n.strip() for item in items for n in str(item).split(",") if n.strip()))
+    if not chosen:
+        raise ConfigError(f"{option} names no detector (got {names!r}); give a comma-separated list of "
+                          f"{', '.join(DETECTORS.names())}, or 'all'")
+    return chosen
+
+
+def per_detector_options(options, option: str = "--detector-options") -> dict[str, dict]:
+    """``{detector: {option: value}}`` checked: a mapping whose every value is a mapping (or
+    null); refused naming ``option`` and the detector otherwise."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{option} must be a JSON object {{\"detector\": {{\"option\": value}}}}, "
+                          f"got {type(options).__name__}")
+    for name, value in options.items():
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{option}: the options of detector {name!r} must be a JSON object such as "
+                              f"{{\"estimator\": \"iwae\"}}, got {type(value).__name__} {value!r}")
+    return {name: dict(value or {}) for name, value in options.items()}
 
 
 def estimate_need(estimator: str, estimator_options: dict | None) -> dict:
-    return {"estimator": estimator, "estimator_options": dict(estimator_options or {})}
+    """The ``log_px`` request of a detector that takes an estimator: the estimator's name and
+    options checked here (an unknown name or option is refused before any work)."""
+    fn = ESTIMATORS.get(estimator)
+    options = check_options(fn, estimator_options or {}, "estimator", estimator, ("model", "x", "generator"))
+    return {"estimator": estimator, "estimator_options": options}
 
 
 def standardise_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

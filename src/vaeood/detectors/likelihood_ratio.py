@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import ConfigError
 from .base import DETECTORS, Detector, estimate_need
 
 
@@ -25,7 +26,27 @@ from .base import DETECTORS, Detector, estimate_need
 class LikelihoodRatio(Detector):
     name = "likelihood_ratio"
     required = ("background_run",)
+    companions = ("background_run",)
     paper = "Ren et al., NeurIPS 2019"
+
+    def companion_warnings(self, option, companion, run):
+        """The ratio needs both models to give log-likelihoods of the same kind (the same
+        decoder likelihood): refused otherwise. The paper's background is trained with pixel
+        noise μ = 0.1–0.3 and an L2 penalty; without them (an ablation the paper reports) the
+        ratio cancels little: said, not refused."""
+        if companion.model.likelihood != run.model.likelihood:
+            raise ConfigError(f"detector 'likelihood_ratio': background_run has a {companion.model.likelihood} "
+                              f"decoder and the run a {run.model.likelihood} one; their log-likelihoods are not "
+                              f"comparable: train the background with --model.likelihood={run.model.likelihood}")
+        out = []
+        if not companion.data.noise_rate:
+            out.append(f"background_run was trained without pixel noise (data.noise_rate = 0); Ren et al. train "
+                       "the background with noise at μ = 0.1–0.3 (--data.noise_rate=0.2), without which it "
+                       "learns the same statistics as the model and the ratio is close to 0")
+        if not companion.train.weight_decay:
+            out.append("background_run was trained without an L2 penalty (train.weight_decay = 0); Ren et al. "
+                       "use one (--train.weight_decay=1e-4)")
+        return out
 
     def __init__(self, *, background_run=None, estimator: str = "elbo", estimator_options: dict | None = None):
         if isinstance(background_run, Path):

@@ -106,6 +106,14 @@ class LPath2M(LPath):
 
     name = "lpath_2m"
     required = ("second_run",)
+    companions = ("second_run",)
+
+    def companion_warnings(self, option, companion, run):
+        """Huang et al. pair two VAEs of very different latent sizes: equal ones are said, not refused."""
+        if companion.model.latent_dim == run.model.latent_dim and companion.model.arch == run.model.arch:
+            return [f"second_run has the run's latent size ({run.model.latent_dim}); LPath pairs a very wide "
+                    "and a very small latent (Huang et al. 2024), so the two models' statistics may add little"]
+        return []
 
     def __init__(self, *, second_run=None, method: str | None = None, stats: tuple | list | None = None):
         super().__init__(method=method, stats=stats)

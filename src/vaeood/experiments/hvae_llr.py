@@ -26,9 +26,9 @@ from ..atomic import atomic_write_json, atomic_write_text
 from ..config import Config
 from ..data import load_dataset
 from ..estimators import bits_per_dim
-from ..llr import llr_bounds
+from ..features import features_of
 from ..metrics import ood_metrics
-from ..run import load_model, to_tensor
+from ..run import load_model
 from ..scoring import score
 from .common import stamp, train_or_reuse
 
@@ -53,19 +53,12 @@ WHAT = {"sampled": "lower layers sampled from p(z_i|z_{i+1}) (the bound as writt
 
 def llr_scores(run_dir: Path, dataset: str, limit: int, *, data_dir: str | None, seed: int = 0,
                samples: int = 1, prior_mean: bool = False, batch_size: int = 500) -> dict[str, np.ndarray]:
-    """``llr_bounds`` on the first ``limit`` test images of ``dataset`` (noise per batch from
-    a generator seeded by (seed, batch), as ``scoring.score`` seeds it)."""
+    """``llr_bounds`` on the first ``limit`` test images of ``dataset``, through the feature
+    layer (each image's noise keyed on its bytes and ``seed``, as every feature's)."""
     model, _, _ = load_model(run_dir)
     data = load_dataset(dataset, "test", data_dir=data_dir)
-    images = data.images[:limit]
-    parts = []
-    with torch.no_grad():
-        for b, start in enumerate(range(0, len(images), batch_size)):
-            x = to_tensor(images[start: start + batch_size])
-            g = torch.Generator().manual_seed(seed * 1_000_003 + b)
-            out = llr_bounds(model, x, generator=g, samples=samples, prior_mean=prior_mean)
-            parts.append({k: v.double().numpy() for k, v in out.items()})
-    result = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    result = features_of(model, data.images[:limit], "llr", {"samples": samples, "prior_mean": prior_mean},
+                         seed=seed, batch_size=batch_size)
     if model.likelihood.normalised:
         result["bpd"] = bits_per_dim(torch.from_numpy(result["elbo_nats"]), model.num_dims).numpy()
     return result

@@ -17,10 +17,17 @@ A feature producer is a function registered in :data:`FEATURES`::
 
 ``x`` is a uint8 tensor ``[B, C, H, W]`` and ``model`` follows the duck-typed protocol of
 :mod:`vaeood.estimators` (see :mod:`vaeood.byo` for bringing your own VAE). Output keys
-carry their unit (``log_px_nats``, ``png_bits``, ...). No image may influence another's
-output: the noise of batch ``b`` is drawn from a generator seeded with
-``seed * 1_000_003 + b`` (so a value depends on the image, its place in the slice and
-the seed, never on the other images' content).
+carry their unit (``log_px_nats``, ``png_bits``, ...).
+
+Seeding rule: an image's features depend on the image's bytes, the seed and the options
+alone — never on its place in the slice, the batch size, the other images, the number of
+processes or the device. ``generator`` is a :class:`vaeood.noise.ImageNoise` made for the
+batch from ``seed``: each image draws its noise from its own streams, keyed on
+(seed, its bytes), through :func:`vaeood.gaussian.standard_normal` and the hierarchical
+VAE's ``draw_noise`` (likelihood regret keys its own blocks on the same seed). Every
+feature of an image shares one key, so features of one image see common random numbers
+(``llr``'s ``elbo_nats`` is ``log_px`` by ``iwae`` with as many samples); identical images
+get identical features. A producer that draws noise must draw it from ``generator``.
 
 Cache (:func:`compute_feature`): ``RUN/features/<tag>.npz`` holds one feature of one
 slice of one dataset split: its arrays, the labels and a JSON ``meta`` that records the
@@ -54,6 +61,7 @@ from ..config import ConfigError
 from ..data import load_dataset
 from ..data.checksums import file_hexdigest
 from ..data.fit import FITS, fit_images
+from ..noise import ImageNoise
 from ..registry import Registry, check_options
 from ..run import load_model, to_tensor
 
@@ -64,7 +72,9 @@ FEATURES: Registry = Registry("feature")
 FEATURES_DIR = "features"
 SUPPLIED = ("model", "x", "generator")
 RESERVED = ("feature", "run")  # keys of a need that are not options of the producer
-FORMAT = 2  # version of the cache-file layout; files of another format are recomputed
+# version of the cache files; files of another format are recomputed. 3: noise keyed on each
+# image's bytes and the seed (vaeood.noise), no longer on the batch
+FORMAT = 3
 
 
 class ShapeMismatchError(ValueError):
@@ -132,10 +142,10 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
     """Feature ``name`` of every image, uncached: ``{output: float64 [N]}``.
 
     ``images``: uint8 numpy ``[N, H, W, C]`` (as datasets load; ``[N, H, W]`` for grey) or a uint8 tensor
-    ``[N, C, H, W]``. Batches of ``batch_size`` (default 1000); batch ``b`` draws its
-    noise from a generator seeded with ``seed * 1_000_003 + b`` (``seed`` itself for a
-    feature with ``per_image_noise``, whose noise is keyed on each image) and, under torchrun, runs
-    on rank ``b mod W`` (so values do not depend on the number of processes).
+    ``[N, C, H, W]``. Batches of ``batch_size`` (default 1000), a memory bound only; each
+    image draws its noise from an :class:`vaeood.noise.ImageNoise` keyed on its bytes and
+    ``seed`` (the seeding rule of the module docstring), so an image's values do not depend
+    on its position or the batch size. Under torchrun batch ``b`` runs on rank ``b mod W``.
     """
     fn = FEATURES.get(name)
     options = check_options(fn, options or {}, "feature", name, SUPPLIED)
@@ -161,10 +171,7 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
     with grad():
         for b in tqdm(range(rank, len(starts), world), desc=desc or name, disable=not show, leave=False):
             x = batch_of(starts[b], starts[b] + batch_size)
-            # features that key their noise on each image take one seed for every batch
-            batch_seed = seed if getattr(fn, "per_image_noise", False) else seed * 1_000_003 + b
-            generator = torch.Generator(device=dev).manual_seed(batch_seed)
-            out = fn(model, x, generator=generator, **options)
+            out = fn(model, x, generator=ImageNoise(x, seed), **options)
             mine[b] = {k: v.detach().double().cpu().numpy() for k, v in out.items()}
     if world > 1:
         batches = {b: r for part in distributed.gather_objects(mine) for b, r in part.items()}

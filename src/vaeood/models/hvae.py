@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gaussian import kl_to_standard_normal, log_prob, log_prob_from_eps, log_standard_normal
+from ..noise import ImageNoise
 from .conv import OutputConvTranspose2d, check_divisible, conv_decoder, conv_encoder
 from .likelihoods import Likelihood
 from .mlp import mlp_decoder, mlp_encoder
@@ -170,7 +171,12 @@ class HierarchicalVAE(nn.Module):
         """Standard-normal noise ``[S, B, Z_i]`` per layer (lowest first), drawn sample index by
         sample index and, within one, from the top layer down, one ``[B, Z_i]`` draw each. So a
         sample's noise does not depend on how the samples are chunked, and a one-layer model
-        draws exactly what the single-layer VAE's estimators draw."""
+        draws exactly what the single-layer VAE's estimators draw. With an
+        :class:`vaeood.noise.ImageNoise` as ``generator``, each image's rows (all layers,
+        top first, in one row) come from its own stream, keyed on its bytes and the seed."""
+        if isinstance(generator, ImageNoise):
+            rows = generator.normal(samples, sum(self.latent_dims), like)  # [S, B, Z_L + … + Z_1]
+            return list(rows.split(list(reversed(self.latent_dims)), dim=-1))[::-1]
         per_sample = []
         for _ in range(samples):
             draws = [torch.randn((batch, z), dtype=like.dtype, device=like.device, generator=generator)
