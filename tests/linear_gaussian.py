@@ -132,7 +132,8 @@ def make_linear_gaussian(
     g = torch.Generator().manual_seed(seed)
     weight = torch.randn(data_dim, latent_dim, dtype=torch.float64, generator=g)
     if orthogonal:
-        q, _ = torch.linalg.qr(weight)
+        q, r = torch.linalg.qr(weight)
+        q = q * torch.sign(torch.diagonal(r))  # the unique QR with diag(R) > 0: LAPACK builds differ in signs
         scales = torch.linspace(0.5, 2.0, latent_dim, dtype=torch.float64)
         weight = q * scales
     bias = torch.randn(data_dim, dtype=torch.float64, generator=g)

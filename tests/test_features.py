@@ -148,7 +148,8 @@ def test_a_slice_is_part_of_the_key(run, data_dir):
     first = compute_feature(run, "mnist", "test", "posterior", data_dir=str(data_dir), start=0, stop=8)
     later = compute_feature(run, "mnist", "test", "posterior", data_dir=str(data_dir), start=8, stop=16)
     both = compute_feature(run, "mnist", "test", "posterior", data_dir=str(data_dir), limit=16)
-    np.testing.assert_allclose(np.concatenate([first["mu_z_norm"], later["mu_z_norm"]]), both["mu_z_norm"])
+    # the same numbers up to fp32 rounding: the convolution kernels chosen differ with the batch size
+    np.testing.assert_allclose(np.concatenate([first["mu_z_norm"], later["mu_z_norm"]]), both["mu_z_norm"], rtol=1e-5)
     assert feature_meta(later)["start"] == 8 and feature_meta(later)["stop"] == 16
 
 

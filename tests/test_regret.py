@@ -59,24 +59,29 @@ LG_ADAM = {"variant": "posterior", "steps": 30, "lr": 0.05, "k": 64, "keep_start
 
 def test_exact_posterior_regret_small_with_paper_gradient(lg_x):
     """With the paper's noisy ELBO gradient and Adam the optimiser jitters around the
-    optimum: the regret stays near 0, far below that of a perturbed encoder."""
+    optimum: the regret stays near 0, far below that of a perturbed encoder. Medians over
+    the images: the perturbed encoder's bound before optimisation is an IWAE-64 estimate
+    from a shifted, too-narrow q, whose heavy-tailed weights overshoot log p(x) on ~5% of
+    draws (by up to 5 nats), so one image's regret can be anything; which image depends on
+    the CPU's random-number kernels."""
     exact = likelihood_regret(_lg(), lg_x, generator=_gen(), **LG_ADAM)["regret_nats"]
     perturbed = likelihood_regret(_lg(mean_shift=0.5, var_scale=0.3), lg_x, generator=_gen(), **LG_ADAM)["regret_nats"]
-    assert exact.abs().max() < 0.3
-    assert perturbed.min() > 0.3
-    assert perturbed.mean() > 5 * exact.abs().mean()
+    assert exact.abs().median() < 0.1
+    assert perturbed.median() > 1.0
+    assert perturbed.median() > 10 * exact.abs().median()
 
 
 def test_perturbed_encoder_regret_recovers_the_gap(lg_x):
-    """A shifted, too-narrow q: optimising each image's (mu, logvar) reaches the exact
-    posterior, so bound after ≈ log p(x) and regret ≈ log p(x) - bound before (> 0)."""
+    """A shifted, too-narrow q (KL(q ‖ p(z|x)) > 0.3 nats in closed form): optimising each
+    image's (mu, logvar) reaches the exact posterior, so the bound after is log p(x) and
+    the regret is the gain over the bound before."""
     model = _lg(mean_shift=0.5, var_scale=0.3)
     log_px = model.exact_log_px(lg_x).detach()
-    out = likelihood_regret(model, lg_x, generator=_gen(), variant="posterior", loss="stl", steps=200, lr=0.05, k=64)
-    gap = log_px - out["bound_before_nats"]
-    assert (gap > 0.3).all()
+    assert (model.exact_posterior_kl(lg_x) > 0.3).all()
+    out = likelihood_regret(model, lg_x, generator=_gen(), variant="posterior", loss="stl", steps=200, lr=0.05, k=64,
+                            keep_start=False)
     assert torch.allclose(out["bound_after_nats"], log_px, atol=0.05)
-    assert torch.allclose(out["regret_nats"], gap, atol=0.05)
+    assert torch.allclose(out["regret_nats"], out["bound_after_nats"] - out["bound_before_nats"], atol=1e-9)
 
 
 @pytest.mark.parametrize("bound", ["elbo", "iwae"])
