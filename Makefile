@@ -18,7 +18,8 @@ $(INSTALLED): pyproject.toml constraints.txt
 # likely than Fashion-MNIST under a Fashion-MNIST VAE), then every detector on that model
 # (ood-suite's demo preset retrains fig2a quick's discretised-logistic VAE, seed 0: on the real
 # data its weights are identical bit for bit, checked 2026-11-30),
-# against MNIST, uniform noise and constant images; it also trains the background and the two
+# against MNIST, uniform noise, constant images and its own test images rotated by 90 degrees, with
+# `fused` the detector to pick; it also trains the background and the two
 # LPath models some detectors need, and holds out training images to fit on, also on the
 # bundled offline sample).
 demo: $(INSTALLED)
