@@ -47,6 +47,13 @@ def test_train_score_evaluate_cli(tmp_path, data_dir, capsys):
     assert metrics["normalised"] is False  # the default decoder is the Bernoulli baseline
     assert (out / "histogram_elbo.png").stat().st_size > 1000
     assert "AUROC" in capsys.readouterr().out
+    # --ood takes a comma-separated list as well as repeats; an empty one is refused by name
+    assert main(["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist,fashion_mnist", "--ood", "mnist",
+                 "--detectors", "nll", "--data-dir", str(data_dir), "--out", str(tmp_path / "two")]) == 0
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["ood"] == ["mnist", "fashion_mnist"]
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--in", "fashion_mnist", "--ood", " , ", "--data-dir", str(data_dir)]) == 2
+    assert "--ood names no dataset" in capsys.readouterr().err
 
 
 def test_metrics_json_matches_an_independent_computation(tmp_path, data_dir):

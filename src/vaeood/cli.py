@@ -188,7 +188,7 @@ def _add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="OOD metrics and histogram for in-distribution vs OOD sets")
     p.add_argument("run_dir")
     p.add_argument("--in", dest="in_dataset", required=True, help="in-distribution dataset")
-    p.add_argument("--ood", action="append", required=True, help="OOD dataset (repeatable)")
+    p.add_argument("--ood", action="append", required=True, help="OOD datasets: a,b or repeated")
     p.add_argument("--split", default="test")
     p.add_argument("--out", help="output directory (default: the run directory)")
     p.add_argument("--detectors", default=None,
@@ -315,7 +315,16 @@ def _score(args, overrides) -> int:
     return 0
 
 
+def _dataset_list(values: list[str], option: str) -> list[str]:
+    """``--ood a,b --ood c`` → ``[a, b, c]`` (once each); none left is an error naming the option."""
+    names = list(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
+    if not names:
+        raise ConfigError(f"{option} names no dataset (got {values!r}); give one or more, e.g. {option} mnist,svhn")
+    return names
+
+
 def _evaluate(args, overrides) -> int:
+    args.ood = _dataset_list(args.ood, "--ood")
     _fetch(args, [(name, args.split) for name in [args.in_dataset, *args.ood]])
     try:
         detector_options = json.loads(args.detector_options) if args.detector_options else None
