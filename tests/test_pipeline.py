@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinydata import blobs, raise_saved_epochs, write_fig2a_data, write_npz
+from tinydata import blobs, raise_saved_epochs, strokes, write_fig2a_data, write_npz
 from vaeood.checkpoint import load_checkpoint
 from vaeood.cli import main
 from vaeood.config import Config
@@ -185,6 +185,28 @@ def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
     assert main(["reproduce", "fig2a", "--out", str(out), "--data-dir", str(data_dir), "--train.epochs=1",
                  "--model.base_channels=4", "--model.hidden_dim=16"]) == 0
     assert (out / "runs" / "dlogistic_seed1" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_reproduce_fig2b_without_svhn_scores_tiny_imagenet_and_padded_mnist_and_says_so(tmp_path, monkeypatch):
+    """No SVHN (as on these machines): Figure 2b falls back to Tiny ImageNet and MNIST
+    padded to 32×32 RGB, with a note; the variance check takes the unpadded set only."""
+    monkeypatch.delenv("VAEOOD_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.cache/vaeood with an SVHN in it
+    data = tmp_path / "data"
+    write_npz(data, "cifar10", "train", blobs(128, 0, size=32, channels=3))
+    write_npz(data, "cifar10", "test", blobs(64, 1, size=32, channels=3))
+    write_npz(data, "tinyimagenet", "test", strokes(48, 2, size=32, channels=3))
+    write_npz(data, "mnist", "test", strokes(40, 3))
+    out = tmp_path / "fig2b"
+    assert main(["reproduce", "fig2b", "--out", str(out), "--data-dir", str(data), "--train.epochs=1",
+                 "--model.base_channels=4"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "svhn was not found" in metrics["ood_note"] and "tinyimagenet, mnist" in metrics["ood_note"]
+    datasets = metrics["models"]["dlogistic"]["datasets"]
+    assert datasets["mnist"]["n"] == 40 and datasets["tinyimagenet"]["n"] == 48
+    assert set(metrics["models"]["dlogistic"]["summary"]["nll"]) == {"tinyimagenet", "mnist"}
+    assert set(metrics["variance"]["pairs"]["dlogistic"]) == {"tinyimagenet"}  # padded MNIST left out
+    assert "- Note: svhn was not found" in (out / "report.md").read_text()
 
 
 def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatch, capsys):
