@@ -31,7 +31,7 @@ from .decisions import NoCalibrationError, calibrate, decide, summary_path_for
 from .detectors import DETECTORS, per_detector_options
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
-from .registry import UnknownNameError
+from .registry import UnknownNameError, split_names
 from .report import format_table
 from .runlock import RunLockedError
 from .scoring import ShapeMismatchError, score, score_meta
@@ -317,7 +317,7 @@ def _score(args, overrides) -> int:
 
 def _dataset_list(values: list[str], option: str) -> list[str]:
     """``--ood a,b --ood c`` → ``[a, b, c]`` (once each); none left is an error naming the option."""
-    names = list(dict.fromkeys(n.strip() for v in values for n in v.split(",") if n.strip()))
+    names = split_names(values)
     if not names:
         raise ConfigError(f"{option} names no dataset (got {values!r}); give one or more, e.g. {option} mnist,svhn")
     return names

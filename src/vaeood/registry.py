@@ -19,6 +19,12 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
+def split_names(values) -> list[str]:
+    """``"a,b"`` or ``["a,b", "c"]`` → ``["a", "b", "c"]``: stripped, blanks dropped, each once."""
+    items = [values] if isinstance(values, str) else list(values)
+    return list(dict.fromkeys(n.strip() for item in items for n in str(item).split(",") if n.strip()))
+
+
 def did_you_mean(name: str, choices) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

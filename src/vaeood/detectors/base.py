@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..estimators import ESTIMATORS
-from ..registry import Registry, check_options
+from ..registry import Registry, check_options, split_names
 
 DETECTORS: Registry = Registry("detector")
 
@@ -68,8 +68,7 @@ class Detector:
         check_fit_features(features, self.name)
         if self.fits:
             details = self._fit(features) or {}  # what the fit chose (components, k, ...): recorded
-            self.fit_info = {"n": int(len(next(v for k, v in features.items() if k not in ("meta", "labels")))),
-                             **details}
+            self.fit_info = {"n": image_count(features), **details}
         self.fitted = True
         return self
 
@@ -122,6 +121,11 @@ class Detector:
         return f"{type(self).__name__}({opts})"
 
 
+def image_count(features: Mapping) -> int:
+    """How many images a flat features dict holds (the length of its first per-image array)."""
+    return int(len(next(v for k, v in features.items() if k not in ("meta", "labels"))))
+
+
 def check_fit_features(features: Mapping, name: str) -> None:
     """Refuse fitting data whose feature metadata says it is a test split."""
     metas = features.get("meta") if isinstance(features, Mapping) else None
@@ -150,8 +154,7 @@ def make_detector(name: str, options: Mapping | None = None) -> Detector:
 def detector_names(names, option: str = "--detectors") -> list[str]:
     """A detector list (``"a,b"`` or names) as names; an empty or blank one (an unset shell
     variable, ``","``) is refused naming ``option``, never read as "all" or as none."""
-    items = [names] if isinstance(names, str) else list(names)
-    chosen = list(dict.fromkeys(n.strip() for item in items for n in str(item).split(",") if n.strip()))
+    chosen = split_names(names)
     if not chosen:
         raise ConfigError(f"{option} names no detector (got {names!r}); give a comma-separated list of "
                           f"{', '.join(DETECTORS.names())}, or 'all'")
@@ -201,7 +204,6 @@ def mahalanobis_fit(t: np.ndarray) -> np.ndarray:
     return np.linalg.pinv(cov + 1e-6 * np.eye(len(cov)))
 
 
-def mahalanobis_score(t: np.ndarray, precision: np.ndarray, mean: np.ndarray | float = 0.0) -> np.ndarray:
-    """(t − m)ᵀ Σ⁻¹ (t − m) per row; ``m`` = 0 for statistics standardised on the fit rows."""
-    d = t - mean
-    return np.einsum("ni,ij,nj->n", d, precision, d)
+def mahalanobis_score(t: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """tᵀ Σ⁻¹ t per row, for statistics standardised on the fit rows (their mean is 0)."""
+    return np.einsum("ni,ij,nj->n", t, precision, t)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import ConfigError
-from .base import DETECTORS, Detector, make_detector
+from .base import DETECTORS, Detector, image_count, make_detector
 
 COMPONENTS = ("dose_plus", "latent_gmm")
 
@@ -98,9 +98,9 @@ class Fused(Detector):
         return next((r for r in (d.why_not(info) for d in self.parts.values()) if r), None)
 
     def _fit(self, features):
-        n = len(next(v for k, v in features.items() if k not in ("meta", "labels")))
+        n = image_count(features)
         for det in self.parts.values():
-            det.fit(subset(features, np.arange(n)))
+            det.fit(features)
         # out-of-fold reference scores, each fold's components repeating the full fit's choices
         folds = np.array_split(np.random.default_rng(0).permutation(n), self.options["folds"])
         reference = {c: np.empty(n) for c in self.parts}
