@@ -122,6 +122,9 @@ def read_calibration_file(path: Path, detector: str, fmt: int, format_change: st
     if record["detector"] != detector:
         raise _refuse(path, "detector", f"is {record['detector']!r}, but the file is that of detector {detector!r}",
                       how)
+    fitted = record.get("fitted_sha256")  # optional: calibrations made before fits were saved have none
+    if fitted is not None and not _is_hex64(fitted):
+        raise _refuse(path, "fitted_sha256", f"is {json.dumps(fitted)}, expected null or {HEX64}", how)
     a, b = record["calibration_slice"]
     if not b - a == record["n_calibration"] == len(scores):
         raise _refuse(path, "scores", f"holds {len(scores)} scores, but calibration_slice [{a}, {b}] and "

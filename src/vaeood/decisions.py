@@ -61,6 +61,7 @@ from .estimators import is_hierarchical
 from .evaluate import fit_detector
 from .features import compute_features, is_normalised, needs_features
 from .fitdata import DEFAULT_FIT_IMAGES, heldout_range, run_config
+from .fitted_detector import fitted_path, load_fitted, save_fitted
 from .registry import UnknownNameError
 from .run import load_model
 from .train import training_count
@@ -249,6 +250,9 @@ def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: d
     scorer.fit(*(fit_slice or (0, 0)))
     scores = scorer.score_images(data.images[cal_slice[0]:cal_slice[1]], seed)
     conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
+    path = calibration_path(run_dir, detector)
+    # the fit first: a kill before the record leaves an old record whose digest refuses this file
+    fitted_sha256 = save_fitted(fitted_path(path), scorer.detector, data.images[cal_slice[0]:cal_slice[1]], scores)
     record = {
         "format": FORMAT, "detector": detector, "detector_options": scorer.options,
         "dataset": data.name, "split": data.split, "source": data.source, "is_sample": data.is_sample,
@@ -256,9 +260,8 @@ def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: d
         "calibration_slice": cal_slice, "n_calibration": n,
         "calibration_images_sha256": images_sha256(data.images[cal_slice[0]:cal_slice[1]]),
         "checkpoint_sha256": file_hexdigest(checkpoint_path(run_dir), "sha256"), "seed": seed,
-        "score_direction": "higher = more out-of-distribution",
+        "score_direction": "higher = more out-of-distribution", "fitted_sha256": fitted_sha256,
     }
-    path = calibration_path(run_dir, detector)
     atomic_write(path, lambda f: np.savez(f, scores=scores, meta=np.array(json.dumps(record))))
     log.info("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,
              *cal_slice, path)
@@ -489,7 +492,8 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],
                          data_dir=data_dir, batch_size=batch_size)
     scorer.check_companions()
-    _refit_and_check(scorer, record, data_dir)
+    if not _restore_fit(scorer, record):
+        _refit_and_check(scorer, record, data_dir)
     cal = record["scores"]
     # refuse an impossible alpha/delta before reading and scoring the input
     if fdr or delta is None:
@@ -535,6 +539,31 @@ def _summary(source, images: InputImages, record: dict, decision, *, alpha, delt
         "score_direction": "higher = more out-of-distribution",
         "warnings": [],
     }
+
+
+def _restore_fit(scorer: DetectorScorer, record: dict) -> bool:
+    """Use the fit that calibrate saved (:mod:`vaeood.fitted_detector`) if it is the one
+    recorded and rescores its sample of calibration images to their calibration scores;
+    False (the caller fits again and checks every calibration image) otherwise."""
+    path = fitted_path(calibration_path(scorer.run_dir, record["detector"]))
+    saved = load_fitted(path, record.get("fitted_sha256"))
+    if saved is None:
+        return False
+    fitted, rows = saved["detector"], np.asarray(saved["check_rows"])
+    if type(fitted) is not type(scorer.detector) or _jsonable(fitted.options) != scorer.options or \
+            len(rows) == 0 or rows.max() >= len(record["scores"]) or \
+            not np.array_equal(record["scores"][rows], saved["check_scores"]):
+        log.warning("%s does not match its calibration record; fitting the detector again", path)
+        return False
+    fresh, scorer.detector = scorer.detector, fitted
+    again = scorer.score_images(saved["check_images"], record["seed"])
+    if not np.allclose(again, saved["check_scores"], rtol=1e-5, atol=1e-6):
+        log.warning("the saved fit %s no longer reproduces its calibration scores (largest difference %.3g); "
+                    "fitting the detector again", path, float(np.max(np.abs(again - saved["check_scores"]))))
+        scorer.detector = fresh
+        return False
+    log.debug("using the saved fit %s (%d calibration images rescored to their scores)", path, len(rows))
+    return True
 
 
 def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None) -> None:

@@ -1,0 +1,114 @@
+"""A calibrated detector's fit, saved beside its calibration so that ``vaeood detect`` need
+not fit it again on every call.
+
+``vaeood calibrate`` fits the detector on held-out training images (for ``fused``: its
+two components five times over, tens of seconds) and ``vaeood detect`` used to repeat
+that fit, and rescore every calibration image, on each call, to prove that it scores as
+at calibration. Instead calibrate saves the fitted detector in
+``RUN/calibration/<detector>.fitted.pkl`` with a fixed sample of the calibration images
+and their scores, and records the file's SHA-256 in the calibration record. Detect then:
+
+1. reads the file only if its SHA-256 is the recorded one and it was written by this
+   vaeood version (otherwise it fits again, as before);
+2. unpickles it with an allowlist of globals (Python's "restricting globals" recipe):
+   NumPy's array and dtype reconstructors and classes defined in ``vaeood.detectors`` or
+   ``sklearn``; any other global (a function that would run code) is refused;
+3. rescores the sample images through the same feature code as the images to decide on
+   and checks that they reproduce their calibration scores, which proves the features,
+   the model and the fitted detector unchanged on them.
+
+Any failure falls back to the full fit and the check of every calibration image, so the
+saved fit can only make detect faster, never change a decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from ._version import __version__
+from .atomic import atomic_write
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+#: calibration images rescored by detect to check a saved fit (evenly spaced over the slice)
+N_CHECK = 64
+
+_NUMPY = {("numpy", "dtype"), ("numpy", "ndarray"),
+          *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")),
+          *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric"))}
+_CLASS_PREFIXES = ("vaeood.detectors.", "sklearn.")
+# sklearn's trees pickle through this one-line helper, ``newObj(obj) = obj.__new__(obj)``
+_HELPERS = {(m, "newObj") for m in ("sklearn.metrics._dist_metrics", "sklearn.neighbors._kd_tree",
+                                    "sklearn.neighbors._ball_tree")}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _NUMPY or (module, name) in _HELPERS:
+            return super().find_class(module, name)
+        if module.startswith(_CLASS_PREFIXES):
+            obj = super().find_class(module, name)
+            # a class defined there (not one imported into the module from elsewhere)
+            if isinstance(obj, type) and getattr(obj, "__module__", "").startswith(_CLASS_PREFIXES):
+                return obj
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a saved detector fit")
+
+
+def fitted_path(calibration_file: str | Path) -> Path:
+    """``RUN/calibration/<detector>.fitted.pkl`` beside ``<detector>.npz``."""
+    path = Path(calibration_file)
+    return path.with_name(path.stem + ".fitted.pkl")
+
+
+def check_rows(n: int) -> np.ndarray:
+    """The positions, within the calibration slice, of the images detect rescores."""
+    return np.unique(np.linspace(0, n - 1, min(N_CHECK, n)).round().astype(int))
+
+
+def save_fitted(path: str | Path, detector, images: np.ndarray, scores: np.ndarray) -> str | None:
+    """Save the fitted ``detector`` with the check sample of its calibration ``images`` and
+    ``scores``; return the file's SHA-256, or None (nothing saved) when the fit holds a
+    global the loader would refuse."""
+    rows = check_rows(len(scores))
+    payload = {"format": FORMAT, "vaeood_version": __version__, "detector": detector,
+               "check_rows": rows, "check_images": np.ascontiguousarray(images[rows]),
+               "check_scores": np.asarray(scores, dtype=np.float64)[rows]}
+    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        _RestrictedUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as err:
+        log.debug("not saving the fit of %s (%s): detect will fit it again", detector.name, err)
+        return None
+    atomic_write(path, lambda f: f.write(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_fitted(path: str | Path, sha256: str | None) -> dict | None:
+    """The saved fit (``detector``, ``check_rows``, ``check_images``, ``check_scores``), or None
+    when there is none, it is not the file the calibration recorded, or it was written by
+    another vaeood version: the caller then fits again."""
+    path = Path(path)
+    if sha256 is None or not path.is_file():
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        log.warning("%s is not the fit its calibration recorded (SHA-256 differs); fitting the detector again",
+                    path)
+        return None
+    try:
+        payload = _RestrictedUnpickler(io.BytesIO(data)).load()
+    except Exception as err:  # noqa: BLE001 - any unreadable fit means: fit again
+        log.warning("%s cannot be read (%s); fitting the detector again", path, err)
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or \
+            payload.get("vaeood_version") != __version__:
+        log.info("%s was saved by another vaeood version; fitting the detector again", path)
+        return None
+    return payload

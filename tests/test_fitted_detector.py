@@ -1,0 +1,134 @@
+"""The fit calibrate saves for detect (vaeood.fitted_detector): used only when it is the
+recorded file and reproduces its calibration sample, refused when it would run code, and
+never a change of any decision."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vaeood
+from tinydata import blobs, strokes, write_npz
+from vaeood.cli import main
+from vaeood.decisions import DetectorScorer, NoCalibrationError, calibration_path
+from vaeood.fitted_detector import N_CHECK, check_rows, fitted_path, load_fitted
+
+TINY = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A tiny run with `typicality` (a detector that fits) calibrated, and a folder of PNGs."""
+    root = tmp_path_factory.mktemp("fitted")
+    data = root / "data"
+    write_npz(data, "fashion_mnist", "train", blobs(500, 0))
+    run = root / "run"
+    assert main(["train", str(run), "--data-dir", str(data), "--data.limit=300", *TINY]) == 0
+    assert main(["calibrate", str(run), "--detector", "typicality", "--n-fit", "100", "--n", "100",
+                 "--data-dir", str(data)]) == 0
+    folder = root / "imgs"
+    folder.mkdir()
+    for i, img in enumerate([*blobs(10, 1), *strokes(10, 3)]):
+        Image.fromarray(img).save(folder / f"{i:02d}.png")
+    return {"run": run, "data": str(data), "folder": folder}
+
+
+def _copy(calibrated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(calibrated["run"], run)
+    return run
+
+
+def _no_refit(monkeypatch):
+    def refuse(self, start, stop):
+        raise AssertionError("detect fitted the detector again")
+    monkeypatch.setattr(DetectorScorer, "fit", refuse)
+
+
+def test_detect_uses_the_saved_fit_and_decides_as_a_fresh_fit_does(calibrated, tmp_path, monkeypatch):
+    run = _copy(calibrated, tmp_path)
+    path = calibration_path(run, "typicality")
+    record = json.loads(str(np.load(path)["meta"]))
+    assert record["fitted_sha256"] is not None and fitted_path(path).is_file()
+    saved = load_fitted(fitted_path(path), record["fitted_sha256"])
+    np.testing.assert_array_equal(saved["check_rows"], check_rows(100))
+    assert len(saved["check_rows"]) == min(N_CHECK, 100)
+
+    refitted = vaeood.decide(run, calibrated["folder"], "typicality", alpha=0.2, data_dir=calibrated["data"])
+    with monkeypatch.context() as m:
+        _no_refit(m)
+        fast = vaeood.decide(run, calibrated["folder"], "typicality", alpha=0.2, data_dir=calibrated["data"])
+    np.testing.assert_array_equal(fast.scores, refitted.scores)
+    np.testing.assert_array_equal(fast.flagged, refitted.flagged)
+
+    os.remove(fitted_path(path))  # no saved fit: the full fit, as before
+    again = vaeood.decide(run, calibrated["folder"], "typicality", alpha=0.2, data_dir=calibrated["data"])
+    np.testing.assert_array_equal(again.scores, refitted.scores)
+
+
+def test_a_changed_fit_file_is_not_unpickled_and_the_detector_is_fitted_again(calibrated, tmp_path, monkeypatch,
+                                                                               caplog):
+    run = _copy(calibrated, tmp_path)
+    fitted = fitted_path(calibration_path(run, "typicality"))
+    expected = vaeood.decide(run, calibrated["folder"], "typicality", data_dir=calibrated["data"]).scores
+
+    class Boom:  # a pickle that would run a command when loaded
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    fitted.write_bytes(pickle.dumps(Boom()))
+    fits = []
+    monkeypatch.setattr(DetectorScorer, "fit", lambda self, a, b, real=DetectorScorer.fit: (fits.append(1),
+                                                                                           real(self, a, b)))
+    result = vaeood.decide(run, calibrated["folder"], "typicality", data_dir=calibrated["data"])
+    assert fits and not (tmp_path / "pwned").exists()
+    assert "SHA-256 differs" in caplog.text
+    np.testing.assert_array_equal(result.scores, expected)
+
+
+def test_the_restricted_loader_refuses_globals_that_run_code(tmp_path):
+    import hashlib
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    path = tmp_path / "x.fitted.pkl"
+    data = pickle.dumps({"format": 1, "detector": Boom()})
+    path.write_bytes(data)
+    # even with the right digest (a calibration record rewritten to match), nothing runs
+    assert load_fitted(path, hashlib.sha256(data).hexdigest()) is None
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_saved_fit_that_no_longer_reproduces_its_sample_is_replaced_by_a_full_fit(calibrated, tmp_path,
+                                                                                   monkeypatch, caplog):
+    run = _copy(calibrated, tmp_path)
+    expected = vaeood.decide(run, calibrated["folder"], "typicality", data_dir=calibrated["data"]).scores
+    # a feature computed differently now (another version's code, say): every score moves by 1
+    real = DetectorScorer.score_images
+    calls = []
+
+    def shifted(self, images, seed):
+        calls.append(len(images))
+        return real(self, images, seed) + (1.0 if len(calls) == 1 else 0.0)
+    monkeypatch.setattr(DetectorScorer, "score_images", shifted)
+    result = vaeood.decide(run, calibrated["folder"], "typicality", data_dir=calibrated["data"])
+    assert "no longer reproduces its calibration scores" in caplog.text
+    assert calls[:2] == [min(N_CHECK, 100), 100]  # the sample, then every calibration image after the refit
+    np.testing.assert_array_equal(result.scores, expected)
+
+
+def test_a_fitted_sha256_that_is_not_a_digest_is_refused_naming_the_field(calibrated, tmp_path):
+    run = _copy(calibrated, tmp_path)
+    path = calibration_path(run, "typicality")
+    with np.load(path) as f:
+        scores, meta = f["scores"], json.loads(str(f["meta"]))
+    meta["fitted_sha256"] = "not a digest"
+    np.savez(path, scores=scores, meta=np.array(json.dumps(meta)))
+    with pytest.raises(NoCalibrationError, match="field 'fitted_sha256'"):
+        vaeood.decide(run, calibrated["folder"], "typicality", data_dir=calibrated["data"])
