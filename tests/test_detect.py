@@ -61,11 +61,14 @@ def test_detect_end_to_end(tiny, capsys):
 
     # no calibration yet: refused, saying how to make it
     assert main(["detect", str(run), str(folder), "--out", str(out), "--data-dir", str(data)]) == 2
+    assert f"has no calibrated detector; make the recommended one with: vaeood calibrate {run}" in \
+        capsys.readouterr().err
+    assert main(["detect", str(run), str(folder), "--detector", "nll", "--out", str(out), "--data-dir", str(data)]) == 2
     err = capsys.readouterr().err
     assert "has no calibration for detector 'nll'" in err and f"vaeood calibrate {run} --detector nll" in err
     assert not out.exists()
 
-    assert main(["calibrate", str(run), "--n", "150", "--data-dir", str(data)]) == 0
+    assert main(["calibrate", str(run), "--detector", "nll", "--n", "150", "--data-dir", str(data)]) == 0
     assert "on 150 held-out images fashion_mnist/train[300:450] (the model trained on [0:300])" in \
         capsys.readouterr().out
     record = load_calibration(run, "nll")
@@ -119,7 +122,7 @@ def test_detect_end_to_end(tiny, capsys):
 def test_detect_refusals(tiny, capsys, tmp_path):
     run, data, folder = tiny["run"], tiny["data"], tiny["folder"]
     if not calibration_path(run, "nll").exists():
-        main(["calibrate", str(run), "--n", "150", "--data-dir", str(data)])
+        main(["calibrate", str(run), "--detector", "nll", "--n", "150", "--data-dir", str(data)])
     capsys.readouterr()
     out = tmp_path / "o.csv"
 
@@ -167,7 +170,7 @@ def test_detect_refusals(tiny, capsys, tmp_path):
 
 def _calibrated(tiny):
     if not calibration_path(tiny["run"], "nll").exists():
-        assert main(["calibrate", str(tiny["run"]), "--n", "150", "--data-dir", str(tiny["data"])]) == 0
+        assert main(["calibrate", str(tiny["run"]), "--detector", "nll", "--n", "150", "--data-dir", str(tiny["data"])]) == 0
 
 
 def test_an_images_score_depends_neither_on_its_position_nor_on_the_batch_size(tiny, tmp_path, capsys):
@@ -478,9 +481,9 @@ def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_pat
 
     part = tmp_path / "part"
     assert main(["train", str(part), "--data-dir", str(data), "--data.limit=450", *TINY]) == 0
-    assert main(["calibrate", str(part), "--n", "51", "--data-dir", str(data)]) == 2
+    assert main(["calibrate", str(part), "--detector", "nll", "--n", "51", "--data-dir", str(data)]) == 2
     assert "choose 1 ≤ n ≤ 50" in capsys.readouterr().err
-    vaeood.calibrate(part, data_dir=str(data))  # default: all 50 held-out images (fewer than 2000)
+    vaeood.calibrate(part, "nll", data_dir=str(data))  # default: all 50 held-out images (fewer than 2000)
     assert load_calibration(part)["calibration_slice"] == [450, 500]
     with pytest.raises(NoCalibrationError, match="choose 1 ≤ n_fit < 50"):
         vaeood.calibrate(part, "typicality", n_fit=50, data_dir=str(data))

@@ -27,10 +27,11 @@ from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, pars
 from .conformal import CalibrationError
 from .data import DataError, load_dataset
 from .data.folder import printable
-from .decisions import NoCalibrationError, calibrate, decide, summary_path_for
+from .decisions import RECOMMENDED, NoCalibrationError, calibrate, decide, summary_path_for
 from .detectors import DETECTORS, per_detector_options
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
+from .pipeline import fit
 from .registry import UnknownNameError, split_names
 from .report import format_table
 from .runlock import RunLockedError
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         overrides = _dotted(extra)
-        if overrides and args.command not in ("train", "reproduce"):
+        if overrides and args.command not in ("fit", "train", "reproduce"):
             raise ConfigError(f"{args.command} takes no config overrides, got {', '.join(overrides)}")
         args.command_line = "vaeood " + shlex.join(argv)
         return args.func(args, overrides)
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaeood", description="VAEs, honest log-likelihoods and OOD scores.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_fit_parser(sub)
     _add_train_parser(sub)
     _add_score_parser(sub)
     _add_evaluate_parser(sub)
@@ -159,6 +161,20 @@ def _add_fit_options(p):
                        help="zero-pad (centred) images smaller than the model's, e.g. 28×28 → 32×32")
     group.add_argument("--resize", dest="fit", action="store_const", const="resize",
                        help="bilinear-resize images to the model's size (grey ↔ RGB converted too)")
+
+
+def _add_fit_parser(sub) -> None:
+    """The ``vaeood fit SOURCE --out MODEL`` subcommand: train, then calibrate the recommended detector."""
+    p = sub.add_parser("fit", help="train a VAE on your images and calibrate the recommended detector, in one step")
+    p.add_argument("source", help="a folder of PNG/JPEG images (optionally one subfolder per class) or a dataset name")
+    p.add_argument("--out", required=True, help="the model directory to create (then: vaeood detect MODEL IMAGES)")
+    p.add_argument("--split", default="train", help="split, when SOURCE is a dataset name (default train)")
+    p.add_argument("--detector", default=None,
+                   help="detector to calibrate (default: the recommended one, " + ", ".join(RECOMMENDED) +
+                        ", the first that applies)")
+    p.add_argument("--resume", action="store_true", help="continue a fit that was stopped")
+    _add_common(p, scoring=False)
+    p.set_defaults(func=_fit)
 
 
 def _add_train_parser(sub) -> None:
@@ -207,7 +223,9 @@ def _add_calibrate_parser(sub) -> None:
     """The ``vaeood calibrate RUN_DIR`` subcommand."""
     p = sub.add_parser("calibrate", help="score held-out training images for conformal decisions (vaeood detect)")
     p.add_argument("run_dir")
-    p.add_argument("--detector", default="nll", help="detector to calibrate (default nll: -log p(x))")
+    p.add_argument("--detector", default=None,
+                   help="detector to calibrate (default: the recommended one, " + ", ".join(RECOMMENDED) +
+                        ", the first that applies to the run)")
     p.add_argument("--detector-options", type=_json_object, default=None,
                    help='JSON options of the detector, e.g. \'{"estimator": "iwae", "estimator_options": {"k": 100}}\'')
     p.add_argument("--n", dest="n_calibration", type=_checked("--n", field_rule("data.limit")), default=None,
@@ -225,7 +243,8 @@ def _add_detect_parser(sub) -> None:
     p = sub.add_parser("detect", help="flag OOD images of a folder/.npz/dataset at a chosen false-alarm rate")
     p.add_argument("run_dir")
     p.add_argument("input", help="a folder of PNG/JPEG images, an .npz file (x, y) or a dataset name")
-    p.add_argument("--detector", default="nll", help="a detector calibrated in the run (vaeood calibrate)")
+    p.add_argument("--detector", default=None,
+                   help="a detector calibrated in the run (default: the recommended one calibrated, or the only one)")
     p.add_argument("--detector-options", type=_json_object, default=None,
                    help="JSON options of the detector (default: the calibrated ones)")
     p.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate (with --fdr: false-discovery rate)")
@@ -256,7 +275,7 @@ def _add_reproduce_parser(sub) -> None:
 def say(*lines: str) -> None:
     """Print results once (rank 0 under torchrun)."""
     if distributed.is_main():
-        print(*lines)
+        print(*lines, sep="\n")
 
 
 def _dotted(extra: list[str]) -> dict[str, str]:
@@ -286,6 +305,20 @@ def _fetch(args, names: list[tuple[str, str]]) -> None:
     if args.download:
         for name, split in names:
             load_dataset(name, split, data_dir=args.data_dir, download=True)
+
+
+def _fit(args, overrides) -> int:
+    done = fit(args.source, args.out, split=args.split, overrides=overrides, detector=args.detector,
+               data_dir=args.data_dir, device=args.device, resume=args.resume)
+    record, run = done["record"], done["run"]
+    a, b = record["calibration_slice"]
+    fitted = f"fitted on [{record['fit_slice'][0]}:{record['fit_slice'][1]}], " if record["fit_slice"] else ""
+    say(f"trained {run} on {done['trained']} of the {done['n_images']} images of {printable(done['source'])} "
+        f"(epochs: {done['epochs']}); {done['holdout']} held out for the detector",
+        f"calibrated detector {done['detector']} on the held-out images ({fitted}calibrated on [{a}:{b}])",
+        f"next: vaeood detect {shlex.quote(str(run))} IMAGES --out flagged.csv   "
+        "(IMAGES: a folder, .npz or dataset; flags at a false-alarm rate of 5%, --alpha to choose)")
+    return 0
 
 
 def _train(args, overrides) -> int:

@@ -162,6 +162,41 @@ def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None,
                           batch_size=batch_size)
 
 
+#: the detector a user gets without asking: the first of these that applies to the run.
+#: ``fused`` holds far- and near-OOD evidence (Fashion-MNIST → MNIST, noise, constant images
+#: 0.999–1.000 AUROC and rotated 90° 0.92 in the ood-suite); ``dose_plus`` where a latent
+#: density cannot be had (a hierarchical VAE has no single q(z|x)); ``nll`` last.
+RECOMMENDED = ("fused", "dose_plus", "nll")
+
+
+def recommended_detector(run_dir: str | Path, device: str = "cpu") -> str:
+    """The first detector of :data:`RECOMMENDED` that applies to the run's model."""
+    model = load_model(run_dir, device)[0]
+    info = {"normalised": is_normalised(model), "has_fit_data": True, "hierarchical": is_hierarchical(model)}
+    return next(name for name in RECOMMENDED if make_detector(name).why_not(info) is None)
+
+
+def calibrated_detectors(run_dir: str | Path) -> list[str]:
+    """The detectors the run has a calibration file for, by name."""
+    folder = Path(run_dir) / CALIBRATION_DIR
+    return sorted(p.stem for p in folder.glob("*.npz") if p.stem in DETECTORS.names()) if folder.is_dir() else []
+
+
+def default_detector(run_dir: str | Path) -> str:
+    """The detector ``vaeood detect`` uses when none is named: the first calibrated one of
+    :data:`RECOMMENDED`, else the run's only calibrated one; refused (saying what to do)
+    when the run has none, or several and none recommended."""
+    have = calibrated_detectors(run_dir)
+    chosen = next((name for name in RECOMMENDED if name in have), have[0] if len(have) == 1 else None)
+    if chosen is not None:
+        return chosen
+    if not have:
+        raise NoCalibrationError(f"run {run_dir} has no calibrated detector; make the recommended one with: "
+                                 f"vaeood calibrate {run_dir} (or train and calibrate in one step: vaeood fit)")
+    raise NoCalibrationError(f"run {run_dir} has calibrations for {', '.join(have)}, none of them a recommended one "
+                             f"({', '.join(RECOMMENDED)}); choose one with --detector (detector= in Python)")
+
+
 def companion_runs(options: dict) -> list[str]:
     """The other runs a detector's options name (``background_run``, ``second_run``, ...)."""
     return [str(v) for k, v in options.items() if k.endswith("_run") and isinstance(v, (str, Path))]
@@ -206,15 +241,17 @@ def _training_split(run_dir: Path, data_dir: str | None):
 
 
 @holds_run_lock("calibrate")  # it writes RUN/calibration and RUN/features
-def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: dict | None = None,
+def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_options: dict | None = None,
               n_calibration: int | None = None, n_fit: int | None = None, data_dir: str | None = None,
               device: str = "cpu", seed: int = 0, batch_size: int | None = None) -> dict:
     """Fit ``detector`` on held-out training images [h, h + n_fit) (never trained on,
     :func:`vaeood.fitdata.heldout_range`; ``n_fit`` ≤ 5,000 and half of them, 0 when it does
     not fit), score the next ``n_calibration`` (default 2,000) into ``RUN/calibration/
     <detector>.npz`` and return the record; :class:`NoCalibrationError` when too few were
-    held out (retrain with ``data.limit``/``data.holdout``) or the detector does not apply."""
+    held out (retrain with ``data.limit``/``data.holdout``) or the detector does not apply.
+    ``detector`` None: the recommended one (:func:`recommended_detector`)."""
     run_dir = Path(run_dir)
+    detector = detector or recommended_detector(run_dir, device)
     config, data, where = _training_split(run_dir, data_dir)
     total = len(data.images)
     first, last = heldout_range(config, total)
@@ -272,12 +309,14 @@ def _how_to_calibrate(run_dir: Path, detector: str) -> str:
     return f"vaeood calibrate {run_dir} --detector {detector} (in Python: vaeood.calibrate(run, {detector!r}))"
 
 
-def load_calibration(run_dir: str | Path, detector: str = "nll", detector_options: dict | None = None) -> dict:
-    """The calibration record of ``detector`` in the run: the split, options, digests
-    and ``scores`` (float64 ``[n]``). Refused (:class:`NoCalibrationError`, saying how
-    to make one) when there is none, when the checkpoint changed since, or when
-    ``detector_options`` (if given) differ from the calibrated ones."""
+def load_calibration(run_dir: str | Path, detector: str | None = None, detector_options: dict | None = None) -> dict:
+    """The calibration record of ``detector`` (None: :func:`default_detector`) in the run:
+    the split, options, digests and ``scores`` (float64 ``[n]``). Refused
+    (:class:`NoCalibrationError`, saying how to make one) when there is none, when the
+    checkpoint changed since, or when ``detector_options`` (if given) differ from the
+    calibrated ones."""
     run_dir = Path(run_dir)
+    detector = detector or default_detector(run_dir)
     if detector not in DETECTORS.names():
         make_scorer(run_dir, detector)  # refused with the known names
     path = calibration_path(run_dir, detector)
@@ -329,7 +368,7 @@ def _check_against_run(run_dir: Path, path: Path, record: dict, how: str) -> Non
                  trained=training_count(config.data, size), heldout=heldout_range(config, size), how=how)
 
 
-def calibration_scores(run_dir: str | Path, detector: str = "nll") -> np.ndarray:
+def calibration_scores(run_dir: str | Path, detector: str | None = None) -> np.ndarray:
     """The saved calibration scores ``[n]`` of ``detector`` (see :func:`load_calibration`)."""
     return load_calibration(run_dir, detector)["scores"]
 
@@ -464,14 +503,15 @@ def _options_text(options: dict) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in options.items() if v not in ({}, None)) + ")"
 
 
-def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float = 0.05, delta: float | None = None,
+def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: float = 0.05, delta: float | None = None,
            fdr: bool = False, detector_options: dict | None = None, fit: str | None = None, skip_bad: bool = False,
            split: str = "test", limit: int | None = None, data_dir: str | None = None, device: str = "cpu",
            batch_size: int | None = None, out: str | Path | None = None) -> Detection:
     """Flag the out-of-distribution images of ``source`` at false-alarm rate ``alpha``.
 
     Args:
-        run_dir: a trained run with a calibration for ``detector`` (see :func:`calibrate`).
+        run_dir: a trained run with a calibration for ``detector`` (see :func:`calibrate`);
+            ``detector`` None: the run's calibrated recommended one (:func:`default_detector`).
         source: PNG/JPEG folder, ``.npz`` file or dataset name (with ``split``, ``limit``, ``data_dir``).
         alpha: the false-alarm rate (or, with ``fdr``, the false-discovery rate).
         delta: calibration-conditional guarantee: FPR ≤ alpha with probability ≥ 1 − delta.
@@ -486,6 +526,7 @@ def decide(run_dir: str | Path, source, detector: str = "nll", *, alpha: float =
     run_dir = Path(run_dir)
     if out is not None:
         check_outputs(out, [run_dir], source)
+    detector = detector or default_detector(run_dir)
     record = load_calibration(run_dir, detector, detector_options)
     if out is not None:
         check_outputs(out, [run_dir, *companion_runs(record["detector_options"])], source)

@@ -1,0 +1,73 @@
+"""A detector from a folder of images in one call: ``vaeood fit SOURCE --out MODEL``.
+
+It trains the VAE on SOURCE with the last images of it held out, then fits and
+calibrates the recommended detector (:data:`vaeood.decisions.RECOMMENDED`) on those
+held-out images, so that ``vaeood detect MODEL IMAGES`` needs nothing more:
+
+    SOURCE:  [0, n − h)        training images of the VAE
+             [n − h, n)        held out: the detector's fitting images, then its calibration
+                               images (vaeood.decisions), never seen in training
+
+The held-out count is ``h = min(7000, n // 5)``, of which ``min(2000, h // 2)`` calibrate
+and the rest fit the detector: 5,000 to fit and 2,000 to calibrate once n ≥ 35,000 (the
+counts ``vaeood calibrate`` takes at most by default); for a smaller set a fifth, half to
+fit and half to calibrate. A folder's files are in a
+fixed pseudo-random order (by a hash of their names, :mod:`vaeood.data`), so the held-out
+images are not one class. The model is the conv VAE with a discretised-logistic decoder
+(a normalised pmf over 8-bit values, so bits/dim are defined), 10 epochs; any setting can
+be overridden (``--train.epochs=20``, ``--model.latent_dim=32``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .config import Config, ConfigError
+from .data import load_dataset
+from .decisions import calibrate, recommended_detector
+from .train import train
+
+log = logging.getLogger(__name__)
+
+#: the model ``fit`` trains unless told otherwise
+MODEL = {"model.arch": "conv", "model.likelihood": "dlogistic", "train.epochs": "10"}
+MAX_HOLDOUT = 7000
+CALIBRATION_IMAGES = 2000
+#: fewer images leave too few to calibrate at α = 0.05 (a fifth held out, half of it to calibrate)
+MIN_IMAGES = 200
+
+
+def holdout_for(n: int) -> int:
+    """Images of ``n`` held out of training for the detector (module docstring)."""
+    return min(MAX_HOLDOUT, n // 5)
+
+
+def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides: dict[str, str] | None = None,
+        detector: str | None = None, data_dir: str | None = None, device: str = "cpu", resume: bool = False) -> dict:
+    """Train a VAE on ``source`` (a folder of images, a dataset name) into ``out`` with the
+    held-out split of the module docstring, then calibrate ``detector`` (default: the
+    recommended one) on the held-out images. Returns what was done: ``run``, ``n_images``,
+    ``holdout``, ``detector`` and the calibration ``record``."""
+    overrides = dict(overrides or {})
+    if "data.name" in overrides or "data.holdout" in overrides:
+        raise ConfigError("vaeood fit chooses data.name (its SOURCE) and data.holdout (a fifth, at most 7,000); "
+                          "use vaeood train for other splits")
+    name = str(source)
+    data = load_dataset(name, split, data_dir=data_dir)
+    n = len(data.images)
+    if n < MIN_IMAGES:
+        raise ConfigError(f"{data.source}: {n} images; vaeood fit needs at least {MIN_IMAGES} (a fifth of them is "
+                          "held out to fit and calibrate the detector)")
+    h = holdout_for(n)
+    settings = {"data.name": name, "data.split": split, "data.holdout": str(h), **MODEL, **overrides}
+    if device != "cpu":
+        settings["train.device"] = device
+    config = Config().override(settings)
+    run = train(config, out, resume=resume, data_dir=data_dir, given=list(settings))
+    detector = detector or recommended_detector(run, device)
+    n_calibration = min(CALIBRATION_IMAGES, h // 2)
+    record = calibrate(run, detector, n_calibration=n_calibration, n_fit=h - n_calibration, data_dir=data_dir,
+                       device=device)
+    return {"run": Path(run), "n_images": n, "holdout": h, "trained": n - h, "detector": detector, "record": record,
+            "source": data.source, "epochs": config.train.epochs}
