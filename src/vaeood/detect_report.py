@@ -233,7 +233,7 @@ def page(detection, per_section: int = PER_SECTION, thumb_px: int = THUMB_PX) ->
     if cal is not None:
         png, w, h = histogram_png(cal, scores, cut, cut_text)
         parts.append(f'<img id="histogram" alt="histogram of detector scores" width="{w}" height="{h}" '
-                     f'src="{_data_uri(png)}">\n')
+                     f'data-threshold="{"yes" if cut is not None else "no"}" src="{_data_uri(png)}">\n')
     else:
         parts.append('<p class="note" id="no-histogram">The calibration scores are not available: no histogram.</p>\n')
     parts.append(f'<p class="note" id="cut-note">{_e(cut_note)}</p>\n')
