@@ -14,12 +14,13 @@ with the standard library's ``html.parser``): the page's thumbnails are framed r
 :mod:`vaeood.detect_report`. The script finds every such frame (connected regions of
 that colour) and requires
 
-- as many red and green frames as the page has flagged and unflagged thumbnails, each
-  with a visible image inside: not mostly page white (a broken image is) and not one
-  flat colour;
-- one purple frame with the histogram inside: the calibration and input bars' colours
-  (as matplotlib blends them over white) and, when the page draws one, the threshold
-  line's colour, each on at least 30 pixels.
+- as many red and green frames as the page has flagged and unflagged thumbnails, in
+  the page's order (top to bottom, left to right), each showing its own image: the
+  pixels inside the frame are those of the thumbnail's PNG (decoded from the page's
+  data URI; mean difference ≤ 8 of 255), so a broken or missing image fails;
+- one purple frame with the histogram inside, showing the histogram's PNG likewise,
+  with the calibration and input bars' colours (as matplotlib blends them over white)
+  and, when the page draws one, the threshold line's colour, each on at least 30 pixels.
 
 Exit 0 and one line saying what was seen; 1 with the reasons when a check fails; 2 when
 Chromium is missing or fails. The screenshot is kept (``--out``, default beside the page
@@ -29,6 +30,7 @@ as ``<stem>.png``), cropped of the blank space below the page.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import shutil
 import subprocess
@@ -65,6 +67,7 @@ class PageParts(HTMLParser):
     def __init__(self):
         super().__init__()
         self.flagged = self.kept = 0
+        self.thumbs = []  # (flagged, src) in the page's order
         self.histogram = None  # the <img id="histogram"> attributes
         self._figure = None
 
@@ -78,6 +81,7 @@ class PageParts(HTMLParser):
                 self.flagged += 1
             else:
                 self.kept += 1
+            self.thumbs.append((self._figure, a.get("src") or ""))
         elif tag == "img" and a.get("id") == "histogram":
             self.histogram = a
 
@@ -128,6 +132,38 @@ def blank_reason(region: np.ndarray) -> str | None:
     return None
 
 
+def decoded(src: str) -> np.ndarray | None:
+    """The RGB pixels of a ``data:image/png;base64`` URI (composited over white), or None."""
+    import base64
+    import binascii
+
+    from PIL import Image
+
+    head = "data:image/png;base64,"
+    if not src.startswith(head):
+        return None
+    try:
+        img = Image.open(io.BytesIO(base64.b64decode(src[len(head):], validate=True)))
+        img.load()
+    except (binascii.Error, OSError, ValueError):
+        return None
+    white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, img.convert("RGBA")).convert("RGB"))
+
+
+def mismatch(region: np.ndarray, src: str) -> str | None:
+    """Why ``region`` of the screenshot does not show the image of ``src`` (None if it does)."""
+    want = decoded(src)
+    if want is None:
+        return "the page's image does not decode"
+    if region.shape != want.shape:
+        return f"shown {region.shape[1]}×{region.shape[0]} px, the image is {want.shape[1]}×{want.shape[0]}"
+    diff = float(np.abs(region.astype(np.float64) - want).mean())
+    if diff > 8:
+        return f"the pixels shown differ from the image's (mean difference {diff:.0f} of 255)"
+    return None
+
+
 def screenshot(chromium: str, page: Path, out: Path, width: int, height: int) -> None:
     with tempfile.TemporaryDirectory(prefix="vaeood-chromium-") as profile:
         cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--mute-audio",
@@ -152,18 +188,26 @@ def check(page: Path, shot: Path) -> tuple[list[str], str]:
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     border = page_style.BORDER_PX
     problems = []
-    seen = {}
+    seen, found = {}, []
     for what, colour, expected in (("flagged", page_style.FLAGGED_COLOUR, parts.flagged),
                                    ("not flagged", page_style.KEPT_COLOUR, parts.kept)):
         boxes = frames(pixels, rgb(colour), min_side=2 * border + 8)
         seen[what] = len(boxes)
+        found += [(box, what == "flagged") for box in boxes]
         if len(boxes) != expected:
             problems.append(f"{len(boxes)} {what} thumbnail frames in the screenshot, the page has {expected} "
                             "(page taller than the window? try --height)")
-        for box in boxes:
-            reason = blank_reason(inside(pixels, box, border))
+    if not problems:  # frames in reading order against the page's thumbnails
+        found.sort(key=lambda bf: (bf[0][0], bf[0][2]))
+        for j, ((box, is_flagged), (flagged, src)) in enumerate(zip(found, parts.thumbs)):
+            where = f"thumbnail {j + 1} of {len(parts.thumbs)} (x={box[2]}, y={box[0]})"
+            if is_flagged != flagged:
+                problems.append(f"{where}: framed as {'flagged' if is_flagged else 'not flagged'}, the page says "
+                                f"{'flagged' if flagged else 'not flagged'} (out of order?)")
+                continue
+            reason = mismatch(inside(pixels, box, border), src)
             if reason:
-                problems.append(f"{what} thumbnail at x={box[2]}, y={box[0]}: blank ({reason})")
+                problems.append(f"{where}: image not shown ({reason})")
     hist = "no histogram in the page"
     if parts.histogram is None:
         problems.append("the page has no histogram (<img id=\"histogram\">)")
@@ -181,9 +225,9 @@ def check(page: Path, shot: Path) -> tuple[list[str], str]:
             for name, n in counts.items():
                 if n < MIN_PIXELS:
                     problems.append(f"histogram: not visible: its {name} ({n} pixels of their colour)")
-            reason = blank_reason(region)
+            reason = blank_reason(region) or mismatch(region, parts.histogram.get("src") or "")
             if reason:
-                problems.append(f"histogram: blank ({reason})")
+                problems.append(f"histogram: not shown ({reason})")
             y0, y1, x0, x1 = boxes[0]
             hist = (f"histogram {x1 - x0}×{y1 - y0} px at y={y0} ("
                     + ", ".join(f"{name} {n} px" for name, n in counts.items()) + ")")

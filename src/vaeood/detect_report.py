@@ -186,10 +186,10 @@ ul.warnings li {{ color: #8a4b00; font-size: 13px; }}
 ul.files {{ font-size: 12px; margin: 2px 0; }}
 img#histogram {{ border: {BORDER_PX}px solid {FRAME_COLOUR}; display: block; image-rendering: auto; }}
 div.grid {{ display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; }}
-figure.thumb {{ margin: 0; width: 116px; font-size: 11px; line-height: 1.3; }}
+figure.thumb {{ margin: 0; width: 132px; font-size: 11px; line-height: 1.3; }}
 figure.thumb img {{ display: block; image-rendering: pixelated; border: {BORDER_PX}px solid {KEPT_COLOUR}; }}
 figure.thumb.flagged img {{ border-color: {FLAGGED_COLOUR}; }}
-figure.thumb figcaption {{ margin-top: 2px; }} figure.thumb span.name {{ word-break: break-all; }}
+figure.thumb figcaption {{ margin-top: 2px; }} figure.thumb span.name {{ overflow-wrap: anywhere; }}
 span.flag {{ color: {FLAGGED_COLOUR}; font-weight: 700; }} span.kept {{ color: {KEPT_COLOUR}; font-weight: 700; }}
 div.cut {{ width: 6px; align-self: stretch; background: {THRESHOLD_COLOUR}; margin: 0 6px; }}
 """
