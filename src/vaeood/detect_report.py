@@ -39,7 +39,8 @@ from .data.folder import printable
 log = logging.getLogger(__name__)
 
 # the first bytes of every page: check_outputs replaces an existing FILE.html only when it starts so
-HTML_HEAD = '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<meta name="generator" content="vaeood detect">\n'
+HTML_HEAD = ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+             '<meta name="generator" content="vaeood detect">\n')
 PER_SECTION = 16
 THUMB_PX = 96  # thumbnails are upscaled by the largest integer factor that keeps them ≤ this (at least 1)
 SHOW_FILES = 50  # skipped / left-out files listed before "... and N more"
@@ -201,27 +202,9 @@ def page(detection, per_section: int = PER_SECTION, thumb_px: int = THUMB_PX) ->
     ``detection.calibration_scores`` for the histogram; the page says so where either is missing."""
     s = detection.summary
     scores = np.asarray(detection.scores, dtype=np.float64)
-    p_values = np.asarray(detection.p_values, dtype=np.float64)
     flagged = np.asarray(detection.flagged, dtype=bool)
     cal = detection.calibration_scores
-    fdr = s["guarantee"] == "fdr"
-    if not fdr:
-        cut, cut_text = s["threshold"], f"threshold t = {_num(s['threshold'])}"
-        cut_note = (f"Score threshold t = {_num(s['threshold'])}: the calibration order statistic of rank "
-                    f"{s.get('rank')} of {s['n_calibration']}; an image is flagged iff its score > t.")
-    else:
-        cut = bh_cutoff_score(cal, scores, flagged) if cal is not None else None
-        cut_text = f"BH cut-off on this batch = {_num(cut)}" if cut is not None else ""
-        if cut is not None:
-            cut_note = (f"FDR mode: Benjamini–Hochberg has no threshold fixed in advance. Its cut-off on this batch, "
-                        f"as a score: flagged ⟺ score > {_num(cut)} (the calibration score below which the "
-                        f"flagged images' p-values stop qualifying). Another batch gives another cut-off.")
-        elif flagged.any():
-            cut_note = "FDR mode: the calibration scores are not available, so BH's cut-off score is not drawn."
-        else:
-            cut_note = ("FDR mode: Benjamini–Hochberg flagged nothing in this batch, so there is no cut-off to draw "
-                        "and no borderline images to show.")
-    has_cut = not fdr or bool(flagged.any())
+    cut, cut_text, cut_note = _cut(s, cal, scores, flagged)
     parts = [HTML_HEAD, f"<title>vaeood detect: {_e(s['input'])}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"]
     parts.append(f"<h1>vaeood detect: {s['n_images']} images from {_e(s['input'])}</h1>\n")
     parts.append(_facts(s))
@@ -235,29 +218,56 @@ def page(detection, per_section: int = PER_SECTION, thumb_px: int = THUMB_PX) ->
         parts.append(f'<img id="histogram" alt="histogram of detector scores" width="{w}" height="{h}" '
                      f'data-threshold="{"yes" if cut is not None else "no"}" src="{_data_uri(png)}">\n')
     else:
-        parts.append('<p class="note" id="no-histogram">The calibration scores are not available: no histogram.</p>\n')
+        parts.append('<p class="note" id="no-histogram">The calibration scores are not available: '
+                     'no histogram.</p>\n')
     parts.append(f'<p class="note" id="cut-note">{_e(cut_note)}</p>\n')
     parts.append(_skipped(s))
+    has_cut = s["guarantee"] != "fdr" or bool(flagged.any())
     picked = sections(scores, flagged, per_section, has_cut=has_cut)
-    images = detection.images
-    for key, (title, definition) in SECTIONS.items():
-        idx = picked[key]
-        above = int(flagged[idx].sum()) if key == "borderline" else 0
-        text = definition.format(n=len(idx), above=above, below=len(idx) - above)
-        if key == "borderline" and not has_cut:
-            text = "no threshold in this batch (FDR mode, nothing flagged): no borderline images"
-        parts.append(f'<section id="{key}">\n<h2>{_e(title)} ({len(idx)})</h2>\n'
-                     f'<p class="definition">{_e(text)}.</p>\n<div class="grid">\n')
-        if images is None:
-            parts.append('<p class="note">The images are not available (the Detection was made without them).</p>\n')
-        for j, i in enumerate(idx):
-            if key == "borderline" and j == above and 0 < above < len(idx):
-                parts.append(f'<div class="cut" title="{_e(cut_text)}"></div>\n')
-            parts.append(_thumb(detection.names[i], int(i), scores[i], p_values[i], flagged[i],
-                                None if images is None else images[i], thumb_px))
-        parts.append("</div>\n</section>\n")
+    for key in SECTIONS:
+        parts.append(_section(detection, key, picked[key], has_cut, cut_text, thumb_px))
     parts.append('<p class="note">Written by vaeood detect; the CSV beside this page has every image.</p>\n'
                  "</body>\n</html>\n")
+    return "".join(parts)
+
+
+def _cut(s: dict, cal, scores, flagged) -> tuple[float | None, str, str]:
+    """The score line to draw (None: none), its legend, and the sentence saying what it is."""
+    if s["guarantee"] != "fdr":
+        return (s["threshold"], f"threshold t = {_num(s['threshold'])}",
+                f"Score threshold t = {_num(s['threshold'])}: the calibration order statistic of rank "
+                f"{s.get('rank')} of {s['n_calibration']}; an image is flagged iff its score > t.")
+    cut = bh_cutoff_score(cal, scores, flagged) if cal is not None else None
+    if cut is not None:
+        return (cut, f"BH cut-off on this batch = {_num(cut)}",
+                f"FDR mode: Benjamini–Hochberg has no threshold fixed in advance. Its cut-off on this batch, as a "
+                f"score: flagged ⟺ score > {_num(cut)} (the calibration score below which the flagged images' "
+                f"p-values stop qualifying). Another batch gives another cut-off.")
+    if flagged.any():
+        return None, "", "FDR mode: the calibration scores are not available, so BH's cut-off score is not drawn."
+    return None, "", ("FDR mode: Benjamini–Hochberg flagged nothing in this batch, so there is no cut-off to draw "
+                      "and no borderline images to show.")
+
+
+def _section(detection, key: str, idx: np.ndarray, has_cut: bool, cut_text: str, thumb_px: int) -> str:
+    """One section of thumbnails (``idx``: the images, in the order shown)."""
+    title, definition = SECTIONS[key]
+    flagged = np.asarray(detection.flagged, dtype=bool)
+    above = int(flagged[idx].sum()) if key == "borderline" else 0
+    text = definition.format(n=len(idx), above=above, below=len(idx) - above)
+    if key == "borderline" and not has_cut:
+        text = "no threshold in this batch (FDR mode, nothing flagged): no borderline images"
+    parts = [f'<section id="{key}">\n<h2>{_e(title)} ({len(idx)})</h2>\n'
+             f'<p class="definition">{_e(text)}.</p>\n<div class="grid">\n']
+    images = detection.images
+    if images is None:
+        parts.append('<p class="note">The images are not available (the Detection was made without them).</p>\n')
+    for j, i in enumerate(idx):
+        if key == "borderline" and j == above and 0 < above < len(idx):
+            parts.append(f'<div class="cut" title="{_e(cut_text)}"></div>\n')
+        parts.append(_thumb(detection.names[i], int(i), detection.scores[i], detection.p_values[i], flagged[i],
+                            None if images is None else images[i], thumb_px))
+    parts.append("</div>\n</section>\n")
     return "".join(parts)
 
 
@@ -320,6 +330,8 @@ def _skipped(s: dict) -> str:
         if not files:
             continue
         items = "".join(f"<li>{_e(n)}: {_e(r)}</li>" for n, r in files[:SHOW_FILES])
-        more = f"<li>… and {len(files) - SHOW_FILES} more (see the summary JSON)</li>" if len(files) > SHOW_FILES else ""
-        out.append(f'<h2>{title} ({len(files)})</h2>\n<ul class="files" id="{key.replace("_", "-")}">{items}{more}</ul>\n')
+        more = f"<li>… and {len(files) - SHOW_FILES} more (see the summary JSON)</li>" \
+            if len(files) > SHOW_FILES else ""
+        out.append(f'<h2>{title} ({len(files)})</h2>\n'
+                   f'<ul class="files" id="{key.replace("_", "-")}">{items}{more}</ul>\n')
     return "".join(out)
