@@ -566,3 +566,42 @@ def test_readme_decisions_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "10 images from new_images/" in printed and "Guarantee marginal" in printed
     assert len(_read_csv(tmp_path / "flags.csv")) == 10
+
+
+def test_detect_writes_an_html_page_beside_the_csv_protected_like_it(tiny, tmp_path, capsys):
+    """The page a person looks at (vaeood.detect_report): written beside the CSV and named in
+    the "wrote" line, its counts and images those of the CSV and summary; an existing .html
+    that detect did not write, or one linked into the run, is refused before any work."""
+    from test_detect_report import Page, png_of
+
+    run, folder = tiny["run"], tiny["folder"]
+    _calibrated(tiny)
+    out = tmp_path / "r.csv"
+    assert main(["detect", str(run), str(folder), "--alpha", "0.1", "--out", str(out)]) == 0
+    assert f"wrote {out}, {tmp_path / 'r.summary.json'} and {tmp_path / 'r.html'}" in capsys.readouterr().out
+    rows = _read_csv(out)
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    page = Page((tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert summary["html"] == "r.html" and page.text["n-images"] == "60"
+    assert page.text["n-flagged"].startswith(f"{summary['n_flagged']} (") and \
+        page.text["guarantee"] == summary["guarantee_text"]
+    scores = np.array([float(r["score"]) for r in rows])
+    most = page.sections["most-ood"]
+    assert len(most) == 16 and most[0]["index"] == int(np.argmax(scores))
+    for fig in most + page.sections["borderline"] + page.sections["typical"]:
+        row = rows[fig["index"]]
+        assert row["file"] in fig["caption"] and fig["flagged"] == (row["flagged"] == "1")
+        original = np.asarray(Image.open(folder / row["file"]))
+        np.testing.assert_array_equal(np.asarray(png_of(fig["img"]["src"])), original.repeat(3, 0).repeat(3, 1))
+    assert png_of(page.histogram["src"]).size[0] > 400
+    assert main(["detect", str(run), str(folder), "--out", str(out)]) == 0  # its own page is replaced
+
+    (tmp_path / "mine.html").write_text("<p>mine</p>")
+    (tmp_path / "lnk.html").symlink_to(run / "config.json")
+    for name, message in (("mine", "mine.html exists and is not a file detect wrote"),
+                          ("lnk", "lies inside the run directory"), ("page.html", "would be written over the CSV")):
+        target = tmp_path / (name if name.endswith(".html") else name + ".csv")
+        assert main(["detect", str(run), str(folder), "--out", str(target)]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / (name + ".csv")).exists()
+    assert (tmp_path / "mine.html").read_text() == "<p>mine</p>"

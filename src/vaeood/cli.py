@@ -28,6 +28,7 @@ from .conformal import CalibrationError
 from .data import DataError, load_dataset
 from .data.folder import printable
 from .decisions import RECOMMENDED, NoCalibrationError, calibrate, decide, summary_path_for
+from .detect_report import html_path_for
 from .detectors import DETECTORS, per_detector_options
 from .evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
@@ -254,7 +255,7 @@ def _add_detect_parser(sub) -> None:
     group.add_argument("--fdr", action="store_true", help="Benjamini-Hochberg over the images at level alpha")
     p.add_argument("--skip-bad", action="store_true", help="skip unusable files of a folder (listed in the summary)")
     p.add_argument("--out", required=True, help="CSV to write (file, score, p_value, flagged); the summary goes "
-                                                "beside it as FILE.summary.json")
+                                                "beside it as FILE.summary.json, a page to look at as FILE.html")
     p.add_argument("--split", default="test", help="split, when INPUT is a dataset name")
     p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None, help="first N images of an .npz or dataset")
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
@@ -408,7 +409,8 @@ def _detect(args, overrides) -> int:
                     out=args.out)
     csv_path = Path(args.out)
     say(result.summary_text())
-    say(f"wrote {printable(str(csv_path))} and {printable(str(summary_path_for(csv_path)))}")
+    say(f"wrote {printable(str(csv_path))}, {printable(str(summary_path_for(csv_path)))} and "
+        f"{printable(str(html_path_for(csv_path)))}")
     return 0
 
 

@@ -56,6 +56,7 @@ from .data import DataError, load_dataset
 from .data.checksums import file_hexdigest
 from .data.folder import InputImages, display_name, load_input, printable
 from .data.regular_files import open_regular_file, special_file_kind
+from .detect_report import HTML_HEAD, html_path_for
 from .detectors import DETECTORS, detector_names, make_detector, per_detector_options
 from .estimators import is_hierarchical
 from .evaluate import fit_detector
@@ -392,12 +393,16 @@ def summary_path_for(csv_path: str | Path) -> Path:
 
 
 def check_outputs(out: str | Path, run_dirs, source) -> None:
-    """Refuse (:class:`vaeood.data.DataError`, before any work) an ``out`` whose CSV or summary
-    would replace an input or a run's file: one inside a run directory of ``run_dirs`` (the
-    run, its companion runs), the input file itself, or a path inside the input folder (links
-    followed), or a folder."""
+    """Refuse (:class:`vaeood.data.DataError`, before any work) an ``out`` whose CSV, summary
+    or HTML page would replace an input or a run's file: one inside a run directory of
+    ``run_dirs`` (the run, its companion runs), the input file itself, or a path inside the
+    input folder (links followed), or a folder, or a file detect did not write; and an ``out``
+    whose page would be the CSV itself (``--out r.html``)."""
     src = Path(source) if isinstance(source, (str, Path)) and Path(source).exists() else None
-    for path in (Path(out), summary_path_for(out)):
+    if html_path_for(out) == Path(out):
+        raise DataError(f"--out {out}: the HTML page {html_path_for(out)} would be written over the CSV; "
+                        "name a CSV file to write (e.g. results.csv)")
+    for path in (Path(out), summary_path_for(out), html_path_for(out)):
         target = path.resolve()
         for run in run_dirs:
             run = Path(run).resolve()
@@ -417,7 +422,8 @@ CSV_HEADER = "file,score,p_value,flagged"
 
 def _check_replaceable(out, path: Path) -> None:
     """An existing ``path`` is replaced only when it is what :meth:`Detection.write` writes
-    (a CSV with its header, or a summary with its ``score_direction``): any other file, e.g.
+    (a CSV with its header, a summary with its ``score_direction``, or a page starting with
+    :data:`vaeood.detect_report.HTML_HEAD`): any other file, e.g.
     a dataset's ``.npz`` read by name or a copy of a checkpoint, is an input to keep. Never
     opened unless it is a regular file."""
     if not path.exists() and not path.is_symlink():
@@ -425,12 +431,16 @@ def _check_replaceable(out, path: Path) -> None:
     kind = special_file_kind(os.stat(path).st_mode) if path.exists() else "a broken symbolic link"
     if kind is not None:
         raise DataError(f"--out {out}: {path} is {kind}, not a file detect wrote; write the results elsewhere")
+    is_html = path == html_path_for(out)
     with open_regular_file(path) as f:
-        head = f.read(len(CSV_HEADER) + 1) if path == Path(out) else f.read(2**24)
+        head = f.read(len(CSV_HEADER) + 1) if path == Path(out) else \
+            f.read(len(HTML_HEAD.encode())) if is_html else f.read(2**24)
     if not head:  # an empty file: nothing to lose
         return
     if path == Path(out):
         ours = head == (CSV_HEADER + "\n").encode()
+    elif is_html:
+        ours = head == HTML_HEAD.encode()
     else:
         try:
             ours = "score_direction" in json.loads(head)
@@ -447,6 +457,9 @@ class Detection:
 
     ``names``, ``scores``, ``p_values``, ``flagged`` are ``[N]``; ``summary`` is a JSON-able
     dict (input, skipped files, fit, detector, calibration split, guarantee, counts).
+    ``images`` (uint8 ``[N, H, W, C]``, the images scored, as the model saw them: the input's
+    own array, not a copy) and ``calibration_scores`` (``[n]``) serve the HTML page
+    (:mod:`vaeood.detect_report`); :func:`decide` keeps both.
     """
 
     names: list[str]
@@ -455,6 +468,8 @@ class Detection:
     flagged: np.ndarray
     summary: dict
     labels: np.ndarray | None = field(default=None, repr=False)
+    images: np.ndarray | None = field(default=None, repr=False)
+    calibration_scores: np.ndarray | None = field(default=None, repr=False)
 
     def csv_text(self) -> str:
         """The CSV: ``file`` (escaped by :func:`csv_cell`), ``score``, ``p_value``, ``flagged``."""
@@ -465,13 +480,21 @@ class Detection:
             w.writerow([csv_cell(name), repr(float(s)), repr(float(p)), int(bool(f))])
         return buf.getvalue()
 
-    def write(self, csv_path: str | Path) -> tuple[Path, Path]:
-        """Write the CSV and ``<csv stem>.summary.json`` beside it (atomically)."""
+    def html_text(self) -> str:
+        """The HTML page (:func:`vaeood.detect_report.page`)."""
+        from .detect_report import page
+
+        return page(self)
+
+    def write(self, csv_path: str | Path) -> tuple[Path, Path, Path]:
+        """Write the CSV, ``<csv stem>.summary.json`` and the page ``<csv stem>.html`` beside
+        it (each atomically); returns the three paths."""
         csv_path = Path(csv_path)
-        summary_path = summary_path_for(csv_path)
+        summary_path, html_path = summary_path_for(csv_path), html_path_for(csv_path)
         atomic_write_text(csv_path, self.csv_text())
-        atomic_write_json(summary_path, {**self.summary, "csv": csv_path.name})
-        return csv_path, summary_path
+        atomic_write_json(summary_path, {**self.summary, "csv": csv_path.name, "html": html_path.name})
+        atomic_write_text(html_path, self.html_text())
+        return csv_path, summary_path, html_path
 
     def summary_text(self) -> str:
         s = self.summary
@@ -518,7 +541,8 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
         fdr: Benjamini–Hochberg on the batch's p-values instead of a per-image rule.
         detector_options: must match the calibrated options (default: the calibrated ones).
         fit: ``"pad"``/``"resize"`` for other image shapes; skip_bad: skip unreadable files.
-        out: write the CSV (file, score, p_value, flagged) there, and the summary beside it.
+        out: write the CSV (file, score, p_value, flagged) there, and the summary and the HTML
+            page (:mod:`vaeood.detect_report`) beside it.
 
     Raises :class:`NoCalibrationError` (no valid calibration for the detector),
     :class:`vaeood.conformal.CalibrationError` (too small for ``alpha``/``delta``) or
@@ -554,7 +578,8 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
             f"trained on [0:{record['train_slice'][1]}], calibrated on [{record['calibration_slice'][0]}:"
             f"{record['calibration_slice'][1]}]); their decisions carry no guarantee")
         log.warning("%s", summary["warnings"][-1])
-    result = Detection(images.names, scores, decision.p_values, decision.flagged, summary, labels=images.labels)
+    result = Detection(images.names, scores, decision.p_values, decision.flagged, summary, labels=images.labels,
+                       images=images.images, calibration_scores=cal)
     if out is not None:
         result.write(out)
     return result
