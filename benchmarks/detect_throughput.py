@@ -1,0 +1,86 @@
+"""vaeood detect on a folder of PNG files, end to end: images per second of wall time,
+start-up included, with the recommended detector.
+
+For each case a model is made by ``vaeood fit`` (a few epochs: the throughput does not
+depend on how well it is trained), a folder of ``--images`` PNG files is written, and
+``vaeood detect MODEL FOLDER --out X.csv`` runs ``--rounds`` times, each in a new process
+as a user runs it; the first round is reported apart (it may read the files from disk).
+
+* ``grey28``: Fashion-MNIST training → the Fashion-MNIST test images (28×28 grey);
+* ``rgb32``: CIFAR-10 training → Tiny ImageNet at 32×32 (RGB).
+
+Goals (issue 21): ≥ 500 images/s for grey28 and ≥ 200 for rgb32 on 2 CPU cores.
+
+    python benchmarks/detect_throughput.py --images 10000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common import finish, machine_info, parser
+
+CASES = {"grey28": ("fashion_mnist", "fashion_mnist", "test", 500),
+         "rgb32": ("cifar10", "tinyimagenet", "test", 200)}
+
+
+def _vaeood(*args: str, env: dict) -> float:
+    """Run ``vaeood ARGS`` in a new process; its wall time in seconds."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "vaeood.cli", *args], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"vaeood {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return wall
+
+
+def _write_folder(folder: Path, name: str, split: str, n: int) -> int:
+    from vaeood.data import load_dataset
+
+    images = load_dataset(name, split).images[:n]
+    folder.mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{i:06d}.png")
+    return len(images)
+
+
+def main() -> None:
+    args = parser(__doc__, images=(10000, "PNG files to decide on per case"), rounds=3,
+                  epochs=(2, "training epochs of each model"), cases=(list(CASES), "which cases")).parse_args()
+    if not os.environ.get("VAEOOD_DATA"):
+        raise SystemExit("set VAEOOD_DATA to a folder holding fashion_mnist, cifar10 and tinyimagenet (.npz)")
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    results, lines = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.cases:
+            train_on, test_on, split, goal = CASES[case]
+            model, folder = Path(tmp) / f"{case}-model", Path(tmp) / f"{case}-png"
+            fit_s = _vaeood("-q", "fit", train_on, "--out", str(model), f"--train.epochs={args.epochs}", env=env)
+            n = _write_folder(folder, test_on, split, args.images)
+            walls = [_vaeood("-q", "detect", str(model), str(folder), "--out", str(Path(tmp) / f"{case}-{r}.csv"),
+                             env=env) for r in range(args.rounds)]
+            warm = walls[1:] or walls
+            rate = n / statistics.median(warm)
+            startup = min(_vaeood("--help", env=env) for _ in range(3))
+            results[case] = {"images": n, "train": train_on, "decide_on": f"{test_on}/{split}",
+                             "fit_seconds": round(fit_s, 1), "detect_seconds": [round(w, 2) for w in walls],
+                             "images_per_s": round(rate, 1), "first_round_images_per_s": round(n / walls[0], 1),
+                             "startup_seconds": round(startup, 2), "goal_images_per_s": goal, "met": rate >= goal}
+            lines.append(f"{case}: {n} PNGs of {test_on}/{split} under a model of {train_on}: "
+                         f"{rate:.0f} images/s (median of rounds 2-{args.rounds}; first {n / walls[0]:.0f}; "
+                         f"start-up {startup:.1f} s) — goal ≥ {goal}: {'met' if rate >= goal else 'NOT met'}")
+    finish("detect_throughput", {"machine": machine_info("cpu"), "detector": "recommended (fused)",
+                                 "cases": results}, args.out, *lines)
+
+
+if __name__ == "__main__":
+    main()
