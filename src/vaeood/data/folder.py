@@ -187,52 +187,101 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
         FITS.get(fit)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
-    everything = sorted(folder.iterdir())
-    entries = [p for p in everything if not p.name.startswith(".")]
-    hidden = [(display_name(p.name), "hidden (a name starting with '.'): not read") for p in everything
-              if p.name.startswith(".")]
-    if hidden:
-        log.warning("%s: %d hidden entries not read (listed in the results): %s", folder, len(hidden),
-                    "; ".join(n for n, _ in hidden[:_SHOW]))
+    entries, hidden = list_entries(folder)
+    warn_hidden(folder, hidden)
     if not entries:
         also = f" (only {len(hidden)} hidden entries, not read)" if hidden else ""
         raise DataError(f"{folder}: the folder holds no files{also} (expected PNG or JPEG images)")
 
-    good, bad = _read_entries(entries)
-    keep, odd = _split_by_shape(good, shape, fit, bad)
+    found, bad = _read_entries(entries)
+    target, keep, odd = _split_by_shape(found, shape, fit, bad)
+    chosen = set(map(id, keep + odd))
+    images, names, from_shapes = decode_into([f for f in found if id(f) in chosen], target, fit, bad)
+    refuse_or_warn_bad(folder, bad, len(entries), skip_bad, "pass --skip-bad (skip_bad=True)")
+    fitted = fit_record(from_shapes, (target[2], *target[:2]), fit, folder) if from_shapes else None
+    if not len(images):
+        raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
+    return InputImages(images, names, source=display_name(str(folder)), kind="folder",
+                       skipped=sorted(bad), left_out=hidden, fitted=fitted)
 
+
+def list_entries(folder: Path, prefix: str = "") -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """The entries of ``folder`` sorted by name, as ``(name, path)`` with ``name`` =
+    ``prefix + file name`` (possibly holding undecodable bytes as surrogates), and the
+    hidden ones as ``(display name, reason)``, not to be read."""
+    everything = sorted(folder.iterdir())
+    entries = [(prefix + p.name, p) for p in everything if not p.name.startswith(".")]
+    hidden = [(display_name(prefix + p.name), "hidden (a name starting with '.'): not read") for p in everything
+              if p.name.startswith(".")]
+    return entries, hidden
+
+
+def warn_hidden(folder, hidden: list[tuple[str, str]]) -> None:
+    if hidden:
+        log.warning("%s: %d hidden entries not read (listed in the results): %s", folder, len(hidden),
+                    "; ".join(n for n, _ in hidden[:_SHOW]))
+
+
+def refuse_or_warn_bad(folder, bad: list[tuple[str, str]], n_entries: int, skip_bad: bool, how_to_skip: str) -> None:
+    """Raise :class:`DataError` naming each bad file with its reason, or with ``skip_bad``
+    log them as skipped (the caller records them in its results)."""
     if bad and not skip_bad:
         lines = [f"  {name}: {reason}" for name, reason in sorted(bad)[:_SHOW]]
         if len(bad) > _SHOW:
             lines.append(f"  ... and {len(bad) - _SHOW} more")
-        raise DataError(f"{folder}: {len(bad)} of {len(entries)} files cannot be used:\n" + "\n".join(lines) +
-                        "\nFix or remove them, or pass --skip-bad (skip_bad=True) to skip them; the skipped files "
+        raise DataError(f"{folder}: {len(bad)} of {n_entries} files cannot be used:\n" + "\n".join(lines) +
+                        f"\nFix or remove them, or {how_to_skip} to skip them; the skipped files "
                         "are then listed in the results.")
     if bad:
         log.warning("%s: skipping %d bad files (listed in the results): %s", folder, len(bad),
                     "; ".join(f"{n}: {r}" for n, r in sorted(bad)[:_SHOW]))
 
-    fitted = _fit_odd(keep, odd, shape, fit, folder) if odd else None
-    if not keep:
-        raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
-    images = np.ascontiguousarray(np.stack([a for _, a in keep]))
-    return InputImages(images, [n for n, _ in keep], source=display_name(str(folder)), kind="folder",
-                       skipped=sorted(bad), left_out=hidden, fitted=fitted)
+
+@dataclass(frozen=True, eq=False)
+class Found:
+    """A file whose header was read: its name, path and shape ``(H, W, C)`` (pixels not
+    decoded yet: see :func:`decode_into`)."""
+
+    name: str
+    path: Path
+    shape: tuple[int, int, int]
 
 
-def _read_entries(entries: list[Path]) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
-    """The readable PNG/JPEG images among ``entries`` as (name, HxWxC array), and the
-    others as (name, reason)."""
+# Pillow modes whose channel count after _to_array the header tells; palette images ("P")
+# become grey or RGB by their pixels, so they are decoded to know.
+_HEADER_CHANNELS = {"L": 1, "1": 1, "LA": 1, "RGB": 3, "RGBA": 3, "PA": 3}
+
+
+def _peek_shape(path: Path) -> tuple[int, int, int]:
+    """``(H, W, C)`` of an image from its header alone (Pillow's ``open`` is lazy: size
+    and mode without decoding); a palette or unusual image, or one whose header cannot be
+    read, is read whole by :func:`read_image`, which raises the reason it cannot be used."""
+    from PIL import Image
+
+    try:
+        with open_regular_file(path) as f, Image.open(f) as img:
+            channels = _HEADER_CHANNELS.get(img.mode) if img.format in _FORMATS else None
+            if channels is not None:
+                return (img.height, img.width, channels)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        pass  # read_image below names the reason
+    return read_image(path).shape
+
+
+def _read_entries(entries: list[tuple[str, Path]]) -> tuple[list[Found], list[tuple[str, str]]]:
+    """The header pass: the PNG/JPEG images among ``entries`` (``(name, path)``) with their
+    shapes, and the others as (display name, reason). Pixels are decoded later, straight
+    into the output array (:func:`decode_into`), so that a folder is never held twice."""
     bad: list[tuple[str, str]] = []
-    good: list[tuple[str, np.ndarray]] = []
-    for path in entries:
-        name = display_name(path.name)
+    good: list[Found] = []
+    for raw, path in entries:
+        name = display_name(raw)
         try:
             mode = os.stat(path).st_mode  # follows a symbolic link; lstat would not
         except OSError as err:
             bad.append((name, f"cannot be read ({err.strerror or err}; a broken symbolic link?)"))
             continue
-        if name != path.name:
+        if name != raw:
             bad.append((name, "its name is not valid UTF-8 (rename it)"))
         elif stat.S_ISDIR(mode):
             bad.append((name, "a subfolder (folders are not read recursively)"))
@@ -242,51 +291,78 @@ def _read_entries(entries: list[Path]) -> tuple[list[tuple[str, np.ndarray]], li
             bad.append((name, f"not a PNG/JPEG file name (suffix {path.suffix or 'none'!r})"))
         else:
             try:
-                good.append((name, read_image(path)))
+                good.append(Found(name, path, _peek_shape(path)))
             except DataError as err:
                 bad.append((name, str(err)))
     return good, bad
 
 
-def _split_by_shape(good, shape, fit, bad: list) -> tuple[list, list]:
-    """``good`` images of the target shape (the model's, else the folder's most common),
-    and those of another shape to fit; the rest are appended to ``bad`` with the reason."""
+def _split_by_shape(good: list[Found], shape, fit, bad: list, *, fit_to_common: bool = False):
+    """The target ``(H, W, C)`` (the model's ``shape``, else the folder's most common), the
+    ``good`` images of that shape, and those of another shape to fit; the rest are appended
+    to ``bad`` with the reason. Without a model shape, other shapes are fitted to the most
+    common one only with ``fit_to_common`` (folder datasets; scoring refuses them)."""
     if shape is not None:
         target = (shape[1], shape[2], shape[0])  # (H, W, C)
-        target_text = f"the model's C×H×W = {_shape_text(shape)}"
     else:
-        common = Counter(a.shape for _, a in good).most_common(1)
+        common = Counter(f.shape for f in good).most_common(1)
         target = common[0][0] if common else None
-        target_text = f"the folder's most common shape C×H×W = {_shape_text((target[2], *target[:2]))}" \
-            if target else ""
     keep, odd = [], []
-    for name, arr in good:
-        if arr.shape == target:
-            keep.append((name, arr))
-        elif fit is not None and shape is not None:
-            odd.append((name, arr))
+    for f in good:
+        if f.shape == target:
+            keep.append(f)
+        elif fit is not None and (shape is not None or fit_to_common):
+            odd.append(f)
         else:
-            found = _shape_text((arr.shape[2], *arr.shape[:2]))
-            hint = "; pass --pad or --resize to fit it (fit='pad'/'resize')" if shape is not None else ""
-            bad.append((name, f"C×H×W = {found}, not {target_text}{hint}"))
-    return keep, odd
+            bad.append((f.name, _shape_reason(f.shape, target, model=shape is not None)))
+    return target, keep, odd
 
 
-def _fit_odd(keep: list, odd: list, shape, fit: str, folder: Path) -> dict:
-    """Fit the ``odd`` images to ``shape`` by ``fit`` and merge them into ``keep`` (sorted by
-    name, in place); return the fit's record for the results."""
-    from_shapes = Counter(_shape_text((a.shape[2], *a.shape[:2])) for _, a in odd)
-    fixed = {}
-    for shp in {a.shape for _, a in odd}:  # fit each shape group in one call
-        group = [(n, a) for n, a in odd if a.shape == shp]
-        out = fit_images(np.stack([a for _, a in group]), tuple(shape), fit)
-        fixed.update({n: img for (n, _), img in zip(group, out)})
-    keep += [(n, fixed[n]) for n, _ in odd]
-    keep.sort(key=lambda item: item[0])
+def _shape_reason(found, target, *, model: bool) -> str:
+    target_text = (f"the model's C×H×W = {_shape_text((target[2], *target[:2]))}" if model else
+                   f"the folder's most common shape C×H×W = {_shape_text((target[2], *target[:2]))}")
+    hint = "; pass --pad or --resize to fit it (fit='pad'/'resize')" if model else \
+        "; set data.fit=pad or data.fit=resize to fit it (folder datasets)"
+    return f"C×H×W = {_shape_text((found[2], *found[:2]))}, not {target_text}{hint}"
+
+
+def decode_into(items: list[Found], target, fit: str | None, bad: list) -> tuple[np.ndarray, list[str], Counter]:
+    """Decode ``items`` in their order into one preallocated uint8 ``[N, H, W, C]`` array of
+    the ``target`` shape (one image in memory at a time beside it, never a list of arrays
+    to stack), fitting those of another shape by ``fit``. A file that fails to decode, or
+    (without ``fit``) decodes to another shape than its header said, is appended to ``bad``.
+    Returns the images, their names and ``{"C×H×W": count}`` of the images fitted."""
+    if target is None:
+        return np.zeros((0, 1, 1, 1), np.uint8), [], Counter()
+    out = np.empty((len(items), *target), dtype=np.uint8)
+    names: list[str] = []
+    fitted: Counter = Counter()
+    for item in items:
+        try:
+            arr = read_image(item.path)
+        except DataError as err:
+            bad.append((item.name, str(err)))
+            continue
+        if arr.shape != tuple(target):
+            if fit is None:
+                bad.append((item.name, _shape_reason(arr.shape, target, model=False)))
+                continue
+            fitted[_shape_text((arr.shape[2], *arr.shape[:2]))] += 1
+            arr = fit_images(arr[None], (target[2], target[0], target[1]), fit)[0]
+        out[len(names)] = arr
+        names.append(item.name)
+    if len(names) < len(out):
+        out.resize((len(names), *target), refcheck=False)  # in place: no second copy
+    return out, names, fitted
+
+
+def fit_record(from_shapes: Counter, shape, fit: str, folder) -> dict:
+    """The record of the images fitted to ``shape`` (C, H, W) by ``fit``, for the results."""
     fitted = {"method": fit, "to_shape": list(shape), "from_shapes": dict(sorted(from_shapes.items())),
               "description": f"{fit} " + ", ".join(f"{s} ({c} images)" for s, c in sorted(from_shapes.items())) +
                              f" → {_shape_text(shape)}"}
-    log.warning("%s: %d images fitted to the model by %s (recorded in the results)", folder, len(odd), fit)
+    log.warning("%s: %d images fitted to %s by %s (recorded in the results)", folder, sum(from_shapes.values()),
+                _shape_text(shape), fit)
     return fitted
 
 
