@@ -348,7 +348,7 @@ def decode_into(items: list[Found], target, fit: str | None, bad: list) -> tuple
                 bad.append((item.name, _shape_reason(arr.shape, target, model=False)))
                 continue
             fitted[_shape_text((arr.shape[2], *arr.shape[:2]))] += 1
-            arr = fit_images(arr[None], (target[2], target[0], target[1]), fit)[0]
+            arr = fit_images(arr[None].copy(), (target[2], target[0], target[1]), fit)[0]  # writable for torch
         out[len(names)] = arr
         names.append(item.name)
     if len(names) < len(out):
