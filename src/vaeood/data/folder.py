@@ -1,6 +1,11 @@
 """Images to decide on: a folder of PNG/JPEG files, an ``.npz`` file or a dataset name,
 converted to the model's image shape with the explicit fits of :mod:`vaeood.data.fit`.
 
+The folder reader here (:func:`_read_entries`, :func:`_split_by_shape`,
+:func:`decode_into`) is also the one of folder datasets (:mod:`vaeood.data.image_folder`,
+``load_dataset("path/to/folder", split)``): headers first, to choose the shape and count
+the images, then each image decoded straight into one preallocated array.
+
 A folder is read whole or not at all. Every file that cannot be used is named with
 the reason (not a PNG/JPEG, truncated or corrupt, an unsupported pixel format, another
 shape than the model's), and the read is refused, unless the caller asks to skip them

@@ -306,7 +306,9 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
            "split": data.split, "start": begin, "stop": end, "data_sha256": images_digest(images),
            "fit_method": fit, "seed": seed,
            "checkpoint_sha256": ckpt_sha if uses_model else None}
-    path = run_dir / FEATURES_DIR / f"{_tag(dataset, split, name, options, begin, end, len(data.images), limit, fit, seed)}.npz"
+    # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
+    tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
+    path = run_dir / FEATURES_DIR / f"{_tag(tagged, split, name, options, begin, end, len(data.images), limit, fit, seed)}.npz"
     saved = _cached(path, key) if reuse and path.exists() else None
     if saved is not None:
         return saved
