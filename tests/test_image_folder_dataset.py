@@ -171,6 +171,40 @@ def test_train_on_a_folder_then_score_evaluate_calibrate_and_refuse_it_changed(t
     Image.fromarray(255 - blobs(1, 0)[0]).save(first)
     with pytest.raises(NoCalibrationError, match="folder 'train' changed since the run trained on it"):
         vaeood.calibrate(run)
+    with pytest.raises(NoCalibrationError, match="changed since the run trained on it"):
+        vaeood.decide(run, test_ood)  # the saved calibration no longer applies either
     first.unlink()  # one file fewer: refused the same way, naming both counts
     with pytest.raises(NoCalibrationError, match="then: 120 images.*now: 119 images"):
         vaeood.calibrate(run)
+
+
+def test_class_folder_layout_hidden_files_and_files_beside_the_classes(tmp_path, caplog):
+    folder = tmp_path / "pets"
+    _write(folder, blobs(3, 0), sub="cat")
+    _write(folder, strokes(2, 1), sub="dog")
+    (folder / "cat" / ".DS_Store").write_bytes(b"\0")
+    (folder / ".git").mkdir()
+    Image.fromarray(blobs(1, 2)[0]).save(folder / "stray.png")
+    with pytest.raises(DataError, match="stray.png: a file beside the class folders"):
+        load_dataset(str(folder), "train")
+    data = load_dataset(str(folder), "train", skip_bad=True)
+    assert len(data) == 5 and sorted(data.labels.tolist()) == [0, 0, 0, 1, 1]
+    assert data.folder["skipped"] == [["stray.png", "a file beside the class folders (put it in one of them)"]]
+    assert [name for name, _ in data.folder["left_out"]] == [".git", "cat/.DS_Store"]
+    assert data.provenance()["folder"]["classes"] == ["cat", "dog"]
+
+
+def test_a_folder_is_decoded_into_one_array_never_stacked_from_a_list(tmp_path, monkeypatch):
+    folder = tmp_path / "f"
+    _write(folder, blobs(6, 0))
+    Image.fromarray(blobs(1, 1, size=20)[0]).save(folder / "small.png")
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("np.stack called: the images would be held twice")
+    monkeypatch.setattr(np, "stack", no_stack)
+    data = load_dataset(str(folder), "test", fit="pad")
+    assert len(data) == 7 and data.images.flags["C_CONTIGUOUS"] and data.images.flags["OWNDATA"]
+    assert data.split == "test" and data.folder["fit"]["changed"] == 1
+    small = [i for i, n in enumerate(sorted(["small.png", *[f"img_{i:03d}.png" for i in range(6)]],
+             key=lambda n: hashlib.sha256(n.encode()).hexdigest())) if n == "small.png"][0]
+    assert (data.images[small, :4] == 0).all() and (data.images[small, -4:] == 0).all()  # padded 20 → 28
