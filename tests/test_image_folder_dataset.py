@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -208,3 +209,19 @@ def test_a_folder_is_decoded_into_one_array_never_stacked_from_a_list(tmp_path, 
     small = [i for i, n in enumerate(sorted(["small.png", *[f"img_{i:03d}.png" for i in range(6)]],
              key=lambda n: hashlib.sha256(n.encode()).hexdigest())) if n == "small.png"][0]
     assert (data.images[small, :4] == 0).all() and (data.images[small, -4:] == 0).all()  # padded 20 → 28
+
+
+def test_an_unchanged_folder_is_reused_in_a_process_and_a_changed_one_read_again(tmp_path, caplog):
+    folder = tmp_path / "f"
+    _write(folder, blobs(4, 0))
+    first = load_dataset(str(folder), "train")
+    first.images[:] = 0  # the caller's own copy
+    with caplog.at_level(logging.INFO, logger="vaeood.data"):
+        again = load_dataset(str(folder), "test")
+    assert "reusing it" in caplog.text and again.split == "test"
+    assert again.images.any() and again.folder["sha256"] == first.folder["sha256"]
+    Image.fromarray(strokes(1, 1)[0]).save(folder / "img_000.png")  # another size and time: read again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vaeood.data"):
+        changed = load_dataset(str(folder), "train")
+    assert "reusing it" not in caplog.text and changed.folder["sha256"] != first.folder["sha256"]

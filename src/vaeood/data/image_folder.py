@@ -34,7 +34,9 @@ images it changed, from which shapes, are recorded in the provenance.
 
 Memory: headers are read first (size and mode, without decoding the pixels) to choose the
 shape and count the images; then each image is decoded straight into one preallocated
-uint8 array, so a large folder is never held twice.
+uint8 array, so a large folder is never held twice. Within one process a folder of up to
+:data:`CACHE_BYTES` of images is read once and reused while every file keeps its name,
+size, modification time and inode (as npz files are); a larger one is read again.
 
 Provenance: the ImageSet's ``name`` is the folder's own name (never its absolute path) and
 its ``source`` and ``files`` carry a SHA-256 of the sorted relative names and bytes of the
@@ -46,6 +48,7 @@ that changed since (:func:`vaeood.decisions.calibrate`).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -107,6 +110,13 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None 
         raise DataError(f"{given}: the folder holds no files{also} (expected PNG or JPEG images, optionally in "
                         "one subfolder per class)")
     n_files = len(entries) + len(bad)
+    key = (str(path.resolve()), fit, skip_bad, _state(entries), tuple(bad), tuple(hidden))
+    cached = _CACHE.get(key)
+    if cached is not None:
+        log.info("%s: unchanged since read (same names, sizes and modification times): reusing it", given)
+        if cached["folder"]["skipped"]:
+            log.warning("%s: %d bad files skipped (listed in the results)", given, len(cached["folder"]["skipped"]))
+        return _image_set(cached, split)
     found, unread = _read_entries(entries)
     bad += unread
     target, keep, odd = _split_by_shape(found, None, fit, bad, fit_to_common=True)
@@ -120,7 +130,8 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None 
     fitted = fit_record(from_shapes, shape, fit, given) if from_shapes else None
     by_name = {f.name: f for f in items}
     digest = _digest([(n, by_name[n].path) for n in names])
-    labels = np.array([classes.index(n.split("/", 1)[0]) for n in names] if classes else
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[n.split("/", 1)[0]] for n in names] if classes else
                       [UNLABELLED] * len(names), dtype=np.int64)
     record = {"name": title, "images": len(names), "classes": classes, "order": ORDER, "sha256": digest,
               "shape": list(shape), "fit": {"method": fit, "changed": sum(from_shapes.values()), **(fitted or {})},
@@ -131,7 +142,44 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None 
               + (f"; {len(bad)} bad files skipped" if bad else "")
               + (f"; {fitted['description']}" if fitted else ""))
     log.info("read folder %s: %d images of C×H×W = %s", given, len(names), "×".join(map(str, shape)))
-    return ImageSet(title, split, images, labels, source=source, files=((f"{title}/", digest),), folder=record)
+    read = {"name": title, "images": images, "labels": labels, "source": source, "files": ((f"{title}/", digest),),
+            "folder": record}
+    if images.nbytes <= CACHE_BYTES:
+        _CACHE[key] = read
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        return _image_set(read, split)  # a copy: the caller may change it
+    return _image_set(read, split, copy=False)
+
+
+# Repeated loads of one folder in a process (train, then fitting data and calibration) reuse
+# its arrays while every file keeps its name, size, modification time and inode, as npz
+# files are reused (load._read_npz). Only folders up to CACHE_BYTES are kept: the cache and
+# the caller's copy hold the images twice, which a large folder must not be.
+CACHE_BYTES = 256 << 20
+_CACHE_SIZE = 2
+_CACHE: dict = {}
+
+
+def _state(entries: list[tuple[str, Path]]) -> tuple:
+    out = []
+    for name, p in entries:
+        try:
+            st = os.stat(p)
+            out.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            out.append((name, None))
+    return tuple(out)
+
+
+def _image_set(read: dict, split: str, copy: bool = True) -> ImageSet:
+    images, labels = (read["images"].copy(), read["labels"].copy()) if copy else (read["images"], read["labels"])
+    return ImageSet(read["name"], split, images, labels, source=read["source"], files=read["files"],
+                    folder=copy_record(read["folder"]))
+
+
+def copy_record(record: dict) -> dict:
+    return json.loads(json.dumps(record))
 
 
 def _list_dataset(path: Path):
