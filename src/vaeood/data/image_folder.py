@@ -59,7 +59,7 @@ import numpy as np
 from .checksums import file_hexdigest
 from .errors import DataError
 from .fit import FITS
-from .folder import (_read_entries, _split_by_shape, decode_into, display_name, fit_record, list_entries,
+from .image_files import (_read_entries, _split_by_shape, decode_into, display_name, fit_record, list_entries,
                      refuse_or_warn_bad, warn_hidden)
 from .imageset import ImageSet
 
@@ -126,6 +126,17 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None 
                        "set data.skip_bad=true (--data.skip_bad=true; skip_bad=True in Python)")
     if not len(names):
         raise DataError(f"{given}: none of its {n_files} files is a usable image")
+    read = _describe(given, title, images, names, items, classes, target, fit, from_shapes, bad, hidden)
+    if images.nbytes <= CACHE_BYTES:
+        _CACHE[key] = read
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        return _image_set(read, split)  # a copy: the caller may change it
+    return _image_set(read, split, copy=False)
+
+
+def _describe(given, title, images, names, items, classes, target, fit, from_shapes, bad, hidden) -> dict:
+    """The labels, source, digest and provenance record of the images read from a folder."""
     shape = (target[2], target[0], target[1])
     fitted = fit_record(from_shapes, shape, fit, given) if from_shapes else None
     by_name = {f.name: f for f in items}
@@ -142,14 +153,8 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None 
               + (f"; {len(bad)} bad files skipped" if bad else "")
               + (f"; {fitted['description']}" if fitted else ""))
     log.info("read folder %s: %d images of C×H×W = %s", given, len(names), "×".join(map(str, shape)))
-    read = {"name": title, "images": images, "labels": labels, "source": source, "files": ((f"{title}/", digest),),
+    return {"name": title, "images": images, "labels": labels, "source": source, "files": ((f"{title}/", digest),),
             "folder": record}
-    if images.nbytes <= CACHE_BYTES:
-        _CACHE[key] = read
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
-        return _image_set(read, split)  # a copy: the caller may change it
-    return _image_set(read, split, copy=False)
 
 
 # Repeated loads of one folder in a process (train, then fitting data and calibration) reuse

@@ -68,6 +68,12 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
             raise DataError(f"load_dataset: split={split!r} must be a plain word such as 'train' "
                             "(letters, digits, _ . -)")
         return load_image_folder(name, split, fit=fit, skip_bad=skip_bad)
+    return _load_named(name, split, data_dir, download, allow_sample)
+
+
+def _load_named(name: str, split: str, data_dir, download: bool, allow_sample: bool) -> ImageSet:
+    """:func:`load_dataset` of a dataset name (not a folder): the resolution order of the
+    module docstring."""
     for field, value in (("name", name), ("split", split)):
         if not isinstance(value, str) or not _WORD.fullmatch(value):
             raise DataError(f"load_dataset: {field}={value!r} must be a plain word such as "
