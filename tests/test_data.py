@@ -362,9 +362,16 @@ def test_unknown_name_suggests_the_close_one(tmp_path):
         load_dataset("fahsion_mnist", "train", data_dir=tmp_path)
 
 
-def test_name_must_not_be_a_path(tmp_path):
-    with pytest.raises(DataError, match="name='../x' must be a plain word"):
-        load_dataset("../x", "train", data_dir=tmp_path)
+def test_name_must_not_be_a_path(tmp_path, monkeypatch):
+    # a name with a '/' is a folder of images (vaeood.data.image_folder), never an npz file
+    # looked up outside the data dir: ../x_train.npz beside it is not read
+    (tmp_path / "d").mkdir()
+    np.savez(tmp_path / "x_train.npz", x=np.zeros((2, 4, 4), np.uint8), y=np.zeros(2, np.int64))
+    monkeypatch.chdir(tmp_path / "d")
+    with pytest.raises(DataError, match="../x: no such folder"):
+        load_dataset("../x", "train", data_dir=tmp_path / "d")
+    with pytest.raises(DataError, match="name='x y' must be a plain word"):
+        load_dataset("x y", "train", data_dir=tmp_path)
 
 
 @pytest.mark.parametrize("name, split, n", [("fashion_mnist", "train", 3000), ("fashion_mnist", "test", 1000),

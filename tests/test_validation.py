@@ -106,7 +106,9 @@ def test_why_6_a_model_without_latent_variable_is_refused(tmp_path, capsys):
     ("--train.seed=-1", "train.seed = -1: must be an integer >= 0 and <= 4294967295"),
     ("--train.precision=fp16", "train.precision = 'fp16': must be one of fp32, bf16"),
     ("--model.arch=cnn", "model.arch = 'cnn': must be one of conv, hvae, mlp"),
-    ("--data.name=../etc", "data.name = '../etc': must be a plain word"),
+    # a name with a '/' is a folder of images (tests/test_image_folder_dataset.py); anything else is a word
+    ("--data.name=my data", "data.name = 'my data': must be a plain word"),
+    ("--data.fit=crop", "data.fit = 'crop': must be one of pad, resize"),
 ])
 def test_bad_config_values_name_key_value_and_range(tmp_path, capsys, override, message):
     assert message in cli_error(capsys, ["train", str(tmp_path / "run"), override])

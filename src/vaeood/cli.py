@@ -27,6 +27,7 @@ from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, pars
 from .conformal import CalibrationError
 from .data import DataError, load_dataset
 from .data.folder import printable
+from .data.image_folder import is_folder_name
 from .decisions import RECOMMENDED, NoCalibrationError, calibrate, decide, summary_path_for
 from .detect_report import html_path_for
 from .detectors import DETECTORS, per_detector_options
@@ -305,7 +306,8 @@ def _estimator_options(args) -> dict:
 def _fetch(args, names: list[tuple[str, str]]) -> None:
     if args.download:
         for name, split in names:
-            load_dataset(name, split, data_dir=args.data_dir, download=True)
+            if not is_folder_name(name):  # a folder of images has nothing to download
+                load_dataset(name, split, data_dir=args.data_dir, download=True)
 
 
 def _fit(args, overrides) -> int:

@@ -19,6 +19,7 @@ import importlib
 import inspect
 import json
 import math
+import os
 import re
 import tomllib
 import typing
@@ -105,6 +106,15 @@ def _device_problem(name: str) -> str | None:
     return None
 
 
+def _dataset_name_problem(text: str) -> str | None:
+    """A dataset name is a plain word, or a folder path: anything with a '/' (see
+    :mod:`vaeood.data.image_folder`)."""
+    if any(sep and sep in text for sep in ("/", os.sep, os.altsep)):
+        return _path_problem(text) and "must be a folder path (no NUL character) or a plain word"
+    return WORD.problem(text, str) and ("must be a plain word (letters, digits, _ . -), e.g. 'mnist', or a folder "
+                                        "of PNG/JPEG images given as a path with a '/', e.g. './images'")
+
+
 def _path_problem(text: str) -> str | None:
     return "must be a folder path (not empty, no NUL character)" if not text or "\0" in text else None
 
@@ -131,7 +141,8 @@ OPTION_RULES = {
 class DataConfig:
     """Which images the model is trained on."""
 
-    name: str = _rule(WORD, default="fashion_mnist")
+    # a dataset name, or a folder of PNG/JPEG images (a path with a '/', optionally one subfolder per class)
+    name: str = _rule(Rule(check=_dataset_name_problem), default="fashion_mnist")
     split: str = _rule(WORD, default="train")
     # None: --data-dir / $VAEOOD_DATA / default search dirs
     data_dir: str | None = _rule(Rule(check=_path_problem), default=None)
@@ -144,6 +155,11 @@ class DataConfig:
     # shuffle each training image's tiles of this size (0: off): a model of local statistics only,
     # the background of a likelihood ratio against local statistics (Schirrmeister et al. 2020)
     shuffle_patches: int = _rule(Rule(low=0), default=0)
+    # folder datasets only: "pad" / "resize" images of another shape than the folder's most common
+    # (data/fit.py; recorded in the provenance); None refuses them, each named
+    fit: str | None = _rule(Rule(choices=("pad", "resize")), default=None)
+    # folder datasets only: skip unusable files (logged, listed in the checkpoint's train_data) instead of refusing
+    skip_bad: bool = False
 
 
 @dataclass

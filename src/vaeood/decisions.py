@@ -52,7 +52,8 @@ from .atomic import atomic_write, atomic_write_json, atomic_write_text
 from .runlock import holds_run_lock
 from .checkpoint import checkpoint_path, load_checkpoint
 from .companions import check_companions
-from .data import DataError, load_dataset
+from .data import DataError
+from .data.load import load_for_run
 from .data.checksums import file_hexdigest
 from .data.folder import InputImages, display_name, load_input, printable
 from .data.regular_files import open_regular_file, special_file_kind
@@ -224,8 +225,9 @@ def _training_split(run_dir: Path, data_dir: str | None):
     """The run's config, its training split as found now, and where it was found."""
     config = run_config(run_dir)
     where = config.data.data_dir or data_dir  # as training and the detectors' fitting slice look for it
-    data = load_dataset(config.data.name, config.data.split, data_dir=where, allow_sample=config.data.allow_sample)
+    data = load_for_run(config.data, data_dir=where)
     trained = load_checkpoint(checkpoint_path(run_dir), map_location="cpu").get("train_data") or {}
+    _check_same_folder(trained, data)
     if bool(trained.get("is_sample")) != data.is_sample:
         raise NoCalibrationError(
             f"the run trained on {'the bundled sample' if trained.get('is_sample') else 'the real dataset'} of "
@@ -239,6 +241,24 @@ def _training_split(run_dir: Path, data_dir: str | None):
         log.warning("the run trained on %s/%s from %s; calibrating with %s (check it is the same file)",
                     data.name, data.split, trained["source"], data.source)
     return config, data, where
+
+
+def _check_same_folder(trained: dict, data) -> None:
+    """A run trained on a folder is calibrated only on that folder as it was: its held-out
+    images are the last ones in the folder's order, so a file added, removed, renamed or
+    changed since would move other images into (or out of) the held-out slice, or change
+    them, and the calibration would silently not be of images training left out."""
+    then = (trained.get("folder") or {}).get("sha256")
+    now = (data.folder or {}).get("sha256")
+    if then is None and now is None:
+        return
+    if then != now:
+        was = f"{trained['folder']['images']} images, SHA-256 {then}" if then else "not a folder"
+        found = f"{data.folder['images']} images, SHA-256 {now}" if now else "not a folder"
+        raise NoCalibrationError(
+            f"the folder {data.name!r} changed since the run trained on it (then: {was}; now: {found}); its "
+            "held-out images are no longer the ones training left out. Restore the folder as it was, or train "
+            "again on it as it is now")
 
 
 @holds_run_lock("calibrate")  # it writes RUN/calibration and RUN/features
@@ -293,7 +313,7 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
     fitted_sha256 = save_fitted(fitted_path(path), scorer.detector, data.images[cal_slice[0]:cal_slice[1]], scores)
     record = {
         "format": FORMAT, "detector": detector, "detector_options": scorer.options,
-        "dataset": data.name, "split": data.split, "source": data.source, "is_sample": data.is_sample,
+        "dataset": config.data.name, "split": data.split, "source": data.source, "is_sample": data.is_sample,
         "n_split": total, "train_slice": [0, trained], "heldout": [first, last], "fit_slice": fit_slice,
         "calibration_slice": cal_slice, "n_calibration": n,
         "calibration_images_sha256": images_sha256(data.images[cal_slice[0]:cal_slice[1]]),
@@ -732,7 +752,7 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         scorer.fit(*(record["fit_slice"] or (0, 0)))
         # calibration and test scores from the same feature cache, so from the same code
         a, b = record["calibration_slice"]
-        cal = scorer.score_slice(data.name, data.split, seed=record["seed"], start=a, stop=b, data_dir=where,
+        cal = scorer.score_slice(config.data.name, data.split, seed=record["seed"], start=a, stop=b, data_dir=where,
                                  allow_sample=config.data.allow_sample)
         sets = {dataset: scorer.score_slice(dataset, split, seed=seed, limit=limit,
                                             data_dir=(data_dirs or {}).get(dataset, data_dir), fit=fit,

@@ -21,7 +21,7 @@ import numpy as np
 
 from .atomic import atomic_write, atomic_write_json
 from .config import ConfigError
-from .data import load_dataset
+from .data.load import load_for_run
 from .companions import check_companions
 from .detectors import (DETECTORS, Detector, FitDataError, batch_test_power, detector_names, make_detector,
                         per_detector_options)
@@ -298,8 +298,7 @@ def fit_detector(source, detector: str | Detector, options: Mapping | None = Non
             config = run_config(source)
             dataset, split = dataset or config.data.name, split or config.data.split
             check_fit_slice(source, dataset, split, start or 0, stop or 0)  # dataset and split first
-            data = load_dataset(dataset, split, data_dir=config.data.data_dir or data_dir,
-                                allow_sample=config.data.allow_sample)
+            data = load_for_run(config.data, dataset, split, data_dir=config.data.data_dir or data_dir)
             default = heldout_slice(source, n=n, data_dir=data_dir, data=data)
             start = default["start"] if start is None else start
             stop = min(len(data.images), start + (n or len(data.images))) if stop is None else stop

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from .config import Config
-from .data import load_dataset
+from .data.load import load_for_run
 from .detectors.base import FitDataError
 from .train import training_count
 
@@ -40,8 +40,7 @@ def heldout_slice(run_dir: str | Path, *, n: int | None = None, offset: int = 0,
     images into the held-out part. Raises :class:`FitDataError` when nothing is held out."""
     config = run_config(run_dir)
     where = config.data.data_dir or data_dir
-    data = data or load_dataset(config.data.name, config.data.split, data_dir=where,
-                                allow_sample=config.data.allow_sample)
+    data = data or load_for_run(config.data, data_dir=where)
     total = len(data.images)
     first, last = heldout_range(config, total)
     start = first + int(offset)

@@ -27,7 +27,7 @@ from .atomic import atomic_write_json, atomic_write_text, ensure_dir, remove_sta
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import PRECISIONS, Config, ConfigError, flatten
-from .data import load_dataset
+from .data.load import load_for_run
 from .models import build_model, count_parameters
 from .objectives import load_objective_state, make_objective, objective_state
 from .run import resolve_device, to_tensor
@@ -159,8 +159,7 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
 
 def _training_data(config: Config, data_dir: str | None, device: torch.device):
     """The dataset and, on ``device``, the images of it that training uses."""
-    data = load_dataset(config.data.name, config.data.split, data_dir=config.data.data_dir or data_dir,
-                        allow_sample=config.data.allow_sample)
+    data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir)
     images = data.images[: training_count(config.data, len(data.images))]
     patch = config.data.shuffle_patches
     if patch and (images.shape[1] % patch or images.shape[2] % patch):
@@ -360,7 +359,8 @@ def save_run_state(path, config, model, optimizer, epoch, history, image_shape, 
         "num_parameters": count_parameters(model),
         "train_data": {"name": data.name, "split": data.split, "source": data.source,
                        "is_sample": data.is_sample, "trained_range": [0, training_count(config.data, len(data.images))],
-                       "split_size": len(data.images)},
+                       "split_size": len(data.images),
+                       **({"folder": data.folder} if data.folder is not None else {})},
     })
 
 

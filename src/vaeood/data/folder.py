@@ -1,6 +1,11 @@
 """Images to decide on: a folder of PNG/JPEG files, an ``.npz`` file or a dataset name,
 converted to the model's image shape with the explicit fits of :mod:`vaeood.data.fit`.
 
+The files are read by :mod:`vaeood.data.image_files`, the reader folder datasets
+(:mod:`vaeood.data.image_folder`, ``load_dataset("path/to/folder", split)``) share:
+headers first, to choose the shape and count the images, then each image decoded straight
+into one preallocated array.
+
 A folder is read whole or not at all. Every file that cannot be used is named with
 the reason (not a PNG/JPEG, truncated or corrupt, an unsupported pixel format, another
 shape than the model's), and the read is refused, unless the caller asks to skip them
@@ -33,8 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,14 +45,12 @@ import numpy as np
 
 from .errors import DataError
 from .fit import FITS, fit_images
-from .regular_files import open_regular_file, special_file_kind
+from .image_files import (IMAGE_SUFFIXES, _read_entries, _shape_text, _split_by_shape, decode_into,  # noqa: F401
+                          display_name, fit_record, list_entries, printable, read_image, refuse_or_warn_bad,
+                          warn_hidden)
+from .regular_files import special_file_kind
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_FORMATS = {"PNG", "JPEG"}
-_PNG_SIGNATURE, _JPEG_SIGNATURE = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
-_SHOW = 20  # bad files listed in an error message before "... and N more"
 
 
 @dataclass(frozen=True)
@@ -82,88 +83,6 @@ class InputImages:
         return len(self.images)
 
 
-def _shape_text(shape) -> str:
-    return "×".join(map(str, shape))
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """One PNG/JPEG file as uint8 ``[H, W, C]`` (C = 1 or 3); :class:`DataError` with the
-    reason (without the file name: the caller names it) when it cannot be used."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with open_regular_file(path) as f:
-            with Image.open(f) as img:
-                if img.format not in _FORMATS:
-                    raise DataError(f"a {img.format} image, not PNG or JPEG")
-                img.verify()  # PNG: every chunk's CRC and the end chunk (a cut-off file fails here)
-            f.seek(0)
-            with Image.open(f) as img:
-                img.load()  # decodes every pixel (a truncated JPEG fails here)
-                return _to_array(img)
-    except DataError:
-        raise
-    except (PermissionError, FileNotFoundError) as err:  # e.g. a broken symbolic link
-        raise DataError(f"cannot be read ({err.strerror or err})") from None
-    except UnidentifiedImageError:
-        with open_regular_file(path) as f:
-            head = f.read(8)
-        if head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SIGNATURE):
-            raise DataError("truncated or corrupt (a PNG/JPEG signature but no readable header)") from None
-        raise DataError("not an image file (Pillow cannot identify it)") from None
-    except Image.DecompressionBombError as err:
-        raise DataError(f"refused as a decompression bomb ({err})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        reason = str(err) or type(err).__name__
-        raise DataError(f"truncated or corrupt ({reason})") from None
-
-
-def display_name(name: str) -> str:
-    """``name`` as it can be printed and written (UTF-8): undecodable bytes of a file name
-    (which Python keeps as surrogates) shown as ``\\xNN``."""
-    try:
-        name.encode("utf-8")
-        return name
-    except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print on a terminal: control characters (an escape sequence in a file
-    name could rewrite the screen) shown as ``\\xNN``/``\\uNNNN``, undecodable bytes as ``\\xNN``."""
-    text = display_name(text)
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def _to_array(img) -> np.ndarray:
-    mode = img.mode
-    if mode == "P":
-        has_alpha = "transparency" in img.info
-        img = img.convert("RGBA" if has_alpha else "RGB")
-        mode = img.mode
-        if mode == "RGB":
-            rgb = np.asarray(img)
-            if (rgb[..., :1] == rgb).all():  # a grey palette
-                return np.ascontiguousarray(rgb[..., :1])
-            return rgb
-    if mode == "1":
-        img, mode = img.convert("L"), "L"
-    if mode in ("LA", "RGBA", "PA"):
-        arr = np.asarray(img.convert("RGBA" if mode == "PA" else mode))
-        alpha = arr[..., -1]
-        if (alpha != 255).any():
-            raise DataError(f"has transparent pixels ({int((alpha != 255).sum())} with alpha < 255); "
-                            "flatten it onto a background first")
-        arr = arr[..., :-1]
-        return np.ascontiguousarray(arr if arr.ndim == 3 else arr[..., None])
-    if mode == "L":
-        return np.asarray(img, dtype=np.uint8)[..., None]
-    if mode == "RGB":
-        return np.asarray(img, dtype=np.uint8)
-    raise DataError(f"pixel format {mode!r} is not supported (only 8-bit grey or RGB, optionally with an "
-                    "opaque alpha channel); convert it to 8-bit grey or RGB first")
-
-
 def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
                       fit: str | None = None, skip_bad: bool = False) -> InputImages:
     """Every PNG/JPEG file in ``folder`` (not recursive), sorted by name.
@@ -187,107 +106,22 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
         FITS.get(fit)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
-    everything = sorted(folder.iterdir())
-    entries = [p for p in everything if not p.name.startswith(".")]
-    hidden = [(display_name(p.name), "hidden (a name starting with '.'): not read") for p in everything
-              if p.name.startswith(".")]
-    if hidden:
-        log.warning("%s: %d hidden entries not read (listed in the results): %s", folder, len(hidden),
-                    "; ".join(n for n, _ in hidden[:_SHOW]))
+    entries, hidden = list_entries(folder)
+    warn_hidden(folder, hidden)
     if not entries:
         also = f" (only {len(hidden)} hidden entries, not read)" if hidden else ""
         raise DataError(f"{folder}: the folder holds no files{also} (expected PNG or JPEG images)")
 
-    good, bad = _read_entries(entries)
-    keep, odd = _split_by_shape(good, shape, fit, bad)
-
-    if bad and not skip_bad:
-        lines = [f"  {name}: {reason}" for name, reason in sorted(bad)[:_SHOW]]
-        if len(bad) > _SHOW:
-            lines.append(f"  ... and {len(bad) - _SHOW} more")
-        raise DataError(f"{folder}: {len(bad)} of {len(entries)} files cannot be used:\n" + "\n".join(lines) +
-                        "\nFix or remove them, or pass --skip-bad (skip_bad=True) to skip them; the skipped files "
-                        "are then listed in the results.")
-    if bad:
-        log.warning("%s: skipping %d bad files (listed in the results): %s", folder, len(bad),
-                    "; ".join(f"{n}: {r}" for n, r in sorted(bad)[:_SHOW]))
-
-    fitted = _fit_odd(keep, odd, shape, fit, folder) if odd else None
-    if not keep:
+    found, bad = _read_entries(entries)
+    target, keep, odd = _split_by_shape(found, shape, fit, bad)
+    chosen = set(map(id, keep + odd))
+    images, names, from_shapes = decode_into([f for f in found if id(f) in chosen], target, fit, bad)
+    refuse_or_warn_bad(folder, bad, len(entries), skip_bad, "pass --skip-bad (skip_bad=True)")
+    fitted = fit_record(from_shapes, (target[2], *target[:2]), fit, folder) if from_shapes else None
+    if not len(images):
         raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
-    images = np.ascontiguousarray(np.stack([a for _, a in keep]))
-    return InputImages(images, [n for n, _ in keep], source=display_name(str(folder)), kind="folder",
+    return InputImages(images, names, source=display_name(str(folder)), kind="folder",
                        skipped=sorted(bad), left_out=hidden, fitted=fitted)
-
-
-def _read_entries(entries: list[Path]) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
-    """The readable PNG/JPEG images among ``entries`` as (name, HxWxC array), and the
-    others as (name, reason)."""
-    bad: list[tuple[str, str]] = []
-    good: list[tuple[str, np.ndarray]] = []
-    for path in entries:
-        name = display_name(path.name)
-        try:
-            mode = os.stat(path).st_mode  # follows a symbolic link; lstat would not
-        except OSError as err:
-            bad.append((name, f"cannot be read ({err.strerror or err}; a broken symbolic link?)"))
-            continue
-        if name != path.name:
-            bad.append((name, "its name is not valid UTF-8 (rename it)"))
-        elif stat.S_ISDIR(mode):
-            bad.append((name, "a subfolder (folders are not read recursively)"))
-        elif special_file_kind(mode) is not None:
-            bad.append((name, f"{special_file_kind(mode)}, not a regular file (not opened)"))
-        elif path.suffix.lower() not in IMAGE_SUFFIXES:
-            bad.append((name, f"not a PNG/JPEG file name (suffix {path.suffix or 'none'!r})"))
-        else:
-            try:
-                good.append((name, read_image(path)))
-            except DataError as err:
-                bad.append((name, str(err)))
-    return good, bad
-
-
-def _split_by_shape(good, shape, fit, bad: list) -> tuple[list, list]:
-    """``good`` images of the target shape (the model's, else the folder's most common),
-    and those of another shape to fit; the rest are appended to ``bad`` with the reason."""
-    if shape is not None:
-        target = (shape[1], shape[2], shape[0])  # (H, W, C)
-        target_text = f"the model's C×H×W = {_shape_text(shape)}"
-    else:
-        common = Counter(a.shape for _, a in good).most_common(1)
-        target = common[0][0] if common else None
-        target_text = f"the folder's most common shape C×H×W = {_shape_text((target[2], *target[:2]))}" \
-            if target else ""
-    keep, odd = [], []
-    for name, arr in good:
-        if arr.shape == target:
-            keep.append((name, arr))
-        elif fit is not None and shape is not None:
-            odd.append((name, arr))
-        else:
-            found = _shape_text((arr.shape[2], *arr.shape[:2]))
-            hint = "; pass --pad or --resize to fit it (fit='pad'/'resize')" if shape is not None else ""
-            bad.append((name, f"C×H×W = {found}, not {target_text}{hint}"))
-    return keep, odd
-
-
-def _fit_odd(keep: list, odd: list, shape, fit: str, folder: Path) -> dict:
-    """Fit the ``odd`` images to ``shape`` by ``fit`` and merge them into ``keep`` (sorted by
-    name, in place); return the fit's record for the results."""
-    from_shapes = Counter(_shape_text((a.shape[2], *a.shape[:2])) for _, a in odd)
-    fixed = {}
-    for shp in {a.shape for _, a in odd}:  # fit each shape group in one call
-        group = [(n, a) for n, a in odd if a.shape == shp]
-        out = fit_images(np.stack([a for _, a in group]), tuple(shape), fit)
-        fixed.update({n: img for (n, _), img in zip(group, out)})
-    keep += [(n, fixed[n]) for n, _ in odd]
-    keep.sort(key=lambda item: item[0])
-    fitted = {"method": fit, "to_shape": list(shape), "from_shapes": dict(sorted(from_shapes.items())),
-              "description": f"{fit} " + ", ".join(f"{s} ({c} images)" for s, c in sorted(from_shapes.items())) +
-                             f" → {_shape_text(shape)}"}
-    log.warning("%s: %d images fitted to the model by %s (recorded in the results)", folder, len(odd), fit)
-    return fitted
 
 
 def fit_array(images: np.ndarray, shape: tuple[int, int, int] | None, fit: str | None,

@@ -30,6 +30,9 @@ class ImageSet:
             name and split, the dataset's provenance in results (see :meth:`provenance`).
         is_sample: True when this is the small bundled offline sample rather than
             the real dataset; results on it are for smoke tests, not for papers.
+        folder: for a folder of images (:mod:`vaeood.data.image_folder`), what was read
+            and how: its name, classes, order, SHA-256, the shape fit and how many images
+            it changed, the skipped and left-out files; None otherwise.
     """
 
     name: str
@@ -39,6 +42,7 @@ class ImageSet:
     source: str
     is_sample: bool = False
     files: tuple[tuple[str, str], ...] = ()
+    folder: dict | None = None
 
     def __post_init__(self) -> None:
         images, labels = self.images, self.labels
@@ -67,7 +71,8 @@ class ImageSet:
         """What a result records of its data: name, split, description, and each file by
         name and SHA-256 (where it sat on someone's disk is not part of a result)."""
         return {"dataset": self.name, "split": self.split, "source": self.source, "is_sample": self.is_sample,
-                "files": [{"name": name, "sha256": digest} for name, digest in self.files]}
+                "files": [{"name": name, "sha256": digest} for name, digest in self.files],
+                **({"folder": self.folder} if self.folder is not None else {})}
 
     def __len__(self) -> int:
         return len(self.images)

@@ -7,6 +7,10 @@ itself then its ``NAME/`` subfolder, first match wins:
 2. the official files, MD5-checked (official datasets only);
 3. ``NAME_SPLIT_*.npz`` -- a subset of the split (a warning says so).
 
+A name with a ``/`` is a folder of PNG/JPEG images, read by
+:mod:`vaeood.data.image_folder` (one folder is one split; ``fit`` and ``skip_bad`` apply
+to it alone); a plain word never is.
+
 If nothing is found: with ``download=True`` the official files are fetched into the
 first user folder; then, with ``allow_sample=True``, the bundled sample is returned (a
 warning says so); otherwise ``DatasetNotFoundError`` lists every place looked.
@@ -26,6 +30,7 @@ import numpy as np
 from ..registry import did_you_mean
 from .errors import DataError, DatasetNotFoundError
 from .checksums import named_sha256
+from .image_folder import is_folder_name, load_image_folder
 from .imageset import ImageSet
 from .locate import ENV_VAR, candidate_folders, refuse_broken_links, search_dirs, user_dirs
 from .npz import read_image_arrays
@@ -38,7 +43,7 @@ _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names become file names: no
 
 
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
-                 allow_sample: bool = False) -> ImageSet:
+                 allow_sample: bool = False, *, fit: str | None = None, skip_bad: bool = False) -> ImageSet:
     """Split ``split`` of dataset ``name`` as uint8 NHWC images and int64 labels.
 
     Args:
@@ -47,16 +52,33 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         data_dir: searched first, where downloads go (default ``$VAEOOD_DATA``, ~/.cache/vaeood).
         download: fetch missing official files from the authors' mirrors.
         allow_sample: when nothing is found, return the bundled sample (``is_sample=True``).
+        fit, skip_bad: for a folder (a ``name`` with a ``/``, see
+            :mod:`vaeood.data.image_folder`): ``"pad"``/``"resize"`` images of another
+            shape than the folder's most common, and skip bad files instead of refusing the
+            folder. A folder is one split: ``split`` is recorded, not used to find files;
+            ``data_dir``, ``download`` and ``allow_sample`` do not apply to it.
     Raises:
         DataError: a file found is corrupt, of the wrong format or fails its published MD5
             (never silently skipped: a broken file must be fixed).
         DatasetNotFoundError: nothing found; the message lists where it looked and how to
             get the data.
     """
+    if isinstance(name, str) and is_folder_name(name):
+        if not isinstance(split, str) or not _WORD.fullmatch(split):
+            raise DataError(f"load_dataset: split={split!r} must be a plain word such as 'train' "
+                            "(letters, digits, _ . -)")
+        return load_image_folder(name, split, fit=fit, skip_bad=skip_bad)
+    return _load_named(name, split, data_dir, download, allow_sample)
+
+
+def _load_named(name: str, split: str, data_dir, download: bool, allow_sample: bool) -> ImageSet:
+    """:func:`load_dataset` of a dataset name (not a folder): the resolution order of the
+    module docstring."""
     for field, value in (("name", name), ("split", split)):
         if not isinstance(value, str) or not _WORD.fullmatch(value):
             raise DataError(f"load_dataset: {field}={value!r} must be a plain word such as "
-                            f"'fashion_mnist' or 'train' (letters, digits, _ . -)")
+                            f"'fashion_mnist' or 'train' (letters, digits, _ . -), or for the name a "
+                            "folder path with a '/' (e.g. ./images)")
     official = DATASETS.get(name)() if name in DATASETS else None
     use_official = official if official is not None and split in official.splits else None
 
@@ -97,6 +119,22 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         return sample
     raise DatasetNotFoundError(_not_found_message(name, split, data_dir, official, use_official,
                                                   looked, download_error))
+
+
+def load_for_run(data_config, dataset: str | None = None, split: str | None = None,
+                 data_dir: str | os.PathLike | None = None, *, allow_sample: bool | None = None,
+                 fit: str | None = None) -> ImageSet:
+    """``dataset/split`` (default: the run's training split) as a run reads it. The run's
+    own training split is read with the run's ``data.fit`` and ``data.skip_bad``, so that
+    a folder gives the images, order and count that training saw (and held out); any other
+    folder with ``fit`` (scoring's ``--pad``/``--resize``) and its bad files refused.
+    ``data_config``: the run's :class:`~vaeood.config.DataConfig`, or None."""
+    dataset = dataset if dataset is not None else data_config.name
+    split = split if split is not None else data_config.split
+    allow = data_config.allow_sample if allow_sample is None and data_config is not None else bool(allow_sample)
+    own = data_config is not None and (dataset, split) == (data_config.name, data_config.split)
+    return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow,
+                        fit=data_config.fit if own else fit, skip_bad=data_config.skip_bad if own else False)
 
 
 def _load_from_folder(name: str, split: str, folder: Path,

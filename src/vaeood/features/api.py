@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from ..data import load_dataset
-from .core import Source, split_need, compute_feature, feature_meta, features_of, normalise_needs
+from .core import Source, run_dataset, split_need, compute_feature, feature_meta, features_of, normalise_needs
 
 
 def _merge(out: dict, arrays: Mapping[str, np.ndarray], prefix: str, key: str) -> None:
@@ -53,8 +51,7 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
         source = sources.setdefault(str(where), Source(where, device))
         source.sha256  # a missing checkpoint is reported before any data is read
         if data is None:
-            cfg_dir = _run_data_dir(Path(run_dir))
-            data = load_dataset(dataset, split, data_dir=data_dir or cfg_dir, allow_sample=allow_sample)
+            data = run_dataset(Path(run_dir), dataset, split, data_dir, allow_sample, fit)
         result = compute_feature(where, dataset, split, name, producer, data_dir=data_dir, limit=limit, start=start,
                                  stop=stop, batch_size=batch_size, device=device, seed=seed, fit=fit,
                                  allow_sample=allow_sample, reuse=reuse, progress=progress, _source=source,
@@ -64,13 +61,6 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
         metas[key] = feature_meta(result)
     out["meta"] = metas
     return out
-
-
-def _run_data_dir(run_dir: Path) -> str | None:
-    path = run_dir / "config.json"
-    if not path.exists():
-        return None
-    return (json.loads(path.read_text()).get("data") or {}).get("data_dir")
 
 
 def needs_features(model, images, needs: Mapping[str, dict] | Iterable[str] | str = ("log_px",), *, seed: int = 0,

@@ -59,6 +59,7 @@ from ..runlock import holds_run_lock
 from ..checkpoint import checkpoint_path
 from ..config import ConfigError
 from ..data import load_dataset
+from ..data.load import load_for_run
 from ..data.checksums import file_hexdigest
 from ..data.fit import FITS, fit_images
 from ..noise import ImageNoise
@@ -298,14 +299,16 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     source = _source or Source(run_dir, device)
     uses_model = getattr(fn, "uses_model", True)
     ckpt_sha = source.sha256  # a missing or unreadable checkpoint is reported before any data is read
-    data = _data if _data is not None else _run_dataset(run_dir, dataset, split, data_dir, allow_sample)
+    data = _data if _data is not None else run_dataset(run_dir, dataset, split, data_dir, allow_sample, fit)
     begin, end = _slice(len(data.images), limit, start, stop)
     images = data.images[begin:end]
     key = {"format": FORMAT, "feature": name, "feature_options": options, "dataset": data.name,
            "split": data.split, "start": begin, "stop": end, "data_sha256": images_digest(images),
            "fit_method": fit, "seed": seed,
            "checkpoint_sha256": ckpt_sha if uses_model else None}
-    path = run_dir / FEATURES_DIR / f"{_tag(dataset, split, name, options, begin, end, len(data.images), limit, fit, seed)}.npz"
+    # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
+    tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
+    path = run_dir / FEATURES_DIR / f"{_tag(tagged, split, name, options, begin, end, len(data.images), limit, fit, seed)}.npz"
     saved = _cached(path, key) if reuse and path.exists() else None
     if saved is not None:
         return saved
@@ -330,15 +333,21 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     log.info("computed %s of %d images of %s/%s in %.1f s → %s", name, end - begin, data.name, split, seconds, path)
     return result
 
-def _run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, allow_sample: bool):
+def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, allow_sample: bool,
+                fit: str | None = None):
     """``dataset/split`` read from ``data_dir``, or when None from the run's own data dir
-    (as score() always did)."""
-    config_dir = None
-    if data_dir is None:
-        from ..config import Config
-        cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-        config_dir = Config.from_dict(cfg).data.data_dir if cfg else None
-    return load_dataset(dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample)
+    (as score() always did). The run's own training split is read as training read it (a
+    folder with the run's ``data.fit``/``data.skip_bad``); another folder with ``fit``
+    (see :func:`vaeood.data.load.load_for_run`)."""
+    from ..config import Config
+
+    path = Path(run_dir) / "config.json"
+    data_config = Config.from_dict(json.loads(path.read_text())).data if path.exists() else None
+    config_dir = data_config.data_dir if data_config is not None and data_dir is None else None
+    if data_config is None:
+        return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, fit=fit)
+    return load_for_run(data_config, dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample,
+                        fit=fit)
 
 
 def _cached(path: Path, key: dict):

@@ -1,0 +1,276 @@
+"""The one reader of PNG/JPEG files, shared by ``vaeood detect``'s folders
+(:func:`vaeood.data.folder.read_image_folder`) and folder datasets
+(:mod:`vaeood.data.image_folder`): which files are bad and why, pixel formats (see
+:mod:`vaeood.data.folder`'s docstring), and two passes over a folder: headers first
+(:func:`_read_entries`, Pillow's lazy ``open``: size and mode without decoding) to choose
+the shape and count the images (:func:`_split_by_shape`), then each image decoded straight
+into one preallocated array (:func:`decode_into`), so that a folder is never held twice.
+
+It imports nothing of the loaders (``folder.load_input`` reads datasets through
+``load.py``, which reads folders through this module).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .fit import fit_images
+from .regular_files import open_regular_file, special_file_kind
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_FORMATS = {"PNG", "JPEG"}
+_PNG_SIGNATURE, _JPEG_SIGNATURE = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+_SHOW = 20  # bad files listed in an error message before "... and N more"
+
+
+def _shape_text(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """One PNG/JPEG file as uint8 ``[H, W, C]`` (C = 1 or 3); :class:`DataError` with the
+    reason (without the file name: the caller names it) when it cannot be used."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open_regular_file(path) as f:
+            with Image.open(f) as img:
+                if img.format not in _FORMATS:
+                    raise DataError(f"a {img.format} image, not PNG or JPEG")
+                img.verify()  # PNG: every chunk's CRC and the end chunk (a cut-off file fails here)
+            f.seek(0)
+            with Image.open(f) as img:
+                img.load()  # decodes every pixel (a truncated JPEG fails here)
+                return _to_array(img)
+    except DataError:
+        raise
+    except (PermissionError, FileNotFoundError) as err:  # e.g. a broken symbolic link
+        raise DataError(f"cannot be read ({err.strerror or err})") from None
+    except UnidentifiedImageError:
+        with open_regular_file(path) as f:
+            head = f.read(8)
+        if head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SIGNATURE):
+            raise DataError("truncated or corrupt (a PNG/JPEG signature but no readable header)") from None
+        raise DataError("not an image file (Pillow cannot identify it)") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"refused as a decompression bomb ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        reason = str(err) or type(err).__name__
+        raise DataError(f"truncated or corrupt ({reason})") from None
+
+
+def display_name(name: str) -> str:
+    """``name`` as it can be printed and written (UTF-8): undecodable bytes of a file name
+    (which Python keeps as surrogates) shown as ``\\xNN``."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an escape sequence in a file
+    name could rewrite the screen) shown as ``\\xNN``/``\\uNNNN``, undecodable bytes as ``\\xNN``."""
+    text = display_name(text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _to_array(img) -> np.ndarray:
+    mode = img.mode
+    if mode == "P":
+        has_alpha = "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+        mode = img.mode
+        if mode == "RGB":
+            rgb = np.asarray(img)
+            if (rgb[..., :1] == rgb).all():  # a grey palette
+                return np.ascontiguousarray(rgb[..., :1])
+            return rgb
+    if mode == "1":
+        img, mode = img.convert("L"), "L"
+    if mode in ("LA", "RGBA", "PA"):
+        arr = np.asarray(img.convert("RGBA" if mode == "PA" else mode))
+        alpha = arr[..., -1]
+        if (alpha != 255).any():
+            raise DataError(f"has transparent pixels ({int((alpha != 255).sum())} with alpha < 255); "
+                            "flatten it onto a background first")
+        arr = arr[..., :-1]
+        return np.ascontiguousarray(arr if arr.ndim == 3 else arr[..., None])
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8)[..., None]
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    raise DataError(f"pixel format {mode!r} is not supported (only 8-bit grey or RGB, optionally with an "
+                    "opaque alpha channel); convert it to 8-bit grey or RGB first")
+
+
+def list_entries(folder: Path, prefix: str = "") -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """The entries of ``folder`` sorted by name, as ``(name, path)`` with ``name`` =
+    ``prefix + file name`` (possibly holding undecodable bytes as surrogates), and the
+    hidden ones as ``(display name, reason)``, not to be read."""
+    everything = sorted(folder.iterdir())
+    entries = [(prefix + p.name, p) for p in everything if not p.name.startswith(".")]
+    hidden = [(display_name(prefix + p.name), "hidden (a name starting with '.'): not read") for p in everything
+              if p.name.startswith(".")]
+    return entries, hidden
+
+
+def warn_hidden(folder, hidden: list[tuple[str, str]]) -> None:
+    if hidden:
+        log.warning("%s: %d hidden entries not read (listed in the results): %s", folder, len(hidden),
+                    "; ".join(n for n, _ in hidden[:_SHOW]))
+
+
+def refuse_or_warn_bad(folder, bad: list[tuple[str, str]], n_entries: int, skip_bad: bool, how_to_skip: str) -> None:
+    """Raise :class:`DataError` naming each bad file with its reason, or with ``skip_bad``
+    log them as skipped (the caller records them in its results)."""
+    if bad and not skip_bad:
+        lines = [f"  {name}: {reason}" for name, reason in sorted(bad)[:_SHOW]]
+        if len(bad) > _SHOW:
+            lines.append(f"  ... and {len(bad) - _SHOW} more")
+        raise DataError(f"{folder}: {len(bad)} of {n_entries} files cannot be used:\n" + "\n".join(lines) +
+                        f"\nFix or remove them, or {how_to_skip} to skip them; the skipped files "
+                        "are then listed in the results.")
+    if bad:
+        log.warning("%s: skipping %d bad files (listed in the results): %s", folder, len(bad),
+                    "; ".join(f"{n}: {r}" for n, r in sorted(bad)[:_SHOW]))
+
+
+@dataclass(frozen=True, eq=False)
+class Found:
+    """A file whose header was read: its name, path and shape ``(H, W, C)`` (pixels not
+    decoded yet: see :func:`decode_into`)."""
+
+    name: str
+    path: Path
+    shape: tuple[int, int, int]
+
+
+# Pillow modes whose channel count after _to_array the header tells; palette images ("P")
+# become grey or RGB by their pixels, so they are decoded to know.
+_HEADER_CHANNELS = {"L": 1, "1": 1, "LA": 1, "RGB": 3, "RGBA": 3, "PA": 3}
+
+
+def _peek_shape(path: Path) -> tuple[int, int, int]:
+    """``(H, W, C)`` of an image from its header alone (Pillow's ``open`` is lazy: size
+    and mode without decoding); a palette or unusual image, or one whose header cannot be
+    read, is read whole by :func:`read_image`, which raises the reason it cannot be used."""
+    from PIL import Image
+
+    try:
+        with open_regular_file(path) as f, Image.open(f) as img:
+            channels = _HEADER_CHANNELS.get(img.mode) if img.format in _FORMATS else None
+            if channels is not None:
+                return (img.height, img.width, channels)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        pass  # read_image below names the reason
+    return read_image(path).shape
+
+
+def _read_entries(entries: list[tuple[str, Path]]) -> tuple[list[Found], list[tuple[str, str]]]:
+    """The header pass: the PNG/JPEG images among ``entries`` (``(name, path)``) with their
+    shapes, and the others as (display name, reason). Pixels are decoded later, straight
+    into the output array (:func:`decode_into`), so that a folder is never held twice."""
+    bad: list[tuple[str, str]] = []
+    good: list[Found] = []
+    for raw, path in entries:
+        name = display_name(raw)
+        try:
+            mode = os.stat(path).st_mode  # follows a symbolic link; lstat would not
+        except OSError as err:
+            bad.append((name, f"cannot be read ({err.strerror or err}; a broken symbolic link?)"))
+            continue
+        if name != raw:
+            bad.append((name, "its name is not valid UTF-8 (rename it)"))
+        elif stat.S_ISDIR(mode):
+            bad.append((name, "a subfolder (folders are not read recursively)"))
+        elif special_file_kind(mode) is not None:
+            bad.append((name, f"{special_file_kind(mode)}, not a regular file (not opened)"))
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+            bad.append((name, f"not a PNG/JPEG file name (suffix {path.suffix or 'none'!r})"))
+        else:
+            try:
+                good.append(Found(name, path, _peek_shape(path)))
+            except DataError as err:
+                bad.append((name, str(err)))
+    return good, bad
+
+
+def _split_by_shape(good: list[Found], shape, fit, bad: list, *, fit_to_common: bool = False):
+    """The target ``(H, W, C)`` (the model's ``shape``, else the folder's most common), the
+    ``good`` images of that shape, and those of another shape to fit; the rest are appended
+    to ``bad`` with the reason. Without a model shape, other shapes are fitted to the most
+    common one only with ``fit_to_common`` (folder datasets; scoring refuses them)."""
+    if shape is not None:
+        target = (shape[1], shape[2], shape[0])  # (H, W, C)
+    else:
+        common = Counter(f.shape for f in good).most_common(1)
+        target = common[0][0] if common else None
+    keep, odd = [], []
+    for f in good:
+        if f.shape == target:
+            keep.append(f)
+        elif fit is not None and (shape is not None or fit_to_common):
+            odd.append(f)
+        else:
+            bad.append((f.name, _shape_reason(f.shape, target, model=shape is not None)))
+    return target, keep, odd
+
+
+def _shape_reason(found, target, *, model: bool) -> str:
+    target_text = (f"the model's C×H×W = {_shape_text((target[2], *target[:2]))}" if model else
+                   f"the folder's most common shape C×H×W = {_shape_text((target[2], *target[:2]))}")
+    hint = "; pass --pad or --resize to fit it (fit='pad'/'resize')" if model else \
+        "; set data.fit=pad or data.fit=resize to fit it (folder datasets)"
+    return f"C×H×W = {_shape_text((found[2], *found[:2]))}, not {target_text}{hint}"
+
+
+def decode_into(items: list[Found], target, fit: str | None, bad: list) -> tuple[np.ndarray, list[str], Counter]:
+    """Decode ``items`` in their order into one preallocated uint8 ``[N, H, W, C]`` array of
+    the ``target`` shape (one image in memory at a time beside it, never a list of arrays
+    to stack), fitting those of another shape by ``fit``. A file that fails to decode, or
+    (without ``fit``) decodes to another shape than its header said, is appended to ``bad``.
+    Returns the images, their names and ``{"C×H×W": count}`` of the images fitted."""
+    if target is None:
+        return np.zeros((0, 1, 1, 1), np.uint8), [], Counter()
+    out = np.empty((len(items), *target), dtype=np.uint8)
+    names: list[str] = []
+    fitted: Counter = Counter()
+    for item in items:
+        try:
+            arr = read_image(item.path)
+        except DataError as err:
+            bad.append((item.name, str(err)))
+            continue
+        if arr.shape != tuple(target):
+            if fit is None:
+                bad.append((item.name, _shape_reason(arr.shape, target, model=False)))
+                continue
+            fitted[_shape_text((arr.shape[2], *arr.shape[:2]))] += 1
+            arr = fit_images(arr[None].copy(), (target[2], target[0], target[1]), fit)[0]  # writable for torch
+        out[len(names)] = arr
+        names.append(item.name)
+    if len(names) < len(out):
+        out.resize((len(names), *target), refcheck=False)  # in place: no second copy
+    return out, names, fitted
+
+
+def fit_record(from_shapes: Counter, shape, fit: str, folder) -> dict:
+    """The record of the images fitted to ``shape`` (C, H, W) by ``fit``, for the results."""
+    fitted = {"method": fit, "to_shape": list(shape), "from_shapes": dict(sorted(from_shapes.items())),
+              "description": f"{fit} " + ", ".join(f"{s} ({c} images)" for s, c in sorted(from_shapes.items())) +
+                             f" → {_shape_text(shape)}"}
+    log.warning("%s: %d images fitted to %s by %s (recorded in the results)", folder, sum(from_shapes.values()),
+                _shape_text(shape), fit)
+    return fitted

@@ -1,0 +1,229 @@
+"""A folder of PNG/JPEG images as a dataset split: ``load_dataset("path/to/folder", split)``.
+
+Which names are folders: a dataset name that contains a path separator (``/``, or the
+system's own) is a folder path, relative to the current directory (``./pets`` for a
+folder here); any other name is a plain dataset name, found as always (official files,
+``NAME_SPLIT.npz``), even when a folder of that name happens to exist. So adding a folder
+never changes what an existing name means.
+
+One folder is one split: the ``split`` argument is recorded in the ImageSet, never used
+to find files (give the train and test folders as two names).
+
+Layout and labels: either images directly in the folder (labels ``-1``: unlabelled), or
+one subfolder per class holding its images (labels = the index of the class folder in
+name order; the class names are recorded). With class folders, a file beside them is a
+bad file. Folders are not read deeper than that. Files are read as
+:mod:`vaeood.data.folder` reads them for ``vaeood detect`` (the same reader): hidden
+entries are left out and listed; a bad file (corrupt, not PNG/JPEG, a text file named
+``.png``, a FIFO, a non-UTF-8 name, ...) is refused with the folder, each named with its
+reason, unless ``skip_bad`` (``data.skip_bad=true``): then it is skipped, logged, and
+listed in the provenance.
+
+Order: the images are ordered by the SHA-256 of their relative name (``class/file.png``),
+not by name. Training takes the first images and holds the last ones out
+(``data.limit``, ``data.holdout``); in name order the held-out images of a folder with
+class subfolders would all be of the last class. The hash of the name is a fixed
+pseudo-random order that is the same on every machine and file system (unlike the order
+of a directory listing), and adding or removing one file moves no other image relative to
+the rest.
+
+Shapes: the target shape is the folder's most common C×H×W. An image of another shape is
+a bad file (named) unless ``fit`` (``data.fit``) is ``"pad"`` or ``"resize"``
+(:mod:`vaeood.data.fit`; grey ↔ RGB is converted with either); the rule and how many
+images it changed, from which shapes, are recorded in the provenance.
+
+Memory: headers are read first (size and mode, without decoding the pixels) to choose the
+shape and count the images; then each image is decoded straight into one preallocated
+uint8 array, so a large folder is never held twice. Within one process a folder of up to
+:data:`CACHE_BYTES` of images is read once and reused while every file keeps its name,
+size, modification time and inode (as npz files are); a larger one is read again.
+
+Provenance: the ImageSet's ``name`` is the folder's own name (never its absolute path) and
+its ``source`` and ``files`` carry a SHA-256 of the sorted relative names and bytes of the
+images used; ``folder`` records classes, order, fit, skipped and left-out files. A run
+trained on a folder records all of it in its checkpoint, and calibration refuses a folder
+that changed since (:func:`vaeood.decisions.calibrate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+
+from .checksums import file_hexdigest
+from .errors import DataError
+from .fit import FITS
+from .image_files import (_read_entries, _split_by_shape, decode_into, display_name, fit_record, list_entries,
+                     refuse_or_warn_bad, warn_hidden)
+from .imageset import ImageSet
+
+log = logging.getLogger(__name__)
+
+ORDER = "sha256 of the relative file name"
+UNLABELLED = -1
+
+
+def is_folder_name(name: str) -> bool:
+    """True when a dataset name is a folder path: it contains ``/`` (or the system's
+    separator). A plain word (``fashion_mnist``) is never a folder, even if one exists."""
+    return any(sep and sep in name for sep in ("/", os.sep, os.altsep))
+
+
+def order_key(name: str) -> tuple[str, str]:
+    """The sort key of an image of a folder dataset: SHA-256 of its relative name (UTF-8),
+    then the name (see the module docstring for why)."""
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest(), name
+
+
+def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None = None,
+                      skip_bad: bool = False) -> ImageSet:
+    """The PNG/JPEG images of ``folder`` (optionally one subfolder per class) as one split.
+
+    Args:
+        folder: the folder's path. split: recorded in the ImageSet, not used to find files.
+        fit: None (images of another shape than the folder's most common are bad files),
+            ``"pad"`` or ``"resize"`` (they are fitted to it, and the fit recorded).
+        skip_bad: skip bad files (logged and listed in ``folder["skipped"]``) instead of
+            refusing the folder.
+    Raises:
+        DataError: not a folder, no usable image, or bad files (each named with the
+            reason) without ``skip_bad``.
+    """
+    if fit is not None:
+        FITS.get(fit)
+    given = str(folder)
+    path = Path(folder)
+    if not path.is_dir():
+        raise DataError(f"{given}: no such folder (a dataset name with a '/' is read as a folder of PNG/JPEG "
+                        "images; a plain name such as 'fashion_mnist' is a dataset)")
+    title = path.resolve().name or given
+    entries, hidden, bad, classes = _list_dataset(path)
+    warn_hidden(given, hidden)
+    if not entries and not bad:
+        also = f" (only {len(hidden)} hidden entries, not read)" if hidden else ""
+        raise DataError(f"{given}: the folder holds no files{also} (expected PNG or JPEG images, optionally in "
+                        "one subfolder per class)")
+    n_files = len(entries) + len(bad)
+    key = (str(path.resolve()), fit, skip_bad, _state(entries), tuple(bad), tuple(hidden))
+    cached = _CACHE.get(key)
+    if cached is not None:
+        log.info("%s: unchanged since read (same names, sizes and modification times): reusing it", given)
+        if cached["folder"]["skipped"]:
+            log.warning("%s: %d bad files skipped (listed in the results)", given, len(cached["folder"]["skipped"]))
+        return _image_set(cached, split)
+    found, unread = _read_entries(entries)
+    bad += unread
+    target, keep, odd = _split_by_shape(found, None, fit, bad, fit_to_common=True)
+    items = sorted(keep + odd, key=lambda f: order_key(f.name))
+    images, names, from_shapes = decode_into(items, target, fit, bad)
+    refuse_or_warn_bad(given, bad, n_files, skip_bad,
+                       "set data.skip_bad=true (--data.skip_bad=true; skip_bad=True in Python)")
+    if not len(names):
+        raise DataError(f"{given}: none of its {n_files} files is a usable image")
+    read = _describe(given, title, images, names, items, classes, target, fit, from_shapes, bad, hidden)
+    if images.nbytes <= CACHE_BYTES:
+        _CACHE[key] = read
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        return _image_set(read, split)  # a copy: the caller may change it
+    return _image_set(read, split, copy=False)
+
+
+def _describe(given, title, images, names, items, classes, target, fit, from_shapes, bad, hidden) -> dict:
+    """The labels, source, digest and provenance record of the images read from a folder."""
+    shape = (target[2], target[0], target[1])
+    fitted = fit_record(from_shapes, shape, fit, given) if from_shapes else None
+    by_name = {f.name: f for f in items}
+    digest = _digest([(n, by_name[n].path) for n in names])
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[n.split("/", 1)[0]] for n in names] if classes else
+                      [UNLABELLED] * len(names), dtype=np.int64)
+    record = {"name": title, "images": len(names), "classes": classes, "order": ORDER, "sha256": digest,
+              "shape": list(shape), "fit": {"method": fit, "changed": sum(from_shapes.values()), **(fitted or {})},
+              "skipped": [list(b) for b in sorted(bad)], "left_out": [list(h) for h in hidden]}
+    source = (f"folder {title!r} of {len(names)} PNG/JPEG images"
+              + (f" in {len(classes)} class folders ({', '.join(classes)})" if classes else " (unlabelled)")
+              + f", ordered by {ORDER}, SHA-256 of names and bytes {digest}"
+              + (f"; {len(bad)} bad files skipped" if bad else "")
+              + (f"; {fitted['description']}" if fitted else ""))
+    log.info("read folder %s: %d images of C×H×W = %s", given, len(names), "×".join(map(str, shape)))
+    return {"name": title, "images": images, "labels": labels, "source": source, "files": ((f"{title}/", digest),),
+            "folder": record}
+
+
+# Repeated loads of one folder in a process (train, then fitting data and calibration) reuse
+# its arrays while every file keeps its name, size, modification time and inode, as npz
+# files are reused (load._read_npz). Only folders up to CACHE_BYTES are kept: the cache and
+# the caller's copy hold the images twice, which a large folder must not be.
+CACHE_BYTES = 256 << 20
+_CACHE_SIZE = 2
+_CACHE: dict = {}
+
+
+def _state(entries: list[tuple[str, Path]]) -> tuple:
+    out = []
+    for name, p in entries:
+        try:
+            st = os.stat(p)
+            out.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            out.append((name, None))
+    return tuple(out)
+
+
+def _image_set(read: dict, split: str, copy: bool = True) -> ImageSet:
+    images, labels = (read["images"].copy(), read["labels"].copy()) if copy else (read["images"], read["labels"])
+    return ImageSet(read["name"], split, images, labels, source=read["source"], files=read["files"],
+                    folder=copy_record(read["folder"]))
+
+
+def copy_record(record: dict) -> dict:
+    return json.loads(json.dumps(record))
+
+
+def _list_dataset(path: Path):
+    """``(entries, hidden, bad, classes)``: the files to read as ``(relative name, path)``,
+    hidden entries left out, entries refused already (a file beside class folders, a class
+    folder with an undecodable name) and the class names (``[]`` when the images lie in the
+    folder itself)."""
+    top, hidden = list_entries(path)
+    dirs = [(name, p) for name, p in top if _is_dir(p)]
+    if not dirs:
+        return top, hidden, [], []
+    bad = [(display_name(name), "a file beside the class folders (put it in one of them)")
+           for name, p in top if not _is_dir(p)]
+    entries, classes = [], []
+    for name, p in dirs:
+        if display_name(name) != name:
+            bad.append((display_name(name), "a class folder whose name is not valid UTF-8 (rename it)"))
+            continue
+        classes.append(name)
+        inside, hid = list_entries(p, prefix=f"{name}/")
+        entries += inside
+        hidden += hid
+    return entries, hidden, bad, classes
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(p).st_mode)
+    except OSError:
+        return False
+
+
+def _digest(files: list[tuple[str, Path]]) -> str:
+    """SHA-256 over the sorted relative names and each file's SHA-256: it changes when a
+    file is added, removed, renamed or one byte of one changes."""
+    h = hashlib.sha256()
+    for name, p in sorted(files):
+        h.update(name.encode("utf-8", "surrogateescape") + b"\0" + file_hexdigest(p, "sha256").encode() + b"\n")
+    return h.hexdigest()
+
+
+__all__ = ["is_folder_name", "load_image_folder", "order_key"]
