@@ -24,7 +24,8 @@ import logging
 from pathlib import Path
 
 from .config import Config, ConfigError
-from .data import load_dataset
+from .data import DatasetNotFoundError, load_dataset
+from .data.image_folder import is_folder_name
 from .decisions import calibrate, recommended_detector
 from .train import train
 
@@ -54,7 +55,13 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
         raise ConfigError("vaeood fit chooses data.name (its SOURCE) and data.holdout (a fifth, at most 7,000); "
                           "use vaeood train for other splits")
     name = str(source)
-    data = load_dataset(name, split, data_dir=data_dir)
+    try:
+        data = load_dataset(name, split, data_dir=data_dir)
+    except DatasetNotFoundError as err:
+        if Path(name).is_dir() and not is_folder_name(name):  # a plain word names a dataset, never a folder
+            raise DatasetNotFoundError(f"{err}\n(to train on the folder {name!r}, write it as a path: ./{name}/)") \
+                from None
+        raise
     n = len(data.images)
     if n < MIN_IMAGES:
         raise ConfigError(f"{data.source}: {n} images; vaeood fit needs at least {MIN_IMAGES} (a fifth of them is "
@@ -70,4 +77,4 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
     record = calibrate(run, detector, n_calibration=n_calibration, n_fit=h - n_calibration, data_dir=data_dir,
                        device=device)
     return {"run": Path(run), "n_images": n, "holdout": h, "trained": n - h, "detector": detector, "record": record,
-            "source": data.source, "epochs": config.train.epochs}
+            "source": name, "provenance": data.source, "epochs": config.train.epochs}

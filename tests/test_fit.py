@@ -1,0 +1,59 @@
+"""``vaeood fit FOLDER --out MODEL`` then ``vaeood detect MODEL FOLDER``: the README's first
+example, on real images (the bundled Fashion-MNIST and MNIST sample, so it never skips)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaeood.cli import main
+from vaeood.conformal import binomial_upper
+from vaeood.data.sample import load_sample
+from vaeood.decisions import calibrated_detectors, default_detector
+from vaeood.pipeline import holdout_for
+
+
+def _pngs(folder, images, prefix):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img[..., 0]).save(folder / f"{prefix}{i:04d}.png")
+
+
+@pytest.mark.slow
+def test_fit_on_a_folder_then_detect_a_mixed_folder_keeps_the_fpr_and_finds_mnist(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _pngs(tmp_path / "train", load_sample("fashion_mnist", "train").images, "fm")  # 3,000 real images
+    _pngs(tmp_path / "new", load_sample("fashion_mnist", "test").images[:500], "fm")
+    _pngs(tmp_path / "new", load_sample("mnist", "test").images[:500], "mn")
+
+    assert main(["fit", "train/", "--out", "model", "--train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "trained model on 2400 of the 3000 images of train/ " in out and "600 held out for the detector" in out
+    assert "calibrated detector fused on the held-out images (fitted on [2400:2700], calibrated on [2700:3000])" \
+        in out
+    assert "next: vaeood detect model IMAGES --out flagged.csv" in out
+    assert calibrated_detectors("model") == ["fused"] and default_detector("model") == "fused"
+
+    assert main(["detect", "model", "new/", "--out", "flags.csv"]) == 0  # no --detector: the calibrated fused
+    with open(tmp_path / "flags.csv", newline="") as f:
+        rows = {r["file"]: int(r["flagged"]) for r in csv.DictReader(f)}
+    fm = np.array([v for k, v in rows.items() if k.startswith("fm")])
+    mn = np.array([v for k, v in rows.items() if k.startswith("mn")])
+    assert len(fm) == len(mn) == 500
+    assert fm.mean() <= binomial_upper(0.05, 500)  # FPR ≤ α within binomial error
+    assert mn.mean() >= 0.95  # TPR on MNIST
+    assert (tmp_path / "flags.html").is_file() and (tmp_path / "flags.summary.json").is_file()
+
+
+def test_the_held_out_count_and_what_fit_refuses(tmp_path, capsys):
+    assert [holdout_for(n) for n in (200, 1000, 35000, 60000)] == [40, 200, 7000, 7000]
+    assert main(["fit", "fashion_mnist", "--out", str(tmp_path / "m"), "--data.holdout=10"]) == 2
+    assert "vaeood fit chooses data.name (its SOURCE) and data.holdout" in capsys.readouterr().err
+    folder = tmp_path / "few"
+    _pngs(folder, load_sample("fashion_mnist", "test").images[:50], "x")
+    assert main(["fit", str(folder), "--out", str(tmp_path / "m")]) == 2
+    assert "50 images; vaeood fit needs at least 200" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
