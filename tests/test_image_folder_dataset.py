@@ -23,7 +23,8 @@ from tinydata import blobs, strokes, write_npz
 from vaeood.checkpoint import load_checkpoint
 from vaeood.cli import main
 from vaeood.data import DataError, load_dataset
-from vaeood.decisions import NoCalibrationError, load_calibration
+from vaeood.decisions import NoCalibrationError, calibration_path, load_calibration
+from vaeood.fitted_detector import fitted_path
 
 MLP = ["--train.epochs=1", "--model.arch=mlp", "--model.hidden_dim=32", "--model.latent_dim=4",
        "--train.batch_size=32"]
@@ -161,7 +162,7 @@ def test_train_on_a_folder_then_score_evaluate_calibrate_and_refuse_it_changed(t
     assert str(test_ood) in json.dumps(metrics)
     capsys.readouterr()
 
-    record = vaeood.calibrate(run)
+    record = vaeood.calibrate(run, "nll")
     assert record["calibration_slice"] == [80, 120] and record["dataset"] == str(train_dir)
     assert load_calibration(run)["n_calibration"] == 40
     decided = vaeood.decide(run, test_ood)
@@ -171,12 +172,16 @@ def test_train_on_a_folder_then_score_evaluate_calibrate_and_refuse_it_changed(t
     first = train_dir / "round" / "img_000.png"
     Image.fromarray(255 - blobs(1, 0)[0]).save(first)
     with pytest.raises(NoCalibrationError, match="folder 'train' changed since the run trained on it"):
-        vaeood.calibrate(run)
+        vaeood.calibrate(run, "nll")
+    # detect rests on the model and the saved calibration scores and fit, each checked, not on the folder:
+    # it decides as before; without the saved fit it must refit on the folder, and refuses
+    np.testing.assert_array_equal(vaeood.decide(run, test_ood).scores, decided.scores)
+    fitted_path(calibration_path(run, "nll")).unlink()
     with pytest.raises(NoCalibrationError, match="changed since the run trained on it"):
-        vaeood.decide(run, test_ood)  # the saved calibration no longer applies either
+        vaeood.decide(run, test_ood)
     first.unlink()  # one file fewer: refused the same way, naming both counts
     with pytest.raises(NoCalibrationError, match="then: 120 images.*now: 119 images"):
-        vaeood.calibrate(run)
+        vaeood.calibrate(run, "nll")
 
 
 def test_class_folder_layout_hidden_files_and_files_beside_the_classes(tmp_path, caplog):
