@@ -14,9 +14,11 @@ The held-out images are the part of the run's training split that training never
 records the split, the scores, the detector and its options, the checkpoint's SHA-256
 and the SHA-256 of the calibration images in ``RUN/calibration/<detector>.npz``.
 :func:`decide` (``vaeood detect``) reads a folder, ``.npz`` or dataset, scores it with
-the same detector (fitted again on the same slice from cached features, and checked to
-reproduce the calibration scores) and turns the scores into conformal p-values and
-decisions. It refuses when the run has no calibration for the detector (saying how to
+the same detector and turns the scores into conformal p-values and decisions. The
+detector is the fit calibrate saved (:mod:`vaeood.fitted_detector`), once a fixed sample
+of 64 calibration images rescores to its calibration scores; otherwise it is fitted
+again on the same slice from cached features and checked to reproduce every calibration
+score. It refuses when the run has no calibration for the detector (saying how to
 make one), or when the model, the calibration images or the options changed; when the
 calibration file does not add up (every array and field checked, the slices against the
 run's own never-trained range: :mod:`vaeood.calibration_file`); when a companion run is of
