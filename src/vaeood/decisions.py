@@ -260,8 +260,8 @@ def calibrate(run_dir: str | Path, detector: str = "nll", *, detector_options: d
     }
     path = calibration_path(run_dir, detector)
     atomic_write(path, lambda f: np.savez(f, scores=scores, meta=np.array(json.dumps(record))))
-    log.info("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,
-             *cal_slice, path)
+    log.debug("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,
+              *cal_slice, path)
     return {**record, "scores": scores}
 
 

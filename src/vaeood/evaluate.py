@@ -162,7 +162,7 @@ def _drop_inapplicable(dets: dict, info: dict, explicit: bool, fit_slice, fit_er
         skipped[name] = reason
         del dets[name]
     if skipped:
-        log.info("detectors that do not apply: %s", "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        log.debug("detectors that do not apply: %s", "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return skipped
 
 
