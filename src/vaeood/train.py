@@ -154,8 +154,8 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
               objective=objective_state(run.objective))
         atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
     if history and start_epoch < tcfg.epochs:  # the stage's one line, with its result
-        log.info("trained %s: %d epochs on %d images of %s/%s, loss %.2f nats/image (%.0f s)", run_dir,
-                 tcfg.epochs, len(x_all), data.name, data.split, history[-1]["train_loss"],
+        log.info("trained %s: %d epoch%s on %d images of %s/%s, loss %.2f nats/image (%.0f s)", run_dir,
+                 tcfg.epochs, "s" * (tcfg.epochs != 1), len(x_all), data.name, data.split, history[-1]["train_loss"],
                  sum(h["seconds"] for h in history[start_epoch:]))
     return run_dir
 
