@@ -10,6 +10,7 @@ if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 OUT_DIR=${OUT_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/vaeood-demo.XXXXXX")}
+mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/demo.log"
 : > "$LOG"
 started=$(date +%s)

@@ -20,6 +20,8 @@ import logging
 import sys
 from typing import Iterator
 
+from tqdm.auto import tqdm
+
 from . import progress
 
 LEVELS = {"quiet": logging.WARNING, "default": logging.INFO, "verbose": logging.DEBUG}
@@ -44,6 +46,15 @@ class OnceFilter(logging.Filter):
             return False
         self.seen.add(key)
         return True
+
+
+class BarSafeHandler(logging.StreamHandler):
+    """A stream handler that lifts the progress bars on its stream out of the way of each
+    line it writes (and puts them back under it), so lines and bars never mix."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
 
 
 class PeopleFormatter(logging.Formatter):
@@ -73,7 +84,7 @@ def console(verbosity: str = "default", stream=None) -> Iterator[OnceFilter]:
     after the block, so calling the command twice in one process (the tests) adds nothing.
     Other libraries' loggers keep the root level (warnings)."""
     level = LEVELS[verbosity]
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler = BarSafeHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(PeopleFormatter(detail=verbosity == "verbose"))
     once = OnceFilter()
     handler.addFilter(once)

@@ -246,7 +246,7 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
         if steps % run.check_every == 0 or i + tcfg.batch_size >= n:
             _check_bad_run(bad_in_a_row, epoch, tcfg, run.ckpt_path)
         if run.show:
-            bar.set_postfix(loss=f"{float(out['loss']):.2f}")
+            bar.set_postfix(loss=f"{float(out['loss'].detach()):.2f}")
     skipped = int(skipped)
     good = steps - skipped
     seconds = time.perf_counter() - started
