@@ -99,6 +99,19 @@ def test_report_figures_notes_and_no_machine_paths(suite):
         np.testing.assert_array_equal(f["x"], synthetic_images("uniform_noise", 150, (1, 28, 28))[..., 0])
 
 
+def test_the_terminal_summary_shows_the_default_and_the_named_detectors_only(suite):
+    """Eighteen detectors on every pair fit in report.md; the terminal gets the default one,
+    those the verdict names and the verdict, a screen at most."""
+    _, metrics, _ = suite
+    text = EXPERIMENTS.get("ood-suite").summary(metrics)
+    rows = {line.split()[0] for line in text.splitlines() if line and not line.startswith(("-", "(", "NOTE"))}
+    v = metrics["verdict"]
+    named = {v["robust"]["detector"], "fused", *(b["detector"] for b in v["best"].values()),
+             *(r["detector"] for r in v["robust_by_kind"].values() if r)}
+    assert rows - {"detector"} == named and len(named) < len(metrics["settings"]["detectors"])
+    assert "are in the report)" in text and len(text.splitlines()) <= 30
+
+
 def test_rerun_reuses_runs_and_gives_the_same_numbers(suite, tmp_path):
     out, metrics, _ = suite
     again = EXPERIMENTS.get("ood-suite").run(out, "smoke", data_dir=str(out.parent / "data"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shlex
 import signal
@@ -24,6 +23,7 @@ from .allocator import keep_freed_memory
 from . import distributed
 from .checkpoint import CheckpointError
 from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
+from .console import console
 from .conformal import CalibrationError
 from .data import DataError, load_dataset
 from .data.folder import printable
@@ -59,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     # under torchrun only rank 0 reports progress; the other ranks say only what goes wrong
     quiet = args.quiet or int(os.environ.get("RANK", "0")) > 0
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    with console("quiet" if quiet else "verbose" if args.verbose else "default"):
+        return _run(args, extra, argv)
+
+
+def _run(args, extra: list[str], argv: list[str]) -> int:
     keep_freed_memory()  # the command owns its process: no page faults per training step
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
@@ -127,7 +130,11 @@ def _checked(key: str, rule_and_type) -> Callable[[str], object]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vaeood", description="VAEs, honest log-likelihoods and OOD scores.")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true",
+                          help="only warnings and errors on stderr, no progress bars")
+    loudness.add_argument("-v", "--verbose", action="store_true",
+                          help="every detail on stderr (each file loaded, each feature computed or reused, each epoch)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_fit_parser(sub)
     _add_train_parser(sub)

@@ -323,8 +323,8 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
         "score_direction": "higher = more out-of-distribution", "fitted_sha256": fitted_sha256,
     }
     atomic_write(path, lambda f: np.savez(f, scores=scores, meta=np.array(json.dumps(record))))
-    log.info("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,
-             *cal_slice, path)
+    log.debug("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,
+              *cal_slice, path)
     return {**record, "scores": scores}
 
 

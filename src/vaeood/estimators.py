@@ -85,6 +85,7 @@ import torch
 from torch import Tensor
 
 from .gaussian import check_positive_int, kl_to_standard_normal, log_prob_from_eps, standard_normal
+from .progress import bar
 from .refine import refine_posterior
 from .registry import Registry
 
@@ -273,7 +274,8 @@ def iwae(model, x, k: int = 1000, chunk_size: int | None = None, max_elements: i
         def chunk(n):
             return _gaussian_chunk(model, x, n, mu, std, logvar, generator)
     sums = _LogWeightSums()
-    for start in range(0, k, chunk_size):
+    starts = range(0, k, chunk_size)  # a bar over the K samples when they take more than one chunk
+    for start in (bar(starts, desc=f"iwae K={k}") if len(starts) > 1 else starts):
         sums.add(*chunk(min(chunk_size, k - start)))
     return _iwae_outputs(sums, k, layered)
 

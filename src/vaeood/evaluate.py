@@ -28,6 +28,7 @@ from .detectors import (DETECTORS, Detector, FitDataError, batch_test_power, det
 from .features import compute_features, needs_features
 from .fitdata import check_fit_slice, heldout_slice, run_config
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
+from .progress import bar
 from .report import histogram_figure
 from .scoring import score, score_meta
 
@@ -110,8 +111,11 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
                   progress=progress)
     runner = _DetectorRunner(run_dir, in_dataset, ood_datasets, split, data_dir, data_dirs, fit_slice, out_dir,
                              common)
-    for name, det in dets.items():
-        runner.run(name, det)
+    with bar(total=len(dets), desc="detectors", enabled=progress, unit="detector") as progress_bar:
+        for name, det in dets.items():
+            progress_bar.set_postfix_str(name)
+            runner.run(name, det)
+            progress_bar.update()
 
     summary = {name: _summary(s) for name, s in per_set.items()}
     figure = _histogram(out_dir, estimator, in_dataset, per_set, summary, meta_in)
@@ -162,7 +166,7 @@ def _drop_inapplicable(dets: dict, info: dict, explicit: bool, fit_slice, fit_er
         skipped[name] = reason
         del dets[name]
     if skipped:
-        log.info("detectors that do not apply: %s", "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        log.debug("detectors that do not apply: %s", "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     return skipped
 
 

@@ -125,6 +125,7 @@ from . import gaussian
 from .estimators import checked_log_joint, checked_posterior
 from .gaussian import check_positive_int, kl_to_standard_normal, log_prob_from_eps
 from .noise import image_normals, noise_seed
+from .progress import bar
 
 __all__ = ["likelihood_regret", "VARIANTS", "OPTIMIZERS", "DEFAULTS"]
 
@@ -372,7 +373,7 @@ def _regret_batch(model, x, *, seed, variant, steps, opt_class, opt_kwargs, samp
     with torch.enable_grad():
         params = [p.requires_grad_(True) for p in params]
         opt = opt_class(params, **opt_kwargs)
-        for t in range(steps):
+        for t in bar(range(steps), desc=f"regret of {len(x)} images"):
             mu, logvar = encode(params)
             z = mu + torch.exp(0.5 * logvar) * eps_opt[t]  # [S, B, Z]
             if loss == "elbo":

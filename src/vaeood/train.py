@@ -14,14 +14,12 @@ import inspect
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
-from tqdm.auto import tqdm
 
 from .atomic import atomic_write_json, atomic_write_text, ensure_dir, remove_stale_temps
 from . import distributed
@@ -30,6 +28,7 @@ from .config import PRECISIONS, Config, ConfigError, flatten
 from .data.load import load_for_run
 from .models import build_model, count_parameters
 from .objectives import load_objective_state, make_objective, objective_state
+from .progress import bar as progress_bar, shown as progress_shown
 from .run import resolve_device, to_tensor
 from .runlock import run_lock
 
@@ -149,11 +148,15 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
     for epoch in range(start_epoch, tcfg.epochs):
         record = _train_epoch(run, epoch, bad_in_a_row)
         history.append(record)
-        log.info("epoch %d/%d: loss %.3f nats/image, %.0f images/s", epoch + 1, tcfg.epochs,
-                 record["train_loss"], record["images_per_s"])
+        log.debug("epoch %d/%d: loss %.3f nats/image, %.0f images/s", epoch + 1, tcfg.epochs,
+                  record["train_loss"], record["images_per_s"])
         save_run_state(ckpt_path, config, run.model, run.optimizer, epoch + 1, history, image_shape, data, device,
               objective=objective_state(run.objective))
         atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
+    if history and start_epoch < tcfg.epochs:  # the stage's one line, with its result
+        log.info("trained %s: %d epoch%s on %d images of %s/%s, loss %.2f nats/image (%.0f s)", run_dir,
+                 tcfg.epochs, "s" * (tcfg.epochs != 1), len(x_all), data.name, data.split, history[-1]["train_loss"],
+                 sum(h["seconds"] for h in history[start_epoch:]))
     return run_dir
 
 
@@ -166,7 +169,7 @@ def _training_data(config: Config, data_dir: str | None, device: torch.device):
         raise ConfigError(f"data.shuffle_patches = {patch}: must divide the image size "
                           f"{images.shape[1]}×{images.shape[2]} of {data.name}")
     x_all = to_tensor(images, device)
-    log.info("training on %d images of %s/%s from %s", len(x_all), data.name, data.split, data.source)
+    log.debug("training on %d images of %s/%s from %s", len(x_all), data.name, data.split, data.source)
     return data, x_all
 
 
@@ -207,7 +210,7 @@ def _build_run(config: Config, x_all: torch.Tensor, device: torch.device, ckpt_p
     step = _wrap_step(ObjectiveStep(model, objective, tcfg.objective_options), tcfg, device, world)
     dtype = getattr(torch, PRECISIONS[tcfg.precision]) if PRECISIONS[tcfg.precision] else None
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
+    show = progress_shown(progress)
     # Reading a device flag on the host stalls a GPU's queue, so there the run of bad steps
     # is read every CHECK_EVERY_GPU steps (a bad step changes nothing, the stop just comes
     # a few steps later); on the CPU reading it is free and the check is exact.
@@ -227,8 +230,8 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
     sums = GoodSums(device)  # logged values summed on the device over good steps; read once per epoch
     steps, skipped = 0, torch.zeros((), device=device)
     started = time.perf_counter()
-    bar = tqdm(range(0, n, tcfg.batch_size), desc=f"epoch {epoch + 1}/{tcfg.epochs}",
-               disable=not run.show, leave=False)
+    bar = progress_bar(range(0, n, tcfg.batch_size), desc=f"epoch {epoch + 1}/{tcfg.epochs}",
+                       enabled=run.show)
     for i in bar:
         index = order[i: i + tcfg.batch_size][run.rank::run.world]  # this rank's share of the global batch
         x = run.x_all[index] if noise is None else corrupt(run.x_all[index], dcfg.noise_rate, noise,
@@ -242,7 +245,7 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
         if steps % run.check_every == 0 or i + tcfg.batch_size >= n:
             _check_bad_run(bad_in_a_row, epoch, tcfg, run.ckpt_path)
         if run.show:
-            bar.set_postfix(loss=f"{float(out['loss']):.2f}")
+            bar.set_postfix(loss=f"{float(out['loss'].detach()):.2f}")
     skipped = int(skipped)
     good = steps - skipped
     seconds = time.perf_counter() - started

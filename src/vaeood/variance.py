@@ -306,8 +306,8 @@ def variance_check(in_images: np.ndarray, ood_images: np.ndarray, scorers: Seque
     target = float(s_in["pixel_var"].mean())
     matched, info = contrast_match(ood_images, target)
     lp_matched = _seeds([f(matched) for f in scorers], "scorer(matched)", len(matched))
-    log.info("contrast-matched %d OOD images to variance %.4f (%.1f%% reached)", len(matched),
-             info["target_pixel_var"], 100 * info["reached_fraction"])
+    log.debug("contrast-matched %d OOD images to variance %.4f (%.1f%% reached)", len(matched),
+              info["target_pixel_var"], 100 * info["reached_fraction"])
     out = {"sets": {"in": _set_stats(in_images, s_in), "ood": _set_stats(ood_images, s_ood),
                     "matched": _set_stats(matched, image_stats(matched))},
            "contrast_match": _match_record(info),

@@ -61,7 +61,7 @@ def fetch(urls: Sequence[str], dest: Path, md5: str, timeout: float = TIMEOUT_S)
                 log.warning("%s", failures[-1])
                 continue
             os.replace(tmp, dest)
-            log.info("downloaded %s (%d bytes, MD5 verified)", dest, size)
+            log.debug("downloaded %s (%d bytes, MD5 verified)", dest, size)
             return dest
         except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as err:
             reason = getattr(err, "reason", err)

@@ -88,8 +88,8 @@ def _load_named(name: str, split: str, data_dir, download: bool, allow_sample: b
         for folder in candidate_folders(search_dir, name):
             found = _load_from_folder(name, split, folder, use_official)
             if found is not None:
-                log.info("loaded %s/%s: %d images %s, %s in %s", name, split, len(found),
-                         found.shape, found.source, folder)
+                log.debug("loaded %s/%s: %d images %s, %s in %s", name, split, len(found),
+                          found.shape, found.source, folder)
                 return found
             state = "folder exists but holds none of them" if folder.is_dir() else "no such folder"
             looked.append(f"{folder}  [{search_dir.origin}]: {state}")

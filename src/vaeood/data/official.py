@@ -71,7 +71,7 @@ class OfficialDataset:
         for filename in self.files[split]:
             dest = folder / filename
             if dest.exists():
-                log.info("%s already present; not downloading it again", dest)
+                log.debug("%s already present; not downloading it again", dest)
                 continue
             fetch(self.urls(filename), dest, self.md5[filename])
 

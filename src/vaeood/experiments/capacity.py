@@ -24,7 +24,7 @@ from ..config import Config
 from ..intervals import N_BOOT, mean_sd, trend, trend_text
 from ..report import interval_text, markdown_table, pm, text_table
 from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
-                     report_header, run_evaluate, sample_sources, stamp, strict_json,
+                     report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json,
                      train_or_reuse)
 
 ESTIMATORS = ("elbo", "iwae")
@@ -82,9 +82,12 @@ class CapacityStudy:
         k = (estimator_options or {}).get("k", pre.k)
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = {}
-        for variant, variant_overrides in self.variants(pre).items():
+        variants = self.variants(pre)
+        progress_bar = runs_bar(len(variants) * len(pre.seeds), self.name, progress)
+        for variant, variant_overrides in variants.items():
             runs, pairs = {}, {(e, d): [] for e in ESTIMATORS for d in detectors}
             for seed in pre.seeds:
+                progress_bar.set_postfix_str(f"{variant} seed {seed}")
                 config = Config().override({**pre.overrides, **variant_overrides, "train.seed": str(seed),
                                             "train.device": device, "data.allow_sample": str(pre.allow_sample).lower(),
                                             **(overrides or {})})
@@ -103,6 +106,7 @@ class CapacityStudy:
                                                                     **common)
                                                    for name in (self.in_dataset, self.ood_dataset)))
                 runs[f"seed{seed}"] = {"training": training, "evaluations": evaluations}
+                progress_bar.update()
             rows[variant] = {"base_channels": config.model.base_channels, "latent_dim": config.model.latent_dim,
                              "num_parameters": training["num_parameters"],
                              "training": {"train_data": training["train_data"], "epochs": training["epochs"],
@@ -111,6 +115,7 @@ class CapacityStudy:
                              "summary": {e: {d: self._summary(runs, e, d, pairs[(e, d)], pre.n_boot)
                                              for d in detectors} for e in ESTIMATORS},
                              "runs": runs}
+        progress_bar.close()
         out = {"experiment": self.name, "title": self.title, "preset": preset, "command": command,
                "claim": self.claim, "k": k, "iwae_limit": pre.iwae_limit, **stamp(device),
                "seeds": list(pre.seeds), "detectors": list(detectors),

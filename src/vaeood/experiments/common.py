@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import logging
 import math
 import platform
 from pathlib import Path
@@ -19,11 +20,13 @@ from ..config import Config, ConfigError
 from ..evaluate import evaluate
 from ..intervals import N_BOOT, seed_summary
 from ..detectors import make_detector
+from ..progress import bar
 from ..registry import Registry
 from ..scoring import score
 from ..train import resumable, train
 
 EXPERIMENTS = Registry("experiment")
+log = logging.getLogger(__name__)
 
 
 def train_or_reuse(config: Config, run_dir: Path, *, data_dir: str | None, progress: bool | None) -> dict:
@@ -34,7 +37,15 @@ def train_or_reuse(config: Config, run_dir: Path, *, data_dir: str | None, progr
     if state is None or state["epoch"] < config.train.epochs:
         train(config, run_dir, resume=resumable(run_dir), data_dir=data_dir, progress=progress)
         state = load_checkpoint(ckpt)
+    else:
+        log.info("reusing %s: trained already (%d epochs)", run_dir, state["epoch"])
     return training_summary(state)
+
+
+def runs_bar(total: int, desc: str, progress: bool | None):
+    """The progress bar over an experiment's runs (each trained or reused, then scored);
+    ``update()`` it after each run, ``set_postfix_str`` it with the run's name."""
+    return bar(total=total, desc=desc, enabled=progress, unit="run")
 
 
 def training_summary(state: dict) -> dict:

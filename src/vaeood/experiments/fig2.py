@@ -45,7 +45,7 @@ from ..report import METRIC_LABELS, histogram_panels, interval_text, markdown_ta
 from ..data import DatasetNotFoundError, load_dataset
 from ..scoring import score, score_meta
 from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
-                     report_header, run_evaluate, sample_sources, stamp, strict_json,
+                     report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json,
                      train_or_reuse)
 from .variance_runs import variance_pairs, variance_record, variance_section
 
@@ -115,20 +115,24 @@ class Fig2Experiment:
                             fit=self.fit)
         configs = self.configs(preset, overrides=overrides, device=device)
         models, elbos, checks = {}, {}, {}
+        progress_bar = runs_bar(len(self.models) * len(pre.seeds), self.name, progress)
         for variant in self.models:
             runs, pairs = {}, {d: {o: [] for o in self.ood_datasets} for d in detectors}
             run_dirs = [out_dir / "runs" / f"{variant}_seed{seed}" for seed in pre.seeds]
             for seed, run_dir in zip(pre.seeds, run_dirs):
+                progress_bar.set_postfix_str(f"{variant} seed {seed}")
                 runs[f"seed{seed}"] = self._run_seed(run_dir, out_dir / variant / f"seed{seed}",
                                                      configs[(variant, seed)], detectors, pairs, score_kwargs)
                 if seed == pre.seeds[0]:  # the Figure 2 panels show the first seed's model
                     elbos[variant] = {name: _elbo(score(run_dir, name, **score_kwargs))
                                       for name in (self.in_dataset, *self.ood_datasets)}
+                progress_bar.update()
             models[variant] = self._variant_summary(variant, runs, pairs, detectors, pre)
             if variance:  # only adds: the rescaled images are scored on the side, nothing above changes
                 # of the model's own shape only: padding changes the pixel statistics the check is about
                 same_shape = [o for o in self.ood_datasets if not score_meta(score(run_dirs[0], o, **score_kwargs))["fit"]]
                 checks[variant] = variance_pairs(self.in_dataset, same_shape, run_dirs, score_kwargs, n_boot=pre.n_boot)
+        progress_bar.close()
         (out_dir / "figures").mkdir(exist_ok=True)
         figure = histogram_panels(
             out_dir / "figures" / f"{self.name}_elbo_histograms.png",

@@ -61,7 +61,7 @@ from ..report import interval_text, markdown_table
 from ..run import load_model, to_tensor
 from ..scoring import score, score_meta
 from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, estimate_scores, stamp,
-                     strict_json, train_or_reuse)
+                     runs_bar, strict_json, train_or_reuse)
 
 REVERSE_KL = ("elbo", "iwae")
 FORWARD_KL = ("rws", "rws_dreg", "msc")
@@ -134,10 +134,14 @@ class ForwardKLExperiment:
         out_dir.mkdir(parents=True, exist_ok=True)
         started, cpu_started, load_started = time.perf_counter(), time.process_time(), _load_average()
         runs = []
-        for objective in ABLATED:
-            for seed in pre.seeds:
-                runs.append(self._one_run(out_dir, pre, objective, seed, overrides=overrides, options=options,
-                                          detectors=detectors, data_dir=data_dir, device=device, progress=progress))
+        with runs_bar(len(ABLATED) * len(pre.seeds), self.name, progress) as progress_bar:
+            for objective in ABLATED:
+                for seed in pre.seeds:
+                    progress_bar.set_postfix_str(f"{objective} seed {seed}")
+                    runs.append(self._one_run(out_dir, pre, objective, seed, overrides=overrides, options=options,
+                                              detectors=detectors, data_dir=data_dir, device=device,
+                                              progress=progress))
+                    progress_bar.update()
         bpd = {(r["objective"], r["seed"]): r.pop("_bpd") for r in runs}
         per_image = {(r["objective"], r["seed"]): r.pop("_scores") for r in runs}
         aggregate = {obj: {key: mean_sd([r[key] for r in runs if r["objective"] == obj]) for key in METRICS}

@@ -55,7 +55,7 @@ from ..evaluate import evaluate
 from ..intervals import seed_summary
 from ..metrics import METRIC_NAMES
 from ..report import markdown_table
-from .common import EXPERIMENTS, report_header, stamp, train_or_reuse
+from .common import EXPERIMENTS, report_header, runs_bar, stamp, train_or_reuse
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ HVAE = {"model.arch": "hvae",
         "train.objective_options": '{"warmup_epochs": 2, "free_nats": 2.0, "free_nats_epochs": 4}'}
 #: false-alarm rates of the conformal decisions reported per detector (vaeood.decisions)
 ALPHAS = (0.01, 0.05, 0.1)
+#: families with more detectors than this show only the default one and those the verdict
+#: names in the terminal's summary (every detector is in report.md and metrics.json)
+SUMMARY_ROWS = 6
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ class OODSuite:
         notes: list[str] = []
         wanted = [self.families[f] for f in (families or pre.families or self.families)]
         results: dict[str, dict] = {}
+        progress_bar = runs_bar(len(wanted) * len(seeds), self.name, progress)
         for fam in wanted:
             plan = self._plan(fam, pre, data_dir, notes)
             if plan is None:
@@ -219,11 +223,14 @@ class OODSuite:
             plan["ood"].append(write_rotated(synthetic_dir, fam, data_dir, pre.allow_sample))
             per_seed = {}
             for seed in seeds:
+                progress_bar.set_postfix_str(f"{fam.title} seed {seed}")
                 per_seed[seed] = self._one_seed(fam, plan, pre, seed, out_dir, overrides or {}, data_dir,
                                                 synthetic_dir, device, estimator, options, progress)
+                progress_bar.update()
             results[fam.name] = {"title": fam.title, "ood": plan["ood"], "fit": fam.fit, "seeds": per_seed,
                                  "kinds": {o: fam.kind(o) for o in plan["ood"]},
                                  "summary": aggregate(per_seed), "data": plan["data"]}
+        progress_bar.close()
         out = {"experiment": self.name, "title": self.title, "preset": preset, "command": command,
                **stamp(device), "estimator": estimator, "estimator_options": options, "seeds": list(seeds),
                "settings": _settings(pre), "notes": notes, "families": results}
@@ -292,6 +299,8 @@ class OODSuite:
             if not names:
                 continue
             opts = {d: det_opts[d] for d in names}
+            log.info("%s seed %d: scoring %d detector%s on the %s model against %s", fam.title, seed, len(names),
+                     "s" * (len(names) > 1), model, ", ".join(plan["ood"]))
             evaluations[model] = evaluate(runs[model], fam.name, plan["ood"], detectors=names, detector_options=opts,
                                           out_dir=runs_dir / f"eval-{model}", **common)
             decisions.update(decision_rates(
@@ -324,18 +333,34 @@ class OODSuite:
     def summary(self, out: dict) -> str:
         """The AUROC table (mean ± sd over seeds) and the verdict, for the terminal."""
         lines = []
-        for fam in out["families"].values():
+        for name, fam in out["families"].items():
             oods = fam["ood"]
             header = ["detector", *[f"{fam['title']}→{o}" for o in oods]]
-            body = [[d, *[_pm(s[o]["auroc"]) for o in oods]] for d, s in fam["summary"].items()]
+            shown = _named_in_verdict(out, name)
+            body = [[d, *[_pm(s[o]["auroc"]) for o in oods]] for d, s in fam["summary"].items()
+                    if d in shown or len(fam["summary"]) <= SUMMARY_ROWS]
             widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-            lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *body]] + [""]
+            lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *body]]
+            if len(body) < len(fam["summary"]):
+                lines.append(f"(the default detector and those the verdict names; the other "
+                             f"{len(fam['summary']) - len(body)} are in the report)")
+            lines.append("")
         lines += [f"- {line}" for line in out["verdict"]["lines"]]
         lines += [f"NOTE: {n}" for n in out["notes"]]
         if any(d["is_sample"] for f in out["families"].values() for d in f["data"].values()):
             lines.append("NOTE: no dataset was found, so this ran on the small sample bundled with vaeood "
                          "(set VAEOOD_DATA or --data-dir for the real data)")
         return "\n".join(lines)
+
+
+def _named_in_verdict(out: dict, family: str) -> set[str]:
+    """The detectors the terminal's summary shows for ``family``: the default one and those
+    the verdict names (the best worst case, overall and by kind, and the best on each pair)."""
+    v = out.get("verdict") or {}
+    named = {DEFAULT_DETECTOR, (v.get("robust") or {}).get("detector")}
+    named |= {r["detector"] for r in (v.get("robust_by_kind") or {}).values() if r}
+    named |= {b["detector"] for pair, b in (v.get("best") or {}).items() if pair.split("→")[0] == family}
+    return named
 
 
 def _known_detectors(pre: SuitePreset) -> list[str]:

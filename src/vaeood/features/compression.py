@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..progress import bar
 from .core import FEATURES
 
 CODECS = ("png", "jxl")
@@ -53,7 +54,7 @@ def compressed_bytes(images: np.ndarray, codec: str = "png") -> np.ndarray:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
     encode = _ENCODERS[codec]
     out = np.empty(len(images), dtype=np.float64)
-    for i, image in enumerate(images):
+    for i, image in enumerate(bar(images, desc=f"{codec} sizes")):
         out[i] = encode(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image))
     return out
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -51,7 +50,6 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..atomic import atomic_write
@@ -63,6 +61,7 @@ from ..data.load import load_for_run
 from ..data.checksums import file_hexdigest
 from ..data.fit import FITS, fit_images
 from ..noise import ImageNoise
+from ..progress import bar
 from ..registry import Registry, check_options
 from ..run import load_model, to_tensor
 
@@ -164,13 +163,12 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
             raise ValueError(f"images must be uint8 numpy [N, H, W, C], got {images.dtype} {images.shape}")
         batch_of = lambda s, e: to_tensor(images[s:e], dev)  # noqa: E731
     n = len(images)
-    show = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
     rank, world = distributed.rank(), distributed.world_size()
     starts = range(0, n, batch_size)
     grad = torch.enable_grad if getattr(fn, "needs_grad", False) else torch.no_grad
     mine: dict[int, dict[str, np.ndarray]] = {}
     with grad():
-        for b in tqdm(range(rank, len(starts), world), desc=desc or name, disable=not show, leave=False):
+        for b in bar(range(rank, len(starts), world), desc=desc or name, enabled=progress):
             x = batch_of(starts[b], starts[b] + batch_size)
             out = fn(model, x, generator=ImageNoise(x, seed), **options)
             mine[b] = {k: v.detach().double().cpu().numpy() for k, v in out.items()}
@@ -330,7 +328,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     result["meta"] = np.array(json.dumps(info))
     if distributed.is_main():
         atomic_write(path, lambda f: np.savez(f, **result))
-    log.info("computed %s of %d images of %s/%s in %.1f s → %s", name, end - begin, data.name, split, seconds, path)
+    log.debug("computed %s of %d images of %s/%s in %.1f s → %s", name, end - begin, data.name, split, seconds, path)
     return result
 
 def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, allow_sample: bool,
@@ -357,10 +355,10 @@ def _cached(path: Path, key: dict):
         return None
     meta = feature_meta(saved)
     if {k: meta.get(k) for k in key} == key:
-        log.info("reusing %s", path)
+        log.debug("reusing %s", path)
         return saved
     differ = [k for k in key if meta.get(k) != key[k]]
-    log.info("%s was made from another %s; recomputing", path, " and ".join(differ))
+    log.debug("%s was made from another %s; recomputing", path, " and ".join(differ))
     return None
 
 
