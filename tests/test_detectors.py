@@ -127,7 +127,8 @@ def test_every_detector_gives_auroc_near_half_when_the_ood_set_is_more_in_distri
                    fit_limit=150)
     assert out["skipped"] == {"likelihood_ratio": "needs option background_run",
                               "lpath_2m": "needs option second_run",
-                              "llr": "needs a hierarchical VAE (model.arch=hvae)"}
+                              "llr": "needs a hierarchical VAE (model.arch=hvae)",
+                              "dose_layers": "needs a hierarchical VAE (model.arch=hvae)"}
     names = set(DETECTORS.names()) - set(out["skipped"])
     assert set(out["results"]) == names
     for name in names:  # 300 vs 300 images: the AUROC's standard error is ≈ 0.024

@@ -35,7 +35,8 @@ from ..registry import Registry, check_options, split_names
 DETECTORS: Registry = Registry("detector")
 
 #: features that read a single Gaussian q(z|x) (model.posterior), which a hierarchical VAE has not
-SINGLE_LAYER_FEATURES = frozenset({"posterior", "latent", "reconstruction", "regret"})
+#: (``latent`` is not one: for a hierarchical VAE it gives every layer's bottom-up parameters)
+SINGLE_LAYER_FEATURES = frozenset({"posterior", "reconstruction", "regret"})
 
 
 class FitDataError(ConfigError):

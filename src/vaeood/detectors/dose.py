@@ -54,8 +54,14 @@ class DoSE(Detector):
         # the ELBO's rate/distortion split, with one sample (the paper's statistics)
         return {"log_px": {"estimator": "elbo", "estimator_options": {}}, "posterior": {}}
 
+    def stat_names(self, features) -> list[str]:
+        """The statistics T(x) is made of (the ``stats`` option; a subclass may choose them
+        from the fit features)."""
+        return list(self.options["stats"])
+
     def _fit(self, features):
-        x = stack(features, self.options["stats"])
+        self.stats_ = self.stat_names(features)
+        x = stack(features, self.stats_)
         self.mean, self.std = standardise_fit(x)
         t = (x - self.mean) / self.std
         if self.options["method"] == "svm":
@@ -68,7 +74,7 @@ class DoSE(Detector):
         self.bandwidth_ = [float(k.bandwidth) for k in self.kdes]
 
     def _score(self, features):
-        t = (stack(features, self.options["stats"]) - self.mean) / self.std
+        t = (stack(features, self.stats_) - self.mean) / self.std
         if self.options["method"] == "svm":
             return -self.model.decision_function(t)
         if self.options["kde"] == "joint":

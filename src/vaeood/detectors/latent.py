@@ -29,6 +29,12 @@ training images' t define what is typical:
 - ``latent_mahalanobis``: the Mahalanobis distance of Lee, Lee, Lee & Shin (NeurIPS
   2018), "A simple unified framework for detecting out-of-distribution samples", with a
   single class (no labels): one Gaussian of the standardised latent parameters.
+
+On a hierarchical VAE (``model.arch=hvae``) u(x) is every layer's bottom-up (μ_i, log σ²_i),
+side by side (the ``latent`` feature; layer L's is its exact posterior, the lower ones the
+encoder's half of the ladder VAE's merge), or with ``layers=[i, ...]`` only those layers'
+(1 = the lowest): the higher layers hold the semantics (Havtorn et al. 2021), the lowest
+one of the spatial HVAE alone has 8·H/4·W/4 numbers of mostly pixel statistics.
 """
 
 from __future__ import annotations
@@ -41,13 +47,37 @@ from .base import DETECTORS, Detector, mahalanobis_fit, mahalanobis_score, stand
 LATENT_KEYS = ("latent_mu", "latent_logvar")
 
 
-def latent_rows(features) -> np.ndarray:
-    """``[N, 2Z]``: each image's posterior mean and log-variance side by side."""
-    missing = [k for k in LATENT_KEYS if k not in features]
+def latent_keys(layers=None) -> tuple[str, ...]:
+    """The feature outputs u(x) is made of: ``latent_mu, latent_logvar``, or for chosen layers
+    of a hierarchical VAE ``layer{i}_mu, ..., layer{i}_logvar, ...``."""
+    if layers is None:
+        return LATENT_KEYS
+    return (*(f"layer{i}_mu" for i in layers), *(f"layer{i}_logvar" for i in layers))
+
+
+def latent_rows(features, layers=None) -> np.ndarray:
+    """``[N, 2Z]``: each image's posterior mean and log-variance side by side (of ``layers``
+    only, for a hierarchical VAE, when given)."""
+    keys = latent_keys(layers)
+    missing = [k for k in keys if k not in features]
     if missing:
-        raise KeyError(f"features {', '.join(missing)} are missing (the 'latent' feature gives them)")
+        hint = ("the 'latent' feature gives them" if layers is None else
+                "the 'latent' feature of a hierarchical VAE gives layer{i}_mu / layer{i}_logvar for i = 1 … L; "
+                "layers applies to hierarchical runs only")
+        raise KeyError(f"features {', '.join(missing)} are missing ({hint})")
     return np.concatenate([np.asarray(features[k], dtype=np.float64).reshape(len(features[k]), -1)
-                           for k in LATENT_KEYS], axis=1)
+                           for k in keys], axis=1)
+
+
+def check_layers(name: str, layers):
+    """``layers`` as a sorted list of distinct layer numbers >= 1, or None (every layer)."""
+    if layers is None:
+        return None
+    if (isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__") or not list(layers)
+            or any(isinstance(i, bool) or not isinstance(i, int) or i < 1 for i in layers)):
+        raise ConfigError(f"{name}: layers must be a non-empty list of layer numbers >= 1 (1 = the lowest) "
+                          f"or None (every layer), got {layers!r}")
+    return sorted(set(layers))
 
 
 class LatentDetector(Detector):
@@ -59,8 +89,13 @@ class LatentDetector(Detector):
     def needs(self):
         return {"latent": {}}
 
+    def why_not(self, info):
+        if self.options.get("layers") is not None and not info.get("hierarchical", False):
+            return "option layers needs a hierarchical VAE (model.arch=hvae)"
+        return super().why_not(info)
+
     def standardised(self, features, fitting: bool = False) -> np.ndarray:
-        u = latent_rows(features)
+        u = latent_rows(features, self.options.get("layers"))
         if fitting:
             self.mean, self.std = standardise_fit(u)
         return (u - self.mean) / self.std
@@ -71,11 +106,11 @@ class LatentGMM(LatentDetector):
     name = "latent_gmm"
     paper = "aggregate-posterior density; components chosen on held-out in-distribution images"
 
-    def __init__(self, *, components: tuple | list = (1, 2, 4, 8, 16), seed: int = 0):
+    def __init__(self, *, components: tuple | list = (1, 2, 4, 8, 16), seed: int = 0, layers: list | None = None):
         counts = list(components)
         if not counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
             raise ConfigError(f"latent_gmm: components must be a list of integers >= 1, got {components!r}")
-        super().__init__(components=sorted(set(counts)), seed=seed)
+        super().__init__(components=sorted(set(counts)), seed=seed, layers=check_layers("latent_gmm", layers))
 
     def _fit(self, features):
         t = self.standardised(features, fitting=True)
@@ -127,10 +162,10 @@ class LatentKNN(LatentDetector):
     name = "latent_knn"
     paper = "Sun et al., ICML 2022 (deep nearest neighbors)"
 
-    def __init__(self, *, k: int | None = None, normalise: bool = False):
+    def __init__(self, *, k: int | None = None, normalise: bool = False, layers: list | None = None):
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ConfigError(f"latent_knn: k must be an integer >= 1 or None (n/1000), got {k!r}")
-        super().__init__(k=k, normalise=bool(normalise))
+        super().__init__(k=k, normalise=bool(normalise), layers=check_layers("latent_knn", layers))
 
     def rows(self, features, fitting: bool = False) -> np.ndarray:
         t = self.standardised(features, fitting)
@@ -158,8 +193,8 @@ class LatentMahalanobis(LatentDetector):
     name = "latent_mahalanobis"
     paper = "Lee et al., NeurIPS 2018 (one class, in latent space)"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, *, layers: list | None = None):
+        super().__init__(layers=check_layers("latent_mahalanobis", layers))
 
     def _fit(self, features):
         self.precision = mahalanobis_fit(self.standardised(features, fitting=True))

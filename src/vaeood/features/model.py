@@ -9,10 +9,11 @@ import inspect
 import torch
 from torch import Tensor
 
-from ..estimators import ESTIMATORS, bits_per_dim
+from ..estimators import ESTIMATORS, bits_per_dim, is_hierarchical
 from ..gaussian import LOG_2PI
 from ..registry import check_options
 from .core import FEATURES
+from .layers import bottom_up
 
 
 
@@ -88,7 +89,23 @@ def latent(model, x: Tensor, *, generator: torch.Generator | None = None) -> dic
     The latent-space detectors (:mod:`vaeood.detectors.latent`) fit a density, nearest
     neighbours or a Gaussian to these vectors of held-out training images: the evidence
     a single summary number (‖μ‖, the rate) averages away.
+
+    For a hierarchical VAE (:class:`~vaeood.models.hvae.HierarchicalVAE`, which has no single
+    Gaussian q(z|x)) the vectors are every layer's deterministic bottom-up parameters
+    ``(mu_q,i, logvar_q,i)`` side by side, lowest layer first: ``Z = Z_1 + … + Z_L``. Layer L's
+    pair is its exact posterior q(z_L|x); the lower ones are the encoder's half of the LVAE
+    merge with the conditional prior (see :func:`vaeood.features.layers.layer_stats`, whose
+    ``layer{i}_mu`` / ``layer{i}_logvar`` are also returned here, so that a latent detector
+    can read chosen layers). A one-layer HVAE on a VAE's modules gives the VAE's posterior.
     """
+    if is_hierarchical(model):
+        encoded = bottom_up(model, x)
+        out = {"latent_mu": torch.cat([mu for mu, _ in encoded], dim=-1).double(),
+               "latent_logvar": torch.cat([lv for _, lv in encoded], dim=-1).double()}
+        for i, (mu, logvar) in enumerate(encoded):
+            out[f"layer{i + 1}_mu"] = mu.double()
+            out[f"layer{i + 1}_logvar"] = logvar.double()
+        return out
     mu, logvar = model.posterior(x)
     return {"latent_mu": mu.double(), "latent_logvar": logvar.double()}
 
