@@ -291,22 +291,8 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
                          batch_size=batch_size)
     scorer.check_applies(has_fit_data=True)
     scorer.check_companions()
-    if scorer.fits:
-        n_fit = n_fit if n_fit is not None else min(DEFAULT_FIT_IMAGES, held // 2)
-        if not 1 <= n_fit < held:
-            raise NoCalibrationError(f"n_fit = {n_fit}: the detector fits on held-out images and calibration needs "
-                                     f"others; {held} are held out, so choose 1 ≤ n_fit < {held}")
-    else:
-        n_fit = 0
-    cal_start = first + n_fit
-    available = last - cal_start
-    n = n_calibration if n_calibration is not None else min(DEFAULT_N_CALIBRATION, available)
-    if not 1 <= n <= available:
-        fit_text = f" and the detector's {n_fit} fitting images" if n_fit else ""
-        raise NoCalibrationError(f"n_calibration = {n}: {data.name}/{data.split} has {available} held-out images "
-                                 f"left after the training images{fit_text}; choose 1 ≤ n ≤ {available}")
-    fit_slice = [first, first + n_fit] if n_fit else None
-    cal_slice = [cal_start, cal_start + n]
+    fit_slice, cal_slice = _plan_slices(first, last, scorer.fits, n_fit, n_calibration, f"{data.name}/{data.split}")
+    n = cal_slice[1] - cal_slice[0]
     scorer.fit(*(fit_slice or (0, 0)))
     scores = scorer.score_images(data.images[cal_slice[0]:cal_slice[1]], seed)
     conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
@@ -326,6 +312,28 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
     log.debug("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,
               *cal_slice, path)
     return {**record, "scores": scores}
+
+
+def _plan_slices(first: int, last: int, fits: bool, n_fit: int | None, n_calibration: int | None,
+                 where: str) -> tuple[list[int] | None, list[int]]:
+    """The fitting slice (None for a detector that does not fit) and the calibration slice,
+    one after the other in the held-out range [first, last); refused when they do not fit."""
+    held = last - first
+    if fits:
+        n_fit = n_fit if n_fit is not None else min(DEFAULT_FIT_IMAGES, held // 2)
+        if not 1 <= n_fit < held:
+            raise NoCalibrationError(f"n_fit = {n_fit}: the detector fits on held-out images and calibration needs "
+                                     f"others; {held} are held out, so choose 1 ≤ n_fit < {held}")
+    else:
+        n_fit = 0
+    cal_start = first + n_fit
+    available = last - cal_start
+    n = n_calibration if n_calibration is not None else min(DEFAULT_N_CALIBRATION, available)
+    if not 1 <= n <= available:
+        fit_text = f" and the detector's {n_fit} fitting images" if n_fit else ""
+        raise NoCalibrationError(f"n_calibration = {n}: {where} has {available} held-out images "
+                                 f"left after the training images{fit_text}; choose 1 ≤ n ≤ {available}")
+    return ([first, first + n_fit] if n_fit else None), [cal_start, cal_start + n]
 
 
 def _how_to_calibrate(run_dir: Path, detector: str) -> str:

@@ -274,8 +274,7 @@ def iwae(model, x, k: int = 1000, chunk_size: int | None = None, max_elements: i
         def chunk(n):
             return _gaussian_chunk(model, x, n, mu, std, logvar, generator)
     sums = _LogWeightSums()
-    starts = range(0, k, chunk_size)  # a bar over the K samples when they take more than one chunk
-    for start in (bar(starts, desc=f"iwae K={k}") if len(starts) > 1 else starts):
+    for start in bar(range(0, k, chunk_size), desc=f"iwae K={k}", enabled=None if k > chunk_size else False):
         sums.add(*chunk(min(chunk_size, k - start)))
     return _iwae_outputs(sums, k, layered)
 

@@ -111,11 +111,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
                   progress=progress)
     runner = _DetectorRunner(run_dir, in_dataset, ood_datasets, split, data_dir, data_dirs, fit_slice, out_dir,
                              common)
-    with bar(total=len(dets), desc="detectors", enabled=progress, unit="detector") as progress_bar:
-        for name, det in dets.items():
-            progress_bar.set_postfix_str(name)
-            runner.run(name, det)
-            progress_bar.update()
+    runner.run_all(dets, progress)
 
     summary = {name: _summary(s) for name, s in per_set.items()}
     figure = _histogram(out_dir, estimator, in_dataset, per_set, summary, meta_in)
@@ -180,6 +176,14 @@ class _DetectorRunner:
         self.data_dir, self.data_dirs, self.fit_slice, self.out_dir = data_dir, data_dirs, fit_slice, out_dir
         self.common = common
         self.results, self.det_info, self.score_files, self.batch_tests, self.small_sets = {}, {}, {}, {}, []
+
+    def run_all(self, dets: dict, progress: bool | None) -> None:
+        """Run every detector of ``dets`` (name → detector), with a bar over them."""
+        with bar(total=len(dets), desc="detectors", enabled=progress, unit="detector") as shown:
+            for name, det in dets.items():
+                shown.set_postfix_str(name)
+                self.run(name, det)
+                shown.update()
 
     def run(self, name: str, det: Detector) -> None:
         started = time.perf_counter()
