@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..registry import UnknownNameError
 from .common import EXPERIMENTS
+from .timing import Timing
 from . import fig2  # noqa: F401  (registers fig2a, fig2b)
 from . import forward_kl  # noqa: F401  (registers forward-kl)
 from . import capacity  # noqa: F401  (registers capacity, capacity_cifar10)
@@ -25,7 +26,10 @@ def reproduce(name: str, out_dir: str | Path, *, preset: str = "quick", **kwargs
     exp = EXPERIMENTS.get(name)
     if preset not in exp.presets:
         raise UnknownNameError(f"experiment {name!r} has no preset {preset!r}; presets: {', '.join(exp.presets)}")
-    return exp.run(Path(out_dir), preset, **kwargs)
+    with Timing() as timing:
+        out = exp.run(Path(out_dir), preset, **kwargs)
+    timing.append_to(Path(out_dir))
+    return out
 
 
 __all__ = ["EXPERIMENTS", "reproduce"]

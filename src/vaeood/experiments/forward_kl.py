@@ -60,6 +60,7 @@ from ..metrics import ood_metrics
 from ..report import interval_text, markdown_table
 from ..run import load_model, to_tensor
 from ..scoring import score, score_meta
+from .timing import load_average, load_text
 from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, estimate_scores, stamp,
                      runs_bar, strict_json, train_or_reuse)
 
@@ -132,7 +133,7 @@ class ForwardKLExperiment:
         options = {"k": pre.k, **(estimator_options or {})}
         detectors = tuple(detectors or self.detectors)
         out_dir.mkdir(parents=True, exist_ok=True)
-        started, cpu_started, load_started = time.perf_counter(), time.process_time(), _load_average()
+        started, cpu_started, load_started = time.perf_counter(), time.process_time(), load_average()
         runs = []
         with runs_bar(len(ABLATED) * len(pre.seeds), self.name, progress) as progress_bar:
             for objective in ABLATED:
@@ -160,7 +161,7 @@ class ForwardKLExperiment:
                                          "rule": VERDICT_RULE},
                             "wall_seconds": time.perf_counter() - started,
                             "cpu_seconds": time.process_time() - cpu_started, "cpus": os.cpu_count(),
-                            "load_average": [load_started, _load_average()],
+                            "load_average": [load_started, load_average()],
                             "train_seconds": sum(r["training"]["train_seconds"] for r in runs)},
                "datasets": {name: {k: first[name][k] for k in ("n", "source", "is_sample")} for name in first},
                "aggregate": aggregate, "verdict": hypothesis_verdict(aggregate, len(pre.seeds)), "runs": runs}
@@ -367,14 +368,6 @@ def hypothesis_verdict(aggregate: dict, n_seeds: int) -> dict:
                     f"against the better of {', '.join(REVERSE_KL)}"}
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average (None where the OS has none): how shared the machine was."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
-
-
 def _pm(stat: dict, fmt: str) -> str:
     if not math.isfinite(stat["mean"]):
         return "n/a"
@@ -465,7 +458,7 @@ def _report_setup(exp: ForwardKLExperiment, out: dict) -> list[str]:
                 if s["note"] else []),
               f"- Time: {s['wall_seconds'] / 60:.1f} min wall and {s['cpu_seconds'] / 60:.1f} CPU-min (all threads) "
               f"for this call, on {s['cpus']} CPUs with a 1-minute load average of "
-              f"{_load_text(s['load_average'], s['cpus'])}; the training "
+              f"{load_text(s['load_average'], s['cpus'])}; the training "
               f"loops of the {len(s['objectives']) * len(s['seeds'])} runs took {s['train_seconds'] / 60:.1f} min "
               f"(from their histories: runs found finished in `runs/` are reused, not retrained).", "",
               "## Hypothesis and verdict", "",
@@ -547,15 +540,6 @@ def _report_notes(out: dict) -> list[str]:
 
 def _score_label(key: str) -> str:
     return {"auroc_iwae": "−IWAE", "auroc_elbo": "−ELBO"}.get(key, key.removeprefix("auroc_"))
-
-
-def _load_text(load: list, cpus: int | None) -> str:
-    if not load or any(v is None for v in load):
-        return "unknown"
-    text = f"{load[0]:.1f} at the start and {load[1]:.1f} at the end"
-    if cpus and max(load) > cpus:
-        text += " (above the CPU count: other jobs shared the machine, so the wall time is inflated)"
-    return text
 
 
 def _fmt_keys(overrides: dict, prefix: str) -> str:
