@@ -26,9 +26,9 @@ def reproduce(name: str, out_dir: str | Path, *, preset: str = "quick", **kwargs
     exp = EXPERIMENTS.get(name)
     if preset not in exp.presets:
         raise UnknownNameError(f"experiment {name!r} has no preset {preset!r}; presets: {', '.join(exp.presets)}")
-    with Timing() as timing:
+    with Timing(Path(out_dir)) as timing:
         out = exp.run(Path(out_dir), preset, **kwargs)
-    timing.append_to(Path(out_dir))
+    timing.append_to()
     return out
 
 

@@ -37,27 +37,32 @@ def load_text(load: list, cpus: int | None) -> str:
 
 
 class Timing:
-    """``with Timing() as t: ...``; then ``t.record`` (JSON-able) and ``t.text()``."""
+    """``with Timing(out_dir) as t: ...``; then ``t.record`` (JSON-able) and ``t.text()``."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
 
     def __enter__(self) -> "Timing":
+        self.fresh = not (self.out_dir / "runs").exists()  # nothing to reuse: the call's time is the whole cost
         self._wall, self._cpu, self._load = time.perf_counter(), time.process_time(), load_average()
         return self
 
     def __exit__(self, *exc) -> None:
         self.record = {"wall_seconds": round(time.perf_counter() - self._wall, 1),
                        "cpu_seconds": round(time.process_time() - self._cpu, 1), "cpus": os.cpu_count(),
-                       "load_average": [self._load, load_average()]}
+                       "load_average": [self._load, load_average()], "from_nothing": self.fresh}
 
     def text(self) -> str:
         r = self.record
         minutes, seconds = divmod(round(r["wall_seconds"]), 60)
         return (f"{minutes} min {seconds:02d} s wall and {r['cpu_seconds'] / 60:.1f} CPU-min (all threads) for this "
                 f"call, on {r['cpus']} CPUs with a 1-minute load average of {load_text(r['load_average'], r['cpus'])}; "
-                "finished runs found in `runs/` were reused, not retrained")
+                + ("from nothing (no runs to reuse)" if r["from_nothing"] else
+                   "finished runs found in `runs/` were reused, not retrained"))
 
-    def append_to(self, out_dir: Path) -> None:
-        """Add the line to ``out_dir/report.md`` and the numbers to ``out_dir/metrics.json``."""
-        report, metrics = out_dir / "report.md", out_dir / "metrics.json"
+    def append_to(self) -> None:
+        """Add the line to ``report.md`` and the numbers to ``metrics.json`` of ``out_dir``."""
+        report, metrics = self.out_dir / "report.md", self.out_dir / "metrics.json"
         if report.is_file():
             atomic_write_text(report, report.read_text().rstrip("\n") + f"\n\n## Wall time\n\n{self.text()}.\n")
         if metrics.is_file():
