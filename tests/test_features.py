@@ -163,7 +163,8 @@ def test_an_unreadable_cache_file_is_recomputed_with_a_warning_naming_it(run, da
 
 
 def _cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "vaeood.cli", *args], capture_output=True, text=True, env=env,
+    # -v: the cache's "reusing" lines are detail (DEBUG)
+    return subprocess.run([sys.executable, "-m", "vaeood.cli", "-v", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
 

@@ -200,7 +200,8 @@ def test_disk_full_inside_torch_save_gets_the_documented_message(tmp_path, capsy
                                                (signal.SIGTERM, 143, "terminated")])
 def test_sigint_and_sigterm_end_with_one_line_and_their_status(tmp_path, trained, sig, status, word):
     log = tmp_path / "score.log"
-    proc = launch(["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
+    # -v: the "loaded" line it waits for is detail (DEBUG)
+    proc = launch(["-v", "score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
                    "--estimator", "iwae", "--k", "20000", "--batch-size", "8"], log)
     wait_for(lambda: "loaded mnist/test" in log.read_text(), proc)
     proc.send_signal(sig)
