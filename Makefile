@@ -9,10 +9,13 @@ DEMO_OUT ?= demo-out
 
 .PHONY: demo test bench clean
 
+# pip -qq: errors only (a machine's pip configuration can add a warning per package; the
+# demo's output stays on a screen or two)
 $(INSTALLED): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
-	touch $@
+	@echo "setting up $(VENV): vaeood and its dependencies (torch pinned by constraints.txt)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -qq -c constraints.txt -e '.[test]'
+	@touch $@
 
 # The two halves of the story: the study's Figure 2a (the likelihood ranks MNIST as *more*
 # likely than Fashion-MNIST under a Fashion-MNIST VAE), then every detector on that model
