@@ -57,3 +57,15 @@ def test_the_held_out_count_and_what_fit_refuses(tmp_path, capsys):
     assert main(["fit", str(folder), "--out", str(tmp_path / "m")]) == 2
     assert "50 images; vaeood fit needs at least 200" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_fit_counts_a_folder_as_training_reads_it_with_skip_bad(tmp_path, capsys):
+    """The held-out count comes from the images training uses: data.skip_bad applies to it too."""
+    folder = tmp_path / "imgs"
+    _pngs(folder, load_sample("fashion_mnist", "test").images[:250], "x")
+    (folder / "notes.png").write_text("not an image")
+    tiny = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--detector", "nll"]
+    assert main(["fit", str(folder), "--out", str(tmp_path / "refused"), *tiny]) == 2
+    assert "notes.png" in capsys.readouterr().err
+    assert main(["fit", str(folder), "--out", str(tmp_path / "m"), "--data.skip_bad=true", *tiny]) == 0
+    assert "on 200 of the 250 images" in capsys.readouterr().out  # the bad file counted out, 50 held out

@@ -24,7 +24,8 @@ import logging
 from pathlib import Path
 
 from .config import Config, ConfigError
-from .data import DatasetNotFoundError, load_dataset
+from .data import DatasetNotFoundError
+from .data.load import load_for_run
 from .data.image_folder import is_folder_name
 from .decisions import calibrate, recommended_detector
 from .train import train
@@ -55,8 +56,12 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
         raise ConfigError("vaeood fit chooses data.name (its SOURCE) and data.holdout (a fifth, at most 7,000); "
                           "use vaeood train for other splits")
     name = str(source)
-    try:
-        data = load_dataset(name, split, data_dir=data_dir)
+    settings = {"data.name": name, "data.split": split, **MODEL, **overrides}
+    if device != "cpu":
+        settings["train.device"] = device
+    config = Config().override(settings)
+    try:  # read as training will read it (data.fit, data.skip_bad), to count what it holds
+        data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir)
     except DatasetNotFoundError as err:
         if Path(name).is_dir() and not is_folder_name(name):  # a plain word names a dataset, never a folder
             raise DatasetNotFoundError(f"{err}\n(to train on the folder {name!r}, write it as a path: ./{name}/)") \
@@ -67,10 +72,8 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
         raise ConfigError(f"{data.source}: {n} images; vaeood fit needs at least {MIN_IMAGES} (a fifth of them is "
                           "held out to fit and calibrate the detector)")
     h = holdout_for(n)
-    settings = {"data.name": name, "data.split": split, "data.holdout": str(h), **MODEL, **overrides}
-    if device != "cpu":
-        settings["train.device"] = device
-    config = Config().override(settings)
+    settings["data.holdout"] = str(h)
+    config = config.override({"data.holdout": str(h)})
     run = train(config, out, resume=resume, data_dir=data_dir, given=list(settings))
     detector = detector or recommended_detector(run, device)
     n_calibration = min(CALIBRATION_IMAGES, h // 2)
