@@ -59,7 +59,7 @@ from .data.load import load_for_run
 from .data.checksums import file_hexdigest
 from .data.folder import InputImages, display_name, load_input, printable
 from .data.regular_files import open_regular_file, special_file_kind
-from .detect_report import HTML_HEAD, html_path_for
+from .detect_report import HTML_HEAD, html_path_for, page
 from .detectors import DETECTORS, detector_names, make_detector, per_detector_options
 from .estimators import is_hierarchical
 from .evaluate import fit_detector
@@ -78,6 +78,8 @@ DEFAULT_N_CALIBRATION = 2000
 FORMAT = 2
 FORMAT_CHANGE = "format 2: every feature's noise is keyed on each image's bytes, so scores made before differ"
 DEFAULT_ALPHAS = (0.01, 0.05, 0.1)
+#: how close scores computed again must come to the calibration's (float32 features, other batch sizes)
+REPRODUCED = {"rtol": 1e-5, "atol": 1e-6}
 
 
 # -- the score boundary ---------------------------------------------------------------------
@@ -118,8 +120,7 @@ class DetectorScorer:
         self.warnings = check_companions(self.run_dir, {self.name: self.detector})
 
     def check_applies(self, has_fit_data: bool) -> None:
-        reason = self.detector.why_not({"normalised": is_normalised(self.model), "has_fit_data": has_fit_data,
-                                        "hierarchical": is_hierarchical(self.model)})
+        reason = self.detector.why_not(_run_info(self.model, has_fit_data))
         if reason is not None:
             raise NoCalibrationError(f"detector {self.name!r} does not apply to {self.run_dir}: {reason}")
 
@@ -173,10 +174,14 @@ def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None,
 RECOMMENDED = ("fused", "dose_plus", "nll")
 
 
+def _run_info(model, has_fit_data: bool) -> dict:
+    """What :meth:`vaeood.detectors.Detector.why_not` asks of a run."""
+    return {"normalised": is_normalised(model), "has_fit_data": has_fit_data, "hierarchical": is_hierarchical(model)}
+
+
 def recommended_detector(run_dir: str | Path, device: str = "cpu") -> str:
     """The first detector of :data:`RECOMMENDED` that applies to the run's model."""
-    model = load_model(run_dir, device)[0]
-    info = {"normalised": is_normalised(model), "has_fit_data": True, "hierarchical": is_hierarchical(model)}
+    info = _run_info(load_model(run_dir, device)[0], has_fit_data=True)
     return next(name for name in RECOMMENDED if make_detector(name).why_not(info) is None)
 
 
@@ -294,17 +299,18 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
     fit_slice, cal_slice = _plan_slices(first, last, scorer.fits, n_fit, n_calibration, f"{data.name}/{data.split}")
     n = cal_slice[1] - cal_slice[0]
     scorer.fit(*(fit_slice or (0, 0)))
-    scores = scorer.score_images(data.images[cal_slice[0]:cal_slice[1]], seed)
+    cal_images = data.images[cal_slice[0]:cal_slice[1]]
+    scores = scorer.score_images(cal_images, seed)
     conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
     path = calibration_path(run_dir, detector)
     # the fit first: a kill before the record leaves an old record whose digest refuses this file
-    fitted_sha256 = save_fitted(fitted_path(path), scorer.detector, data.images[cal_slice[0]:cal_slice[1]], scores)
+    fitted_sha256 = save_fitted(fitted_path(path), scorer.detector, cal_images, scores)
     record = {
         "format": FORMAT, "detector": detector, "detector_options": scorer.options,
         "dataset": config.data.name, "split": data.split, "source": data.source, "is_sample": data.is_sample,
         "n_split": total, "train_slice": [0, trained], "heldout": [first, last], "fit_slice": fit_slice,
         "calibration_slice": cal_slice, "n_calibration": n,
-        "calibration_images_sha256": images_sha256(data.images[cal_slice[0]:cal_slice[1]]),
+        "calibration_images_sha256": images_sha256(cal_images),
         "checkpoint_sha256": file_hexdigest(checkpoint_path(run_dir), "sha256"), "seed": seed,
         "score_direction": "higher = more out-of-distribution", "fitted_sha256": fitted_sha256,
     }
@@ -512,8 +518,6 @@ class Detection:
 
     def html_text(self) -> str:
         """The HTML page (:func:`vaeood.detect_report.page`)."""
-        from .detect_report import page
-
         return page(self)
 
     def write(self, csv_path: str | Path) -> tuple[Path, Path, Path]:
@@ -580,11 +584,10 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
     run_dir = Path(run_dir)
     if out is not None:
         check_outputs(out, [run_dir], source)
-    detector = detector or default_detector(run_dir)
-    record = load_calibration(run_dir, detector, detector_options)
+    record = load_calibration(run_dir, detector, detector_options)  # detector None: the run's default
     if out is not None:
         check_outputs(out, [run_dir, *companion_runs(record["detector_options"])], source)
-    scorer = make_scorer(run_dir, detector, record["detector_options"], device=device, seed=record["seed"],
+    scorer = make_scorer(run_dir, record["detector"], record["detector_options"], device=device, seed=record["seed"],
                          data_dir=data_dir, batch_size=batch_size)
     scorer.check_companions()
     if not _restore_fit(scorer, record):
@@ -653,7 +656,7 @@ def _restore_fit(scorer: DetectorScorer, record: dict) -> bool:
         return False
     fresh, scorer.detector = scorer.detector, fitted
     again = scorer.score_images(saved["check_images"], record["seed"])
-    if not np.allclose(again, saved["check_scores"], rtol=1e-5, atol=1e-6):
+    if not np.allclose(again, saved["check_scores"], **REPRODUCED):
         log.warning("the saved fit %s no longer reproduces its calibration scores (largest difference %.3g); "
                     "fitting the detector again", path, float(np.max(np.abs(again - saved["check_scores"]))))
         scorer.detector = fresh
@@ -681,7 +684,7 @@ def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None)
         raise NoCalibrationError(f"{calibration_path(scorer.run_dir, record['detector'])}: field 'detector_options' "
                                  f"{record['detector_options']} cannot score the calibration images ({err}); "
                                  f"calibrate again: {how}") from None
-    if not np.allclose(again, record["scores"], rtol=1e-5, atol=1e-6):
+    if not np.allclose(again, record["scores"], **REPRODUCED):
         worst = float(np.max(np.abs(again - record["scores"])))
         raise NoCalibrationError(f"detector {record['detector']!r} no longer reproduces its calibration scores "
                                  f"(largest difference {worst:.3g}): its fit or its features changed since "
