@@ -127,7 +127,7 @@ def load_images(name: str = "fashion_mnist", split: str = "train", limit: int | 
     """(uint8 NCHW tensor on the CPU, the vaeood Dataset) from $VAEOOD_DATA, else the
     bundled sample (the JSON says which)."""
     from vaeood.data import load_dataset
-    from vaeood.run import to_tensor
+    from vaeood.training.run import to_tensor
 
     data = load_dataset(name, split, data_dir=data_dir(), allow_sample=True)
     images = data.images[:limit] if limit else data.images
@@ -135,10 +135,10 @@ def load_images(name: str = "fashion_mnist", split: str = "train", limit: int | 
 
 
 def train_run(out_dir: Path, device: str, images: int, epochs: int) -> Path:
-    """A run directory of the benchmarks' conv VAE trained briefly by ``vaeood.train`` on
+    """A run directory of the benchmarks' conv VAE trained briefly by ``vaeood.training.train`` on
     the first ``images`` Fashion-MNIST training images, so that scores are a real model's."""
-    from vaeood.config import Config
-    from vaeood.train import train
+    from vaeood.training.config import Config
+    from vaeood.training.train import train
 
     cfg = Config().override({"train.epochs": str(epochs), "train.device": device, "data.limit": str(images),
                              "data.allow_sample": "true", "model.base_channels": str(BASE_CHANNELS),
@@ -158,7 +158,7 @@ def bare_neg_elbo(encoder, decoder, x_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def vaeood_model(seed: int = 0, image_shape=(1, 28, 28), base: int = BASE_CHANNELS, latent: int = LATENT_DIM):
-    from vaeood.config import Config
+    from vaeood.training.config import Config
     from vaeood.models import build_model
 
     cfg = Config().override({"model.base_channels": str(base), "model.latent_dim": str(latent)})

@@ -3,9 +3,9 @@ weights, under ``torch.no_grad()``, on the Fashion-MNIST test set.
 
 * ``bare``: ``mu, logvar = enc(x / 255)``; one reparameterised z; BCE-with-logits on the
   grey levels + analytic KL, per image, on an NCHW copy of the model (as written by hand);
-* ``vaeood``: ``vaeood.estimators.elbo(model, x)`` per batch on the model as ``score``
+* ``vaeood``: ``vaeood.inference.estimators.elbo(model, x)`` per batch on the model as ``score``
   loads it (conv models in NHWC) and calls it;
-* ``vaeood_score``: ``vaeood.scoring.score(run, "fashion_mnist", "test", estimator="elbo",
+* ``vaeood_score``: ``vaeood.evaluation.scoring.score(run, "fashion_mnist", "test", estimator="elbo",
   reuse=False)`` end to end (loads the checkpoint and the dataset from disk, hashes the
   checkpoint, writes the scores file).
 
@@ -25,9 +25,9 @@ import common
 
 def main(argv=None) -> dict:
     a = common.parser(__doc__, images=10000, batch_size=1000, rounds=5).parse_args(argv)
-    from vaeood.estimators import elbo
-    from vaeood.run import load_model
-    from vaeood.scoring import score
+    from vaeood.inference.estimators import elbo
+    from vaeood.training.run import load_model
+    from vaeood.evaluation.scoring import score
 
     device = torch.device(a.device)
     info = common.machine_info(a.device)

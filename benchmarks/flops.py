@@ -5,9 +5,9 @@ and this machine's measured fp32 matmul peak.
 Workloads (same conv VAE, 28x28):
 
 * ``train_step``: one training step's forward + backward per image (batch 128; bare loop
-  and vaeood.train run the same network, so the same FLOPs);
+  and vaeood.training.train run the same network, so the same FLOPs);
 * ``elbo``: one encode + one decode per image;
-* ``iwae_vaeood``: one encode + K decodes per image (``vaeood.estimators.iwae``);
+* ``iwae_vaeood``: one encode + K decodes per image (``vaeood.inference.estimators.iwae``);
 * ``iwae_pythae``: K encodes + K decodes per image (``get_nll`` re-encodes a copy of the
   image for every sample).
 
@@ -67,7 +67,7 @@ def onednn_peak_gflops(size: int, repeat: int, reps: int) -> dict | None:
 
 def flops_per_image(k: int = 1000, device="cpu") -> dict[str, float]:
     """FLOPs per image of each workload (see the module docstring)."""
-    from vaeood.estimators import elbo, iwae
+    from vaeood.inference.estimators import elbo, iwae
 
     device = torch.device(device)
     model = common.vaeood_model(0).to(device)

@@ -6,7 +6,7 @@
    mean (no noise). Relative differences are float32 rounding unless the GPU uses
    TF32 (PyTorch lets cuDNN convolutions use TF32 by default), so the comparison is made
    with TF32 on (the default) and off.
-2. **Same weights, Monte-Carlo estimates.** ``vaeood.scoring.score`` with IWAE-K on both
+2. **Same weights, Monte-Carlo estimates.** ``vaeood.evaluation.scoring.score`` with IWAE-K on both
    devices (each device draws its own noise): the per-image differences must average to
    zero within their standard error, and be of the size of the Monte-Carlo error.
 3. **Training.** The same config trained on both devices (same seed and data order;
@@ -35,7 +35,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def deterministic(model_cpu, model_gpu, x_uint8: torch.Tensor, device) -> dict:
     """Posterior, log p(x|z) at shared z, and ELBO at z = mu on both devices."""
-    from vaeood.gaussian import kl_to_standard_normal
+    from vaeood.inference.gaussian import kl_to_standard_normal
 
     with torch.no_grad():
         mu_c, lv_c = model_cpu.posterior(x_uint8)
@@ -53,10 +53,10 @@ def deterministic(model_cpu, model_gpu, x_uint8: torch.Tensor, device) -> dict:
 
 def compare(case: str, a, tmp: Path) -> dict:
     """All three comparisons for one ``DATASET/LIKELIHOOD`` case."""
-    from vaeood.config import Config
-    from vaeood.run import load_model
-    from vaeood.scoring import score
-    from vaeood.train import train
+    from vaeood.training.config import Config
+    from vaeood.training.run import load_model
+    from vaeood.evaluation.scoring import score
+    from vaeood.training.train import train
 
     dataset, likelihood = case.split("/")
     base = {"data.name": dataset, "data.limit": str(a.train_images), "data.allow_sample": "true",

@@ -2,7 +2,7 @@
 estimates.
 
 One model (the conv VAE of ``iwae_speed.py``, trained briefly) scores the same test
-images with ``vaeood.estimators.iwae`` (chunk bound as ``score`` sets it) under:
+images with ``vaeood.inference.estimators.iwae`` (chunk bound as ``score`` sets it) under:
 
 * ``fp32``: PyTorch's defaults (on CUDA: cuDNN convolutions may use TF32);
 * ``tf32_off``: strict fp32 everywhere (``allow_tf32 = False`` for cuDNN and matmul);
@@ -56,8 +56,8 @@ def main(argv=None) -> dict:
     a = common.parser(__doc__, device="cuda", k=1000, batch_sizes=[200, 1000], reps=3, settings=list(SETTINGS),
                       train_images=20000, train_epochs=2).parse_args(argv)
 
-    from vaeood.estimators import iwae
-    from vaeood.run import load_model
+    from vaeood.inference.estimators import iwae
+    from vaeood.training.run import load_model
     from vaeood.features.model import memory_sized_options
 
     device = torch.device(a.device)

@@ -2,15 +2,15 @@
 on the same network with the same weights, and a check that both estimate the same thing.
 
 The model: vaeood's conv VAE (base 32, latent 16, Bernoulli decoder on grey levels),
-trained briefly with ``vaeood.train`` on Fashion-MNIST so the estimates are those of a
+trained briefly with ``vaeood.training.train`` on Fashion-MNIST so the estimates are those of a
 real model, then wrapped into a pythae ``VAE`` (``common.pythae_twin``: pythae encoder /
 decoder classes around copies of the same modules).
 
 Competitors, run in alternation, each on the same images of round r (a fresh slice of
 the Fashion-MNIST test set per round), all under ``torch.no_grad()``:
 
-* ``vaeood``: ``vaeood.estimators.iwae(model, x, k=K)`` on batches of ``--batch-size``
-  images, as ``vaeood.scoring.score`` calls it (its default chunking: K samples decoded in
+* ``vaeood``: ``vaeood.inference.estimators.iwae(model, x, k=K)`` on batches of ``--batch-size``
+  images, as ``vaeood.evaluation.scoring.score`` calls it (its default chunking: K samples decoded in
   chunks of ``max_elements // (B * elements_per_sample)``);
 * ``pythae_onebatch`` / ``pythae_bs100``: ``get_nll(x_i, n_samples=K, batch_size=K or 100)``,
   called once per image (get_nll loops over images itself and returns only their mean,
@@ -47,8 +47,8 @@ def main(argv=None) -> dict:
                    help="pythae_bs100 scores images/slow-divisor per round (to shorten runs where it is slow)")
     a = p.parse_args(argv)
 
-    from vaeood.estimators import iwae
-    from vaeood.run import load_model
+    from vaeood.inference.estimators import iwae
+    from vaeood.training.run import load_model
     from vaeood.features.model import memory_sized_options
 
     common.quiet_pythae()

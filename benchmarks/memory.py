@@ -60,7 +60,7 @@ def run_case(case: str, a) -> dict:
     setup = _rss_now_mib()
     start = time.perf_counter()
     if case == "iwae_vaeood":
-        from vaeood.estimators import iwae
+        from vaeood.inference.estimators import iwae
 
         with torch.no_grad():
             iwae(model, x, k=a.k)
@@ -70,7 +70,7 @@ def run_case(case: str, a) -> dict:
         with torch.no_grad():
             twin.get_nll(x.float() / 255.0, n_samples=a.k, batch_size=bs)
     elif case == "elbo_vaeood":
-        from vaeood.estimators import elbo
+        from vaeood.inference.estimators import elbo
 
         with torch.no_grad():
             for i in range(0, len(x), 1000):

@@ -22,10 +22,10 @@ import time
 import torch
 
 import common
-from vaeood.config import Config
+from vaeood.training.config import Config
 from vaeood.models import build_model
-from vaeood.objectives import make_objective
-from vaeood.train import epoch_order
+from vaeood.inference.objectives import make_objective
+from vaeood.training.train import epoch_order
 
 OBJECTIVES = ("elbo", "iwae", "rws", "rws_dreg", "msc")
 

@@ -2,7 +2,7 @@
 
 Trains the models of ``vaeood reproduce fig2b --preset paper`` (conv VAE, base 64
 channels, latent 64, 100 epochs, batch 128; the study's Bernoulli decoder and the
-discretised logistic) through ``vaeood.train`` with the preset's own config, on one
+discretised logistic) through ``vaeood.training.train`` with the preset's own config, on one
 device, and records per-epoch seconds, the whole call's wall time (data loading, model
 build, per-epoch checkpoints included) and the final training loss.
 
@@ -55,8 +55,8 @@ def tiled_data_dir(name: str, n: int, tmp: Path) -> tuple[str | None, dict]:
 
 
 def train_once(overrides: dict[str, str], data_dir: str | None) -> dict:
-    from vaeood.config import Config
-    from vaeood.train import train
+    from vaeood.training.config import Config
+    from vaeood.training.train import train
 
     config = Config().override(overrides)
     with tempfile.TemporaryDirectory() as tmp:

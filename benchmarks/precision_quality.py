@@ -30,10 +30,10 @@ def main(argv=None) -> dict:
     a = common.parser(__doc__, images=30000, epochs=8, test_images=10000,
                       decoders="bernoulli,dlogistic").parse_args(argv)
 
-    from vaeood.config import Config
-    from vaeood.metrics import ood_metrics
-    from vaeood.scoring import score
-    from vaeood.train import train
+    from vaeood.training.config import Config
+    from vaeood.evaluation.metrics import ood_metrics
+    from vaeood.evaluation.scoring import score
+    from vaeood.training.train import train
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

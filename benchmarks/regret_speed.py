@@ -43,10 +43,10 @@ import torch
 
 import common
 from vaeood.data import load_dataset
-from vaeood.estimators import elbo, iwae
-from vaeood.intervals import auroc
-from vaeood.regret import likelihood_regret
-from vaeood.run import load_model, to_tensor
+from vaeood.inference.estimators import elbo, iwae
+from vaeood.evaluation.intervals import auroc
+from vaeood.inference.regret import likelihood_regret
+from vaeood.training.run import load_model, to_tensor
 
 
 # -- the faithful per-image loop ----------------------------------------------------------------
@@ -129,7 +129,7 @@ def run_sweep(model, args, data_dir, base):
     x = torch.cat([x_in, x_ood])
     n = len(x_in)
     settings = json.loads(args.settings)  # e.g. '[{"variant": "head", "steps": 5, "lr": 1e-3, "k": 8}]'
-    from vaeood.regret import feature_scale
+    from vaeood.inference.regret import feature_scale
     l1 = feature_scale(model, x, model.latent_dim)[:, 0].numpy()
     print(json.dumps({"auroc_of_feature_l1_norm": auroc(l1[:n], l1[n:])}), flush=True)
     rows = []

@@ -206,8 +206,8 @@ def iwae_table(iw: dict, rss, level: str) -> tuple[list, list[str]]:
 
 def train_table(tr: dict, where: str, rss, level: str) -> tuple[list, list[str]]:
     loop, e2e = tr["loop"], tr["end_to_end"]
-    names = {"bare": "bare PyTorch loop", "vaeood": "`vaeood.train`",
-             "vaeood_bf16": "`vaeood.train` with `train.precision=bf16`",
+    names = {"bare": "bare PyTorch loop", "vaeood": "`vaeood.training.train`",
+             "vaeood_bf16": "`vaeood.training.train` with `train.precision=bf16`",
              "pythae": "pythae 0.1.2 `TrainingPipeline` / `BaseTrainer`"}
     has_pythae = "pythae" in loop["images_per_s"]
     cpu = tr.get("end_to_end_cpu")  # images per CPU second of the process, end to end
@@ -297,7 +297,7 @@ def cpu_tables() -> tuple[list, list[str]]:
         out += overhead_table(to, "###")
     if el := _load("elbo_speed"):
         names = {"bare": "bare loop (encode, reparameterise, decode, BCE + KL)", "vaeood": "vaeood `elbo(model, x)`",
-                 "vaeood_score": "`vaeood.scoring.score(..., estimator='elbo')` end to end"}
+                 "vaeood_score": "`vaeood.evaluation.scoring.score(..., estimator='elbo')` end to end"}
         rows = [[names[n], _f(v), _x(_ratio(el["ratios"], n, "bare"), 3),
                  *_peak_cells(el.get("fraction_of_peak", {}).get(n)), rss(f"elbo_{n}")]
                 for n, v in el["images_per_s"].items() if n in SIDES]

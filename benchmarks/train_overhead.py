@@ -1,4 +1,4 @@
-"""Where ``vaeood.train`` spends its time beyond a bare loop: per-step and per-run costs.
+"""Where ``vaeood.training.train`` spends its time beyond a bare loop: per-step and per-run costs.
 
 Per step: the same batches go through variants of one training step that add vaeood's
 pieces one at a time, run in alternation (``--steps`` steps per variant per round,
@@ -18,7 +18,7 @@ pieces one at a time, run in alternation (``--steps`` steps per variant per roun
   did before (on a GPU each read waits for the device).
 
 Per run: loading the dataset from disk (``load_dataset`` + ``to_tensor``), building the
-model, and one checkpoint + metrics write (``vaeood.train.save_run_state``), each timed directly.
+model, and one checkpoint + metrics write (``vaeood.training.train.save_run_state``), each timed directly.
 Also: the cost of ``clip_grad_norm_`` and ``isfinite`` alone, measured after a backward.
 
     python benchmarks/train_overhead.py [--steps 40] [--rounds 5] [--device cpu]
@@ -39,7 +39,7 @@ import common
 
 def main(argv=None) -> dict:
     a = common.parser(__doc__, steps=40, rounds=5, batch_size=128).parse_args(argv)
-    from vaeood.objectives import OBJECTIVES
+    from vaeood.inference.objectives import OBJECTIVES
 
     device = torch.device(a.device)
     info = common.machine_info(a.device)
@@ -53,9 +53,9 @@ def main(argv=None) -> dict:
     bare_opt = torch.optim.Adam(bare.parameters(), lr=1e-3)
     model = common.vaeood_model(0).to(device).train()
     params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3, fused=True)  # as vaeood.train
+    opt = torch.optim.Adam(params, lr=1e-3, fused=True)  # as vaeood.training.train
     objective = OBJECTIVES.get("elbo")
-    from vaeood.train import ObjectiveStep, check_interval, GoodSums, guarded_step
+    from vaeood.training.train import ObjectiveStep, check_interval, GoodSums, guarded_step
     model_step = ObjectiveStep(model, objective, {})  # the library's step: objective(model, x)
 
     def bare_step(xb):
@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
         state = {"steps": 0, "run": torch.zeros((), device=device), "acc": GoodSums(device)}
 
         def step(xb):
-            if guard:  # the library's own guarded step (vaeood.train.guarded_step), one process
+            if guard:  # the library's own guarded step (vaeood.training.train.guarded_step), one process
                 out, bad = guarded_step(model_step, model, opt, xb, {}, contextlib.nullcontext, 1)
                 state["run"].add_(1.0).mul_(bad)
             else:
@@ -128,14 +128,14 @@ def main(argv=None) -> dict:
     }
 
     # per-run costs
-    from vaeood.config import Config
+    from vaeood.training.config import Config
     from vaeood.data import load_dataset
     from vaeood.models import build_model
 
     cfg = Config().override({"model.base_channels": str(common.BASE_CHANNELS), "model.latent_dim": str(common.LATENT_DIM)})
     per_run_s = {"load_dataset(fashion_mnist/train) + to_tensor": load_seconds,
                  "build_model": common.median_seconds(lambda: build_model(cfg.model, (1, 28, 28)))}
-    from vaeood.train import save_run_state
+    from vaeood.training.train import save_run_state
 
     with tempfile.TemporaryDirectory() as tmp:
         ds = load_dataset("fashion_mnist", "train", data_dir=common.data_dir(), allow_sample=True)

@@ -1,4 +1,4 @@
-"""Training throughput: ``vaeood.train`` against a bare PyTorch loop and pythae's
+"""Training throughput: ``vaeood.training.train`` against a bare PyTorch loop and pythae's
 ``TrainingPipeline`` (``BaseTrainer``), on the same network, data and batch size.
 
 * ``bare``: what a researcher writes by hand on the same modules — shuffle, index a uint8
@@ -7,9 +7,9 @@
   ``vaeood.experiments.hvae_llr``: conv trunk, z_1 8×7×7, z_2 16, z_3 8, widths 256): the
   bottom-up pass, top-down sampling with the LVAE precision-weighted merge and the
   analytic KL of every layer;
-* ``vaeood``: ``vaeood.train`` (objective registry, NaN/inf guards, per-epoch atomic
+* ``vaeood``: ``vaeood.training.train`` (objective registry, NaN/inf guards, per-epoch atomic
   checkpoint and metrics.jsonl);
-* ``vaeood_bf16`` (``--bf16``): ``vaeood.train`` with ``train.precision=bf16`` (autocast of
+* ``vaeood_bf16`` (``--bf16``): ``vaeood.training.train`` with ``train.precision=bf16`` (autocast of
   convolutions and linear layers, log-likelihood sums in fp32; ``precision_quality.py``
   checks that it trains a model of the same test likelihood);
 * ``pythae`` (conv only): ``TrainingPipeline(VAE(bce) around the same modules,
@@ -22,7 +22,7 @@ pythae's first-to-last step per epoch, the bare loop's whole time), **end-to-end
 jobs on the cores). Same initial weights on every side (seed r in round r); alternated
 rounds, medians of the rounds and of the per-round ratios. All sides share one warmed-up
 process, or with ``--fresh-processes`` each run starts a new one, as a user's does (there
-the allocator counts, ``vaeood.allocator``). The result also records how far the bare loss
+the allocator counts, ``vaeood.infra.allocator``). The result also records how far the bare loss
 is from vaeood's ELBO with the same weights and noise.
 
     python benchmarks/train_speed.py [--images 20000] [--epochs 2] [--rounds 3] [--device cpu]
@@ -53,7 +53,7 @@ HVAE = {"model.arch": "hvae",
 
 
 def config(a, seed: int, extra: dict | None = None):
-    from vaeood.config import Config
+    from vaeood.training.config import Config
 
     return Config().override({
         "train.epochs": str(a.epochs), "train.batch_size": str(a.batch_size), "train.seed": str(seed),
@@ -90,10 +90,10 @@ def bare_neg_elbo(a, model, x: torch.Tensor) -> torch.Tensor:
 
 
 def build(a, seed: int, shape):
-    """The network of ``vaeood.train``'s run of seed ``seed``, with its initial weights."""
+    """The network of ``vaeood.training.train``'s run of seed ``seed``, with its initial weights."""
     from vaeood.models import build_model
 
-    torch.manual_seed(seed)  # as vaeood.train seeds before build_model
+    torch.manual_seed(seed)  # as vaeood.training.train seeds before build_model
     return build_model(config(a, seed).model, tuple(shape)).to(a.device)
 
 
@@ -117,7 +117,7 @@ def run_bare(a, seed: int) -> dict:
 
 
 def run_vaeood(a, seed: int, extra: dict | None = None) -> dict:
-    from vaeood.train import train
+    from vaeood.training.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         start, cpu = time.perf_counter(), time.process_time()
@@ -129,7 +129,7 @@ def run_vaeood(a, seed: int, extra: dict | None = None) -> dict:
 
 def same_loss(a) -> float:
     """max |bare − vaeood| −ELBO on 64 images with the same weights and noise (nats/image)."""
-    from vaeood.estimators import elbo
+    from vaeood.inference.estimators import elbo
 
     x, _ = common.load_images(a.dataset, a.split, 64)
     model = build(a, 0, x.shape[1:]).eval()
@@ -193,7 +193,7 @@ def main(argv=None) -> dict:
         sides["pythae"] = run_pythae
     if a.side:  # one side in this (fresh) process
         if a.side.startswith("vaeood"):
-            from vaeood.allocator import keep_freed_memory
+            from vaeood.infra.allocator import keep_freed_memory
 
             keep_freed_memory()
         print(json.dumps(sides[a.side](a, a.seed)))

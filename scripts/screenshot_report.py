@@ -11,7 +11,7 @@ with ``apt-get install -y chromium``.
 What is checked, in the PNG screenshot (PIL + NumPy), against what the page holds (read
 with the standard library's ``html.parser``): the page's thumbnails are framed red
 (flagged) or green (not flagged) and its histogram purple, in colours of
-:mod:`vaeood.detect_report`. The script finds every such frame (connected regions of
+:mod:`vaeood.decisions.detect_report`. The script finds every such frame (connected regions of
 that colour) and requires
 
 - as many red and green frames as the page has flagged and unflagged thumbnails, in

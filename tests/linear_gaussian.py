@@ -13,7 +13,7 @@ posterior ``p(z|x) = N(m(x), S)`` with
 *diagonal* Gaussian: ``N(m(x) + mean_shift, diag(S) * var_scale)``. With orthogonal
 columns of W, S is diagonal, and ``mean_shift=0, var_scale=1`` makes q the exact posterior.
 Everything is float64 and implements the duck-typed model interface of
-``vaeood.estimators`` (``x`` is a float tensor ``[B, D]`` here, not an image).
+``vaeood.inference.estimators`` (``x`` is a float tensor ``[B, D]`` here, not an image).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class LinearGaussianVAE(nn.Module):
         with torch.no_grad():
             return z @ self.weight.T + self.bias + self.sigma * noise
 
-    # -- the model interface used by vaeood.estimators ----------------------------------
+    # -- the model interface used by vaeood.inference.estimators ----------------------------------
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, cov = self.exact_posterior(x)
         var = torch.diagonal(cov) * self.var_scale

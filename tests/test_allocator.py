@@ -11,11 +11,11 @@ import pytest
 PROBE = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from vaeood.allocator import keep_freed_memory
+    from vaeood.infra.allocator import keep_freed_memory
     assert keep_freed_memory()
-from vaeood.config import ModelConfig
+from vaeood.training.config import ModelConfig
 from vaeood.models import build_model
-from vaeood.objectives import make_objective
+from vaeood.inference.objectives import make_objective
 torch.manual_seed(0)
 model = build_model(ModelConfig(), (1, 28, 28))
 opt = torch.optim.Adam(model.parameters(), fused=True)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from vaeood.config import Config, ConfigError
+from vaeood.training.config import Config, ConfigError
 
 
 def test_defaults_round_trip_through_dict():

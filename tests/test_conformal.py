@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vaeood.conformal import (CalibrationError, benjamini_hochberg, binomial_upper, clopper_pearson,
+from vaeood.decisions.conformal import (CalibrationError, benjamini_hochberg, binomial_upper, clopper_pearson,
                               conditional_rank, count_at_least, decide, describe_guarantee, marginal_rank,
                               operating_points, p_values, realised_fpr_upper, threshold)
 

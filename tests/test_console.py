@@ -9,9 +9,9 @@ import logging
 import pytest
 
 from tinydata import write_fig2a_data
-from vaeood import progress
+from vaeood.infra import progress
 from vaeood.cli import main
-from vaeood.console import OnceFilter, console
+from vaeood.infra.console import OnceFilter, console
 
 TINY = ["--train.epochs=2", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
 DETAIL = ("reusing ", "computed ", "loaded ", "epoch ")

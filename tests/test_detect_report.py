@@ -1,4 +1,4 @@
-"""The HTML page of ``vaeood detect`` (:mod:`vaeood.detect_report`), parsed with the
+"""The HTML page of ``vaeood detect`` (:mod:`vaeood.decisions.detect_report`), parsed with the
 standard library's html.parser: its three image sections (counts, order, thumbnails that
 decode to the expected size and pixels), the histogram, the counts and guarantee of the
 summary, escaped file names, no external URL; FDR mode with and without a cut-off;
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vaeood import conformal
+from vaeood.decisions import conformal
 from vaeood.data import DataError
 from vaeood.data.folder import InputImages, printable
-from vaeood.decisions import Detection, _summary, check_outputs
-from vaeood.detect_report import HTML_HEAD, bh_cutoff_score, html_path_for, sections
+from vaeood.decisions.core import Detection, _summary, check_outputs
+from vaeood.decisions.detect_report import HTML_HEAD, bh_cutoff_score, html_path_for, sections
 
 NASTY = "<script>alert('x')</script> & \"q\" caf\\xe9\x1b[2J.png"
 ROOT = Path(__file__).resolve().parents[1]

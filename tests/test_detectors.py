@@ -16,10 +16,10 @@ from torch import nn
 from tinydata import blobs, strokes, write_npz
 from vaeood import VAEAdapter, evaluate, evaluate_model, fit_detector, from_pythae
 from vaeood.cli import main
-from vaeood.config import Config
+from vaeood.training.config import Config
 from vaeood.detectors import DETECTORS, FitDataError, batch_test_power, make_detector
 from vaeood.features import features_of
-from vaeood.train import train
+from vaeood.training.train import train
 
 TINY = {"train.epochs": "2", "model.base_channels": "4", "model.latent_dim": "4", "model.likelihood": "dlogistic",
         "data.holdout": "150"}

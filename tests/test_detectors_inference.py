@@ -13,14 +13,14 @@ import torch
 from tinydata import blobs, strokes, write_npz
 from vaeood import evaluate
 from vaeood.cli import main
-from vaeood.config import Config, ConfigError
+from vaeood.training.config import Config, ConfigError
 from vaeood.detectors import make_detector
 from vaeood.features import features_of
-from vaeood.llr import llr_bounds
+from vaeood.inference.llr import llr_bounds
 from vaeood.models import build_model
-from vaeood.noise import ImageNoise
-from vaeood.regret import likelihood_regret
-from vaeood.train import train
+from vaeood.inference.noise import ImageNoise
+from vaeood.inference.regret import likelihood_regret
+from vaeood.training.train import train
 
 TINY = {"train.epochs": "2", "model.base_channels": "4", "model.latent_dim": "4", "model.likelihood": "dlogistic",
         "data.holdout": "100"}
@@ -101,7 +101,7 @@ def test_regret_and_llr_through_the_cli_with_their_options_recorded(data, tmp_pa
 
 
 def test_llr_is_calibrated_for_decisions_on_a_hierarchical_run(data, tmp_path):
-    from vaeood.decisions import calibrate
+    from vaeood.decisions.core import calibrate
 
     deep = train(Config().override(HVAE), tmp_path / "deep", data_dir=str(data))
     record = calibrate(deep, "llr", n_calibration=50, data_dir=str(data))

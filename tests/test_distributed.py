@@ -15,7 +15,7 @@ import torch
 
 import vaeood
 from tinydata import raise_saved_epochs, write_fig2a_data
-from vaeood.checkpoint import load_checkpoint
+from vaeood.training.checkpoint import load_checkpoint
 from vaeood.cli import main
 
 pytestmark = pytest.mark.slow  # torchrun launches two processes per test

@@ -16,7 +16,7 @@ import torch
 
 from linear_gaussian import make_linear_gaussian
 
-from vaeood.estimators import ESTIMATORS, bits_per_dim, elbo, iwae
+from vaeood.inference.estimators import ESTIMATORS, bits_per_dim, elbo, iwae
 
 B = 8  # images
 R = 400  # independent repeats of every estimate per image (batched as R*B rows)

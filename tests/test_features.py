@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from tinydata import blobs, strokes, write_fig2a_data, write_npz
-from vaeood.config import Config
+from vaeood.training.config import Config
 from vaeood.features import compute_feature, compute_features, feature_meta, features_of
 from vaeood.features.compression import compressed_bytes
-from vaeood.train import corrupt, train
+from vaeood.training.train import corrupt, train
 
 
 @pytest.fixture()
@@ -39,7 +39,7 @@ def test_a_constant_image_compresses_to_nearly_zero_bits_and_noise_does_not(code
 
 
 def test_deterministic_features_do_not_depend_on_the_batch(run):
-    from vaeood.run import load_model
+    from vaeood.training.run import load_model
 
     model = load_model(run)[0]
     images = np.concatenate([blobs(10, 5), strokes(10, 6)])
@@ -51,7 +51,7 @@ def test_deterministic_features_do_not_depend_on_the_batch(run):
 
 
 def test_log_px_of_an_image_does_not_depend_on_the_other_images_of_its_batch(run):
-    from vaeood.run import load_model
+    from vaeood.training.run import load_model
 
     model = load_model(run)[0]
     a = blobs(8, 5)
@@ -73,7 +73,7 @@ STOCHASTIC = [("log_px", {"estimator": "elbo", "estimator_options": {"samples": 
 def test_a_stochastic_feature_of_an_image_depends_neither_on_its_position_nor_on_the_batch_size(run, name, options):
     """Issue 23: the same image at two positions of one slice, and the slice in batches of 2
     and of 11, give the same value; another seed gives another value."""
-    from vaeood.run import load_model
+    from vaeood.training.run import load_model
 
     model = load_model(run)[0]
     images = np.concatenate([blobs(6, 5), strokes(5, 6)])
@@ -90,8 +90,8 @@ def test_a_stochastic_feature_of_an_image_depends_neither_on_its_position_nor_on
 
 
 def test_image_noise_is_standard_normal_keyed_on_bytes_and_the_same_however_chunked():
-    from vaeood.gaussian import standard_normal
-    from vaeood.noise import ImageNoise
+    from vaeood.inference.gaussian import standard_normal
+    from vaeood.inference.noise import ImageNoise
 
     x = torch.from_numpy(blobs(4, 1)[:, None])
     x[3] = x[0]  # images 0 and 3 are equal
@@ -220,8 +220,8 @@ def test_shuffle_patches_permutes_each_images_tiles_and_keeps_them_whole():
 
 
 def test_holdout_keeps_the_last_images_out_of_training_and_defaults_change_nothing(tmp_path, data_dir):
-    from vaeood.checkpoint import load_checkpoint
-    from vaeood.fitdata import heldout_slice
+    from vaeood.training.checkpoint import load_checkpoint
+    from vaeood.evaluation.fitdata import heldout_slice
 
     base = {"train.epochs": "1", "model.base_channels": "4", "model.latent_dim": "4"}
     run = train(Config().override({**base, "data.holdout": "56"}), tmp_path / "h", data_dir=str(data_dir))

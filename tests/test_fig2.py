@@ -13,8 +13,8 @@ from tinydata import write_fig2a_data
 from vaeood.experiments import EXPERIMENTS
 from vaeood.experiments.fig2 import KERAS_BLOG, Preset
 from vaeood.experiments.variance_runs import model_scorer, scored_images
-from vaeood.scoring import score
-from vaeood.variance import WORDS
+from vaeood.evaluation.scoring import score
+from vaeood.evaluation.variance import WORDS
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The fit calibrate saves for detect (vaeood.fitted_detector): used only when it is the
+"""The fit calibrate saves for detect (vaeood.decisions.fitted_detector): used only when it is the
 recorded file and reproduces its calibration sample, refused when it would run code, and
 never a change of any decision."""
 
@@ -16,8 +16,8 @@ from PIL import Image
 import vaeood
 from tinydata import blobs, strokes, write_npz
 from vaeood.cli import main
-from vaeood.decisions import DetectorScorer, NoCalibrationError, calibration_path
-from vaeood.fitted_detector import N_CHECK, check_rows, fitted_path, load_fitted
+from vaeood.decisions.core import DetectorScorer, NoCalibrationError, calibration_path
+from vaeood.decisions.fitted_detector import N_CHECK, check_rows, fitted_path, load_fitted
 
 TINY = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
 

@@ -211,7 +211,7 @@ def test_no_reader_of_a_named_file_waits_on_a_fifo(tmp_path):
     at once (each reader would have blocked for ever waiting for a writer)."""
     import threading
 
-    from vaeood.checkpoint import CheckpointError, load_checkpoint
+    from vaeood.training.checkpoint import CheckpointError, load_checkpoint
     from vaeood.data import load_dataset
     from vaeood.data.checksums import file_hexdigest
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from tinydata import raise_saved_epochs, write_fig2a_data
-from vaeood.checkpoint import load_checkpoint
-from vaeood.config import Config, ConfigError
-from vaeood.estimators import elbo, iwae
-from vaeood.llr import llr_bounds
+from vaeood.training.checkpoint import load_checkpoint
+from vaeood.training.config import Config, ConfigError
+from vaeood.inference.estimators import elbo, iwae
+from vaeood.inference.llr import llr_bounds
 from vaeood.models import HierarchicalVAE, build_model, count_parameters
-from vaeood.objectives import make_objective
-from vaeood.train import train
+from vaeood.inference.objectives import make_objective
+from vaeood.training.train import train
 
 LIKELIHOODS = ["bernoulli", "dlogistic", "categorical"]
 
@@ -233,7 +233,7 @@ def test_train_end_to_end_with_warmup_and_resume(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["train_elbo_nats"] < 0
 
-    from vaeood.scoring import score
+    from vaeood.evaluation.scoring import score
 
     scores = score(tmp_path / "straight", "mnist", data_dir=str(data), estimator="iwae",
                    estimator_options={"k": 4}, limit=16)

@@ -10,18 +10,18 @@ import torch
 
 from tinydata import blobs, strokes, write_npz
 from vaeood.cli import main
-from vaeood.config import Config, ConfigError
+from vaeood.training.config import Config, ConfigError
 from vaeood.detectors import make_detector
 from vaeood.detectors.dose_layers import layer_stat_names
-from vaeood.estimators import elbo
-from vaeood.evaluate import evaluate
+from vaeood.inference.estimators import elbo
+from vaeood.evaluation.evaluate import evaluate
 from vaeood.features import compute_feature, compute_features, features_of
 from vaeood.features import core as features_core
 from vaeood.features.layers import layer_stats
 from vaeood.features.model import latent
-from vaeood.llr import llr_bounds
+from vaeood.inference.llr import llr_bounds
 from vaeood.models import HierarchicalVAE, build_model
-from vaeood.noise import ImageNoise
+from vaeood.inference.noise import ImageNoise
 
 
 def hvae(seed=0, shape=(1, 28, 28), **options):

@@ -76,7 +76,7 @@ def test_the_checker_finds_a_cycle_it_is_shown():
 
 def test_the_graph_sees_relative_and_local_imports():
     graph = _graph()
-    assert "vaeood.gaussian" in graph["vaeood.estimators"]  # from .gaussian import ...
+    assert "vaeood.inference.gaussian" in graph["vaeood.inference.estimators"]  # from .gaussian import ...
     assert "vaeood.experiments.fig2" in graph["vaeood.experiments"]  # from . import fig2
 
 
@@ -94,4 +94,52 @@ def test_every_function_in_src_reads_at_a_glance():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
                             f"({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
+
+
+#: the layers of the package, lowest first: a module may import its own layer and those
+#: below it, never one above (docs/architecture.md draws them)
+LAYERS = ("infra", "data", "inference", "models", "training", "features", "detectors", "evaluation", "decisions",
+          "experiments", "top")
+#: modules directly under ``vaeood`` and the layer each belongs to
+TOP_LEVEL = {"vaeood._version": "infra", "vaeood": "top", "vaeood._moved": "top", "vaeood.cli": "top",
+             "vaeood.byo": "top", "vaeood.pipeline": "top", "vaeood.__main__": "top"}
+
+
+def _layer(module: str) -> str:
+    if module in TOP_LEVEL:
+        return TOP_LEVEL[module]
+    layer = module.split(".")[1]
+    assert layer in LAYERS, f"{module} is in no layer: put it in one of {LAYERS} (tests/test_imports.py)"
+    return layer
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    rank = {layer: i for i, layer in enumerate(LAYERS)}
+    return sorted(f"{a} ({_layer(a)}) imports {b} ({_layer(b)})" for a, deps in graph.items() for b in deps
+                  if rank[_layer(b)] > rank[_layer(a)])
+
+
+def test_the_layer_checker_fails_an_upward_import():
+    assert _upward({"vaeood.infra.atomic": {"vaeood.evaluation.metrics"}}) == [
+        "vaeood.infra.atomic (infra) imports vaeood.evaluation.metrics (evaluation)"]
+    assert _upward({"vaeood.evaluation.metrics": {"vaeood.infra.atomic"}, "vaeood.cli": {"vaeood.decisions"}}) == []
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    assert not _upward(_graph())
+
+
+def test_nothing_inside_vaeood_imports_a_moved_name():
+    from vaeood._moved import MOVED
+    old = {f"vaeood.{m}" for m in MOVED}
+    files = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    stale = sorted(f"{name} imports {m}" for name, path in files.items()
+                   for m in _imports(path, set(files) | old) & old)
+    assert not stale, stale
+
+
+def test_every_module_in_src_is_under_400_lines():
+    long = [f"{p.relative_to(ROOT)} ({n} lines)" for p in sorted(ROOT.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 400]
     assert not long, long

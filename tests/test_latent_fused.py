@@ -11,10 +11,10 @@ import torch
 import vaeood
 from tinydata import blobs, strokes, write_npz
 from vaeood.cli import main
-from vaeood.conformal import binomial_upper
+from vaeood.decisions.conformal import binomial_upper
 from vaeood.detectors import make_detector
 from vaeood.detectors.fused import TailPValue
-from vaeood.metrics import ood_metrics
+from vaeood.evaluation.metrics import ood_metrics
 
 TINY = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64",
         "--model.likelihood=dlogistic"]
@@ -100,7 +100,7 @@ def test_fused_catches_far_evidence_and_near_evidence_that_each_component_alone_
 def test_fused_options_are_checked():
     for bad in ({"components": []}, {"components": ["nll"]}, {"components": ["fused"]}, {"folds": 1},
                 {"tail": 1.0}):
-        with pytest.raises(vaeood.config.ConfigError, match="fused"):
+        with pytest.raises(vaeood.training.config.ConfigError, match="fused"):
             make_detector("fused", bad)
 
 
@@ -118,7 +118,7 @@ def tiny(tmp_path_factory):
 
 
 def test_latent_feature_is_the_posterior(tiny):
-    from vaeood.run import load_model, to_tensor
+    from vaeood.training.run import load_model, to_tensor
 
     feats = vaeood.compute_features(tiny["run"], "fashion_mnist", "test", "latent", data_dir=str(tiny["data"]), limit=7)
     model = load_model(tiny["run"], "cpu")[0]

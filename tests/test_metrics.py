@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from vaeood.metrics import fpr_at_tpr, ood_metrics
+from vaeood.evaluation.metrics import fpr_at_tpr, ood_metrics
 
 
 def test_perfect_separation():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vaeood.config import ModelConfig
+from vaeood.training.config import ModelConfig
 from vaeood.models import build_model, count_parameters
 
 
@@ -74,7 +74,7 @@ def test_nhwc_scoring_agrees_with_nchw(likelihood):
     ones up to float rounding, on the same weights and noise."""
     import copy
 
-    from vaeood.estimators import elbo, iwae
+    from vaeood.inference.estimators import elbo, iwae
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(likelihood=likelihood, latent_dim=4, base_channels=8), (1, 28, 28)).eval()

@@ -22,8 +22,8 @@ from torch import nn
 from linear_gaussian import LinearGaussianVAE
 from tinydata import raise_saved_epochs
 
-from vaeood.config import Config, ConfigError
-from vaeood.objectives import (OBJECTIVES, MarkovianScoreClimbing, load_objective_state, make_objective,
+from vaeood.training.config import Config, ConfigError
+from vaeood.inference.objectives import (OBJECTIVES, MarkovianScoreClimbing, load_objective_state, make_objective,
                                objective_state)
 
 DTYPE = torch.float64
@@ -271,8 +271,8 @@ def tiny_config(objective: str, epochs: int, options: str = '{"k": 3}') -> Confi
 
 @pytest.mark.parametrize("objective", ["rws", "rws_dreg"])
 def test_forward_kl_objectives_train_a_vae(tmp_path, tiny_data, objective):
-    from vaeood.checkpoint import load_checkpoint
-    from vaeood.train import train
+    from vaeood.training.checkpoint import load_checkpoint
+    from vaeood.training.train import train
 
     state = load_checkpoint(train(tiny_config(objective, 2), tmp_path / objective, data_dir=tiny_data))
     losses = [h["train_loss"] for h in state["history"]]
@@ -283,8 +283,8 @@ def test_forward_kl_objectives_train_a_vae(tmp_path, tiny_data, objective):
 
 def test_msc_resume_is_exact(tmp_path, tiny_data):
     """The chain states travel in the checkpoint: 1 epoch + resume = 2 epochs straight."""
-    from vaeood.checkpoint import load_checkpoint
-    from vaeood.train import train
+    from vaeood.training.checkpoint import load_checkpoint
+    from vaeood.training.train import train
 
     straight = load_checkpoint(train(tiny_config("msc", 2), tmp_path / "straight", data_dir=tiny_data))
     first = load_checkpoint(train(tiny_config("msc", 1), tmp_path / "resumed", data_dir=tiny_data))
@@ -312,7 +312,7 @@ def test_one_raw_p_below_005_among_three_is_not_an_improvement_after_holm():
     """The forward-KL verdict tests three objectives: one raw p = 0.03 (adjusted 0.09)
     is reported, but not called an improvement."""
     from vaeood.experiments.forward_kl import FORWARD_KL, REVERSE_KL, hypothesis_verdict
-    from vaeood.intervals import verdict
+    from vaeood.evaluation.intervals import verdict
 
     def seeds(*values):
         v = np.asarray(values)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from tinydata import blobs, raise_saved_epochs, strokes, write_fig2a_data, write_npz
-from vaeood.checkpoint import load_checkpoint
+from vaeood.training.checkpoint import load_checkpoint
 from vaeood.cli import main
-from vaeood.config import Config
-from vaeood.scoring import score
-from vaeood.train import train
+from vaeood.training.config import Config
+from vaeood.evaluation.scoring import score
+from vaeood.training.train import train
 
 TINY = ["--train.epochs=2", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
 
@@ -137,8 +137,8 @@ def test_cli_errors_are_clear(tmp_path, data_dir, capsys):
 
 
 def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
-    from vaeood.intervals import seed_summary
-    from vaeood.scoring import score
+    from vaeood.evaluation.intervals import seed_summary
+    from vaeood.evaluation.scoring import score
 
     out = tmp_path / "fig2a"
     assert main(["reproduce", "fig2a", "--out", str(out), "--data-dir", str(data_dir), "--train.epochs=1",
@@ -320,8 +320,8 @@ def test_score_metadata_records_the_options_asked_for_not_the_device_sized_chunk
     import functools
 
     import vaeood.features.model as feature_model
-    from vaeood.estimators import ESTIMATORS
-    from vaeood.scoring import score_meta
+    from vaeood.inference.estimators import ESTIMATORS
+    from vaeood.evaluation.scoring import score_meta
 
     run = train(Config().override({"train.epochs": "1", "model.base_channels": "4"}), tmp_path / "run",
                 data_dir=str(data_dir))

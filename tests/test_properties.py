@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from vaeood.config import ModelConfig
+from vaeood.training.config import ModelConfig
 from vaeood.data.fit import convert_channels, fit_images
-from vaeood.estimators import bits_per_dim, elbo, iwae
-from vaeood.metrics import METRIC_NAMES, fpr_at_tpr, ood_metrics
+from vaeood.inference.estimators import bits_per_dim, elbo, iwae
+from vaeood.evaluation.metrics import METRIC_NAMES, fpr_at_tpr, ood_metrics
 from vaeood.models import LIKELIHOODS, build_model
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""Test-time forward-KL refinement of q(z|x) (``vaeood.refine``, the ``refine_steps``
+"""Test-time forward-KL refinement of q(z|x) (``vaeood.inference.refine``, the ``refine_steps``
 option of the ``iwae`` estimator and ``--refine-steps`` on the command line), and the
 ``forward-kl`` ablation end to end on tiny data.
 
@@ -18,8 +18,8 @@ import torch
 
 from linear_gaussian import make_linear_gaussian
 
-from vaeood.estimators import iwae
-from vaeood.refine import refine_posterior
+from vaeood.inference.estimators import iwae
+from vaeood.inference.refine import refine_posterior
 
 
 # one torch thread: these small float64 problems run faster and reproduce exactly

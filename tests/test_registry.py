@@ -2,7 +2,7 @@
 
 import pytest
 
-from vaeood.registry import Registry
+from vaeood.infra.registry import Registry
 
 
 def test_registered_adds_for_the_block_and_restores_what_was_there():

@@ -1,4 +1,4 @@
-"""Likelihood regret (vaeood.regret): known answers on the analytic linear-Gaussian VAE,
+"""Likelihood regret (vaeood.inference.regret): known answers on the analytic linear-Gaussian VAE,
 and per-image independence (batched = one image at a time, batch composition irrelevant)
 for every variant on a tiny conv VAE. No real data; a few seconds in all."""
 
@@ -16,9 +16,9 @@ except ImportError:  # tests/ not on sys.path (e.g. --import-mode=importlib)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from linear_gaussian import make_linear_gaussian
 
-from vaeood.config import Config
+from vaeood.training.config import Config
 from vaeood.models import build_model
-from vaeood.regret import DEFAULTS, likelihood_regret
+from vaeood.inference.regret import DEFAULTS, likelihood_regret
 
 
 def _gen(seed=0):
@@ -153,7 +153,7 @@ def test_vmap_matches_loop(tiny_vae):
 def test_head_shortcut_equals_per_image_linear_copies(tiny_vae, monkeypatch):
     """Adam on a per-image copy of the last linear layer == Adam on (mu, logvar) with the
     step scaled by 1 + ||h||_1 (regret.feature_scale), up to Adam's epsilon."""
-    import vaeood.regret as regret
+    import vaeood.inference.regret as regret
 
     calls = []
     original = regret.feature_scale

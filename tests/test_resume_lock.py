@@ -26,12 +26,12 @@ import pytest
 
 from cli_processes import launch, wait_for
 from tinydata import write_fig2a_data
-from vaeood.atomic import atomic_write_json
-from vaeood.checkpoint import load_checkpoint
+from vaeood.infra.atomic import atomic_write_json
+from vaeood.training.checkpoint import load_checkpoint
 from vaeood.cli import main
-from vaeood.config import Config
+from vaeood.training.config import Config
 from vaeood.experiments.common import train_or_reuse
-from vaeood.runlock import LOCK_NAME, run_lock
+from vaeood.infra.runlock import LOCK_NAME, run_lock
 
 SMALL = {"model.base_channels": "4", "model.latent_dim": "4", "train.batch_size": "64", "train.epochs": "1"}
 SMALL_ARGS = [f"--{k}={v}" for k, v in SMALL.items()]
@@ -172,7 +172,7 @@ def test_a_run_that_cannot_be_written_is_read_without_a_lock(tmp_path, monkeypat
     """A read-only run (someone else's results) can still be read: no lock file needed."""
     import errno
 
-    import vaeood.runlock as runlock
+    import vaeood.infra.runlock as runlock
 
     def read_only(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
@@ -185,7 +185,7 @@ def test_a_run_that_cannot_be_written_is_read_without_a_lock(tmp_path, monkeypat
 
 def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path):
     """A run directory from elsewhere must not make vaeood truncate another file."""
-    from vaeood.atomic import WriteError
+    from vaeood.infra.atomic import WriteError
 
     target = tmp_path / "precious.txt"
     target.write_text("keep me\n")
@@ -202,7 +202,7 @@ def test_a_lock_file_of_another_user_still_locks(tmp_path, monkeypatch):
     """Opened read-only when it cannot be written: flock works on it all the same."""
     import errno
 
-    import vaeood.runlock as runlock
+    import vaeood.infra.runlock as runlock
 
     real_open = os.open
 

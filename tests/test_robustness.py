@@ -3,7 +3,7 @@
 - crash safety: a training process SIGKILLed at random points (before its first
   checkpoint, mid-epoch, between epochs, in the middle of writing a checkpoint) and
   resumed with ``--resume`` ends with the same weights and metrics as an uninterrupted
-  run; every file the package writes goes through ``vaeood.atomic``;
+  run; every file the package writes goes through ``vaeood.infra.atomic``;
 - numerical faults: NaN/inf losses or gradients are skipped and counted, too many in a
   row stop training with a clear error, and a bad state never overwrites a good
   checkpoint;
@@ -38,15 +38,15 @@ import pytest
 import torch
 
 from tinydata import blobs, strokes, write_fig2a_data, write_npz
-from vaeood.atomic import WriteError, atomic_write_json
-from vaeood.checkpoint import CheckpointError, load_checkpoint
+from vaeood.infra.atomic import WriteError, atomic_write_json
+from vaeood.training.checkpoint import CheckpointError, load_checkpoint
 from vaeood.cli import main
-from vaeood.config import Config
+from vaeood.training.config import Config
 from vaeood.data.fit import convert_channels, fit_images
 from vaeood.data.mnist import MNIST
-from vaeood.objectives import OBJECTIVES
-from vaeood.scoring import ShapeMismatchError, score
-from vaeood.train import TrainingError, train
+from vaeood.inference.objectives import OBJECTIVES
+from vaeood.evaluation.scoring import ShapeMismatchError, score
+from vaeood.training.train import TrainingError, train
 
 SRC = Path(__file__).parents[1] / "src"
 TINY = {"model.base_channels": "4", "model.latent_dim": "4", "train.batch_size": "64"}
@@ -224,7 +224,7 @@ def test_resume_says_which_given_settings_it_ignores(tmp_path, data_dir, caplog)
 
 
 def _direct_writes(source: str) -> list[int]:
-    """Lines of calls that write a file other than through ``vaeood.atomic``: ``open``
+    """Lines of calls that write a file other than through ``vaeood.infra.atomic``: ``open``
     for writing, ``Path.write_text/write_bytes``, ``np.save*`` / ``torch.save`` /
     ``savefig`` to anything but the file object ``atomic_write`` hands out (``f``) or
     an in-memory buffer (``buf``), and ``shutil`` copies."""
@@ -253,12 +253,12 @@ def _direct_writes(source: str) -> list[int]:
 
 
 def test_every_file_the_package_writes_goes_through_atomic():
-    """No module writes a file except through vaeood.atomic (temp + fsync + rename)."""
+    """No module writes a file except through vaeood.infra.atomic (temp + fsync + rename)."""
     allowed = {"atomic.py", "download.py"}  # download.py: its own temp + MD5 check + rename
     offenders = [f"{p.relative_to(SRC)}:{line}: {p.read_text().splitlines()[line - 1].strip()}"
                  for p in sorted((SRC / "vaeood").rglob("*.py")) if p.name not in allowed
                  for line in _direct_writes(p.read_text())]
-    assert not offenders, "write these through vaeood.atomic:\n" + "\n".join(offenders)
+    assert not offenders, "write these through vaeood.infra.atomic:\n" + "\n".join(offenders)
     # the checker itself finds what it should
     assert _direct_writes("open(p, 'w')\nPath(p).write_text(s)\nnp.save(p, x)\ntorch.save(s, p)\n"
                           "fig.savefig(p)\nshutil.copy(a, b)\nopen(p, 'rb')\nnp.savez(f, x=x)\n"
@@ -309,7 +309,7 @@ def _checkpoint_spy(monkeypatch) -> list[bytes]:
     """The bytes of every checkpoint train() writes, in order."""
     import importlib
 
-    train_module = importlib.import_module("vaeood.train")  # the module, not vaeood.train()
+    train_module = importlib.import_module("vaeood.training.train")  # the module, not vaeood.train()
 
     saved, real = [], train_module.save_checkpoint
 
@@ -362,7 +362,7 @@ def test_on_a_gpu_the_run_of_bad_steps_is_read_every_few_steps_and_still_stops(
     """On a GPU the host reads the device's count only every few steps (no stall per
     step): the stop comes at the next read, with the count as read, and the bad steps in
     between changed nothing (the checkpoint of epoch 1 is kept)."""
-    monkeypatch.setattr(sys.modules["vaeood.train"], "check_interval", lambda device: 2)
+    monkeypatch.setattr(sys.modules["vaeood.training.train"], "check_interval", lambda device: 2)
     faulty.update({s: "loss" for s in range(4, 12)})  # every step from epoch 2 on (4 per epoch)
     saved = _checkpoint_spy(monkeypatch)
     # reads after steps 2 and 4 of epoch 2: 2 < 3, then 4 >= 3
@@ -667,7 +667,7 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     import os
     import stat
 
-    from vaeood.atomic import atomic_write_text
+    from vaeood.infra.atomic import atomic_write_text
 
     umask = os.umask(0o022)
     os.umask(umask)

@@ -29,13 +29,13 @@ from hypothesis import strategies as st
 
 from cli_processes import launch, wait_for
 from tinydata import write_fig2a_data
-from vaeood import checkpoint as checkpoint_module
-from vaeood.atomic import atomic_write
+from vaeood.training import checkpoint as checkpoint_module
+from vaeood.infra.atomic import atomic_write
 from vaeood.cli import main
-from vaeood.config import OPTION_RULES, Config, ConfigError, _allowed, _field_types, field_rule
-from vaeood.estimators import elbo
+from vaeood.training.config import OPTION_RULES, Config, ConfigError, _allowed, _field_types, field_rule
+from vaeood.inference.estimators import elbo
 from vaeood.models import build_model
-from vaeood.train import train
+from vaeood.training.train import train
 
 TINY = ["--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
 
@@ -79,7 +79,7 @@ def test_why_5_a_negative_or_zero_limit_is_refused(tmp_path, trained, capsys):
         err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--limit", limit])
         assert f"--limit: got '{limit}'; must be an integer >= 1" in err
     assert not (trained[0] / "scores").exists()
-    from vaeood.scoring import score  # the Python API refuses them too, naming the argument
+    from vaeood.evaluation.scoring import score  # the Python API refuses them too, naming the argument
 
     for limit in (-5, 0, 2.5):
         with pytest.raises(ConfigError, match="limit must be"):
@@ -242,7 +242,7 @@ def test_out_of_memory_is_one_line_not_a_bug_report(tmp_path, capsys, monkeypatc
 
 
 def test_a_cuda_device_the_machine_lacks_is_refused(monkeypatch):
-    from vaeood.run import resolve_device
+    from vaeood.training.run import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

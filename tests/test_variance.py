@@ -1,11 +1,11 @@
-"""The variance check (``vaeood.variance``) on synthetic images whose log p(x) is a known
+"""The variance check (``vaeood.evaluation.variance``) on synthetic images whose log p(x) is a known
 function of their pixel variance or mean, so that ρ, the remaining gap and the verdict are
 known in advance; and the contrast rescaling on its own."""
 
 import numpy as np
 import pytest
 
-from vaeood.variance import (MEAN_TOLERANCE, REACH_TOLERANCE, REMAINING_MARGIN, contrast_match, image_stats,
+from vaeood.evaluation.variance import (MEAN_TOLERANCE, REACH_TOLERANCE, REMAINING_MARGIN, contrast_match, image_stats,
                              variance_check, variance_verdict)
 
 N_BOOT = 300

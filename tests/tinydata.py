@@ -16,7 +16,7 @@ def raise_saved_epochs(run: Path, epochs: int) -> None:
     run continues with its saved config, so its ``train.epochs`` is raised in the checkpoint."""
     import torch
 
-    from vaeood.checkpoint import load_checkpoint
+    from vaeood.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(run)
     state["config"]["train"]["epochs"] = epochs

@@ -9,16 +9,19 @@ per-image features, fitted out-of-distribution detectors, metrics, figures and r
 """
 
 from ._version import __version__
-from .config import Config
+from .training.config import Config
 from .byo import VAEAdapter, VAEProtocol, from_pythae
-from .decisions import calibrate, decide
+from .decisions.core import calibrate, decide
 from .detectors import DETECTORS
-from .evaluate import detect, evaluate, evaluate_model, fit_detector
+from .evaluation.evaluate import detect, evaluate, evaluate_model, fit_detector
 from .features import FEATURES, compute_features
 from .experiments import reproduce
-from .run import load_model
-from .scoring import score
-from .train import train
+from .training.run import load_model
+from .evaluation.scoring import score
+from .training.train import train
+from . import _moved
+
+_moved.install()
 
 __all__ = ["Config", "train", "score", "evaluate", "reproduce", "load_model", "compute_features", "fit_detector",
            "detect", "evaluate_model", "calibrate", "decide", "FEATURES", "DETECTORS", "VAEAdapter", "VAEProtocol",

@@ -25,7 +25,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from .gaussian import LOG_2PI
+from .inference.gaussian import LOG_2PI
 
 
 @runtime_checkable

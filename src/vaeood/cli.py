@@ -19,26 +19,26 @@ from typing import Callable
 
 import torch
 
-from .allocator import keep_freed_memory
-from . import distributed
-from .checkpoint import CheckpointError
-from .config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
-from .console import console
-from .conformal import CalibrationError
+from .infra.allocator import keep_freed_memory
+from .infra import distributed
+from .training.checkpoint import CheckpointError
+from .training.config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
+from .infra.console import console
+from .decisions.conformal import CalibrationError
 from .data import DataError, load_dataset
 from .data.folder import printable
 from .data.image_folder import is_folder_name
-from .decisions import RECOMMENDED, NoCalibrationError, calibrate, decide, summary_path_for
-from .detect_report import html_path_for
+from .decisions.core import RECOMMENDED, NoCalibrationError, calibrate, decide, summary_path_for
+from .decisions.detect_report import html_path_for
 from .detectors import DETECTORS, per_detector_options
-from .evaluate import evaluate
+from .evaluation.evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
 from .pipeline import fit
-from .registry import UnknownNameError, split_names
-from .report import format_table
-from .runlock import RunLockedError
-from .scoring import ShapeMismatchError, score, score_meta
-from .train import TrainingError, train
+from .infra.registry import UnknownNameError, split_names
+from .evaluation.report import format_table
+from .infra.runlock import RunLockedError
+from .evaluation.scoring import ShapeMismatchError, score, score_meta
+from .training.train import TrainingError, train
 
 # errors of the user's input or machine, reported in one line; anything else is a bug
 EXPECTED_ERRORS = (DataError, ConfigError, CheckpointError, ShapeMismatchError, TrainingError, RunLockedError,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..registry import Registry
+from ..infra.registry import Registry
 from .errors import DataError
 
 FITS = Registry("image fit")

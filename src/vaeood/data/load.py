@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import did_you_mean
+from ..infra.registry import did_you_mean
 from .errors import DataError, DatasetNotFoundError
 from .checksums import named_sha256
 from .image_folder import is_folder_name, load_image_folder
@@ -128,7 +128,7 @@ def load_for_run(data_config, dataset: str | None = None, split: str | None = No
     own training split is read with the run's ``data.fit`` and ``data.skip_bad``, so that
     a folder gives the images, order and count that training saw (and held out); any other
     folder with ``fit`` (scoring's ``--pad``/``--resize``) and its bad files refused.
-    ``data_config``: the run's :class:`~vaeood.config.DataConfig`, or None."""
+    ``data_config``: the run's :class:`~vaeood.training.config.DataConfig`, or None."""
     dataset = dataset if dataset is not None else data_config.name
     split = split if split is not None else data_config.split
     allow = data_config.allow_sample if allow_sample is None and data_config is not None else bool(allow_sample)

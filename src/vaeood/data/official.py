@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import ClassVar
 
-from ..registry import Registry
+from ..infra.registry import Registry
 from .checksums import check_md5, md5_of_bytes, md5_of_file
 from .download import fetch
 from .imageset import ImageSet

@@ -28,9 +28,9 @@ from typing import Mapping
 
 import numpy as np
 
-from ..config import ConfigError
-from ..estimators import ESTIMATORS
-from ..registry import Registry, check_options, split_names
+from ..training.config import ConfigError
+from ..inference.estimators import ESTIMATORS
+from ..infra.registry import Registry, check_options, split_names
 
 DETECTORS: Registry = Registry("detector")
 
@@ -98,7 +98,7 @@ class Detector:
     def companion_warnings(self, option: str, companion, run) -> list[str]:
         """What to say about the companion run of ``option`` whose config is ``companion``
         (``run``: this run's config) when it passes the shared checks (same dataset and
-        image shape, :mod:`vaeood.companions`) but departs from the paper's recipe; a
+        image shape, :mod:`vaeood.evaluation.companions`) but departs from the paper's recipe; a
         :class:`ConfigError` for a setting the detector cannot do without."""
         return []
 

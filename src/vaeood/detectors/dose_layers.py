@@ -7,7 +7,7 @@ r"""``dose_layers``: DoSE on the per-layer statistics of a hierarchical VAE.
 with ``R_i`` the rate of layer i, ``KL(q(z_i | z_{i+1}, x) ‖ p(z_i | z_{i+1}))`` on the image's
 sampled path (the ``layer_stats`` feature, :mod:`vaeood.features.layers`), and ``LLR>k`` =
 ELBO − L>k, the bound lost when the k lowest layers are drawn from the prior (the ``llr``
-feature, :mod:`vaeood.llr`); both on the same noise.
+feature, :mod:`vaeood.inference.llr`); both on the same noise.
 
 Morningstar et al. (AISTATS 2021), "Density of States Estimation for Out-of-Distribution
 Detection", estimate the density of a model's summary statistics on held-out training
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 
-from ..config import ConfigError
+from ..training.config import ConfigError
 from .base import DETECTORS
 from .dose import DoSE
 

@@ -26,7 +26,7 @@ number they fit is fitted on in-distribution images only.
 The guarantee of ``vaeood detect --detector fused`` still holds: the fitted detector is one
 fixed function of the image (its reference and components are frozen after ``fit``), and
 ``vaeood calibrate`` takes its conformal threshold on other held-out images than these, so
-the conformal p-values of :mod:`vaeood.conformal` are exact as for any detector score. The
+the conformal p-values of :mod:`vaeood.decisions.conformal` are exact as for any detector score. The
 p-values inside the score need not be exact; they only put the components on one scale.
 """
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import ConfigError
+from ..training.config import ConfigError
 from .base import DETECTORS, Detector, image_count, make_detector
 
 COMPONENTS = ("dose_plus", "latent_gmm")

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import ConfigError
+from ..training.config import ConfigError
 from .base import DETECTORS, Detector, mahalanobis_fit, mahalanobis_score, standardise_fit
 
 LATENT_KEYS = ("latent_mu", "latent_logvar")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError
+from ..training.config import ConfigError
 from .base import DETECTORS, Detector, estimate_need
 
 

@@ -3,7 +3,7 @@
     S(x) = LLR>k(x) = L(x) − L>k(x)
 
 with L the ELBO and L>k the bound with the k lowest latent layers drawn from the
-conditional prior instead of the posterior (:mod:`vaeood.llr`). Havtorn, Frellsen,
+conditional prior instead of the posterior (:mod:`vaeood.inference.llr`). Havtorn, Frellsen,
 Hauberg & Maaløe (ICML 2021), "Hierarchical VAEs Know What They Don't Know": the lowest
 layers model low-level statistics any natural image shares, so removing their
 posterior information costs in-distribution images more (their semantics sit in the
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import ConfigError
+from ..training.config import ConfigError
 from .base import DETECTORS, Detector
 
 

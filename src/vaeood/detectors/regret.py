@@ -3,7 +3,7 @@ inference for that image alone is optimised, the decoder fixed.
 
     S(x) = B(x; φ*_x) − B(x; φ),    φ*_x ≈ argmax_φ' ELBO(x; φ')
 
-with B the IWAE-K bound before and after (see :mod:`vaeood.regret` for the variants and
+with B the IWAE-K bound before and after (see :mod:`vaeood.inference.regret` for the variants and
 the measured defaults). Xiao, Yan & Amit (NeurIPS 2020), "Likelihood Regret: An
 Out-of-Distribution Detection Score for Variational Auto-encoder": the amortised encoder
 fits in-distribution images already, so they gain little; OOD images gain more. Needs no

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..registry import UnknownNameError
+from ..infra.registry import UnknownNameError
 from .common import EXPERIMENTS
 from .timing import Timing
 from . import fig2  # noqa: F401  (registers fig2a, fig2b)

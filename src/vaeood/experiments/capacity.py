@@ -6,7 +6,7 @@ Fig. 2 conv VAE (discretised-logistic decoder, so bits/dim are defined) at sever
 widths (×0.5, ×1, ×2, ×4 base channels) and latent sizes, each reported with its
 parameter count, test bits/dim (ELBO and IWAE-K) and AUROC of −log p(x) against the OOD
 set under both estimators, each model trained with several seeds. The verdict is computed
-from the numbers (:mod:`vaeood.intervals`): each model's verdict word from the 95%
+from the numbers (:mod:`vaeood.evaluation.intervals`): each model's verdict word from the 95%
 interval of its seed-mean AUROC, and the trend of AUROC with parameter count over the
 width sweep — Spearman's ρ over every seed's model with a bootstrap interval, and the
 slope per doubling of the parameters ± its standard error.
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_json, atomic_write_text
-from ..config import Config
-from ..intervals import N_BOOT, mean_sd, trend, trend_text
-from ..report import interval_text, markdown_table, pm, text_table
+from ..infra.atomic import atomic_write_json, atomic_write_text
+from ..training.config import Config
+from ..evaluation.intervals import N_BOOT, mean_sd, trend, trend_text
+from ..evaluation.report import interval_text, markdown_table, pm, text_table
 from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
                      report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json,
                      train_or_reuse)
@@ -174,7 +174,7 @@ class CapacityStudy:
     def figure(self, path: Path, rows: dict, k: int, limit: int | None, detector: str = "nll") -> None:
         from matplotlib.figure import Figure  # on use (slow import)
 
-        from ..atomic import atomic_write
+        from ..infra.atomic import atomic_write
 
         base = _base_latent(rows)
         widths = sorted((r for v, r in rows.items() if v.startswith("width_x") and r["latent_dim"] == base),

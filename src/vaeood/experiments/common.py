@@ -15,15 +15,15 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ..config import Config, ConfigError
-from ..evaluate import evaluate
-from ..intervals import N_BOOT, seed_summary
+from ..training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ..training.config import Config, ConfigError
+from ..evaluation.evaluate import evaluate
+from ..evaluation.intervals import N_BOOT, seed_summary
 from ..detectors import make_detector
-from ..progress import bar
-from ..registry import Registry
-from ..scoring import score
-from ..train import resumable, train
+from ..infra.progress import bar
+from ..infra.registry import Registry
+from ..evaluation.scoring import score
+from ..training.train import resumable, train
 
 EXPERIMENTS = Registry("experiment")
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ DEFAULT_DETECTORS = ("nll",)
 
 def run_evaluate(run_dir: Path, in_dataset: str, ood_datasets: list[str], *,
                  detectors: tuple[str, ...] = DEFAULT_DETECTORS, **kwargs) -> dict:
-    """:func:`vaeood.evaluate.evaluate` with the detectors asked for. The default
+    """:func:`vaeood.evaluation.evaluate.evaluate` with the detectors asked for. The default
     (``("nll",)``, −log p(x)) is evaluate's own default and is not passed; other names go
     under the keyword evaluate takes (``detectors=``, or ``scores=`` before it had one)."""
     if tuple(detectors) != DEFAULT_DETECTORS:
@@ -79,7 +79,7 @@ def run_evaluate(run_dir: Path, in_dataset: str, ood_datasets: list[str], *,
 
 def per_image_scores(run_dir: Path, dataset: str, detector: str, **score_kwargs) -> np.ndarray:
     """One detector's per-image OOD scores (higher = more OOD) of ``dataset``, from the
-    per-image estimates that :func:`vaeood.scoring.score` saved in the run (the same
+    per-image estimates that :func:`vaeood.evaluation.scoring.score` saved in the run (the same
     call evaluate made, so nothing is recomputed); the bootstrap intervals resample them."""
     return estimate_scores(detector, score(run_dir, dataset, **score_kwargs), score_kwargs.get("estimator", "elbo"),
                            score_kwargs.get("estimator_options"))
@@ -98,7 +98,7 @@ def estimate_scores(detector: str, estimates: dict, estimator: str = "elbo",
 
 def auroc_summary(pairs: list[tuple[np.ndarray, np.ndarray]], *, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Mean ± sd over seeds, each seed's image-bootstrap interval and the two-level
-    interval with its verdict word (:func:`vaeood.intervals.seed_summary`)."""
+    interval with its verdict word (:func:`vaeood.evaluation.intervals.seed_summary`)."""
     s = seed_summary(pairs, n_boot=n_boot, seed=seed)
     return {**s.as_dict(), "text": s.text()}
 

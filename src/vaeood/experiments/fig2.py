@@ -17,11 +17,11 @@ and MNIST padded to 32×32 RGB instead, and the report says so.
 
 Every variant is trained with each of the preset's seeds (≥ 3) and scored on the same
 test images. A verdict is the word of the 95% interval of the seed-mean AUROC of
-−log p(x) (OOD positive; :mod:`vaeood.intervals`): *separates*, *inverted* or
+−log p(x) (OOD positive; :mod:`vaeood.evaluation.intervals`): *separates*, *inverted* or
 *indistinguishable*, reported beside the mean ± sd over seeds and each seed's
 image-bootstrap interval.
 
-"Is it the variance?" (:mod:`vaeood.variance`, :mod:`.variance_runs`): for every (variant,
+"Is it the variance?" (:mod:`vaeood.evaluation.variance`, :mod:`.variance_runs`): for every (variant,
 OOD set) pair, the study's explanation — the OOD set is more likely because of its smaller
 pixel variance — is tested on the same scores: Spearman ρ of per-image variance and mean
 with log p(x), and the OOD images rescaled in contrast to the in-distribution variance and
@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_json, atomic_write_text
-from ..config import Config
-from ..intervals import N_BOOT, mean_sd
-from ..metrics import METRIC_NAMES
-from ..report import METRIC_LABELS, histogram_panels, interval_text, markdown_table, pm, text_table
+from ..infra.atomic import atomic_write_json, atomic_write_text
+from ..training.config import Config
+from ..evaluation.intervals import N_BOOT, mean_sd
+from ..evaluation.metrics import METRIC_NAMES
+from ..evaluation.report import METRIC_LABELS, histogram_panels, interval_text, markdown_table, pm, text_table
 from ..data import DatasetNotFoundError, load_dataset
-from ..scoring import score, score_meta
+from ..evaluation.scoring import score, score_meta
 from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
                      report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json,
                      train_or_reuse)
@@ -101,7 +101,7 @@ class Fig2Experiment:
         (finished runs are reused), evaluate each on the in-distribution and OOD test sets
         with every detector, summarise over seeds with intervals, and write ``report.md``,
         ``metrics.json`` and ``figures/`` into ``out_dir``. ``variance``: add the test of the
-        variance explanation (:mod:`vaeood.variance`) for every (variant, OOD set) pair."""
+        variance explanation (:mod:`vaeood.evaluation.variance`) for every (variant, OOD set) pair."""
         pre = self.presets[preset]
         oods, ood_note = self.available_ood(data_dir, pre.allow_sample)
         self = replace(self, ood_datasets=oods)  # noqa: PLW0642  (the OOD sets on this machine, for every step below)

@@ -13,7 +13,7 @@ gives both scores and the diagnostics:
 * **posterior variance ratio**: per image, the geometric mean over latent dims of
   ``Var_q[z_j] / Var_SNIS[z_j|x]`` — q's variance over the self-normalised
   importance-weighted posterior variance of the same K samples (ESS-corrected, see
-  ``vaeood.estimators.iwae``, key ``q_var_ratio``) — summarised by the **median over
+  ``vaeood.inference.estimators.iwae``, key ``q_var_ratio``) — summarised by the **median over
   images** (images whose weights collapse onto one sample, ESS ≈ 1, have no variance
   estimate and are left out). Below 1: q is narrower than the posterior, the reverse-KL
   signature. SNIS only sees where q puts samples, so a too-narrow q is under-stated;
@@ -31,7 +31,7 @@ p < 0.05 after Holm's correction for testing the three forward-KL objectives (Ho
 otherwise "no detectable difference" (three seeds detect only large effects, and the
 report says so). Raw p-values are reported beside the adjusted ones. The verdict also states, from the
 same numbers, whether any objective gives a usable detector at all — the word of the 95%
-interval of its seed-mean AUROC (:mod:`vaeood.intervals`: a two-level bootstrap over seeds
+interval of its seed-mean AUROC (:mod:`vaeood.evaluation.intervals`: a two-level bootstrap over seeds
 and test images; *separates* above 0.5, *inverted* below, *indistinguishable* covering
 it) — since a significant change of an inverted detector is not an improvement anyone
 could use.
@@ -51,15 +51,15 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..atomic import atomic_write, atomic_write_json, atomic_write_text
-from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ..config import Config, ConfigError
+from ..infra.atomic import atomic_write, atomic_write_json, atomic_write_text
+from ..training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ..training.config import Config, ConfigError
 from ..data import load_dataset
-from ..intervals import N_BOOT, mean_sd
-from ..metrics import ood_metrics
-from ..report import interval_text, markdown_table
-from ..run import load_model, to_tensor
-from ..scoring import score, score_meta
+from ..evaluation.intervals import N_BOOT, mean_sd
+from ..evaluation.metrics import ood_metrics
+from ..evaluation.report import interval_text, markdown_table
+from ..training.run import load_model, to_tensor
+from ..evaluation.scoring import score, score_meta
 from .timing import load_average, load_text
 from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, estimate_scores, stamp,
                      runs_bar, strict_json, train_or_reuse)

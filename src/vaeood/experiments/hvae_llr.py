@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write_json, atomic_write_text
-from ..config import Config
+from ..infra.atomic import atomic_write_json, atomic_write_text
+from ..training.config import Config
 from ..data import load_dataset
-from ..estimators import bits_per_dim
+from ..inference.estimators import bits_per_dim
 from ..features import features_of
-from ..metrics import ood_metrics
-from ..run import load_model
-from ..scoring import score
+from ..evaluation.metrics import ood_metrics
+from ..training.run import load_model
+from ..evaluation.scoring import score
 from .common import stamp, train_or_reuse
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from ..atomic import atomic_write_json, atomic_write_text
+from ..infra.atomic import atomic_write_json, atomic_write_text
 
 
 def load_average() -> float | None:

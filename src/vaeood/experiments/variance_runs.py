@@ -1,4 +1,4 @@
-"""The variance check of :mod:`vaeood.variance` on an experiment's trained runs: for each
+"""The variance check of :mod:`vaeood.evaluation.variance` on an experiment's trained runs: for each
 (in-distribution, OOD) pair, the per-image log p(x) the experiment already scored (read
 from the runs' caches), the same test images, and each seed's model scoring the
 contrast-matched OOD images on the side (uncached; nothing of the runs changes); with the
@@ -13,12 +13,12 @@ import numpy as np
 
 from ..data import load_dataset
 from ..features import features_of, images_digest
-from ..fitdata import run_config
-from ..intervals import N_BOOT
-from ..report import markdown_table
-from ..run import load_model
-from ..scoring import score, score_meta
-from ..variance import REACH_TOLERANCE, REMAINING_MARGIN, VERDICT_RULE, variance_check
+from ..evaluation.fitdata import run_config
+from ..evaluation.intervals import N_BOOT
+from ..evaluation.report import markdown_table
+from ..training.run import load_model
+from ..evaluation.scoring import score, score_meta
+from ..evaluation.variance import REACH_TOLERANCE, REMAINING_MARGIN, VERDICT_RULE, variance_check
 
 METHOD = ("per-image pixel mean and variance over all pixels and channels on the [0, 1] scale; Spearman ρ with "
           "log p(x) as the seed mean with the two-level bootstrap interval (pooled: the two sets resampled "
@@ -29,7 +29,7 @@ METHOD = ("per-image pixel mean and variance over all pixels and channels on the
 
 
 def scored_images(run_dir: Path, dataset: str, scores: dict, score_kwargs: dict) -> np.ndarray:
-    """The test images that ``scores`` (a :func:`vaeood.scoring.score` result) were computed
+    """The test images that ``scores`` (a :func:`vaeood.evaluation.scoring.score` result) were computed
     on, loaded again and checked against the digest saved with them, so that the analysis
     pairs every log p(x) with its own image."""
     meta = score_meta(scores)

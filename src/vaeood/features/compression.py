@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..progress import bar
+from ..infra.progress import bar
 from .core import FEATURES
 
 CODECS = ("png", "jxl")

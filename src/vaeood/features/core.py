@@ -1,7 +1,7 @@
 """Features: per-image computations of a model (or of the image alone), computed in
 batches and cached in the run directory.
 
-Vocabulary (one meaning each): an *estimator* (``vaeood.estimators``) estimates log p(x);
+Vocabulary (one meaning each): an *estimator* (``vaeood.inference.estimators``) estimates log p(x);
 a *feature* is any per-image number a detector may use (the estimate of log p(x) is the
 ``log_px`` feature, beside rate, distortion, posterior norms, reconstruction error,
 compressed bits, ...); a *detector score* (``vaeood.detectors``) is what a detector
@@ -16,14 +16,14 @@ A feature producer is a function registered in :data:`FEATURES`::
     name.uses_model = False   # optional: depends on the image only (e.g. compression)
 
 ``x`` is a uint8 tensor ``[B, C, H, W]`` and ``model`` follows the duck-typed protocol of
-:mod:`vaeood.estimators` (see :mod:`vaeood.byo` for bringing your own VAE). Output keys
+:mod:`vaeood.inference.estimators` (see :mod:`vaeood.byo` for bringing your own VAE). Output keys
 carry their unit (``log_px_nats``, ``png_bits``, ...).
 
 Seeding rule: an image's features depend on the image's bytes, the seed and the options
 alone — never on its place in the slice, the batch size, the other images, the number of
-processes or the device. ``generator`` is a :class:`vaeood.noise.ImageNoise` made for the
+processes or the device. ``generator`` is a :class:`vaeood.inference.noise.ImageNoise` made for the
 batch from ``seed``: each image draws its noise from its own streams, keyed on
-(seed, its bytes), through :func:`vaeood.gaussian.standard_normal` and the hierarchical
+(seed, its bytes), through :func:`vaeood.inference.gaussian.standard_normal` and the hierarchical
 VAE's ``draw_noise`` (likelihood regret keys its own blocks on the same seed). Every
 feature of an image shares one key, so features of one image see common random numbers
 (``llr``'s ``elbo_nats`` is ``log_px`` by ``iwae`` with as many samples); identical images
@@ -51,19 +51,19 @@ from typing import Iterable, Mapping
 import numpy as np
 import torch
 
-from .. import distributed
-from ..atomic import atomic_write
-from ..runlock import holds_run_lock
-from ..checkpoint import checkpoint_path
-from ..config import ConfigError
+from ..infra import distributed
+from ..infra.atomic import atomic_write
+from ..infra.runlock import holds_run_lock
+from ..training.checkpoint import checkpoint_path
+from ..training.config import ConfigError
 from ..data import load_dataset
 from ..data.load import load_for_run
 from ..data.checksums import file_hexdigest
 from ..data.fit import FITS, fit_images
-from ..noise import ImageNoise
-from ..progress import bar
-from ..registry import Registry, check_options
-from ..run import load_model, to_tensor
+from ..inference.noise import ImageNoise
+from ..infra.progress import bar
+from ..infra.registry import Registry, check_options
+from ..training.run import load_model, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ FEATURES_DIR = "features"
 SUPPLIED = ("model", "x", "generator")
 RESERVED = ("feature", "run")  # keys of a need that are not options of the producer
 # version of the cache files; files of another format are recomputed. 3: noise keyed on each
-# image's bytes and the seed (vaeood.noise), no longer on the batch
+# image's bytes and the seed (vaeood.inference.noise), no longer on the batch
 FORMAT = 3
 
 
@@ -143,7 +143,7 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
 
     ``images``: uint8 numpy ``[N, H, W, C]`` (as datasets load; ``[N, H, W]`` for grey) or a uint8 tensor
     ``[N, C, H, W]``. Batches of ``batch_size`` (default 1000), a memory bound only; each
-    image draws its noise from an :class:`vaeood.noise.ImageNoise` keyed on its bytes and
+    image draws its noise from an :class:`vaeood.inference.noise.ImageNoise` keyed on its bytes and
     ``seed`` (the seeding rule of the module docstring), so an image's values do not depend
     on its position or the batch size. Under torchrun batch ``b`` runs on rank ``b mod W``.
     """
@@ -337,7 +337,7 @@ def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, a
     (as score() always did). The run's own training split is read as training read it (a
     folder with the run's ``data.fit``/``data.skip_bad``); another folder with ``fit``
     (see :func:`vaeood.data.load.load_for_run`)."""
-    from ..config import Config
+    from ..training.config import Config
 
     path = Path(run_dir) / "config.json"
     data_config = Config.from_dict(json.loads(path.read_text())).data if path.exists() else None

@@ -13,7 +13,7 @@ Autoencoders") with layers ``z_1`` (lowest) … ``z_L`` the ELBO splits layer by
 Havtorn, Frellsen, Hauberg & Maaløe (ICML 2021), "Hierarchical VAEs Know What They Don't
 Know", show that the evidence for "out of distribution" sits in the higher layers while the
 lowest ones encode pixel statistics every natural image shares; the per-layer rates and
-``LLR>k`` (:mod:`vaeood.llr`) separate the two.
+``LLR>k`` (:mod:`vaeood.inference.llr`) separate the two.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..estimators import is_hierarchical
-from ..gaussian import check_positive_int
+from ..inference.estimators import is_hierarchical
+from ..inference.gaussian import check_positive_int
 from .core import FEATURES
 
 __all__ = ["layer_stats", "bottom_up"]

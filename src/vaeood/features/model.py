@@ -9,9 +9,9 @@ import inspect
 import torch
 from torch import Tensor
 
-from ..estimators import ESTIMATORS, bits_per_dim, is_hierarchical
-from ..gaussian import LOG_2PI
-from ..registry import check_options
+from ..inference.estimators import ESTIMATORS, bits_per_dim, is_hierarchical
+from ..inference.gaussian import LOG_2PI
+from ..infra.registry import check_options
 from .core import FEATURES
 from .layers import bottom_up
 
@@ -42,7 +42,7 @@ def num_dims(model, x: Tensor) -> int:
 @FEATURES.register("log_px")
 def log_px(model, x: Tensor, *, generator: torch.Generator | None = None, estimator: str = "elbo",
            estimator_options: dict | None = None) -> dict[str, Tensor]:
-    r"""The estimate of log p(x) by a registered estimator (:mod:`vaeood.estimators`):
+    r"""The estimate of log p(x) by a registered estimator (:mod:`vaeood.inference.estimators`):
     ``log_px_nats`` and the estimator's diagnostics (``elbo``: ``rate_nats`` = KL(q‖p),
     ``distortion_nats`` = −E_q log p(x|z); ``iwae``: ``gap_nats``, ``ess``, ...), plus
     ``bpd`` = −log p(x) / (D ln 2) when the decoder is a normalised pmf over 8-bit values.

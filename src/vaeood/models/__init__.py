@@ -1,5 +1,5 @@
 """VAE models: architectures (``ARCHITECTURES``), likelihoods (``LIKELIHOODS``) and
-:func:`build_model`, which turns a :class:`~vaeood.config.ModelConfig` into a VAE.
+:func:`build_model`, which turns a :class:`~vaeood.training.config.ModelConfig` into a VAE.
 
 An architecture is either an encoder/decoder pair for the single-layer :class:`VAE`
 (``conv``, ``mlp``) or, when its builder has ``builds_model = True``, a builder of a whole
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
-from ..registry import Registry, check_options
+from ..infra.errors import ConfigError
+from ..infra.registry import Registry, check_options
 from .conv import conv_decoder, conv_encoder
 from .likelihoods import LIKELIHOODS, Likelihood
 from .hvae import HierarchicalVAE, build_hvae
@@ -18,7 +18,7 @@ from .mlp import mlp_decoder, mlp_encoder
 from .vae import VAE
 
 if TYPE_CHECKING:  # config validates names against these registries, so no import back
-    from ..config import ModelConfig
+    from ..training.config import ModelConfig
 
 # arch name → function(cfg, (C, H, W), params_per_channel) → (encoder, decoder), or, with
 # builds_model = True, function(cfg, (C, H, W), likelihood, **arch_options) → model

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..infra.errors import ConfigError
 
 
 class OutputConvTranspose2d(nn.ConvTranspose2d):

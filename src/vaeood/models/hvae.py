@@ -20,14 +20,14 @@ Gaussian vector of ``Z_i`` numbers.
 
   and ``q(z_L | x) = N(mu_q,L, sigma_q,L^2)`` at the top. So
   ``q(z|x) = q(z_L|x) Π_{i<L} q(z_i|z_{i+1}, x)`` and ``q(z_{>k}|x)`` does not depend on the
-  layers below k, which is what makes Havtorn et al.'s bound ``L>k`` (``vaeood.llr``) a
+  layers below k, which is what makes Havtorn et al.'s bound ``L>k`` (``vaeood.inference.llr``) a
   proper lower bound on log p(x).
 
 With ``L = 1`` the model is exactly vaeood's single-layer :class:`~vaeood.models.vae.VAE`
 (trunk + head = its encoder, standard-normal prior, same decoder):
 :meth:`HierarchicalVAE.from_vae` builds it on a VAE's own modules.
 
-The ELBO and IWAE estimators of :mod:`vaeood.estimators` work with this model through
+The ELBO and IWAE estimators of :mod:`vaeood.inference.estimators` work with this model through
 :meth:`HierarchicalVAE.log_weight_terms` (per-layer ``log q - log p`` and analytic KL at S
 samples), so they report the rate per layer; the training loop, resume, DDP and the NaN
 guard use it as they use the VAE (objectives ``elbo``, ``iwae`` and ``elbo_warmup``, which adds
@@ -54,9 +54,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
-from ..gaussian import kl_to_standard_normal, log_prob, log_prob_from_eps, log_standard_normal
-from ..noise import ImageNoise
+from ..infra.errors import ConfigError
+from ..inference.gaussian import kl_to_standard_normal, log_prob, log_prob_from_eps, log_standard_normal
+from ..inference.noise import ImageNoise
 from .conv import OutputConvTranspose2d, check_divisible, conv_decoder, conv_encoder
 from .likelihoods import Likelihood
 from .mlp import mlp_decoder, mlp_encoder
@@ -172,7 +172,7 @@ class HierarchicalVAE(nn.Module):
         sample index and, within one, from the top layer down, one ``[B, Z_i]`` draw each. So a
         sample's noise does not depend on how the samples are chunked, and a one-layer model
         draws exactly what the single-layer VAE's estimators draw. With an
-        :class:`vaeood.noise.ImageNoise` as ``generator``, each image's rows (all layers,
+        :class:`vaeood.inference.noise.ImageNoise` as ``generator``, each image's rows (all layers,
         top first, in one row) come from its own stream, keyed on its bytes and the seed."""
         if isinstance(generator, ImageNoise):
             rows = generator.normal(samples, sum(self.latent_dims), like)  # [S, B, Z_L + … + Z_1]

@@ -14,7 +14,7 @@ of an image of integer pixel values 0..255. Every likelihood here:
   (``log_prob``) or per sub-pixel (``log_prob_pixels``);
 * says with ``normalised`` whether ``log_prob`` is the log of a normalised probability
   mass function over ``{0, ..., 255}^D``. Only then are bits per dimension defined
-  (see ``vaeood.estimators.bits_per_dim``).
+  (see ``vaeood.inference.estimators.bits_per_dim``).
 
 Floating-point ``x`` is refused: a float image in [0, 1] would otherwise be read as
 pixel values 0 and 1 without any error.
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaeood.registry import Registry
+from vaeood.infra.registry import Registry
 
 __all__ = [
     "LIKELIHOODS",

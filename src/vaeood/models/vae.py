@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..gaussian import log_standard_normal
+from ..inference.gaussian import log_standard_normal
 from .likelihoods import Likelihood
 
 

@@ -19,16 +19,16 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .atomic import atomic_write, atomic_write_json
-from .config import ConfigError
-from .data.load import load_for_run
+from ..infra.atomic import atomic_write, atomic_write_json
+from ..training.config import ConfigError
+from ..data.load import load_for_run
 from .companions import check_companions
-from .detectors import (DETECTORS, Detector, FitDataError, batch_test_power, detector_names, make_detector,
+from ..detectors import (DETECTORS, Detector, FitDataError, batch_test_power, detector_names, make_detector,
                         per_detector_options)
-from .features import compute_features, needs_features
+from ..features import compute_features, needs_features
 from .fitdata import check_fit_slice, heldout_slice, run_config
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
-from .progress import bar
+from ..infra.progress import bar
 from .report import histogram_figure
 from .scoring import score, score_meta
 
@@ -287,7 +287,7 @@ def fit_detector(source, detector: str | Detector, options: Mapping | None = Non
 
     ``source``: a run directory, or a model object (your own VAE, :mod:`vaeood.byo`).
     With a run directory the default fitting data is its held-out training slice
-    (:func:`vaeood.fitdata.heldout_slice`, ``n`` images); ``dataset``/``split``/``start``/
+    (:func:`vaeood.evaluation.fitdata.heldout_slice`, ``n`` images); ``dataset``/``split``/``start``/
     ``stop`` choose another slice, which must be held-out images of the training split:
     test images, another dataset or images the model trained on are refused
     (:class:`~vaeood.detectors.FitDataError`). With a model object pass ``images``
@@ -337,7 +337,7 @@ def detect(source, detector: Detector, images=None, *, dataset: str | None = Non
             raise ValueError("detect: pass images= (or dataset= with a run directory)")
         model = source
         if _is_run(source):
-            from .run import load_model
+            from ..training.run import load_model
 
             model = load_model(source, device)[0]
         feats = needs_features(model, images, detector.needs, seed=seed, progress=progress)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.errors import DataError
-from .data.regular_files import open_regular_file
+from ..data.errors import DataError
+from ..data.regular_files import open_regular_file
 
 __all__ = ["NoCalibrationError", "FIELDS", "read_calibration_file", "check_slices"]
 

@@ -5,11 +5,11 @@ Launch any vaeood command with ``torchrun --nproc-per-node N -m vaeood.cli ...``
 ``--nnodes``/``--rdzv-endpoint`` for several nodes). Each process reads
 ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the environment; NCCL is used between CUDA
 devices, gloo on CPU. Only rank 0 writes files (every write goes through
-:mod:`vaeood.atomic`, which asks :func:`is_main`), as in nanoGPT's recipe.
+:mod:`vaeood.infra.atomic`, which asks :func:`is_main`), as in nanoGPT's recipe.
 
 Scoring splits the dataset by *batch*, not by image: batch b goes to rank b mod W, and
 each image draws its noise from streams keyed on its bytes and the seed
-(:mod:`vaeood.noise`), exactly as in a single process, so distributed scores equal
+(:mod:`vaeood.inference.noise`), exactly as in a single process, so distributed scores equal
 single-process scores image by image, and no image is padded in twice (the trap of
 ``DistributedSampler``).
 """

@@ -9,7 +9,7 @@ dtype, shape and bytes):
 * :func:`image_normals`: one block ``[*shape[:-1], B, shape[-1]]`` per call (likelihood
   regret's draws: its bound and optimisation noise, each its own tag);
 * :class:`ImageNoise`: a stream per image and row width, consumed a row per sample index
-  by :func:`vaeood.gaussian.standard_normal` and the hierarchical VAE's ``draw_noise``
+  by :func:`vaeood.inference.gaussian.standard_normal` and the hierarchical VAE's ``draw_noise``
   when they are given one as their ``generator``. Each image's stream is drawn in pages of
   fixed sizes (1, 2, 4, … up to ``MAX_PAGE`` rows, then ``MAX_PAGE`` each), one
   ``torch.randn`` call per image and page, so sample k of an image is the same however the
@@ -101,7 +101,7 @@ class _Stream:
 
 class ImageNoise:
     """The noise source of one batch ``x`` ``[B, ...]``: pass it as the ``generator`` of the
-    estimators (:mod:`vaeood.estimators`), the test-time refinement, ``llr_bounds`` or
+    estimators (:mod:`vaeood.inference.estimators`), the test-time refinement, ``llr_bounds`` or
     ``likelihood_regret``; each image's draws then depend only on its bytes, ``seed`` and
     ``tag`` (see the module docstring). It keeps its position: a second call continues the
     streams, as a torch generator would."""

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
-from .data.errors import DataError
-from .data.regular_files import open_regular_file
+from ..infra.atomic import atomic_write
+from ..data.errors import DataError
+from ..data.regular_files import open_regular_file
 
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = ("config", "epoch", "image_shape", "model")  # what load_model and --resume need

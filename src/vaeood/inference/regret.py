@@ -47,12 +47,12 @@ feature-scaled one of ``"head"``; more steps or a smaller step size lower the AU
 ``keep_start`` (default for ``"head"``/``"posterior"``) then reports 0 for them.
 
 The encoder variants need ``model.encoder`` (an ``nn.Module``) that ``model.posterior``
-calls; ``"posterior"`` needs only the duck-typed protocol of :mod:`vaeood.estimators`
+calls; ``"posterior"`` needs only the duck-typed protocol of :mod:`vaeood.inference.estimators`
 (``posterior``, ``log_likelihood``, ``log_prior``).
 
 The optimised loss is the paper's: the negative ELBO with ``samples`` reparameterised
 draws for the reconstruction term and the closed-form KL to **N(0, I)** (it assumes a
-standard-normal prior, as :func:`vaeood.estimators.elbo` with ``kl="analytic"``). The
+standard-normal prior, as :func:`vaeood.inference.estimators.elbo` with ``kl="analytic"``). The
 bound before and after is computed on the **same** noise (common random numbers), which
 cancels most of the Monte-Carlo error of the difference; at ``steps=0`` the regret is
 exactly 0. Non-finite gradient elements are set to 0 (that image's step is skipped
@@ -60,8 +60,8 @@ elementwise, others are untouched); an image whose bound is non-finite after the
 optimisation gets NaN and a warning in the log.
 
 **Randomness and batch independence.** The noise of an image comes from generators
-seeded by the image's bytes and the seed (:func:`vaeood.noise.image_normals`; the seed is
-an :class:`vaeood.noise.ImageNoise`'s, ``generator.initial_seed()``, or torch's default seed when
+seeded by the image's bytes and the seed (:func:`vaeood.inference.noise.image_normals`; the seed is
+an :class:`vaeood.inference.noise.ImageNoise`'s, ``generator.initial_seed()``, or torch's default seed when
 ``generator`` is None) — not from the generator's running state — so an image's scores
 do not depend on its batch, its position in it, or on earlier calls: a batched score
 equals the one-image score for the same image and seed, up to float rounding of batched
@@ -125,7 +125,7 @@ from . import gaussian
 from .estimators import checked_log_joint, checked_posterior
 from .gaussian import check_positive_int, kl_to_standard_normal, log_prob_from_eps
 from .noise import image_normals, noise_seed
-from .progress import bar
+from ..infra.progress import bar
 
 __all__ = ["likelihood_regret", "VARIANTS", "OPTIMIZERS", "DEFAULTS"]
 

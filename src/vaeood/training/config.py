@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ConfigError
-from .registry import check_options, did_you_mean
+from ..infra.errors import ConfigError
+from ..infra.registry import check_options, did_you_mean
 
 __all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "TrainConfig"]
 
@@ -166,8 +166,8 @@ class DataConfig:
 class ModelConfig:
     """The VAE: encoder/decoder architecture and the decoder likelihood p(x|z)."""
 
-    arch: str = _rule(Rule(choices=_registry(".models", "ARCHITECTURES")), default="conv")
-    likelihood: str = _rule(Rule(choices=_registry(".models", "LIKELIHOODS")), default="bernoulli")
+    arch: str = _rule(Rule(choices=_registry("..models", "ARCHITECTURES")), default="conv")
+    likelihood: str = _rule(Rule(choices=_registry("..models", "LIKELIHOODS")), default="bernoulli")
     latent_dim: int = _rule(COUNT, default=16)
     base_channels: int = _rule(COUNT, default=32)  # conv width (the "capacity" knob of Dai & Wipf)
     hidden_dim: int = _rule(COUNT, default=512)  # mlp width (784-512-z in the Keras-blog VAE)
@@ -179,7 +179,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation: objective, budget, seed and device."""
 
-    objective: str = _rule(Rule(choices=_registry(".objectives", "OBJECTIVES")), default="elbo")
+    objective: str = _rule(Rule(choices=_registry("..inference.objectives", "OBJECTIVES")), default="elbo")
     objective_options: dict = field(default_factory=dict)  # e.g. {"k": 5} for iwae; checked by _check_options
     epochs: int = _rule(COUNT, default=10)
     batch_size: int = _rule(COUNT, default=128)
@@ -311,8 +311,8 @@ def check_plugin_options(key: str, fn, options: dict, kind: str, name: str, supp
 
 
 def _check_options(config: Config) -> None:
-    from .models import LIKELIHOODS
-    from .objectives import make_objective
+    from ..models import LIKELIHOODS
+    from ..inference.objectives import make_objective
 
     m, t = config.model, config.train
     check_plugin_options("model.likelihood_options", LIKELIHOODS.get(m.likelihood), m.likelihood_options,

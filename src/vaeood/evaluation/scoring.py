@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .estimators import ESTIMATORS
-from .features.core import ShapeMismatchError, compute_feature, feature_meta, pixel_stats
-from .registry import check_options
+from ..inference.estimators import ESTIMATORS
+from ..features.core import ShapeMismatchError, compute_feature, feature_meta, pixel_stats
+from ..infra.registry import check_options
 
 __all__ = ["score", "score_meta", "ShapeMismatchError", "pixel_stats"]
 

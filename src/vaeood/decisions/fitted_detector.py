@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._version import __version__
-from .atomic import atomic_write
+from .._version import __version__
+from ..infra.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

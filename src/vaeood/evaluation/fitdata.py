@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import Config
-from .data.load import load_for_run
-from .detectors.base import FitDataError
-from .train import training_count
+from ..training.config import Config
+from ..data.load import load_for_run
+from ..detectors.base import FitDataError
+from ..training.train import training_count
 
 DEFAULT_FIT_IMAGES = 5000
 

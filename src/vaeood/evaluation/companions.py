@@ -6,7 +6,7 @@ run directory, trained on the run's dataset and split and at the run's image sha
 companion trained at another shape would see other pixels (a ``--pad``/``--resize`` fit
 would fit the images to each model separately, and the scores would compare different
 images), and one trained on another dataset answers another question. These are refused
-(:class:`vaeood.config.ConfigError`, naming the option and both values). What the paper's
+(:class:`vaeood.training.config.ConfigError`, naming the option and both values). What the paper's
 recipe asks beyond that (the background's pixel noise, LPath's different latent sizes)
 is each detector's ``companion_warnings``: said, logged and recorded, not refused.
 """
@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 from typing import Mapping
 
-from .checkpoint import checkpoint_path, load_checkpoint
-from .config import ConfigError
+from ..training.checkpoint import checkpoint_path, load_checkpoint
+from ..training.config import ConfigError
 from .fitdata import run_config
 
 log = logging.getLogger(__name__)

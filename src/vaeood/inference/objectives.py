@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .estimators import checked_log_joint, checked_posterior, elbo, iwae
 from .gaussian import check_positive_int, log_prob, standard_normal
-from .registry import Registry, check_options
+from ..infra.registry import Registry, check_options
 
 OBJECTIVES = Registry("objective")
 

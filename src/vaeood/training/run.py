@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import Config, ConfigError
-from .models import VAE, build_model
+from ..models import VAE, build_model
 
 
 def resolve_device(name: str) -> torch.device:

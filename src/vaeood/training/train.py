@@ -21,16 +21,16 @@ from typing import Iterable
 
 import torch
 
-from .atomic import atomic_write_json, atomic_write_text, ensure_dir, remove_stale_temps
-from . import distributed
+from ..infra.atomic import atomic_write_json, atomic_write_text, ensure_dir, remove_stale_temps
+from ..infra import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import PRECISIONS, Config, ConfigError, flatten
-from .data.load import load_for_run
-from .models import build_model, count_parameters
-from .objectives import load_objective_state, make_objective, objective_state
-from .progress import bar as progress_bar, shown as progress_shown
+from ..data.load import load_for_run
+from ..models import build_model, count_parameters
+from ..inference.objectives import load_objective_state, make_objective, objective_state
+from ..infra.progress import bar as progress_bar, shown as progress_shown
 from .run import resolve_device, to_tensor
-from .runlock import run_lock
+from ..infra.runlock import run_lock
 
 CONFIG_NAME = "config.json"
 CHECK_EVERY_GPU = 32  # steps between host reads of the non-finite-step counter on a GPU
@@ -65,7 +65,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     """Train ``config`` into ``run_dir`` (created); ``resume=True`` continues its checkpoint.
 
     Returns the run directory. ``data_dir`` is used when the config names none. The run
-    directory is locked while training (:mod:`vaeood.runlock`): a second writer is refused.
+    directory is locked while training (:mod:`vaeood.infra.runlock`): a second writer is refused.
 
     Resuming is exact or refused: it continues the checkpoint with the config saved in
     it; a run killed before its first checkpoint starts again from its saved

@@ -10,7 +10,7 @@ import numbers
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from ..infra.errors import ConfigError
 from .noise import ImageNoise
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -21,7 +21,7 @@ def standard_normal(num: int, like: Tensor, generator: torch.Generator | ImageNo
 
     Drawing sample by sample (rather than one ``[num, B, Z]`` call) makes the noise of
     sample k independent of how the samples are chunked: torch's samplers lay out a big
-    draw differently from a sequence of small ones. With an :class:`vaeood.noise.ImageNoise`
+    draw differently from a sequence of small ones. With an :class:`vaeood.inference.noise.ImageNoise`
     as ``generator`` each image's rows come from its own stream, keyed on its bytes and
     the seed (chunk-independent too), so they do not depend on the batch.
     """
@@ -56,7 +56,7 @@ def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 def check_positive_int(name: str, value) -> int:
-    """``value`` as an int, or a :class:`vaeood.errors.ConfigError` (a ValueError) naming
+    """``value`` as an int, or a :class:`vaeood.infra.errors.ConfigError` (a ValueError) naming
     ``name`` when it is not an integer ≥ 1 (a text or None included: the user's value, not a bug)."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
             or int(value) != value or value < 1):

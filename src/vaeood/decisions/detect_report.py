@@ -1,4 +1,4 @@
-"""The HTML page of a :class:`vaeood.decisions.Detection`: what ``vaeood detect`` decided,
+"""The HTML page of a :class:`vaeood.decisions.core.Detection`: what ``vaeood detect`` decided,
 for a person to look at (``FILE.html`` beside ``FILE.csv`` and ``FILE.summary.json``).
 
 One self-contained file: CSS inline, every image a ``data:image/png;base64`` URI, no
@@ -34,7 +34,7 @@ import logging
 import numpy as np
 
 from .conformal import count_at_least
-from .data.folder import printable
+from ..data.folder import printable
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ SECTIONS = {
 
 
 def html_path_for(csv_path):
-    """Where :meth:`vaeood.decisions.Detection.write` puts the page of ``csv_path``: ``<stem>.html`` beside it."""
+    """Where :meth:`vaeood.decisions.core.Detection.write` puts the page of ``csv_path``: ``<stem>.html`` beside it."""
     from pathlib import Path
 
     csv_path = Path(csv_path)

@@ -46,7 +46,7 @@ def llr_bounds(model, x: Tensor, *, generator: torch.Generator | None = None, sa
     r"""Per-image ``L>k`` for k = 0 … L−1 and ``LLR>k = ELBO − L>k``, in nats (each ``[B]``).
 
     ``model``: a hierarchical VAE (the ``log_weight_terms`` protocol of
-    :mod:`vaeood.estimators`, with ``num_layers``); ``x``: uint8 ``[B, C, H, W]``;
+    :mod:`vaeood.inference.estimators`, with ``num_layers``); ``x``: uint8 ``[B, C, H, W]``;
     ``samples``: S importance samples per bound (see the module docstring);
     ``prior_mean``: set the k lowest layers to the conditional prior's mean instead of
     sampling them (what Havtorn et al.'s code does, ``use_mode=decode_from_p``; the result

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from ..infra.atomic import atomic_write
 from .metrics import METRIC_NAMES
 
 METRIC_LABELS = {"auroc": "AUROC", "auprc_in": "AUPRC-in", "auprc_out": "AUPRC-out",

@@ -1,13 +1,13 @@
 """From a trained run to decisions on new images: calibrate a detector on held-out
 in-distribution training images, then flag images at a false-alarm rate you choose,
-with the guarantees of :mod:`vaeood.conformal`.
+with the guarantees of :mod:`vaeood.decisions.conformal`.
 
 The held-out images are the part of the run's training split that training never used
-(after ``data.limit``, or the last ``data.holdout`` images; :mod:`vaeood.fitdata`)::
+(after ``data.limit``, or the last ``data.holdout`` images; :mod:`vaeood.evaluation.fitdata`)::
 
     train split:  [0, h)                 the model's training images
                   [h, h + n_fit)         the detector's fitting images (detectors that fit;
-                                         the slice :func:`vaeood.evaluate` fits on)
+                                         the slice :func:`vaeood.evaluation.evaluate` fits on)
                   [h + n_fit, … + n)     calibration images, disjoint from both
 
 :func:`calibrate` fits the detector where it fits, scores the calibration slice and
@@ -15,14 +15,14 @@ records the split, the scores, the detector and its options, the checkpoint's SH
 and the SHA-256 of the calibration images in ``RUN/calibration/<detector>.npz``.
 :func:`decide` (``vaeood detect``) reads a folder, ``.npz`` or dataset, scores it with
 the same detector and turns the scores into conformal p-values and decisions. The
-detector is the fit calibrate saved (:mod:`vaeood.fitted_detector`), once a fixed sample
+detector is the fit calibrate saved (:mod:`vaeood.decisions.fitted_detector`), once a fixed sample
 of 64 calibration images rescores to its calibration scores; otherwise it is fitted
 again on the same slice from cached features and checked to reproduce every calibration
 score. It refuses when the run has no calibration for the detector (saying how to
 make one), or when the model, the calibration images or the options changed; when the
 calibration file does not add up (every array and field checked, the slices against the
-run's own never-trained range: :mod:`vaeood.calibration_file`); when a companion run is of
-another dataset or image shape (:mod:`vaeood.companions`); and, before any work, when
+run's own never-trained range: :mod:`vaeood.decisions.calibration_file`); when a companion run is of
+another dataset or image shape (:mod:`vaeood.evaluation.companions`); and, before any work, when
 ``out`` would replace an input, a run's file or any file detect did not write
 (:func:`check_outputs`). File names that a spreadsheet would run as formulas are escaped
 in the CSV (:func:`csv_cell`).
@@ -32,7 +32,7 @@ in the CSV (:func:`csv_cell`).
 
 The guarantees hold for in-distribution images exchangeable with the calibration images
 (the test split of the same dataset, processed the same way) and say nothing about how
-many OOD images are found; see :mod:`vaeood.conformal`.
+many OOD images are found; see :mod:`vaeood.decisions.conformal`.
 """
 
 from __future__ import annotations
@@ -50,25 +50,25 @@ import numpy as np
 
 from . import conformal
 from .calibration_file import NoCalibrationError, check_slices, read_calibration_file
-from .atomic import atomic_write, atomic_write_json, atomic_write_text
-from .runlock import holds_run_lock
-from .checkpoint import checkpoint_path, load_checkpoint
-from .companions import check_companions
-from .data import DataError
-from .data.load import load_for_run
-from .data.checksums import file_hexdigest
-from .data.folder import InputImages, display_name, load_input, printable
-from .data.regular_files import open_regular_file, special_file_kind
+from ..infra.atomic import atomic_write, atomic_write_json, atomic_write_text
+from ..infra.runlock import holds_run_lock
+from ..training.checkpoint import checkpoint_path, load_checkpoint
+from ..evaluation.companions import check_companions
+from ..data import DataError
+from ..data.load import load_for_run
+from ..data.checksums import file_hexdigest
+from ..data.folder import InputImages, display_name, load_input, printable
+from ..data.regular_files import open_regular_file, special_file_kind
 from .detect_report import HTML_HEAD, html_path_for, page
-from .detectors import DETECTORS, detector_names, make_detector, per_detector_options
-from .estimators import is_hierarchical
-from .evaluate import fit_detector
-from .features import compute_features, is_normalised, needs_features
-from .fitdata import DEFAULT_FIT_IMAGES, heldout_range, run_config
+from ..detectors import DETECTORS, detector_names, make_detector, per_detector_options
+from ..inference.estimators import is_hierarchical
+from ..evaluation.evaluate import fit_detector
+from ..features import compute_features, is_normalised, needs_features
+from ..evaluation.fitdata import DEFAULT_FIT_IMAGES, heldout_range, run_config
 from .fitted_detector import fitted_path, load_fitted, save_fitted
-from .registry import UnknownNameError
-from .run import load_model
-from .train import training_count
+from ..infra.registry import UnknownNameError
+from ..training.run import load_model
+from ..training.train import training_count
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None,
                 seed: int = 0, data_dir: str | None = None, batch_size: int | None = None) -> DetectorScorer:
     """The object that gives ``detector``'s scores under the run (see the module doc)."""
     if detector not in DETECTORS.names():
-        from .registry import did_you_mean
+        from ..infra.registry import did_you_mean
 
         raise NoCalibrationError(f"unknown detector {detector!r}{did_you_mean(detector, DETECTORS.names())}; "
                                  f"known: {', '.join(DETECTORS.names())}")
@@ -273,7 +273,7 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
               n_calibration: int | None = None, n_fit: int | None = None, data_dir: str | None = None,
               device: str = "cpu", seed: int = 0, batch_size: int | None = None) -> dict:
     """Fit ``detector`` on held-out training images [h, h + n_fit) (never trained on,
-    :func:`vaeood.fitdata.heldout_range`; ``n_fit`` ≤ 5,000 and half of them, 0 when it does
+    :func:`vaeood.evaluation.fitdata.heldout_range`; ``n_fit`` ≤ 5,000 and half of them, 0 when it does
     not fit), score the next ``n_calibration`` (default 2,000) into ``RUN/calibration/
     <detector>.npz`` and return the record; :class:`NoCalibrationError` when too few were
     held out (retrain with ``data.limit``/``data.holdout``) or the detector does not apply.
@@ -397,7 +397,7 @@ def _check_recorded_options(run_dir: Path, path: Path, record: dict, how: str) -
 
 def _check_against_run(run_dir: Path, path: Path, record: dict, how: str) -> None:
     """The record's split and slices against the run's own training range (from its config
-    and checkpoint, not from the file): see :func:`vaeood.calibration_file.check_slices`."""
+    and checkpoint, not from the file): see :func:`vaeood.decisions.calibration_file.check_slices`."""
     config = run_config(run_dir)
     trained = load_checkpoint(checkpoint_path(run_dir), map_location="cpu").get("train_data") or {}
     size = trained.get("split_size") or record["n_split"]
@@ -459,7 +459,7 @@ CSV_HEADER = "file,score,p_value,flagged"
 def _check_replaceable(out, path: Path) -> None:
     """An existing ``path`` is replaced only when it is what :meth:`Detection.write` writes
     (a CSV with its header, a summary with its ``score_direction``, or a page starting with
-    :data:`vaeood.detect_report.HTML_HEAD`): any other file, e.g.
+    :data:`vaeood.decisions.detect_report.HTML_HEAD`): any other file, e.g.
     a dataset's ``.npz`` read by name or a copy of a checkpoint, is an input to keep. Never
     opened unless it is a regular file."""
     if not path.exists() and not path.is_symlink():
@@ -495,7 +495,7 @@ class Detection:
     dict (input, skipped files, fit, detector, calibration split, guarantee, counts).
     ``images`` (uint8 ``[N, H, W, C]``, the images scored, as the model saw them: the input's
     own array, not a copy) and ``calibration_scores`` (``[n]``) serve the HTML page
-    (:mod:`vaeood.detect_report`); :func:`decide` keeps both.
+    (:mod:`vaeood.decisions.detect_report`); :func:`decide` keeps both.
     """
 
     names: list[str]
@@ -517,7 +517,7 @@ class Detection:
         return buf.getvalue()
 
     def html_text(self) -> str:
-        """The HTML page (:func:`vaeood.detect_report.page`)."""
+        """The HTML page (:func:`vaeood.decisions.detect_report.page`)."""
         return page(self)
 
     def write(self, csv_path: str | Path) -> tuple[Path, Path, Path]:
@@ -576,10 +576,10 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
         detector_options: must match the calibrated options (default: the calibrated ones).
         fit: ``"pad"``/``"resize"`` for other image shapes; skip_bad: skip unreadable files.
         out: write the CSV (file, score, p_value, flagged) there, and the summary and the HTML
-            page (:mod:`vaeood.detect_report`) beside it.
+            page (:mod:`vaeood.decisions.detect_report`) beside it.
 
     Raises :class:`NoCalibrationError` (no valid calibration for the detector),
-    :class:`vaeood.conformal.CalibrationError` (too small for ``alpha``/``delta``) or
+    :class:`vaeood.decisions.conformal.CalibrationError` (too small for ``alpha``/``delta``) or
     :class:`vaeood.data.DataError` (unusable input)."""
     run_dir = Path(run_dir)
     if out is not None:
@@ -641,7 +641,7 @@ def _summary(source, images: InputImages, record: dict, decision, *, alpha, delt
 
 
 def _restore_fit(scorer: DetectorScorer, record: dict) -> bool:
-    """Use the fit that calibrate saved (:mod:`vaeood.fitted_detector`) if it is the one
+    """Use the fit that calibrate saved (:mod:`vaeood.decisions.fitted_detector`) if it is the one
     recorded and rescores its sample of calibration images to their calibration scores;
     False (the caller fits again and checks every calibration image) otherwise."""
     path = fitted_path(calibration_path(scorer.run_dir, record["detector"]))
@@ -694,7 +694,7 @@ def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None)
 
 def operating_points_for_run(run_dir: str | Path, detector: str, in_scores, ood_scores: dict | None = None, *,
                              alphas=DEFAULT_ALPHAS, delta: float | None = None) -> dict:
-    """:func:`vaeood.conformal.operating_points` with the run's saved calibration scores
+    """:func:`vaeood.decisions.conformal.operating_points` with the run's saved calibration scores
     of ``detector``: per α, the realised FPR on ``in_scores`` (test in-distribution
     scores of the same detector, computed by the same code and options as the
     calibration: check with :func:`load_calibration`'s ``detector_options``) and the
@@ -738,14 +738,14 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
 
     The calibration record gives the slices; the calibration and test scores are both
     computed here from features cached in ``RUN/features/`` (so by the same code). The
-    test sets' features use ``seed``, as :func:`vaeood.evaluate` with the same arguments
+    test sets' features use ``seed``, as :func:`vaeood.evaluation.evaluate` with the same arguments
     does (so its cache is reused); the calibration's use another seed (``seed + 1``).
-    Arguments as :func:`vaeood.evaluate`'s: ``limit`` the first N test images of each
+    Arguments as :func:`vaeood.evaluation.evaluate`'s: ``limit`` the first N test images of each
     set, ``n_fit`` its ``fit_limit``, ``data_dirs`` a folder per dataset name (overriding
     ``data_dir``), ``fit`` pad/resize for sets of another shape. ``detector_options``:
     ``{detector: options}``. ``delta``: the calibration-conditional threshold instead of
     the marginal one. Returns ``{detector: operating points}`` (see
-    :func:`vaeood.conformal.operating_points`; plus ``"calibration"``: the slices), or
+    :func:`vaeood.decisions.conformal.operating_points`; plus ``"calibration"``: the slices), or
     ``{detector: {"error": message}}`` for a detector that cannot be calibrated on the run.
     """
     run_dir = Path(run_dir)

@@ -23,7 +23,7 @@ provide instead a small protocol, on which ``elbo`` and ``iwae`` dispatch (``has
   the encoder per image);
 * ``model.draw_noise(S, B, like, generator) -> list`` of per-layer noise ``[S, B, Z_i]``,
   drawn per sample index (so chunking does not change a sample); ``generator`` may be a
-  torch generator, None, or an :class:`vaeood.noise.ImageNoise` (what the feature layer
+  torch generator, None, or an :class:`vaeood.inference.noise.ImageNoise` (what the feature layer
   passes: draw from it with ``generator.normal(S, width, like)``, as
   :meth:`vaeood.models.hvae.HierarchicalVAE.draw_noise` does);
 * ``model.log_weight_terms(x, eps, encoded=...) -> {"log_likelihood": [S, B], "log_ratio":
@@ -44,7 +44,7 @@ Randomness: the noise is drawn from ``generator`` (or torch's default generator)
 image does not depend on how the K samples are chunked, ``iwae(k=1)`` and
 ``elbo(kl="mc")`` see the same z, and estimates for K and K' > K share their first K
 samples (common random numbers). With a torch generator the noise of an image depends on
-the batch it is in; with an :class:`vaeood.noise.ImageNoise` as ``generator`` (what the
+the batch it is in; with an :class:`vaeood.inference.noise.ImageNoise` as ``generator`` (what the
 feature layer passes) each image's noise is keyed on its bytes and the seed, so its
 estimate does not depend on the batch, its position in it or the batch size.
 
@@ -85,9 +85,9 @@ import torch
 from torch import Tensor
 
 from .gaussian import check_positive_int, kl_to_standard_normal, log_prob_from_eps, standard_normal
-from .progress import bar
+from ..infra.progress import bar
 from .refine import refine_posterior
-from .registry import Registry
+from ..infra.registry import Registry
 
 __all__ = ["ESTIMATORS", "elbo", "iwae", "bits_per_dim", "checked_posterior", "checked_log_joint", "is_hierarchical"]
 
@@ -241,7 +241,7 @@ def iwae(model, x, k: int = 1000, chunk_size: int | None = None, max_elements: i
 
     ``refine_steps > 0`` first refines each image's q(z|x) by that many forward-KL steps
     of ``refine_k`` samples and step size ``refine_step_size`` (Jerfel et al. 2021, see
-    :mod:`vaeood.refine`), then samples the K importance samples from the refined q; the
+    :mod:`vaeood.inference.refine`), then samples the K importance samples from the refined q; the
     refinement draws from the same ``generator`` first and carries no gradient.
 
     A hierarchical model (module docstring) adds ``rate_nats`` and ``rate_nats_layer{i}``

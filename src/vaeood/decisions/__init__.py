@@ -1,0 +1,1 @@
+"""Decisions: conformal thresholds, calibration records and flagging images."""
