@@ -360,8 +360,8 @@ def test_the_pythae_adapter_matches_pythaes_log_likelihood(loss):
     assert scores["in"].shape == (20,) and np.isfinite(scores["strokes"]).all()
 
 
-def test_the_readme_bring_your_own_vae_example_runs(capsys):
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = re.search(r"## Bring your own VAE\n.*?```python\n(.*?)```", readme, re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
+def test_the_bring_your_own_vae_example_of_the_detectors_page_runs(capsys):
+    page = (Path(__file__).parents[1] / "docs" / "detectors.md").read_text()
+    code = re.search(r"## Bring your own VAE\n.*?```python\n(.*?)```", page, re.S).group(1)
+    exec(compile(code, "docs/detectors.md", "exec"), {})
     assert "AUROC" in capsys.readouterr().out

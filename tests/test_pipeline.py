@@ -252,20 +252,6 @@ def test_reproduce_without_any_data_uses_the_bundled_sample_and_says_so(tmp_path
     assert datasets["mnist"]["is_sample"] and datasets["mnist"]["n"] == 1000
 
 
-def test_readme_python_example_runs(tmp_path, data_dir, monkeypatch, capsys):
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
-    monkeypatch.setenv("VAEOOD_DATA", str(data_dir))
-    monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
-    printed = capsys.readouterr().out
-    assert "MNIST bits/dim:" in printed and "AUROC:" in printed
-    assert (tmp_path / "runs" / "api-example" / "checkpoint.pt").exists()
-
-
 @pytest.mark.parametrize("option", ["--train.precision=bf16", "--train.channels_last=true"])
 def test_gpu_path_options_match_fp32_training_on_cpu(tmp_path, data_dir, option):
     """bf16 autocast and the memory format change the arithmetic, not the model: the loss
