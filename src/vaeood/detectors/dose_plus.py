@@ -11,9 +11,8 @@ in bits/dim (the complexity of Serrà et al., ICLR 2020) and the log reconstruct
 at the posterior mean (the decoder statistic of LPath, Huang et al. 2024). ``complexity``
 fixes the likelihood and the code length to one linear combination, and ``lpath`` ignores
 both; a density of the three lets the held-out training images say which combination is
-typical. On Fashion-MNIST → MNIST this reached AUROC 0.997–0.999 where ``dose`` on the
-paper's five ELBO/posterior statistics reached 0.76–0.85 (see ``vaeood reproduce
-ood-suite``). ``stats`` takes any outputs of the features ``log_px`` (ELBO),
+typical (how it compares with ``dose`` on the paper's five ELBO/posterior statistics, measured:
+docs/detectors.md). ``stats`` takes any outputs of the features ``log_px`` (ELBO),
 ``posterior``, ``reconstruction`` and ``compressed`` (PNG).
 """
 

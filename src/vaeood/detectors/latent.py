@@ -23,9 +23,8 @@ training images' t define what is typical:
   least 1. The paper L2-normalises its features first (t̄ = t / ‖t‖₂, ``normalise=True``):
   a classifier's feature norm is confounded with its confidence. A VAE's posterior norm
   is evidence instead (‖μ‖ and ‖σ‖ are LPath's statistics, and the prior fixes the scale),
-  so by default the standardised t is used as it is. On the Fashion-MNIST model of `make
-  demo` the normalised version lost 0.2–0.4 AUROC on MNIST and constant images (this
-  default was set after seeing those development pairs; BENCHMARKS/README give both).
+  so by default the standardised t is used as it is (the measurement behind this default:
+  docs/detectors.md).
 - ``latent_mahalanobis``: the Mahalanobis distance of Lee, Lee, Lee & Shin (NeurIPS
   2018), "A simple unified framework for detecting out-of-distribution samples", with a
   single class (no labels): one Gaussian of the standardised latent parameters.

@@ -16,8 +16,8 @@ In-distribution images gain little (the encoder already fits them); out-of-distr
 images gain more. Higher = more out-of-distribution.
 
 The reference code optimises a deep copy of the whole encoder for one image at a time
-(Adam, lr 2e-4, weight decay 5e-5, 100 steps of the single-sample ELBO), which costs
-seconds per image. Here every image in the batch gets its own inference parameters and
+(Adam, lr 2e-4, weight decay 5e-5, 100 steps of the single-sample ELBO), one optimisation
+run per image. Here every image in the batch gets its own inference parameters and
 its own optimiser state, optimised together by minimising the *sum* of the per-image
 negative ELBOs: the gradient of that sum with respect to image b's parameters is the
 gradient of image b's loss alone, and the optimisers allowed (Adam, AdamW, SGD,
@@ -37,14 +37,11 @@ image influences another. Variants (``variant=``):
   paper's settings by default (with ``vmap=False`` a plain loop over images, for
   checking the vectorised version). Memory: 4 × encoder size per image.
 
-Measured on Fashion-MNIST → MNIST (``benchmarks/regret_speed.py``, BENCHMARKS.md, a conv
-VAE with a discretised-logistic decoder): the default scored 240–280× as many images per
-second as the paper's per-image loop on the same model and a higher AUROC on the same 200 + 200
-test images (0.918 against 0.764); a step size shared by all images (``"posterior"``) separates worse than the
-feature-scaled one of ``"head"``; more steps or a smaller step size lower the AUROC
-(in-distribution images catch up), and too large a step makes in-distribution bounds
-*worse* after optimisation — which separates too, but is a sharpness score, not a regret;
-``keep_start`` (default for ``"head"``/``"posterior"``) then reports 0 for them.
+How the variants and step sizes compare in speed and AUROC, and why ``"head"`` is the
+default, is measured by ``benchmarks/regret_speed.py`` (BENCHMARKS.md, *Likelihood regret*;
+docs/detectors.md). Too large a step can make an in-distribution bound *worse* after
+optimisation, which is a sharpness score, not a regret: ``keep_start`` (default for
+``"head"``/``"posterior"``) then reports 0 for it.
 
 The encoder variants need ``model.encoder`` (an ``nn.Module``) that ``model.posterior``
 calls; ``"posterior"`` needs only the duck-typed protocol of :mod:`vaeood.inference.estimators`

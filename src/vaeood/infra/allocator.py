@@ -4,9 +4,8 @@ glibc's ``malloc`` serves every block above ``M_MMAP_THRESHOLD`` (128 KiB at sta
 raised on the fly up to 32 MiB) with a fresh ``mmap`` and gives a free heap top above
 ``M_TRIM_THRESHOLD`` back to the operating system. A training step allocates and frees
 the same activation tensors (megabytes each) every step, so in a fresh process their
-pages are faulted in again and again: on 2 CPU cores an epoch of the Fig. 2a conv VAE
-took 4.7 s as a plain ``vaeood train`` and 3.4 s with both thresholds raised
-(``benchmarks/train_speed.py --fresh-processes``, BENCHMARKS.md). The ``vaeood`` command
+pages are faulted in again and again (``benchmarks/train_speed.py --fresh-processes``
+measures what raising both thresholds saves; BENCHMARKS.md, docs/usage.md). The ``vaeood`` command
 raises them at start; a program that embeds vaeood can call
 :func:`keep_freed_memory` itself (it changes the whole process's allocator). The cost
 is memory kept rather than returned: at most ``trim_threshold`` of free heap.
