@@ -1,7 +1,9 @@
 """The OOD detector suite (``vaeood reproduce ood-suite``): every detector on every pair.
 
 For each in-distribution dataset (Fashion-MNIST, MNIST, CIFAR-10 where it exists) and
-each seed it trains what the detectors need:
+each seed it trains what the detectors need, as each detector class declares it
+(``runs_on`` and ``companions``, :class:`vaeood.detectors.base.ModelSpec`; read by
+:mod:`.planning`, so a new detector needs no edit here). With the suite's detectors:
 
 - ``main``: the conv VAE with the discretised-logistic decoder (the model of Fig. 2a);
   every single-model detector (``nll``, ``bpd``, ``complexity``, ``typicality``,
@@ -39,7 +41,7 @@ to use" summary computed from the numbers.
 from __future__ import annotations
 
 from ..common import EXPERIMENTS
-from .presets import (DEFAULT_DETECTOR, DEFAULT_DETECTORS, FAMILIES, PRESETS, SYNTHETIC, SYNTHETIC_SEED,
+from .presets import (DEFAULT_DETECTOR, SUITE_DETECTORS, FAMILIES, PRESETS, SYNTHETIC, SYNTHETIC_SEED,
                       Family, SuitePreset)
 from .suite import OODSuite
 from .summary import aggregate, decision_summary, verdict
@@ -54,6 +56,6 @@ EXPERIMENTS.register("ood-suite")(OODSuite(
 ))
 
 
-__all__ = ["DEFAULT_DETECTOR", "DEFAULT_DETECTORS", "FAMILIES", "PRESETS", "SYNTHETIC", "SYNTHETIC_SEED", "Family",
+__all__ = ["DEFAULT_DETECTOR", "SUITE_DETECTORS", "FAMILIES", "PRESETS", "SYNTHETIC", "SYNTHETIC_SEED", "Family",
            "OODSuite", "SuitePreset", "aggregate", "decision_summary", "scrub_paths", "synthetic_images", "verdict",
            "write_rotated", "write_synthetic"]

@@ -6,15 +6,6 @@ from dataclasses import dataclass, field
 
 SYNTHETIC = ("uniform_noise", "constant")
 SYNTHETIC_SEED = 20_260_311  # the OOD noise/constant images: fixed, independent of the model seeds
-#: the hierarchical VAE of ``llr``: three layers (z1 spatial), KL warm-up and free nats as in
-#: ``experiments/hvae_llr.py``; its budget is the main model's
-HVAE = {"model.arch": "hvae",
-        "model.arch_options": '{"latent_dims": [8, 16, 8], "widths": [256, 256], "bottom": "spatial"}',
-        "train.objective": "elbo_warmup",
-        "train.objective_options": '{"warmup_epochs": 2, "free_nats": 2.0, "free_nats_epochs": 4}'}
-#: false-alarm rates of the conformal decisions reported per detector (vaeood.decisions.core)
-ALPHAS = (0.01, 0.05, 0.1)
-#: families with more detectors than this show only the default one and those the verdict
 
 
 @dataclass(frozen=True)
@@ -49,7 +40,8 @@ FAMILIES = {
 }
 
 DEFAULT_DETECTOR = "fused"  # the detector a user should pick: the report gives its interval on every pair
-DEFAULT_DETECTORS = ("nll", "bpd", "complexity", "complexity_jxl", "likelihood_ratio", "typicality", "dose",
+#: every detector the suite runs (the paper preset; the others leave out the slowest)
+SUITE_DETECTORS = ("nll", "bpd", "complexity", "complexity_jxl", "likelihood_ratio", "typicality", "dose",
                      "dose_svm", "dose_plus", "lpath", "lpath_copod", "lpath_2m", "likelihood_regret", "llr",
                      "latent_gmm", "latent_knn", "latent_mahalanobis", "fused")
 
@@ -63,13 +55,12 @@ class SuitePreset:
     test_limit: int | None  # images of each test set (None: all)
     fit_images: int  # held-out training images the fitted detectors fit on
     synthetic_images: int  # uniform-noise and constant images per family
-    background: dict[str, str] = field(default_factory=lambda: {"data.noise_rate": "0.2",
-                                                                 "train.weight_decay": "0.0001"})
-    wide_latent: int = 128
-    small_latent: int = 2
+    # model name → overrides of the config a detector declares for it (``runs_on``, ``companions``;
+    # vaeood.detectors.base.ModelSpec), e.g. a smaller "wide" latent for a smaller budget
+    models: dict[str, dict[str, str]] = field(default_factory=dict)
     estimator: str = "elbo"
     estimator_options: dict = field(default_factory=dict)
-    detectors: tuple[str, ...] = DEFAULT_DETECTORS
+    detectors: tuple[str, ...] = SUITE_DETECTORS
     detector_options: dict = field(default_factory=dict)
     allow_sample: bool = False
     families: tuple[str, ...] | None = None  # None: every family
@@ -92,12 +83,13 @@ PRESETS = {
                         test_limit=2000, fit_images=1000, synthetic_images=2000, allow_sample=True,
                         # the demo stays within minutes: no JPEG-XL, no regret (a per-image optimisation)
                         # and no hierarchical VAE to train (llr); the quick preset runs them
-                        detectors=tuple(d for d in DEFAULT_DETECTORS
+                        detectors=tuple(d for d in SUITE_DETECTORS
                                         if d not in ("complexity_jxl", "likelihood_regret", "llr")),
                         families=("fashion_mnist",)),
     # seconds, for tests and a first look at the report (numbers meaningless)
     "smoke": SuitePreset(seeds=(0, 1), train={"fashion_mnist": SMOKE, "mnist": SMOKE, "cifar10": SMOKE},
-                         test_limit=150, fit_images=100, synthetic_images=150, wide_latent=32, allow_sample=True),
+                         test_limit=150, fit_images=100, synthetic_images=150, allow_sample=True,
+                         models={"wide": {"model.latent_dim": "32"}}),
     # every family on 10,000 training images x 5 epochs, CIFAR-10 too (of its 50,000; the images after
     # them are held out to fit and calibrate on); BENCHMARKS.md has its wall time on 2 CPU cores
     "quick": SuitePreset(
@@ -110,7 +102,7 @@ PRESETS = {
         # a loaded 2-core machine, more than the rest of the suite together) and likelihood regret (a
         # per-image optimisation, 8–17 ms an image: 2.6 min of the 24.5-min quick suite in its test sets,
         # as much again in its calibrations, for AUROCs of 0.51–0.8; its numbers stay in the paper preset)
-        detectors=tuple(d for d in DEFAULT_DETECTORS if d not in ("complexity_jxl", "likelihood_regret"))),
+        detectors=tuple(d for d in SUITE_DETECTORS if d not in ("complexity_jxl", "likelihood_regret"))),
     "paper": SuitePreset(
         seeds=(0, 1, 2),
         train={"fashion_mnist": {"data.holdout": "5000", "train.epochs": "100"},
@@ -118,6 +110,7 @@ PRESETS = {
                "cifar10": {"data.holdout": "5000", "train.epochs": "100", "model.base_channels": "64",
                            "model.latent_dim": "64"}},
         test_limit=None, fit_images=5000, synthetic_images=10000,
-        estimator="iwae", estimator_options={"k": 1000}, wide_latent=512, small_latent=2),
+        estimator="iwae", estimator_options={"k": 1000},
+        models={"wide": {"model.latent_dim": "512"}, "small": {"model.latent_dim": "2"}}),
 }
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...evaluation.report import markdown_table
 from ..common import report_header
-from .presets import DEFAULT_DETECTOR, DEFAULT_DETECTORS
+from .presets import DEFAULT_DETECTOR, SUITE_DETECTORS
 from .summary import FAIL_BELOW, WEAK_BELOW, decision_summary, pm
 
 if TYPE_CHECKING:
@@ -23,13 +23,7 @@ def render_report(exp: OODSuite, out: dict) -> str:
     lines += ["## Set-up", "",
               f"- Seeds: {', '.join(map(str, out['seeds']))} (each trains its own models; the tables give mean ± sd "
               "over seeds, sd with ddof = 1).",
-              f"- Models per dataset and seed, all conv VAEs with the discretised-logistic decoder: `main` "
-              f"(latent {next(iter(next(iter(families.values()))['seeds'].values()))['latent_dim'] if families else '?'}), "
-              f"`background` (pixels replaced by uniform noise at rate {s['background'].get('data.noise_rate')}, "
-              f"L2 weight decay {s['background'].get('train.weight_decay')}; Ren et al. 2019), `wide` (latent "
-              f"{s['wide_latent']}) and `small` (latent {s['small_latent']}) for `lpath_2m` (Huang et al. 2024)"
-              + ("; `hvae` (three latent layers, KL warm-up and free nats, the same budget) for `llr` (Havtorn "
-                 "et al. 2021)." if "llr" in s["detectors"] else "."),
+              _models_line(s, families),
               "- Training budgets: " + "; ".join(f"{k}: " + ", ".join(f"`{a}={b}`" for a, b in v.items())
                                                   for k, v in s["train"].items() if k in families) + ".",
               f"- Log-likelihood estimator for `nll`, `bpd`, `complexity*`, `likelihood_ratio`, `typicality`: "
@@ -52,6 +46,21 @@ def render_report(exp: OODSuite, out: dict) -> str:
     lines += _report_costs(out)
     lines += _report_closing(out)
     return "\n".join(lines)
+
+
+def _models_line(settings: dict, families: dict) -> str:
+    """The set-up's list of models: ``main`` and every model the detectors declare, with the
+    overrides that train it from ``main``'s config and the detectors it is for."""
+    first = next(iter(next(iter(families.values()))["seeds"].values())) if families else {}
+    models = [f"`main` (latent {first.get('latent_dim', '?')})"]
+    for name, m in settings["models"].items():
+        if name != "main":
+            changes = ", ".join(f"`{k}={v}`" for k, v in m["overrides"].items())
+            models.append(f"`{name}` ({changes}) for " + ", ".join(f"`{d}`" for d in m["for"]))
+    return ("- Models per dataset and seed, each trained on the same images with the seed's budget: `main`, a conv "
+            "VAE with the discretised-logistic decoder, and the models the detectors declare (`runs_on`, "
+            "`companions`; docs/extending.md), each `main`'s config with the overrides given: "
+            + "; ".join(models) + ".")
 
 
 CAVEATS = [
@@ -252,7 +261,7 @@ def _closing(out: dict) -> list[str]:
             + ".")
     else:
         lines.append(f"- No detector stays above {WEAK_BELOW} on every pair.")
-    skipped = sorted(set(DEFAULT_DETECTORS) - set(v["worst_by_detector"]))
+    skipped = sorted(set(SUITE_DETECTORS) - set(v["worst_by_detector"]))
     if skipped:
         lines.append(f"- Not run by this preset: {', '.join(f'`{d}`' for d in skipped)} (see the preset's comment; "
                      "`--preset paper` runs every detector).")

@@ -10,13 +10,13 @@ from pathlib import Path
 from ...infra.atomic import atomic_write_json, atomic_write_text
 from ...training.config import Config
 from ...data import DatasetNotFoundError, load_dataset
-from ...decisions.core import decision_rates
+from ...decisions.core import DEFAULT_ALPHAS, decision_rates
 from ...evaluation.evaluate import evaluate
 from ..common import runs_bar, stamp
 from .figures import write_figures
 from .paths import scrub_paths
-from .planning import EXTRA_RUNS, ON_HVAE, ON_WIDE, known_detectors, train_models
-from .presets import ALPHAS, DEFAULT_DETECTOR, SYNTHETIC, SYNTHETIC_SEED, Family, SuitePreset
+from .planning import MAIN, companion_options, extra_runs, known_detectors, plan_models, runs_on, train_models
+from .presets import DEFAULT_DETECTOR, SYNTHETIC, SYNTHETIC_SEED, Family, SuitePreset
 from .report import render_report
 from .summary import add_best_intervals, aggregate, pm, verdict
 from .synthetic import write_rotated, write_synthetic
@@ -122,20 +122,16 @@ class OODSuite:
                 "data.allow_sample": str(pre.allow_sample).lower(), **overrides}
         latent = Config().override(base).model.latent_dim
         dets = known_detectors(pre)
-        runs, training = train_models(base, pre, dets, runs_dir, data_dir, progress)
+        runs, training = train_models(base, plan_models(dets, pre), runs_dir, data_dir, progress)
         common = dict(split="test", estimator=estimator, estimator_options=options, data_dir=data_dir,
                       limit=pre.family_test_limit(fam.name), fit_limit=pre.fit_images, device=device, seed=seed,
                       allow_sample=pre.allow_sample, progress=progress, fit=fam.fit,
                       data_dirs={s: str(synthetic_dir) for s in (*SYNTHETIC, fam.rotated)})
-        det_opts = {name: dict(pre.detector_options.get(name) or {}) for name in dets}
-        if "likelihood_ratio" in det_opts:
-            det_opts["likelihood_ratio"]["background_run"] = str(runs["background"])
-        for name in ON_WIDE:
-            if name in det_opts:
-                det_opts[name]["second_run"] = str(runs["small"])
+        det_opts = {name: {**(pre.detector_options.get(name) or {}), **companion_options(name, runs)} for name in dets}
+        groups: dict[str, list[str]] = {MAIN: []}
+        for name in dets:
+            groups.setdefault(runs_on(name), []).append(name)
         evaluations, decisions = {}, {}
-        groups = {"main": [d for d in dets if d not in ON_WIDE + ON_HVAE],
-                  "wide": [d for d in dets if d in ON_WIDE], "hvae": [d for d in dets if d in ON_HVAE]}
         for model, names in groups.items():
             if not names:
                 continue
@@ -145,27 +141,13 @@ class OODSuite:
             evaluations[model] = evaluate(runs[model], fam.name, plan["ood"], detectors=names, detector_options=opts,
                                           out_dir=runs_dir / f"eval-{model}", **common)
             decisions.update(decision_rates(
-                runs[model], fam.name, plan["ood"], names, detector_options=opts, alphas=ALPHAS, split="test",
+                runs[model], fam.name, plan["ood"], names, detector_options=opts, alphas=DEFAULT_ALPHAS, split="test",
                 limit=pre.family_test_limit(fam.name), n_calibration=pre.fit_images, n_fit=pre.fit_images,
                 data_dir=data_dir,
                 data_dirs=common["data_dirs"], device=device, seed=seed, fit=fam.fit, allow_sample=pre.allow_sample))
-        detectors = {}
-        for model, ev in evaluations.items():
-            eval_dir = runs_dir / f"eval-{model}"
-            for name, per_ood in ev["results"].items():
-                info = ev["detectors"][name]
-                extra_runs = [v for k, v in EXTRA_RUNS.items() if info["options"].get(k)]
-                if model in ("wide", "hvae"):
-                    extra_runs = [model, *extra_runs]
-                detectors[name] = {
-                    "model": model, "metrics": per_ood, "options": info["options"], "paper": info["paper"],
-                    "fit": info["fit"], "scores_file": str((eval_dir / ev["detector_scores"][name]).relative_to(out_dir)),
-                    "seconds": {"features": info["seconds"]["features_total"], "fit": info["seconds"]["fit"],
-                                "score": info["seconds"]["score"],
-                                "extra_training": sum(training[r]["train_seconds"] for r in extra_runs)},
-                    "extra_runs": extra_runs, "decisions": decisions.get(name)}
+        detectors = _detector_records(evaluations, decisions, training, runs_dir, out_dir)
         detectors = {d: detectors[d] for d in dets if d in detectors}  # the preset's order
-        main = evaluations.get("main") or next(iter(evaluations.values()))
+        main = evaluations.get(MAIN) or next(iter(evaluations.values()))
         return {"detectors": detectors, "training": training, "latent_dim": latent,
                 "fit_data": main.get("fit_data"), "datasets": main["datasets"], "fitted": main["fitted"],
                 "typicality_batch_test": main.get("typicality_batch_test"),
@@ -205,6 +187,25 @@ def _named_in_verdict(out: dict, family: str) -> set[str]:
 
 
 
+def _detector_records(evaluations: dict, decisions: dict, training: dict, runs_dir: Path, out_dir: Path) -> dict:
+    """Per detector: the model it ran on, its metrics, options, paper, costs (features, fit,
+    scoring and the training of the models beyond ``main`` it needs) and its decisions."""
+    detectors = {}
+    for model, ev in evaluations.items():
+        eval_dir = runs_dir / f"eval-{model}"
+        for name, per_ood in ev["results"].items():
+            info = ev["detectors"][name]
+            extra = extra_runs(name, info["options"])
+            detectors[name] = {
+                "model": model, "metrics": per_ood, "options": info["options"], "paper": info["paper"],
+                "fit": info["fit"], "scores_file": str((eval_dir / ev["detector_scores"][name]).relative_to(out_dir)),
+                "seconds": {"features": info["seconds"]["features_total"], "fit": info["seconds"]["fit"],
+                            "score": info["seconds"]["score"],
+                            "extra_training": sum(training[r]["train_seconds"] for r in extra)},
+                "extra_runs": extra, "decisions": decisions.get(name)}
+    return detectors
+
+
 def _describe(d) -> dict:
     return {"n": int(len(d.images)), "source": d.source, "is_sample": bool(d.is_sample)}
 
@@ -212,7 +213,7 @@ def _describe(d) -> dict:
 def _settings(pre: SuitePreset) -> dict:
     return {"train": pre.train, "test_images_per_set": pre.test_limit, "test_images_per_family": pre.test_limits,
             "fit_images": pre.fit_images,
-            "synthetic_images": pre.synthetic_images, "synthetic_seed": SYNTHETIC_SEED, "background": pre.background,
-            "wide_latent": pre.wide_latent, "small_latent": pre.small_latent, "detectors": list(pre.detectors),
+            "synthetic_images": pre.synthetic_images, "synthetic_seed": SYNTHETIC_SEED,
+            "models": plan_models(known_detectors(pre), pre), "detectors": list(pre.detectors),
             "detector_options": pre.detector_options, "likelihood": "dlogistic", "arch": "conv"}
 
