@@ -59,7 +59,7 @@ from ..evaluation.report import interval_text
 from ..training.run import load_model, to_tensor
 from ..evaluation.scoring import score, score_meta
 from .timing import load_average
-from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, estimate_scores, stamp,
+from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, estimate_scores, stamp,
                      runs_bar, strict_json, train_or_reuse)
 from .forward_kl_stats import (ABLATED, FORWARD_KL, METRICS, REVERSE_KL, holm,  # noqa: F401  (imported from here)
                                hypothesis_verdict, pm)
@@ -88,7 +88,7 @@ class ForwardKLExperiment:
     in_dataset: str
     ood_datasets: tuple[str, ...]
     presets: dict[str, AblationPreset] = field(default_factory=dict)
-    detectors: tuple[str, ...] = DEFAULT_DETECTORS
+    detectors: tuple[str, ...] = LIKELIHOOD_DETECTORS
 
     def datasets_needed(self) -> list[tuple[str, str]]:
         return [(self.in_dataset, "train"), (self.in_dataset, "test"), *[(o, "test") for o in self.ood_datasets]]
