@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ...detectors import DETECTORS
 from ...evaluation.report import markdown_table
 from ..common import report_header
 from .presets import DEFAULT_DETECTOR, SUITE_DETECTORS
@@ -52,15 +53,16 @@ def _models_line(settings: dict, families: dict) -> str:
     """The set-up's list of models: ``main`` and every model the detectors declare, with the
     overrides that train it from ``main``'s config and the detectors it is for."""
     first = next(iter(next(iter(families.values()))["seeds"].values())) if families else {}
-    models = [f"`main` (latent {first.get('latent_dim', '?')})"]
+    models = []
     for name, m in settings["models"].items():
         if name != "main":
             changes = ", ".join(f"`{k}={v}`" for k, v in m["overrides"].items())
-            models.append(f"`{name}` ({changes}) for " + ", ".join(f"`{d}`" for d in m["for"]))
-    return ("- Models per dataset and seed, each trained on the same images with the seed's budget: `main`, a conv "
-            "VAE with the discretised-logistic decoder, and the models the detectors declare (`runs_on`, "
-            "`companions`; docs/extending.md), each `main`'s config with the overrides given: "
-            + "; ".join(models) + ".")
+            users = ", ".join(f"`{d}` ({DETECTORS.get(d).paper})" if d in DETECTORS else f"`{d}`" for d in m["for"])
+            models.append(f"`{name}` ({changes}) for {users}")
+    return (f"- Models per dataset and seed, trained on the same training set with the same budget: `main` (a conv VAE "
+            f"with the discretised-logistic decoder, latent {first.get('latent_dim', '?')}) and the models the "
+            "detectors declare (`runs_on`, `companions`; docs/extending.md), each `main`'s config with these "
+            "overrides: " + "; ".join(models) + ".")
 
 
 CAVEATS = [
