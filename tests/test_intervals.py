@@ -144,27 +144,20 @@ def test_trend_of_a_constant_is_undefined_not_a_trend():
     assert tr["slope"] == 0.0 and "ρ undefined" in trend_text(tr)
 
 
-def test_experiments_pass_detectors_to_evaluate_under_its_keyword(monkeypatch):
-    """The default detector tuple is not passed (evaluate's own default); others go under
-    ``detectors=`` where evaluate takes it, else under today's ``scores=``."""
+def test_experiments_pass_the_detectors_asked_for_to_evaluate(monkeypatch):
+    """``nll`` unless asked, else the detectors given (as a tuple), under ``detectors=``."""
     from vaeood.experiments import common
 
     calls = []
 
-    def today(run_dir, in_dataset, ood_datasets, *, scores=("nll",), **kwargs):
-        calls.append(("scores", scores))
+    def evaluate(run_dir, in_dataset, ood_datasets, *, detectors=("nll",), **kwargs):
+        calls.append((ood_datasets, detectors))
         return {}
 
-    def later(run_dir, in_dataset, ood_datasets, *, detectors=("nll",), **kwargs):
-        calls.append(("detectors", detectors))
-        return {}
-
-    monkeypatch.setattr(common, "evaluate", today)
-    common.run_evaluate("run", "fashion_mnist", ["mnist"])
-    common.run_evaluate("run", "fashion_mnist", ["mnist"], detectors=("nll", "other"))
-    monkeypatch.setattr(common, "evaluate", later)
+    monkeypatch.setattr(common, "evaluate", evaluate)
+    common.run_evaluate("run", "fashion_mnist", ("mnist",))
     common.run_evaluate("run", "fashion_mnist", ["mnist"], detectors=["nll", "other"])
-    assert calls == [("scores", ("nll",)), ("scores", ("nll", "other")), ("detectors", ("nll", "other"))]
+    assert calls == [(["mnist"], ("nll",)), (["mnist"], ("nll", "other"))]
 
 
 def test_spearman_matches_scipy_with_ties_and_of_every_resample():

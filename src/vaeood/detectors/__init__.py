@@ -5,11 +5,11 @@
 ``latent_knn``, ``latent_mahalanobis`` and ``fused`` (the default to pick). Scores: higher = more
 out-of-distribution."""
 
-from .base import (DETECTORS, Detector, FitDataError, check_fit_features, detector_names, make_detector,
+from .base import (DETECTORS, Detector, FitDataError, ModelSpec, check_fit_features, detector_names, make_detector,
                    per_detector_options)
 from . import (bpd, complexity, dose, dose_layers, dose_plus, fused, latent, likelihood_ratio, llr,  # noqa: F401
                lpath, nll, regret, typicality)
 from .typicality import batch_test_power
 
-__all__ = ["DETECTORS", "Detector", "FitDataError", "check_fit_features", "make_detector", "batch_test_power",
+__all__ = ["DETECTORS", "Detector", "FitDataError", "ModelSpec", "check_fit_features", "make_detector", "batch_test_power",
            "detector_names", "per_detector_options"]

@@ -24,6 +24,8 @@ arrays such as ``log_px_nats``, ``bpd``, ``mu_z_norm``; an aliased need's output
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Mapping
 
 import numpy as np
@@ -37,6 +39,17 @@ DETECTORS: Registry = Registry("detector")
 #: features that read a single Gaussian q(z|x) (model.posterior), which a hierarchical VAE has not
 #: (``latent`` is not one: for a hierarchical VAE it gives every layer's bottom-up parameters)
 SINGLE_LAYER_FEATURES = frozenset({"posterior", "reconstruction", "regret"})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model a detector needs beside the one it is asked about: the config overrides
+    that train it from that model's config (same data, seed and budget otherwise).
+    ``name`` identifies it: detectors that declare the same name share one trained model,
+    so they must declare the same overrides."""
+
+    name: str
+    overrides: Mapping[str, str] = field(default_factory=dict)
 
 
 class FitDataError(ConfigError):
@@ -93,7 +106,14 @@ class Detector:
         options as given, unless a detector's fit chooses something."""
         return dict(self.options)
 
-    companions: tuple[str, ...] = ()  # options that name another run the detector computes features with
+    #: option → the model whose run directory that option receives: another run the detector
+    #: computes features with (the likelihood ratio's background, LPath's second VAE). Callers
+    #: that train models for detectors (``vaeood reproduce ood-suite``) train it and pass its
+    #: run directory; :func:`vaeood.evaluation.companions.check_companions` checks the option.
+    companions: Mapping[str, ModelSpec] = MappingProxyType({})
+    #: the model the detector is meant to score with, when not the run's own main model (LPath's
+    #: two-model variant on a wide VAE, LLR on a hierarchical one); None: the main model
+    runs_on: ModelSpec | None = None
 
     def companion_warnings(self, option: str, companion, run) -> list[str]:
         """What to say about the companion run of ``option`` whose config is ``companion``

@@ -19,14 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from ..training.config import ConfigError
-from .base import DETECTORS, Detector, estimate_need
+from .base import DETECTORS, Detector, ModelSpec, estimate_need
 
 
 @DETECTORS.register("likelihood_ratio")
 class LikelihoodRatio(Detector):
     name = "likelihood_ratio"
     required = ("background_run",)
-    companions = ("background_run",)
+    # the background: the same VAE on the same images with each pixel replaced by uniform noise
+    # at rate μ = 0.2 and an L2 penalty on the weights (Ren et al. 2019, μ in 0.1–0.3)
+    companions = {"background_run": ModelSpec("background", {"data.noise_rate": "0.2",
+                                                             "train.weight_decay": "0.0001"})}
     paper = "Ren et al., NeurIPS 2019"
 
     def companion_warnings(self, option, companion, run):

@@ -17,13 +17,19 @@ from __future__ import annotations
 import numpy as np
 
 from ..training.config import ConfigError
-from .base import DETECTORS, Detector
+from .base import DETECTORS, Detector, ModelSpec
 
 
 @DETECTORS.register("llr")
 class LLR(Detector):
     name = "llr"
     paper = "Havtorn et al., ICML 2021"
+    # three latent layers (z1 spatial), KL warm-up and free nats, as in experiments/hvae_llr.py
+    runs_on = ModelSpec("hvae", {
+        "model.arch": "hvae",
+        "model.arch_options": '{"latent_dims": [8, 16, 8], "widths": [256, 256], "bottom": "spatial"}',
+        "train.objective": "elbo_warmup",
+        "train.objective_options": '{"warmup_epochs": 2, "free_nats": 2.0, "free_nats_epochs": 4}'})
 
     def __init__(self, *, k: int = 1, samples: int = 1, prior_mean: bool = False):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:

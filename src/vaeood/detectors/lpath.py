@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import DETECTORS, Detector, mahalanobis_fit, mahalanobis_score, stack, standardise_fit
+from .base import DETECTORS, Detector, ModelSpec, mahalanobis_fit, mahalanobis_score, stack, standardise_fit
 
 LPATH_STATS = ("recon_log_l2", "mu_z_norm", "sigma_z_norm")
 
@@ -106,7 +106,9 @@ class LPath2M(LPath):
 
     name = "lpath_2m"
     required = ("second_run",)
-    companions = ("second_run",)
+    # one very wide and one very small latent (Huang et al. 2024): this run wide, the second small
+    runs_on = ModelSpec("wide", {"model.latent_dim": "128"})
+    companions = {"second_run": ModelSpec("small", {"model.latent_dim": "2"})}
 
     def companion_warnings(self, option, companion, run):
         """Huang et al. pair two VAEs of very different latent sizes: equal ones are said, not refused."""

@@ -26,6 +26,8 @@ from .companions import check_companions
 from ..detectors import (DETECTORS, Detector, FitDataError, batch_test_power, detector_names, make_detector,
                         per_detector_options)
 from ..features import compute_features, needs_features
+from ..inference.estimators import is_hierarchical
+from ..training.run import load_model
 from .fitdata import check_fit_slice, heldout_slice, run_config
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
 from ..infra.progress import bar
@@ -105,7 +107,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
 
     fit_slice, fit_error = _fit_slice(run_dir, dets, fit_limit, data_dir)
     info = {"normalised": normalised, "has_fit_data": fit_slice is not None,
-            "hierarchical": run_config(run_dir).model.arch == "hvae"}
+            "hierarchical": is_hierarchical(load_model(run_dir)[0])}
     skipped = _drop_inapplicable(dets, info, explicit, fit_slice, fit_error, run_dir)
     common = dict(limit=limit, device=device, seed=seed, fit=fit, allow_sample=allow_sample,
                   progress=progress)

@@ -23,7 +23,7 @@ from ..infra.atomic import atomic_write_json, atomic_write_text
 from ..training.config import Config
 from ..evaluation.intervals import N_BOOT, mean_sd, trend, trend_text
 from ..evaluation.report import interval_text, markdown_table, pm, text_table
-from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
+from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
                      report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json,
                      train_or_reuse)
 
@@ -53,7 +53,7 @@ class CapacityStudy:
     presets: dict[str, CapacityPreset]
     claim: str = ("Dai & Wipf's 'sufficient capacity' remedy: a wider network fixes the likelihood ranking, "
                   "so OOD images get lower likelihood")
-    detectors: tuple[str, ...] = DEFAULT_DETECTORS
+    detectors: tuple[str, ...] = LIKELIHOOD_DETECTORS
 
     def datasets_needed(self) -> list[tuple[str, str]]:
         return [(self.in_dataset, "train"), (self.in_dataset, "test"), (self.ood_dataset, "test")]
@@ -139,7 +139,7 @@ class CapacityStudy:
         out["n_images"] = {name: evals[0]["datasets"][name]["n"] for name in (self.in_dataset, self.ood_dataset)}
         return out
 
-    def verdict(self, rows: dict, detectors: tuple[str, ...] = DEFAULT_DETECTORS, n_boot: int = N_BOOT) -> dict:
+    def verdict(self, rows: dict, detectors: tuple[str, ...] = LIKELIHOOD_DETECTORS, n_boot: int = N_BOOT) -> dict:
         """Per estimator (and detector besides ``nll``): the trend of AUROC with parameter
         count over the width sweep (every seed's model a point: Spearman ρ with its
         bootstrap interval, slope per doubling ± se), each model's verdict word from its

@@ -5,7 +5,6 @@ the AUROC summaries over seeds with their intervals and verdict words."""
 from __future__ import annotations
 
 import datetime
-import inspect
 import logging
 import math
 import platform
@@ -63,18 +62,14 @@ def stamp(device: str) -> dict:
                             "device": device, "threads": torch.get_num_threads()}}
 
 
-DEFAULT_DETECTORS = ("nll",)
+#: what the likelihood experiments (fig2, capacity, forward-kl) score with unless asked: −log p(x)
+LIKELIHOOD_DETECTORS = ("nll",)
 
 
 def run_evaluate(run_dir: Path, in_dataset: str, ood_datasets: list[str], *,
-                 detectors: tuple[str, ...] = DEFAULT_DETECTORS, **kwargs) -> dict:
-    """:func:`vaeood.evaluation.evaluate.evaluate` with the detectors asked for. The default
-    (``("nll",)``, −log p(x)) is evaluate's own default and is not passed; other names go
-    under the keyword evaluate takes (``detectors=``, or ``scores=`` before it had one)."""
-    if tuple(detectors) != DEFAULT_DETECTORS:
-        params = inspect.signature(evaluate).parameters
-        kwargs["detectors" if "detectors" in params else "scores"] = tuple(detectors)
-    return evaluate(run_dir, in_dataset, list(ood_datasets), **kwargs)
+                 detectors: tuple[str, ...] = LIKELIHOOD_DETECTORS, **kwargs) -> dict:
+    """:func:`vaeood.evaluation.evaluate.evaluate` with the detectors asked for."""
+    return evaluate(run_dir, in_dataset, list(ood_datasets), detectors=tuple(detectors), **kwargs)
 
 
 def per_image_scores(run_dir: Path, dataset: str, detector: str, **score_kwargs) -> np.ndarray:

@@ -44,7 +44,7 @@ from ..evaluation.metrics import METRIC_NAMES
 from ..evaluation.report import METRIC_LABELS, histogram_panels, interval_text, markdown_table, pm, text_table
 from ..data import DatasetNotFoundError, load_dataset
 from ..evaluation.scoring import score, score_meta
-from .common import (DEFAULT_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
+from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
                      report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json,
                      train_or_reuse)
 from .variance_runs import variance_pairs, variance_record, variance_section
@@ -78,7 +78,7 @@ class Fig2Experiment:
     models: dict[str, dict[str, str]]  # variant name → config overrides
     presets: dict[str, Preset]
     descriptions: dict[str, str] = field(default_factory=dict)  # variant name → what it is
-    detectors: tuple[str, ...] = DEFAULT_DETECTORS
+    detectors: tuple[str, ...] = LIKELIHOOD_DETECTORS
     fallback_ood: tuple[str, ...] = ()  # scored instead of the missing ``ood_datasets`` (with a note)
     fit: str | None = None  # how OOD sets of another image shape are made to fit the model (``"pad"``)
 
