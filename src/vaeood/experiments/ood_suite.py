@@ -26,7 +26,7 @@ its interval on every pair. Detectors that fit are
 fitted on a held-out slice of the training split (the images after ``data.limit``),
 recorded in ``metrics.json`` and the report.
 
-For each detector the conformal decisions of :mod:`vaeood.decisions.core` are calibrated on
+For each detector the conformal decisions of :mod:`vaeood.decisions` are calibrated on
 held-out training images after its fitting slice, and the report gives the realised
 false-alarm rate and the TPR at α = 0.01, 0.05, 0.1 beside the AUROC.
 
@@ -49,7 +49,7 @@ import numpy as np
 from ..infra.atomic import atomic_write, atomic_write_json, atomic_write_text
 from ..training.config import Config
 from ..data import DatasetNotFoundError, load_dataset
-from ..decisions.core import decision_rates
+from ..decisions.run_rates import decision_rates
 from ..detectors import DETECTORS
 from ..evaluation.evaluate import evaluate
 from ..evaluation.intervals import seed_summary
@@ -75,7 +75,7 @@ HVAE = {"model.arch": "hvae",
         "model.arch_options": '{"latent_dims": [8, 16, 8], "widths": [256, 256], "bottom": "spatial"}',
         "train.objective": "elbo_warmup",
         "train.objective_options": '{"warmup_epochs": 2, "free_nats": 2.0, "free_nats_epochs": 4}'}
-#: false-alarm rates of the conformal decisions reported per detector (vaeood.decisions.core)
+#: false-alarm rates of the conformal decisions reported per detector (vaeood.decisions.run_rates)
 ALPHAS = (0.01, 0.05, 0.1)
 #: families with more detectors than this show only the default one and those the verdict
 #: names in the terminal's summary (every detector is in report.md and metrics.json)
