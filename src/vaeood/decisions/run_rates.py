@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import conformal
+from .conformal_rates import operating_points
 from .calibration import calibrate
 from .calibration_file import NoCalibrationError
 from .records import load_calibration
@@ -18,13 +19,13 @@ DEFAULT_ALPHAS = (0.01, 0.05, 0.1)
 
 def operating_points_for_run(run_dir: str | Path, detector: str, in_scores, ood_scores: dict | None = None, *,
                              alphas=DEFAULT_ALPHAS, delta: float | None = None) -> dict:
-    """:func:`vaeood.decisions.conformal.operating_points` with the run's saved calibration scores
+    """:func:`vaeood.decisions.conformal_rates.operating_points` with the run's saved calibration scores
     of ``detector``: per α, the realised FPR on ``in_scores`` (test in-distribution
     scores of the same detector, computed by the same code and options as the
     calibration: check with :func:`load_calibration`'s ``detector_options``) and the
     TPR on each OOD set of ``ood_scores``. :func:`decision_rates` computes both itself."""
     record = load_calibration(run_dir, detector)
-    out = conformal.operating_points(record["scores"], in_scores, ood_scores, alphas=alphas, delta=delta)
+    out = operating_points(record["scores"], in_scores, ood_scores, alphas=alphas, delta=delta)
     out["calibration"] = {"dataset": record["dataset"], "split": record["split"],
                           "slice": record["calibration_slice"]}
     return out
@@ -69,7 +70,7 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
     ``data_dir``), ``fit`` pad/resize for sets of another shape. ``detector_options``:
     ``{detector: options}``. ``delta``: the calibration-conditional threshold instead of
     the marginal one. Returns ``{detector: operating points}`` (see
-    :func:`vaeood.decisions.conformal.operating_points`; plus ``"calibration"``: the slices), or
+    :func:`vaeood.decisions.conformal_rates.operating_points`; plus ``"calibration"``: the slices), or
     ``{detector: {"error": message}}`` for a detector that cannot be calibrated on the run.
     """
     run_dir = Path(run_dir)
@@ -95,8 +96,8 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
                                             data_dir=(data_dirs or {}).get(dataset, data_dir), fit=fit,
                                             allow_sample=allow_sample)
                 for dataset in [in_dataset, *ood_datasets]}
-        rates = conformal.operating_points(cal, sets[in_dataset],
-                                           {ood: sets[ood] for ood in ood_datasets}, alphas=alphas, delta=delta)
+        rates = operating_points(cal, sets[in_dataset],
+                                 {ood: sets[ood] for ood in ood_datasets}, alphas=alphas, delta=delta)
         rates["calibration"] = {"dataset": record["dataset"], "split": record["split"],
                                 "slice": record["calibration_slice"], "fit_slice": record["fit_slice"],
                                 "seed": record["seed"], "test_seed": seed}
