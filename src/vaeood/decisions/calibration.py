@@ -16,12 +16,10 @@ from .recommended import recommended_detector
 from .records import FORMAT, calibration_path
 from .scorer import make_scorer
 from .training_split import training_split
-from ..data.checksums import file_hexdigest
-from ..evaluation.fitdata import DEFAULT_FIT_IMAGES, heldout_range
+from ..evaluation.fitdata import DEFAULT_FIT_IMAGES
 from ..infra.atomic import atomic_write
 from ..infra.runlock import holds_run_lock
-from ..training.checkpoint import checkpoint_path
-from ..training.train import training_count
+from ..training.run_dir import Run
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +38,19 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
               n_calibration: int | None = None, n_fit: int | None = None, data_dir: str | None = None,
               device: str = "cpu", seed: int = 0, batch_size: int | None = None) -> dict:
     """Fit ``detector`` on held-out training images [h, h + n_fit) (never trained on,
-    :func:`vaeood.evaluation.fitdata.heldout_range`; ``n_fit`` ≤ 5,000 and half of them, 0 when it does
+    :meth:`vaeood.training.run_dir.Run.heldout_range`; ``n_fit`` ≤ 5,000 and half of them, 0 when it does
     not fit), score the next ``n_calibration`` (default 2,000) into ``RUN/calibration/
     <detector>.npz`` and return the record; :class:`NoCalibrationError` when too few were
     held out (retrain with ``data.limit``/``data.holdout``) or the detector does not apply.
     ``detector`` None: the recommended one (:func:`recommended_detector`)."""
     run_dir = Path(run_dir)
     detector = detector or recommended_detector(run_dir, device)
-    config, data, where = training_split(run_dir, data_dir)
-    total = len(data.images)
-    first, last = heldout_range(config, total)
+    run = Run(run_dir)
+    data, where = training_split(run, data_dir)
+    config, total = run.config, len(data.images)
+    first, last = run.heldout_range(total)
     held = max(0, last - first)
-    trained = training_count(config.data, total)
+    trained = run.training_count(total)
     if held == 0:
         keep = min(2 * DEFAULT_N_CALIBRATION, total // 2)
         raise NoCalibrationError(
@@ -78,7 +77,7 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
         "n_split": total, "train_slice": [0, trained], "heldout": [first, last], "fit_slice": fit_slice,
         "calibration_slice": cal_slice, "n_calibration": n,
         "calibration_images_sha256": images_sha256(cal_images),
-        "checkpoint_sha256": file_hexdigest(checkpoint_path(run_dir), "sha256"), "seed": seed,
+        "checkpoint_sha256": run.checkpoint_sha256, "seed": seed,
         "score_direction": "higher = more out-of-distribution", "fitted_sha256": fitted_sha256,
     }
     atomic_write(path, lambda f: np.savez(f, scores=scores, meta=np.array(json.dumps(record))))

@@ -136,7 +136,7 @@ def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None)
     check that this reproduces the saved calibration scores: a detector fitted
     differently, features computed by other code, or other calibration images would
     void the guarantee."""
-    config, data, where = training_split(scorer.run_dir, data_dir)
+    data, _ = training_split(scorer.run, data_dir)
     a, b = record["calibration_slice"]
     how = how_to_calibrate(scorer.run_dir, record["detector"])
     if images_sha256(data.images[a:b]) != record["calibration_images_sha256"]:

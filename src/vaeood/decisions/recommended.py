@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .scorer import run_info
 from ..detectors import make_detector
-from ..training.run import load_model
+from ..training.run_dir import Run
 
 
 #: the detector a user gets without asking: the first of these that applies to the run.
@@ -18,6 +18,6 @@ RECOMMENDED = ("fused", "dose_plus", "nll")
 
 def recommended_detector(run_dir: str | Path, device: str = "cpu") -> str:
     """The first detector of :data:`RECOMMENDED` that applies to the run's model."""
-    info = run_info(load_model(run_dir, device)[0], has_fit_data=True)
+    info = run_info(Run(run_dir, device).model, has_fit_data=True)
     return next(name for name in RECOMMENDED if make_detector(name).why_not(info) is None)
 

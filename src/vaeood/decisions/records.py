@@ -12,11 +12,8 @@ import numpy as np
 from .calibration_file import NoCalibrationError, check_slices, read_calibration_file
 from .recommended import RECOMMENDED
 from .scorer import make_scorer
-from ..data.checksums import file_hexdigest
 from ..detectors import DETECTORS
-from ..evaluation.fitdata import heldout_range, run_config
-from ..training.checkpoint import checkpoint_path, load_checkpoint
-from ..training.train import training_count
+from ..training.run_dir import Run
 
 CALIBRATION_DIR = "calibration"
 # version of the calibration files; another is refused, saying to calibrate again
@@ -73,10 +70,10 @@ def load_calibration(run_dir: str | Path, detector: str | None = None, detector_
             f"held-out training images with: {how_to_calibrate(run_dir, detector)}")
     how = how_to_calibrate(run_dir, detector)
     record = read_calibration_file(path, detector, FORMAT, FORMAT_CHANGE, how)
-    _check_against_run(run_dir, path, record, how)
+    run = Run(run_dir)
+    _check_against_run(run, path, record, how)
     _check_recorded_options(run_dir, path, record, how)
-    ckpt = file_hexdigest(checkpoint_path(run_dir), "sha256")
-    if record.get("checkpoint_sha256") != ckpt:
+    if record.get("checkpoint_sha256") != run.checkpoint_sha256:
         raise NoCalibrationError(f"{path} was made with another checkpoint (the model has been trained since); "
                                  f"calibrate again: {how_to_calibrate(run_dir, detector)}")
     if detector_options is not None:
@@ -105,14 +102,12 @@ def _check_recorded_options(run_dir: Path, path: Path, record: dict, how: str) -
                                  f"calibrate records it ({canonical}); calibrate again: {how}")
 
 
-def _check_against_run(run_dir: Path, path: Path, record: dict, how: str) -> None:
+def _check_against_run(run: Run, path: Path, record: dict, how: str) -> None:
     """The record's split and slices against the run's own training range (from its config
     and checkpoint, not from the file): see :func:`vaeood.decisions.calibration_file.check_slices`."""
-    config = run_config(run_dir)
-    trained = load_checkpoint(checkpoint_path(run_dir), map_location="cpu").get("train_data") or {}
-    size = trained.get("split_size") or record["n_split"]
-    check_slices(path, record, split=(config.data.name, config.data.split), split_size=size,
-                 trained=training_count(config.data, size), heldout=heldout_range(config, size), how=how)
+    size = run.train_data.get("split_size") or record["n_split"]
+    check_slices(path, record, split=(run.config.data.name, run.config.data.split), split_size=size,
+                 trained=run.training_count(size), heldout=run.heldout_range(size), how=how)
 
 
 def calibration_scores(run_dir: str | Path, detector: str | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ from .records import load_calibration
 from .scorer import make_scorer
 from .training_split import training_split
 from ..detectors import detector_names, per_detector_options
+from ..training.run_dir import Run
 
 DEFAULT_ALPHAS = (0.01, 0.05, 0.1)
 
@@ -84,7 +85,9 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         except (NoCalibrationError, conformal.CalibrationError) as err:
             out[name] = {"error": str(err)}
             continue
-        config, data, where = training_split(run_dir, data_dir)
+        run = Run(run_dir)
+        data, where = training_split(run, data_dir)
+        config = run.config
         scorer = make_scorer(run_dir, name, record["detector_options"], device=device, seed=record["seed"],
                              data_dir=where, batch_size=batch_size)
         scorer.fit(*(record["fit_slice"] or (0, 0)))

@@ -16,7 +16,7 @@ from ..evaluation.companions import check_companions
 from ..evaluation.evaluate import fit_detector
 from ..features import compute_features, is_normalised, needs_features
 from ..inference.estimators import is_hierarchical
-from ..training.run import load_model
+from ..training.run_dir import Run
 
 
 class DetectorScorer:
@@ -39,13 +39,11 @@ class DetectorScorer:
         self.fits = self.detector.fits
         self.options = jsonable(self.detector.options)
         self.warnings: list[str] = []  # what the checks of the companion runs allow but the user should know
-        self._model = None
+        self.run = Run(run_dir, device)
 
     @property
     def model(self):
-        if self._model is None:
-            self._model, _, _ = load_model(self.run_dir, self.device)
-        return self._model
+        return self.run.model
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -85,7 +83,7 @@ class DetectorScorer:
         for key, opts in self.detector.needs.items():  # another run's model (e.g. a background model) by object
             opts = dict(opts)
             if isinstance(opts.get("run"), (str, Path)):
-                opts["run"] = load_model(opts["run"], self.device)[0]
+                opts["run"] = Run(opts["run"], self.device).model
             needs[key] = opts
         feats = needs_features(self.model, images, needs, seed=seed, batch_size=self.batch_size)
         return np.asarray(self.detector.score(feats), dtype=np.float64)

@@ -1,26 +1,24 @@
 """The run's training split as found now, checked to be the one the run trained on: the
-held-out images (:func:`vaeood.evaluation.fitdata.heldout_range`) that calibration and
+held-out images (:meth:`vaeood.training.run_dir.Run.heldout_range`) that calibration and
 the detector's fit take are then the ones training never saw."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from .calibration_file import NoCalibrationError
 from ..data.load import load_for_run
-from ..evaluation.fitdata import run_config
-from ..training.checkpoint import checkpoint_path, load_checkpoint
+from ..training.run_dir import Run
 
 log = logging.getLogger(__name__)
 
 
-def training_split(run_dir: Path, data_dir: str | None):
-    """The run's config, its training split as found now, and where it was found."""
-    config = run_config(run_dir)
+def training_split(run: Run, data_dir: str | None):
+    """The run's training split as found now, and where it was found."""
+    config = run.config
     where = config.data.data_dir or data_dir  # as training and the detectors' fitting slice look for it
     data = load_for_run(config.data, data_dir=where)
-    trained = load_checkpoint(checkpoint_path(run_dir), map_location="cpu").get("train_data") or {}
+    trained = run.train_data
     _check_same_folder(trained, data)
     if bool(trained.get("is_sample")) != data.is_sample:
         raise NoCalibrationError(
@@ -34,7 +32,7 @@ def training_split(run_dir: Path, data_dir: str | None):
     if trained.get("source") and trained["source"] != data.source:
         log.warning("the run trained on %s/%s from %s; calibrating with %s (check it is the same file)",
                     data.name, data.split, trained["source"], data.source)
-    return config, data, where
+    return data, where
 
 
 def _check_same_folder(trained: dict, data) -> None:

@@ -64,6 +64,7 @@ from ..inference.noise import ImageNoise
 from ..infra.progress import bar
 from ..infra.registry import Registry, check_options
 from ..training.run import load_model, to_tensor
+from ..training.run_dir import CONFIG_NAME, Run
 
 log = logging.getLogger(__name__)
 
@@ -337,10 +338,8 @@ def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, a
     (as score() always did). The run's own training split is read as training read it (a
     folder with the run's ``data.fit``/``data.skip_bad``); another folder with ``fit``
     (see :func:`vaeood.data.load.load_for_run`)."""
-    from ..training.config import Config
-
-    path = Path(run_dir) / "config.json"
-    data_config = Config.from_dict(json.loads(path.read_text())).data if path.exists() else None
+    run = Run(run_dir)
+    data_config = run.config.data if (run.path / CONFIG_NAME).exists() else None
     config_dir = data_config.data_dir if data_config is not None and data_dir is None else None
     if data_config is None:
         return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, fit=fit)

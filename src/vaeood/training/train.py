@@ -31,9 +31,9 @@ from ..models import build_model, count_parameters
 from ..inference.objectives import load_objective_state, make_objective, objective_state
 from ..infra.progress import bar as progress_bar, shown as progress_shown
 from .run import resolve_device, to_tensor
+from .run_dir import CONFIG_NAME, training_count
 from ..infra.runlock import run_lock
 
-CONFIG_NAME = "config.json"
 CHECK_EVERY_GPU = 32  # steps between host reads of the non-finite-step counter on a GPU
 
 log = logging.getLogger(__name__)
@@ -366,15 +366,6 @@ def save_run_state(path, config, model, optimizer, epoch, history, image_shape, 
                        "split_size": len(data.images),
                        **({"folder": data.folder} if data.folder is not None else {})},
     })
-
-
-def training_count(data_config, n: int) -> int:
-    """How many images of the split training uses: the first ``n - holdout`` (``data.holdout``),
-    at most ``data.limit``. The rest is never seen in training: detectors fit on it."""
-    if data_config.holdout is not None and data_config.holdout >= n:
-        raise ConfigError(f"data.holdout = {data_config.holdout}: must be below the split's {n} images")
-    count = n - (data_config.holdout or 0)
-    return min(count, data_config.limit) if data_config.limit else count
 
 
 def check_interval(device: torch.device) -> int:
