@@ -17,9 +17,10 @@ from .detection import Detection
 from .fitted_detector import fitted_path, load_fitted
 from .outputs import CSV_ESCAPING, check_outputs, csv_cell
 from .records import REPRODUCED, calibration_path, how_to_calibrate, load_calibration
-from .scorer import DetectorScorer, companion_runs, jsonable, make_scorer
+from .scorer import DetectorScorer, companion_runs, make_scorer
 from .training_split import training_split
 from ..data.folder import InputImages, display_name, load_input
+from ..infra.jsonable import strict_json
 from ..infra.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def _restore_fit(scorer: DetectorScorer, record: dict) -> bool:
     if saved is None:
         return False
     fitted, rows = saved["detector"], np.asarray(saved["check_rows"])
-    if type(fitted) is not type(scorer.detector) or jsonable(fitted.options) != scorer.options or \
+    if type(fitted) is not type(scorer.detector) or strict_json(fitted.options) != scorer.options or \
             len(rows) == 0 or rows.max() >= len(record["scores"]) or \
             not np.array_equal(record["scores"][rows], saved["check_scores"]):
         log.warning("%s does not match its calibration record; fitting the detector again", path)

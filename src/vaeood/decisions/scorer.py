@@ -5,7 +5,6 @@ giving scores of slices of the training split and of arrays of images, and what
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from ..evaluation.companions import check_companions
 from ..evaluation.evaluate import fit_detector
 from ..features import compute_features, is_normalised, needs_features
 from ..inference.estimators import is_hierarchical
+from ..infra.jsonable import strict_json
 from ..training.run_dir import Run
 
 
@@ -37,7 +37,7 @@ class DetectorScorer:
         self.detector = make_detector(detector, options)
         self.name = detector
         self.fits = self.detector.fits
-        self.options = jsonable(self.detector.options)
+        self.options = strict_json(self.detector.options)
         self.warnings: list[str] = []  # what the checks of the companion runs allow but the user should know
         self.run = Run(run_dir, device)
 
@@ -111,9 +111,4 @@ def run_info(model, has_fit_data: bool) -> dict:
 def companion_runs(options: dict) -> list[str]:
     """The other runs a detector's options name (``background_run``, ``second_run``, ...)."""
     return [str(v) for k, v in options.items() if k.endswith("_run") and isinstance(v, (str, Path))]
-
-
-def jsonable(value):
-    """Options as they are recorded in JSON (paths as strings, tuples as lists)."""
-    return json.loads(json.dumps(value, default=str))
 
