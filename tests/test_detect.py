@@ -384,7 +384,7 @@ def test_recorded_options_the_feature_refuses_are_the_files_fault_not_a_tracebac
 def test_a_calibration_slice_over_the_training_images_is_refused_even_with_its_digests_redone(tiny, tmp_path):
     """Issue 23: a slice moved onto the model's own training images [0, 300), with the images'
     digest and the scores recomputed so that every other check passes, is refused."""
-    from vaeood.decisions.calibration import images_sha256
+    from vaeood.features import images_digest
     from vaeood.decisions.scorer import make_scorer
 
     with np.load(tiny["data"] / "fashion_mnist_train.npz") as f:
@@ -392,7 +392,7 @@ def test_a_calibration_slice_over_the_training_images_is_refused_even_with_its_d
 
     def onto_training_images(arrays, meta):
         meta["calibration_slice"] = [250, 400]
-        meta["calibration_images_sha256"] = images_sha256(train_images[250:400])
+        meta["calibration_images_sha256"] = images_digest(train_images[250:400])
         scorer = make_scorer(tiny["run"], "nll", meta["detector_options"], seed=meta["seed"])
         scorer.fit(0, 0)
         arrays["scores"] = scorer.score_images(train_images[250:400], meta["seed"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,6 +16,7 @@ from .records import FORMAT, calibration_path
 from .scorer import make_scorer
 from .training_split import training_split
 from ..evaluation.fitdata import DEFAULT_FIT_IMAGES
+from ..features import images_digest
 from ..infra.atomic import atomic_write
 from ..infra.runlock import holds_run_lock
 from ..training.run_dir import Run
@@ -24,13 +24,6 @@ from ..training.run_dir import Run
 log = logging.getLogger(__name__)
 
 DEFAULT_N_CALIBRATION = 2000
-
-
-def images_sha256(images: np.ndarray) -> str:
-    h = hashlib.sha256()
-    h.update(repr((images.shape, str(images.dtype))).encode())
-    h.update(np.ascontiguousarray(images).tobytes())
-    return h.hexdigest()
 
 
 @holds_run_lock("calibrate")  # it writes RUN/calibration and RUN/features
@@ -76,7 +69,7 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
         "dataset": config.data.name, "split": data.split, "source": data.source, "is_sample": data.is_sample,
         "n_split": total, "train_slice": [0, trained], "heldout": [first, last], "fit_slice": fit_slice,
         "calibration_slice": cal_slice, "n_calibration": n,
-        "calibration_images_sha256": images_sha256(cal_images),
+        "calibration_images_sha256": images_digest(cal_images),
         "checkpoint_sha256": run.checkpoint_sha256, "seed": seed,
         "score_direction": "higher = more out-of-distribution", "fitted_sha256": fitted_sha256,
     }

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from . import conformal
-from .calibration import images_sha256
 from .calibration_file import NoCalibrationError
 from .detection import Detection
 from .fitted_detector import fitted_path, load_fitted
@@ -20,6 +19,7 @@ from .records import REPRODUCED, calibration_path, how_to_calibrate, load_calibr
 from .scorer import DetectorScorer, companion_runs, make_scorer
 from .training_split import training_split
 from ..data.folder import InputImages, display_name, load_input
+from ..features import images_digest
 from ..infra.jsonable import strict_json
 from ..infra.registry import UnknownNameError
 
@@ -140,7 +140,7 @@ def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None)
     data, _ = training_split(scorer.run, data_dir)
     a, b = record["calibration_slice"]
     how = how_to_calibrate(scorer.run_dir, record["detector"])
-    if images_sha256(data.images[a:b]) != record["calibration_images_sha256"]:
+    if images_digest(data.images[a:b]) != record["calibration_images_sha256"]:
         raise NoCalibrationError(f"the calibration images {record['dataset']}/{record['split']}[{a}:{b}] found now "
                                  f"differ from those calibrated on; calibrate again: {how}")
     try:  # the options come from the calibration file: a value the feature refuses is the file's fault

@@ -74,8 +74,10 @@ FEATURES_DIR = "features"
 SUPPLIED = ("model", "x", "generator")
 RESERVED = ("feature", "run")  # keys of a need that are not options of the producer
 # version of the cache files; files of another format are recomputed. 3: noise keyed on each
-# image's bytes and the seed (vaeood.inference.noise), no longer on the batch
-FORMAT = 3
+# image's bytes and the seed (vaeood.inference.noise), no longer on the batch; 4: data_sha256
+# is images_digest as calibration files record it (shape, then dtype name), no longer
+# (dtype code, shape), so the caches' digests of 3 would not match it
+FORMAT = 4
 
 
 class ShapeMismatchError(ValueError):
@@ -183,9 +185,11 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
 
 
 def images_digest(images: np.ndarray) -> str:
-    """SHA-256 of a slice of images (shape and bytes): the data part of a cache key."""
-    digest = hashlib.sha256(repr((images.dtype.str, images.shape)).encode())
-    digest.update(np.ascontiguousarray(images).data)
+    """SHA-256 of ``repr((shape, dtype name))`` followed by the images' bytes (C order):
+    the data part of a feature cache's key (``data_sha256``) and the digest of a
+    calibration's images (``calibration_images_sha256``, :mod:`vaeood.decisions.calibration`)."""
+    digest = hashlib.sha256(repr((images.shape, str(images.dtype))).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
     return digest.hexdigest()
 
 
