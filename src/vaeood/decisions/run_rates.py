@@ -13,6 +13,7 @@ from .records import load_calibration
 from .scorer import make_scorer
 from .training_split import training_split
 from ..detectors import detector_names, per_detector_options
+from ..features.image_slice import ImageSlice
 from ..training.run_dir import Run
 
 DEFAULT_ALPHAS = (0.01, 0.05, 0.1)
@@ -93,11 +94,11 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         scorer.fit(*(record["fit_slice"] or (0, 0)))
         # calibration and test scores from the same feature cache, so from the same code
         a, b = record["calibration_slice"]
-        cal = scorer.score_slice(config.data.name, data.split, seed=record["seed"], start=a, stop=b, data_dir=where,
-                                 allow_sample=config.data.allow_sample)
-        sets = {dataset: scorer.score_slice(dataset, split, seed=seed, limit=limit,
-                                            data_dir=(data_dirs or {}).get(dataset, data_dir), fit=fit,
-                                            allow_sample=allow_sample)
+        calibration_images = ImageSlice(config.data.name, data.split, start=a, stop=b, data_dir=where,
+                                        allow_sample=config.data.allow_sample)
+        cal = scorer.score_slice(calibration_images, record["seed"])
+        sets = {dataset: scorer.score_slice(ImageSlice(dataset, split, limit=limit, fit=fit, allow_sample=allow_sample,
+                                                       data_dir=(data_dirs or {}).get(dataset, data_dir)), seed)
                 for dataset in [in_dataset, *ood_datasets]}
         rates = operating_points(cal, sets[in_dataset],
                                  {ood: sets[ood] for ood in ood_datasets}, alphas=alphas, delta=delta)

@@ -14,6 +14,7 @@ from ..detectors import DETECTORS, make_detector
 from ..evaluation.companions import check_companions
 from ..evaluation.evaluate import fit_detector
 from ..features import compute_features, is_normalised, needs_features
+from ..features.image_slice import ImageSlice
 from ..inference.estimators import is_hierarchical
 from ..infra.jsonable import strict_json
 from ..training.run_dir import Run
@@ -66,13 +67,10 @@ class DetectorScorer:
         else:
             self.detector.fit({})
 
-    def score_slice(self, dataset: str, split: str, *, seed: int, start: int | None = None,
-                    stop: int | None = None, limit: int | None = None, data_dir=None, allow_sample: bool = False,
-                    fit: str | None = None) -> np.ndarray:
+    def score_slice(self, images: ImageSlice, seed: int) -> np.ndarray:
         """Scores of a slice of a dataset split, from features cached in ``RUN/features/``."""
-        feats = compute_features(str(self.run_dir), dataset, split, self.detector.needs, data_dir=data_dir,
-                                 start=start, stop=stop, limit=limit, batch_size=self.batch_size, device=self.device,
-                                 seed=seed, allow_sample=allow_sample, fit=fit)
+        feats = compute_features(str(self.run_dir), images.dataset, images.split, self.detector.needs,
+                                 **images.where(), batch_size=self.batch_size, device=self.device, seed=seed)
         return np.asarray(self.detector.score(feats), dtype=np.float64)
 
     def score_images(self, images: np.ndarray, seed: int) -> np.ndarray:
