@@ -54,11 +54,9 @@ import torch
 from ..infra import distributed
 from ..infra.atomic import atomic_write
 from ..infra.runlock import holds_run_lock
-from ..training.checkpoint import checkpoint_path
 from ..training.config import ConfigError
 from ..data import load_dataset
 from ..data.load import load_for_run
-from ..data.checksums import file_hexdigest
 from ..data.fit import FITS, fit_images
 from ..inference.noise import ImageNoise
 from ..infra.progress import bar
@@ -260,18 +258,17 @@ def feature_meta(features: Mapping) -> dict:
 
 
 class Source:
-    """A run directory's model, loaded once on first need."""
+    """A run directory's model, loaded once on first need (on this process's device under
+    torchrun), and its checkpoint's SHA-256 (:class:`vaeood.training.run_dir.Run`)."""
 
     def __init__(self, run_dir: Path, device: str):
         self.run_dir, self.device = run_dir, device
+        self.run = Run(run_dir)
         self._loaded = None
-        self._sha = None
 
     @property
     def sha256(self) -> str:
-        if self._sha is None:
-            self._sha = file_hexdigest(checkpoint_path(self.run_dir), "sha256")
-        return self._sha
+        return self.run.checkpoint_sha256
 
     def load(self):
         if self._loaded is None:
