@@ -57,7 +57,7 @@ from ..training.config import Config, ConfigError
 from ..data import load_dataset
 from ..evaluation.intervals import N_BOOT, mean_sd
 from ..evaluation.metrics import ood_metrics
-from ..evaluation.report import interval_text, markdown_table
+from ..evaluation.report import interval_text, markdown_table, pm
 from ..training.run import load_model, to_tensor
 from ..evaluation.scoring import score, score_meta
 from .timing import load_average, load_text
@@ -200,7 +200,7 @@ class ForwardKLExperiment:
         """The mean ± sd table and the verdict, for the terminal."""
         keys = ["auroc_iwae", "auroc_elbo", "bpd_in", "q_var_ratio_in", "ess_fraction_in", "epoch_seconds"]
         header = ["objective"] + [METRICS[k][0] for k in keys] + ["95% interval (−IWAE)", "verdict"]
-        body = [[obj] + [_pm(agg[k], METRICS[k][1]) for k in keys]
+        body = [[obj] + [pm(agg[k], METRICS[k][1]) for k in keys]
                 + [interval_text(agg["auroc_iwae"]["interval"]), agg["auroc_iwae"]["verdict"]]
                 for obj, agg in out["aggregate"].items()]
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
@@ -368,12 +368,6 @@ def hypothesis_verdict(aggregate: dict, n_seeds: int) -> dict:
                     f"against the better of {', '.join(REVERSE_KL)}"}
 
 
-def _pm(stat: dict, fmt: str) -> str:
-    if not math.isfinite(stat["mean"]):
-        return "n/a"
-    return f"{stat['mean']:{fmt}} ± {stat['sd']:{fmt}}"
-
-
 # -- figures and report ---------------------------------------------------------------------
 def _save(fig: Figure, path: Path) -> str:
     buf = io.BytesIO()
@@ -478,13 +472,13 @@ def _report_results(out: dict) -> list[str]:
     lines = []
     keys = list(METRICS)
     lines += [markdown_table(["objective", *[METRICS[k][0] for k in keys]],
-                             [[o, *[_pm(agg[o][k], METRICS[k][1]) for k in keys]] for o in agg]), ""]
+                             [[o, *[pm(agg[o][k], METRICS[k][1]) for k in keys]] for o in agg]), ""]
     auroc_keys = [k for k in agg[ABLATED[0]] if k.startswith("auroc_") and "interval" in agg[ABLATED[0]][k]]
     lines += ["Detection: AUROC (MNIST positive) mean ± sd over the seeds, the 95% interval of the seed mean "
               "and the verdict word it gives; each seed's AUROC with its image-bootstrap interval in brackets.", "",
               markdown_table(["objective", "score", "AUROC mean ± sd", "95% interval", "verdict",
                               "per seed: AUROC [interval]"],
-                             [[o, _score_label(k), _pm(agg[o][k], ".3f"), interval_text(agg[o][k]["interval"]),
+                             [[o, _score_label(k), pm(agg[o][k], ".3f"), interval_text(agg[o][k]["interval"]),
                                f"**{agg[o][k]['verdict']}**",
                                "; ".join(f"{a:.3f} [{interval_text(i)}]" for a, i in
                                          zip(agg[o][k]["values"], agg[o][k]["per_seed_intervals"]))]
