@@ -21,4 +21,3 @@ def test_the_digest_sees_bytes_order_shape_and_dtype():
     assert images_digest(flipped) == images_digest(np.ascontiguousarray(flipped)) != images_digest(images)
     assert images_digest(images.reshape(2, 4, 3, 1)) != images_digest(images)
     assert images_digest(images.astype(np.int8)) != images_digest(images)
-

@@ -99,5 +99,3 @@ def _plan_slices(first: int, last: int, fits: bool, n_fit: int | None, n_calibra
         raise NoCalibrationError(f"n_calibration = {n}: {where} has {available} held-out images "
                                  f"left after the training images{fit_text}; choose 1 ≤ n ≤ {available}")
     return ([first, first + n_fit] if n_fit else None), [cal_start, cal_start + n]
-
-

@@ -68,7 +68,8 @@ SECTIONS = {
 
 
 def html_path_for(csv_path):
-    """Where :meth:`vaeood.decisions.detection.Detection.write` puts the page of ``csv_path``: ``<stem>.html`` beside it."""
+    """Where :meth:`vaeood.decisions.detection.Detection.write` puts the page of ``csv_path``:
+    ``<stem>.html`` beside it."""
     from pathlib import Path
 
     csv_path = Path(csv_path)

@@ -87,4 +87,3 @@ class Detection:
 
 def _options_text(options: dict) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in options.items() if v not in ({}, None)) + ")"
-

@@ -156,4 +156,3 @@ def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None)
                                  f"(largest difference {worst:.3g}): its fit or its features changed since "
                                  f"calibration (another vaeood version, a random fit, a recomputed feature cache); "
                                  f"calibrate again: {how}")
-

@@ -86,5 +86,3 @@ def _check_replaceable(out, path: Path) -> None:
     if not ours:
         raise DataError(f"--out {out}: {path} exists and is not a file detect wrote (it would be replaced); "
                         "write the results elsewhere, or remove it first")
-
-

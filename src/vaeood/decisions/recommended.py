@@ -20,4 +20,3 @@ def recommended_detector(run_dir: str | Path, device: str = "cpu") -> str:
     """The first detector of :data:`RECOMMENDED` that applies to the run's model."""
     info = run_info(Run(run_dir, device).model, has_fit_data=True)
     return next(name for name in RECOMMENDED if make_detector(name).why_not(info) is None)
-

@@ -44,7 +44,6 @@ def default_detector(run_dir: str | Path) -> str:
                              f"({', '.join(RECOMMENDED)}); choose one with --detector (detector= in Python)")
 
 
-
 def calibration_path(run_dir: str | Path, detector: str) -> Path:
     return Path(run_dir) / CALIBRATION_DIR / f"{detector}.npz"
 
@@ -113,4 +112,3 @@ def _check_against_run(run: Run, path: Path, record: dict, how: str) -> None:
 def calibration_scores(run_dir: str | Path, detector: str | None = None) -> np.ndarray:
     """The saved calibration scores ``[n]`` of ``detector`` (see :func:`load_calibration`)."""
     return load_calibration(run_dir, detector)["scores"]
-

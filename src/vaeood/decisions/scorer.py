@@ -99,14 +99,11 @@ def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None,
                           batch_size=batch_size)
 
 
-
 def run_info(model, has_fit_data: bool) -> dict:
     """What :meth:`vaeood.detectors.Detector.why_not` asks of a run."""
     return {"normalised": is_normalised(model), "has_fit_data": has_fit_data, "hierarchical": is_hierarchical(model)}
 
 
-
 def companion_runs(options: dict) -> list[str]:
     """The other runs a detector's options name (``background_run``, ``second_run``, ...)."""
     return [str(v) for k, v in options.items() if k.endswith("_run") and isinstance(v, (str, Path))]
-
