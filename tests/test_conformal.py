@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vaeood.decisions.conformal import (CalibrationError, benjamini_hochberg, binomial_upper, clopper_pearson,
-                              conditional_rank, count_at_least, decide, describe_guarantee, marginal_rank,
-                              operating_points, p_values, realised_fpr_upper, threshold)
+from vaeood.decisions.conformal import (CalibrationError, benjamini_hochberg, conditional_rank, count_at_least,
+                                        decide, describe_guarantee, marginal_rank, p_values, threshold)
+from vaeood.decisions.conformal_rates import binomial_upper, clopper_pearson, operating_points, realised_fpr_upper
 
 
 def _batched_p(cal, test):

@@ -16,8 +16,8 @@ import vaeood
 from tinydata import blobs, strokes, write_npz
 from vaeood.decisions import conformal
 from vaeood.cli import main
-from vaeood.decisions.core import (NoCalibrationError, calibration_path, calibration_scores, load_calibration,
-                              operating_points_for_run)
+from vaeood.decisions.records import NoCalibrationError, calibration_path, calibration_scores, load_calibration
+from vaeood.decisions.run_rates import operating_points_for_run
 
 TINY = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
 
@@ -384,14 +384,15 @@ def test_recorded_options_the_feature_refuses_are_the_files_fault_not_a_tracebac
 def test_a_calibration_slice_over_the_training_images_is_refused_even_with_its_digests_redone(tiny, tmp_path):
     """Issue 23: a slice moved onto the model's own training images [0, 300), with the images'
     digest and the scores recomputed so that every other check passes, is refused."""
-    from vaeood.decisions.core import images_sha256, make_scorer
+    from vaeood.features import images_digest
+    from vaeood.decisions.scorer import make_scorer
 
     with np.load(tiny["data"] / "fashion_mnist_train.npz") as f:
         train_images = f["x"]
 
     def onto_training_images(arrays, meta):
         meta["calibration_slice"] = [250, 400]
-        meta["calibration_images_sha256"] = images_sha256(train_images[250:400])
+        meta["calibration_images_sha256"] = images_digest(train_images[250:400])
         scorer = make_scorer(tiny["run"], "nll", meta["detector_options"], seed=meta["seed"])
         scorer.fit(0, 0)
         arrays["scores"] = scorer.score_images(train_images[250:400], meta["seed"])
@@ -520,7 +521,7 @@ def test_a_fitting_detector_is_fitted_and_calibrated_on_disjoint_held_out_slices
 
 
 def test_decision_rates_for_the_suite_report(tiny):
-    from vaeood.decisions.core import decision_rates, format_decision_table
+    from vaeood.decisions.run_rates import decision_rates, format_decision_table
 
     run, data = tiny["run"], tiny["data"]
     rates = decision_rates(run, "fashion_mnist", ["mnist"], ["nll", "complexity"], n_calibration=150,

@@ -22,7 +22,9 @@ from PIL import Image
 from vaeood.decisions import conformal
 from vaeood.data import DataError
 from vaeood.data.folder import InputImages, printable
-from vaeood.decisions.core import Detection, _summary, check_outputs
+from vaeood.decisions.detection import Detection
+from vaeood.decisions.flagging import _summary
+from vaeood.decisions.outputs import check_outputs
 from vaeood.decisions.detect_report import HTML_HEAD, bh_cutoff_score, html_path_for, sections
 
 NASTY = "<script>alert('x')</script> & \"q\" caf\\xe9\x1b[2J.png"

@@ -101,7 +101,7 @@ def test_regret_and_llr_through_the_cli_with_their_options_recorded(data, tmp_pa
 
 
 def test_llr_is_calibrated_for_decisions_on_a_hierarchical_run(data, tmp_path):
-    from vaeood.decisions.core import calibrate
+    from vaeood.decisions import calibrate
 
     deep = train(Config().override(HVAE), tmp_path / "deep", data_dir=str(data))
     record = calibrate(deep, "llr", n_calibration=50, data_dir=str(data))

@@ -14,7 +14,8 @@ from tinydata import blobs, strokes, write_fig2a_data, write_npz
 from vaeood.training.config import Config
 from vaeood.features import compute_feature, compute_features, feature_meta, features_of
 from vaeood.features.compression import compressed_bytes
-from vaeood.training.train import corrupt, train
+from vaeood.training.corruption import corrupt
+from vaeood.training.train import train
 
 
 @pytest.fixture()

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from vaeood.cli import main
-from vaeood.decisions.conformal import binomial_upper
+from vaeood.decisions.conformal_rates import binomial_upper
 from vaeood.data.sample import load_sample
-from vaeood.decisions.core import calibrated_detectors, default_detector
+from vaeood.decisions.records import calibrated_detectors, default_detector
 from vaeood.pipeline import holdout_for
 
 

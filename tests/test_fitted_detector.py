@@ -16,7 +16,8 @@ from PIL import Image
 import vaeood
 from tinydata import blobs, strokes, write_npz
 from vaeood.cli import main
-from vaeood.decisions.core import DetectorScorer, NoCalibrationError, calibration_path
+from vaeood.decisions.records import NoCalibrationError, calibration_path
+from vaeood.decisions.scorer import DetectorScorer
 from vaeood.decisions.fitted_detector import N_CHECK, check_rows, fitted_path, load_fitted
 
 TINY = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]

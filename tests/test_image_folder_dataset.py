@@ -23,7 +23,7 @@ from tinydata import blobs, strokes, write_npz
 from vaeood.training.checkpoint import load_checkpoint
 from vaeood.cli import main
 from vaeood.data import DataError, load_dataset
-from vaeood.decisions.core import NoCalibrationError, calibration_path, load_calibration
+from vaeood.decisions.records import NoCalibrationError, calibration_path, load_calibration
 from vaeood.decisions.fitted_detector import fitted_path
 
 MLP = ["--train.epochs=1", "--model.arch=mlp", "--model.hidden_dim=32", "--model.latent_dim=4",

@@ -162,7 +162,7 @@ def test_experiments_pass_the_detectors_asked_for_to_evaluate(monkeypatch):
 
 def test_spearman_matches_scipy_with_ties_and_of_every_resample():
     """A replicate's multiplicities give exactly scipy's ρ of the repeated data (midranks)."""
-    from vaeood.evaluation.intervals import _Midranks, _weighted_pearson, spearman
+    from vaeood.evaluation.rank_correlation import _Midranks, _weighted_pearson, spearman
 
     rng = np.random.default_rng(20)
     x = rng.integers(0, 15, 200).astype(float)
@@ -177,7 +177,7 @@ def test_spearman_matches_scipy_with_ties_and_of_every_resample():
 
 
 def test_seed_spearman_known_answers():
-    from vaeood.evaluation.intervals import correlation_word, seed_spearman
+    from vaeood.evaluation.rank_correlation import correlation_word, seed_spearman
 
     x = np.arange(100.0)
     exact = seed_spearman(x, [-x, -2 * x - 1], n_boot=200)

@@ -11,7 +11,7 @@ import torch
 import vaeood
 from tinydata import blobs, strokes, write_npz
 from vaeood.cli import main
-from vaeood.decisions.conformal import binomial_upper
+from vaeood.decisions.conformal_rates import binomial_upper
 from vaeood.detectors import make_detector
 from vaeood.detectors.fused import TailPValue
 from vaeood.evaluation.metrics import ood_metrics

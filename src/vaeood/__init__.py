@@ -11,7 +11,7 @@ per-image features, fitted out-of-distribution detectors, metrics, figures and r
 from ._version import __version__
 from .training.config import Config
 from .byo import VAEAdapter, VAEProtocol, from_pythae
-from .decisions.core import calibrate, decide
+from .decisions import calibrate, decide
 from .detectors import DETECTORS
 from .evaluation.evaluate import detect, evaluate, evaluate_model, fit_detector
 from .features import FEATURES, compute_features

@@ -1,12 +1,12 @@
 """A detector from a folder of images in one call: ``vaeood fit SOURCE --out MODEL``.
 
 It trains the VAE on SOURCE with the last images of it held out, then fits and
-calibrates the recommended detector (:data:`vaeood.decisions.core.RECOMMENDED`) on those
+calibrates the recommended detector (:data:`vaeood.decisions.recommended.RECOMMENDED`) on those
 held-out images, so that ``vaeood detect MODEL IMAGES`` needs nothing more:
 
     SOURCE:  [0, n − h)        training images of the VAE
              [n − h, n)        held out: the detector's fitting images, then its calibration
-                               images (vaeood.decisions.core), never seen in training
+                               images (vaeood.decisions), never seen in training
 
 The held-out count is ``h = min(7000, n // 5)``, of which ``min(2000, h // 2)`` calibrate
 and the rest fit the detector: 5,000 to fit and 2,000 to calibrate once n ≥ 35,000 (the
@@ -27,7 +27,7 @@ from .training.config import Config, ConfigError
 from .data import DatasetNotFoundError
 from .data.load import load_for_run
 from .data.image_folder import is_folder_name
-from .decisions.core import calibrate, recommended_detector
+from .decisions import calibrate, recommended_detector
 from .training.train import train
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ Provenance: the ImageSet's ``name`` is the folder's own name (never its absolute
 its ``source`` and ``files`` carry a SHA-256 of the sorted relative names and bytes of the
 images used; ``folder`` records classes, order, fit, skipped and left-out files. A run
 trained on a folder records all of it in its checkpoint, and calibration refuses a folder
-that changed since (:func:`vaeood.decisions.core.calibrate`).
+that changed since (:func:`vaeood.decisions.calibration.calibrate`).
 """
 
 from __future__ import annotations

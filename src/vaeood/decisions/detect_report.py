@@ -1,4 +1,4 @@
-"""The HTML page of a :class:`vaeood.decisions.core.Detection`: what ``vaeood detect`` decided,
+"""The HTML page of a :class:`vaeood.decisions.detection.Detection`: what ``vaeood detect`` decided,
 for a person to look at (``FILE.html`` beside ``FILE.csv`` and ``FILE.summary.json``).
 
 One self-contained file: CSS inline, every image a ``data:image/png;base64`` URI, no
@@ -68,7 +68,8 @@ SECTIONS = {
 
 
 def html_path_for(csv_path):
-    """Where :meth:`vaeood.decisions.core.Detection.write` puts the page of ``csv_path``: ``<stem>.html`` beside it."""
+    """Where :meth:`vaeood.decisions.detection.Detection.write` puts the page of ``csv_path``:
+    ``<stem>.html`` beside it."""
     from pathlib import Path
 
     csv_path = Path(csv_path)

@@ -17,17 +17,13 @@ import logging
 from pathlib import Path
 from typing import Mapping
 
-from ..training.checkpoint import checkpoint_path, load_checkpoint
+from ..training.checkpoint import checkpoint_path
 from ..training.config import ConfigError
-from .fitdata import run_config
+from ..training.run_dir import Run
 
 log = logging.getLogger(__name__)
 
 __all__ = ["check_companions"]
-
-
-def _shape(run_dir: Path) -> tuple[int, ...]:
-    return tuple(load_checkpoint(checkpoint_path(run_dir), map_location="cpu")["image_shape"])
 
 
 def _check_one(name: str, option: str, other: Path, run_dir: Path, run, shape) -> object:
@@ -35,13 +31,14 @@ def _check_one(name: str, option: str, other: Path, run_dir: Path, run, shape) -
     if not (other / "config.json").is_file() or not checkpoint_path(other).is_file():
         raise ConfigError(f"detector {name!r}: {option} = {other} is not a trained run directory (no config.json "
                           "and checkpoint.pt); train it first (see the detector's documentation)")
-    companion = run_config(other)
+    companion_run = Run(other)
+    companion = companion_run.config
     mine = f"{run.data.name}/{run.data.split}"
     theirs = f"{companion.data.name}/{companion.data.split}"
     if theirs != mine:
         raise ConfigError(f"detector {name!r}: {option} = {other} was trained on {theirs}, but the run {run_dir} on "
                           f"{mine}; train the companion on the run's data (--data.name={run.data.name})")
-    other_shape = _shape(other)
+    other_shape = companion_run.image_shape
     if other_shape != shape:
         text = "×".join
         raise ConfigError(f"detector {name!r}: {option} = {other} was trained on images of C×H×W = "
@@ -64,7 +61,8 @@ def check_companions(run_dir: str | Path, detectors: Mapping) -> list[str]:
     pairs = [(n, d, o, Path(v)) for n, d, o, v in pairs if isinstance(v, (str, Path))]
     if not pairs:
         return []
-    run, shape = run_config(run_dir), _shape(run_dir)
+    mine = Run(run_dir)
+    run, shape = mine.config, mine.image_shape
     notes = []
     for name, det, option, other in pairs:
         companion = _check_one(name, option, other, run_dir, run, shape)

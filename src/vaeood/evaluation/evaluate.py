@@ -30,6 +30,7 @@ from ..inference.estimators import is_hierarchical
 from ..training.run import load_model
 from .fitdata import check_fit_slice, heldout_slice, run_config
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
+from ..infra.jsonable import strict_json
 from ..infra.progress import bar
 from .report import histogram_figure
 from .scoring import score, score_meta
@@ -37,18 +38,6 @@ from .scoring import score, score_meta
 log = logging.getLogger(__name__)
 
 SCORES_DIR = "detector_scores"
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
 
 
 def build_detectors(names: str | Iterable[str] | None, detector_options: Mapping | None = None, *,
@@ -206,7 +195,7 @@ class _DetectorRunner:
         atomic_write(path, lambda f: np.savez(f, **arrays))
         self.score_files[name] = f"{SCORES_DIR}/{name}.npz"
         self.det_info[name] = {
-            "options": _jsonable(det.options), "needs": _jsonable(det.needs), "paper": det.paper,
+            "options": strict_json(det.options), "needs": strict_json(det.needs), "paper": det.paper,
             "fits": det.fits, "fit": det.fit_info if det.fits else None,
             "seconds": {"features": feature_seconds, "features_total": sum(feature_seconds.values()),
                         "fit": fit_seconds, "score": score_seconds,

@@ -9,28 +9,19 @@ calibration takes a second, disjoint slice (``offset``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..training.config import Config
 from ..data.load import load_for_run
 from ..detectors.base import FitDataError
-from ..training.train import training_count
+from ..training.run_dir import Run, heldout_range, training_count
 
 DEFAULT_FIT_IMAGES = 5000
 
 
 def run_config(run_dir: str | Path) -> Config:
-    """The run's resolved config (``RUN/config.json``)."""
-    return Config.from_dict(json.loads((Path(run_dir) / "config.json").read_text()),
-                            where=str(Path(run_dir) / "config.json"))
-
-
-def heldout_range(config: Config, split_size: int) -> tuple[int, int]:
-    """``[start, stop)`` of the images of the training split that training did not use."""
-    trained = training_count(config.data, split_size)
-    start = split_size - config.data.holdout if config.data.holdout else trained
-    return start, split_size
+    """The run's resolved config (``RUN/config.json``; :attr:`vaeood.training.run_dir.Run.config`)."""
+    return Run(run_dir).config
 
 
 def heldout_slice(run_dir: str | Path, *, n: int | None = None, offset: int = 0, data_dir: str | None = None,

@@ -13,7 +13,7 @@ sets (in-distribution, OOD) under one model (trained with one or several seeds):
    ``pixel_mean`` m(x) = (1/D) Σ_d x_d and ``pixel_var`` v(x) = (1/D) Σ_d (x_d − m(x))²,
    and Spearman ρ(m, v) over the set's images (near ±1 the two cannot be told apart).
 2. **Rank correlations.** Spearman's ρ between v(x) and log p(x), within each set and
-   pooled over both, and the same for m(x): :func:`vaeood.evaluation.intervals.seed_spearman`, the
+   pooled over both, and the same for m(x): :func:`vaeood.evaluation.rank_correlation.seed_spearman`, the
    seed-mean ρ with the two-level bootstrap interval (seeds and images resampled; a
    pooled ρ resamples the two sets separately, each to its own size). Variance explains
    the likelihood when ρ(v, log p) < 0: lower-variance images get higher likelihood.
@@ -63,7 +63,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..features import pixel_stats
-from .intervals import LEVEL, N_BOOT, mean_sd, resample_counts, seed_spearman, seed_summary, spearman
+from .intervals import LEVEL, N_BOOT, mean_sd, resample_counts, seed_summary
+from .rank_correlation import seed_spearman, spearman
 
 log = logging.getLogger(__name__)
 

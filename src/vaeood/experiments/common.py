@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import platform
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ..training.config import Config, ConfigError
 from ..evaluation.evaluate import evaluate
 from ..evaluation.intervals import N_BOOT, seed_summary
 from ..detectors import make_detector
+from ..infra.jsonable import strict_json  # noqa: F401 (the experiments take it from here)
 from ..infra.progress import bar
 from ..infra.registry import Registry
 from ..evaluation.scoring import score
@@ -96,17 +96,6 @@ def auroc_summary(pairs: list[tuple[np.ndarray, np.ndarray]], *, n_boot: int = N
     interval with its verdict word (:func:`vaeood.evaluation.intervals.seed_summary`)."""
     s = seed_summary(pairs, n_boot=n_boot, seed=seed)
     return {**s.as_dict(), "text": s.text()}
-
-
-def strict_json(obj):
-    """NaN/inf → None, tuples → lists: what ``json`` writes is then strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    return obj
 
 
 INTERVAL_METHOD = ("95% percentile interval of the seed-mean AUROC by a two-level bootstrap: each replicate "

@@ -55,14 +55,14 @@ from ..training.config import Config, ConfigError
 from ..data import load_dataset
 from ..evaluation.intervals import N_BOOT, mean_sd
 from ..evaluation.metrics import ood_metrics
-from ..evaluation.report import interval_text
+from ..evaluation.report import interval_text, pm
 from ..training.run import load_model, to_tensor
 from ..evaluation.scoring import score, score_meta
 from .timing import load_average
 from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, estimate_scores, stamp,
                      runs_bar, strict_json, train_or_reuse)
 from .forward_kl_stats import (ABLATED, FORWARD_KL, METRICS, REVERSE_KL, holm,  # noqa: F401  (imported from here)
-                               hypothesis_verdict, pm)
+                               hypothesis_verdict)
 from .forward_kl_report import render_report, write_figures
 
 

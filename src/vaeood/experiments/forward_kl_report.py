@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..infra.atomic import atomic_write
-from ..evaluation.report import interval_text, markdown_table
-from .forward_kl_stats import ABLATED, METRICS, pm
+from ..evaluation.report import interval_text, markdown_table, pm
+from .forward_kl_stats import ABLATED, METRICS
 from .timing import load_text
 
 if TYPE_CHECKING:

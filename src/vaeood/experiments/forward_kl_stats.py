@@ -117,10 +117,3 @@ def hypothesis_verdict(aggregate: dict, n_seeds: int) -> dict:
             "rule": f"improves/worsens: |Δ mean AUROC| ≥ {MIN_EFFECT} and Welch's two-sided t-test p < 0.05 "
                     f"over the seeds after Holm's correction for the {len(FORWARD_KL)} forward-KL objectives, "
                     f"against the better of {', '.join(REVERSE_KL)}"}
-
-
-def pm(stat: dict, fmt: str) -> str:
-    if not math.isfinite(stat["mean"]):
-        return "n/a"
-    return f"{stat['mean']:{fmt}} ± {stat['sd']:{fmt}}"
-

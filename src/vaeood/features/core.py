@@ -54,16 +54,15 @@ import torch
 from ..infra import distributed
 from ..infra.atomic import atomic_write
 from ..infra.runlock import holds_run_lock
-from ..training.checkpoint import checkpoint_path
 from ..training.config import ConfigError
 from ..data import load_dataset
 from ..data.load import load_for_run
-from ..data.checksums import file_hexdigest
 from ..data.fit import FITS, fit_images
 from ..inference.noise import ImageNoise
 from ..infra.progress import bar
 from ..infra.registry import Registry, check_options
 from ..training.run import load_model, to_tensor
+from ..training.run_dir import CONFIG_NAME, Run
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,10 @@ FEATURES_DIR = "features"
 SUPPLIED = ("model", "x", "generator")
 RESERVED = ("feature", "run")  # keys of a need that are not options of the producer
 # version of the cache files; files of another format are recomputed. 3: noise keyed on each
-# image's bytes and the seed (vaeood.inference.noise), no longer on the batch
-FORMAT = 3
+# image's bytes and the seed (vaeood.inference.noise), no longer on the batch; 4: data_sha256
+# is images_digest as calibration files record it (shape, then dtype name), no longer
+# (dtype code, shape), so the caches' digests of 3 would not match it
+FORMAT = 4
 
 
 class ShapeMismatchError(ValueError):
@@ -182,9 +183,11 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
 
 
 def images_digest(images: np.ndarray) -> str:
-    """SHA-256 of a slice of images (shape and bytes): the data part of a cache key."""
-    digest = hashlib.sha256(repr((images.dtype.str, images.shape)).encode())
-    digest.update(np.ascontiguousarray(images).data)
+    """SHA-256 of ``repr((shape, dtype name))`` followed by the images' bytes (C order):
+    the data part of a feature cache's key (``data_sha256``) and the digest of a
+    calibration's images (``calibration_images_sha256``, :mod:`vaeood.decisions.calibration`)."""
+    digest = hashlib.sha256(repr((images.shape, str(images.dtype))).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
     return digest.hexdigest()
 
 
@@ -255,18 +258,17 @@ def feature_meta(features: Mapping) -> dict:
 
 
 class Source:
-    """A run directory's model, loaded once on first need."""
+    """A run directory's model, loaded once on first need (on this process's device under
+    torchrun), and its checkpoint's SHA-256 (:class:`vaeood.training.run_dir.Run`)."""
 
     def __init__(self, run_dir: Path, device: str):
         self.run_dir, self.device = run_dir, device
+        self.run = Run(run_dir)
         self._loaded = None
-        self._sha = None
 
     @property
     def sha256(self) -> str:
-        if self._sha is None:
-            self._sha = file_hexdigest(checkpoint_path(self.run_dir), "sha256")
-        return self._sha
+        return self.run.checkpoint_sha256
 
     def load(self):
         if self._loaded is None:
@@ -337,10 +339,8 @@ def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, a
     (as score() always did). The run's own training split is read as training read it (a
     folder with the run's ``data.fit``/``data.skip_bad``); another folder with ``fit``
     (see :func:`vaeood.data.load.load_for_run`)."""
-    from ..training.config import Config
-
-    path = Path(run_dir) / "config.json"
-    data_config = Config.from_dict(json.loads(path.read_text())).data if path.exists() else None
+    run = Run(run_dir)
+    data_config = run.config.data if (run.path / CONFIG_NAME).exists() else None
     config_dir = data_config.data_dir if data_config is not None and data_dir is None else None
     if data_config is None:
         return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, fit=fit)

@@ -24,15 +24,16 @@ import torch
 from ..infra.atomic import atomic_write_json, atomic_write_text, ensure_dir, remove_stale_temps
 from ..infra import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .corruption import corrupt, noise_generator
 from .config import PRECISIONS, Config, ConfigError, flatten
 from ..data.load import load_for_run
 from ..models import build_model, count_parameters
 from ..inference.objectives import load_objective_state, make_objective, objective_state
 from ..infra.progress import bar as progress_bar, shown as progress_shown
 from .run import resolve_device, to_tensor
+from .run_dir import CONFIG_NAME, training_count
 from ..infra.runlock import run_lock
 
-CONFIG_NAME = "config.json"
 CHECK_EVERY_GPU = 32  # steps between host reads of the non-finite-step counter on a GPU
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
         run.objective.set_epoch(epoch)
     order = epoch_order(n, tcfg.seed, epoch).to(device)
     dcfg = run.config.data
-    noise = _noise_generator(bool(dcfg.noise_rate or dcfg.shuffle_patches), tcfg.seed, epoch, run.rank, device)
+    noise = noise_generator(bool(dcfg.noise_rate or dcfg.shuffle_patches), tcfg.seed, epoch, run.rank, device)
     sums = GoodSums(device)  # logged values summed on the device over good steps; read once per epoch
     steps, skipped = 0, torch.zeros((), device=device)
     started = time.perf_counter()
@@ -365,49 +366,6 @@ def save_run_state(path, config, model, optimizer, epoch, history, image_shape, 
                        "split_size": len(data.images),
                        **({"folder": data.folder} if data.folder is not None else {})},
     })
-
-
-def training_count(data_config, n: int) -> int:
-    """How many images of the split training uses: the first ``n - holdout`` (``data.holdout``),
-    at most ``data.limit``. The rest is never seen in training: detectors fit on it."""
-    if data_config.holdout is not None and data_config.holdout >= n:
-        raise ConfigError(f"data.holdout = {data_config.holdout}: must be below the split's {n} images")
-    count = n - (data_config.holdout or 0)
-    return min(count, data_config.limit) if data_config.limit else count
-
-
-def _noise_generator(active: bool, seed: int, epoch: int, rank: int, device) -> torch.Generator | None:
-    """The corruption stream of one epoch (a function of seed, epoch and rank: resumable)."""
-    if not active:
-        return None
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7_919 * (epoch + 1) + 104_729 * rank)
-
-
-def corrupt(x: torch.Tensor, rate: float, generator: torch.Generator, patch: int = 0) -> torch.Tensor:
-    """The training images of a background model, uint8 ``[B, C, H, W]``: each sub-pixel
-    replaced, with probability ``rate``, by a value drawn uniformly from 0..255 (the input
-    perturbation of Ren et al., NeurIPS 2019); with ``patch`` > 0, first each image's
-    ``patch × patch`` tiles put in a random order of their own (:func:`shuffle_patches`)."""
-    if patch:
-        x = shuffle_patches(x, patch, generator)
-    if not rate:
-        return x
-    mask = torch.rand(x.shape, generator=generator, device=x.device) < rate
-    values = torch.randint(0, 256, x.shape, generator=generator, device=x.device, dtype=torch.uint8)
-    return torch.where(mask, values, x)
-
-
-def shuffle_patches(x: torch.Tensor, patch: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image's non-overlapping ``patch × patch`` tiles in a random order (one
-    permutation per image): local statistics are kept, the global arrangement is not."""
-    b, c, h, w = x.shape
-    if h % patch or w % patch:
-        raise ValueError(f"data.shuffle_patches = {patch} must divide the image size {h}×{w}")
-    gh, gw = h // patch, w // patch
-    tiles = x.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c, patch, patch)
-    order = torch.argsort(torch.rand(b, gh * gw, generator=generator, device=x.device), dim=1)
-    tiles = torch.gather(tiles, 1, order[:, :, None, None, None].expand_as(tiles))
-    return tiles.reshape(b, gh, gw, c, patch, patch).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
 def check_interval(device: torch.device) -> int:

@@ -28,7 +28,7 @@ its interval on every pair. Detectors that fit are
 fitted on a held-out slice of the training split (the images after ``data.limit``),
 recorded in ``metrics.json`` and the report.
 
-For each detector the conformal decisions of :mod:`vaeood.decisions.core` are calibrated on
+For each detector the conformal decisions of :mod:`vaeood.decisions` are calibrated on
 held-out training images after its fitting slice, and the report gives the realised
 false-alarm rate and the TPR at α = 0.01, 0.05, 0.1 beside the AUROC.
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from ...infra.atomic import atomic_write_json, atomic_write_text
 from ...training.config import Config
 from ...data import DatasetNotFoundError, load_dataset
-from ...decisions.core import DEFAULT_ALPHAS, decision_rates
+from ...decisions.run_rates import DEFAULT_ALPHAS, decision_rates
 from ...evaluation.evaluate import evaluate
 from ..common import runs_bar, stamp
 from .figures import write_figures
