@@ -184,21 +184,21 @@ def test_the_cache_never_reuses_features_of_other_data_through_the_cli(tmp_path,
     env.pop("VAEOOD_DATA", None)
     other = tmp_path / "other"
     write_npz(other, "mnist", "test", blobs(40, 11))  # other images under the same name
-    first = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--limit", "20", env=env)
+    first = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--limit", "20", env=env)
     assert first.returncode == 0, first.stderr
-    swapped = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), "--limit", "20", env=env)
+    swapped = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(other), "--limit", "20", env=env)
     assert swapped.returncode == 0, swapped.stderr
     assert "reusing" not in swapped.stderr
     assert first.stdout.split("mean log p(x) = ")[1] != swapped.stdout.split("mean log p(x) = ")[1]
     # replaced in place: 1 image, then 50
     write_npz(other, "mnist", "test", strokes(1, 4))
-    one = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
+    one = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
     assert "mnist/test: 1 images" in one.stdout, one.stderr
     write_npz(other, "mnist", "test", strokes(50, 4))
-    fifty = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
+    fifty = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
     assert "mnist/test: 50 images" in fifty.stdout and "reusing" not in fifty.stderr
     # and the same data again is reused
-    again = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
+    again = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
     assert "reusing" in again.stderr and again.stdout == fifty.stdout
 
 

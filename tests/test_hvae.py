@@ -233,10 +233,10 @@ def test_train_end_to_end_with_warmup_and_resume(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["train_elbo_nats"] < 0
 
-    from vaeood.evaluation.scoring import score
+    from vaeood.evaluation.log_px import log_px
 
-    scores = score(tmp_path / "straight", "mnist", data_dir=str(data), estimator="iwae",
-                   estimator_options={"k": 4}, limit=16)
+    scores = log_px(tmp_path / "straight", "mnist", data_dir=str(data), estimator="iwae",
+                    estimator_options={"k": 4}, limit=16)
     assert scores["bpd"].shape == (16,) and (scores["bpd"] > 0).all()
     assert {"rate_nats_layer1", "rate_nats_layer3"} <= set(scores)
 

@@ -155,7 +155,7 @@ def test_train_on_a_folder_then_score_evaluate_calibrate_and_refuse_it_changed(t
     trained = load_checkpoint(run)["train_data"]
     assert trained["trained_range"] == [0, 80] and trained["folder"]["classes"] == ["lines", "round"]
 
-    assert main(["score", str(run), "--dataset", str(test_in)]) == 0
+    assert main(["log-px", str(run), "--dataset", str(test_in)]) == 0
     assert main(["evaluate", str(run), "--in", str(test_in), "--ood", str(test_ood), "--detectors", "nll",
                  "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

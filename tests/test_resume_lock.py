@@ -124,7 +124,7 @@ def test_why_3_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp
     try:
         wait_for(lambda: (run / "metrics.jsonl").exists(), first)  # trained an epoch, holds the lock
         for argv in (["train", str(run), *base, "--model.latent_dim=8"],  # a second training
-                     ["score", str(run), "--dataset", "mnist", "--data-dir", str(data)]):  # a scoring
+                     ["log-px", str(run), "--dataset", "mnist", "--data-dir", str(data)]):  # a scoring
             second = launch(argv, tmp_path / "b.log")
             assert second.wait(timeout=120) == 2
             err = (tmp_path / "b.log").read_text()
@@ -138,7 +138,7 @@ def test_why_3_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["latent_dim"] == load_checkpoint(run)["config"]["model"]["latent_dim"] == 4
     # ... does not block the next writer
-    third = launch(["score", str(run), "--dataset", "mnist", "--data-dir", str(data), "--limit", "8"],
+    third = launch(["log-px", str(run), "--dataset", "mnist", "--data-dir", str(data), "--limit", "8"],
                    tmp_path / "c.log")
     assert third.wait(timeout=120) == 0, (tmp_path / "c.log").read_text()
 

@@ -76,14 +76,14 @@ def test_why_5_a_negative_or_zero_limit_is_refused(tmp_path, trained, capsys):
     err = cli_error(capsys, ["train", str(tmp_path / "run"), "--data.limit=-5"])
     assert "data.limit = -5: must be an integer >= 1" in err
     for limit in ("-5", "0"):
-        err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--limit", limit])
+        err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--limit", limit])
         assert f"--limit: got '{limit}'; must be an integer >= 1" in err
     assert not (trained[0] / "scores").exists()
-    from vaeood.evaluation.scoring import score  # the Python API refuses them too, naming the argument
+    from vaeood.evaluation.log_px import log_px  # the Python API refuses them too, naming the argument
 
     for limit in (-5, 0, 2.5):
         with pytest.raises(ConfigError, match="limit must be"):
-            score(trained[0], "mnist", "test", data_dir=str(trained[1]), limit=limit)
+            log_px(trained[0], "mnist", "test", data_dir=str(trained[1]), limit=limit)
     assert not list((trained[0] / "features").glob("mnist*"))
 
 
@@ -136,7 +136,7 @@ def test_plugin_options_are_checked_by_name_type_and_range(tmp_path, capsys, ove
     (["--estimator", "nope"], "unknown estimator 'nope'"),
 ])
 def test_bad_scoring_numbers_are_refused_where_parsed(trained, capsys, args, message):
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]), *args])
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]), *args])
     assert message in err
 
 
@@ -151,13 +151,13 @@ def test_a_broken_symlink_among_the_dataset_files_is_named(tmp_path, trained, ca
     data = tmp_path / "data"
     data.mkdir()
     (data / "mnist_test.npz").symlink_to(tmp_path / "gone.npz")
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(data)])
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(data)])
     assert f"{data / 'mnist_test.npz'} is a broken symbolic link" in err and "gone.npz" in err
     # a good copy in a later search folder is not used behind the user's back either
     os.environ["VAEOOD_DATA"] = str(trained[1])
     try:
         assert "broken symbolic link" in cli_error(
-            capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(data)])
+            capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(data)])
     finally:
         del os.environ["VAEOOD_DATA"]
 
@@ -201,7 +201,7 @@ def test_disk_full_inside_torch_save_gets_the_documented_message(tmp_path, capsy
 def test_sigint_and_sigterm_end_with_one_line_and_their_status(tmp_path, trained, sig, status, word):
     log = tmp_path / "score.log"
     # -v: the "loaded" line it waits for is detail (DEBUG)
-    proc = launch(["-v", "score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
+    proc = launch(["-v", "log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
                    "--estimator", "iwae", "--k", "20000", "--batch-size", "8"], log)
     wait_for(lambda: "loaded mnist/test" in log.read_text(), proc)
     proc.send_signal(sig)

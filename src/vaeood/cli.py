@@ -1,5 +1,5 @@
-"""The ``vaeood`` command: train, score, evaluate, reproduce (their options:
-:mod:`vaeood.cli_parsers`).
+"""The ``vaeood`` command: fit, train, log-px, evaluate, calibrate, detect, reproduce
+(their options: :mod:`vaeood.cli_parsers`).
 
 Config changes are dotted overrides after the options, e.g.
 ``vaeood train runs/a --model.latent_dim=32 --train.epochs 5``.
@@ -21,7 +21,7 @@ import torch
 from .infra.allocator import keep_freed_memory
 from .infra import distributed
 from .training.checkpoint import CheckpointError
-from .cli_parsers import build_parser
+from .cli_parsers import DEPRECATED_COMMANDS, build_parser
 from .training.config import Config, ConfigError, flatten, read_config_file
 from .infra.console import console
 from .decisions.conformal import CalibrationError
@@ -37,7 +37,7 @@ from .pipeline import fit
 from .infra.registry import UnknownNameError, split_names
 from .evaluation.report import format_table
 from .infra.runlock import RunLockedError
-from .evaluation.scoring import ShapeMismatchError, score, score_meta
+from .evaluation.log_px import ShapeMismatchError, log_px, log_px_meta
 from .training.train import TrainingError, train
 
 # errors of the user's input or machine, reported in one line; anything else is a bug
@@ -72,7 +72,10 @@ def _run(args, extra: list[str], argv: list[str]) -> int:
         if overrides and args.command not in ("fit", "train", "reproduce"):
             raise ConfigError(f"{args.command} takes no config overrides, got {', '.join(overrides)}")
         args.command_line = "vaeood " + shlex.join(argv)
-        return COMMANDS[args.command](args, overrides)
+        if args.command in OLD_NAMES:
+            print(f"vaeood: `vaeood {args.command}` is deprecated, use `vaeood {OLD_NAMES[args.command]}` "
+                  "(the old name goes in vaeood 0.3)", file=sys.stderr)
+        return COMMANDS[OLD_NAMES.get(args.command, args.command)](args, overrides)
     except EXPECTED_ERRORS as exc:
         return _fail(exc.args[0] if isinstance(exc, UnknownNameError) and exc.args else exc)
     except KeyboardInterrupt as exc:
@@ -169,12 +172,12 @@ def _train(args, overrides) -> int:
     return 0
 
 
-def _score(args, overrides) -> int:
+def _log_px(args, overrides) -> int:
     _fetch(args, [(args.dataset, args.split)])
-    result = score(args.run_dir, args.dataset, args.split, estimator=args.estimator or "elbo",
-                   estimator_options=_estimator_options(args), data_dir=args.data_dir, limit=args.limit,
-                   batch_size=args.batch_size, device=args.device, fit=args.fit)
-    meta = score_meta(result)
+    result = log_px(args.run_dir, args.dataset, args.split, estimator=args.estimator or "elbo",
+                    estimator_options=_estimator_options(args), data_dir=args.data_dir, limit=args.limit,
+                    batch_size=args.batch_size, device=args.device, fit=args.fit)
+    meta = log_px_meta(result)
     line = f"{meta['dataset']}/{meta['split']}: {len(result['log_px_nats'])} images, " \
            f"mean log p(x) = {result['log_px_nats'].mean():.2f} nats"
     if "bpd" in result:
@@ -251,8 +254,10 @@ def _reproduce(args, overrides) -> int:
 
 
 #: each subcommand's function, called with the parsed arguments and the dotted config overrides
-COMMANDS = {"fit": _fit, "train": _train, "score": _score, "evaluate": _evaluate, "calibrate": _calibrate,
+COMMANDS = {"fit": _fit, "train": _train, "log-px": _log_px, "evaluate": _evaluate, "calibrate": _calibrate,
             "detect": _detect, "reproduce": _reproduce}
+#: an old subcommand name → its new one
+OLD_NAMES = {old: new for new, olds in DEPRECATED_COMMANDS.items() for old in olds}
 
 
 if __name__ == "__main__":

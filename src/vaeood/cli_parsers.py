@@ -18,6 +18,10 @@ from .detectors import DETECTORS
 from .experiments import EXPERIMENTS
 from .training.config import OPTION_RULES, ConfigError, field_rule, parse_value
 
+#: a subcommand → its old names, still accepted for one release (0.2) with a notice on stderr
+DEPRECATED_COMMANDS = {"log-px": ["score"]}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors in the same one-line form as the others."""
 
@@ -39,7 +43,7 @@ def _checked(key: str, rule_and_type) -> Callable[[str], object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``vaeood``: ``args.command`` names the subcommand."""
+    """The parser of ``vaeood``: ``args.command`` names the subcommand as typed (an alias included)."""
     parser = _Parser(prog="vaeood", description="VAEs, honest log-likelihoods and OOD scores.")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("-q", "--quiet", action="store_true",
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_fit_parser(sub)
     _add_train_parser(sub)
-    _add_score_parser(sub)
+    _add_log_px_parser(sub)
     _add_evaluate_parser(sub)
     _add_calibrate_parser(sub)
     _add_detect_parser(sub)
@@ -57,18 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_common(p, scoring=True):
-    """The options every subcommand takes (``scoring``: and those of scoring images)."""
+def _add_common(p, estimates=True):
+    """The options every subcommand takes (``estimates``: and those of estimating log p(x))."""
     p.add_argument("--data-dir", help="where datasets are (default: $VAEOOD_DATA, then standard places)")
     p.add_argument("--download", action="store_true", help="fetch missing official datasets first")
     p.add_argument("--device", default="cpu", type=_checked("--device", field_rule("train.device")),
                    help="cpu (default), cuda, cuda:1, ...")
-    if scoring:
+    if estimates:
         p.add_argument("--estimator", default=None, help="elbo (default) or iwae")
         p.add_argument("--k", type=_checked("--k", (OPTION_RULES["k"], int)), default=None,
                        help="importance samples for iwae (e.g. 1000)")
         p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None,
-                       help="score only the first N images (N >= 1)")
+                       help="only the first N images (N >= 1)")
         p.add_argument("--refine-steps", type=_checked("--refine-steps", (OPTION_RULES["refine_steps"], int)),
                        default=None,
                        help="iwae: refine each image's q(z|x) by N forward-KL steps first (Jerfel et al. 2021)")
@@ -93,7 +97,7 @@ def _add_fit_parser(sub) -> None:
                    help="detector to calibrate (default: the recommended one, " + ", ".join(RECOMMENDED) +
                         ", the first that applies)")
     p.add_argument("--resume", action="store_true", help="continue a fit that was stopped")
-    _add_common(p, scoring=False)
+    _add_common(p, estimates=False)
 
 
 def _add_train_parser(sub) -> None:
@@ -102,12 +106,13 @@ def _add_train_parser(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--config", help="JSON or TOML config file (unknown keys are refused)")
     p.add_argument("--resume", action="store_true", help="continue the run directory's last checkpoint")
-    _add_common(p, scoring=False)
+    _add_common(p, estimates=False)
 
 
-def _add_score_parser(sub) -> None:
-    """The ``vaeood score RUN_DIR`` subcommand."""
-    p = sub.add_parser("score", help="per-image log-likelihood of a dataset split, saved in the run")
+def _add_log_px_parser(sub) -> None:
+    """The ``vaeood log-px RUN_DIR`` subcommand (``score``: its old name, deprecated)."""
+    p = sub.add_parser("log-px", aliases=DEPRECATED_COMMANDS["log-px"],
+                       help="per-image log p(x) estimates of a dataset split, saved in the run (was: score)")
     p.add_argument("run_dir")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", default="test")
@@ -150,7 +155,7 @@ def _add_calibrate_parser(sub) -> None:
                    help="held-out images a detector that fits is fitted on first (default 5000, at most half)")
     p.add_argument("--seed", type=_checked("--seed", field_rule("train.seed")), default=0)
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
-    _add_common(p, scoring=False)
+    _add_common(p, estimates=False)
 
 
 def _add_detect_parser(sub) -> None:
@@ -173,7 +178,7 @@ def _add_detect_parser(sub) -> None:
     p.add_argument("--split", default="test", help="split, when INPUT is a dataset name")
     p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None, help="first N images of an .npz or dataset")
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
-    _add_common(p, scoring=False)
+    _add_common(p, estimates=False)
     _add_fit_options(p)
 
 
