@@ -176,7 +176,8 @@ def _add_detect_parser(sub) -> None:
     p.add_argument("--out", required=True, help="CSV to write (file, score, p_value, flagged); the summary goes "
                                                 "beside it as FILE.summary.json, a page to look at as FILE.html")
     p.add_argument("--split", default="test", help="split, when INPUT is a dataset name")
-    p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None, help="first N images of an .npz or dataset")
+    p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None,
+                   help="first N images of an .npz or dataset")
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
     _add_common(p, estimates=False)
     _add_fit_options(p)

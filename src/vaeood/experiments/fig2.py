@@ -130,7 +130,8 @@ class Fig2Experiment:
             models[variant] = self._variant_summary(variant, runs, pairs, detectors, pre)
             if variance:  # only adds: the rescaled images are scored on the side, nothing above changes
                 # of the model's own shape only: padding changes the pixel statistics the check is about
-                same_shape = [o for o in self.ood_datasets if not log_px_meta(log_px(run_dirs[0], o, **score_kwargs))["fit"]]
+                same_shape = [o for o in self.ood_datasets
+                              if not log_px_meta(log_px(run_dirs[0], o, **score_kwargs))["fit"]]
                 checks[variant] = variance_pairs(self.in_dataset, same_shape, run_dirs, score_kwargs, n_boot=pre.n_boot)
         progress_bar.close()
         (out_dir / "figures").mkdir(exist_ok=True)
