@@ -177,6 +177,7 @@ def _cli(*args, env):
                           timeout=300)
 
 
+@pytest.mark.slow  # e2e: several processes
 def test_the_cache_never_reuses_features_of_other_data_through_the_cli(tmp_path, run, data_dir):
     """Issue 10, case 1: the same request against another data dir, and against a file
     replaced in place, must compute from the new images (not print "reusing")."""
@@ -228,6 +229,7 @@ def test_shuffle_patches_permutes_each_images_tiles_and_keeps_them_whole():
         corrupt(x, 0.0, torch.Generator(), patch=3)
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_holdout_keeps_the_last_images_out_of_training_and_defaults_change_nothing(tmp_path, data_dir):
     from vaeood.training.checkpoint import load_checkpoint
     from vaeood.evaluation.fitdata import heldout_slice

@@ -31,6 +31,7 @@ def tiny(tmp_path_factory):
     return exp, data, out, before, report_before, after
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_the_variance_analysis_only_adds(tiny):
     exp, data, out, before, report_before, after = tiny
     assert "variance" not in before and "variance" in after
@@ -47,6 +48,7 @@ def test_the_variance_analysis_only_adds(tiny):
     assert "Spearman ρ with log p(x)" in section and "Contrast-matched OOD images" in section
 
 
+@pytest.mark.slow  # e2e: reads the fig2a run its fixture reproduces
 def test_the_variance_record_uses_the_experiments_own_scores(tiny):
     exp, data, out, before, report_before, after = tiny
     metrics = json.loads((out / "metrics.json").read_text())

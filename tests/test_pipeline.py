@@ -136,6 +136,7 @@ def test_cli_errors_are_clear(tmp_path, data_dir, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
     from vaeood.evaluation.intervals import seed_summary
     from vaeood.evaluation.log_px import log_px
@@ -187,6 +188,7 @@ def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
     assert (out / "runs" / "dlogistic_seed1" / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_fig2b_without_svhn_scores_tiny_imagenet_and_padded_mnist_and_says_so(tmp_path, monkeypatch):
     """No SVHN (as on these machines): Figure 2b falls back to Tiny ImageNet and MNIST
     padded to 32×32 RGB, with a note; the variance check takes the unpadded set only."""
@@ -209,6 +211,7 @@ def test_reproduce_fig2b_without_svhn_scores_tiny_imagenet_and_padded_mnist_and_
     assert "- Note: svhn was not found" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatch, capsys):
     """SVHN is not on these machines: write its official .mat format (MD5 table patched to it)."""
     import hashlib
@@ -237,6 +240,7 @@ def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatc
     assert "svhn" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_without_any_data_uses_the_bundled_sample_and_says_so(tmp_path, monkeypatch, capsys):
     from vaeood.data.mnist import FashionMNIST
 
@@ -252,6 +256,7 @@ def test_reproduce_without_any_data_uses_the_bundled_sample_and_says_so(tmp_path
     assert datasets["mnist"]["is_sample"] and datasets["mnist"]["n"] == 1000
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_readme_python_example_runs(tmp_path, data_dir, monkeypatch, capsys):
     import re
     from pathlib import Path
@@ -266,6 +271,7 @@ def test_readme_python_example_runs(tmp_path, data_dir, monkeypatch, capsys):
     assert (tmp_path / "runs" / "api-example" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 @pytest.mark.parametrize("option", ["--train.precision=bf16", "--train.channels_last=true"])
 def test_gpu_path_options_match_fp32_training_on_cpu(tmp_path, data_dir, option):
     """bf16 autocast and the memory format change the arithmetic, not the model: the loss
@@ -284,6 +290,7 @@ def test_unknown_precision_is_refused(tmp_path, data_dir, capsys):
     assert "train.precision = 'fp8': must be one of fp32, bf16" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # e2e: torch.compile of a training run
 def test_compiled_training_traces_the_whole_loss_and_matches_eager(tmp_path, data_dir, monkeypatch):
     """train.compile hands the whole loss (encoder, decoder, likelihood, KL) to
     torch.compile in the configured mode, with static shapes; traced by dynamo (here with

@@ -121,6 +121,7 @@ def data_dir(tmp_path, monkeypatch):
     return write_fig2a_data(tmp_path / "data", n_train=128, n_test=48)
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_refine_steps_from_the_cli_is_recorded(tmp_path, data_dir, capsys):
     from vaeood.cli import main
 
@@ -140,6 +141,7 @@ def test_refine_steps_from_the_cli_is_recorded(tmp_path, data_dir, capsys):
     assert "takes no option 'refine_steps'" in capsys.readouterr().err  # the ELBO has no proposal to refine
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_forward_kl_on_tiny_data(tmp_path, data_dir, capsys):
     from vaeood.cli import main
 

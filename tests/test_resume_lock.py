@@ -106,6 +106,7 @@ def test_resume_warning_names_only_the_given_settings(tmp_path, data, capsys, ca
     assert len(warning) == 1 and warning[0].endswith("train.lr=0.5 (saved: 0.001)")  # not latent_dim etc.
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_an_experiment_resumes_with_its_full_config_and_starts_fresh_runs(tmp_path, data):
     """train_or_reuse passes its whole config: equal to the saved one is no contradiction."""
     config = Config().override(SMALL)
@@ -117,6 +118,7 @@ def test_an_experiment_resumes_with_its_full_config_and_starts_fresh_runs(tmp_pa
 
 
 # ====================================================================== one writer
+@pytest.mark.slow  # e2e: several processes
 def test_why_3_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp_path, data):
     run = tmp_path / "run"
     base = ["--data-dir", str(data), "--model.base_channels=4", "--train.batch_size=16"]

@@ -327,6 +327,7 @@ def _faulty_config(**more) -> Config:
     return Config().override({**TINY, "train.epochs": "3", "train.objective": "test_faulty", **more})
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, data_dir, faulty):
     faulty.update({1: "loss", 5: "grad", 6: "inf"})
     run = train(_faulty_config(), tmp_path / "run", data_dir=str(data_dir))
@@ -561,6 +562,7 @@ def test_resize_fits_and_is_recorded(tmp_path, trained, capsys):
         main(["log-px", str(run), "--dataset", "colour", "--pad", "--resize"])
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_pad_fits_scores_and_evaluate_records_it(tmp_path, capsys):
     """A model of 3×32×32 images (CIFAR-like) scores 28×28 grey images padded (MNIST-like)."""
     data = tmp_path / "d"

@@ -72,6 +72,7 @@ def test_why_4_zero_or_negative_epochs_are_refused(tmp_path, capsys, value):
     assert not (tmp_path / "run").exists()  # nothing trained, nothing claimed
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_why_5_a_negative_or_zero_limit_is_refused(tmp_path, trained, capsys):
     err = cli_error(capsys, ["train", str(tmp_path / "run"), "--data.limit=-5"])
     assert "data.limit = -5: must be an integer >= 1" in err
@@ -196,6 +197,7 @@ def test_disk_full_inside_torch_save_gets_the_documented_message(tmp_path, capsy
     assert checkpoint_module.load_checkpoint(run)["epoch"] == 1
 
 
+@pytest.mark.slow  # e2e: several processes
 @pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                (signal.SIGTERM, 143, "terminated")])
 def test_sigint_and_sigterm_end_with_one_line_and_their_status(tmp_path, trained, sig, status, word):
@@ -250,6 +252,7 @@ def test_a_cuda_device_the_machine_lacks_is_refused(monkeypatch):
         resolve_device("cuda:3")
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_an_ood_set_that_is_the_in_distribution_set_is_warned_about(trained, tmp_path, capsys, caplog):
     out = tmp_path / "eval"
     assert main(["evaluate", str(trained[0]), "--in", "mnist", "--ood", "mnist", "--ood", "fashion_mnist",
@@ -293,6 +296,7 @@ def values_of(ftype) -> st.SearchStrategy:
     return st.one_of(options)
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(FIELDS).flatmap(lambda f: st.tuples(st.just(f), values_of(f[2]))),
        st.sampled_from(["bernoulli", "dlogistic"]), st.sampled_from(["elbo", "iwae", "msc"]))
