@@ -5,7 +5,7 @@ weights, under ``torch.no_grad()``, on the Fashion-MNIST test set.
   grey levels + analytic KL, per image, on an NCHW copy of the model (as written by hand);
 * ``vaeood``: ``vaeood.inference.estimators.elbo(model, x)`` per batch on the model as ``score``
   loads it (conv models in NHWC) and calls it;
-* ``vaeood_score``: ``vaeood.evaluation.scoring.score(run, "fashion_mnist", "test", estimator="elbo",
+* ``vaeood_score``: ``vaeood.evaluation.log_px.log_px(run, "fashion_mnist", "test", estimator="elbo",
   reuse=False)`` end to end (loads the checkpoint and the dataset from disk, hashes the
   checkpoint, writes the scores file).
 
@@ -27,7 +27,7 @@ def main(argv=None) -> dict:
     a = common.parser(__doc__, images=10000, batch_size=1000, rounds=5).parse_args(argv)
     from vaeood.inference.estimators import elbo
     from vaeood.training.run import load_model
-    from vaeood.evaluation.scoring import score
+    from vaeood.evaluation.log_px import log_px
 
     device = torch.device(a.device)
     info = common.machine_info(a.device)
@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     x_all = x_all.to(device)
     with tempfile.TemporaryDirectory() as tmp:
         run = common.train_run(Path(tmp), a.device, 2000, 1)
-        model, _, _ = load_model(run, a.device)  # NHWC, as score() loads conv models
+        model, _, _ = load_model(run, a.device)  # NHWC, as log_px() loads conv models
         hand = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # NCHW, as written by hand
         enc, dec = hand.encoder, hand.decoder
 
@@ -56,8 +56,8 @@ def main(argv=None) -> dict:
             common.sync(device)
 
         def scored():
-            score(run, "fashion_mnist", "test", estimator="elbo", data_dir=common.data_dir(), limit=a.images,
-                  batch_size=a.batch_size, device=a.device, allow_sample=True, reuse=False, progress=False)
+            log_px(run, "fashion_mnist", "test", estimator="elbo", data_dir=common.data_dir(), limit=a.images,
+                   batch_size=a.batch_size, device=a.device, allow_sample=True, reuse=False, progress=False)
 
         competitors = {"bare": bare, "vaeood": vaeood, "vaeood_score": scored}
         peaks = []

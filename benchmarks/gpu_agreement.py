@@ -6,7 +6,7 @@
    mean (no noise). Relative differences are float32 rounding unless the GPU uses
    TF32 (PyTorch lets cuDNN convolutions use TF32 by default), so the comparison is made
    with TF32 on (the default) and off.
-2. **Same weights, Monte-Carlo estimates.** ``vaeood.evaluation.scoring.score`` with IWAE-K on both
+2. **Same weights, Monte-Carlo estimates.** ``vaeood.evaluation.log_px.log_px`` with IWAE-K on both
    devices (each device draws its own noise): the per-image differences must average to
    zero within their standard error, and be of the size of the Monte-Carlo error.
 3. **Training.** The same config trained on both devices (same seed and data order;
@@ -55,7 +55,7 @@ def compare(case: str, a, tmp: Path) -> dict:
     """All three comparisons for one ``DATASET/LIKELIHOOD`` case."""
     from vaeood.training.config import Config
     from vaeood.training.run import load_model
-    from vaeood.evaluation.scoring import score
+    from vaeood.evaluation.log_px import log_px
     from vaeood.training.train import train
 
     dataset, likelihood = case.split("/")
@@ -81,10 +81,10 @@ def compare(case: str, a, tmp: Path) -> dict:
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
-    # 2. same weights, IWAE-K through score() on each device (each draws its own noise)
-    est = {label: score(runs["cpu"], dataset, "test", estimator="iwae", estimator_options={"k": a.k},
-                        limit=a.test_images, device=dev, data_dir=common.data_dir(), allow_sample=True,
-                        reuse=False, progress=False)
+    # 2. same weights, IWAE-K through log_px() on each device (each draws its own noise)
+    est = {label: log_px(runs["cpu"], dataset, "test", estimator="iwae", estimator_options={"k": a.k},
+                         limit=a.test_images, device=dev, data_dir=common.data_dir(), allow_sample=True,
+                         reuse=False, progress=False)
            for label, dev in sides.items()}
     out["iwae_same_weights"] = {
         **common.paired_difference(est["gpu"]["log_px_nats"], est["cpu"]["log_px_nats"]),
@@ -93,9 +93,9 @@ def compare(case: str, a, tmp: Path) -> dict:
     # 3. trained on each device: loss curves and the test ELBO of the two models
     hist = {label: [json.loads(line)["train_loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
             for label, r in runs.items()}
-    elbos = {label: float(score(r, dataset, "test", estimator="elbo", limit=a.test_images, device="cpu",
-                                data_dir=common.data_dir(), allow_sample=True, reuse=False,
-                                progress=False)["log_px_nats"].mean())
+    elbos = {label: float(log_px(r, dataset, "test", estimator="elbo", limit=a.test_images, device="cpu",
+                                 data_dir=common.data_dir(), allow_sample=True, reuse=False,
+                                 progress=False)["log_px_nats"].mean())
              for label, r in runs.items()}
     out["training"] = {"train_loss_per_epoch": hist,
                        "train_loss_rel_diff_per_epoch": [abs(g - c) / abs(c) for c, g in zip(hist["cpu"], hist["gpu"])],

@@ -10,7 +10,7 @@ Competitors, run in alternation, each on the same images of round r (a fresh sli
 the Fashion-MNIST test set per round), all under ``torch.no_grad()``:
 
 * ``vaeood``: ``vaeood.inference.estimators.iwae(model, x, k=K)`` on batches of ``--batch-size``
-  images, as ``vaeood.evaluation.scoring.score`` calls it (its default chunking: K samples decoded in
+  images, as ``vaeood.evaluation.log_px.log_px`` calls it (its default chunking: K samples decoded in
   chunks of ``max_elements // (B * elements_per_sample)``);
 * ``pythae_onebatch`` / ``pythae_bs100``: ``get_nll(x_i, n_samples=K, batch_size=K or 100)``,
   called once per image (get_nll loops over images itself and returns only their mean,

@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
 
     from vaeood.training.config import Config
     from vaeood.evaluation.metrics import ood_metrics
-    from vaeood.evaluation.scoring import score
+    from vaeood.evaluation.log_px import log_px
     from vaeood.training.train import train
 
     rows = {}
@@ -46,8 +46,8 @@ def main(argv=None) -> dict:
                                          "data.allow_sample": "true"})
                 run = train(cfg, Path(tmp) / f"{decoder}_{label}", data_dir=common.data_dir(), progress=False)
                 history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-                per = {ds: score(run, ds, "test", limit=a.test_images, device=a.device, data_dir=common.data_dir(),
-                                 allow_sample=True, progress=False)
+                per = {ds: log_px(run, ds, "test", limit=a.test_images, device=a.device, data_dir=common.data_dir(),
+                                  allow_sample=True, progress=False)
                        for ds in ("fashion_mnist", "mnist")}
                 scores[label] = per
                 m = ood_metrics(-per["fashion_mnist"]["log_px_nats"], -per["mnist"]["log_px_nats"])

@@ -297,7 +297,7 @@ def cpu_tables() -> tuple[list, list[str]]:
         out += overhead_table(to, "###")
     if el := _load("elbo_speed"):
         names = {"bare": "bare loop (encode, reparameterise, decode, BCE + KL)", "vaeood": "vaeood `elbo(model, x)`",
-                 "vaeood_score": "`vaeood.evaluation.scoring.score(..., estimator='elbo')` end to end"}
+                 "vaeood_score": "`vaeood.evaluation.log_px.log_px(..., estimator='elbo')` end to end"}
         rows = [[names[n], _f(v), _x(_ratio(el["ratios"], n, "bare"), 3),
                  *_peak_cells(el.get("fraction_of_peak", {}).get(n)), rss(f"elbo_{n}")]
                 for n, v in el["images_per_s"].items() if n in SIDES]

@@ -35,6 +35,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 """
 
 
+@pytest.mark.slow  # e2e: several processes
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_training_steps_stop_faulting_their_memory_in():
     faults = {mode: float(subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,

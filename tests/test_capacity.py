@@ -20,6 +20,7 @@ def tiny_preset(monkeypatch):
     return study
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_capacity_study_reports_the_sweep(tmp_path, monkeypatch, tiny_preset, capsys):
     monkeypatch.delenv("VAEOOD_DATA", raising=False)
     data = write_fig2a_data(tmp_path / "data")

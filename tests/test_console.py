@@ -32,6 +32,7 @@ def _evaluate(run, data, out, *options):
                  "--data-dir", str(data), "--out", str(out)])
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_default_output_is_a_few_lines_and_each_warning_once(tmp_path, subset_data, capsys, caplog):
     run = tmp_path / "run"
     assert main(["train", str(run), "--data-dir", str(subset_data), *TINY]) == 0
@@ -49,6 +50,7 @@ def test_default_output_is_a_few_lines_and_each_warning_once(tmp_path, subset_da
     assert len(err) + len(printed.out.splitlines()) <= 12, printed
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_verbose_shows_the_details_and_quiet_only_warnings(tmp_path, subset_data, capsys):
     run = tmp_path / "run"
     assert main(["-q", "train", str(run), "--data-dir", str(subset_data), *TINY]) == 0
@@ -73,6 +75,7 @@ def test_verbose_and_quiet_exclude_each_other(capsys):
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_the_command_leaves_logging_and_bars_as_it_found_them(tmp_path, subset_data):
     root, package = logging.getLogger(), logging.getLogger("vaeood")
     handlers, level = list(root.handlers), package.level

@@ -55,6 +55,7 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_detect_end_to_end(tiny, capsys):
     run, data, folder, root = tiny["run"], tiny["data"], tiny["folder"], tiny["root"]
     out = root / "out.csv"
@@ -173,6 +174,7 @@ def _calibrated(tiny):
         assert main(["calibrate", str(tiny["run"]), "--detector", "nll", "--n", "150", "--data-dir", str(tiny["data"])]) == 0
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_an_images_score_depends_neither_on_its_position_nor_on_the_batch_size(tiny, tmp_path, capsys):
     """Issue 23: identical images in one folder get one score and one decision; --batch-size
     changes no estimate, so detect accepts its own calibration at any batch size."""
@@ -472,6 +474,7 @@ def test_a_background_without_noise_is_said_in_the_detect_summary(tiny, tmp_path
     assert any("without an L2 penalty" in w for w in warnings)
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_path, capsys):
     data = tiny["data"]
     full = tmp_path / "full"
@@ -496,6 +499,7 @@ def test_calibration_needs_held_out_images_and_the_same_checkpoint(tiny, tmp_pat
         vaeood.decide(part, tiny["folder"])
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_a_fitting_detector_is_fitted_and_calibrated_on_disjoint_held_out_slices(tiny, tmp_path):
     run, data, folder = tiny["run"], tiny["data"], tiny["folder"]
     record = vaeood.calibrate(run, "typicality", n_fit=100, n_calibration=100, data_dir=str(data))
@@ -520,6 +524,7 @@ def test_a_fitting_detector_is_fitted_and_calibrated_on_disjoint_held_out_slices
         vaeood.decide(run, folder, "typicality", data_dir=str(data))
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_decision_rates_for_the_suite_report(tiny):
     from vaeood.decisions.run_rates import decision_rates, format_decision_table
 
@@ -546,6 +551,7 @@ def test_decision_rates_for_the_suite_report(tiny):
     assert "| nll | 0.1 | 150 |" in table and "TPR mnist" in table
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_the_decisions_page_python_example_runs(tmp_path, monkeypatch, capsys):
     """The Python block of docs/decisions.md, on a tiny normalised-decoder run."""
     import re

@@ -14,7 +14,7 @@ import pytest
 
 from tinydata import write_fig2a_data
 from vaeood.detectors import DETECTORS, ModelSpec
-from vaeood.evaluation.scoring import score
+from vaeood.evaluation.log_px import log_px
 from vaeood.experiments import EXPERIMENTS
 from vaeood.experiments.ood_suite import SuitePreset
 from vaeood.experiments.ood_suite.planning import extra_runs, plan_models, runs_on
@@ -88,7 +88,7 @@ def test_the_suite_trains_the_declared_companion_and_runs_the_detector_with_it(c
     # its scores are the companion's log p(x) minus the main model's, image by image
     runs = out_dir / "runs" / "fashion_mnist-seed0"
     kw = dict(estimator="elbo", data_dir=str(data), limit=60, seed=0)
-    expected = score(runs / "low_capacity", "mnist", **kw)["log_px_nats"] - score(runs / "main", "mnist", **kw)[
+    expected = log_px(runs / "low_capacity", "mnist", **kw)["log_px_nats"] - log_px(runs / "main", "mnist", **kw)[
         "log_px_nats"]
     np.testing.assert_allclose(np.load(out_dir / det["scores_file"])["mnist"], expected, rtol=1e-6)
     report = (out_dir / "report.md").read_text()

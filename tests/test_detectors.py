@@ -79,6 +79,7 @@ def test_lpath_mahalanobis_is_the_squared_distance_in_fit_units():
     assert s[1] > s[0]
 
 
+@pytest.mark.slow  # the reference COPOD is called one image at a time
 @pytest.mark.parametrize("ties", [False, True])
 def test_copod_scores_equal_pyods_copod_called_one_row_at_a_time(ties):
     from pyod.models.copod import COPOD
@@ -121,6 +122,7 @@ def test_unknown_detectors_and_options_are_refused_by_name():
 
 
 # -- a trained run ---------------------------------------------------------------------------
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_every_detector_gives_auroc_near_half_when_the_ood_set_is_more_in_distribution(tiny, tmp_path):
     run, data = tiny
     out = evaluate(run, "fashion_mnist", ["fm_again"], detectors="all", out_dir=tmp_path, data_dir=str(data),
@@ -159,6 +161,7 @@ def test_likelihood_ratio_is_zero_when_the_background_is_the_model_itself(tiny, 
     assert any("second_run has the run's latent size (4)" in w for w in out["warnings"])
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_companion_runs_of_another_dataset_or_image_shape_are_refused(tiny, tmp_path, capsys):
     """Issue 23: a background trained at another image shape was accepted with --pad (a
     meaningless AUROC); one of another dataset, without noise, without a word."""
@@ -209,6 +212,7 @@ def test_a_run_trained_on_every_image_cannot_fit_detectors(tmp_path, tiny):
         evaluate(run, "fashion_mnist", ["mnist"], detectors=["dose"], out_dir=tmp_path, data_dir=str(data))
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_evaluate_detectors_from_the_cli(tiny, tmp_path, capsys):
     run, data = tiny
     assert main(["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data),
@@ -360,6 +364,7 @@ def test_the_pythae_adapter_matches_pythaes_log_likelihood(loss):
     assert scores["in"].shape == (20,) and np.isfinite(scores["strokes"]).all()
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_the_bring_your_own_vae_example_of_the_detectors_page_runs(capsys):
     page = (Path(__file__).parents[1] / "docs" / "detectors.md").read_text()
     code = re.search(r"## Bring your own VAE\n.*?```python\n(.*?)```", page, re.S).group(1)

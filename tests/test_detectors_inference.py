@@ -36,6 +36,7 @@ def data(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_the_regret_detector_scores_the_regret_feature_and_batches_change_nothing():
     torch.manual_seed(0)
     model = build_model(Config().override(TINY).model, (1, 28, 28)).eval()
@@ -68,6 +69,7 @@ def test_the_llr_detector_is_elbo_minus_the_bound_without_the_lowest_posteriors(
         make_detector("llr", {"k": 0})
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_llr_applies_to_hierarchical_runs_only(data, tmp_path):
     flat = train(Config().override(TINY), tmp_path / "flat", data_dir=str(data))
     with pytest.raises(ConfigError, match="llr.*needs a hierarchical VAE"):
@@ -83,6 +85,7 @@ def test_llr_applies_to_hierarchical_runs_only(data, tmp_path):
                  data_dir=str(data))
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 @pytest.mark.parametrize("config, detector, options", [
     (TINY, "likelihood_regret", {"variant": "posterior", "steps": 3}),
     (HVAE, "llr", {"k": 2}),
@@ -100,6 +103,7 @@ def test_regret_and_llr_through_the_cli_with_their_options_recorded(data, tmp_pa
     assert detector in capsys.readouterr().out
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_llr_is_calibrated_for_decisions_on_a_hierarchical_run(data, tmp_path):
     from vaeood.decisions import calibrate
 

@@ -49,8 +49,8 @@ def test_distributed_scores_equal_single_process_scores_image_by_image(tmp_path,
     shutil.copytree(run, copy)
     # 128 images in batches of 20: 7 batches, the last one short, split 4 / 3 over the ranks
     args = ["--dataset", "mnist", "--data-dir", str(data_dir), "--estimator", "iwae", "--k", "8", "--batch-size", "20"]
-    assert main(["score", str(run), *args]) == 0
-    torchrun("score", str(copy), *args, cwd=tmp_path)
+    assert main(["log-px", str(run), *args]) == 0
+    torchrun("log-px", str(copy), *args, cwd=tmp_path)
     single = np.load(next((run / "features").glob("mnist_test_iwae*.npz")))
     multi = np.load(next((copy / "features").glob("mnist_test_iwae*.npz")))
     assert multi["log_px_nats"].shape == (128,)

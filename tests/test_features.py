@@ -82,10 +82,19 @@ def test_a_stochastic_feature_of_an_image_depends_neither_on_its_position_nor_on
     whole = features_of(model, images, name, options, seed=4, batch_size=11)
     pieces = features_of(model, images, name, options, seed=4, batch_size=2)
     key = next(k for k in whole if k.endswith("_nats"))
-    np.testing.assert_allclose(pieces[key], whole[key], rtol=1e-6, atol=1e-6)
-    assert whole[key][9] == pytest.approx(whole[key][2], rel=1e-6, abs=1e-6)
+    atol = 1e-6
+    if name == "regret":
+        # regret = bound after − bound before, the difference of two float32 bounds of ~1,000
+        # nats: a batch of another size takes another summation order in the batched kernels,
+        # which can move a bound by one float32 ulp (2^-13 ≈ 1.2e-4 nats at |bound| ≈ 1,068),
+        # a 7e-5 relative change of a regret of ~2 nats. So the bounds are compared to rtol
+        # 1e-6 and the regret to within 2 ulps of its bounds.
+        np.testing.assert_allclose(pieces["bound_after_nats"], whole["bound_after_nats"], rtol=1e-6)
+        atol = 2 * float(np.spacing(np.abs(whole["bound_after_nats"]).astype(np.float32)).max())
+    np.testing.assert_allclose(pieces[key], whole[key], rtol=1e-6, atol=atol)
+    assert whole[key][9] == pytest.approx(whole[key][2], rel=1e-6, abs=atol)
     alone = features_of(model, images[9:10], name, options, seed=4)
-    assert alone[key][0] == pytest.approx(whole[key][2], rel=1e-6, abs=1e-6)
+    assert alone[key][0] == pytest.approx(whole[key][2], rel=1e-6, abs=atol)
     other = features_of(model, images, name, options, seed=5, batch_size=11)
     assert np.abs(other[key] - whole[key]).max() > 1e-4  # the noise is drawn, and keyed on the seed
 
@@ -169,6 +178,7 @@ def _cli(*args, env):
                           timeout=300)
 
 
+@pytest.mark.slow  # e2e: several processes
 def test_the_cache_never_reuses_features_of_other_data_through_the_cli(tmp_path, run, data_dir):
     """Issue 10, case 1: the same request against another data dir, and against a file
     replaced in place, must compute from the new images (not print "reusing")."""
@@ -176,21 +186,21 @@ def test_the_cache_never_reuses_features_of_other_data_through_the_cli(tmp_path,
     env.pop("VAEOOD_DATA", None)
     other = tmp_path / "other"
     write_npz(other, "mnist", "test", blobs(40, 11))  # other images under the same name
-    first = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--limit", "20", env=env)
+    first = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--limit", "20", env=env)
     assert first.returncode == 0, first.stderr
-    swapped = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), "--limit", "20", env=env)
+    swapped = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(other), "--limit", "20", env=env)
     assert swapped.returncode == 0, swapped.stderr
     assert "reusing" not in swapped.stderr
     assert first.stdout.split("mean log p(x) = ")[1] != swapped.stdout.split("mean log p(x) = ")[1]
     # replaced in place: 1 image, then 50
     write_npz(other, "mnist", "test", strokes(1, 4))
-    one = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
+    one = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
     assert "mnist/test: 1 images" in one.stdout, one.stderr
     write_npz(other, "mnist", "test", strokes(50, 4))
-    fifty = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
+    fifty = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
     assert "mnist/test: 50 images" in fifty.stdout and "reusing" not in fifty.stderr
     # and the same data again is reused
-    again = _cli("score", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
+    again = _cli("log-px", str(run), "--dataset", "mnist", "--data-dir", str(other), env=env)
     assert "reusing" in again.stderr and again.stdout == fifty.stdout
 
 
@@ -220,6 +230,7 @@ def test_shuffle_patches_permutes_each_images_tiles_and_keeps_them_whole():
         corrupt(x, 0.0, torch.Generator(), patch=3)
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_holdout_keeps_the_last_images_out_of_training_and_defaults_change_nothing(tmp_path, data_dir):
     from vaeood.training.checkpoint import load_checkpoint
     from vaeood.evaluation.fitdata import heldout_slice

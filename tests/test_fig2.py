@@ -13,7 +13,7 @@ from tinydata import write_fig2a_data
 from vaeood.experiments import EXPERIMENTS
 from vaeood.experiments.fig2 import KERAS_BLOG, Preset
 from vaeood.experiments.variance_runs import model_scorer, scored_images
-from vaeood.evaluation.scoring import score
+from vaeood.evaluation.log_px import log_px
 from vaeood.evaluation.variance import WORDS
 
 
@@ -31,6 +31,7 @@ def tiny(tmp_path_factory):
     return exp, data, out, before, report_before, after
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_the_variance_analysis_only_adds(tiny):
     exp, data, out, before, report_before, after = tiny
     assert "variance" not in before and "variance" in after
@@ -47,6 +48,7 @@ def test_the_variance_analysis_only_adds(tiny):
     assert "Spearman ρ with log p(x)" in section and "Contrast-matched OOD images" in section
 
 
+@pytest.mark.slow  # e2e: reads the fig2a run its fixture reproduces
 def test_the_variance_record_uses_the_experiments_own_scores(tiny):
     exp, data, out, before, report_before, after = tiny
     metrics = json.loads((out / "metrics.json").read_text())
@@ -64,8 +66,8 @@ def test_the_variance_record_uses_the_experiments_own_scores(tiny):
     run = out / "runs" / "keras_blog_seed1"
     kw = dict(split="test", estimator="elbo", estimator_options={}, data_dir=str(data), limit=None, device="cpu",
               allow_sample=False, progress=False)
-    cached = score(run, "mnist", data_dir=str(data))
+    cached = log_px(run, "mnist", data_dir=str(data))
     images = scored_images(run, "mnist", cached, kw)
     assert np.array_equal(model_scorer(run, kw)(images), cached["log_px_nats"])
     with pytest.raises(ValueError, match="are not the ones scored"):
-        scored_images(run, "mnist", score(run, "fashion_mnist", data_dir=str(data)), kw)
+        scored_images(run, "mnist", log_px(run, "fashion_mnist", data_dir=str(data)), kw)

@@ -59,6 +59,7 @@ def test_the_held_out_count_and_what_fit_refuses(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_fit_counts_a_folder_as_training_reads_it_with_skip_bad(tmp_path, capsys):
     """The held-out count comes from the images training uses: data.skip_bad applies to it too."""
     folder = tmp_path / "imgs"

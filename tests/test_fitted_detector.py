@@ -52,6 +52,7 @@ def _no_refit(monkeypatch):
     monkeypatch.setattr(DetectorScorer, "fit", refuse)
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_detect_uses_the_saved_fit_and_decides_as_a_fresh_fit_does(calibrated, tmp_path, monkeypatch):
     run = _copy(calibrated, tmp_path)
     path = calibration_path(run, "typicality")

@@ -88,6 +88,7 @@ def test_llr_is_zero_where_the_lowest_posteriors_are_the_priors():
     assert after["llr_gt_3_nats"].abs().max() > 0.1
 
 
+@pytest.mark.slow  # many importance samples
 def test_l_gt_k_are_lower_bounds_that_converge_with_samples():
     """Each L>k is an importance-sampling bound on log p(x): its S-sample version rises
     with S on average and stays below a 2000-sample IWAE of the ordinary posterior only up
@@ -212,6 +213,7 @@ def test_warmup_and_free_nats_schedule():
     torch.testing.assert_close(out["loss"], (ref["distortion_nats"] + 0.25 * kl).mean())
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_train_end_to_end_with_warmup_and_resume(tmp_path, monkeypatch):
     monkeypatch.delenv("VAEOOD_DATA", raising=False)
     data = write_fig2a_data(tmp_path / "data", n_train=128, n_test=32)
@@ -233,14 +235,15 @@ def test_train_end_to_end_with_warmup_and_resume(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["train_elbo_nats"] < 0
 
-    from vaeood.evaluation.scoring import score
+    from vaeood.evaluation.log_px import log_px
 
-    scores = score(tmp_path / "straight", "mnist", data_dir=str(data), estimator="iwae",
-                   estimator_options={"k": 4}, limit=16)
+    scores = log_px(tmp_path / "straight", "mnist", data_dir=str(data), estimator="iwae",
+                    estimator_options={"k": 4}, limit=16)
     assert scores["bpd"].shape == (16,) and (scores["bpd"] > 0).all()
     assert {"rate_nats_layer1", "rate_nats_layer3"} <= set(scores)
 
 
+@pytest.mark.slow  # e2e: several processes
 def test_ddp_trains_the_hierarchical_model(tmp_path, monkeypatch):
     """Two gloo processes under torchrun: every HVAE module takes part in the loss (DDP
     without find_unused_parameters), rank 0 writes, the warm-up schedule is logged."""
@@ -266,6 +269,7 @@ def test_ddp_trains_the_hierarchical_model(tmp_path, monkeypatch):
     assert state["epoch"] == 2 and [h["train_beta"] for h in state["history"]] == [0.5, 1.0]
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_hvae_llr_experiment_runs_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     from vaeood.experiments import hvae_llr
 

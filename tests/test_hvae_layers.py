@@ -171,6 +171,7 @@ def run(tmp_path_factory):
     return {"run": out, "data": data}
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_layer_stats_are_cached_and_reused(run, monkeypatch):
     kw = dict(data_dir=str(run["data"]), limit=9, seed=3)
     first = compute_feature(run["run"], "fashion_mnist", "test", "layer_stats", **kw)
@@ -192,6 +193,7 @@ def test_layer_stats_are_cached_and_reused(run, monkeypatch):
     np.testing.assert_array_equal(feats["latent_mu"], np.concatenate([feats[f"layer{i}_mu"] for i in (1, 2, 3)], 1))
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_latent_detectors_and_dose_layers_fit_and_score_a_hierarchical_run(run, tmp_path):
     dets = ["latent_gmm", "latent_knn", "latent_mahalanobis", "dose_layers", "llr"]
     opts = {"latent_knn": {"layers": [2, 3]}, "latent_gmm": {"components": [1, 2]}}

@@ -144,6 +144,7 @@ def test_a_bad_folder_is_refused_naming_each_file_or_trains_skipping_or_fitting_
     assert data.shape == (28, 28, 1) and len(data) == 41
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_train_on_a_folder_then_score_evaluate_calibrate_and_refuse_it_changed(tmp_path, capsys):
     train_dir, test_in, test_ood = tmp_path / "train", tmp_path / "test_in", tmp_path / "test_ood"
     _write(train_dir, blobs(60, 0), sub="round")
@@ -155,7 +156,7 @@ def test_train_on_a_folder_then_score_evaluate_calibrate_and_refuse_it_changed(t
     trained = load_checkpoint(run)["train_data"]
     assert trained["trained_range"] == [0, 80] and trained["folder"]["classes"] == ["lines", "round"]
 
-    assert main(["score", str(run), "--dataset", str(test_in)]) == 0
+    assert main(["log-px", str(run), "--dataset", str(test_in)]) == 0
     assert main(["evaluate", str(run), "--in", str(test_in), "--ood", str(test_ood), "--detectors", "nll",
                  "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())

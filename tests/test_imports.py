@@ -103,6 +103,7 @@ LAYERS = ("infra", "data", "inference", "models", "training", "features", "detec
           "experiments", "top")
 #: modules directly under ``vaeood`` and the layer each belongs to
 TOP_LEVEL = {"vaeood._version": "infra", "vaeood": "top", "vaeood._moved": "top", "vaeood.cli": "top",
+             "vaeood.cli_parsers": "top",
              "vaeood.byo": "top", "vaeood.pipeline": "top", "vaeood.__main__": "top"}
 
 

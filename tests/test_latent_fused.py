@@ -80,6 +80,7 @@ def test_tail_p_values_by_hand():
     assert np.isnan(p(np.array([np.nan])))[0]
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_fused_catches_far_evidence_and_near_evidence_that_each_component_alone_misses():
     fit = far_near(2000, 0)
     fused = make_detector("fused").fit(fit)
@@ -130,6 +131,7 @@ def test_latent_feature_is_the_posterior(tiny):
     np.testing.assert_allclose(feats["latent_logvar"], logvar.double().numpy(), rtol=1e-6)
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_fused_fit_never_reads_ood_images(tiny):
     """The in-distribution scores and the fit record are the same whichever OOD sets are
     evaluated beside them: nothing of an OOD set reaches the fit."""
@@ -145,6 +147,7 @@ def test_fused_fit_never_reads_ood_images(tiny):
         np.testing.assert_array_equal(fa["_fit"], fb["_fit"])
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_detect_with_fused_keeps_the_false_alarm_rate_within_the_binomial_bound(tiny):
     run, data = tiny["run"], tiny["data"]
     record = vaeood.calibrate(run, "fused", n_fit=300, n_calibration=300, data_dir=str(data))

@@ -32,6 +32,7 @@ def suite(tmp_path_factory):
     return out, json.loads((out / "metrics.json").read_text()), (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_every_detector_on_every_pair_with_seed_statistics(suite):
     out, metrics, report = suite
     preset = EXPERIMENTS.get("ood-suite").presets["smoke"]
@@ -59,6 +60,7 @@ def test_every_detector_on_every_pair_with_seed_statistics(suite):
         assert seed0["metrics"]["uniform_noise"]["auroc"] == pytest.approx(pairs)
 
 
+@pytest.mark.slow  # e2e: reads the ood-suite its fixture reproduces
 def test_fitting_slice_is_held_out_training_data_and_recorded(suite):
     _, metrics, report = suite
     for name, fam in metrics["families"].items():
@@ -77,6 +79,7 @@ def test_fitting_slice_is_held_out_training_data_and_recorded(suite):
     assert "| fashion_mnist | 0 | fashion_mnist/train | [120, 200) | 80 | [0, 120) |" in report
 
 
+@pytest.mark.slow  # e2e: reads the ood-suite its fixture reproduces
 def test_report_figures_notes_and_no_machine_paths(suite):
     out, metrics, report = suite
     for fam in ("fashion_mnist", "mnist"):
@@ -99,6 +102,7 @@ def test_report_figures_notes_and_no_machine_paths(suite):
         np.testing.assert_array_equal(f["x"], synthetic_images("uniform_noise", 150, (1, 28, 28))[..., 0])
 
 
+@pytest.mark.slow  # e2e: reads the ood-suite its fixture reproduces
 def test_the_terminal_summary_shows_the_default_and_the_named_detectors_only(suite):
     """Eighteen detectors on every pair fit in report.md; the terminal gets the default one,
     those the verdict names and the verdict, a screen at most."""
@@ -112,6 +116,7 @@ def test_the_terminal_summary_shows_the_default_and_the_named_detectors_only(sui
     assert "are in the report)" in text and len(text.splitlines()) <= 30
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_rerun_reuses_runs_and_gives_the_same_numbers(suite, tmp_path):
     out, metrics, _ = suite
     again = EXPERIMENTS.get("ood-suite").run(out, "smoke", data_dir=str(out.parent / "data"),

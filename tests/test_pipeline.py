@@ -12,7 +12,7 @@ from tinydata import blobs, raise_saved_epochs, strokes, write_fig2a_data, write
 from vaeood.training.checkpoint import load_checkpoint
 from vaeood.cli import main
 from vaeood.training.config import Config
-from vaeood.evaluation.scoring import score
+from vaeood.evaluation.log_px import log_px
 from vaeood.training.train import train
 
 TINY = ["--train.epochs=2", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
@@ -32,7 +32,7 @@ def test_train_score_evaluate_cli(tmp_path, data_dir, capsys):
     assert [x["epoch"] for x in lines] == [1, 2]
     assert json.loads((run / "config.json").read_text())["model"]["base_channels"] == 4
 
-    assert main(["score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir)]) == 0
+    assert main(["log-px", str(run), "--dataset", "mnist", "--data-dir", str(data_dir)]) == 0
     assert "mnist/test: 128 images" in capsys.readouterr().out
     saved = list((run / "features").glob("mnist_test_elbo*.npz"))
     assert len(saved) == 1
@@ -93,10 +93,10 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, dat
 def test_scores_are_reused_until_the_checkpoint_changes(tmp_path, data_dir):
     run = train(Config().override({"train.epochs": "1", "model.base_channels": "4"}), tmp_path / "run",
                 data_dir=str(data_dir))
-    first = score(run, "mnist", data_dir=str(data_dir))
+    first = log_px(run, "mnist", data_dir=str(data_dir))
     path = next((run / "features").glob("mnist_*.npz"))
     stamp = path.stat().st_mtime_ns
-    again = score(run, "mnist", data_dir=str(data_dir))
+    again = log_px(run, "mnist", data_dir=str(data_dir))
     assert path.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(first["log_px_nats"], again["log_px_nats"])
 
@@ -104,7 +104,7 @@ def test_scores_are_reused_until_the_checkpoint_changes(tmp_path, data_dir):
 def test_bits_per_dim_only_for_normalised_decoders(tmp_path, data_dir):
     run = train(Config().override({"train.epochs": "1", "model.base_channels": "4", "model.likelihood": "dlogistic"}),
                 tmp_path / "run", data_dir=str(data_dir))
-    s = score(run, "mnist", data_dir=str(data_dir))
+    s = log_px(run, "mnist", data_dir=str(data_dir))
     np.testing.assert_allclose(s["bpd"], -s["log_px_nats"] / (784 * np.log(2)))
     assert (s["bpd"] > 0).all() and (s["bpd"] < 16).all()
 
@@ -112,7 +112,7 @@ def test_bits_per_dim_only_for_normalised_decoders(tmp_path, data_dir):
 def test_iwae_estimator_from_the_cli(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     main(["train", str(run), "--data-dir", str(data_dir), "--train.epochs=1", "--model.base_channels=4"])
-    assert main(["score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--estimator", "iwae",
+    assert main(["log-px", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--estimator", "iwae",
                  "--k", "8", "--limit", "16"]) == 0
     s = np.load(next((run / "features").glob("mnist_test_iwae_k8_first16*.npz")))
     assert s["log_px_nats"].shape == (16,)
@@ -123,7 +123,7 @@ def test_shape_mismatch_is_a_clear_error(tmp_path, data_dir, capsys):
     write_npz(data_dir, "colour", "test", blobs(8, 0, size=32, channels=3))
     run = tmp_path / "run"
     main(["train", str(run), "--data-dir", str(data_dir), "--train.epochs=1", "--model.base_channels=4"])
-    assert main(["score", str(run), "--dataset", "colour", "--data-dir", str(data_dir)]) == 2
+    assert main(["log-px", str(run), "--dataset", "colour", "--data-dir", str(data_dir)]) == 2
     assert "colour/test images are C×H×W = 3×32×32 but the model" in capsys.readouterr().err
 
 
@@ -132,13 +132,14 @@ def test_cli_errors_are_clear(tmp_path, data_dir, capsys):
     assert "did you mean 'model.latent_dim'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "r"), "--data-dir", str(tmp_path), "--data.name=nothing_here"]) == 2
     assert "nothing_here" in capsys.readouterr().err
-    assert main(["score", str(tmp_path / "none"), "--dataset", "mnist"]) == 2
+    assert main(["log-px", str(tmp_path / "none"), "--dataset", "mnist"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
     from vaeood.evaluation.intervals import seed_summary
-    from vaeood.evaluation.scoring import score
+    from vaeood.evaluation.log_px import log_px
 
     out = tmp_path / "fig2a"
     assert main(["reproduce", "fig2a", "--out", str(out), "--data-dir", str(data_dir), "--train.epochs=1",
@@ -170,8 +171,8 @@ def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
             assert (out / "runs" / f"{variant}_seed{seed}" / "checkpoint.pt").exists()
     # the interval is the one implementation's, on the runs' per-image scores
     runs = [out / "runs" / f"dlogistic_seed{s}" for s in (0, 1, 2)]
-    pairs = [(-score(r, "fashion_mnist", data_dir=str(data_dir))["log_px_nats"],
-              -score(r, "mnist", data_dir=str(data_dir))["log_px_nats"]) for r in runs]
+    pairs = [(-log_px(r, "fashion_mnist", data_dir=str(data_dir))["log_px_nats"],
+              -log_px(r, "mnist", data_dir=str(data_dir))["log_px_nats"]) for r in runs]
     expected = seed_summary(pairs, n_boot=metrics["interval"]["n_boot"])
     assert metrics["models"]["dlogistic"]["summary"]["nll"]["mnist"]["auroc"]["interval"] == \
         pytest.approx(list(expected.interval))
@@ -187,6 +188,7 @@ def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
     assert (out / "runs" / "dlogistic_seed1" / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_fig2b_without_svhn_scores_tiny_imagenet_and_padded_mnist_and_says_so(tmp_path, monkeypatch):
     """No SVHN (as on these machines): Figure 2b falls back to Tiny ImageNet and MNIST
     padded to 32×32 RGB, with a note; the variance check takes the unpadded set only."""
@@ -209,6 +211,7 @@ def test_reproduce_fig2b_without_svhn_scores_tiny_imagenet_and_padded_mnist_and_
     assert "- Note: svhn was not found" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatch, capsys):
     """SVHN is not on these machines: write its official .mat format (MD5 table patched to it)."""
     import hashlib
@@ -237,6 +240,7 @@ def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatc
     assert "svhn" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_without_any_data_uses_the_bundled_sample_and_says_so(tmp_path, monkeypatch, capsys):
     from vaeood.data.mnist import FashionMNIST
 
@@ -252,6 +256,7 @@ def test_reproduce_without_any_data_uses_the_bundled_sample_and_says_so(tmp_path
     assert datasets["mnist"]["is_sample"] and datasets["mnist"]["n"] == 1000
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 @pytest.mark.parametrize("option", ["--train.precision=bf16", "--train.channels_last=true"])
 def test_gpu_path_options_match_fp32_training_on_cpu(tmp_path, data_dir, option):
     """bf16 autocast and the memory format change the arithmetic, not the model: the loss
@@ -270,6 +275,7 @@ def test_unknown_precision_is_refused(tmp_path, data_dir, capsys):
     assert "train.precision = 'fp8': must be one of fp32, bf16" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # e2e: torch.compile of a training run
 def test_compiled_training_traces_the_whole_loss_and_matches_eager(tmp_path, data_dir, monkeypatch):
     """train.compile hands the whole loss (encoder, decoder, likelihood, KL) to
     torch.compile in the configured mode, with static shapes; traced by dynamo (here with
@@ -301,13 +307,13 @@ def test_unknown_compile_mode_is_refused(tmp_path, data_dir, capsys):
 
 def test_score_metadata_records_the_options_asked_for_not_the_device_sized_chunk_bound(
         tmp_path, data_dir, monkeypatch):
-    """On a GPU score() sizes IWAE's chunk bound from free memory; the estimator gets it,
+    """On a GPU log_px() sizes IWAE's chunk bound from free memory; the estimator gets it,
     the saved metadata (and every report made from it) keeps only the requested options."""
     import functools
 
     import vaeood.features.model as feature_model
     from vaeood.inference.estimators import ESTIMATORS
-    from vaeood.evaluation.scoring import score_meta
+    from vaeood.evaluation.log_px import log_px_meta
 
     run = train(Config().override({"train.epochs": "1", "model.base_channels": "4"}), tmp_path / "run",
                 data_dir=str(data_dir))
@@ -321,7 +327,7 @@ def test_score_metadata_records_the_options_asked_for_not_the_device_sized_chunk
         return real_iwae(*args, **kwargs)
 
     with ESTIMATORS.registered("iwae", spy):
-        result = score(run, "mnist", estimator="iwae", estimator_options={"k": 4}, data_dir=str(data_dir),
-                       limit=8)
+        result = log_px(run, "mnist", estimator="iwae", estimator_options={"k": 4}, data_dir=str(data_dir),
+                        limit=8)
     assert seen and all(kw["max_elements"] == 12_345 and kw["k"] == 4 for kw in seen)
-    assert score_meta(result)["options"] == {"k": 4}
+    assert log_px_meta(result)["options"] == {"k": 4}

@@ -121,13 +121,14 @@ def data_dir(tmp_path, monkeypatch):
     return write_fig2a_data(tmp_path / "data", n_train=128, n_test=48)
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_refine_steps_from_the_cli_is_recorded(tmp_path, data_dir, capsys):
     from vaeood.cli import main
 
     run = tmp_path / "run"
     assert main(["train", str(run), "--data-dir", str(data_dir), "--train.epochs=1", "--model.base_channels=4",
                  "--model.likelihood=dlogistic"]) == 0
-    assert main(["score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--estimator", "iwae",
+    assert main(["log-px", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--estimator", "iwae",
                  "--k", "8", "--refine-steps", "2", "--limit", "16"]) == 0
     saved = np.load(next((run / "features").glob("mnist_test_iwae_k8_refine_steps2_first16*.npz")))
     assert json.loads(str(saved["meta"]))["options"] == {"k": 8, "refine_steps": 2}
@@ -136,10 +137,11 @@ def test_refine_steps_from_the_cli_is_recorded(tmp_path, data_dir, capsys):
                  "--estimator", "iwae", "--k", "4", "--refine-steps", "1", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["estimator_options"] == {"k": 4, "refine_steps": 1}
     capsys.readouterr()
-    assert main(["score", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--refine-steps", "2"]) == 2
+    assert main(["log-px", str(run), "--dataset", "mnist", "--data-dir", str(data_dir), "--refine-steps", "2"]) == 2
     assert "takes no option 'refine_steps'" in capsys.readouterr().err  # the ELBO has no proposal to refine
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_reproduce_forward_kl_on_tiny_data(tmp_path, data_dir, capsys):
     from vaeood.cli import main
 

@@ -106,6 +106,7 @@ def test_resume_warning_names_only_the_given_settings(tmp_path, data, capsys, ca
     assert len(warning) == 1 and warning[0].endswith("train.lr=0.5 (saved: 0.001)")  # not latent_dim etc.
 
 
+@pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_an_experiment_resumes_with_its_full_config_and_starts_fresh_runs(tmp_path, data):
     """train_or_reuse passes its whole config: equal to the saved one is no contradiction."""
     config = Config().override(SMALL)
@@ -117,6 +118,7 @@ def test_an_experiment_resumes_with_its_full_config_and_starts_fresh_runs(tmp_pa
 
 
 # ====================================================================== one writer
+@pytest.mark.slow  # e2e: several processes
 def test_why_3_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp_path, data):
     run = tmp_path / "run"
     base = ["--data-dir", str(data), "--model.base_channels=4", "--train.batch_size=16"]
@@ -124,7 +126,7 @@ def test_why_3_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp
     try:
         wait_for(lambda: (run / "metrics.jsonl").exists(), first)  # trained an epoch, holds the lock
         for argv in (["train", str(run), *base, "--model.latent_dim=8"],  # a second training
-                     ["score", str(run), "--dataset", "mnist", "--data-dir", str(data)]):  # a scoring
+                     ["log-px", str(run), "--dataset", "mnist", "--data-dir", str(data)]):  # a scoring
             second = launch(argv, tmp_path / "b.log")
             assert second.wait(timeout=120) == 2
             err = (tmp_path / "b.log").read_text()
@@ -138,7 +140,7 @@ def test_why_3_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["latent_dim"] == load_checkpoint(run)["config"]["model"]["latent_dim"] == 4
     # ... does not block the next writer
-    third = launch(["score", str(run), "--dataset", "mnist", "--data-dir", str(data), "--limit", "8"],
+    third = launch(["log-px", str(run), "--dataset", "mnist", "--data-dir", str(data), "--limit", "8"],
                    tmp_path / "c.log")
     assert third.wait(timeout=120) == 0, (tmp_path / "c.log").read_text()
 

@@ -45,7 +45,7 @@ from vaeood.training.config import Config
 from vaeood.data.fit import convert_channels, fit_images
 from vaeood.data.mnist import MNIST
 from vaeood.inference.objectives import OBJECTIVES
-from vaeood.evaluation.scoring import ShapeMismatchError, score
+from vaeood.evaluation.log_px import ShapeMismatchError, log_px
 from vaeood.training.train import TrainingError, train
 
 SRC = Path(__file__).parents[1] / "src"
@@ -327,6 +327,7 @@ def _faulty_config(**more) -> Config:
     return Config().override({**TINY, "train.epochs": "3", "train.objective": "test_faulty", **more})
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, data_dir, faulty):
     faulty.update({1: "loss", 5: "grad", 6: "inf"})
     run = train(_faulty_config(), tmp_path / "run", data_dir=str(data_dir))
@@ -417,7 +418,7 @@ def test_checkpoint_carrying_code_is_refused_and_not_run(tmp_path, trained, caps
     run, marker = _hostile_run(tmp_path, trained[0], how)
     with pytest.raises(CheckpointError, match=r"refusing to load .*checkpoint.pt.*could run code"):
         load_checkpoint(run)
-    err = cli_error(capsys, ["score", str(run), "--dataset", "mnist", "--data-dir", str(trained[1])])
+    err = cli_error(capsys, ["log-px", str(run), "--dataset", "mnist", "--data-dir", str(trained[1])])
     assert "refusing to load" in err and "weights_only=False" not in err
     err = cli_error(capsys, ["train", str(run), "--resume", "--data-dir", str(trained[1])])
     assert "refusing to load" in err
@@ -435,7 +436,7 @@ def test_truncated_or_foreign_checkpoints_are_refused_clearly(tmp_path, trained,
     good = (trained[0] / "checkpoint.pt").read_bytes()
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "checkpoint.pt").write_bytes(good[: len(good) // 2])
-    err = cli_error(capsys, ["score", str(tmp_path / "cut"), "--dataset", "mnist", "--data-dir", str(trained[1])])
+    err = cli_error(capsys, ["log-px", str(tmp_path / "cut"), "--dataset", "mnist", "--data-dir", str(trained[1])])
     assert "cannot read checkpoint" in err and "truncated or corrupt" in err
     (tmp_path / "foreign").mkdir()
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign" / "checkpoint.pt")
@@ -446,7 +447,7 @@ def test_truncated_or_foreign_checkpoints_are_refused_clearly(tmp_path, trained,
 # =========================================================================== 4. bad input
 # ---- data through the command line (library-level cases are in test_data.py)
 def test_missing_dataset_offline_says_where_it_looked(tmp_path, trained, capsys):
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(tmp_path / "empty")])
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(tmp_path / "empty")])
     assert "dataset 'mnist' split 'test' not found" in err and str(tmp_path / "empty") in err
     assert "--download" in err
 
@@ -459,7 +460,7 @@ def test_download_without_network_is_a_clear_error(tmp_path, trained, capsys, mo
         raise urllib.error.URLError("no network in this test")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(tmp_path / "d"),
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(tmp_path / "d"),
                              "--download"])
     assert "could not download" in err and "no network in this test" in err
 
@@ -469,7 +470,7 @@ def test_md5_mismatch_from_the_cli(tmp_path, trained, capsys):
     folder.mkdir()
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (folder / name).write_bytes(gzip.compress(b"not the official file"))
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(folder)])
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(folder)])
     assert "t10k-" in err and MNIST.md5["t10k-images-idx3-ubyte.gz"] in err
 
 
@@ -487,7 +488,7 @@ def test_truncated_archive_from_the_cli(tmp_path, trained, capsys, monkeypatch):
     (tmp_path / "d" / ARCHIVE).write_bytes(cut)
     # trust the truncated bytes, so that reading them (not the MD5) is what fails
     monkeypatch.setattr(CIFAR10, "md5", {**CIFAR10.md5, ARCHIVE: hashlib.md5(cut).hexdigest()})
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "cifar10", "--data-dir", str(tmp_path / "d")])
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "cifar10", "--data-dir", str(tmp_path / "d")])
     assert ARCHIVE in err and "truncated or corrupt" in err
 
 
@@ -503,7 +504,7 @@ def test_truncated_archive_from_the_cli(tmp_path, trained, capsys, monkeypatch):
 def test_bad_npz_from_the_cli(tmp_path, trained, capsys, arrays, expected):
     (tmp_path / "d").mkdir()
     np.savez(tmp_path / "d" / "mine_test.npz", **arrays)
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mine", "--data-dir", str(tmp_path / "d")])
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mine", "--data-dir", str(tmp_path / "d")])
     assert "mine_test.npz" in err
     assert re.search(expected, err), err
 
@@ -541,16 +542,16 @@ def test_fit_module_known_answers():
 
 def test_shape_mismatch_is_refused_with_the_fits_named(tmp_path, trained, capsys):
     write_npz(tmp_path / "d", "colour", "test", blobs(8, 0, size=32, channels=3))
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "colour", "--data-dir", str(tmp_path / "d")])
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "colour", "--data-dir", str(tmp_path / "d")])
     assert "3×32×32 but the model" in err and "--pad" in err and "--resize" in err
     with pytest.raises(ShapeMismatchError):
-        score(trained[0], "colour", data_dir=str(tmp_path / "d"))
+        log_px(trained[0], "colour", data_dir=str(tmp_path / "d"))
 
 
 def test_resize_fits_and_is_recorded(tmp_path, trained, capsys):
     run, _ = trained
     write_npz(tmp_path / "d", "colour", "test", blobs(8, 0, size=32, channels=3))
-    assert main(["score", str(run), "--dataset", "colour", "--data-dir", str(tmp_path / "d"), "--resize"]) == 0
+    assert main(["log-px", str(run), "--dataset", "colour", "--data-dir", str(tmp_path / "d"), "--resize"]) == 0
     assert "images fitted: resize 3×32×32 → 1×28×28" in capsys.readouterr().out
     saved = np.load(next((run / "features").glob("colour_test_elbo_fitresize_*.npz")))
     meta = json.loads(str(saved["meta"]))
@@ -558,9 +559,10 @@ def test_resize_fits_and_is_recorded(tmp_path, trained, capsys):
                            "description": "resize 3×32×32 → 1×28×28"}
     assert saved["log_px_nats"].shape == (8,) and np.isfinite(saved["log_px_nats"]).all()
     with pytest.raises(SystemExit):  # one fit at a time
-        main(["score", str(run), "--dataset", "colour", "--pad", "--resize"])
+        main(["log-px", str(run), "--dataset", "colour", "--pad", "--resize"])
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_pad_fits_scores_and_evaluate_records_it(tmp_path, capsys):
     """A model of 3×32×32 images (CIFAR-like) scores 28×28 grey images padded (MNIST-like)."""
     data = tmp_path / "d"
@@ -641,7 +643,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, da
 
 def test_disk_full_while_saving_scores_leaves_nothing_half_written(tmp_path, trained, capsys, monkeypatch):
     _disk_fills_on_call(monkeypatch, np, "savez", call=1)
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
                              "--limit", "7"])
     assert "features" in err and "_first7_" in err and "no space left on device" in err
     assert "nothing was written" in err

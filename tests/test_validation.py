@@ -72,18 +72,19 @@ def test_why_4_zero_or_negative_epochs_are_refused(tmp_path, capsys, value):
     assert not (tmp_path / "run").exists()  # nothing trained, nothing claimed
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_why_5_a_negative_or_zero_limit_is_refused(tmp_path, trained, capsys):
     err = cli_error(capsys, ["train", str(tmp_path / "run"), "--data.limit=-5"])
     assert "data.limit = -5: must be an integer >= 1" in err
     for limit in ("-5", "0"):
-        err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--limit", limit])
+        err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--limit", limit])
         assert f"--limit: got '{limit}'; must be an integer >= 1" in err
     assert not (trained[0] / "scores").exists()
-    from vaeood.evaluation.scoring import score  # the Python API refuses them too, naming the argument
+    from vaeood.evaluation.log_px import log_px  # the Python API refuses them too, naming the argument
 
     for limit in (-5, 0, 2.5):
         with pytest.raises(ConfigError, match="limit must be"):
-            score(trained[0], "mnist", "test", data_dir=str(trained[1]), limit=limit)
+            log_px(trained[0], "mnist", "test", data_dir=str(trained[1]), limit=limit)
     assert not list((trained[0] / "features").glob("mnist*"))
 
 
@@ -136,7 +137,7 @@ def test_plugin_options_are_checked_by_name_type_and_range(tmp_path, capsys, ove
     (["--estimator", "nope"], "unknown estimator 'nope'"),
 ])
 def test_bad_scoring_numbers_are_refused_where_parsed(trained, capsys, args, message):
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]), *args])
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]), *args])
     assert message in err
 
 
@@ -151,13 +152,13 @@ def test_a_broken_symlink_among_the_dataset_files_is_named(tmp_path, trained, ca
     data = tmp_path / "data"
     data.mkdir()
     (data / "mnist_test.npz").symlink_to(tmp_path / "gone.npz")
-    err = cli_error(capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(data)])
+    err = cli_error(capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(data)])
     assert f"{data / 'mnist_test.npz'} is a broken symbolic link" in err and "gone.npz" in err
     # a good copy in a later search folder is not used behind the user's back either
     os.environ["VAEOOD_DATA"] = str(trained[1])
     try:
         assert "broken symbolic link" in cli_error(
-            capsys, ["score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(data)])
+            capsys, ["log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(data)])
     finally:
         del os.environ["VAEOOD_DATA"]
 
@@ -196,12 +197,13 @@ def test_disk_full_inside_torch_save_gets_the_documented_message(tmp_path, capsy
     assert checkpoint_module.load_checkpoint(run)["epoch"] == 1
 
 
+@pytest.mark.slow  # e2e: several processes
 @pytest.mark.parametrize("sig, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                (signal.SIGTERM, 143, "terminated")])
 def test_sigint_and_sigterm_end_with_one_line_and_their_status(tmp_path, trained, sig, status, word):
     log = tmp_path / "score.log"
     # -v: the "loaded" line it waits for is detail (DEBUG)
-    proc = launch(["-v", "score", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
+    proc = launch(["-v", "log-px", str(trained[0]), "--dataset", "mnist", "--data-dir", str(trained[1]),
                    "--estimator", "iwae", "--k", "20000", "--batch-size", "8"], log)
     wait_for(lambda: "loaded mnist/test" in log.read_text(), proc)
     proc.send_signal(sig)
@@ -250,6 +252,7 @@ def test_a_cuda_device_the_machine_lacks_is_refused(monkeypatch):
         resolve_device("cuda:3")
 
 
+@pytest.mark.slow  # e2e: the command line trains and scores models
 def test_an_ood_set_that_is_the_in_distribution_set_is_warned_about(trained, tmp_path, capsys, caplog):
     out = tmp_path / "eval"
     assert main(["evaluate", str(trained[0]), "--in", "mnist", "--ood", "mnist", "--ood", "fashion_mnist",
@@ -293,6 +296,7 @@ def values_of(ftype) -> st.SearchStrategy:
     return st.one_of(options)
 
 
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(FIELDS).flatmap(lambda f: st.tuples(st.just(f), values_of(f[2]))),
        st.sampled_from(["bernoulli", "dlogistic"]), st.sampled_from(["elbo", "iwae", "msc"]))

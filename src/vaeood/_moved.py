@@ -1,5 +1,6 @@
-"""The modules that moved into the layer subpackages, importable by their old names for one
-release (0.2), with a :class:`DeprecationWarning` that names the new place.
+"""The modules that moved into the layer subpackages (or were renamed there), importable by
+their old names for one release (0.2), with a :class:`DeprecationWarning` that names the
+new place.
 
 ``import vaeood.estimators`` then gives the very module object of
 ``vaeood.inference.estimators`` (one module, not a copy, so patches and registries are
@@ -44,7 +45,8 @@ MOVED = {
     "report": "evaluation.report",
     "run": "training.run",
     "runlock": "infra.runlock",
-    "scoring": "evaluation.scoring",
+    "scoring": "evaluation.log_px",
+    "evaluation.scoring": "evaluation.log_px",  # log p(x) estimates are log_px, not scores
     "train": "training.train",
     "variance": "evaluation.variance",
 }

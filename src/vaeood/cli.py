@@ -1,4 +1,5 @@
-"""The ``vaeood`` command: train, score, evaluate, reproduce.
+"""The ``vaeood`` command: fit, train, log-px, evaluate, calibrate, detect, reproduce
+(their options: :mod:`vaeood.cli_parsers`).
 
 Config changes are dotted overrides after the options, e.g.
 ``vaeood train runs/a --model.latent_dim=32 --train.epochs 5``.
@@ -6,7 +7,6 @@ Config changes are dotted overrides after the options, e.g.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -15,14 +15,14 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .infra.allocator import keep_freed_memory
 from .infra import distributed
 from .training.checkpoint import CheckpointError
-from .training.config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value, read_config_file
+from .cli_parsers import DEPRECATED_COMMANDS, build_parser
+from .training.config import Config, ConfigError, flatten, read_config_file
 from .infra.console import console
 from .decisions.conformal import CalibrationError
 from .data import DataError, load_dataset
@@ -30,14 +30,14 @@ from .data.folder import printable
 from .data.image_folder import is_folder_name
 from .decisions import RECOMMENDED, NoCalibrationError, calibrate, decide, summary_path_for
 from .decisions.detect_report import html_path_for
-from .detectors import DETECTORS, per_detector_options
+from .detectors import per_detector_options
 from .evaluation.evaluate import evaluate
 from .experiments import EXPERIMENTS, reproduce
 from .pipeline import fit
 from .infra.registry import UnknownNameError, split_names
 from .evaluation.report import format_table
 from .infra.runlock import RunLockedError
-from .evaluation.scoring import ShapeMismatchError, score, score_meta
+from .evaluation.log_px import ShapeMismatchError, log_px, log_px_meta
 from .training.train import TrainingError, train
 
 # errors of the user's input or machine, reported in one line; anything else is a bug
@@ -56,7 +56,7 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, extra = _parser().parse_known_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
     # under torchrun only rank 0 reports progress; the other ranks say only what goes wrong
     quiet = args.quiet or int(os.environ.get("RANK", "0")) > 0
     with console("quiet" if quiet else "verbose" if args.verbose else "default"):
@@ -72,7 +72,10 @@ def _run(args, extra: list[str], argv: list[str]) -> int:
         if overrides and args.command not in ("fit", "train", "reproduce"):
             raise ConfigError(f"{args.command} takes no config overrides, got {', '.join(overrides)}")
         args.command_line = "vaeood " + shlex.join(argv)
-        return args.func(args, overrides)
+        if args.command in OLD_NAMES:
+            print(f"vaeood: `vaeood {args.command}` is deprecated, use `vaeood {OLD_NAMES[args.command]}` "
+                  "(the old name goes in vaeood 0.3)", file=sys.stderr)
+        return COMMANDS[OLD_NAMES.get(args.command, args.command)](args, overrides)
     except EXPECTED_ERRORS as exc:
         return _fail(exc.args[0] if isinstance(exc, UnknownNameError) and exc.args else exc)
     except KeyboardInterrupt as exc:
@@ -107,179 +110,6 @@ def _fail(message) -> int:
     print(f"vaeood: error: {text}", file=sys.stderr)
     return 2
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors in the same one-line form as the others."""
-
-    def error(self, message):
-        print(f"vaeood: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
-        sys.exit(2)
-
-
-def _checked(key: str, rule_and_type) -> Callable[[str], object]:
-    """An argparse ``type`` parsing a command-line value by the rule it shares with the config."""
-    rule, ftype = rule_and_type
-
-    def parse(text: str):
-        try:
-            return parse_value(text, ftype, rule, key)
-        except ConfigError as exc:  # "--k = 0: must be ..." → "got '0'; must be ..."
-            raise argparse.ArgumentTypeError(f"got {text!r}; {str(exc).split(': ', 1)[-1]}") from None
-    return parse
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vaeood", description="VAEs, honest log-likelihoods and OOD scores.")
-    loudness = parser.add_mutually_exclusive_group()
-    loudness.add_argument("-q", "--quiet", action="store_true",
-                          help="only warnings and errors on stderr, no progress bars")
-    loudness.add_argument("-v", "--verbose", action="store_true",
-                          help="every detail on stderr (each file loaded, each feature computed or reused, each epoch)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_fit_parser(sub)
-    _add_train_parser(sub)
-    _add_score_parser(sub)
-    _add_evaluate_parser(sub)
-    _add_calibrate_parser(sub)
-    _add_detect_parser(sub)
-    _add_reproduce_parser(sub)
-    return parser
-
-
-def _add_common(p, scoring=True):
-    """The options every subcommand takes (``scoring``: and those of scoring images)."""
-    p.add_argument("--data-dir", help="where datasets are (default: $VAEOOD_DATA, then standard places)")
-    p.add_argument("--download", action="store_true", help="fetch missing official datasets first")
-    p.add_argument("--device", default="cpu", type=_checked("--device", field_rule("train.device")),
-                   help="cpu (default), cuda, cuda:1, ...")
-    if scoring:
-        p.add_argument("--estimator", default=None, help="elbo (default) or iwae")
-        p.add_argument("--k", type=_checked("--k", (OPTION_RULES["k"], int)), default=None,
-                       help="importance samples for iwae (e.g. 1000)")
-        p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None,
-                       help="score only the first N images (N >= 1)")
-        p.add_argument("--refine-steps", type=_checked("--refine-steps", (OPTION_RULES["refine_steps"], int)),
-                       default=None,
-                       help="iwae: refine each image's q(z|x) by N forward-KL steps first (Jerfel et al. 2021)")
-
-
-def _add_fit_options(p):
-    """--pad / --resize: make images of another shape fit the model."""
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--pad", dest="fit", action="store_const", const="pad",
-                       help="zero-pad (centred) images smaller than the model's, e.g. 28×28 → 32×32")
-    group.add_argument("--resize", dest="fit", action="store_const", const="resize",
-                       help="bilinear-resize images to the model's size (grey ↔ RGB converted too)")
-
-
-def _add_fit_parser(sub) -> None:
-    """The ``vaeood fit SOURCE --out MODEL`` subcommand: train, then calibrate the recommended detector."""
-    p = sub.add_parser("fit", help="train a VAE on your images and calibrate the recommended detector, in one step")
-    p.add_argument("source", help="a folder of PNG/JPEG images (optionally one subfolder per class) or a dataset name")
-    p.add_argument("--out", required=True, help="the model directory to create (then: vaeood detect MODEL IMAGES)")
-    p.add_argument("--split", default="train", help="split, when SOURCE is a dataset name (default train)")
-    p.add_argument("--detector", default=None,
-                   help="detector to calibrate (default: the recommended one, " + ", ".join(RECOMMENDED) +
-                        ", the first that applies)")
-    p.add_argument("--resume", action="store_true", help="continue a fit that was stopped")
-    _add_common(p, scoring=False)
-    p.set_defaults(func=_fit)
-
-
-def _add_train_parser(sub) -> None:
-    """The ``vaeood train RUN_DIR`` subcommand."""
-    p = sub.add_parser("train", help="train a VAE into a run directory")
-    p.add_argument("run_dir")
-    p.add_argument("--config", help="JSON or TOML config file (unknown keys are refused)")
-    p.add_argument("--resume", action="store_true", help="continue the run directory's last checkpoint")
-    _add_common(p, scoring=False)
-    p.set_defaults(func=_train)
-
-
-def _add_score_parser(sub) -> None:
-    """The ``vaeood score RUN_DIR`` subcommand."""
-    p = sub.add_parser("score", help="per-image log-likelihood of a dataset split, saved in the run")
-    p.add_argument("run_dir")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
-    _add_common(p)
-    _add_fit_options(p)
-    p.set_defaults(func=_score)
-
-
-def _add_evaluate_parser(sub) -> None:
-    """The ``vaeood evaluate RUN_DIR`` subcommand."""
-    p = sub.add_parser("evaluate", help="OOD metrics and histogram for in-distribution vs OOD sets")
-    p.add_argument("run_dir")
-    p.add_argument("--in", dest="in_dataset", required=True, help="in-distribution dataset")
-    p.add_argument("--ood", action="append", required=True, help="OOD datasets: a,b or repeated")
-    p.add_argument("--split", default="test")
-    p.add_argument("--out", help="output directory (default: the run directory)")
-    p.add_argument("--detectors", default=None,
-                   help="comma-separated detectors (default: every one that applies to the run); known: "
-                        + ", ".join(DETECTORS.names()))
-    p.add_argument("--detector-options", default=None,
-                   help='JSON: options per detector, e.g. \'{"likelihood_ratio": {"background_run": "runs/bg"}}\'')
-    p.add_argument("--fit-limit", type=_checked("--fit-limit", field_rule("data.limit")), default=None,
-                   help="held-out training images that fitted detectors fit on (default: up to 5000)")
-    _add_common(p)
-    _add_fit_options(p)
-    p.set_defaults(func=_evaluate)
-
-
-def _add_calibrate_parser(sub) -> None:
-    """The ``vaeood calibrate RUN_DIR`` subcommand."""
-    p = sub.add_parser("calibrate", help="score held-out training images for conformal decisions (vaeood detect)")
-    p.add_argument("run_dir")
-    p.add_argument("--detector", default=None,
-                   help="detector to calibrate (default: the recommended one, " + ", ".join(RECOMMENDED) +
-                        ", the first that applies to the run)")
-    p.add_argument("--detector-options", type=_json_object, default=None,
-                   help='JSON options of the detector, e.g. \'{"estimator": "iwae", "estimator_options": {"k": 100}}\'')
-    p.add_argument("--n", dest="n_calibration", type=_checked("--n", field_rule("data.limit")), default=None,
-                   help="calibration images: N held-out training images after the fitting slice (default 2000)")
-    p.add_argument("--n-fit", type=_checked("--n-fit", field_rule("data.limit")), default=None,
-                   help="held-out images a detector that fits is fitted on first (default 5000, at most half)")
-    p.add_argument("--seed", type=_checked("--seed", field_rule("train.seed")), default=0)
-    p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
-    _add_common(p, scoring=False)
-    p.set_defaults(func=_calibrate)
-
-
-def _add_detect_parser(sub) -> None:
-    """The ``vaeood detect RUN_DIR INPUT`` subcommand."""
-    p = sub.add_parser("detect", help="flag OOD images of a folder/.npz/dataset at a chosen false-alarm rate")
-    p.add_argument("run_dir")
-    p.add_argument("input", help="a folder of PNG/JPEG images, an .npz file (x, y) or a dataset name")
-    p.add_argument("--detector", default=None,
-                   help="a detector calibrated in the run (default: the recommended one calibrated, or the only one)")
-    p.add_argument("--detector-options", type=_json_object, default=None,
-                   help="JSON options of the detector (default: the calibrated ones)")
-    p.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate (with --fdr: false-discovery rate)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--delta", type=float, default=None,
-                       help="calibration-conditional: FPR <= alpha with probability >= 1 - delta")
-    group.add_argument("--fdr", action="store_true", help="Benjamini-Hochberg over the images at level alpha")
-    p.add_argument("--skip-bad", action="store_true", help="skip unusable files of a folder (listed in the summary)")
-    p.add_argument("--out", required=True, help="CSV to write (file, score, p_value, flagged); the summary goes "
-                                                "beside it as FILE.summary.json, a page to look at as FILE.html")
-    p.add_argument("--split", default="test", help="split, when INPUT is a dataset name")
-    p.add_argument("--limit", type=_checked("--limit", field_rule("data.limit")), default=None, help="first N images of an .npz or dataset")
-    p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
-    _add_common(p, scoring=False)
-    _add_fit_options(p)
-    p.set_defaults(func=_detect)
-
-
-def _add_reproduce_parser(sub) -> None:
-    """The ``vaeood reproduce EXPERIMENT`` subcommand."""
-    p = sub.add_parser("reproduce", help="reproduce an experiment of the study")
-    p.add_argument("experiment", choices=EXPERIMENTS.names())
-    p.add_argument("--out", required=True, help="output directory for runs, report.md and metrics.json")
-    p.add_argument("--preset", default="quick", help="quick (minutes on a CPU) or paper (full training)")
-    _add_common(p)
-    p.set_defaults(func=_reproduce)
 
 def say(*lines: str) -> None:
     """Print results once (rank 0 under torchrun)."""
@@ -342,12 +172,12 @@ def _train(args, overrides) -> int:
     return 0
 
 
-def _score(args, overrides) -> int:
+def _log_px(args, overrides) -> int:
     _fetch(args, [(args.dataset, args.split)])
-    result = score(args.run_dir, args.dataset, args.split, estimator=args.estimator or "elbo",
-                   estimator_options=_estimator_options(args), data_dir=args.data_dir, limit=args.limit,
-                   batch_size=args.batch_size, device=args.device, fit=args.fit)
-    meta = score_meta(result)
+    result = log_px(args.run_dir, args.dataset, args.split, estimator=args.estimator or "elbo",
+                    estimator_options=_estimator_options(args), data_dir=args.data_dir, limit=args.limit,
+                    batch_size=args.batch_size, device=args.device, fit=args.fit)
+    meta = log_px_meta(result)
     line = f"{meta['dataset']}/{meta['split']}: {len(result['log_px_nats'])} images, " \
            f"mean log p(x) = {result['log_px_nats'].mean():.2f} nats"
     if "bpd" in result:
@@ -387,18 +217,6 @@ def _evaluate(args, overrides) -> int:
     return 0
 
 
-def _json_object(text: str) -> dict:
-    import json
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"estimator\": \"iwae\"}'")
-    return value
-
-
 def _calibrate(args, overrides) -> int:
     record = calibrate(args.run_dir, args.detector, detector_options=args.detector_options,
                        n_calibration=args.n_calibration, n_fit=args.n_fit, data_dir=args.data_dir, device=args.device,
@@ -433,6 +251,13 @@ def _reproduce(args, overrides) -> int:
     say(exp.summary(out))
     say(f"report: {Path(args.out) / 'report.md'}")
     return 0
+
+
+#: each subcommand's function, called with the parsed arguments and the dotted config overrides
+COMMANDS = {"fit": _fit, "train": _train, "log-px": _log_px, "evaluate": _evaluate, "calibrate": _calibrate,
+            "detect": _detect, "reproduce": _reproduce}
+#: an old subcommand name → its new one
+OLD_NAMES = {old: new for new, olds in DEPRECATED_COMMANDS.items() for old in olds}
 
 
 if __name__ == "__main__":

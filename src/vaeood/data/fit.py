@@ -1,7 +1,7 @@
 """Make images fit a model trained on another image shape, explicitly and recorded.
 
 Scoring a dataset whose images differ in shape from the model's training images is an
-error unless the user asks for one of these fits (``vaeood score --pad`` / ``--resize``,
+error unless the user asks for one of these fits (``vaeood log-px --pad`` / ``--resize``,
 ``scoring.score(..., fit="pad" | "resize")``); the score metadata records which one was
 applied, from which shape to which, because the fit changes the likelihood (padding
 adds D' − D near-certain zero pixels, resizing smooths the image).

@@ -1,6 +1,9 @@
 """``likelihood_ratio``: the model against a background model.
 
-    LLR(x) = log p_θ(x) − log p_θ₀(x),        S(x) = −LLR(x) = log p_θ₀(x) − log p_θ(x)
+    R(x) = log p_θ(x) − log p_θ₀(x),        S(x) = −R(x) = log p_θ₀(x) − log p_θ(x)
+
+R is the *background ratio* (the paper writes it LLR; in vaeood ``llr`` is only Havtorn
+et al.'s hierarchical LLR>k, :mod:`vaeood.detectors.llr`).
 
 Ren, Liu, Fertig, Snoek, Poplin, DePristo, Dillon & Lakshminarayanan (NeurIPS 2019),
 "Likelihood ratios for out-of-distribution detection". p_θ₀ is a *background* model

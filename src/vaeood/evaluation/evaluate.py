@@ -31,9 +31,10 @@ from ..training.run import load_model
 from .fitdata import check_fit_slice, heldout_slice, run_config
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
 from ..infra.jsonable import strict_json
+from ..infra.deprecated import deprecated_alias
 from ..infra.progress import bar
 from .report import histogram_figure
-from .scoring import score, score_meta
+from .log_px import log_px, log_px_meta
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,10 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     companion_notes = check_companions(run_dir, dets)  # before any score: a mismatched companion is refused
     per_set = {}
     for name in [in_dataset, *ood_datasets]:
-        per_set[name] = score(run_dir, name, split, estimator=estimator, estimator_options=estimator_options,
-                              data_dir=data_dirs.get(name, data_dir), limit=limit, device=device, seed=seed,
-                              allow_sample=allow_sample, progress=progress, fit=fit)
-    meta_in = score_meta(per_set[in_dataset])
+        per_set[name] = log_px(run_dir, name, split, estimator=estimator, estimator_options=estimator_options,
+                               data_dir=data_dirs.get(name, data_dir), limit=limit, device=device, seed=seed,
+                               allow_sample=allow_sample, progress=progress, fit=fit)
+    meta_in = log_px_meta(per_set[in_dataset])
     normalised = meta_in["normalised"]
 
     fit_slice, fit_error = _fit_slice(run_dir, dets, fit_limit, data_dir)
@@ -113,7 +114,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
         "ood": list(ood_datasets), "positive_class": "ood", "score_direction": "higher = more out-of-distribution",
         "results": runner.results,
         "warnings": same_data_warnings(in_dataset, ood_datasets,
-                                       {n: score_meta(s) for n, s in per_set.items()}) + runner.small_sets
+                                       {n: log_px_meta(s) for n, s in per_set.items()}) + runner.small_sets
         + companion_notes,
         "detectors": runner.det_info, "detector_scores": runner.score_files, "skipped": skipped,
         "fit_data": ({k: v for k, v in fit_slice.items() if k not in ("data_dir",)} if fit_slice and any(
@@ -253,7 +254,7 @@ def _label(name: str, summary: dict) -> str:
 
 
 def _summary(s: dict[str, np.ndarray]) -> dict:
-    meta = score_meta(s)
+    meta = log_px_meta(s)
     out = {"n": int(len(s["log_px_nats"])), "source": meta["source"], "is_sample": meta["is_sample"],
            "mean_log_px_nats": float(np.mean(s["log_px_nats"])),
            "pixel_mean": meta["pixel_mean"], "pixel_var": meta["pixel_var"], "fit": meta.get("fit")}
@@ -274,7 +275,7 @@ def fit_detector(source, detector: str | Detector, options: Mapping | None = Non
                  dataset: str | None = None, split: str | None = None, start: int | None = None,
                  stop: int | None = None, n: int | None = None, data_dir: str | None = None, device: str = "cpu",
                  seed: int = 0, progress: bool | None = None) -> Detector:
-    """A detector fitted on held-out training images, ready for :func:`detect`.
+    """A detector fitted on held-out training images, ready for :func:`detector_scores`.
 
     ``source``: a run directory, or a model object (your own VAE, :mod:`vaeood.byo`).
     With a run directory the default fitting data is its held-out training slice
@@ -315,17 +316,19 @@ def fit_detector(source, detector: str | Detector, options: Mapping | None = Non
     return det.fit(needs_features(source, images, det.needs, seed=seed, progress=progress))
 
 
-def detect(source, detector: Detector, images=None, *, dataset: str | None = None, split: str = "test",
-           limit: int | None = None, data_dir: str | None = None, device: str = "cpu", seed: int = 0,
-           fit: str | None = None, allow_sample: bool = False, progress: bool | None = None) -> np.ndarray:
+def detector_scores(source, detector: Detector, images=None, *, dataset: str | None = None, split: str = "test",
+                    limit: int | None = None, data_dir: str | None = None, device: str = "cpu", seed: int = 0,
+                    fit: str | None = None, allow_sample: bool = False, progress: bool | None = None) -> np.ndarray:
     """Detector scores ``[N]`` (higher = more OOD) of ``images`` (uint8 ``[N, H, W, C]``,
-    with a model object) or of ``dataset/split`` (with a run directory; features cached)."""
+    with a model object) or of ``dataset/split`` (with a run directory; features cached).
+
+    Scores only; flagging images at a false-alarm rate is :func:`vaeood.decide` (``vaeood detect``)."""
     if _is_run(source) and dataset is not None:
         feats = compute_features(source, dataset, split, detector.needs, data_dir=data_dir, limit=limit,
                                  device=device, seed=seed, fit=fit, allow_sample=allow_sample, progress=progress)
     else:
         if images is None:
-            raise ValueError("detect: pass images= (or dataset= with a run directory)")
+            raise ValueError("detector_scores: pass images= (or dataset= with a run directory)")
         model = source
         if _is_run(source):
             from ..training.run import load_model
@@ -349,8 +352,12 @@ def evaluate_model(model, in_images, ood_images: Mapping[str, np.ndarray], *, fi
             fit_detector(model, det, images=fit_images, seed=seed)
         else:
             det.fit({})
-        s_in = detect(model, det, in_images, seed=seed)
-        s_ood = {ood: detect(model, det, imgs, seed=seed) for ood, imgs in ood_images.items()}
+        s_in = detector_scores(model, det, in_images, seed=seed)
+        s_ood = {ood: detector_scores(model, det, imgs, seed=seed) for ood, imgs in ood_images.items()}
         results[name] = {ood: ood_metrics(s_in, s) for ood, s in s_ood.items()}
         scores[name] = {"in": s_in, **s_ood}
     return {"results": results, "scores": scores}
+
+
+#: the old name of :func:`detector_scores` (``vaeood detect`` flags images: :func:`vaeood.decide`)
+detect = deprecated_alias(detector_scores, "detect")

@@ -60,36 +60,6 @@ def histogram_panels(path: str | Path, panels: dict[str, dict[str, np.ndarray]],
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def line_plot(path: str | Path, panels: list[dict], title: str) -> Path:
-    """Side-by-side line plots; each panel is ``{"x": [...], "series": {label: [...]},
-    "xlabel": str, "ylabel": str, "logx": bool, "hline": float | None}``."""
-    from matplotlib.figure import Figure  # on use (slow import); not pyplot: no global state
-    fig = Figure(figsize=(5 * len(panels), 4), dpi=120)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, panel in zip(axes, panels):
-        for label, ys in panel["series"].items():
-            ax.plot(panel["x"], ys, marker="o", label=label)
-        if panel.get("hline") is not None:
-            ax.axhline(panel["hline"], color="grey", linestyle=":", linewidth=1)
-        if panel.get("logx"):
-            ax.set_xscale("log")
-        ax.set_xlabel(panel["xlabel"])
-        ax.set_ylabel(panel["ylabel"])
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
-
-
-def metrics_table(rows: list[dict], lead_columns: list[str]) -> str:
-    """A Markdown table: ``lead_columns`` then every metric, values to 3 decimals."""
-    return markdown_table(lead_columns + [METRIC_LABELS[m] for m in METRIC_NAMES],
-                          [[str(row[c]) for c in lead_columns] + [f"{row[m]:.3f}" for m in METRIC_NAMES]
-                           for row in rows])
-
-
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]

@@ -21,7 +21,7 @@ from ..detectors import make_detector
 from ..infra.jsonable import strict_json  # noqa: F401 (the experiments take it from here)
 from ..infra.progress import bar
 from ..infra.registry import Registry
-from ..evaluation.scoring import score
+from ..evaluation.log_px import log_px
 from ..training.train import resumable, train
 
 EXPERIMENTS = Registry("experiment")
@@ -74,9 +74,9 @@ def run_evaluate(run_dir: Path, in_dataset: str, ood_datasets: list[str], *,
 
 def per_image_scores(run_dir: Path, dataset: str, detector: str, **score_kwargs) -> np.ndarray:
     """One detector's per-image OOD scores (higher = more OOD) of ``dataset``, from the
-    per-image estimates that :func:`vaeood.evaluation.scoring.score` saved in the run (the same
+    per-image estimates that :func:`vaeood.evaluation.log_px.log_px` saved in the run (the same
     call evaluate made, so nothing is recomputed); the bootstrap intervals resample them."""
-    return estimate_scores(detector, score(run_dir, dataset, **score_kwargs), score_kwargs.get("estimator", "elbo"),
+    return estimate_scores(detector, log_px(run_dir, dataset, **score_kwargs), score_kwargs.get("estimator", "elbo"),
                            score_kwargs.get("estimator_options"))
 
 

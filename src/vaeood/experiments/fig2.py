@@ -43,7 +43,7 @@ from ..evaluation.intervals import N_BOOT, mean_sd
 from ..evaluation.metrics import METRIC_NAMES
 from ..evaluation.report import METRIC_LABELS, histogram_panels, interval_text, markdown_table, pm, text_table
 from ..data import DatasetNotFoundError, load_dataset
-from ..evaluation.scoring import score, score_meta
+from ..evaluation.log_px import log_px, log_px_meta
 from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
                      report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json,
                      train_or_reuse)
@@ -124,13 +124,14 @@ class Fig2Experiment:
                 runs[f"seed{seed}"] = self._run_seed(run_dir, out_dir / variant / f"seed{seed}",
                                                      configs[(variant, seed)], detectors, pairs, score_kwargs)
                 if seed == pre.seeds[0]:  # the Figure 2 panels show the first seed's model
-                    elbos[variant] = {name: _elbo(score(run_dir, name, **score_kwargs))
+                    elbos[variant] = {name: _elbo(log_px(run_dir, name, **score_kwargs))
                                       for name in (self.in_dataset, *self.ood_datasets)}
                 progress_bar.update()
             models[variant] = self._variant_summary(variant, runs, pairs, detectors, pre)
             if variance:  # only adds: the rescaled images are scored on the side, nothing above changes
                 # of the model's own shape only: padding changes the pixel statistics the check is about
-                same_shape = [o for o in self.ood_datasets if not score_meta(score(run_dirs[0], o, **score_kwargs))["fit"]]
+                same_shape = [o for o in self.ood_datasets
+                              if not log_px_meta(log_px(run_dirs[0], o, **score_kwargs))["fit"]]
                 checks[variant] = variance_pairs(self.in_dataset, same_shape, run_dirs, score_kwargs, n_boot=pre.n_boot)
         progress_bar.close()
         (out_dir / "figures").mkdir(exist_ok=True)

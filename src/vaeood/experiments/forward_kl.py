@@ -57,7 +57,7 @@ from ..evaluation.intervals import N_BOOT, mean_sd
 from ..evaluation.metrics import ood_metrics
 from ..evaluation.report import interval_text, pm
 from ..training.run import load_model, to_tensor
-from ..evaluation.scoring import score, score_meta
+from ..evaluation.log_px import log_px, log_px_meta
 from .timing import load_average
 from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, estimate_scores, stamp,
                      runs_bar, strict_json, train_or_reuse)
@@ -163,9 +163,9 @@ class ForwardKLExperiment:
             **(overrides or {})})
         run_dir = out_dir / "runs" / f"{objective}_seed{seed}"
         training = train_or_reuse(config, run_dir, data_dir=data_dir, progress=progress)
-        scores = {name: score(run_dir, name, "test", estimator="iwae", estimator_options=options,
-                              data_dir=data_dir, limit=pre.score_limit, device=device,
-                              allow_sample=pre.allow_sample, progress=progress)
+        scores = {name: log_px(run_dir, name, "test", estimator="iwae", estimator_options=options,
+                               data_dir=data_dir, limit=pre.score_limit, device=device,
+                               allow_sample=pre.allow_sample, progress=progress)
                   for name in (self.in_dataset, *self.ood_datasets)}
         q_var = {name: q_variance(run_dir, name, limit=pre.score_limit, data_dir=data_dir,
                                   allow_sample=pre.allow_sample, device=device) for name in scores}
@@ -202,7 +202,7 @@ def run_metrics(scores: dict[str, dict], in_name: str, ood_name: str) -> dict:
         if "bpd" not in s:
             raise ConfigError("the forward-kl ablation reports bits/dim: use a normalised decoder "
                               "(model.likelihood dlogistic or categorical)")
-        meta = score_meta(s)
+        meta = log_px_meta(s)
         d = meta["num_dims"] * math.log(2.0)
         ratio = s["q_var_ratio"][np.isfinite(s["q_var_ratio"])]
         datasets[name] = {"n": int(len(s["bpd"])), "source": meta["source"], "is_sample": meta["is_sample"],
@@ -228,7 +228,7 @@ def per_image_ood_scores(scores: dict[str, dict], detectors: tuple[str, ...]) ->
            "auroc_elbo": {n: -np.asarray(s["elbo_nats"], dtype=np.float64) for n, s in scores.items()}}
     for d in detectors:
         if d != "nll":
-            out[f"auroc_{d}"] = {n: estimate_scores(d, s, "iwae", score_meta(s)["options"]) for n, s in scores.items()}
+            out[f"auroc_{d}"] = {n: estimate_scores(d, s, "iwae", log_px_meta(s)["options"]) for n, s in scores.items()}
     return out
 
 

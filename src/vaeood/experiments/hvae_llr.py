@@ -29,7 +29,7 @@ from ..inference.estimators import bits_per_dim
 from ..features import features_of
 from ..evaluation.metrics import ood_metrics
 from ..training.run import load_model
-from ..evaluation.scoring import score
+from ..evaluation.log_px import log_px
 from .common import stamp, train_or_reuse
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,14 @@ def run(out: Path, seeds: list[int], *, limit: int = 2000, data_dir: str | None 
             row[tag] = {"metrics": metrics,
                         "means_nats": {name: {k: float(v.mean()) for k, v in s.items()}
                                        for name, s in (("fashion_mnist", s_in), ("mnist", s_ood))}}
-        elbo_scores = {d: score(run_dir, d, data_dir=data_dir, limit=limit) for d in ("fashion_mnist", "mnist")}
+        elbo_scores = {d: log_px(run_dir, d, data_dir=data_dir, limit=limit) for d in ("fashion_mnist", "mnist")}
         row["elbo_bpd"] = {d: float(s["bpd"].mean()) if "bpd" in s else None for d, s in elbo_scores.items()}
         row["elbo_nats"] = {d: float(s["log_px_nats"].mean()) for d, s in elbo_scores.items()}
         row["rate_nats_per_layer_fashion_mnist"] = {
             k: float(v.mean()) for k, v in elbo_scores["fashion_mnist"].items() if k.startswith("rate_nats")}
         if iwae_k:
-            iw = {d: score(run_dir, d, data_dir=data_dir, limit=limit, estimator="iwae",
-                           estimator_options={"k": iwae_k}) for d in ("fashion_mnist", "mnist")}
+            iw = {d: log_px(run_dir, d, data_dir=data_dir, limit=limit, estimator="iwae",
+                            estimator_options={"k": iwae_k}) for d in ("fashion_mnist", "mnist")}
             row[f"iwae{iwae_k}_bpd"] = {d: float(s["bpd"].mean()) for d, s in iw.items()}
         results["hvae"][f"seed{seed}"] = row
         log.info("hvae seed %d: %s", seed, {k: v["auroc"] for k, v in row["sampled"]["metrics"].items()})
@@ -106,15 +106,15 @@ def run(out: Path, seeds: list[int], *, limit: int = 2000, data_dir: str | None 
         cfg = Config().override({**QUICK, **VAE, **(overrides or {}), "train.seed": "0"})
         run_dir = out / "runs" / "vae_seed0"
         training = train_or_reuse(cfg, run_dir, data_dir=data_dir, progress=False)
-        scores = {d: score(run_dir, d, data_dir=data_dir, limit=limit) for d in ("fashion_mnist", "mnist")}
+        scores = {d: log_px(run_dir, d, data_dir=data_dir, limit=limit) for d in ("fashion_mnist", "mnist")}
         results["vae"] = {"train_seconds": training["train_seconds"], "num_parameters": training["num_parameters"],
                           "elbo_bpd": {d: float(s["bpd"].mean()) if "bpd" in s else None for d, s in scores.items()},
                           "elbo_nats": {d: float(s["log_px_nats"].mean()) for d, s in scores.items()},
                           "elbo_nll": ood_metrics(-scores["fashion_mnist"]["log_px_nats"],
                                                   -scores["mnist"]["log_px_nats"])}
         if iwae_k:
-            iw = {d: score(run_dir, d, data_dir=data_dir, limit=limit, estimator="iwae",
-                           estimator_options={"k": iwae_k}) for d in ("fashion_mnist", "mnist")}
+            iw = {d: log_px(run_dir, d, data_dir=data_dir, limit=limit, estimator="iwae",
+                            estimator_options={"k": iwae_k}) for d in ("fashion_mnist", "mnist")}
             results["vae"][f"iwae{iwae_k}_bpd"] = {d: float(s["bpd"].mean()) for d, s in iw.items()}
     atomic_write_json(out / "metrics.json", results)
     atomic_write_text(out / "report.md", report(results))

@@ -17,7 +17,7 @@ from ..evaluation.fitdata import run_config
 from ..evaluation.intervals import N_BOOT
 from ..evaluation.report import markdown_table
 from ..training.run import load_model
-from ..evaluation.scoring import score, score_meta
+from ..evaluation.log_px import log_px, log_px_meta
 from ..evaluation.variance import REACH_TOLERANCE, REMAINING_MARGIN, VERDICT_RULE, variance_check
 
 METHOD = ("per-image pixel mean and variance over all pixels and channels on the [0, 1] scale; Spearman ρ with "
@@ -29,10 +29,10 @@ METHOD = ("per-image pixel mean and variance over all pixels and channels on the
 
 
 def scored_images(run_dir: Path, dataset: str, scores: dict, score_kwargs: dict) -> np.ndarray:
-    """The test images that ``scores`` (a :func:`vaeood.evaluation.scoring.score` result) were computed
+    """The test images that ``scores`` (a :func:`vaeood.evaluation.log_px.log_px` result) were computed
     on, loaded again and checked against the digest saved with them, so that the analysis
     pairs every log p(x) with its own image."""
-    meta = score_meta(scores)
+    meta = log_px_meta(scores)
     if meta.get("fit"):  # the scorer gets the images as they are: padded or resized ones would need the fit too
         raise ValueError(f"{dataset}: its scores were made of images fitted to the model "
                          f"({meta['fit']['description']}); the variance check takes sets of the model's own shape")
@@ -48,15 +48,15 @@ def scored_images(run_dir: Path, dataset: str, scores: dict, score_kwargs: dict)
 
 def model_scorer(run_dir: Path, score_kwargs: dict):
     """log p(x) [nats] of uint8 images under ``run_dir``'s model, by the estimator (and
-    options) of ``score_kwargs``, with score()'s noise seed and batches, so a rescaled
+    options) of ``score_kwargs``, with log_px()'s noise seed and batches, so a rescaled
     image draws the noise its original drew (a paired comparison)."""
     model = load_model(run_dir, score_kwargs.get("device", "cpu"))[0]
     options = {"estimator": score_kwargs.get("estimator", "elbo"),
                "estimator_options": dict(score_kwargs.get("estimator_options") or {})}
 
-    def log_px(images: np.ndarray) -> np.ndarray:
+    def log_px_of(images: np.ndarray) -> np.ndarray:
         return features_of(model, images, "log_px", options, seed=0, progress=False)["log_px_nats"]
-    return log_px
+    return log_px_of
 
 
 def variance_pairs(in_dataset: str, ood_datasets, run_dirs: list[Path], score_kwargs: dict, *,
@@ -65,12 +65,12 @@ def variance_pairs(in_dataset: str, ood_datasets, run_dirs: list[Path], score_kw
     (``run_dirs``, one per seed), on the test sets the experiment scored."""
     kw = {k: v for k, v in score_kwargs.items() if k != "split"}
     split = score_kwargs.get("split", "test")
-    scores_in = [score(r, in_dataset, split, **kw) for r in run_dirs]
+    scores_in = [log_px(r, in_dataset, split, **kw) for r in run_dirs]
     in_images = scored_images(run_dirs[0], in_dataset, scores_in[0], score_kwargs)
     scorers = [model_scorer(r, score_kwargs) for r in run_dirs]
     out = {}
     for ood in ood_datasets:
-        scores_ood = [score(r, ood, split, **kw) for r in run_dirs]
+        scores_ood = [log_px(r, ood, split, **kw) for r in run_dirs]
         out[ood] = variance_check(in_images, scored_images(run_dirs[0], ood, scores_ood[0], score_kwargs), scorers,
                                   log_px_in=[s["log_px_nats"] for s in scores_in],
                                   log_px_ood=[s["log_px_nats"] for s in scores_ood], n_boot=n_boot)

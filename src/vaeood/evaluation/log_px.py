@@ -1,9 +1,12 @@
-"""``score``: the estimate of log p(x) of every image of a dataset split under a trained
+"""``log_px``: the estimate of log p(x) of every image of a dataset split under a trained
 run — the ``log_px`` feature (:mod:`vaeood.features`), cached in ``RUN/features/`` and
 reused while the checkpoint and the images are unchanged.
 
-Kept as the documented entry point (``vaeood.score``) and for the experiments; detectors
+Kept as the documented entry point (``vaeood.log_px``) and for the experiments; detectors
 reach the same cached arrays through :func:`vaeood.features.compute_features`.
+``score`` and ``score_meta`` are this module's old names (``vaeood.score``), kept for one
+release (0.2) with a :class:`DeprecationWarning`: a log p(x) estimate is not a detector
+score (see the vocabulary in :mod:`vaeood`).
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ import numpy as np
 
 from ..inference.estimators import ESTIMATORS
 from ..features.core import ShapeMismatchError, compute_feature, feature_meta, pixel_stats
+from ..infra.deprecated import deprecated_alias
 from ..infra.registry import check_options
 
-__all__ = ["score", "score_meta", "ShapeMismatchError", "pixel_stats"]
+__all__ = ["log_px", "log_px_meta", "score", "score_meta", "ShapeMismatchError", "pixel_stats"]
 
 
-def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: str = "elbo",
-          estimator_options: dict | None = None, data_dir: str | None = None, limit: int | None = None,
-          batch_size: int | None = None, device: str = "cpu", seed: int = 0, allow_sample: bool = False,
-          reuse: bool = True, progress: bool | None = None, fit: str | None = None) -> dict[str, np.ndarray]:
+def log_px(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: str = "elbo",
+           estimator_options: dict | None = None, data_dir: str | None = None, limit: int | None = None,
+           batch_size: int | None = None, device: str = "cpu", seed: int = 0, allow_sample: bool = False,
+           reuse: bool = True, progress: bool | None = None, fit: str | None = None) -> dict[str, np.ndarray]:
     """Estimate log p(x) for every image of ``dataset/split`` (the first ``limit``) with the run's model.
 
     Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
@@ -32,7 +36,7 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
 
     Returns arrays of shape ``[N]``: ``log_px_nats`` and the estimator's diagnostics,
     ``bpd`` when the decoder is a normalised pmf over 8-bit values, and ``labels``, with
-    ``meta`` (read it with :func:`score_meta`). Saved to ``RUN/features/`` and returned from
+    ``meta`` (read it with :func:`log_px_meta`). Saved to ``RUN/features/`` and returned from
     there when the same request is repeated on the same checkpoint and the same images.
     """
     fn = ESTIMATORS.get(estimator)
@@ -42,7 +46,11 @@ def score(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: 
                            fit=fit, allow_sample=allow_sample, reuse=reuse, progress=progress)
 
 
-def score_meta(scores: dict[str, np.ndarray]) -> dict:
+def log_px_meta(estimates: dict[str, np.ndarray]) -> dict:
     """The metadata saved with the estimates (dataset, source, estimator, options, the
     checkpoint's and the images' SHA-256, fit, pixel statistics, ...)."""
-    return feature_meta(scores)
+    return feature_meta(estimates)
+
+
+score = deprecated_alias(log_px, "score")
+score_meta = deprecated_alias(log_px_meta, "score_meta", "vaeood.evaluation.log_px")
