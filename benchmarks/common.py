@@ -266,7 +266,7 @@ def summarise(times: dict[str, list[float]], work: dict[str, float], unit: str =
     for a in names:
         for b in names:
             if a != b:
-                per_round = [(work[a] / ta) / (work[b] / tb) for ta, tb in zip(times[a], times[b])]
+                per_round = [(work[a] / ta) / (work[b] / tb) for ta, tb in zip(times[a], times[b], strict=True)]
                 out["ratios"][f"{a}/{b}"] = statistics.median(per_round)
     return out
 
@@ -292,7 +292,7 @@ def fraction_of_peak(seconds: list[float], flops_per_round: float, peaks: list[d
     """Median over rounds of (achieved GFLOP/s in the round) / (peak probed in the round)."""
     out = {}
     for key in peaks[0] if peaks else []:
-        out[key] = statistics.median(flops_per_round / t / 1e9 / p[key] for t, p in zip(seconds, peaks))
+        out[key] = statistics.median(flops_per_round / t / 1e9 / p[key] for t, p in zip(seconds, peaks, strict=True))
     out["achieved_gflops"] = flops_per_round / statistics.median(seconds) / 1e9
     return out
 

@@ -98,7 +98,8 @@ def compare(case: str, a, tmp: Path) -> dict:
                                  progress=False)["log_px_nats"].mean())
              for label, r in runs.items()}
     out["training"] = {"train_loss_per_epoch": hist,
-                       "train_loss_rel_diff_per_epoch": [abs(g - c) / abs(c) for c, g in zip(hist["cpu"], hist["gpu"])],
+                       "train_loss_rel_diff_per_epoch": [abs(g - c) / abs(c)
+                                                         for c, g in zip(hist["cpu"], hist["gpu"], strict=True)],
                        "test_elbo_mean_nats": elbos,
                        "test_elbo_rel_diff": abs(elbos["gpu"] - elbos["cpu"]) / abs(elbos["cpu"])}
     return out
@@ -114,7 +115,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for case in a.cases:
             out["cases"][case] = compare(case, a, Path(tmp))
-            print(case, json.dumps({k: out["cases"][case][k] for k in ("same_weights", "iwae_same_weights", "training")},
+            print(case, json.dumps({k: out["cases"][case][k] for k in ("same_weights", "iwae_same_weights",
+                                                                       "training")},
                                    indent=1), flush=True)
     return common.finish("gpu_agreement", out, a.out)
 

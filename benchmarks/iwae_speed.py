@@ -130,7 +130,8 @@ def main(argv=None) -> dict:
     result = {
         "machine": info, "data": data.source, "k": a.k, "images_per_round": work, "rounds": a.rounds,
         "vaeood_batch_size": a.batch_size, "model": {"arch": "conv", "base_channels": common.BASE_CHANNELS,
-        "latent_dim": common.LATENT_DIM, "likelihood": "bernoulli", "trained_on": f"{a.train_images} images x {a.train_epochs} epochs",
+        "latent_dim": common.LATENT_DIM, "likelihood": "bernoulli",
+        "trained_on": f"{a.train_images} images x {a.train_epochs} epochs",
         "train_seconds": train_seconds},
         **summary, "agreement": agreement,
     }

@@ -64,7 +64,8 @@ def main(argv=None) -> dict:
                 "ConvT(32→1) NCHW oneDNN": lambda: ct2(g),
                 "ConvT(32→1) NHWC oneDNN": lambda: ct2_cl(gc),
                 "ConvT(32→1) NCHW native": no_onednn(lambda: ct2(g)),
-                "BCE-with-logits [rows,1,28,28]": lambda: F.binary_cross_entropy_with_logits(logits, target, reduction="none"),
+                "BCE-with-logits [rows,1,28,28]": lambda: F.binary_cross_entropy_with_logits(logits, target,
+                                                                                             reduction="none"),
             }
 
             def timed(fn):

@@ -56,7 +56,8 @@ def main(argv=None) -> dict:
                     "train_images_per_s_median_epoch": statistics.median(r["images_per_s"] for r in history),
                     "final_train_loss_nats": history[-1]["train_loss"],
                     **{f"test_{ds}_mean_log_px_nats": float(s["log_px_nats"].mean()) for ds, s in per.items()},
-                    **({f"test_{ds}_mean_bpd": float(s["bpd"].mean()) for ds, s in per.items()} if "bpd" in per["mnist"] else {}),
+                    **({f"test_{ds}_mean_bpd": float(s["bpd"].mean())
+                        for ds, s in per.items()} if "bpd" in per["mnist"] else {}),
                     "auroc_mnist_vs_fashion_mnist": m["auroc"]}
                 print(f"{decoder}/{label}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                           for k, v in rows[f"{decoder}/{label}"].items()), flush=True)

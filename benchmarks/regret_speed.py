@@ -102,11 +102,13 @@ def paired_bootstrap_diff(a_in, a_ood, b_in, b_ood, reps=2000, seed=0):
         i = rng.integers(0, len(a_in), len(a_in))
         o = rng.integers(0, len(a_ood), len(a_ood))
         diffs.append(auroc(a_in[i], a_ood[o]) - auroc(b_in[i], b_ood[o]))
-    return auroc(a_in, a_ood) - auroc(b_in, b_ood), [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+    interval = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+    return auroc(a_in, a_ood) - auroc(b_in, b_ood), interval
 
 
 def summary(s_in, s_ood) -> dict:
-    return {"auroc": auroc(s_in, s_ood), "auroc_ci95": bootstrap_ci(s_in, s_ood), "n_in": len(s_in), "n_ood": len(s_ood)}
+    return {"auroc": auroc(s_in, s_ood), "auroc_ci95": bootstrap_ci(s_in, s_ood), "n_in": len(s_in),
+            "n_ood": len(s_ood)}
 
 
 # -- helpers ------------------------------------------------------------------------------------------
@@ -138,7 +140,8 @@ def run_sweep(model, args, data_dir, base):
         r = out["regret_nats"].numpy()
         row = {"options": s, "images_per_s": len(x) / seconds, "seconds": seconds,
                "auroc": auroc(r[:n], r[n:]), "auroc_ci95": bootstrap_ci(r[:n], r[n:], reps=500),
-               "auroc_bound_before": auroc(-out["bound_before_nats"].numpy()[:n], -out["bound_before_nats"].numpy()[n:]),
+               "auroc_bound_before": auroc(-out["bound_before_nats"].numpy()[:n],
+                                           -out["bound_before_nats"].numpy()[n:]),
                "mean_regret_in": float(r[:n].mean()), "mean_regret_ood": float(r[n:].mean()),
                "frac_negative": float((r < 0).mean())}
         row["auroc_x_images_per_s"] = row["auroc"] * row["images_per_s"]

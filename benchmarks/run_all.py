@@ -258,7 +258,8 @@ def overhead_table(to: dict, level: str) -> list[str]:
     rows = [[n, f"{ms:.3f}", _f(to["increment_ms_per_step"].get(n), 3), _x(ms / to["ms_per_step"]["bare"], 3)]
             for n, ms in to["ms_per_step"].items()]
     micro = "; ".join(f"{k}: {v:.0f} µs" for k, v in to["micro_us"].items())
-    runs = "; ".join(f"{k}: {v if isinstance(v, str) else f'{1e3 * v:.0f} ms'}" for k, v in to["per_run_seconds"].items())
+    runs = "; ".join(f"{k}: {v if isinstance(v, str) else f'{1e3 * v:.0f} ms'}"
+                     for k, v in to["per_run_seconds"].items())
     return [f"{level} Training step breakdown (batch {to['batch_size']}, {to['steps_per_round']} steps × "
             f"{to['rounds']} alternated rounds, median){_data_note(to)}", "",
             *_table(["variant (cumulative)", "ms/step", "Δ vs previous row (paired median)", "time ÷ bare"], rows), "",
@@ -283,7 +284,8 @@ def cpu_tables() -> tuple[list, list[str]]:
         rows = []
         for key, r in pq["rows"].items():
             d = r.get("fashion_mnist_diff_vs_fp32_nats")
-            rows.append([key, _f(r["train_images_per_s_median_epoch"]), f"{r['test_fashion_mnist_mean_log_px_nats']:.1f}",
+            rows.append([key, _f(r["train_images_per_s_median_epoch"]),
+                         f"{r['test_fashion_mnist_mean_log_px_nats']:.1f}",
                          f"{r['test_mnist_mean_log_px_nats']:.1f}", _f(r.get("test_fashion_mnist_mean_bpd"), 3),
                          "–" if d is None else f"{d['mean']:+.2f} ± {d['standard_error']:.2f}",
                          f"{r['auroc_mnist_vs_fashion_mnist']:.3f}"])
@@ -307,7 +309,8 @@ def cpu_tables() -> tuple[list, list[str]]:
         goals.append(["ELBO scoring: vaeood vs the bare loop (no numeric goal)", _x(el["ratios"]["vaeood/bare"], 3),
                       "–", _cmd(el), _machine(el)])
     if mr:
-        rows = [[c["case"], f"{c['peak_rss_mib']:,.0f}", f"{c['rss_after_setup_mib']:,.0f}", f"{c['peak_growth_mib']:,.0f}",
+        rows = [[c["case"], f"{c['peak_rss_mib']:,.0f}", f"{c['rss_after_setup_mib']:,.0f}",
+                 f"{c['peak_growth_mib']:,.0f}",
                  _f(c.get("cuda_max_allocated_mib"))] if "peak_rss_mib" in c else [c["case"], "failed", "", "", ""]
                 for c in mr["cases"]]
         out += [f"### Peak memory (a fresh process per case; IWAE K={mr['k']} on {mr['iwae_images']} images, vaeood in "
@@ -389,7 +392,8 @@ def gpu_tables() -> tuple[list, list[str]]:
         out += ["#### GPU against CPU on the same small runs", "",
                 *_table(["case", "log p(x \\| z) rel. diff, TF32 on / off",
                          "ELBO at z = μ, max abs diff (nats), TF32 on / off", f"IWAE-{ga['k']} GPU − CPU, same weights",
-                         "train loss, max rel. diff per epoch", "test ELBO of the two trained models, rel. diff"], rows),
+                         "train loss, max rel. diff per epoch", "test ELBO of the two trained models, rel. diff"],
+                        rows),
                 "", *_source(ga)]
     if out:
         out = ["### On one GPU (`python benchmarks/run_all.py --preset cuda`, results in `benchmarks/results/cuda/`)",

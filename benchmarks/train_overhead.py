@@ -107,7 +107,8 @@ def main(argv=None) -> dict:
     per_round = {k: [1e3 * t / len(batches) for t in v] for k, v in times.items()}
     names = list(variants)
     # extra ms/step of each variant over the previous one, median over rounds of the paired difference
-    increments = {names[i]: statistics.median([b - c for b, c in zip(per_round[names[i]], per_round[names[i - 1]])])
+    increments = {names[i]: statistics.median([b - c for b, c in
+                                               zip(per_round[names[i]], per_round[names[i - 1]], strict=True)])
                   for i in range(1, len(names))}
 
     # micro: the guard's pieces alone, after a backward
@@ -132,7 +133,8 @@ def main(argv=None) -> dict:
     from vaeood.data import load_dataset
     from vaeood.models import build_model
 
-    cfg = Config().override({"model.base_channels": str(common.BASE_CHANNELS), "model.latent_dim": str(common.LATENT_DIM)})
+    cfg = Config().override({"model.base_channels": str(common.BASE_CHANNELS),
+                             "model.latent_dim": str(common.LATENT_DIM)})
     per_run_s = {"load_dataset(fashion_mnist/train) + to_tensor": load_seconds,
                  "build_model": common.median_seconds(lambda: build_model(cfg.model, (1, 28, 28)))}
     from vaeood.training.train import save_run_state

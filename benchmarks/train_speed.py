@@ -68,7 +68,7 @@ def hvae_neg_elbo(m, x_uint8: torch.Tensor) -> torch.Tensor:
     x = x_uint8.float() / 255.0
     d = m.trunk(x)
     q = [m.q_heads[0](d).chunk(2, -1)]
-    for up, head in zip(m.up, m.q_heads[1:]):
+    for up, head in zip(m.up, m.q_heads[1:], strict=True):
         d = up(d)
         q.append(head(d).chunk(2, -1))
     mu, lv = q[-1]
@@ -170,7 +170,7 @@ def run_pythae(a, seed: int) -> dict:
         with contextlib.redirect_stderr(io.StringIO()):  # pythae's progress bars
             TrainingPipeline(model=model, training_config=config)(train_data=x_all.float() / 255.0, callbacks=[timer])
         total, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"loop": sum(e - b for b, e in zip(timer.begin, timer.end)), "total": total, "cpu": cpu}
+    return {"loop": sum(e - b for b, e in zip(timer.begin, timer.end, strict=True)), "total": total, "cpu": cpu}
 
 
 def main(argv=None) -> dict:
@@ -219,14 +219,15 @@ def main(argv=None) -> dict:
     n = a.images * a.epochs
     loop, total, cpu = (common.summarise({k: [x[key] for x in v] for k, v in records.items()}, {k: n for k in sides},
                                          unit=unit)
-                        for key, unit in (("loop", "images_per_s"), ("total", "images_per_s"), ("cpu", "images_per_cpu_s")))
+                        for key, unit in (("loop", "images_per_s"), ("total", "images_per_s"),
+                                          ("cpu", "images_per_cpu_s")))
     from flops import flops_per_image
 
     conv_28 = a.arch == "conv" and tuple(x_probe.shape[1:]) == (1, 28, 28)
     step_flops = flops_per_image(1, a.device)["train_step"] if conv_28 else None
     if step_flops:
-        loop.update(flops_per_image=step_flops, **common.peak_fractions(loop["seconds"], {k: n * step_flops for k in sides},
-                                                                        peaks))
+        fractions = common.peak_fractions(loop["seconds"], {k: n * step_flops for k in sides}, peaks)
+        loop.update(flops_per_image=step_flops, **fractions)
     result = {
         "machine": info, "data": data.source,
         "images": a.images, "epochs": a.epochs, "batch_size": a.batch_size, "rounds": a.rounds,

@@ -199,7 +199,7 @@ def check(page: Path, shot: Path) -> tuple[list[str], str]:
                             "(page taller than the window? try --height)")
     if not problems:  # frames in reading order against the page's thumbnails
         found.sort(key=lambda bf: (bf[0][0], bf[0][2]))
-        for j, ((box, is_flagged), (flagged, src)) in enumerate(zip(found, parts.thumbs)):
+        for j, ((box, is_flagged), (flagged, src)) in enumerate(zip(found, parts.thumbs, strict=True)):
             where = f"thumbnail {j + 1} of {len(parts.thumbs)} (x={box[2]}, y={box[0]})"
             if is_flagged != flagged:
                 problems.append(f"{where}: framed as {'flagged' if is_flagged else 'not flagged'}, the page says "

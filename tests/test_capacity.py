@@ -38,14 +38,14 @@ def test_capacity_study_reports_the_sweep(tmp_path, monkeypatch, tiny_preset, ca
         # the trend's points: every seed's model of the width sweep
         aurocs = [[r["evaluations"][est]["results"]["nll"]["mnist"]["auroc"] for r in m["runs"].values()]
                   for m in widths]
-        x = [p for p, a in zip(params, aurocs) for _ in a]
+        x = [p for p, a in zip(params, aurocs, strict=True) for _ in a]
         y = [v for a in aurocs for v in a]
         expected = spearmanr(x, y).statistic if len(set(y)) > 1 else float("nan")
         verdict = metrics["verdict"][est]
         got = verdict["spearman_params_vs_auroc"]  # NaN is written as null
         assert (float("nan") if got is None else got) == pytest.approx(expected, nan_ok=True)
         assert verdict["trend"]["n_points"] == 9
-        for m, a in zip(widths, aurocs):
+        for m, a in zip(widths, aurocs, strict=True):
             summary = m["summary"][est]["nll"]["auroc"]
             assert summary["values"] == pytest.approx(a) and summary["n_seeds"] == 3
             lo, hi = summary["interval"]

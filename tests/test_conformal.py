@@ -22,7 +22,7 @@ def _batched_p(cal, test):
     """p-values of test[r, j] against cal[r, :] (R repetitions at once)."""
     cal = np.sort(cal, axis=1)
     n = cal.shape[1]
-    counts = np.stack([n - np.searchsorted(c, t, side="left") for c, t in zip(cal, test)])
+    counts = np.stack([n - np.searchsorted(c, t, side="left") for c, t in zip(cal, test, strict=True)])
     return (1 + counts) / (n + 1)
 
 
@@ -166,12 +166,12 @@ def test_marginal_fpr_over_200_random_splits(alpha):
     n, splits = 99, 200
     perms = np.argsort(rng.random((splits, len(pool))), axis=1)
     cal, test = pool[perms[:, :n]], pool[perms[:, n:]]
-    fpr = np.array([threshold(c, alpha).flag(t).mean() for c, t in zip(cal, test)])
+    fpr = np.array([threshold(c, alpha).flag(t).mean() for c, t in zip(cal, test, strict=True)])
     se = fpr.std(ddof=1) / math.sqrt(splits)
     assert fpr.mean() <= alpha + 3 * se
     assert abs(fpr.mean() - math.floor(round(alpha * (n + 1), 9)) / (n + 1)) < 3 * se
     # the same through the p-values
-    flagged_p = np.array([(p_values(c, t) <= alpha).mean() for c, t in zip(cal, test)])
+    flagged_p = np.array([(p_values(c, t) <= alpha).mean() for c, t in zip(cal, test, strict=True)])
     np.testing.assert_allclose(flagged_p, fpr)
 
 

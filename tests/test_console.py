@@ -42,7 +42,8 @@ def test_default_output_is_a_few_lines_and_each_warning_once(tmp_path, subset_da
     # the library warned about the subset at every load; the command showed it once
     assert sum("a subset" in r.getMessage() for r in caplog.records) >= 2
     subset = [line for line in err if "a subset" in line]
-    assert len(subset) == 1 and subset[0].startswith(f"warning: mnist/test: using {subset_data / 'mnist_test_first128.npz'}")
+    expected = f"warning: mnist/test: using {subset_data / 'mnist_test_first128.npz'}"
+    assert len(subset) == 1 and subset[0].startswith(expected)
     assert not [line for line in err if any(word in line for word in DETAIL)]  # per-item detail: -v only
     assert any(line.startswith(f"trained {run}: 2 epochs on 256 images of fashion_mnist/train") for line in err)
     assert not any(line.startswith(("INFO", "DEBUG", "WARNING")) for line in err)  # no logger prefixes

@@ -171,14 +171,15 @@ def test_detect_refusals(tiny, capsys, tmp_path):
 
 def _calibrated(tiny):
     if not calibration_path(tiny["run"], "nll").exists():
-        assert main(["calibrate", str(tiny["run"]), "--detector", "nll", "--n", "150", "--data-dir", str(tiny["data"])]) == 0
+        assert main(["calibrate", str(tiny["run"]), "--detector", "nll", "--n", "150", "--data-dir",
+                     str(tiny["data"])]) == 0
 
 
 @pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_an_images_score_depends_neither_on_its_position_nor_on_the_batch_size(tiny, tmp_path, capsys):
     """Issue 23: identical images in one folder get one score and one decision; --batch-size
     changes no estimate, so detect accepts its own calibration at any batch size."""
-    run, data = tiny["run"], tiny["data"]
+    run = tiny["run"]
     _calibrated(tiny)
     folder = tmp_path / "dup"
     folder.mkdir()
@@ -263,7 +264,7 @@ def test_special_hidden_and_oddly_named_files_of_a_folder(tiny, tmp_path, capsys
     d.mkdir()
     imgs = blobs(6, 4)
     names = ["=cmd|' -C calc'!A0.png", "+SUM(1).png", "-x.png", "@y.png", "\tz.png", "plain.png"]
-    for name, img in zip(names, imgs):
+    for name, img in zip(names, imgs, strict=True):
         Image.fromarray(img).save(d / name)
     Image.fromarray(imgs[0]).save(d / ".hidden.png")
     os.mkfifo(d / "pipe.png")
@@ -339,8 +340,10 @@ TAMPERING = {
     "slice removed": (lambda a, m: _drop(m, "calibration_slice"), "field 'calibration_slice' is missing"),
     "float32 scores": (lambda a, m: a.update(scores=a["scores"].astype(np.float32)),
                        "field 'scores' is float32 of shape [150], expected float64 [n]"),
-    "2-d scores": (lambda a, m: a.update(scores=a["scores"].reshape(10, 15)), "field 'scores' is float64 of shape [10, 15]"),
-    "a NaN score": (lambda a, m: a["scores"].__setitem__(3, np.nan), "field 'scores' holds 1 values that are not finite"),
+    "2-d scores": (lambda a, m: a.update(scores=a["scores"].reshape(10, 15)),
+                   "field 'scores' is float64 of shape [10, 15]"),
+    "a NaN score": (lambda a, m: a["scores"].__setitem__(3, np.nan),
+                    "field 'scores' holds 1 values that are not finite"),
     "a text seed": (lambda a, m: m.update(seed="0"), "field 'seed' is \"0\", expected an integer"),
     "options not an object": (lambda a, m: m.update(detector_options=[]), "field 'detector_options' is []"),
     "another detector": (lambda a, m: m.update(detector="typicality"), "field 'detector' is 'typicality'"),
@@ -432,7 +435,7 @@ def test_hostile_outputs_links_datasets_fifos_and_files_detect_did_not_write(tin
     for source, out, message in cases:
         codes = []
         argv = ["detect", str(run), str(source), "--out", str(out), *(["--limit", "5"] if source == "mnist" else [])]
-        worker = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+        worker = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)  # noqa: B023 (joined below)
         worker.start()
         worker.join(60)
         assert not worker.is_alive() and codes == [2], out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -116,8 +117,8 @@ def test_the_page_shows_the_three_sections_in_order_with_thumbnails_that_decode(
     most, border, typical = (page.sections[k] for k in ("most-ood", "borderline", "typical"))
     assert [f["index"] for f in most] == list(np.argsort(-scores, kind="stable")[:16])
     assert [f["index"] for f in typical] == list(np.argsort(scores, kind="stable")[:16])
-    assert all(a["score"] >= b["score"] for a, b in zip(most, most[1:]))
-    assert all(a["score"] <= b["score"] for a, b in zip(typical, typical[1:]))
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(most))
+    assert all(a["score"] <= b["score"] for a, b in itertools.pairwise(typical))
     # borderline: the 8 lowest-scoring flagged images, then the 8 highest-scoring unflagged ones
     above = [f for f in border if f["flagged"]]
     below = [f for f in border if not f["flagged"]]
@@ -125,7 +126,7 @@ def test_the_page_shows_the_three_sections_in_order_with_thumbnails_that_decode(
     assert sorted(f["index"] for f in above) == sorted(np.flatnonzero(flagged)[np.argsort(scores[flagged])[:8]])
     assert sorted(f["index"] for f in below) == sorted(np.flatnonzero(~flagged)[np.argsort(-scores[~flagged])[:8]])
     assert min(f["score"] for f in above) > s["threshold"] >= max(f["score"] for f in below)
-    assert all(a["score"] >= b["score"] for a, b in zip(border, border[1:]))
+    assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(border))
     assert "nearest the threshold on each side" in html
     for f in most + border + typical:
         i = f["index"]
@@ -157,7 +158,7 @@ def test_the_page_states_the_summary_and_escapes_names_and_links_nothing_outside
     assert page.sections["most-ood"][0]["caption"].startswith(printable(NASTY))
     assert "<script>" not in html and "\x1b" not in html and "&lt;script&gt;" in html
     assert not any(tag in ("script", "link", "iframe", "object", "embed") for tag, _ in page.tags)
-    for tag, attrs in page.tags:
+    for _tag, attrs in page.tags:
         assert "href" not in attrs and "srcset" not in attrs
         if "src" in attrs:
             assert attrs["src"].startswith("data:image/png;base64,")

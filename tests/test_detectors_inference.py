@@ -79,7 +79,8 @@ def test_llr_applies_to_hierarchical_runs_only(data, tmp_path):
                    fit_limit=50)
     assert "llr" in out["results"] and "llr" not in out["skipped"]
     assert out["detectors"]["llr"]["options"] == {"k": 1, "samples": 1, "prior_mean": False}
-    assert out["skipped"]["likelihood_regret"] == "needs a single Gaussian q(z|x), which a hierarchical VAE does not have"
+    why = "needs a single Gaussian q(z|x), which a hierarchical VAE does not have"
+    assert out["skipped"]["likelihood_regret"] == why
     with pytest.raises(ConfigError, match="likelihood_regret.*does not apply"):
         evaluate(deep, "fashion_mnist", ["mnist"], detectors=["likelihood_regret"], out_dir=tmp_path / "e2",
                  data_dir=str(data))

@@ -9,6 +9,7 @@ fixed, so the outcome is deterministic.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -97,7 +98,7 @@ def test_bounds_are_ordered(imperfect, k):
 # -- (b) monotone in K --------------------------------------------------------------------
 def test_iwae_increases_with_k(imperfect):
     iw = imperfect["iwae"]
-    for k_small, k_big in zip(KS, KS[1:]):
+    for k_small, k_big in itertools.pairwise(KS):
         diff = (iw[k_big]["log_px_nats"] - iw[k_small]["log_px_nats"]).flatten()
         mean, se = mean_se(diff)
         assert mean > 3 * se, (k_small, k_big, mean.item(), se.item())

@@ -118,7 +118,8 @@ def test_skip_bad_returns_the_skip_list(folder):
 
 def test_mixed_shapes_without_a_model_shape_name_the_odd_ones(folder):
     (folder / "rgb.png").write_bytes(_png_bytes(np.zeros((28, 28, 3), np.uint8)))
-    with pytest.raises(DataError, match=r"rgb.png: C×H×W = 3×28×28, not the folder's most common shape C×H×W = 1×28×28"):
+    with pytest.raises(DataError,
+                       match=r"rgb.png: C×H×W = 3×28×28, not the folder's most common shape C×H×W = 1×28×28"):
         read_image_folder(folder)
 
 
@@ -225,7 +226,7 @@ def test_no_reader_of_a_named_file_waits_on_a_fifo(tmp_path):
     for what, (call, error) in calls.items():
         got = []
 
-        def attempt():
+        def attempt(call=call, error=error, got=got):
             try:
                 call()
             except error as err:

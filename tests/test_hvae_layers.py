@@ -19,7 +19,6 @@ from vaeood.features import compute_feature, compute_features, features_of
 from vaeood.features import core as features_core
 from vaeood.features.layers import layer_stats
 from vaeood.features.model import latent
-from vaeood.inference.llr import llr_bounds
 from vaeood.models import HierarchicalVAE, build_model
 from vaeood.inference.noise import ImageNoise
 

@@ -18,8 +18,6 @@ from hypothesis import strategies as st
 from vaeood.models.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
-    CategoricalLikelihood,
-    DiscretizedLogisticLikelihood,
     Likelihood,
 )
 

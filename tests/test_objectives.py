@@ -163,7 +163,8 @@ def test_decoder_gets_the_iwae_gradient_and_the_encoder_does_not(name):
     eps = torch.stack([torch.randn(6, 2, dtype=DTYPE) for _ in range(7)])
     std = (0.5 * logvar).exp()
     z = mu + std * eps
-    log_w = decoder.log_likelihood(x, z) + decoder.log_prior(z) + 0.5 * (eps.pow(2) + logvar + math.log(2 * math.pi)).sum(-1)
+    log_q = -0.5 * (eps.pow(2) + logvar + math.log(2 * math.pi)).sum(-1)
+    log_w = decoder.log_likelihood(x, z) + decoder.log_prior(z) - log_q
     w = torch.softmax(log_w, 0).unsqueeze(-1)
     if name == "rws":  # −Σ w~ ∇ log q(z_k) at fixed z
         g_mu = -(w * eps / std).sum(0).mean(0)

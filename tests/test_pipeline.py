@@ -251,7 +251,8 @@ def test_reproduce_without_any_data_uses_the_bundled_sample_and_says_so(tmp_path
     assert main(["reproduce", "fig2a", "--out", str(out), "--train.epochs=1", "--model.base_channels=4",
                  "--data.limit=500"]) == 0
     assert "bundled with vaeood" in capsys.readouterr().out
-    assert "No dataset was found, so this ran on the small sample bundled with vaeood" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "No dataset was found, so this ran on the small sample bundled with vaeood" in report
     datasets = json.loads((out / "metrics.json").read_text())["models"]["dlogistic"]["datasets"]
     assert datasets["mnist"]["is_sample"] and datasets["mnist"]["n"] == 1000
 

@@ -84,7 +84,7 @@ def test_refinement_is_chunking_invariant_and_leaves_the_model_alone(narrow):
         mu, logvar = model.posterior(x)
         a = refine_posterior(model, x, mu, logvar, steps=3, k=12, chunk_size=12, generator=seeded(5))
         b = refine_posterior(model, x, mu, logvar, steps=3, k=12, chunk_size=5, generator=seeded(5))
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())

@@ -263,7 +263,8 @@ def test_an_ood_set_that_is_the_in_distribution_set_is_warned_about(trained, tmp
     assert "say nothing about detecting OOD images" in caplog.text
     # 16 images a set: each AUROC is reported with its bootstrap interval, and warned about
     small = [w for w in metrics["warnings"] if "fewer than 30" in w]
-    assert len(small) == 2 * len(metrics["results"]) and all("rests on 16 in-distribution and 16 OOD" in w for w in small)
+    assert len(small) == 2 * len(metrics["results"])
+    assert all("rests on 16 in-distribution and 16 OOD" in w for w in small)
     m = metrics["results"]["nll"]["fashion_mnist"]
     lo, hi = m["auroc_interval_95"]
     assert lo <= m["auroc"] <= hi and hi > lo

@@ -28,7 +28,7 @@ from .decisions.conformal import CalibrationError
 from .data import DataError, load_dataset
 from .data.folder import printable
 from .data.image_folder import is_folder_name
-from .decisions import RECOMMENDED, NoCalibrationError, calibrate, decide, summary_path_for
+from .decisions import NoCalibrationError, calibrate, decide, summary_path_for
 from .decisions.detect_report import html_path_for
 from .detectors import per_detector_options
 from .evaluation.evaluate import evaluate

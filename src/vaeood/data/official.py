@@ -21,7 +21,7 @@ from .imageset import ImageSet
 log = logging.getLogger(__name__)
 
 #: name -> class of every dataset that has official files (``fashion_mnist``, ...).
-DATASETS: Registry[type["OfficialDataset"]] = Registry("dataset")
+DATASETS: Registry[type[OfficialDataset]] = Registry("dataset")
 
 
 class OfficialDataset:

@@ -41,7 +41,7 @@ class Detection:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(CSV_HEADER.split(","))
-        for name, s, p, f in zip(self.names, self.scores, self.p_values, self.flagged):
+        for name, s, p, f in zip(self.names, self.scores, self.p_values, self.flagged, strict=True):
             w.writerow([csv_cell(name), repr(float(s)), repr(float(p)), int(bool(f))])
         return buf.getvalue()
 

@@ -11,5 +11,6 @@ from . import (bpd, complexity, dose, dose_layers, dose_plus, fused, latent, lik
                lpath, nll, regret, typicality)
 from .typicality import batch_test_power
 
-__all__ = ["DETECTORS", "Detector", "FitDataError", "ModelSpec", "check_fit_features", "make_detector", "batch_test_power",
+__all__ = ["DETECTORS", "Detector", "FitDataError", "ModelSpec", "check_fit_features", "make_detector",
+           "batch_test_power",
            "detector_names", "per_detector_options"]

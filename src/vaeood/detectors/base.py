@@ -77,7 +77,7 @@ class Detector:
     def needs(self) -> dict[str, dict]:
         raise NotImplementedError
 
-    def fit(self, features: Mapping[str, np.ndarray]) -> "Detector":
+    def fit(self, features: Mapping[str, np.ndarray]) -> Detector:
         """Fit on features of held-out training images (a no-op for detectors that do not fit)."""
         check_fit_features(features, self.name)
         if self.fits:
@@ -166,7 +166,7 @@ def make_detector(name: str, options: Mapping | None = None) -> Detector:
     opts = check_options(cls.__init__, dict(options or {}), "detector", name, ("self",))
     try:
         detector = cls(**opts)
-        detector.needs  # builds (and checks) the feature requests
+        detector.needs  # noqa: B018  builds (and checks) the feature requests
     except (TypeError, ValueError) as err:  # a value of the wrong kind, e.g. estimator_options = 5
         raise ConfigError(f"detector {name!r}: options {opts} are not valid ({err})") from None
     return detector
@@ -214,7 +214,8 @@ def standardise_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def stack(features: Mapping[str, np.ndarray], names) -> np.ndarray:
     missing = [n for n in names if n not in features]
     if missing:
-        raise KeyError(f"features {', '.join(missing)} are missing (have {', '.join(sorted(k for k in features if k != 'meta'))})")
+        have = ", ".join(sorted(k for k in features if k != "meta"))
+        raise KeyError(f"features {', '.join(missing)} are missing (have {have})")
     return np.stack([np.asarray(features[n], dtype=np.float64) for n in names], axis=1)
 
 

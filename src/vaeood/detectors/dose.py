@@ -45,7 +45,8 @@ class DoSE(Detector):
         if method not in ("kde", "svm"):
             raise ValueError(f"dose: method must be 'kde' or 'svm', got {method!r}")
         if not (isinstance(bandwidth, (int, float)) and bandwidth > 0 or bandwidth in ("scott", "silverman", "cv")):
-            raise ValueError(f"dose: bandwidth must be 'scott', 'silverman', 'cv' or a positive number, got {bandwidth!r}")
+            raise ValueError("dose: bandwidth must be 'scott', 'silverman', 'cv' or a positive number, "
+                             f"got {bandwidth!r}")
         super().__init__(method=method, stats=list(stats or DOSE_STATS), bandwidth=bandwidth, nu=nu,
                          **({"kde": kde} if method == "kde" else {}))
 

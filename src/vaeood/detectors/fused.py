@@ -15,7 +15,8 @@ The two scores live on unrelated scales (a 3-D KDE's and a 2Z-D mixture's −log
 so each is first turned into a p-value against its own in-distribution reference: the
 components are fitted K-fold on the fit images (``folds``, fixed split), each fold's
 images scored by the components fitted without it, and these n out-of-fold scores are the
-reference (the folds repeat the full fit's choices, e.g. its component count). Below the reference's ``tail`` quantile u the p-value is the empirical
+reference (the folds repeat the full fit's choices, e.g. its component count). Below the
+reference's ``tail`` quantile u the p-value is the empirical
 (1 + #{ref ≥ s}) / (n + 1); above it an exponential tail (peaks over threshold, with the
 mean excess τ of the reference over u): p = (1 + #{ref ≥ u}) / (n + 1) · exp(−(s − u)/τ),
 so that scores far beyond every reference image keep their order instead of sharing the
@@ -76,7 +77,8 @@ class Fused(Detector):
     def __init__(self, *, components: tuple | list = COMPONENTS, folds: int = 5, tail: float = 0.9):
         names = list(components)
         if len(names) < 1 or len(set(names)) != len(names) or "fused" in names:
-            raise ConfigError(f"fused: components must be distinct detector names other than 'fused', got {components!r}")
+            raise ConfigError("fused: components must be distinct detector names other than 'fused', "
+                              f"got {components!r}")
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
             raise ConfigError(f"fused: folds must be an integer >= 2, got {folds!r}")
         if not 0.0 < float(tail) < 1.0:

@@ -46,7 +46,7 @@ class LikelihoodRatio(Detector):
                               f"comparable: train the background with --model.likelihood={run.model.likelihood}")
         out = []
         if not companion.data.noise_rate:
-            out.append(f"background_run was trained without pixel noise (data.noise_rate = 0); Ren et al. train "
+            out.append("background_run was trained without pixel noise (data.noise_rate = 0); Ren et al. train "
                        "the background with noise at μ = 0.1–0.3 (--data.noise_rate=0.2), without which it "
                        "learns the same statistics as the model and the ratio is close to 0")
         if not companion.train.weight_decay:

@@ -119,8 +119,8 @@ class LPath2M(LPath):
 
     def __init__(self, *, second_run=None, method: str | None = None, stats: tuple | list | None = None):
         super().__init__(method=method, stats=stats)
-        self.options["second_run"] = str(second_run) if second_run is not None and not hasattr(second_run, "posterior") \
-            else second_run
+        is_path = second_run is not None and not hasattr(second_run, "posterior")  # a run dir, not a model
+        self.options["second_run"] = str(second_run) if is_path else second_run
 
     @property
     def needs(self):

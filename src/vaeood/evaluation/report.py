@@ -44,7 +44,7 @@ def histogram_panels(path: str | Path, panels: dict[str, dict[str, np.ndarray]],
     from matplotlib.figure import Figure  # on use (slow import); not pyplot: no global state
     fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=110)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (panel, values) in zip(axes, panels.items()):
+    for ax, (panel, values) in zip(axes, panels.items(), strict=True):
         finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
         edges = np.linspace(finite.min(), finite.max(), bins + 1)
         for name, v in values.items():
@@ -82,7 +82,7 @@ def text_table(header: list[str], body: list[list[str]]) -> str:
     """Plain-text table, columns padded to their widest cell."""
     body = [[str(c) for c in row] for row in body]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *body])
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *body])
 
 
 def pm(stat: dict, fmt: str = ".3f") -> str:

@@ -121,11 +121,13 @@ def _match_chunk(x: np.ndarray, target: float, max_scale: float, iters: int,
     mean = x.mean(axis=1, keepdims=True)
     scale, shift = np.ones(len(x)), np.zeros(len(x))
     for _ in range(MEAN_ROUNDS if keep_mean else 1):
-        scale = _bisect(lambda s: _rescaled(x, mean, s, shift).var(axis=1), np.zeros(len(x)),
+        # the lambdas run inside _bisect, within this iteration: they see this round's shift and scale
+        scale = _bisect(lambda s: _rescaled(x, mean, s, shift).var(axis=1), np.zeros(len(x)),  # noqa: B023
                         np.full(len(x), float(max_scale)), target, iters)
         if keep_mean:  # |b| up to 255 (1 + s): at a large s, b moves the level the image is cut at
             reach = 255.0 * (1.0 + scale)
-            shift = _bisect(lambda b: _rescaled(x, mean, scale, b).mean(axis=1), -reach, reach, mean[:, 0], iters)
+            shift = _bisect(lambda b: _rescaled(x, mean, scale, b).mean(axis=1),  # noqa: B023
+                            -reach, reach, mean[:, 0], iters)
     return scale, shift
 
 
@@ -188,7 +190,7 @@ def _correlations(s_in: dict, s_ood: dict, lp_in: list, lp_ood: list, n_boot: in
         kw = dict(n_boot=n_boot, seed=seed, level=level)
         out[stat] = {"in": seed_spearman(s_in[stat], lp_in, **kw), "ood": seed_spearman(s_ood[stat], lp_ood, **kw),
                      "pooled": seed_spearman(np.concatenate([s_in[stat], s_ood[stat]]),
-                                             [np.concatenate(p) for p in zip(lp_in, lp_ood)],
+                                             [np.concatenate(p) for p in zip(lp_in, lp_ood, strict=True)],
                                              strata=(len(s_in[stat]), len(s_ood[stat])), **kw)}
     return out
 
@@ -204,7 +206,7 @@ def _remaining_replicates(lp_in: list, lp_ood: list, lp_matched: list, n_boot: i
         rows = min(block, n_boot - start)
         u, v = resample_counts(rng, rows, n_in), resample_counts(rng, rows, n_ood)
         su, sv = u.sum(axis=1), v.sum(axis=1)
-        for s, (a, b, c) in enumerate(zip(lp_in, lp_ood, lp_matched)):
+        for s, (a, b, c) in enumerate(zip(lp_in, lp_ood, lp_matched, strict=True)):
             mean_in = u @ a / su
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[start:start + rows, s] = (v @ c / sv - mean_in) / (v @ b / sv - mean_in)
@@ -216,9 +218,9 @@ def remaining_gap(lp_in: list, lp_ood: list, lp_matched: list, *, n_boot: int = 
     """The likelihood gaps [nats] before and after contrast matching (mean ± sd over seeds)
     and r = gap(matched) / gap(original) per seed, with the percentile interval of the
     seed-mean r by the two-level bootstrap (seeds with replacement, shared image resamples)."""
-    gaps = [float(b.mean() - a.mean()) for a, b in zip(lp_in, lp_ood)]
-    after = [float(c.mean() - a.mean()) for a, c in zip(lp_in, lp_matched)]
-    values = [g2 / g if g != 0 else math.nan for g, g2 in zip(gaps, after)]
+    gaps = [float(b.mean() - a.mean()) for a, b in zip(lp_in, lp_ood, strict=True)]
+    after = [float(c.mean() - a.mean()) for a, c in zip(lp_in, lp_matched, strict=True)]
+    values = [g2 / g if g != 0 else math.nan for g, g2 in zip(gaps, after, strict=True)]
     rng = np.random.default_rng(seed)
     reps = _remaining_replicates(lp_in, lp_ood, lp_matched, n_boot, rng)
     drawn = resample_counts(rng, n_boot, len(lp_in)) if len(lp_in) > 1 else np.ones((n_boot, 1))
@@ -255,7 +257,7 @@ def variance_verdict(rho_var_pooled: Sequence[float], auroc_before: Sequence[flo
 
 
 def _aurocs(lp_in: list, lp_ood: list, n_boot: int, seed: int, level: float) -> dict:
-    s = seed_summary([(-a, -b) for a, b in zip(lp_in, lp_ood)], n_boot=n_boot, seed=seed, level=level)
+    s = seed_summary([(-a, -b) for a, b in zip(lp_in, lp_ood, strict=True)], n_boot=n_boot, seed=seed, level=level)
     return {**s.as_dict(), "text": s.text()}
 
 

@@ -191,7 +191,7 @@ class CapacityStudy:
             shift = x * (1.04 if j else 1 / 1.04)  # side by side on the log axis
             ax_auroc.errorbar(shift, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3,
                               label=f"{labels[est]} (mean, 95% interval)")
-            for xi, v in zip(shift, s):
+            for xi, v in zip(shift, s, strict=True):
                 ax_auroc.plot([xi] * len(v["auroc"]["values"]), v["auroc"]["values"], "k.", ms=3)
             bpd = [v["bpd_in"] for v in s]
             ax_bpd.errorbar(x, [b["mean"] for b in bpd], yerr=[b["sd"] for b in bpd], marker="o", capsize=3,

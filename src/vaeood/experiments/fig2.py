@@ -119,7 +119,7 @@ class Fig2Experiment:
         for variant in self.models:
             runs, pairs = {}, {d: {o: [] for o in self.ood_datasets} for d in detectors}
             run_dirs = [out_dir / "runs" / f"{variant}_seed{seed}" for seed in pre.seeds]
-            for seed, run_dir in zip(pre.seeds, run_dirs):
+            for seed, run_dir in zip(pre.seeds, run_dirs, strict=True):
                 progress_bar.set_postfix_str(f"{variant} seed {seed}")
                 runs[f"seed{seed}"] = self._run_seed(run_dir, out_dir / variant / f"seed{seed}",
                                                      configs[(variant, seed)], detectors, pairs, score_kwargs)
@@ -292,7 +292,8 @@ EXPERIMENTS.register("fig2b")(Fig2Experiment(
     name="fig2b",
     title="Figure 2b: a VAE trained on CIFAR-10, scored on CIFAR-10 and SVHN (else Tiny ImageNet and padded MNIST)",
     in_dataset="cifar10", ood_datasets=("svhn",), fallback_ood=("tinyimagenet", "mnist"), fit="pad",
-    claim="the CIFAR-10 VAE gives SVHN higher likelihood than CIFAR-10 (Nalisnick et al. 2019): it does not separate them",
+    claim="the CIFAR-10 VAE gives SVHN higher likelihood than CIFAR-10 (Nalisnick et al. 2019): "
+          "it does not separate them",
     models=TWO_DECODERS, descriptions=DESCRIPTIONS,
     presets={
         "quick": Preset({"data.name": "cifar10", "data.limit": "10000", "train.epochs": "5",
@@ -312,7 +313,8 @@ def render_report(exp: Fig2Experiment, out: dict) -> str:
                                                          [r["training"] for r in models.values()]))
     estimator = out["estimator"] + (f" (K={out['estimator_options']['k']})" if "k" in out["estimator_options"] else "")
     level = f"{out['interval']['level']:.0%}"
-    lines += ["## Claim and verdict", "", f"- The study: {exp.claim}.", *([f"- Note: {out['ood_note']}."] * bool(out.get("ood_note"))),
+    lines += ["## Claim and verdict", "", f"- The study: {exp.claim}.",
+              *([f"- Note: {out['ood_note']}."] * bool(out.get("ood_note"))),
               *[f"- Ours, `{k}`: {v}." for k, v in out["verdict"].items()],
               f"- Verdict words come from the interval, not the point: {out['interval']['rule']}.",
               f"- The interval: {out['interval']['method']} ({out['interval']['n_boot']} replicates). "
@@ -334,7 +336,7 @@ def render_report(exp: Fig2Experiment, out: dict) -> str:
                                  [[v, m["likelihood"], o, pm(s["auroc"]), interval_text(s["auroc"]["interval"]),
                                    f"**{s['auroc']['verdict']}**",
                                    "; ".join(f"{a:.3f} [{interval_text(i)}]" for a, i in
-                                             zip(s["auroc"]["values"], s["auroc"]["per_seed_intervals"])),
+                                             zip(s["auroc"]["values"], s["auroc"]["per_seed_intervals"], strict=True)),
                                    *[pm(s[k]) for k in METRIC_NAMES if k != "auroc"]]
                                   for v, m in models.items() for o, s in m["summary"][d].items()]), ""]
     lines += ["## Per-dataset likelihoods and pixel statistics", "",

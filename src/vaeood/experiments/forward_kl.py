@@ -59,7 +59,8 @@ from ..evaluation.report import interval_text, pm
 from ..training.run import load_model, to_tensor
 from ..evaluation.log_px import log_px, log_px_meta
 from .timing import load_average
-from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, estimate_scores, stamp,
+from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary,
+                     estimate_scores, stamp,
                      runs_bar, strict_json, train_or_reuse)
 from .forward_kl_stats import (ABLATED, FORWARD_KL, METRICS, REVERSE_KL, holm,  # noqa: F401  (imported from here)
                                hypothesis_verdict)
@@ -186,7 +187,7 @@ class ForwardKLExperiment:
                 + [interval_text(agg["auroc_iwae"]["interval"]), agg["auroc_iwae"]["verdict"]]
                 for obj, agg in out["aggregate"].items()]
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *body]]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *body]]
         lines.append(f"verdict: {out['verdict']['text']}")
         if any(d["is_sample"] for d in out["datasets"].values()):
             lines.append("NOTE: no dataset was found, so this ran on the small sample bundled with vaeood "

@@ -38,7 +38,7 @@ def write_figures(out_dir: Path, out: dict, bpd: dict, in_name: str, ood_name: s
               (("ess_fraction_in", in_name), ("ess_fraction_ood", ood_name))]
     titles = ["AUROC (OOD positive)", "q variance (geometric mean)", "q variance / SNIS posterior variance",
               "ESS / K"]
-    for ax, panel, title in zip(axes, panels, titles):
+    for ax, panel, title in zip(axes, panels, titles, strict=True):
         for j, (key, label) in enumerate(panel):
             means = [agg[o][key]["mean"] for o in ABLATED]
             sds = [agg[o][key]["sd"] for o in ABLATED]
@@ -59,7 +59,7 @@ def write_figures(out_dir: Path, out: dict, bpd: dict, in_name: str, ood_name: s
     seed = seeds[0]
     finite = np.concatenate([v[np.isfinite(v)] for (o, s), d in bpd.items() if s == seed for v in d.values()])
     bins = np.linspace(finite.min(), finite.max(), 50)
-    for ax, o in zip(axes, ABLATED):
+    for ax, o in zip(axes, ABLATED, strict=True):
         for name, v in bpd[(o, seed)].items():
             ax.hist(v[np.isfinite(v)], bins=bins, density=True, alpha=0.5, label=name)
         ax.set_title(o, fontsize=10)
@@ -131,7 +131,7 @@ def _report_results(out: dict) -> list[str]:
                              [[o, _score_label(k), pm(agg[o][k], ".3f"), interval_text(agg[o][k]["interval"]),
                                f"**{agg[o][k]['verdict']}**",
                                "; ".join(f"{a:.3f} [{interval_text(i)}]" for a, i in
-                                         zip(agg[o][k]["values"], agg[o][k]["per_seed_intervals"]))]
+                                         zip(agg[o][k]["values"], agg[o][k]["per_seed_intervals"], strict=True))]
                               for o in agg for k in auroc_keys]), ""]
     lines += ["Forward-KL objective minus reverse-KL objective, AUROC (difference ± standard error, Welch p; "
               "for the verdict's comparisons also the Holm-adjusted p that decides their label):", ""]

@@ -69,7 +69,7 @@ def hypothesis_verdict(aggregate: dict, n_seeds: int) -> dict:
                        for ref in REVERSE_KL} for f in FORWARD_KL}
     # the verdict tests every forward-KL objective against the reference: correct for that
     primary = [comparisons[f][reference][metric] for f in FORWARD_KL]
-    for c, p_holm in zip(primary, holm([c["p"] for c in primary])):
+    for c, p_holm in zip(primary, holm([c["p"] for c in primary]), strict=True):
         c["p_holm"] = p_holm
         c["label"] = ("no detectable difference" if not (abs(c["diff"]) >= MIN_EFFECT and p_holm < 0.05)
                       else "improves" if c["diff"] > 0 else "worsens")

@@ -143,13 +143,15 @@ def report(r: dict) -> str:
         return f"{bpd:.3f} bits/dim" if bpd is not None else f"{nats:.1f} nats (not normalised)"
 
     lines += ["## Test bits/dim (ELBO)", "",
-              "| model | Fashion-MNIST | MNIST | AUROC of −ELBO | parameters | train s |", "| --- | --- | --- | --- | --- | --- |"]
+              "| model | Fashion-MNIST | MNIST | AUROC of −ELBO | parameters | train s |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for s in seeds:
         h = r["hvae"][s]
         nats = h.get("elbo_nats", {"fashion_mnist": float("nan"), "mnist": float("nan")})
         lines.append(f"| HVAE {s} | {fmt(h['elbo_bpd']['fashion_mnist'], nats['fashion_mnist'])} | "
                      f"{fmt(h['elbo_bpd']['mnist'], nats['mnist'])} | "
-                     f"{h['sampled']['metrics']['elbo_nll']['auroc']:.3f} | {h['num_parameters']} | {h['train_seconds']:.0f} |")
+                     f"{h['sampled']['metrics']['elbo_nll']['auroc']:.3f} | {h['num_parameters']} | "
+                     f"{h['train_seconds']:.0f} |")
     if r["vae"]:
         v = r["vae"]
         nats = v.get("elbo_nats", {"fashion_mnist": float("nan"), "mnist": float("nan")})
@@ -189,7 +191,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     overrides = dict(item.split("=", 1) for item in a.set)
     r = run(Path(a.out), a.seeds, limit=a.limit, data_dir=a.data_dir, vae=not a.no_vae, iwae_k=a.iwae_k,
-            llr_iw=not a.no_llr_iw, overrides=overrides, prefix=a.tag, command="python -m vaeood.experiments.hvae_llr " + shlex.join(sys.argv[1:] if argv is None else argv))
+            llr_iw=not a.no_llr_iw, overrides=overrides, prefix=a.tag,
+            command="python -m vaeood.experiments.hvae_llr " + shlex.join(sys.argv[1:] if argv is None else argv))
     print(report(r))
 
 

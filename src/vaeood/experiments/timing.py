@@ -42,7 +42,7 @@ class Timing:
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
 
-    def __enter__(self) -> "Timing":
+    def __enter__(self) -> Timing:
         self.fresh = not (self.out_dir / "runs").exists()  # nothing to reuse: the call's time is the whole cost
         self._wall, self._cpu, self._load = time.perf_counter(), time.process_time(), load_average()
         return self

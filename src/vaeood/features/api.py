@@ -49,7 +49,7 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
         name, producer, other, prefix = split_need(key, options)
         where = Path(other) if other is not None else Path(run_dir)
         source = sources.setdefault(str(where), Source(where, device))
-        source.sha256  # a missing checkpoint is reported before any data is read
+        source.sha256  # noqa: B018  a missing checkpoint is reported before any data is read
         if data is None:
             data = run_dataset(Path(run_dir), dataset, split, data_dir, allow_sample, fit)
         result = compute_feature(where, dataset, split, name, producer, data_dir=data_dir, limit=limit, start=start,

@@ -6,7 +6,8 @@ successor, through ``imagecodecs``).
 Sizes are of the compressed *payload*, in bits, so that a constant image costs nearly
 nothing: for PNG the bytes of the IDAT chunks (the deflate stream of the filtered
 pixels at the highest compression level, less its 2-byte zlib header and 4-byte
-Adler-32 checksum), without the fixed signature/IHDR/IEND overhead of the file; for JPEG-XL the bare codestream (no container), effort 9, lossless.
+Adler-32 checksum), without the fixed signature/IHDR/IEND overhead of the file; for
+JPEG-XL the bare codestream (no container), effort 9, lossless.
 """
 
 from __future__ import annotations

@@ -308,7 +308,8 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
            "checkpoint_sha256": ckpt_sha if uses_model else None}
     # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
     tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
-    path = run_dir / FEATURES_DIR / f"{_tag(tagged, split, name, options, begin, end, len(data.images), limit, fit, seed)}.npz"
+    tag = _tag(tagged, split, name, options, begin, end, len(data.images), limit, fit, seed)
+    path = run_dir / FEATURES_DIR / f"{tag}.npz"
     saved = _cached(path, key) if reuse and path.exists() else None
     if saved is not None:
         return saved
@@ -320,7 +321,8 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
                          desc=f"{name} {data.name}/{split}")
     seconds = time.perf_counter() - started
     result["labels"] = data.labels[begin:end]
-    info = {**key, "source": data.source, "files": data.provenance()["files"], "is_sample": data.is_sample, "limit": limit,
+    info = {**key, "source": data.source, "files": data.provenance()["files"], "is_sample": data.is_sample,
+            "limit": limit,
             "checkpoint_epoch": ckpt["epoch"], "likelihood": config.model.likelihood,
             "normalised": bool(model.likelihood.normalised), "num_dims": model.num_dims,
             "seconds": seconds, "n": end - begin, **pixel_stats(images)}

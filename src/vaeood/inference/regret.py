@@ -338,7 +338,7 @@ def _make_encode(model, x, variant: str, layers: int, use_vmap: bool, mu0: Tenso
     init = [own[n].detach().unsqueeze(0).expand(batch, *own[n].shape).clone() for n in names]
 
     def one(params, xi):
-        mu, logvar = functional_call(wrapper, dict(zip(names, params)), (xi.unsqueeze(0),))
+        mu, logvar = functional_call(wrapper, dict(zip(names, params, strict=True)), (xi.unsqueeze(0),))
         return mu[0], logvar[0]
 
     if use_vmap:
@@ -382,7 +382,7 @@ def _regret_batch(model, x, *, seed, variant, steps, opt_class, opt_kwargs, samp
                 neg_elbo = (log_q - log_lik - log_prior).mean(0)
             # the sum's gradient w.r.t. image b's parameters is that of image b's loss alone
             grads = torch.autograd.grad(neg_elbo.sum(), params)
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p.grad = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
             opt.step()
     with torch.no_grad():

@@ -101,7 +101,7 @@ class HierarchicalVAE(nn.Module):
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_vae(cls, vae) -> "HierarchicalVAE":
+    def from_vae(cls, vae) -> HierarchicalVAE:
         """A one-layer HVAE on a single-layer VAE's own modules (shared, not copied): the
         encoder minus its last (linear) layer is the trunk, that layer the head, the decoder
         and likelihood are the VAE's. Its bounds equal the VAE's for the same noise."""

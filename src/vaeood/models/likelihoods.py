@@ -41,7 +41,7 @@ __all__ = [
     "NUM_LEVELS",
 ]
 
-LIKELIHOODS: Registry[type["Likelihood"]] = Registry("likelihood")
+LIKELIHOODS: Registry[type[Likelihood]] = Registry("likelihood")
 
 NUM_LEVELS = 256
 """Number of values an 8-bit sub-pixel can take."""

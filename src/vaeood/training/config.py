@@ -205,7 +205,7 @@ class Config:
     def __post_init__(self):
         self.validate()
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Check every field's type and rule, and the plug-in options; raise a
         ConfigError naming the first key that breaks one."""
         for section in dataclasses.fields(self):
@@ -223,14 +223,14 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict, where: str = "config") -> "Config":
+    def from_dict(cls, raw: dict, where: str = "config") -> Config:
         return _build(cls, raw, where)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Config":
+    def from_file(cls, path: str | Path) -> Config:
         return cls.from_dict(read_config_file(path), where=str(path))
 
-    def override(self, dotted: dict[str, str]) -> "Config":
+    def override(self, dotted: dict[str, str]) -> Config:
         """Return a copy with ``{"model.latent_dim": "32"}``-style overrides applied."""
         raw = self.to_dict()
         for key, text in dotted.items():

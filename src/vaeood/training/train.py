@@ -254,7 +254,7 @@ def _train_epoch(run: _Run, epoch: int, bad_in_a_row: torch.Tensor) -> dict:
         raise TrainingError(f"no finite step in epoch {epoch + 1}; {_kept(run.ckpt_path)}. "
                             f"Lower train.lr (now {tcfg.lr}) or check the data")
     means = (distributed.all_reduce_sum(sums.sums) / (run.world * good)).tolist()
-    return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in zip(sums.keys, means)},
+    return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in zip(sums.keys, means, strict=True)},
             "skipped_steps": skipped, "seconds": seconds, "images_per_s": n / seconds}
 
 

@@ -35,7 +35,7 @@ def render_report(exp: OODSuite, out: dict) -> str:
               + "); "
               f"uniform-noise and constant images: {s['synthetic_images']} per image shape, generated with seed "
               f"{s['synthetic_seed']} (the same for every model).", ""]
-    for fam_name, f in families.items():
+    for f in families.values():
         fitted = next(iter(f["seeds"].values())).get("fitted") or {}
         if fitted:
             lines += [f"- {f['title']}: OOD images of another shape were fitted to the model ("
@@ -259,7 +259,8 @@ def _closing(out: dict) -> list[str]:
     ok = [d for d, w in v["worst_by_detector"].items() if w >= WEAK_BELOW]
     if ok:
         lines.append(f"- Above {WEAK_BELOW} on every pair: " + ", ".join(
-            f"`{d}` (worst {v['worst_by_detector'][d]:.3f})" for d in sorted(ok, key=lambda d: -v['worst_by_detector'][d]))
+            f"`{d}` (worst {v['worst_by_detector'][d]:.3f})"
+            for d in sorted(ok, key=lambda d: -v['worst_by_detector'][d]))
             + ".")
     else:
         lines.append(f"- No detector stays above {WEAK_BELOW} on every pair.")

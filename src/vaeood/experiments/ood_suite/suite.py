@@ -163,7 +163,7 @@ class OODSuite:
             body = [[d, *[pm(s[o]["auroc"]) for o in oods]] for d, s in fam["summary"].items()
                     if d in shown or len(fam["summary"]) <= SUMMARY_ROWS]
             widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-            lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *body]]
+            lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *body]]
             if len(body) < len(fam["summary"]):
                 lines.append(f"(the default detector and those the verdict names; the other "
                              f"{len(fam['summary']) - len(body)} are in the report)")
