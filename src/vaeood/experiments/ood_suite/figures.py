@@ -28,7 +28,8 @@ def write_figures(out_dir: Path, out: dict) -> dict:
         roc_axes = roc.subplots(rows, cols, squeeze=False).ravel()
         hist_axes = hist.subplots(rows, cols, squeeze=False).ravel()
         colours = {o: f"C{i}" for i, o in enumerate(fam["ood"])}
-        for ax_r, ax_h, name in zip(roc_axes, hist_axes, names, strict=True):
+        # the grid may hold more axes than detectors: the spare ones stay empty
+        for ax_r, ax_h, name in zip(roc_axes[:len(names)], hist_axes[:len(names)], names, strict=True):
             for k, seed in enumerate(seeds):
                 scores = load_scores(out_dir, fam, name, seed)
                 s_in = scores[fam_name]
