@@ -41,7 +41,7 @@ def capacity_ratio(monkeypatch):
 
 
 def _preset(**kwargs) -> SuitePreset:
-    return SuitePreset(seeds=(0,), train={"fashion_mnist": TINY}, test_limit=60, fit_images=40, synthetic_images=60,
+    return SuitePreset(seeds=(0,), train={"fashion_mnist": TINY}, test_limit=60, n_fit=40, synthetic_images=60,
                        families=("fashion_mnist",), **kwargs)
 
 

@@ -126,7 +126,7 @@ def test_unknown_detectors_and_options_are_refused_by_name():
 def test_every_detector_gives_auroc_near_half_when_the_ood_set_is_more_in_distribution(tiny, tmp_path):
     run, data = tiny
     out = evaluate(run, "fashion_mnist", ["fm_again"], detectors="all", out_dir=tmp_path, data_dir=str(data),
-                   fit_limit=150)
+                   n_fit=150)
     assert out["skipped"] == {"likelihood_ratio": "needs option background_run",
                               "lpath_2m": "needs option second_run",
                               "llr": "needs a hierarchical VAE (model.arch=hvae)",
@@ -219,7 +219,7 @@ def test_a_run_trained_on_every_image_cannot_fit_detectors(tmp_path, tiny):
 def test_evaluate_detectors_from_the_cli(tiny, tmp_path, capsys):
     run, data = tiny
     assert main(["evaluate", str(run), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data),
-                 "--out", str(tmp_path), "--detectors", "nll,typicality,complexity", "--fit-limit", "60",
+                 "--out", str(tmp_path), "--detectors", "nll,typicality,complexity", "--n-fit", "60",
                  "--detector-options", '{"complexity": {"codec": "jxl"}}']) == 0
     printed = capsys.readouterr().out
     assert "typicality" in printed and "AUROC" in printed

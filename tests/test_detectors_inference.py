@@ -76,7 +76,7 @@ def test_llr_applies_to_hierarchical_runs_only(data, tmp_path):
         evaluate(flat, "fashion_mnist", ["mnist"], detectors=["llr"], out_dir=tmp_path / "e0", data_dir=str(data))
     deep = train(Config().override(HVAE), tmp_path / "deep", data_dir=str(data))
     out = evaluate(deep, "fashion_mnist", ["mnist"], detectors="all", out_dir=tmp_path / "e1", data_dir=str(data),
-                   fit_limit=50)
+                   n_fit=50)
     assert "llr" in out["results"] and "llr" not in out["skipped"]
     assert out["detectors"]["llr"]["options"] == {"k": 1, "samples": 1, "prior_mean": False}
     why = "needs a single Gaussian q(z|x), which a hierarchical VAE does not have"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vaeood.data import DataError
-from vaeood.data.fit import fit_images
+from vaeood.data.conform import conform_images
 from vaeood.data.folder import load_input, read_image, read_image_folder
 
 
@@ -127,16 +127,16 @@ def test_fit_pads_and_resizes_as_scoring_does_and_is_recorded(folder):
     (folder / "wide.png").write_bytes(_png_bytes(_grey(7, 28, 40)))
     with pytest.raises(DataError, match="--pad or --resize"):
         read_image_folder(folder, shape=(3, 32, 32))
-    got = read_image_folder(folder, shape=(3, 32, 32), fit="resize")
+    got = read_image_folder(folder, shape=(3, 32, 32), conform="resize")
     assert got.images.shape == (6, 32, 32, 3)
-    np.testing.assert_array_equal(got.images[0], fit_images(_grey(0)[None, ..., None], (3, 32, 32), "resize")[0])
+    np.testing.assert_array_equal(got.images[0], conform_images(_grey(0)[None, ..., None], (3, 32, 32), "resize")[0])
     assert got.names[-1] == "wide.png"
     assert got.fitted["method"] == "resize"
     assert got.fitted["from_shapes"] == {"1×28×28": 5, "1×28×40": 1}
     with pytest.raises(DataError, match="cannot shrink"):
-        read_image_folder(folder, shape=(1, 32, 32), fit="pad")  # 28×40 cannot be padded to 32×32
+        read_image_folder(folder, shape=(1, 32, 32), conform="pad")  # 28×40 cannot be padded to 32×32
     (folder / "wide.png").unlink()
-    padded = read_image_folder(folder, shape=(1, 32, 32), fit="pad")
+    padded = read_image_folder(folder, shape=(1, 32, 32), conform="pad")
     np.testing.assert_array_equal(padded.images[2, 2:30, 2:30, 0], _grey(2))
     assert padded.images[:, :2].max() == 0
 
@@ -162,7 +162,7 @@ def test_load_input_npz_dataset_and_folder(tmp_path, folder):
     assert by_name.kind == "dataset" and by_name.names == ["mine/test[0]", "mine/test[1]", "mine/test[2]"]
     with pytest.raises(DataError, match="pass --pad"):
         load_input(tmp_path / "mine_test.npz", shape=(3, 32, 32))
-    padded = load_input(tmp_path / "mine_test.npz", shape=(3, 32, 32), fit="pad")
+    padded = load_input(tmp_path / "mine_test.npz", shape=(3, 32, 32), conform="pad")
     assert padded.images.shape == (4, 32, 32, 3) and padded.fitted["description"] == "pad 1×28×28 → 3×32×32"
     np.savez(tmp_path / "bad.npz", x=x.astype(np.float32), y=np.arange(4))
     with pytest.raises(DataError, match="dtype float32"):  # npz.py's validation

@@ -197,7 +197,7 @@ def test_latent_detectors_and_dose_layers_fit_and_score_a_hierarchical_run(run, 
     dets = ["latent_gmm", "latent_knn", "latent_mahalanobis", "dose_layers", "llr"]
     opts = {"latent_knn": {"layers": [2, 3]}, "latent_gmm": {"components": [1, 2]}}
     out = evaluate(run["run"], "fashion_mnist", ["mnist"], detectors=dets, detector_options=opts, out_dir=tmp_path,
-                   data_dir=str(run["data"]), fit_limit=200, limit=100)
+                   data_dir=str(run["data"]), n_fit=200, limit=100)
     assert out["skipped"] == {}
     assert set(out["results"]) == set(dets)
     for name in dets:
@@ -213,4 +213,4 @@ def test_latent_detectors_and_dose_layers_fit_and_score_a_hierarchical_run(run, 
     # the detectors that read a single Gaussian q(z|x) still refuse the hierarchical run, saying why
     with pytest.raises(ConfigError, match="'dose' does not apply.*single Gaussian"):
         evaluate(run["run"], "fashion_mnist", ["mnist"], detectors=["dose", "latent_gmm"], out_dir=tmp_path / "b",
-                 data_dir=str(run["data"]), fit_limit=200, limit=50)
+                 data_dir=str(run["data"]), n_fit=200, limit=50)

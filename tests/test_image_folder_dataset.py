@@ -124,7 +124,7 @@ def test_a_bad_folder_is_refused_naming_each_file_or_trains_skipping_or_fitting_
     assert "3 of 43 files cannot be used" in err
     assert "corrupt.png: truncated or corrupt" in err
     assert "odd.png: C×H×W = 1×32×32, not the folder's most common shape C×H×W = 1×28×28" in err
-    assert "data.fit=" in err and "notes.png: not an image file" in err and "data.skip_bad=true" in err
+    assert "data.conform=" in err and "notes.png: not an image file" in err and "data.skip_bad=true" in err
 
     assert main(["train", str(run), f"--data.name={folder}", "--data.skip_bad=true", *MLP]) == 0
     trained = load_checkpoint(run)["train_data"]
@@ -133,14 +133,14 @@ def test_a_bad_folder_is_refused_naming_each_file_or_trains_skipping_or_fitting_
     assert "3 bad files skipped" in trained["source"] and str(tmp_path) not in json.dumps(trained)
 
     fitted = tmp_path / "fitted"
-    assert main(["train", str(fitted), f"--data.name={folder}", "--data.skip_bad=true", "--data.fit=resize",
+    assert main(["train", str(fitted), f"--data.name={folder}", "--data.skip_bad=true", "--data.conform=resize",
                  *MLP]) == 0
     trained = load_checkpoint(fitted)["train_data"]
     assert trained["split_size"] == 41
     assert [name for name, _ in trained["folder"]["skipped"]] == ["corrupt.png", "notes.png"]
-    assert trained["folder"]["fit"]["method"] == "resize" and trained["folder"]["fit"]["changed"] == 1
-    assert trained["folder"]["fit"]["from_shapes"] == {"1×32×32": 1}
-    data = load_dataset(str(folder), "train", fit="resize", skip_bad=True)
+    assert trained["folder"]["conform"]["method"] == "resize" and trained["folder"]["conform"]["changed"] == 1
+    assert trained["folder"]["conform"]["from_shapes"] == {"1×32×32": 1}
+    data = load_dataset(str(folder), "train", conform="resize", skip_bad=True)
     assert data.shape == (28, 28, 1) and len(data) == 41
 
 
@@ -209,9 +209,9 @@ def test_a_folder_is_decoded_into_one_array_never_stacked_from_a_list(tmp_path, 
     def no_stack(*args, **kwargs):
         raise AssertionError("np.stack called: the images would be held twice")
     monkeypatch.setattr(np, "stack", no_stack)
-    data = load_dataset(str(folder), "test", fit="pad")
+    data = load_dataset(str(folder), "test", conform="pad")
     assert len(data) == 7 and data.images.flags["C_CONTIGUOUS"] and data.images.flags["OWNDATA"]
-    assert data.split == "test" and data.folder["fit"]["changed"] == 1
+    assert data.split == "test" and data.folder["conform"]["changed"] == 1
     small = [i for i, n in enumerate(sorted(["small.png", *[f"img_{i:03d}.png" for i in range(6)]],
              key=lambda n: hashlib.sha256(n.encode()).hexdigest())) if n == "small.png"][0]
     assert (data.images[small, :4] == 0).all() and (data.images[small, -4:] == 0).all()  # padded 20 → 28

@@ -135,7 +135,7 @@ def test_latent_feature_is_the_posterior(tiny):
 def test_fused_fit_never_reads_ood_images(tiny):
     """The in-distribution scores and the fit record are the same whichever OOD sets are
     evaluated beside them: nothing of an OOD set reaches the fit."""
-    common = dict(detectors=["fused"], data_dir=str(tiny["data"]), fit_limit=300, limit=200)
+    common = dict(detectors=["fused"], data_dir=str(tiny["data"]), n_fit=300, limit=200)
     a = vaeood.evaluate(tiny["run"], "fashion_mnist", ["mnist"], out_dir=tiny["run"].parent / "ev_a", **common)
     b = vaeood.evaluate(tiny["run"], "fashion_mnist", ["other"], out_dir=tiny["run"].parent / "ev_b", **common)
     fd = a["fit_data"]

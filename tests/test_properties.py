@@ -8,7 +8,7 @@ hand-picked ones of the other test files.
   included): finite estimates, non-negative rate and IWAE gap, 1 ≤ ESS ≤ K;
 - normalised decoders: log p(x|z) ≤ 0 for any decoder output, so the ELBO ≤ 0 and
   bits/dim ≥ 0;
-- image fits: padding only adds a zero frame, grey → RGB → grey is the identity.
+- conforming images: padding only adds a zero frame, grey → RGB → grey is the identity.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from vaeood.training.config import ModelConfig
-from vaeood.data.fit import convert_channels, fit_images
+from vaeood.data.conform import conform_images, convert_channels
 from vaeood.inference.estimators import bits_per_dim, elbo, iwae
 from vaeood.evaluation.metrics import METRIC_NAMES, fpr_at_tpr, ood_metrics
 from vaeood.models import LIKELIHOODS, build_model
@@ -126,7 +126,7 @@ def test_normalised_log_probabilities_are_at_most_zero(case):
     assert (bits_per_dim(log_p, x[0].numel()) >= 0).all()
 
 
-# ----------------------------------------------------------------------------- image fits
+# ------------------------------------------------------------------------- conforming images
 grey_images = arrays(np.uint8, st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.just(1)),
                      elements=st.integers(0, 255))
 
@@ -135,7 +135,7 @@ grey_images = arrays(np.uint8, st.tuples(st.integers(1, 3), st.integers(1, 9), s
 @given(grey_images, st.integers(0, 5), st.integers(0, 5))
 def test_pad_adds_only_a_centred_zero_frame(x, extra_h, extra_w):
     n, h, w, _ = x.shape
-    y = fit_images(x, (1, h + extra_h, w + extra_w), "pad")
+    y = conform_images(x, (1, h + extra_h, w + extra_w), "pad")
     top, left = extra_h // 2, extra_w // 2
     np.testing.assert_array_equal(y[:, top: top + h, left: left + w], x)
     assert int(y.astype(np.int64).sum()) == int(x.astype(np.int64).sum())
@@ -145,4 +145,4 @@ def test_pad_adds_only_a_centred_zero_frame(x, extra_h, extra_w):
 @given(grey_images)
 def test_grey_to_rgb_to_grey_is_the_identity_and_resize_to_own_size_too(x):
     np.testing.assert_array_equal(convert_channels(convert_channels(x, 3), 1), x)
-    np.testing.assert_array_equal(fit_images(x, (1, *x.shape[1:3]), "resize"), x)
+    np.testing.assert_array_equal(conform_images(x, (1, *x.shape[1:3]), "resize"), x)

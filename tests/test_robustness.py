@@ -42,7 +42,7 @@ from vaeood.infra.atomic import WriteError, atomic_write_json
 from vaeood.training.checkpoint import CheckpointError, load_checkpoint
 from vaeood.cli import main
 from vaeood.training.config import Config
-from vaeood.data.fit import convert_channels, fit_images
+from vaeood.data.conform import conform_images, convert_channels
 from vaeood.data.mnist import MNIST
 from vaeood.inference.objectives import OBJECTIVES
 from vaeood.evaluation.log_px import ShapeMismatchError, log_px
@@ -520,24 +520,24 @@ def test_unknown_key_in_a_config_file_from_the_cli(tmp_path, data_dir, capsys):
 # ---- image shapes: refused, or fitted on request and recorded
 def test_fit_module_known_answers():
     grey = np.arange(2 * 28 * 28, dtype=np.int64).reshape(2, 28, 28, 1).astype(np.uint8)
-    padded = fit_images(grey, (1, 32, 32), "pad")
+    padded = conform_images(grey, (1, 32, 32), "pad")
     assert padded.shape == (2, 32, 32, 1) and padded.dtype == np.uint8
     np.testing.assert_array_equal(padded[:, 2:30, 2:30], grey)
     assert padded.sum() == grey.astype(np.int64).sum()  # only zeros were added, centred
-    rgb = fit_images(grey, (3, 28, 28), "pad")
+    rgb = conform_images(grey, (3, 28, 28), "pad")
     np.testing.assert_array_equal(rgb, np.repeat(grey, 3, axis=-1))
     red = np.zeros((1, 4, 4, 3), np.uint8)
     red[..., 0] = 255
     assert (convert_channels(red, 1) == 76).all()  # round(0.299 * 255)
     flat = np.full((3, 32, 32, 3), 77, np.uint8)
-    np.testing.assert_array_equal(fit_images(flat, (1, 28, 28), "resize"), np.full((3, 28, 28, 1), 77))
-    np.testing.assert_array_equal(fit_images(grey, (1, 28, 28), "resize"), grey)  # already fits
-    up = fit_images(np.array([[[[0], [255]]]], np.uint8), (1, 1, 4), "resize")
+    np.testing.assert_array_equal(conform_images(flat, (1, 28, 28), "resize"), np.full((3, 28, 28, 1), 77))
+    np.testing.assert_array_equal(conform_images(grey, (1, 28, 28), "resize"), grey)  # already fits
+    up = conform_images(np.array([[[[0], [255]]]], np.uint8), (1, 1, 4), "resize")
     np.testing.assert_array_equal(up[0, 0, :, 0], [0, 64, 191, 255])  # bilinear, align_corners=False
     with pytest.raises(ValueError, match="cannot shrink 32×32 images to 28×28; use --resize"):
-        fit_images(flat, (3, 28, 28), "pad")
-    with pytest.raises(KeyError, match="unknown image fit 'crop'"):
-        fit_images(flat, (3, 28, 28), "crop")
+        conform_images(flat, (3, 28, 28), "pad")
+    with pytest.raises(KeyError, match="unknown conform 'crop'"):
+        conform_images(flat, (3, 28, 28), "crop")
 
 
 def test_shape_mismatch_is_refused_with_the_fits_named(tmp_path, trained, capsys):
@@ -552,10 +552,10 @@ def test_resize_fits_and_is_recorded(tmp_path, trained, capsys):
     run, _ = trained
     write_npz(tmp_path / "d", "colour", "test", blobs(8, 0, size=32, channels=3))
     assert main(["log-px", str(run), "--dataset", "colour", "--data-dir", str(tmp_path / "d"), "--resize"]) == 0
-    assert "images fitted: resize 3×32×32 → 1×28×28" in capsys.readouterr().out
-    saved = np.load(next((run / "features").glob("colour_test_elbo_fitresize_*.npz")))
+    assert "images conformed: resize 3×32×32 → 1×28×28" in capsys.readouterr().out
+    saved = np.load(next((run / "features").glob("colour_test_elbo_conformresize_*.npz")))
     meta = json.loads(str(saved["meta"]))
-    assert meta["fit"] == {"method": "resize", "from_shape": [3, 32, 32], "to_shape": [1, 28, 28],
+    assert meta["conform"] == {"method": "resize", "from_shape": [3, 32, 32], "to_shape": [1, 28, 28],
                            "description": "resize 3×32×32 → 1×28×28"}
     assert saved["log_px_nats"].shape == (8,) and np.isfinite(saved["log_px_nats"]).all()
     with pytest.raises(SystemExit):  # one fit at a time
@@ -577,9 +577,9 @@ def test_pad_fits_scores_and_evaluate_records_it(tmp_path, capsys):
     assert main(["evaluate", str(run), "--in", "cifar10", "--ood", "mnist", "--data-dir", str(data), "--pad"]) == 0
     assert "mnist: images fitted to the model: pad 1×28×28 → 3×32×32" in capsys.readouterr().out
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["fit"] == "pad" and metrics["fitted"] == {"mnist": "pad 1×28×28 → 3×32×32"}
-    assert metrics["datasets"]["mnist"]["fit"]["method"] == "pad"
-    assert metrics["datasets"]["cifar10"]["fit"] is None  # already the model's shape
+    assert metrics["conform"] == "pad" and metrics["fitted"] == {"mnist": "pad 1×28×28 → 3×32×32"}
+    assert metrics["datasets"]["mnist"]["conform"]["method"] == "pad"
+    assert metrics["datasets"]["cifar10"]["conform"] is None  # already the model's shape
     # the pixel statistics describe what was scored: 28×28 strokes inside a black 32×32 frame
     x = strokes(32, 3)
     assert metrics["datasets"]["mnist"]["pixel_mean"] == pytest.approx(x.mean() / 255 * 784 / 1024)

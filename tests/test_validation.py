@@ -109,7 +109,7 @@ def test_why_6_a_model_without_latent_variable_is_refused(tmp_path, capsys):
     ("--model.arch=cnn", "model.arch = 'cnn': must be one of conv, hvae, mlp"),
     # a name with a '/' is a folder of images (tests/test_image_folder_dataset.py); anything else is a word
     ("--data.name=my data", "data.name = 'my data': must be a plain word"),
-    ("--data.fit=crop", "data.fit = 'crop': must be one of pad, resize"),
+    ("--data.conform=crop", "data.conform = 'crop': must be one of pad, resize"),
 ])
 def test_bad_config_values_name_key_value_and_range(tmp_path, capsys, override, message):
     assert message in cli_error(capsys, ["train", str(tmp_path / "run"), override])

@@ -96,3 +96,109 @@ def test_the_help_names_log_px(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "log-px" in out and "log p(x) estimates" in out
+
+
+# ----------------------------------------------------------------- conform and n_fit, renamed in 0.2
+def test_fit_is_now_conform_and_the_old_keyword_warns_and_gives_the_same(run):
+    from vaeood.evaluation.log_px import log_px_meta
+    from tinydata import write_npz
+
+    run_dir, data = run
+    write_npz(data, "colour", "test", blobs(8, 0, size=32, channels=3))
+    new = vaeood.log_px(run_dir, "colour", data_dir=str(data), conform="resize")
+    with pytest.warns(DeprecationWarning, match=r"log_px\(fit=\.\.\.\) is now log_px\(conform=\.\.\.\)"):
+        old = vaeood.log_px(run_dir, "colour", data_dir=str(data), fit="resize")
+    np.testing.assert_array_equal(old["log_px_nats"], new["log_px_nats"])
+    assert log_px_meta(new)["conform"]["method"] == "resize" and "fit" not in log_px_meta(new)
+    with pytest.raises(TypeError, match="both fit= and its new name conform="):
+        vaeood.log_px(run_dir, "colour", data_dir=str(data), fit="resize", conform="resize")
+
+
+def test_fit_limit_is_now_n_fit_and_the_old_keywords_warn_and_give_the_same(run, tmp_path):
+    run_dir, data = run
+    common = dict(detectors=["nll", "typicality"], data_dir=str(data), limit=16)
+    new = vaeood.evaluate(run_dir, "fashion_mnist", ["mnist"], out_dir=tmp_path / "new", conform="pad", n_fit=40,
+                          **common)
+    with pytest.warns(DeprecationWarning) as caught:
+        old = vaeood.evaluate(run_dir, "fashion_mnist", ["mnist"], out_dir=tmp_path / "old", fit="pad",
+                              fit_limit=40, **common)
+    said = " ".join(str(w.message) for w in caught)
+    assert "evaluate(fit=...) is now evaluate(conform=...)" in said
+    assert "evaluate(fit_limit=...) is now evaluate(n_fit=...)" in said
+    assert old["results"] == new["results"] and old["fit_data"] == new["fit_data"]
+    assert new["conform"] == "pad" and new["fit_data"]["n"] == 40 and "fit" not in new
+    with pytest.warns(DeprecationWarning, match=r"fit_detector\(n=\.\.\.\) is now fit_detector\(n_fit=\.\.\.\)"):
+        by_n = vaeood.fit_detector(run_dir, "typicality", n=40, data_dir=str(data))
+    assert by_n.fit_info == vaeood.fit_detector(run_dir, "typicality", n_fit=40, data_dir=str(data)).fit_info
+
+
+def test_the_old_module_name_of_conform_warns_and_is_the_same_module(monkeypatch):
+    import vaeood.data.conform as new
+
+    monkeypatch.delitem(sys.modules, "vaeood.data.fit", raising=False)
+    with pytest.warns(DeprecationWarning, match="vaeood.data.fit moved to vaeood.data.conform"):
+        old = importlib.import_module("vaeood.data.fit")
+    assert old is new
+    images = blobs(3, 0)[..., None]
+    with pytest.warns(DeprecationWarning, match="fit_images is now vaeood.data.conform.conform_images"):
+        padded = old.fit_images(images, (1, 32, 32), "pad")
+    np.testing.assert_array_equal(padded, new.conform_images(images, (1, 32, 32), "pad"))
+
+
+def test_data_fit_and_fit_limit_on_the_command_line_still_work_with_a_notice(run, tmp_path, capsys):
+    run_dir, data = run
+    assert main(["train", str(tmp_path / "r"), "--data-dir", str(data), "--data.fit=pad", "--train.epochs=1",
+                 "--model.base_channels=4", "--model.latent_dim=4", "--data.limit=32"]) == 0
+    err = capsys.readouterr().err
+    assert "vaeood: command line: data.fit is now data.conform (the old keys go in vaeood 0.3)" in err
+    assert Config.from_file(tmp_path / "r" / "config.json").data.conform == "pad"
+
+    argv = ["evaluate", str(run_dir), "--in", "fashion_mnist", "--ood", "mnist", "--data-dir", str(data),
+            "--detectors", "typicality", "--limit", "16", "--out", str(tmp_path / "e")]
+    assert main([*argv, "--n-fit", "40"]) == 0
+    new = capsys.readouterr()
+    assert main([*argv, "--fit-limit", "40"]) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out and "deprecated" not in new.err
+    notice = [line for line in old.err.splitlines() if "deprecated" in line]
+    assert notice == ["vaeood: --fit-limit is deprecated, use --n-fit (the old name goes in vaeood 0.3)"]
+
+
+def test_an_old_runs_config_with_data_fit_loads_as_data_conform(run, tmp_path):
+    import json
+    import shutil
+
+    from vaeood.training.run_dir import Run
+
+    old_run = tmp_path / "old"
+    shutil.copytree(run[0], old_run)
+    path = old_run / "config.json"
+    raw = json.loads(path.read_text())
+    raw["data"]["fit"] = raw["data"].pop("conform")
+    path.write_text(json.dumps(raw))
+    with pytest.warns(DeprecationWarning, match="data.fit is now data.conform") as caught:
+        config = Run(old_run).config
+    assert len(caught) == 1 and config == Config.from_file(run[0] / "config.json")
+    raw["data"]["conform"] = "pad"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(vaeood.training.config.ConfigError, match="both data.fit and its new name data.conform"):
+        Run(old_run).config
+
+
+def test_calibration_records_name_no_conform_and_an_older_format_is_refused(run, tmp_path):
+    import json
+    import shutil
+
+    from vaeood.decisions import NoCalibrationError
+    from vaeood.decisions.records import calibration_path, load_calibration
+
+    cal_run = tmp_path / "cal"
+    shutil.copytree(run[0], cal_run)
+    record = vaeood.calibrate(cal_run, "nll", n_calibration=32, data_dir=str(run[1]))
+    assert "fit" not in record and "conform" not in record  # so their format (2) did not change
+    path = calibration_path(cal_run, "nll")
+    with np.load(path) as f:
+        scores, meta = f["scores"], json.loads(str(f["meta"]))
+    np.savez(path, scores=scores, meta=np.array(json.dumps({**meta, "format": 1})))
+    with pytest.raises(NoCalibrationError, match=r"format 1.*reads format 2.*calibrate again: vaeood calibrate"):
+        load_calibration(cal_run, "nll")

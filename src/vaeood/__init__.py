@@ -30,9 +30,10 @@ Vocabulary (one word for one thing, in the code, the command line and the report
 This vocabulary is the target of 0.2. ``vaeood.score`` and ``vaeood.detect`` are the old
 names of :func:`log_px` and :func:`detector_scores`, and ``vaeood score`` of ``vaeood
 log-px``: they still work, with a :class:`DeprecationWarning` (a notice on stderr), and
-go in 0.3. Not yet renamed: ``fit=`` (and ``--pad``/``--resize``'s ``args.fit``) is
-still the name of *conform*, and ``fit_limit`` / ``--fit-limit`` of evaluate the name of
-*n_fit*; those renames come in the next step, with the old names kept the same way.
+go in 0.3. So do the old names of *conform* and *n_fit*: the keyword ``fit=`` (now
+``conform=``), the config key ``data.fit`` (now ``data.conform``), the module
+``vaeood.data.fit`` (now :mod:`vaeood.data.conform`), ``fit_limit=`` of :func:`evaluate`
+and ``n=`` of :func:`fit_detector` (now ``n_fit=``) and ``--fit-limit`` (now ``--n-fit``).
 """
 
 from ._version import __version__

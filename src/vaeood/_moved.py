@@ -24,6 +24,7 @@ MOVED = {
     "companions": "evaluation.companions",
     "config": "training.config",
     "conformal": "decisions.conformal",
+    "data.fit": "data.conform",  # making images fit a model is to conform them, not to fit
     "console": "infra.console",
     "detect_report": "decisions.detect_report",
     "distributed": "infra.distributed",

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,8 +23,9 @@ from .infra.allocator import keep_freed_memory
 from .infra import distributed
 from .training.checkpoint import CheckpointError
 from .cli_parsers import DEPRECATED_COMMANDS, build_parser
-from .training.config import Config, ConfigError, flatten, read_config_file
+from .training.config import RENAMED, Config, ConfigError, flatten, read_config_file
 from .infra.console import console
+from .infra.deprecated import renamed_keys
 from .decisions.conformal import CalibrationError
 from .data import DataError, load_dataset
 from .data.folder import printable
@@ -68,7 +70,7 @@ def _run(args, extra: list[str], argv: list[str]) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        overrides = _dotted(extra)
+        overrides = _renamed(_dotted(extra), "command line")
         if overrides and args.command not in ("fit", "train", "reproduce"):
             raise ConfigError(f"{args.command} takes no config overrides, got {', '.join(overrides)}")
         args.command_line = "vaeood " + shlex.join(argv)
@@ -136,6 +138,17 @@ def _dotted(extra: list[str]) -> dict[str, str]:
     return out
 
 
+def _renamed(raw: dict, where: str) -> dict:
+    """A config or overrides with old keys (``data.fit``) under their new names, each
+    rename told in a notice on stderr (the old keys go in vaeood 0.3)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        out = renamed_keys(raw, RENAMED, where)
+    for warning in caught:
+        print(f"vaeood: {warning.message}", file=sys.stderr)
+    return out
+
+
 def _estimator_options(args) -> dict:
     return {key: value for key, value in (("k", args.k), ("refine_steps", args.refine_steps)) if value is not None}
 
@@ -162,7 +175,7 @@ def _fit(args, overrides) -> int:
 
 
 def _train(args, overrides) -> int:
-    raw = read_config_file(args.config) if args.config else {}
+    raw = _renamed(read_config_file(args.config), args.config) if args.config else {}
     settings = {**overrides, **({"train.device": args.device} if args.device != "cpu" else {})}
     config = Config.from_dict(raw, where=args.config or "config").override(settings)
     _fetch(args, [(config.data.name, config.data.split)])
@@ -176,14 +189,14 @@ def _log_px(args, overrides) -> int:
     _fetch(args, [(args.dataset, args.split)])
     result = log_px(args.run_dir, args.dataset, args.split, estimator=args.estimator or "elbo",
                     estimator_options=_estimator_options(args), data_dir=args.data_dir, limit=args.limit,
-                    batch_size=args.batch_size, device=args.device, fit=args.fit)
+                    batch_size=args.batch_size, device=args.device, conform=args.conform)
     meta = log_px_meta(result)
     line = f"{meta['dataset']}/{meta['split']}: {len(result['log_px_nats'])} images, " \
            f"mean log p(x) = {result['log_px_nats'].mean():.2f} nats"
     if "bpd" in result:
         line += f" = {result['bpd'].mean():.4f} bits/dim"
-    if meta.get("fit"):
-        line += f" (images fitted: {meta['fit']['description']})"
+    if meta.get("conform"):
+        line += f" (images conformed: {meta['conform']['description']})"
     say(line)
     return 0
 
@@ -205,9 +218,9 @@ def _evaluate(args, overrides) -> int:
         raise ConfigError(f"--detector-options is not valid JSON: {exc}") from None
     out = evaluate(args.run_dir, args.in_dataset, args.ood, split=args.split, estimator=args.estimator or "elbo",
                    estimator_options=_estimator_options(args), out_dir=args.out, data_dir=args.data_dir,
-                   limit=args.limit, device=args.device, fit=args.fit,
+                   limit=args.limit, device=args.device, conform=args.conform,
                    detectors="all" if args.detectors is None else args.detectors,
-                   detector_options=per_detector_options(detector_options), fit_limit=args.fit_limit)
+                   detector_options=per_detector_options(detector_options), n_fit=args.n_fit)
     for name, description in out["fitted"].items():
         say(f"{name}: images fitted to the model: {description}")
     for name, reason in out["skipped"].items():
@@ -231,7 +244,8 @@ def _calibrate(args, overrides) -> int:
 
 def _detect(args, overrides) -> int:
     result = decide(args.run_dir, args.input, args.detector, alpha=args.alpha, delta=args.delta, fdr=args.fdr,
-                    detector_options=args.detector_options, fit=args.fit, skip_bad=args.skip_bad, split=args.split,
+                    detector_options=args.detector_options, conform=args.conform, skip_bad=args.skip_bad,
+                    split=args.split,
                     limit=args.limit, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size,
                     out=args.out)
     csv_path = Path(args.out)

@@ -42,6 +42,19 @@ def _checked(key: str, rule_and_type) -> Callable[[str], object]:
     return parse
 
 
+class _Deprecated(argparse.Action):
+    """An old option name (``--fit-limit``): stores like its new one, with a notice on stderr."""
+
+    def __init__(self, *args, new: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"vaeood: {option_string} is deprecated, use {self.new} (the old name goes in vaeood 0.3)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``vaeood``: ``args.command`` names the subcommand as typed (an alias included)."""
     parser = _Parser(prog="vaeood", description="VAEs, honest log-likelihoods and OOD scores.")
@@ -78,12 +91,12 @@ def _add_common(p, estimates=True):
                        help="iwae: refine each image's q(z|x) by N forward-KL steps first (Jerfel et al. 2021)")
 
 
-def _add_fit_options(p):
-    """--pad / --resize: make images of another shape fit the model."""
+def _add_conform_options(p):
+    """--pad / --resize: conform images of another shape to the model."""
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--pad", dest="fit", action="store_const", const="pad",
+    group.add_argument("--pad", dest="conform", action="store_const", const="pad",
                        help="zero-pad (centred) images smaller than the model's, e.g. 28×28 → 32×32")
-    group.add_argument("--resize", dest="fit", action="store_const", const="resize",
+    group.add_argument("--resize", dest="conform", action="store_const", const="resize",
                        help="bilinear-resize images to the model's size (grey ↔ RGB converted too)")
 
 
@@ -118,7 +131,7 @@ def _add_log_px_parser(sub) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
     _add_common(p)
-    _add_fit_options(p)
+    _add_conform_options(p)
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -134,10 +147,12 @@ def _add_evaluate_parser(sub) -> None:
                         + ", ".join(DETECTORS.names()))
     p.add_argument("--detector-options", default=None,
                    help='JSON: options per detector, e.g. \'{"likelihood_ratio": {"background_run": "runs/bg"}}\'')
-    p.add_argument("--fit-limit", type=_checked("--fit-limit", field_rule("data.limit")), default=None,
+    p.add_argument("--n-fit", type=_checked("--n-fit", field_rule("data.limit")), default=None,
                    help="held-out training images that fitted detectors fit on (default: up to 5000)")
+    p.add_argument("--fit-limit", dest="n_fit", type=_checked("--fit-limit", field_rule("data.limit")),
+                   action=_Deprecated, new="--n-fit", help=argparse.SUPPRESS)
     _add_common(p)
-    _add_fit_options(p)
+    _add_conform_options(p)
 
 
 def _add_calibrate_parser(sub) -> None:
@@ -180,7 +195,7 @@ def _add_detect_parser(sub) -> None:
                    help="first N images of an .npz or dataset")
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
     _add_common(p, estimates=False)
-    _add_fit_options(p)
+    _add_conform_options(p)
 
 
 def _add_reproduce_parser(sub) -> None:

@@ -60,7 +60,7 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
     if device != "cpu":
         settings["train.device"] = device
     config = Config().override(settings)
-    try:  # read as training will read it (data.fit, data.skip_bad), to count what it holds
+    try:  # read as training will read it (data.conform, data.skip_bad), to count what it holds
         data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir)
     except DatasetNotFoundError as err:
         if Path(name).is_dir() and not is_folder_name(name):  # a plain word names a dataset, never a folder

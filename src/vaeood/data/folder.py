@@ -1,5 +1,5 @@
 """Images to decide on: a folder of PNG/JPEG files, an ``.npz`` file or a dataset name,
-converted to the model's image shape with the explicit fits of :mod:`vaeood.data.fit`.
+converted to the model's image shape with the explicit conforms of :mod:`vaeood.data.conform`.
 
 The files are read by :mod:`vaeood.data.image_files`, the reader folder datasets
 (:mod:`vaeood.data.image_folder`, ``load_dataset("path/to/folder", split)``) share:
@@ -29,8 +29,8 @@ pixel means is not ours to guess). 16-bit, 32-bit and float images, CMYK and oth
 modes are refused: their scaling to 8 bits is ambiguous.
 
 Shapes: images whose shape differs from the model's (``shape`` = C×H×W) are refused
-unless ``fit`` is ``"pad"`` or ``"resize"``, exactly as for scoring; then each image is
-fitted and the fit is recorded (``fitted``). Without a model shape, images must all
+unless ``conform`` is ``"pad"`` or ``"resize"``, exactly as for scoring; then each image is
+conformed and the conform is recorded (``fitted``). Without a model shape, images must all
 have the same shape; those that differ from the most common shape are named.
 """
 
@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .fit import FITS, fit_images
+from .conform import CONFORMS, conform_images
 from .image_files import (IMAGE_SUFFIXES, _read_entries, _shape_text, _split_by_shape, decode_into,  # noqa: F401
-                          display_name, fit_record, list_entries, printable, read_image, refuse_or_warn_bad,
+                          display_name, conform_record, list_entries, printable, read_image, refuse_or_warn_bad,
                           warn_hidden)
 from .regular_files import special_file_kind
 
@@ -84,7 +84,7 @@ class InputImages:
 
 
 def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
-                      fit: str | None = None, skip_bad: bool = False) -> InputImages:
+                      conform: str | None = None, skip_bad: bool = False) -> InputImages:
     """Every PNG/JPEG file in ``folder`` (not recursive), sorted by name.
 
     Args:
@@ -92,8 +92,8 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
             are listed in ``left_out``; any other entry that is not a readable PNG/JPEG
             regular file counts as bad (see the module docstring).
         shape: the model's image shape ``(C, H, W)``; None to accept the folder's own.
-        fit: ``"pad"`` or ``"resize"`` to convert images of another shape (see
-            :mod:`vaeood.data.fit`); None refuses them.
+        conform: ``"pad"`` or ``"resize"`` to convert images of another shape (see
+            :mod:`vaeood.data.conform`); None refuses them.
         skip_bad: skip bad files (returned in ``skipped`` with the reason) instead of
             refusing the folder.
 
@@ -102,8 +102,8 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
             its reason) and ``skip_bad`` is False, or nothing usable is left.
     """
     folder = Path(folder)
-    if fit is not None:
-        FITS.get(fit)
+    if conform is not None:
+        CONFORMS.get(conform)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     entries, hidden = list_entries(folder)
@@ -113,52 +113,52 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
         raise DataError(f"{folder}: the folder holds no files{also} (expected PNG or JPEG images)")
 
     found, bad = _read_entries(entries)
-    target, keep, odd = _split_by_shape(found, shape, fit, bad)
+    target, keep, odd = _split_by_shape(found, shape, conform, bad)
     chosen = set(map(id, keep + odd))
-    images, names, from_shapes = decode_into([f for f in found if id(f) in chosen], target, fit, bad)
+    images, names, from_shapes = decode_into([f for f in found if id(f) in chosen], target, conform, bad)
     refuse_or_warn_bad(folder, bad, len(entries), skip_bad, "pass --skip-bad (skip_bad=True)")
-    fitted = fit_record(from_shapes, (target[2], *target[:2]), fit, folder) if from_shapes else None
+    fitted = conform_record(from_shapes, (target[2], *target[:2]), conform, folder) if from_shapes else None
     if not len(images):
         raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
     return InputImages(images, names, source=display_name(str(folder)), kind="folder",
                        skipped=sorted(bad), left_out=hidden, fitted=fitted)
 
 
-def fit_array(images: np.ndarray, shape: tuple[int, int, int] | None, fit: str | None,
+def conform_array(images: np.ndarray, shape: tuple[int, int, int] | None, conform: str | None,
               where: str) -> tuple[np.ndarray, dict | None]:
-    """Images ``[N, H, W, C]`` converted to ``shape`` (C, H, W) by ``fit``, as scoring does;
-    refused (naming ``where``) when the shapes differ and no fit was asked for."""
+    """Images ``[N, H, W, C]`` converted to ``shape`` (C, H, W) by ``conform``, as scoring does;
+    refused (naming ``where``) when the shapes differ and no conform was asked for."""
     if shape is None:
         return images, None
     have = (images.shape[3], images.shape[1], images.shape[2])
     if have == tuple(shape):
         return images, None
-    if fit is None:
+    if conform is None:
         raise DataError(f"{where}: images are C×H×W = {_shape_text(have)} but the model was trained on "
                         f"{_shape_text(shape)}; pass --pad (zero-pad centred) or --resize (bilinear) to make "
-                        "them fit (fit='pad'/'resize' in Python)")
-    out = fit_images(images, tuple(shape), fit)
-    return out, {"method": fit, "to_shape": list(shape), "from_shapes": {_shape_text(have): len(images)},
-                 "description": f"{fit} {_shape_text(have)} → {_shape_text(shape)}"}
+                        "them fit (conform='pad'/'resize' in Python)")
+    out = conform_images(images, tuple(shape), conform)
+    return out, {"method": conform, "to_shape": list(shape), "from_shapes": {_shape_text(have): len(images)},
+                 "description": f"{conform} {_shape_text(have)} → {_shape_text(shape)}"}
 
 
-def load_input(source: str | os.PathLike, *, shape: tuple[int, int, int] | None = None, fit: str | None = None,
+def load_input(source: str | os.PathLike, *, shape: tuple[int, int, int] | None = None, conform: str | None = None,
                skip_bad: bool = False, split: str = "test", data_dir: str | os.PathLike | None = None,
                limit: int | None = None) -> InputImages:
     """A folder of PNG/JPEG images, an ``.npz`` file (arrays ``x``, ``y``, see
     :mod:`vaeood.data.npz`) or a dataset name (split ``split``, found as by
-    :func:`vaeood.data.load_dataset`), converted to ``shape`` (C, H, W) by ``fit``.
+    :func:`vaeood.data.load_dataset`), converted to ``shape`` (C, H, W) by ``conform``.
     ``limit`` keeps the first N images of an ``.npz`` or dataset."""
     from .load import load_dataset
     from .npz import read_image_arrays
 
     path = Path(source)
-    if fit is not None:
-        FITS.get(fit)
+    if conform is not None:
+        CONFORMS.get(conform)
     if path.is_dir():
         if limit:
             raise DataError("limit applies to an .npz or a dataset, not to a folder (choose its files instead)")
-        return read_image_folder(path, shape=shape, fit=fit, skip_bad=skip_bad)
+        return read_image_folder(path, shape=shape, conform=conform, skip_bad=skip_bad)
     if path.suffix.lower() == ".npz":
         if not path.exists():
             raise DataError(f"{path}: no such .npz file")
@@ -166,7 +166,7 @@ def load_input(source: str | os.PathLike, *, shape: tuple[int, int, int] | None 
             raise DataError(f"{path}: {special_file_kind(os.stat(path).st_mode)}, not a regular .npz file (not opened)")
         images, labels, _ = read_image_arrays(path, str(path))
         images, labels = (images[:limit], labels[:limit]) if limit else (images, labels)
-        images, fitted = fit_array(images, shape, fit, str(path))
+        images, fitted = conform_array(images, shape, conform, str(path))
         name = display_name(path.name)  # an undecodable byte of the name, escaped: the CSV and summary are UTF-8
         return InputImages(images, [f"{name}[{i}]" for i in range(len(images))], source=display_name(str(path)),
                            kind="npz",
@@ -177,6 +177,6 @@ def load_input(source: str | os.PathLike, *, shape: tuple[int, int, int] | None 
         raise DataError(f"{source}: no such folder or file")
     data = load_dataset(str(source), split, data_dir=data_dir)
     images, labels = (data.images[:limit], data.labels[:limit]) if limit else (data.images, data.labels)
-    images, fitted = fit_array(images, shape, fit, f"{data.name}/{data.split}")
+    images, fitted = conform_array(images, shape, conform, f"{data.name}/{data.split}")
     return InputImages(images, [f"{data.name}/{data.split}[{i}]" for i in range(len(images))], source=data.source,
                        kind="dataset", fitted=fitted, labels=labels)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .fit import fit_images
+from .conform import conform_images
 from .regular_files import open_regular_file, special_file_kind
 
 log = logging.getLogger(__name__)
@@ -207,9 +207,9 @@ def _read_entries(entries: list[tuple[str, Path]]) -> tuple[list[Found], list[tu
     return good, bad
 
 
-def _split_by_shape(good: list[Found], shape, fit, bad: list, *, fit_to_common: bool = False):
+def _split_by_shape(good: list[Found], shape, conform, bad: list, *, fit_to_common: bool = False):
     """The target ``(H, W, C)`` (the model's ``shape``, else the folder's most common), the
-    ``good`` images of that shape, and those of another shape to fit; the rest are appended
+    ``good`` images of that shape, and those of another shape to conform; the rest are appended
     to ``bad`` with the reason. Without a model shape, other shapes are fitted to the most
     common one only with ``fit_to_common`` (folder datasets; scoring refuses them)."""
     if shape is not None:
@@ -221,7 +221,7 @@ def _split_by_shape(good: list[Found], shape, fit, bad: list, *, fit_to_common: 
     for f in good:
         if f.shape == target:
             keep.append(f)
-        elif fit is not None and (shape is not None or fit_to_common):
+        elif conform is not None and (shape is not None or fit_to_common):
             odd.append(f)
         else:
             bad.append((f.name, _shape_reason(f.shape, target, model=shape is not None)))
@@ -231,16 +231,16 @@ def _split_by_shape(good: list[Found], shape, fit, bad: list, *, fit_to_common: 
 def _shape_reason(found, target, *, model: bool) -> str:
     target_text = (f"the model's C×H×W = {_shape_text((target[2], *target[:2]))}" if model else
                    f"the folder's most common shape C×H×W = {_shape_text((target[2], *target[:2]))}")
-    hint = "; pass --pad or --resize to fit it (fit='pad'/'resize')" if model else \
-        "; set data.fit=pad or data.fit=resize to fit it (folder datasets)"
+    hint = "; pass --pad or --resize to conform it (conform='pad'/'resize')" if model else \
+        "; set data.conform=pad or data.conform=resize to conform it (folder datasets)"
     return f"C×H×W = {_shape_text((found[2], *found[:2]))}, not {target_text}{hint}"
 
 
-def decode_into(items: list[Found], target, fit: str | None, bad: list) -> tuple[np.ndarray, list[str], Counter]:
+def decode_into(items: list[Found], target, conform: str | None, bad: list) -> tuple[np.ndarray, list[str], Counter]:
     """Decode ``items`` in their order into one preallocated uint8 ``[N, H, W, C]`` array of
     the ``target`` shape (one image in memory at a time beside it, never a list of arrays
-    to stack), fitting those of another shape by ``fit``. A file that fails to decode, or
-    (without ``fit``) decodes to another shape than its header said, is appended to ``bad``.
+    to stack), conforming those of another shape by ``conform``. A file that fails to decode, or
+    (without ``conform``) decodes to another shape than its header said, is appended to ``bad``.
     Returns the images, their names and ``{"C×H×W": count}`` of the images fitted."""
     if target is None:
         return np.zeros((0, 1, 1, 1), np.uint8), [], Counter()
@@ -254,11 +254,11 @@ def decode_into(items: list[Found], target, fit: str | None, bad: list) -> tuple
             bad.append((item.name, str(err)))
             continue
         if arr.shape != tuple(target):
-            if fit is None:
+            if conform is None:
                 bad.append((item.name, _shape_reason(arr.shape, target, model=False)))
                 continue
             fitted[_shape_text((arr.shape[2], *arr.shape[:2]))] += 1
-            arr = fit_images(arr[None].copy(), (target[2], target[0], target[1]), fit)[0]  # writable for torch
+            arr = conform_images(arr[None].copy(), (target[2], target[0], target[1]), conform)[0]  # writable for torch
         out[len(names)] = arr
         names.append(item.name)
     if len(names) < len(out):
@@ -266,11 +266,11 @@ def decode_into(items: list[Found], target, fit: str | None, bad: list) -> tuple
     return out, names, fitted
 
 
-def fit_record(from_shapes: Counter, shape, fit: str, folder) -> dict:
-    """The record of the images fitted to ``shape`` (C, H, W) by ``fit``, for the results."""
-    fitted = {"method": fit, "to_shape": list(shape), "from_shapes": dict(sorted(from_shapes.items())),
-              "description": f"{fit} " + ", ".join(f"{s} ({c} images)" for s, c in sorted(from_shapes.items())) +
+def conform_record(from_shapes: Counter, shape, conform: str, folder) -> dict:
+    """The record of the images conformed to ``shape`` (C, H, W) by ``conform``, for the results."""
+    fitted = {"method": conform, "to_shape": list(shape), "from_shapes": dict(sorted(from_shapes.items())),
+              "description": f"{conform} " + ", ".join(f"{s} ({c} images)" for s, c in sorted(from_shapes.items())) +
                              f" → {_shape_text(shape)}"}
     log.warning("%s: %d images fitted to %s by %s (recorded in the results)", folder, sum(from_shapes.values()),
-                _shape_text(shape), fit)
+                _shape_text(shape), conform)
     return fitted

@@ -28,8 +28,8 @@ of a directory listing), and adding or removing one file moves no other image re
 the rest.
 
 Shapes: the target shape is the folder's most common C×H×W. An image of another shape is
-a bad file (named) unless ``fit`` (``data.fit``) is ``"pad"`` or ``"resize"``
-(:mod:`vaeood.data.fit`; grey ↔ RGB is converted with either); the rule and how many
+a bad file (named) unless ``conform`` (``data.conform``) is ``"pad"`` or ``"resize"``
+(:mod:`vaeood.data.conform`; grey ↔ RGB is converted with either); the rule and how many
 images it changed, from which shapes, are recorded in the provenance.
 
 Memory: headers are read first (size and mode, without decoding the pixels) to choose the
@@ -40,7 +40,7 @@ size, modification time and inode (as npz files are); a larger one is read again
 
 Provenance: the ImageSet's ``name`` is the folder's own name (never its absolute path) and
 its ``source`` and ``files`` carry a SHA-256 of the sorted relative names and bytes of the
-images used; ``folder`` records classes, order, fit, skipped and left-out files. A run
+images used; ``folder`` records classes, order, conform, skipped and left-out files. A run
 trained on a folder records all of it in its checkpoint, and calibration refuses a folder
 that changed since (:func:`vaeood.decisions.calibration.calibrate`).
 """
@@ -58,8 +58,8 @@ import numpy as np
 
 from .checksums import file_hexdigest
 from .errors import DataError
-from .fit import FITS
-from .image_files import (_read_entries, _split_by_shape, decode_into, display_name, fit_record, list_entries,
+from .conform import CONFORMS
+from .image_files import (_read_entries, _split_by_shape, decode_into, display_name, conform_record, list_entries,
                      refuse_or_warn_bad, warn_hidden)
 from .imageset import ImageSet
 
@@ -81,22 +81,22 @@ def order_key(name: str) -> tuple[str, str]:
     return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest(), name
 
 
-def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None = None,
+def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | None = None,
                       skip_bad: bool = False) -> ImageSet:
     """The PNG/JPEG images of ``folder`` (optionally one subfolder per class) as one split.
 
     Args:
         folder: the folder's path. split: recorded in the ImageSet, not used to find files.
-        fit: None (images of another shape than the folder's most common are bad files),
-            ``"pad"`` or ``"resize"`` (they are fitted to it, and the fit recorded).
+        conform: None (images of another shape than the folder's most common are bad files),
+            ``"pad"`` or ``"resize"`` (they are conformed to it, and the conform recorded).
         skip_bad: skip bad files (logged and listed in ``folder["skipped"]``) instead of
             refusing the folder.
     Raises:
         DataError: not a folder, no usable image, or bad files (each named with the
             reason) without ``skip_bad``.
     """
-    if fit is not None:
-        FITS.get(fit)
+    if conform is not None:
+        CONFORMS.get(conform)
     given = str(folder)
     path = Path(folder)
     if not path.is_dir():
@@ -110,7 +110,7 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None 
         raise DataError(f"{given}: the folder holds no files{also} (expected PNG or JPEG images, optionally in "
                         "one subfolder per class)")
     n_files = len(entries) + len(bad)
-    key = (str(path.resolve()), fit, skip_bad, _state(entries), tuple(bad), tuple(hidden))
+    key = (str(path.resolve()), conform, skip_bad, _state(entries), tuple(bad), tuple(hidden))
     cached = _CACHE.get(key)
     if cached is not None:
         log.info("%s: unchanged since read (same names, sizes and modification times): reusing it", given)
@@ -119,14 +119,14 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None 
         return _image_set(cached, split)
     found, unread = _read_entries(entries)
     bad += unread
-    target, keep, odd = _split_by_shape(found, None, fit, bad, fit_to_common=True)
+    target, keep, odd = _split_by_shape(found, None, conform, bad, fit_to_common=True)
     items = sorted(keep + odd, key=lambda f: order_key(f.name))
-    images, names, from_shapes = decode_into(items, target, fit, bad)
+    images, names, from_shapes = decode_into(items, target, conform, bad)
     refuse_or_warn_bad(given, bad, n_files, skip_bad,
                        "set data.skip_bad=true (--data.skip_bad=true; skip_bad=True in Python)")
     if not len(names):
         raise DataError(f"{given}: none of its {n_files} files is a usable image")
-    read = _describe(given, title, images, names, items, classes, target, fit, from_shapes, bad, hidden)
+    read = _describe(given, title, images, names, items, classes, target, conform, from_shapes, bad, hidden)
     if images.nbytes <= CACHE_BYTES:
         _CACHE[key] = read
         while len(_CACHE) > _CACHE_SIZE:
@@ -135,17 +135,18 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, fit: str | None 
     return _image_set(read, split, copy=False)
 
 
-def _describe(given, title, images, names, items, classes, target, fit, from_shapes, bad, hidden) -> dict:
+def _describe(given, title, images, names, items, classes, target, conform, from_shapes, bad, hidden) -> dict:
     """The labels, source, digest and provenance record of the images read from a folder."""
     shape = (target[2], target[0], target[1])
-    fitted = fit_record(from_shapes, shape, fit, given) if from_shapes else None
+    fitted = conform_record(from_shapes, shape, conform, given) if from_shapes else None
     by_name = {f.name: f for f in items}
     digest = _digest([(n, by_name[n].path) for n in names])
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[n.split("/", 1)[0]] for n in names] if classes else
                       [UNLABELLED] * len(names), dtype=np.int64)
     record = {"name": title, "images": len(names), "classes": classes, "order": ORDER, "sha256": digest,
-              "shape": list(shape), "fit": {"method": fit, "changed": sum(from_shapes.values()), **(fitted or {})},
+              "shape": list(shape),
+              "conform": {"method": conform, "changed": sum(from_shapes.values()), **(fitted or {})},
               "skipped": [list(b) for b in sorted(bad)], "left_out": [list(h) for h in hidden]}
     source = (f"folder {title!r} of {len(names)} PNG/JPEG images"
               + (f" in {len(classes)} class folders ({', '.join(classes)})" if classes else " (unlabelled)")

@@ -8,7 +8,7 @@ itself then its ``NAME/`` subfolder, first match wins:
 3. ``NAME_SPLIT_*.npz`` -- a subset of the split (a warning says so).
 
 A name with a ``/`` is a folder of PNG/JPEG images, read by
-:mod:`vaeood.data.image_folder` (one folder is one split; ``fit`` and ``skip_bad`` apply
+:mod:`vaeood.data.image_folder` (one folder is one split; ``conform`` and ``skip_bad`` apply
 to it alone); a plain word never is.
 
 If nothing is found: with ``download=True`` the official files are fetched into the
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..infra.deprecated import renamed_keywords
 from ..infra.registry import did_you_mean
 from .errors import DataError, DatasetNotFoundError
 from .checksums import named_sha256
@@ -42,8 +43,9 @@ log = logging.getLogger(__name__)
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names become file names: no paths
 
 
+@renamed_keywords(fit="conform")  # its name until 0.2
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
-                 allow_sample: bool = False, *, fit: str | None = None, skip_bad: bool = False) -> ImageSet:
+                 allow_sample: bool = False, *, conform: str | None = None, skip_bad: bool = False) -> ImageSet:
     """Split ``split`` of dataset ``name`` as uint8 NHWC images and int64 labels.
 
     Args:
@@ -52,7 +54,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         data_dir: searched first, where downloads go (default ``$VAEOOD_DATA``, ~/.cache/vaeood).
         download: fetch missing official files from the authors' mirrors.
         allow_sample: when nothing is found, return the bundled sample (``is_sample=True``).
-        fit, skip_bad: for a folder (a ``name`` with a ``/``, see
+        conform, skip_bad: for a folder (a ``name`` with a ``/``, see
             :mod:`vaeood.data.image_folder`): ``"pad"``/``"resize"`` images of another
             shape than the folder's most common, and skip bad files instead of refusing the
             folder. A folder is one split: ``split`` is recorded, not used to find files;
@@ -67,7 +69,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         if not isinstance(split, str) or not _WORD.fullmatch(split):
             raise DataError(f"load_dataset: split={split!r} must be a plain word such as 'train' "
                             "(letters, digits, _ . -)")
-        return load_image_folder(name, split, fit=fit, skip_bad=skip_bad)
+        return load_image_folder(name, split, conform=conform, skip_bad=skip_bad)
     return _load_named(name, split, data_dir, download, allow_sample)
 
 
@@ -123,18 +125,19 @@ def _load_named(name: str, split: str, data_dir, download: bool, allow_sample: b
 
 def load_for_run(data_config, dataset: str | None = None, split: str | None = None,
                  data_dir: str | os.PathLike | None = None, *, allow_sample: bool | None = None,
-                 fit: str | None = None) -> ImageSet:
+                 conform: str | None = None) -> ImageSet:
     """``dataset/split`` (default: the run's training split) as a run reads it. The run's
-    own training split is read with the run's ``data.fit`` and ``data.skip_bad``, so that
+    own training split is read with the run's ``data.conform`` and ``data.skip_bad``, so that
     a folder gives the images, order and count that training saw (and held out); any other
-    folder with ``fit`` (scoring's ``--pad``/``--resize``) and its bad files refused.
+    folder with ``conform`` (scoring's ``--pad``/``--resize``) and its bad files refused.
     ``data_config``: the run's :class:`~vaeood.training.config.DataConfig`, or None."""
     dataset = dataset if dataset is not None else data_config.name
     split = split if split is not None else data_config.split
     allow = data_config.allow_sample if allow_sample is None and data_config is not None else bool(allow_sample)
     own = data_config is not None and (dataset, split) == (data_config.name, data_config.split)
     return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow,
-                        fit=data_config.fit if own else fit, skip_bad=data_config.skip_bad if own else False)
+                        conform=data_config.conform if own else conform,
+                        skip_bad=data_config.skip_bad if own else False)
 
 
 def _load_from_folder(name: str, split: str, folder: Path,

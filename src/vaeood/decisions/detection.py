@@ -21,7 +21,7 @@ class Detection:
     """The result of :func:`decide`: one row per image, and a summary.
 
     ``names``, ``scores``, ``p_values``, ``flagged`` are ``[N]``; ``summary`` is a JSON-able
-    dict (input, skipped files, fit, detector, calibration split, guarantee, counts).
+    dict (input, skipped files, conform, detector, calibration split, guarantee, counts).
     ``images`` (uint8 ``[N, H, W, C]``, the images scored, as the model saw them: the input's
     own array, not a copy) and ``calibration_scores`` (``[n]``) serve the HTML page
     (:mod:`vaeood.decisions.detect_report`); :func:`decide` keeps both.

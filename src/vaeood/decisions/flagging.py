@@ -20,14 +20,16 @@ from .scorer import DetectorScorer, companion_runs, make_scorer
 from .training_split import training_split
 from ..data.folder import InputImages, display_name, load_input
 from ..features import images_digest
+from ..infra.deprecated import renamed_keywords
 from ..infra.jsonable import strict_json
 from ..infra.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
 
 
+@renamed_keywords(fit="conform")  # its name until 0.2
 def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: float = 0.05, delta: float | None = None,
-           fdr: bool = False, detector_options: dict | None = None, fit: str | None = None, skip_bad: bool = False,
+           fdr: bool = False, detector_options: dict | None = None, conform: str | None = None, skip_bad: bool = False,
            split: str = "test", limit: int | None = None, data_dir: str | None = None, device: str = "cpu",
            batch_size: int | None = None, out: str | Path | None = None) -> Detection:
     """Flag the out-of-distribution images of ``source`` at false-alarm rate ``alpha``.
@@ -40,7 +42,7 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
         delta: calibration-conditional guarantee: FPR ≤ alpha with probability ≥ 1 − delta.
         fdr: Benjamini–Hochberg on the batch's p-values instead of a per-image rule.
         detector_options: must match the calibrated options (default: the calibrated ones).
-        fit: ``"pad"``/``"resize"`` for other image shapes; skip_bad: skip unreadable files.
+        conform: ``"pad"``/``"resize"`` for other image shapes; skip_bad: skip unreadable files.
         out: write the CSV (file, score, p_value, flagged) there, and the summary and the HTML
             page (:mod:`vaeood.decisions.detect_report`) beside it.
 
@@ -64,7 +66,7 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
         conformal.marginal_rank(len(cal), alpha)
     else:
         conformal.conditional_rank(len(cal), alpha, delta)
-    images: InputImages = load_input(source, shape=scorer.image_shape, fit=fit, skip_bad=skip_bad, split=split,
+    images: InputImages = load_input(source, shape=scorer.image_shape, conform=conform, skip_bad=skip_bad, split=split,
                                      data_dir=data_dir, limit=limit)
     scores = scorer.score_images(images.images, record["seed"] + 1)
     decision = conformal.decide(cal, scores, alpha, delta=delta, fdr=fdr)

@@ -14,6 +14,7 @@ from .scorer import make_scorer
 from .training_split import training_split
 from ..detectors import detector_names, per_detector_options
 from ..features.image_slice import ImageSlice
+from ..infra.deprecated import renamed_keywords
 from ..training.run_dir import Run
 
 DEFAULT_ALPHAS = (0.01, 0.05, 0.1)
@@ -52,11 +53,12 @@ def _calibration_for_rates(run_dir: Path, detector: str, options: dict, *, n_cal
                          data_dir=data_dir, device=device, seed=test_seed + 1, batch_size=batch_size)
 
 
+@renamed_keywords(fit="conform")  # its name until 0.2
 def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], detectors=("nll",), *,
                    detector_options: dict | None = None, alphas=DEFAULT_ALPHAS, delta: float | None = None,
                    split: str = "test", limit: int | None = None, n_calibration: int | None = None,
                    n_fit: int | None = None, data_dir: str | None = None, data_dirs: dict | None = None,
-                   device: str = "cpu", seed: int = 0, fit: str | None = None, allow_sample: bool = False,
+                   device: str = "cpu", seed: int = 0, conform: str | None = None, allow_sample: bool = False,
                    batch_size: int | None = None) -> dict:
     """For the ood-suite report: per detector, the realised false-alarm rate on the
     in-distribution test set and the detection rate (TPR) on each OOD set of conformal
@@ -68,8 +70,8 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
     test sets' features use ``seed``, as :func:`vaeood.evaluation.evaluate` with the same arguments
     does (so its cache is reused); the calibration's use another seed (``seed + 1``).
     Arguments as :func:`vaeood.evaluation.evaluate`'s: ``limit`` the first N test images of each
-    set, ``n_fit`` its ``fit_limit``, ``data_dirs`` a folder per dataset name (overriding
-    ``data_dir``), ``fit`` pad/resize for sets of another shape. ``detector_options``:
+    set, ``n_fit`` the fitting images, ``data_dirs`` a folder per dataset name (overriding
+    ``data_dir``), ``conform`` pad/resize for sets of another shape. ``detector_options``:
     ``{detector: options}``. ``delta``: the calibration-conditional threshold instead of
     the marginal one. Returns ``{detector: operating points}`` (see
     :func:`vaeood.decisions.conformal_rates.operating_points`; plus ``"calibration"``: the slices), or
@@ -97,7 +99,8 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         calibration_images = ImageSlice(config.data.name, data.split, start=a, stop=b, data_dir=where,
                                         allow_sample=config.data.allow_sample)
         cal = scorer.score_slice(calibration_images, record["seed"])
-        sets = {dataset: scorer.score_slice(ImageSlice(dataset, split, limit=limit, fit=fit, allow_sample=allow_sample,
+        sets = {dataset: scorer.score_slice(ImageSlice(dataset, split, limit=limit, conform=conform,
+                                                       allow_sample=allow_sample,
                                                        data_dir=(data_dirs or {}).get(dataset, data_dir)), seed)
                 for dataset in [in_dataset, *ood_datasets]}
         rates = operating_points(cal, sets[in_dataset],

@@ -3,8 +3,8 @@ ratio's background, LPath's second VAE), checked before any score is computed.
 
 A detector declares the options that name them (``Detector.companions``). Each must be a
 run directory, trained on the run's dataset and split and at the run's image shape: a
-companion trained at another shape would see other pixels (a ``--pad``/``--resize`` fit
-would fit the images to each model separately, and the scores would compare different
+companion trained at another shape would see other pixels (a ``--pad``/``--resize`` conform
+would conform the images to each model separately, and the scores would compare different
 images), and one trained on another dataset answers another question. These are refused
 (:class:`vaeood.training.config.ConfigError`, naming the option and both values). What the paper's
 recipe asks beyond that (the background's pixel noise, LPath's different latent sizes)
@@ -43,7 +43,8 @@ def _check_one(name: str, option: str, other: Path, run_dir: Path, run, shape) -
         text = "×".join
         raise ConfigError(f"detector {name!r}: {option} = {other} was trained on images of C×H×W = "
                           f"{text(map(str, other_shape))}, but the run {run_dir} on {text(map(str, shape))}; the two "
-                          "models must see the same pixels (--pad/--resize would fit the images to each separately)")
+                          "models must see the same pixels (--pad/--resize would conform the images to each "
+                          "separately)")
     return companion
 
 

@@ -31,7 +31,7 @@ from ..training.run import load_model
 from .fitdata import check_fit_slice, heldout_slice, run_config
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
 from ..infra.jsonable import strict_json
-from ..infra.deprecated import deprecated_alias
+from ..infra.deprecated import deprecated_alias, renamed_keywords
 from ..infra.progress import bar
 from .report import histogram_figure
 from .log_px import log_px, log_px_meta
@@ -66,20 +66,21 @@ def build_detectors(names: str | Iterable[str] | None, detector_options: Mapping
     return out
 
 
+@renamed_keywords(fit="conform", fit_limit="n_fit")  # their names until 0.2
 def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, split: str = "test",
              detectors: str | Iterable[str] | None = ("nll",), detector_options: Mapping | None = None,
              estimator: str = "elbo", estimator_options: dict | None = None, out_dir: str | Path | None = None,
-             data_dir: str | None = None, limit: int | None = None, fit_limit: int | None = None,
+             data_dir: str | None = None, limit: int | None = None, n_fit: int | None = None,
              device: str = "cpu", seed: int = 0, allow_sample: bool = False, progress: bool | None = None,
-             fit: str | None = None, data_dirs: Mapping[str, str] | None = None) -> dict:
+             conform: str | None = None, data_dirs: Mapping[str, str] | None = None) -> dict:
     """The metrics dict, also written to ``out_dir`` (default: the run directory):
     ``results[detector][ood] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``,
     ``detectors`` (options, features, paper, fit, seconds), ``detector_scores`` (files),
     ``fit_data`` (the held-out training slice fitted on), ``skipped`` (with reasons),
     ``typicality_batch_test`` and per-dataset summaries. ``detectors``: names, or
-    ``"all"``/None for every one that applies without extra runs; ``fit`` (``"pad"``/
+    ``"all"``/None for every one that applies without extra runs; ``conform`` (``"pad"``/
     ``"resize"``) makes other image shapes fit; ``limit``: the first N test images;
-    ``fit_limit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``:
+    ``n_fit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``:
     ``{dataset: folder}`` for sets that live elsewhere (e.g. generated uniform noise)."""
     run_dir = Path(run_dir)
     data_dirs = dict(data_dirs or {})
@@ -91,15 +92,15 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     for name in [in_dataset, *ood_datasets]:
         per_set[name] = log_px(run_dir, name, split, estimator=estimator, estimator_options=estimator_options,
                                data_dir=data_dirs.get(name, data_dir), limit=limit, device=device, seed=seed,
-                               allow_sample=allow_sample, progress=progress, fit=fit)
+                               allow_sample=allow_sample, progress=progress, conform=conform)
     meta_in = log_px_meta(per_set[in_dataset])
     normalised = meta_in["normalised"]
 
-    fit_slice, fit_error = _fit_slice(run_dir, dets, fit_limit, data_dir)
+    fit_slice, fit_error = _fit_slice(run_dir, dets, n_fit, data_dir)
     info = {"normalised": normalised, "has_fit_data": fit_slice is not None,
             "hierarchical": is_hierarchical(load_model(run_dir)[0])}
     skipped = _drop_inapplicable(dets, info, explicit, fit_slice, fit_error, run_dir)
-    common = dict(limit=limit, device=device, seed=seed, fit=fit, allow_sample=allow_sample,
+    common = dict(limit=limit, device=device, seed=seed, conform=conform, allow_sample=allow_sample,
                   progress=progress)
     runner = _DetectorRunner(run_dir, in_dataset, ood_datasets, split, data_dir, data_dirs, fit_slice, out_dir,
                              common)
@@ -109,7 +110,8 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     figure = _histogram(out_dir, estimator, in_dataset, per_set, summary, meta_in)
     out = {
         "run_dir": str(run_dir), "estimator": estimator, "estimator_options": meta_in["options"], "split": split,
-        "fit": fit, "fitted": {name: s["fit"]["description"] for name, s in summary.items() if s.get("fit")},
+        "conform": conform,
+        "fitted": {name: s["conform"]["description"] for name, s in summary.items() if s.get("conform")},
         "likelihood": meta_in["likelihood"], "normalised": normalised, "in_distribution": in_dataset,
         "ood": list(ood_datasets), "positive_class": "ood", "score_direction": "higher = more out-of-distribution",
         "results": runner.results,
@@ -127,13 +129,13 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     return out
 
 
-def _fit_slice(run_dir: Path, dets: dict, fit_limit: int | None, data_dir: str | None):
+def _fit_slice(run_dir: Path, dets: dict, n_fit: int | None, data_dir: str | None):
     """The held-out training slice detectors that fit are fitted on (None when none fits),
     and the error that kept it from being found (None if none)."""
     fit_slice, fit_error = None, None
     if any(d.fits for d in dets.values()):
         try:
-            fit_slice = heldout_slice(run_dir, n=fit_limit, data_dir=data_dir)
+            fit_slice = heldout_slice(run_dir, n=n_fit, data_dir=data_dir)
         except FitDataError as exc:
             fit_error = exc
     return fit_slice, fit_error
@@ -249,15 +251,15 @@ def _add_seconds(acc: dict, metas: Mapping) -> None:
 
 
 def _label(name: str, summary: dict) -> str:
-    """A dataset's legend entry, naming the fit when its images were padded or resized."""
-    return f"{name}, {summary['fit']['description']}" if summary.get("fit") else name
+    """A dataset's legend entry, naming the conform when its images were padded or resized."""
+    return f"{name}, {summary['conform']['description']}" if summary.get("conform") else name
 
 
 def _summary(s: dict[str, np.ndarray]) -> dict:
     meta = log_px_meta(s)
     out = {"n": int(len(s["log_px_nats"])), "source": meta["source"], "is_sample": meta["is_sample"],
            "mean_log_px_nats": float(np.mean(s["log_px_nats"])),
-           "pixel_mean": meta["pixel_mean"], "pixel_var": meta["pixel_var"], "fit": meta.get("fit")}
+           "pixel_mean": meta["pixel_mean"], "pixel_var": meta["pixel_var"], "conform": meta.get("conform")}
     if "bpd" in s:
         out["mean_bpd"] = float(np.mean(s["bpd"]))
     for diag in ("gap_nats", "ess_fraction"):
@@ -271,15 +273,16 @@ def _is_run(source) -> bool:
     return isinstance(source, (str, Path))
 
 
+@renamed_keywords(n="n_fit")  # its name until 0.2
 def fit_detector(source, detector: str | Detector, options: Mapping | None = None, *, images=None,
                  dataset: str | None = None, split: str | None = None, start: int | None = None,
-                 stop: int | None = None, n: int | None = None, data_dir: str | None = None, device: str = "cpu",
+                 stop: int | None = None, n_fit: int | None = None, data_dir: str | None = None, device: str = "cpu",
                  seed: int = 0, progress: bool | None = None) -> Detector:
     """A detector fitted on held-out training images, ready for :func:`detector_scores`.
 
     ``source``: a run directory, or a model object (your own VAE, :mod:`vaeood.byo`).
     With a run directory the default fitting data is its held-out training slice
-    (:func:`vaeood.evaluation.fitdata.heldout_slice`, ``n`` images); ``dataset``/``split``/``start``/
+    (:func:`vaeood.evaluation.fitdata.heldout_slice`, ``n_fit`` images); ``dataset``/``split``/``start``/
     ``stop`` choose another slice, which must be held-out images of the training split:
     test images, another dataset or images the model trained on are refused
     (:class:`~vaeood.detectors.FitDataError`). With a model object pass ``images``
@@ -293,15 +296,15 @@ def fit_detector(source, detector: str | Detector, options: Mapping | None = Non
             raise FitDataError("with a run directory, fitting data is named by dataset/split/start/stop (so that "
                                "it can be checked to be held-out training data), not passed as images")
         if dataset is None and split is None and start is None and stop is None:
-            sl = heldout_slice(source, n=n, data_dir=data_dir)
+            sl = heldout_slice(source, n=n_fit, data_dir=data_dir)
         else:
             config = run_config(source)
             dataset, split = dataset or config.data.name, split or config.data.split
             check_fit_slice(source, dataset, split, start or 0, stop or 0)  # dataset and split first
             data = load_for_run(config.data, dataset, split, data_dir=config.data.data_dir or data_dir)
-            default = heldout_slice(source, n=n, data_dir=data_dir, data=data)
+            default = heldout_slice(source, n=n_fit, data_dir=data_dir, data=data)
             start = default["start"] if start is None else start
-            stop = min(len(data.images), start + (n or len(data.images))) if stop is None else stop
+            stop = min(len(data.images), start + (n_fit or len(data.images))) if stop is None else stop
             check_fit_slice(source, dataset, split, start, stop, split_size=len(data.images))
             sl = {**default, "start": start, "stop": stop, "n": stop - start}
         feats = compute_features(source, sl["dataset"], sl["split"], det.needs, data_dir=sl["data_dir"],
@@ -316,16 +319,18 @@ def fit_detector(source, detector: str | Detector, options: Mapping | None = Non
     return det.fit(needs_features(source, images, det.needs, seed=seed, progress=progress))
 
 
+@renamed_keywords(fit="conform")  # its name until 0.2
 def detector_scores(source, detector: Detector, images=None, *, dataset: str | None = None, split: str = "test",
                     limit: int | None = None, data_dir: str | None = None, device: str = "cpu", seed: int = 0,
-                    fit: str | None = None, allow_sample: bool = False, progress: bool | None = None) -> np.ndarray:
+                    conform: str | None = None, allow_sample: bool = False, progress: bool | None = None) -> np.ndarray:
     """Detector scores ``[N]`` (higher = more OOD) of ``images`` (uint8 ``[N, H, W, C]``,
     with a model object) or of ``dataset/split`` (with a run directory; features cached).
 
     Scores only; flagging images at a false-alarm rate is :func:`vaeood.decide` (``vaeood detect``)."""
     if _is_run(source) and dataset is not None:
         feats = compute_features(source, dataset, split, detector.needs, data_dir=data_dir, limit=limit,
-                                 device=device, seed=seed, fit=fit, allow_sample=allow_sample, progress=progress)
+                                 device=device, seed=seed, conform=conform, allow_sample=allow_sample,
+                                 progress=progress)
     else:
         if images is None:
             raise ValueError("detector_scores: pass images= (or dataset= with a run directory)")

@@ -17,22 +17,23 @@ import numpy as np
 
 from ..inference.estimators import ESTIMATORS
 from ..features.core import ShapeMismatchError, compute_feature, feature_meta, pixel_stats
-from ..infra.deprecated import deprecated_alias
+from ..infra.deprecated import deprecated_alias, renamed_keywords
 from ..infra.registry import check_options
 
 __all__ = ["log_px", "log_px_meta", "score", "score_meta", "ShapeMismatchError", "pixel_stats"]
 
 
+@renamed_keywords(fit="conform")  # its name until 0.2
 def log_px(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: str = "elbo",
            estimator_options: dict | None = None, data_dir: str | None = None, limit: int | None = None,
            batch_size: int | None = None, device: str = "cpu", seed: int = 0, allow_sample: bool = False,
-           reuse: bool = True, progress: bool | None = None, fit: str | None = None) -> dict[str, np.ndarray]:
+           reuse: bool = True, progress: bool | None = None, conform: str | None = None) -> dict[str, np.ndarray]:
     """Estimate log p(x) for every image of ``dataset/split`` (the first ``limit``) with the run's model.
 
     Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
-    unless ``fit`` names how to make them fit: ``"pad"`` (zero-pad centred) or
-    ``"resize"`` (bilinear), with grey ↔ RGB converted (see :mod:`vaeood.data.fit`); the
-    fit applied is recorded in the saved metadata (``meta["fit"]``).
+    unless ``conform`` names how to make them fit: ``"pad"`` (zero-pad centred) or
+    ``"resize"`` (bilinear), with grey ↔ RGB converted (see :mod:`vaeood.data.conform`);
+    the conform applied is recorded in the saved metadata (``meta["conform"]``).
 
     Returns arrays of shape ``[N]``: ``log_px_nats`` and the estimator's diagnostics,
     ``bpd`` when the decoder is a normalised pmf over 8-bit values, and ``labels``, with
@@ -43,12 +44,12 @@ def log_px(run_dir: str | Path, dataset: str, split: str = "test", *, estimator:
     options = check_options(fn, estimator_options or {}, "estimator", estimator, ("model", "x", "generator"))
     return compute_feature(run_dir, dataset, split, "log_px", {"estimator": estimator, "estimator_options": options},
                            data_dir=data_dir, limit=limit, batch_size=batch_size, device=device, seed=seed,
-                           fit=fit, allow_sample=allow_sample, reuse=reuse, progress=progress)
+                           conform=conform, allow_sample=allow_sample, reuse=reuse, progress=progress)
 
 
 def log_px_meta(estimates: dict[str, np.ndarray]) -> dict:
     """The metadata saved with the estimates (dataset, source, estimator, options, the
-    checkpoint's and the images' SHA-256, fit, pixel statistics, ...)."""
+    checkpoint's and the images' SHA-256, conform, pixel statistics, ...)."""
     return feature_meta(estimates)
 
 

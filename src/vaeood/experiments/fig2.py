@@ -80,7 +80,7 @@ class Fig2Experiment:
     descriptions: dict[str, str] = field(default_factory=dict)  # variant name → what it is
     detectors: tuple[str, ...] = LIKELIHOOD_DETECTORS
     fallback_ood: tuple[str, ...] = ()  # scored instead of the missing ``ood_datasets`` (with a note)
-    fit: str | None = None  # how OOD sets of another image shape are made to fit the model (``"pad"``)
+    conform: str | None = None  # how OOD sets of another image shape are conformed to the model (``"pad"``)
 
     def configs(self, preset: str, *, overrides: dict[str, str] | None = None,
                 device: str = "cpu") -> dict[tuple[str, int], Config]:
@@ -112,7 +112,7 @@ class Fig2Experiment:
         out_dir.mkdir(parents=True, exist_ok=True)
         score_kwargs = dict(split="test", estimator=estimator, estimator_options=options, data_dir=data_dir,
                             limit=pre.score_limit, device=device, allow_sample=pre.allow_sample, progress=progress,
-                            fit=self.fit)
+                            conform=self.conform)
         configs = self.configs(preset, overrides=overrides, device=device)
         models, elbos, checks = {}, {}, {}
         progress_bar = runs_bar(len(self.models) * len(pre.seeds), self.name, progress)
@@ -131,7 +131,7 @@ class Fig2Experiment:
             if variance:  # only adds: the rescaled images are scored on the side, nothing above changes
                 # of the model's own shape only: padding changes the pixel statistics the check is about
                 same_shape = [o for o in self.ood_datasets
-                              if not log_px_meta(log_px(run_dirs[0], o, **score_kwargs))["fit"]]
+                              if not log_px_meta(log_px(run_dirs[0], o, **score_kwargs))["conform"]]
                 checks[variant] = variance_pairs(self.in_dataset, same_shape, run_dirs, score_kwargs, n_boot=pre.n_boot)
         progress_bar.close()
         (out_dir / "figures").mkdir(exist_ok=True)
@@ -164,7 +164,7 @@ class Fig2Experiment:
         result = run_evaluate(run_dir, self.in_dataset, list(self.ood_datasets), detectors=detectors,
                               estimator=kw["estimator"], estimator_options=kw["estimator_options"], out_dir=eval_out,
                               data_dir=kw["data_dir"], limit=kw["limit"], device=kw["device"],
-                              allow_sample=kw["allow_sample"], progress=kw["progress"], fit=kw["fit"])
+                              allow_sample=kw["allow_sample"], progress=kw["progress"], conform=kw["conform"])
         result["training"] = training
         for d in detectors:
             s_in = per_image_scores(run_dir, self.in_dataset, d, **kw)
@@ -206,8 +206,8 @@ class Fig2Experiment:
         return tuple(self.fallback_ood), (
             f"{', '.join(missing)} was not found on this machine (its official test files in the data folder "
             f"enable it), so {self.in_dataset} was scored against {', '.join(self.fallback_ood)} instead"
-            + (f"; images of another shape were fitted to the model by `{self.fit}`, and the variance check "
-               "leaves them out (the fit changes the pixel statistics it tests)" if self.fit else ""))
+            + (f"; images of another shape were conformed to the model by `{self.conform}`, and the variance "
+               "check leaves them out (conforming changes the pixel statistics it tests)" if self.conform else ""))
 
     def summary(self, out: dict) -> str:
         """The AUROC table (mean ± sd over seeds, interval, verdict) for the terminal."""
@@ -235,7 +235,7 @@ def _dataset_summary(runs: dict) -> dict:
     first = next(iter(runs.values()))["datasets"]
     out = {}
     for name, d in first.items():
-        out[name] = {k: d[k] for k in ("n", "source", "is_sample", "pixel_mean", "pixel_var", "fit")}
+        out[name] = {k: d[k] for k in ("n", "source", "is_sample", "pixel_mean", "pixel_var", "conform")}
         out[name]["mean_log_px_nats"] = mean_sd([r["datasets"][name]["mean_log_px_nats"] for r in runs.values()])
         if d.get("mean_bpd") is not None:
             out[name]["mean_bpd"] = mean_sd([r["datasets"][name]["mean_bpd"] for r in runs.values()])
@@ -291,7 +291,7 @@ EXPERIMENTS.register("fig2a")(Fig2Experiment(
 EXPERIMENTS.register("fig2b")(Fig2Experiment(
     name="fig2b",
     title="Figure 2b: a VAE trained on CIFAR-10, scored on CIFAR-10 and SVHN (else Tiny ImageNet and padded MNIST)",
-    in_dataset="cifar10", ood_datasets=("svhn",), fallback_ood=("tinyimagenet", "mnist"), fit="pad",
+    in_dataset="cifar10", ood_datasets=("svhn",), fallback_ood=("tinyimagenet", "mnist"), conform="pad",
     claim="the CIFAR-10 VAE gives SVHN higher likelihood than CIFAR-10 (Nalisnick et al. 2019): "
           "it does not separate them",
     models=TWO_DECODERS, descriptions=DESCRIPTIONS,

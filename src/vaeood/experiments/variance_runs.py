@@ -33,9 +33,9 @@ def scored_images(run_dir: Path, dataset: str, scores: dict, score_kwargs: dict)
     on, loaded again and checked against the digest saved with them, so that the analysis
     pairs every log p(x) with its own image."""
     meta = log_px_meta(scores)
-    if meta.get("fit"):  # the scorer gets the images as they are: padded or resized ones would need the fit too
-        raise ValueError(f"{dataset}: its scores were made of images fitted to the model "
-                         f"({meta['fit']['description']}); the variance check takes sets of the model's own shape")
+    if meta.get("conform"):  # the scorer gets the images as they are: padded or resized ones would need it too
+        raise ValueError(f"{dataset}: its scores were made of images conformed to the model "
+                         f"({meta['conform']['description']}); the variance check takes sets of the model's own shape")
     data_dir = score_kwargs.get("data_dir") or run_config(run_dir).data.data_dir
     data = load_dataset(dataset, score_kwargs.get("split", "test"), data_dir=data_dir,
                         allow_sample=score_kwargs.get("allow_sample", False))

@@ -8,6 +8,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .core import Source, run_dataset, split_need, compute_feature, feature_meta, features_of, normalise_needs
+from ..infra.deprecated import renamed_keywords
 
 
 def _merge(out: dict, arrays: Mapping[str, np.ndarray], prefix: str, key: str) -> None:
@@ -21,10 +22,11 @@ def _merge(out: dict, arrays: Mapping[str, np.ndarray], prefix: str, key: str) -
         out[flat] = value
 
 
+@renamed_keywords(fit="conform")  # its name until 0.2
 def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
                      needs: Mapping[str, dict] | Iterable[str] | str = ("log_px",), *, data_dir: str | None = None,
                      limit: int | None = None, start: int | None = None, stop: int | None = None,
-                     batch_size: int | None = None, device: str = "cpu", seed: int = 0, fit: str | None = None,
+                     batch_size: int | None = None, device: str = "cpu", seed: int = 0, conform: str | None = None,
                      allow_sample: bool = False, reuse: bool = True, progress: bool | None = None) -> dict:
     """The features ``needs`` of images ``[start, stop)`` (or the first ``limit``) of
     ``dataset/split`` under the run's model, each cached in ``RUN/features/`` (see
@@ -51,9 +53,9 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
         source = sources.setdefault(str(where), Source(where, device))
         source.sha256  # noqa: B018  a missing checkpoint is reported before any data is read
         if data is None:
-            data = run_dataset(Path(run_dir), dataset, split, data_dir, allow_sample, fit)
+            data = run_dataset(Path(run_dir), dataset, split, data_dir, allow_sample, conform)
         result = compute_feature(where, dataset, split, name, producer, data_dir=data_dir, limit=limit, start=start,
-                                 stop=stop, batch_size=batch_size, device=device, seed=seed, fit=fit,
+                                 stop=stop, batch_size=batch_size, device=device, seed=seed, conform=conform,
                                  allow_sample=allow_sample, reuse=reuse, progress=progress, _source=source,
                                  _data=data)
         _merge(out, result, prefix, key)

@@ -33,7 +33,7 @@ Cache (:func:`compute_feature`): ``RUN/features/<tag>.npz`` holds one feature of
 slice of one dataset split: its arrays, the labels and a JSON ``meta`` that records the
 key — the checkpoint's SHA-256 (for features that use the model), the SHA-256 of the
 images of the slice (their bytes, so a data file replaced in place or another
-``--data-dir`` is a different key), the slice, the fit, the feature options and the
+``--data-dir`` is a different key), the slice, the conform, the feature options and the
 seed. A cached file is used only when every part of the key matches; a file that fails
 to load is recomputed, with a warning naming it.
 """
@@ -57,7 +57,7 @@ from ..infra.runlock import holds_run_lock
 from ..training.config import ConfigError
 from ..data import load_dataset
 from ..data.load import load_for_run
-from ..data.fit import FITS, fit_images
+from ..data.conform import CONFORMS, conform_images
 from ..inference.noise import ImageNoise
 from ..infra.progress import bar
 from ..infra.registry import Registry, check_options
@@ -74,8 +74,9 @@ RESERVED = ("feature", "run")  # keys of a need that are not options of the prod
 # version of the cache files; files of another format are recomputed. 3: noise keyed on each
 # image's bytes and the seed (vaeood.inference.noise), no longer on the batch; 4: data_sha256
 # is images_digest as calibration files record it (shape, then dtype name), no longer
-# (dtype code, shape), so the caches' digests of 3 would not match it
-FORMAT = 4
+# (dtype code, shape), so the caches' digests of 3 would not match it; 5: the key's
+# "fit_method" and the metadata's "fit" are named "conform" (the same numbers)
+FORMAT = 5
 
 
 class ShapeMismatchError(ValueError):
@@ -218,7 +219,7 @@ def _slice(n: int, limit: int | None, start: int | None, stop: int | None) -> tu
 
 
 def _tag(dataset: str, split: str, name: str, options: dict, begin: int, end: int, n: int,
-         limit: int | None, fit: str | None, seed: int) -> str:
+         limit: int | None, conform: str | None, seed: int) -> str:
     """A readable file name; the full key is checked inside the file's meta."""
     if name == "log_px":  # the estimator's name first, as the score files were named
         opts = {k: v for k, v in options.items() if k != "estimator"}
@@ -233,8 +234,8 @@ def _tag(dataset: str, split: str, name: str, options: dict, begin: int, end: in
         parts.append(f"first{limit}")
     elif begin or end < n:
         parts.append(f"from{begin}to{end}")
-    if fit:
-        parts.append(f"fit{fit}")
+    if conform:
+        parts.append(f"conform{conform}")
     parts.append(f"seed{seed}")
     tag = "_".join(str(p) for p in parts)
     return "".join(c if c.isalnum() or c in "_.-=" else "-" for c in tag)[:200]
@@ -280,7 +281,7 @@ class Source:
 def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name: str = "log_px",
                     options: dict | None = None, *, data_dir: str | None = None, limit: int | None = None,
                     start: int | None = None, stop: int | None = None, batch_size: int | None = None,
-                    device: str = "cpu", seed: int = 0, fit: str | None = None, allow_sample: bool = False,
+                    device: str = "cpu", seed: int = 0, conform: str | None = None, allow_sample: bool = False,
                     reuse: bool = True, progress: bool | None = None, _source: Source | None = None,
                     _data=None) -> dict[str, np.ndarray]:
     """One feature of images ``[start, stop)`` (or the first ``limit``) of ``dataset/split``,
@@ -288,34 +289,34 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     string; read it with :func:`feature_meta`).
 
     Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
-    unless ``fit`` is ``"pad"`` or ``"resize"`` (see :mod:`vaeood.data.fit`; recorded in
-    ``meta["fit"]``).
+    unless ``conform`` is ``"pad"`` or ``"resize"`` (see :mod:`vaeood.data.conform`; recorded in
+    ``meta["conform"]``).
     """
     run_dir = Path(run_dir)
     fn = FEATURES.get(name)
     options = canonical_options(fn, check_options(fn, options or {}, "feature", name, SUPPLIED))
-    if fit is not None:
-        FITS.get(fit)  # an unknown fit is refused before any work
+    if conform is not None:
+        CONFORMS.get(conform)  # an unknown conform is refused before any work
     source = _source or Source(run_dir, device)
     uses_model = getattr(fn, "uses_model", True)
     ckpt_sha = source.sha256  # a missing or unreadable checkpoint is reported before any data is read
-    data = _data if _data is not None else run_dataset(run_dir, dataset, split, data_dir, allow_sample, fit)
+    data = _data if _data is not None else run_dataset(run_dir, dataset, split, data_dir, allow_sample, conform)
     begin, end = _slice(len(data.images), limit, start, stop)
     images = data.images[begin:end]
     key = {"format": FORMAT, "feature": name, "feature_options": options, "dataset": data.name,
            "split": data.split, "start": begin, "stop": end, "data_sha256": images_digest(images),
-           "fit_method": fit, "seed": seed,
+           "conform": conform, "seed": seed,
            "checkpoint_sha256": ckpt_sha if uses_model else None}
     # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
     tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
-    tag = _tag(tagged, split, name, options, begin, end, len(data.images), limit, fit, seed)
+    tag = _tag(tagged, split, name, options, begin, end, len(data.images), limit, conform, seed)
     path = run_dir / FEATURES_DIR / f"{tag}.npz"
     saved = _cached(path, key) if reuse and path.exists() else None
     if saved is not None:
         return saved
 
     model, config, ckpt = source.load()
-    images, fitted = _fit_to_model(images, model, fit, data, run_dir)
+    images, conformed = _conform_to_model(images, model, conform, data, run_dir)
     started = time.perf_counter()
     result = features_of(model, images, name, options, seed=seed, batch_size=batch_size, progress=progress,
                          desc=f"{name} {data.name}/{split}")
@@ -328,7 +329,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
             "seconds": seconds, "n": end - begin, **pixel_stats(images)}
     if name == "log_px":  # the keys score() has always written
         info.update(estimator=options.get("estimator", "elbo"), options=options.get("estimator_options") or {})
-    info["fit"] = fitted  # the fit applied (score metadata), or None
+    info["conform"] = conformed  # the conform applied (score metadata), or None
     result["meta"] = np.array(json.dumps(info))
     if distributed.is_main():
         atomic_write(path, lambda f: np.savez(f, **result))
@@ -336,18 +337,18 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     return result
 
 def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, allow_sample: bool,
-                fit: str | None = None):
+                conform: str | None = None):
     """``dataset/split`` read from ``data_dir``, or when None from the run's own data dir
     (as score() always did). The run's own training split is read as training read it (a
-    folder with the run's ``data.fit``/``data.skip_bad``); another folder with ``fit``
+    folder with the run's ``data.conform``/``data.skip_bad``); another folder with ``conform``
     (see :func:`vaeood.data.load.load_for_run`)."""
     run = Run(run_dir)
     data_config = run.config.data if (run.path / CONFIG_NAME).exists() else None
     config_dir = data_config.data_dir if data_config is not None and data_dir is None else None
     if data_config is None:
-        return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, fit=fit)
+        return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, conform=conform)
     return load_for_run(data_config, dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample,
-                        fit=fit)
+                        conform=conform)
 
 
 def _cached(path: Path, key: dict):
@@ -364,23 +365,23 @@ def _cached(path: Path, key: dict):
     return None
 
 
-def _fit_to_model(images: np.ndarray, model, fit: str | None, data, run_dir: Path):
-    """``images`` fitted to the model's shape by ``fit`` (refused when None and the shapes
-    differ), and the fit's record for the metadata (None when none was needed)."""
+def _conform_to_model(images: np.ndarray, model, conform: str | None, data, run_dir: Path):
+    """``images`` conformed to the model's shape by ``conform`` (refused when None and the
+    shapes differ), and the conform's record for the metadata (None when none was needed)."""
     height, width, channels = images.shape[1:]
     image_shape = (channels, height, width)
     if image_shape == tuple(model.image_shape):
         return images, None
     shapes = f"{'×'.join(map(str, image_shape))} → {'×'.join(map(str, model.image_shape))}"
-    if fit is None:
+    if conform is None:
         raise ShapeMismatchError(
             f"{data.name}/{data.split} images are C×H×W = {'×'.join(map(str, image_shape))} but the model in "
             f"{run_dir} was trained on {'×'.join(map(str, model.image_shape))}; score a dataset of the same "
             "shape, or pass --pad (zero-pad centred) or --resize (bilinear) to make it fit "
-            "(fit='pad'/'resize' in Python)")
-    images = fit_images(images, tuple(model.image_shape), fit)
-    fitted = {"method": fit, "from_shape": list(image_shape), "to_shape": list(model.image_shape),
-              "description": f"{fit} {shapes}"}
-    log.warning("%s/%s: images fitted to the model by %s, %s (recorded in the features' metadata)",
-                data.name, data.split, fit, shapes)
-    return images, fitted
+            "(conform='pad'/'resize' in Python)")
+    images = conform_images(images, tuple(model.image_shape), conform)
+    conformed = {"method": conform, "from_shape": list(image_shape), "to_shape": list(model.image_shape),
+                 "description": f"{conform} {shapes}"}
+    log.warning("%s/%s: images conformed to the model by %s, %s (recorded in the features' metadata)",
+                data.name, data.split, conform, shapes)
+    return images, conformed

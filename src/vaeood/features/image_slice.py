@@ -12,7 +12,7 @@ from dataclasses import dataclass
 class ImageSlice:
     """Images ``[start, stop)`` (or the first ``limit``) of ``dataset/split``, read from
     ``data_dir`` (None: the run's own, or the default search), the bundled sample allowed
-    when ``allow_sample``, fitted to the model by ``fit`` (``"pad"``/``"resize"``) if asked."""
+    when ``allow_sample``, conformed to the model by ``conform`` (``"pad"``/``"resize"``) if asked."""
 
     dataset: str
     split: str = "test"
@@ -21,9 +21,9 @@ class ImageSlice:
     limit: int | None = None
     data_dir: str | None = None
     allow_sample: bool = False
-    fit: str | None = None
+    conform: str | None = None
 
     def where(self) -> dict:
         """The keyword arguments of :func:`vaeood.features.compute_features` that name these images."""
         return {"data_dir": self.data_dir, "start": self.start, "stop": self.stop, "limit": self.limit,
-                "allow_sample": self.allow_sample, "fit": self.fit}
+                "allow_sample": self.allow_sample, "conform": self.conform}

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..infra.deprecated import renamed_keys
 from ..infra.errors import ConfigError
 from ..infra.registry import check_options, did_you_mean
 
@@ -156,8 +157,8 @@ class DataConfig:
     # the background of a likelihood ratio against local statistics (Schirrmeister et al. 2020)
     shuffle_patches: int = _rule(Rule(low=0), default=0)
     # folder datasets only: "pad" / "resize" images of another shape than the folder's most common
-    # (data/fit.py; recorded in the provenance); None refuses them, each named
-    fit: str | None = _rule(Rule(choices=("pad", "resize")), default=None)
+    # (data/conform.py; recorded in the provenance); None refuses them, each named
+    conform: str | None = _rule(Rule(choices=("pad", "resize")), default=None)
     # folder datasets only: skip unusable files (logged, listed in the checkpoint's train_data) instead of refusing
     skip_bad: bool = False
 
@@ -224,7 +225,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config") -> Config:
-        return _build(cls, raw, where)
+        return _build(cls, renamed_keys(raw, RENAMED, where), where)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Config:
@@ -233,7 +234,7 @@ class Config:
     def override(self, dotted: dict[str, str]) -> Config:
         """Return a copy with ``{"model.latent_dim": "32"}``-style overrides applied."""
         raw = self.to_dict()
-        for key, text in dotted.items():
+        for key, text in renamed_keys(dotted, RENAMED, "overrides").items():
             parts = key.split(".")
             node, cls = raw, Config
             for i, part in enumerate(parts):
@@ -250,6 +251,10 @@ class Config:
                 else:
                     raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} has no sub-keys")
         return Config.from_dict(raw, where="overrides")
+
+
+#: old config keys → their new names, still read for one release (0.2) with a warning
+RENAMED = {"data.fit": "data.conform"}
 
 
 def read_config_file(path: str | Path) -> dict:

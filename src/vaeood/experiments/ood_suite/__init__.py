@@ -17,7 +17,7 @@ each seed it trains what the detectors need, as each detector class declares it
   al. 2021),
 
 then scores the in-distribution test set against every OOD set: the other grey-scale
-dataset (MNIST ↔ Fashion-MNIST); for CIFAR-10, MNIST padded to 32×32 RGB (``fit="pad"``),
+dataset (MNIST ↔ Fashion-MNIST); for CIFAR-10, MNIST padded to 32×32 RGB (``conform="pad"``),
 Tiny ImageNet and SVHN where they are on disk; and, for every model, uniform-noise and
 constant images, generated deterministically (seed :data:`SYNTHETIC_SEED`, the same
 images for every model seed), and the family's own test images rotated by 90°, written as

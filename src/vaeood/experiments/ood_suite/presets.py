@@ -16,7 +16,7 @@ class Family:
     title: str
     ood: tuple[str, ...]  # real OOD sets that must exist
     optional_ood: tuple[str, ...] = ()  # real OOD sets used where they exist (a note otherwise)
-    fit: str | None = None  # how OOD sets of another image shape are made to fit the model
+    conform: str | None = None  # how OOD sets of another image shape are conformed to the model
     shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of the generated OOD images
     optional: bool = False  # skipped with a note when the in-distribution data is not found
     near: tuple[str, ...] = ()  # real OOD sets that are near-OOD (natural images of other classes)
@@ -35,7 +35,7 @@ class Family:
 FAMILIES = {
     "fashion_mnist": Family("fashion_mnist", "Fashion-MNIST", ("mnist",)),
     "mnist": Family("mnist", "MNIST", ("fashion_mnist",)),
-    "cifar10": Family("cifar10", "CIFAR-10", ("mnist",), optional_ood=("tinyimagenet", "svhn"), fit="pad",
+    "cifar10": Family("cifar10", "CIFAR-10", ("mnist",), optional_ood=("tinyimagenet", "svhn"), conform="pad",
                       shape=(3, 32, 32), optional=True, near=("tinyimagenet",)),
 }
 
@@ -53,7 +53,7 @@ class SuitePreset:
     seeds: tuple[int, ...]
     train: dict[str, dict[str, str]]  # family → config overrides of its main model (shared by all four)
     test_limit: int | None  # images of each test set (None: all)
-    fit_images: int  # held-out training images the fitted detectors fit on
+    n_fit: int  # held-out training images the fitted detectors fit on
     synthetic_images: int  # uniform-noise and constant images per family
     # model name → overrides of the config a detector declares for it (``runs_on``, ``companions``;
     # vaeood.detectors.base.ModelSpec), e.g. a smaller "wide" latent for a smaller budget
@@ -80,7 +80,7 @@ PRESETS = {
     # first 20,000 images are trained on either way, the last 1,000 are fitted on)
     "demo": SuitePreset(seeds=(0,), train={"fashion_mnist": {"data.limit": "20000", "train.epochs": "4",
                                                              "data.holdout": "1000"}},
-                        test_limit=2000, fit_images=1000, synthetic_images=2000, allow_sample=True,
+                        test_limit=2000, n_fit=1000, synthetic_images=2000, allow_sample=True,
                         # the demo stays within minutes: no JPEG-XL, no regret (a per-image optimisation)
                         # and no hierarchical VAE to train (llr); the quick preset runs them
                         detectors=tuple(d for d in SUITE_DETECTORS
@@ -88,14 +88,14 @@ PRESETS = {
                         families=("fashion_mnist",)),
     # seconds, for tests and a first look at the report (numbers meaningless)
     "smoke": SuitePreset(seeds=(0, 1), train={"fashion_mnist": SMOKE, "mnist": SMOKE, "cifar10": SMOKE},
-                         test_limit=150, fit_images=100, synthetic_images=150, allow_sample=True,
+                         test_limit=150, n_fit=100, synthetic_images=150, allow_sample=True,
                          models={"wide": {"model.latent_dim": "32"}}),
     # every family on 10,000 training images x 5 epochs, CIFAR-10 too (of its 50,000; the images after
     # them are held out to fit and calibrate on); BENCHMARKS.md has its wall time on 2 CPU cores
     "quick": SuitePreset(
         seeds=(0, 1, 2),
         train={"fashion_mnist": QUICK, "mnist": QUICK, "cifar10": QUICK},
-        test_limit=2000, fit_images=2000, synthetic_images=2000, allow_sample=True,
+        test_limit=2000, n_fit=2000, synthetic_images=2000, allow_sample=True,
         # CIFAR-10's OOD sets as large as its 1,000 test images (all that are here) — balanced classes
         test_limits={"cifar10": 1000},
         # two per-image costs run in the paper preset only: JPEG-XL at effort 9 (~40 ms per 28×28 image on
@@ -109,7 +109,7 @@ PRESETS = {
                "mnist": {"data.holdout": "5000", "train.epochs": "100"},
                "cifar10": {"data.holdout": "5000", "train.epochs": "100", "model.base_channels": "64",
                            "model.latent_dim": "64"}},
-        test_limit=None, fit_images=5000, synthetic_images=10000,
+        test_limit=None, n_fit=5000, synthetic_images=10000,
         estimator="iwae", estimator_options={"k": 1000},
         models={"wide": {"model.latent_dim": "512"}, "small": {"model.latent_dim": "2"}}),
 }

@@ -38,8 +38,8 @@ def render_report(exp: OODSuite, out: dict) -> str:
     for f in families.values():
         fitted = next(iter(f["seeds"].values())).get("fitted") or {}
         if fitted:
-            lines += [f"- {f['title']}: OOD images of another shape were fitted to the model ("
-                      + "; ".join(f"{k}: {v}" for k, v in fitted.items()) + "); the fit changes the likelihood."]
+            lines += [f"- {f['title']}: OOD images of another shape were conformed to the model ("
+                      + "; ".join(f"{k}: {v}" for k, v in fitted.items()) + "); conforming changes the likelihood."]
     if any((next(iter(f["seeds"].values())).get("fitted") or {}) for f in families.values()):
         lines += [""]
     lines += _report_detectors(out)

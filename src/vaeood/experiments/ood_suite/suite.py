@@ -68,7 +68,7 @@ class OODSuite:
                 per_seed[seed] = self._one_seed(fam, plan, pre, seed, out_dir, overrides or {}, data_dir,
                                                 synthetic_dir, device, estimator, options, progress)
                 progress_bar.update()
-            results[fam.name] = {"title": fam.title, "ood": plan["ood"], "fit": fam.fit, "seeds": per_seed,
+            results[fam.name] = {"title": fam.title, "ood": plan["ood"], "conform": fam.conform, "seeds": per_seed,
                                  "kinds": {o: fam.kind(o) for o in plan["ood"]},
                                  "summary": aggregate(per_seed), "data": plan["data"]}
         progress_bar.close()
@@ -124,8 +124,8 @@ class OODSuite:
         dets = known_detectors(pre)
         runs, training = train_models(base, plan_models(dets, pre), runs_dir, data_dir, progress)
         common = dict(split="test", estimator=estimator, estimator_options=options, data_dir=data_dir,
-                      limit=pre.family_test_limit(fam.name), fit_limit=pre.fit_images, device=device, seed=seed,
-                      allow_sample=pre.allow_sample, progress=progress, fit=fam.fit,
+                      limit=pre.family_test_limit(fam.name), n_fit=pre.n_fit, device=device, seed=seed,
+                      allow_sample=pre.allow_sample, progress=progress, conform=fam.conform,
                       data_dirs={s: str(synthetic_dir) for s in (*SYNTHETIC, fam.rotated)})
         det_opts = {name: {**(pre.detector_options.get(name) or {}), **companion_options(name, runs)} for name in dets}
         groups: dict[str, list[str]] = {MAIN: []}
@@ -142,9 +142,10 @@ class OODSuite:
                                           out_dir=runs_dir / f"eval-{model}", **common)
             decisions.update(decision_rates(
                 runs[model], fam.name, plan["ood"], names, detector_options=opts, alphas=DEFAULT_ALPHAS, split="test",
-                limit=pre.family_test_limit(fam.name), n_calibration=pre.fit_images, n_fit=pre.fit_images,
+                limit=pre.family_test_limit(fam.name), n_calibration=pre.n_fit, n_fit=pre.n_fit,
                 data_dir=data_dir,
-                data_dirs=common["data_dirs"], device=device, seed=seed, fit=fam.fit, allow_sample=pre.allow_sample))
+                data_dirs=common["data_dirs"], device=device, seed=seed, conform=fam.conform,
+                allow_sample=pre.allow_sample))
         detectors = _detector_records(evaluations, decisions, training, runs_dir, out_dir)
         detectors = {d: detectors[d] for d in dets if d in detectors}  # the preset's order
         main = evaluations.get(MAIN) or next(iter(evaluations.values()))
@@ -212,7 +213,7 @@ def _describe(d) -> dict:
 
 def _settings(pre: SuitePreset) -> dict:
     return {"train": pre.train, "test_images_per_set": pre.test_limit, "test_images_per_family": pre.test_limits,
-            "fit_images": pre.fit_images,
+            "n_fit": pre.n_fit,
             "synthetic_images": pre.synthetic_images, "synthetic_seed": SYNTHETIC_SEED,
             "models": plan_models(known_detectors(pre), pre), "detectors": list(pre.detectors),
             "detector_options": pre.detector_options, "likelihood": "dlogistic", "arch": "conv"}

@@ -1,14 +1,14 @@
-"""Make images fit a model trained on another image shape, explicitly and recorded.
+"""Conform images to a model trained on another image shape, explicitly and recorded.
 
 Scoring a dataset whose images differ in shape from the model's training images is an
-error unless the user asks for one of these fits (``vaeood log-px --pad`` / ``--resize``,
-``scoring.score(..., fit="pad" | "resize")``); the score metadata records which one was
-applied, from which shape to which, because the fit changes the likelihood (padding
+error unless the user asks for one of these conforms (``vaeood log-px --pad`` / ``--resize``,
+``vaeood.log_px(..., conform="pad" | "resize")``); the metadata records which one was
+applied, from which shape to which, because conforming changes the likelihood (padding
 adds D' − D near-certain zero pixels, resizing smooths the image).
 
 Channels first: grey → RGB repeats the grey channel three times; RGB → grey takes the
 luma average ``0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601), rounded to uint8. Then
-the spatial size, by the named fit:
+the spatial size, by the named conform:
 
 - ``pad``: zero-pad centred (28×28 → 32×32 adds 2 black rows/columns on each side;
   an odd difference puts the extra one at the bottom/right). It cannot shrink.
@@ -23,25 +23,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..infra.deprecated import deprecated_alias
 from ..infra.registry import Registry
 from .errors import DataError
 
-FITS = Registry("image fit")
+CONFORMS = Registry("conform")
 
 _LUMA = np.array([0.299, 0.587, 0.114])
 _CHUNK = 2048  # images resized at a time (bounds the float32 copy)
 
 
-def fit_images(images: np.ndarray, shape: tuple[int, int, int], how: str) -> np.ndarray:
+def conform_images(images: np.ndarray, shape: tuple[int, int, int], how: str) -> np.ndarray:
     """``images`` (uint8 ``[N, H, W, C]``) converted to ``shape`` = ``(C', H', W')`` by
-    the fit named ``how`` (``"pad"`` or ``"resize"``); returned unchanged if they fit."""
-    fit = FITS.get(how)
+    the conform named ``how`` (``"pad"`` or ``"resize"``); returned unchanged if they fit."""
+    conform = CONFORMS.get(how)
     channels, height, width = shape
     if images.ndim != 4 or images.dtype != np.uint8:
-        raise DataError(f"fit {how!r}: expected uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
+        raise DataError(f"conform {how!r}: expected uint8 images [N, H, W, C], got {images.dtype} {images.shape}")
     images = convert_channels(images, channels)
     if images.shape[1:3] != (height, width):
-        images = fit(images, height, width)
+        images = conform(images, height, width)
     return np.ascontiguousarray(images)
 
 
@@ -58,7 +59,7 @@ def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
     raise DataError(f"cannot convert images with {have} channels to {channels} (only grey ↔ RGB)")
 
 
-@FITS.register("pad")
+@CONFORMS.register("pad")
 def pad(images: np.ndarray, height: int, width: int) -> np.ndarray:
     """Zero-pad each image centred to ``height × width`` (never crops)."""
     n, h, w, c = images.shape
@@ -70,7 +71,7 @@ def pad(images: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
-@FITS.register("resize")
+@CONFORMS.register("resize")
 def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize to ``height × width`` (antialiased when shrinking), rounded to uint8."""
     h, w = images.shape[1:3]
@@ -82,3 +83,8 @@ def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
                                             antialias=antialias)
         chunks.append(y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, height, width, images.shape[-1]), np.uint8)
+
+
+# the names of vaeood.data.fit, this module's old name (they go in vaeood 0.3)
+FITS = CONFORMS
+fit_images = deprecated_alias(conform_images, "fit_images", "vaeood.data.conform")
