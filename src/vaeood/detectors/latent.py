@@ -136,9 +136,8 @@ def gaussian_mixture(t: np.ndarray, n_components: int, seed: int):
 
 
 def one_blas_thread():
-    """EM's small matrix products run 30–60× slower on two OpenBLAS threads than on one
-    (0.14 s against 4–8 s for 30 iterations of a 4-component mixture of 1,600 × 32 rows,
-    on 2 cores): the threads spin on work too small to share."""
+    """EM's small matrix products run much slower on two OpenBLAS threads than on one: the
+    threads spin on work too small to share (docs/architecture.md, *Measured design choices*)."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")

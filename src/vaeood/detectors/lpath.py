@@ -36,8 +36,8 @@ def copod_scores(train: np.ndarray, x: np.ndarray) -> np.ndarray:
 
     This is pyod's ``COPOD().fit(train).decision_function(x_i[None])`` row by row (a test
     checks it), computed for all rows at once: pyod's own batch call puts every scored
-    row into the ECDFs and skewness, so a batch of 2,000 OOD images shifted them towards
-    itself (AUROC 0.25–0.3 on every pair), and its row-by-row call took ~2 ms an image.
+    row into the ECDFs and skewness, so a batch of OOD images shifts them towards itself,
+    and its row-by-row call is slow (docs/architecture.md, *Measured design choices*).
     The skewness of Z uses the fit columns' central moments, shifted to Z's mean."""
     n = len(train)
     ranked = np.sort(train, axis=0)

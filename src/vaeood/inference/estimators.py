@@ -230,9 +230,8 @@ def iwae(model, x, k: int = 1000, chunk_size: int | None = None, max_elements: i
 
     Each image is encoded once; the K samples are decoded in chunks of ``chunk_size``
     (default: the largest with ``chunk * B * elements_per_sample <= max_elements``, whose
-    2**22 keeps a chunk's activations in a CPU's last-level cache: ~410 (image, sample)
-    pairs for the 28×28 conv decoder, 2.5× faster than 20,000-pair chunks; a GPU gets an
-    eighth of its free memory), and ``log sum w``, ``log sum w^2`` and ``sum log w`` are
+    2**22 keeps a chunk's activations in a CPU's last-level cache, ``benchmarks/iwae_settings.py``;
+    a GPU gets an eighth of its free memory), and ``log sum w``, ``log sum w^2`` and ``sum log w`` are
     accumulated across chunks, so memory does not grow with K and the result does not
     depend on the chunking beyond float rounding (the noise is drawn per sample index).
 

@@ -96,7 +96,7 @@ use ``batch_size`` to bound it.
   and a last ``nn.Linear`` layer, the per-image weight copies are replaced by their
   exact equivalent, per-image ``(mu, logvar)`` with the step scaled by
   ``1 + ||h||_1`` (see :func:`feature_scale`): no per-image weights in memory and
-  3.5× faster at 20 steps in the tuning sweep; True forces the weight copies (same
+  faster (``benchmarks/regret_speed.py``); True forces the weight copies (same
   numbers up to Adam's epsilon);
 * ``keep_start``: the regret estimates a supremum over inference parameters, so the
   start is a candidate too: ``bound_after = max(bound at the end, bound before)`` and

@@ -17,8 +17,8 @@ from ..infra.errors import ConfigError
 
 class OutputConvTranspose2d(nn.ConvTranspose2d):
     """The decoder's output layer. With few output channels (one per pixel value for a
-    Bernoulli grey-level decoder) PyTorch's own im2col + GEMM kernel is about 3× faster
-    on the CPU than oneDNN's, so oneDNN is switched off for this layer alone there
+    Bernoulli grey-level decoder) PyTorch's own im2col + GEMM kernel is faster on the CPU
+    than oneDNN's, so oneDNN is switched off for this layer alone there
     (``benchmarks/layer_speed.py``). Same parameters and state-dict keys as its base."""
 
     def forward(self, x):
