@@ -185,20 +185,12 @@ def test_an_old_runs_config_with_data_fit_loads_as_data_conform(run, tmp_path):
         Run(old_run).config
 
 
-def test_calibration_records_name_no_conform_and_an_older_format_is_refused(run, tmp_path):
-    import json
+def test_calibration_records_name_no_conform_so_their_format_stays_2(run, tmp_path):
+    """An older format is refused with "calibrate again" (tests/test_detect.py checks it)."""
     import shutil
-
-    from vaeood.decisions import NoCalibrationError
-    from vaeood.decisions.records import calibration_path, load_calibration
 
     cal_run = tmp_path / "cal"
     shutil.copytree(run[0], cal_run)
     record = vaeood.calibrate(cal_run, "nll", n_calibration=32, data_dir=str(run[1]))
-    assert "fit" not in record and "conform" not in record  # so their format (2) did not change
-    path = calibration_path(cal_run, "nll")
-    with np.load(path) as f:
-        scores, meta = f["scores"], json.loads(str(f["meta"]))
-    np.savez(path, scores=scores, meta=np.array(json.dumps({**meta, "format": 1})))
-    with pytest.raises(NoCalibrationError, match=r"format 1.*reads format 2.*calibrate again: vaeood calibrate"):
-        load_calibration(cal_run, "nll")
+    assert "fit" not in record and "conform" not in record
+    assert record["format"] == 2

@@ -336,8 +336,6 @@ def detector_scores(source, detector: Detector, images=None, *, dataset: str | N
             raise ValueError("detector_scores: pass images= (or dataset= with a run directory)")
         model = source
         if _is_run(source):
-            from ..training.run import load_model
-
             model = load_model(source, device)[0]
         feats = needs_features(model, images, detector.needs, seed=seed, progress=progress)
     return detector.score(feats)
