@@ -163,6 +163,24 @@ def test_a_slice_is_part_of_the_key(run, data_dir):
     assert feature_meta(later)["start"] == 8 and feature_meta(later)["stop"] == 16
 
 
+@pytest.mark.parametrize("shape", [(20, 20, 1), (28, 28, 1)])  # padded, and asked to pad but already fitting
+def test_features_of_conformed_images_are_reused_from_the_cache(run, data_dir, shape):
+    rng = np.random.default_rng(0)
+    write_npz(data_dir, "odd", "test", rng.integers(0, 256, (12, *shape), dtype=np.uint8))
+    first = compute_feature(run, "odd", "test", "posterior", data_dir=str(data_dir), conform="pad")
+    path = next((run / "features").glob("odd_test_posterior*conformpad*.npz"))
+    stamp = path.stat().st_mtime_ns
+    again = compute_feature(run, "odd", "test", "posterior", data_dir=str(data_dir), conform="pad")
+    assert path.stat().st_mtime_ns == stamp  # read, not written again
+    np.testing.assert_array_equal(first["mu_z_norm"], again["mu_z_norm"])
+    padded = feature_meta(again)["conform"]
+    assert (padded["description"] == "pad 1×20×20 → 1×28×28") if shape[0] == 20 else padded is None
+    # without the conform the padded set is refused, and the cache of the conformed one is not used for it
+    if shape[0] == 20:
+        with pytest.raises(ValueError, match="pad"):
+            compute_feature(run, "odd", "test", "posterior", data_dir=str(data_dir))
+
+
 def test_an_unreadable_cache_file_is_recomputed_with_a_warning_naming_it(run, data_dir, caplog):
     first = compute_feature(run, "mnist", "test", "posterior", data_dir=str(data_dir), limit=8)
     path = next((run / "features").glob("mnist_test_posterior*.npz"))

@@ -75,8 +75,10 @@ RESERVED = ("feature", "run")  # keys of a need that are not options of the prod
 # image's bytes and the seed (vaeood.inference.noise), no longer on the batch; 4: data_sha256
 # is images_digest as calibration files record it (shape, then dtype name), no longer
 # (dtype code, shape), so the caches' digests of 3 would not match it; 5: the key's
-# "fit_method" and the metadata's "fit" are named "conform" (the same numbers)
-FORMAT = 5
+# "fit_method" and the metadata's "fit" are named "conform" (the same numbers); 6: the conform
+# asked for is keyed as "conform_method" (the metadata's "conform" is the record of the conform
+# applied, which overwrote the key's "conform", so no file made with a conform was ever reused)
+FORMAT = 6
 
 
 class ShapeMismatchError(ValueError):
@@ -305,7 +307,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     images = data.images[begin:end]
     key = {"format": FORMAT, "feature": name, "feature_options": options, "dataset": data.name,
            "split": data.split, "start": begin, "stop": end, "data_sha256": images_digest(images),
-           "conform": conform, "seed": seed,
+           "conform_method": conform, "seed": seed,
            "checkpoint_sha256": ckpt_sha if uses_model else None}
     # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
     tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
