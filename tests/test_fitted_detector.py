@@ -134,3 +134,35 @@ def test_a_fitted_sha256_that_is_not_a_digest_is_refused_naming_the_field(calibr
     np.savez(path, scores=scores, meta=np.array(json.dumps(meta)))
     with pytest.raises(NoCalibrationError, match="field 'fitted_sha256'"):
         vaeood.decide(run, calibrated["folder"], "typicality", data_dir=calibrated["data"])
+
+
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
+def test_calibration_scores_come_from_the_feature_cache_equal_to_the_path_detect_scores_by(calibrated, tmp_path):
+    """calibrate scores its slice through RUN/features (shared by every detector calibrated on
+    the run); the guarantee rests on those scores being what score_images, the path of the
+    images to decide on, gives the same images: equal to the bit."""
+    run = _copy(calibrated, tmp_path)
+    record = vaeood.calibrate(run, "dose_plus", n_fit=100, n_calibration=100, data_dir=calibrated["data"], seed=3)
+    a, b = record["calibration_slice"]
+    assert any(f"from{a}to{b}_seed3" in p.name for p in (run / "features").iterdir())
+    scorer = DetectorScorer(run, "dose_plus", record["detector_options"], seed=3, data_dir=calibrated["data"])
+    scorer.fit(*record["fit_slice"])
+    images = np.load(os.path.join(calibrated["data"], "fashion_mnist_train.npz"))["x"][a:b]
+    np.testing.assert_array_equal(scorer.score_images(images, 3), record["scores"])
+
+
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
+def test_decision_rates_use_the_saved_fit_and_give_the_rates_of_a_fresh_fit(calibrated, tmp_path, monkeypatch):
+    from vaeood.decisions.run_rates import decision_rates
+
+    run = _copy(calibrated, tmp_path)
+    # the fixture has a training split only: its first 50 images stand in for a test set
+    kwargs = dict(n_calibration=100, n_fit=100, data_dir=calibrated["data"], split="train", limit=50, seed=0)
+    first = decision_rates(run, "fashion_mnist", [], ["typicality"], **kwargs)  # calibrates again (seed 1)
+    with monkeypatch.context() as m:
+        _no_refit(m)
+        reused = decision_rates(run, "fashion_mnist", [], ["typicality"], **kwargs)
+    os.remove(fitted_path(calibration_path(run, "typicality")))  # no saved fit: fitted again, same numbers
+    refitted = decision_rates(run, "fashion_mnist", [], ["typicality"], **kwargs)
+    assert first == reused == refitted
+    assert first["typicality"]["calibration"]["seed"] == 1

@@ -17,6 +17,7 @@ from .scorer import make_scorer
 from .training_split import training_split
 from ..evaluation.fitdata import DEFAULT_FIT_IMAGES
 from ..features import images_digest
+from ..features.image_slice import ImageSlice
 from ..infra.atomic import atomic_write
 from ..infra.runlock import holds_run_lock
 from ..training.run_dir import Run
@@ -59,7 +60,10 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
     n = cal_slice[1] - cal_slice[0]
     scorer.fit(*(fit_slice or (0, 0)))
     cal_images = data.images[cal_slice[0]:cal_slice[1]]
-    scores = scorer.score_images(cal_images, seed)
+    # through the feature cache, shared by every detector calibrated on the run: the same
+    # features_of, images, batches and noise as score_images gives the images to decide on
+    scores = scorer.score_slice(ImageSlice(config.data.name, data.split, start=cal_slice[0], stop=cal_slice[1],
+                                           data_dir=where, allow_sample=config.data.allow_sample), seed)
     conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
     path = calibration_path(run_dir, detector)
     # the fit first: a kill before the record leaves an old record whose digest refuses this file

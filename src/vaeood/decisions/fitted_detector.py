@@ -31,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .records import REPRODUCED, calibration_path
 from .._version import __version__
 from ..infra.atomic import atomic_write
+from ..infra.jsonable import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +114,28 @@ def load_fitted(path: str | Path, sha256: str | None) -> dict | None:
         log.info("%s was saved by another vaeood version; fitting the detector again", path)
         return None
     return payload
+
+
+def restore_fit(scorer, record: dict) -> bool:
+    """Give ``scorer`` (a :class:`vaeood.decisions.scorer.DetectorScorer`) the fit that calibrate
+    saved for ``record`` if it is the one recorded and rescores its sample of calibration
+    images to their calibration scores; False (the caller fits again) otherwise."""
+    path = fitted_path(calibration_path(scorer.run_dir, record["detector"]))
+    saved = load_fitted(path, record.get("fitted_sha256"))
+    if saved is None:
+        return False
+    fitted, rows = saved["detector"], np.asarray(saved["check_rows"])
+    if type(fitted) is not type(scorer.detector) or strict_json(fitted.options) != scorer.options or \
+            len(rows) == 0 or rows.max() >= len(record["scores"]) or \
+            not np.array_equal(record["scores"][rows], saved["check_scores"]):
+        log.warning("%s does not match its calibration record; fitting the detector again", path)
+        return False
+    fresh, scorer.detector = scorer.detector, fitted
+    again = scorer.score_images(saved["check_images"], record["seed"])
+    if not np.allclose(again, saved["check_scores"], **REPRODUCED):
+        log.warning("the saved fit %s no longer reproduces its calibration scores (largest difference %.3g); "
+                    "fitting the detector again", path, float(np.max(np.abs(again - saved["check_scores"]))))
+        scorer.detector = fresh
+        return False
+    log.debug("using the saved fit %s (%d calibration images rescored to their scores)", path, len(rows))
+    return True

@@ -13,7 +13,7 @@ import numpy as np
 from . import conformal
 from .calibration_file import NoCalibrationError
 from .detection import Detection
-from .fitted_detector import fitted_path, load_fitted
+from .fitted_detector import restore_fit
 from .outputs import CSV_ESCAPING, check_outputs, csv_cell
 from .records import REPRODUCED, calibration_path, how_to_calibrate, load_calibration
 from .scorer import DetectorScorer, companion_runs, make_scorer
@@ -21,7 +21,6 @@ from .training_split import training_split
 from ..data.folder import InputImages, display_name, load_input
 from ..features import images_digest
 from ..infra.deprecated import renamed_keywords
-from ..infra.jsonable import strict_json
 from ..infra.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
     scorer = make_scorer(run_dir, record["detector"], record["detector_options"], device=device, seed=record["seed"],
                          data_dir=data_dir, batch_size=batch_size)
     scorer.check_companions()
-    if not _restore_fit(scorer, record):
+    if not restore_fit(scorer, record):
         _refit_and_check(scorer, record, data_dir)
     cal = record["scores"]
     # refuse an impossible alpha/delta before reading and scoring the input
@@ -106,31 +105,6 @@ def _summary(source, images: InputImages, record: dict, decision, *, alpha, delt
         "score_direction": "higher = more out-of-distribution",
         "warnings": [],
     }
-
-
-def _restore_fit(scorer: DetectorScorer, record: dict) -> bool:
-    """Use the fit that calibrate saved (:mod:`vaeood.decisions.fitted_detector`) if it is the one
-    recorded and rescores its sample of calibration images to their calibration scores;
-    False (the caller fits again and checks every calibration image) otherwise."""
-    path = fitted_path(calibration_path(scorer.run_dir, record["detector"]))
-    saved = load_fitted(path, record.get("fitted_sha256"))
-    if saved is None:
-        return False
-    fitted, rows = saved["detector"], np.asarray(saved["check_rows"])
-    if type(fitted) is not type(scorer.detector) or strict_json(fitted.options) != scorer.options or \
-            len(rows) == 0 or rows.max() >= len(record["scores"]) or \
-            not np.array_equal(record["scores"][rows], saved["check_scores"]):
-        log.warning("%s does not match its calibration record; fitting the detector again", path)
-        return False
-    fresh, scorer.detector = scorer.detector, fitted
-    again = scorer.score_images(saved["check_images"], record["seed"])
-    if not np.allclose(again, saved["check_scores"], **REPRODUCED):
-        log.warning("the saved fit %s no longer reproduces its calibration scores (largest difference %.3g); "
-                    "fitting the detector again", path, float(np.max(np.abs(again - saved["check_scores"]))))
-        scorer.detector = fresh
-        return False
-    log.debug("using the saved fit %s (%d calibration images rescored to their scores)", path, len(rows))
-    return True
 
 
 def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None) -> None:

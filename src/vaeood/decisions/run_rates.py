@@ -9,6 +9,7 @@ from . import conformal
 from .conformal_rates import operating_points
 from .calibration import calibrate
 from .calibration_file import NoCalibrationError
+from .fitted_detector import restore_fit
 from .records import load_calibration
 from .scorer import make_scorer
 from .training_split import training_split
@@ -93,7 +94,8 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         config = run.config
         scorer = make_scorer(run_dir, name, record["detector_options"], device=device, seed=record["seed"],
                              data_dir=where, batch_size=batch_size)
-        scorer.fit(*(record["fit_slice"] or (0, 0)))
+        if not restore_fit(scorer, record):  # the fit calibrate saved, else fitted again as it was
+            scorer.fit(*(record["fit_slice"] or (0, 0)))
         # calibration and test scores from the same feature cache, so from the same code
         a, b = record["calibration_slice"]
         calibration_images = ImageSlice(config.data.name, data.split, start=a, stop=b, data_dir=where,
