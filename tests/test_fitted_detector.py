@@ -166,3 +166,22 @@ def test_decision_rates_use_the_saved_fit_and_give_the_rates_of_a_fresh_fit(cali
     refitted = decision_rates(run, "fashion_mnist", [], ["typicality"], **kwargs)
     assert first == reused == refitted
     assert first["typicality"]["calibration"]["seed"] == 1
+
+
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
+def test_a_saved_fit_is_used_when_float_sums_depend_on_the_batch(calibrated, tmp_path, monkeypatch, caplog):
+    """A batch's size and its other images change float32 sums by rounding (oneDNN's kernels
+    do): calibrate scores its slice in the feature cache's batches, detect its check sample in
+    a batch of its own. The sample must be checked against the scores that path gave it at
+    calibration, or the saved fit is never used. Here the encoder's output moves with the
+    batch's size, much more than rounding does."""
+    from vaeood.models.vae import VAE
+
+    real = VAE.posterior
+    monkeypatch.setattr(VAE, "posterior", lambda self, x: (lambda mu, lv: (mu + 1e-3 * len(x), lv))(*real(self, x)))
+    run = _copy(calibrated, tmp_path)
+    vaeood.calibrate(run, "typicality", n_fit=100, n_calibration=100, data_dir=calibrated["data"])
+    with monkeypatch.context() as m:
+        _no_refit(m)
+        vaeood.decide(run, calibrated["folder"], "typicality", alpha=0.2, data_dir=calibrated["data"])
+    assert "no longer reproduces" not in caplog.text

@@ -67,7 +67,8 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
     conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
     path = calibration_path(run_dir, detector)
     # the fit first: a kill before the record leaves an old record whose digest refuses this file
-    fitted_sha256 = save_fitted(fitted_path(path), scorer.detector, cal_images, scores)
+    fitted_sha256 = save_fitted(fitted_path(path), scorer.detector, cal_images, scores,
+                                lambda sample: scorer.score_images(sample, seed))
     record = {
         "format": FORMAT, "detector": detector, "detector_options": scorer.options,
         "dataset": config.data.name, "split": data.split, "source": data.source, "is_sample": data.is_sample,

@@ -14,8 +14,14 @@ and their scores, and records the file's SHA-256 in the calibration record. Dete
    NumPy's array and dtype reconstructors and classes defined in ``vaeood.detectors`` or
    ``sklearn``; any other global (a function that would run code) is refused;
 3. rescores the sample images through the same feature code as the images to decide on
-   and checks that they reproduce their calibration scores, which proves the features,
-   the model and the fitted detector unchanged on them.
+   and checks that they reproduce the scores that code gave them at calibration, which
+   proves the features, the model and the fitted detector unchanged on them.
+
+The sample's scores are taken by ``score_images`` on the sample itself, not read from the
+calibration scores: those come from the feature cache's batches of the whole slice, and a
+batch of other images and another size changes float32 sums by rounding (up to 5e-4 on a
+likelihood ratio of two ELBOs of thousands of nats), so a check against them failed for
+most detectors and fitted them again every time.
 
 Any failure falls back to the full fit and the check of every calibration image, so the
 saved fit can only make detect faster, never change a decision.
@@ -38,7 +44,9 @@ from ..infra.jsonable import strict_json
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+# 2: the check sample's scores are score_images' own (1 held its calibration scores, from the
+# feature cache's batches, which rounding kept from matching)
+FORMAT = 2
 #: calibration images rescored by detect to check a saved fit (evenly spaced over the slice)
 N_CHECK = 64
 
@@ -74,14 +82,21 @@ def check_rows(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(N_CHECK, n)).round().astype(int))
 
 
-def save_fitted(path: str | Path, detector, images: np.ndarray, scores: np.ndarray) -> str | None:
-    """Save the fitted ``detector`` with the check sample of its calibration ``images`` and
-    ``scores``; return the file's SHA-256, or None (nothing saved) when the fit holds a
-    global the loader would refuse."""
-    rows = check_rows(len(scores))
+def scores_digest(scores: np.ndarray) -> str:
+    """SHA-256 of calibration scores as float64: ties a saved fit to the scores it was saved with."""
+    return hashlib.sha256(np.ascontiguousarray(scores, dtype=np.float64).tobytes()).hexdigest()
+
+
+def save_fitted(path: str | Path, detector, images: np.ndarray, scores: np.ndarray, score_images) -> str | None:
+    """Save the fitted ``detector`` with the digest of its calibration ``scores``, the check
+    sample of its calibration ``images`` and the sample's scores by ``score_images(sample)``
+    (the path detect rescores them by); return the file's SHA-256, or None (nothing saved)
+    when the fit holds a global the loader would refuse."""
+    rows = check_rows(len(images))
+    sample = np.ascontiguousarray(images[rows])
     payload = {"format": FORMAT, "vaeood_version": __version__, "detector": detector,
-               "check_rows": rows, "check_images": np.ascontiguousarray(images[rows]),
-               "check_scores": np.asarray(scores, dtype=np.float64)[rows]}
+               "scores_sha256": scores_digest(scores), "check_rows": rows, "check_images": sample,
+               "check_scores": np.asarray(score_images(sample), dtype=np.float64)}
     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
     try:
         _RestrictedUnpickler(io.BytesIO(data)).load()
@@ -119,15 +134,17 @@ def load_fitted(path: str | Path, sha256: str | None) -> dict | None:
 def restore_fit(scorer, record: dict) -> bool:
     """Give ``scorer`` (a :class:`vaeood.decisions.scorer.DetectorScorer`) the fit that calibrate
     saved for ``record`` if it is the one recorded and rescores its sample of calibration
-    images to their calibration scores; False (the caller fits again) otherwise."""
+    images to the scores they had at calibration; False (the caller fits again) otherwise."""
     path = fitted_path(calibration_path(scorer.run_dir, record["detector"]))
     saved = load_fitted(path, record.get("fitted_sha256"))
     if saved is None:
         return False
     fitted, rows = saved["detector"], np.asarray(saved["check_rows"])
+    # the scores' digest ties the fit to the calibration scores it was saved with (the record's
+    # digest of the file does not: the scores beside it could have been changed)
     if type(fitted) is not type(scorer.detector) or strict_json(fitted.options) != scorer.options or \
             len(rows) == 0 or rows.max() >= len(record["scores"]) or \
-            not np.array_equal(record["scores"][rows], saved["check_scores"]):
+            saved.get("scores_sha256") != scores_digest(record["scores"]):
         log.warning("%s does not match its calibration record; fitting the detector again", path)
         return False
     fresh, scorer.detector = scorer.detector, fitted
