@@ -179,6 +179,11 @@ def test_features_of_conformed_images_are_reused_from_the_cache(run, data_dir, s
     if shape[0] == 20:
         with pytest.raises(ValueError, match="pad"):
             compute_feature(run, "odd", "test", "posterior", data_dir=str(data_dir))
+        # another conform is another key: the padded images' features are not handed out for it
+        resized = compute_feature(run, "odd", "test", "posterior", data_dir=str(data_dir), conform="resize")
+        assert feature_meta(resized)["conform"]["description"].startswith("resize")
+        assert len(list((run / "features").glob("odd_test_posterior*.npz"))) == 2
+        assert not np.array_equal(resized["mu_z_norm"], first["mu_z_norm"])
 
 
 def test_an_unreadable_cache_file_is_recomputed_with_a_warning_naming_it(run, data_dir, caplog):
