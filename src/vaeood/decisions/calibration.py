@@ -61,7 +61,9 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
     scorer.fit(*(fit_slice or (0, 0)))
     cal_images = data.images[cal_slice[0]:cal_slice[1]]
     # through the feature cache, shared by every detector calibrated on the run: the same
-    # features_of, images, batches and noise as score_images gives the images to decide on
+    # features_of, noise and batches as score_images gives these images (equal to the bit,
+    # tested); a batch of other images may round float32 sums differently (about 1e-7 of an
+    # ELBO), which can change a decision only for a score that close to a calibration score
     scores = scorer.score_slice(ImageSlice(config.data.name, data.split, start=cal_slice[0], stop=cal_slice[1],
                                            data_dir=where, allow_sample=config.data.allow_sample), seed)
     conformal.check_scores(scores, f"detector {detector!r} calibration scores")  # finite, or refused
