@@ -1,0 +1,143 @@
+"""Two near-OOD detectors tried on the models of an ood-suite run, and not shipped (both fail:
+docs/findings.md, "Natural images fail"). Everything they fit is fitted on held-out training
+images; the images are the suite's own sets (its rotated, noise and constant sets).
+
+* ``grad``: the score statistic of Bergamin et al. (AISTATS 2022), "Model-agnostic
+  out-of-distribution detection using combined statistical tests": per image, the log-norm of
+  the gradient of the ELBO at z = μ, −log p(x | μ(x)) + KL(q(z|x) ‖ p(z)), with respect to each
+  parameter tensor of the VAE; standardised and scored by the Mahalanobis distance of a
+  Ledoit–Wolf Gaussian fitted on training images 10,000–11,999 (the suite's fitting slice).
+* ``inpaint``: the inpainting error of LMD (Liu et al., ICML 2023), "Unsupervised
+  out-of-distribution detection with diffusion inpainting", with the VAE as the inpainter: the
+  hidden half of the image (two complementary checkerboards of blocks a quarter of the side)
+  starts grey and is refilled by ten rounds of encoding and decoding the image at the posterior
+  mean (Rezende et al. 2014's pseudo-Gibbs filling); the score is the squared error on the hidden
+  pixels, summed over both masks. Nothing is fitted. It is also combined with the suite's
+  ``fused`` by Fisher's rule, −2 (log p_fused + log p_inpaint), each conformal p-value taken
+  against the scores of the suite's calibration slice (training images 12,000–13,999).
+
+Usage: ``python scripts/near_ood_tries.py {grad,inpaint} SUITE_OUT FAMILY SEED`` with
+``VAEOOD_DATA`` set as for the suite run; prints the AUROC of the family's test images against
+each OOD set the suite scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from vaeood.data import load_dataset
+from vaeood.data.conform import conform_images
+from vaeood.training.run import load_model, to_tensor
+
+FIT = (10000, 12000)  # the quick suite's fitting slice of the training split
+CALIBRATION = (12000, 14000)  # and its calibration slice
+
+
+class NegElboAtMean(nn.Module):
+    """−ELBO at z = μ(x) of one image: −log p(x | μ) + KL(q(z|x) ‖ N(0, I))."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x):
+        mu, logvar = self.vae.posterior(x[None])
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum()
+        return kl - self.vae.log_likelihood(x[None], mu[None]).sum()
+
+
+def gradient_log_norms(model, images: np.ndarray, chunk: int = 50) -> np.ndarray:
+    """``[N, T]``: log ‖∂(−ELBO)/∂θ_t‖₂ for each of the model's T parameter tensors."""
+    loss = NegElboAtMean(model)
+    params = {k: v.detach() for k, v in loss.named_parameters()}
+    per_image = vmap(grad(lambda p, x: functional_call(loss, p, (x,))), in_dims=(None, 0))
+    x = to_tensor(images)
+    rows = []
+    for i in range(0, len(x), chunk):
+        g = per_image(params, x[i:i + chunk])
+        rows.append(torch.stack([g[k].flatten(1).norm(dim=1) for k in params], 1))
+    return torch.log(torch.cat(rows) + 1e-30).double().numpy()
+
+
+def inpainting_error(model, images: np.ndarray, rounds: int = 10) -> np.ndarray:
+    """Squared error of the refilled hidden pixels, summed over two complementary checkerboards."""
+    x = to_tensor(images).float() / 255.0
+    side = x.shape[-1]
+    yy, xx = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    board = torch.from_numpy(((yy // (side // 4) + xx // (side // 4)) % 2).astype(bool))
+    error = torch.zeros(len(x))
+    with torch.no_grad():
+        for hidden in (board, ~board):
+            filled = torch.where(hidden, torch.full_like(x, 0.5), x)
+            for _ in range(rounds):
+                u8 = (filled * 255).round().clamp(0, 255).to(torch.uint8)
+                filled = torch.where(hidden, model.reconstruct(u8).reshape(x.shape).float(), x)
+            error += (filled - x).pow(2)[:, :, hidden].flatten(1).sum(1)
+    return error.double().numpy()
+
+
+def suite_sets(out: Path, family: str, shape: tuple, limit: int) -> dict[str, np.ndarray]:
+    """The family's test images and its OOD sets as the quick suite scored them (padded to the model)."""
+    synthetic = out / "runs" / "data" / "x".join(map(str, shape))
+    other = {"fashion_mnist": ["mnist"], "mnist": ["fashion_mnist"], "cifar10": ["mnist", "tinyimagenet"]}[family]
+    sets = {family: load_dataset(family, "test").images}
+    sets.update({name: load_dataset(name, "test").images for name in other})
+    sets.update({name: load_dataset(name, "test", data_dir=synthetic).images
+                 for name in ("uniform_noise", "constant", f"{family}_rot90")})
+    return {name: conform_images(x, shape, "pad")[:limit] for name, x in sets.items()}
+
+
+def p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Conformal p-values (1 + #{calibration ≥ s}) / (n + 1)."""
+    calibration = np.sort(calibration)
+    return (1 + len(calibration) - np.searchsorted(calibration, scores, side="left")) / (len(calibration) + 1)
+
+
+def with_fused(run: Path, family: str, model, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fisher's combination of the inpainting error's p-values with the suite's ``fused`` ones."""
+    fused = np.load(run / "eval-main" / "detector_scores" / "fused.npz")
+    fused_cal = np.load(run / "main" / "calibration" / "fused.npz")["scores"]
+    cal = inpainting_error(model, load_dataset(family, "train").images[slice(*CALIBRATION)])
+    return {name: -2 * (np.log(p_values(fused_cal, fused[name][:len(s)])) + np.log(p_values(cal, s)))
+            for name, s in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("method", choices=("grad", "inpaint"))
+    parser.add_argument("suite_out", type=Path)
+    parser.add_argument("family", choices=("fashion_mnist", "mnist", "cifar10"))
+    parser.add_argument("seed", type=int)
+    args = parser.parse_args()
+    run = args.suite_out / "runs" / f"{args.family}-seed{args.seed}"
+    model, _, meta = load_model(run / "main")
+    model = model.to(memory_format=torch.contiguous_format)
+    shape = tuple(meta["image_shape"])
+    sets = suite_sets(args.suite_out, args.family, shape, 1000 if args.family == "cifar10" else 2000)
+    if args.method == "grad":
+        fit = gradient_log_norms(model, load_dataset(args.family, "train").images[slice(*FIT)])
+        mean, sd = fit.mean(0), fit.std(0) + 1e-12
+        gaussian = LedoitWolf().fit((fit - mean) / sd)
+        scores = {name: gaussian.mahalanobis((gradient_log_norms(model, x) - mean) / sd) for name, x in sets.items()}
+        results = {args.method: scores}
+    else:
+        scores = {name: inpainting_error(model, x) for name, x in sets.items()}
+        results = {"inpaint": scores, "fused+inpaint (Fisher)": with_fused(run, args.family, model, scores)}
+    for method, scores in results.items():
+        s_in = scores[args.family]
+        for name, s in scores.items():
+            if name != args.family:
+                auroc = roc_auc_score(np.r_[np.zeros(len(s_in)), np.ones(len(s))], np.r_[s_in, s])
+                print(f"{method} {args.family} seed {args.seed}: {args.family} → {name} AUROC {auroc:.3f}")
+
+
+if __name__ == "__main__":
+    main()
