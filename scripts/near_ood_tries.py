@@ -1,6 +1,7 @@
-"""Two near-OOD detectors tried on the models of an ood-suite run, and not shipped (both fail:
-docs/findings.md, "Natural images fail"). Everything they fit is fitted on held-out training
-images; the images are the suite's own sets (its rotated, noise and constant sets).
+"""Near-OOD tries on the models of an ood-suite run (docs/findings.md, "Near-OOD"): two
+detectors that fail and are not shipped, and why ``latent_knn`` trails ``latent_gmm``.
+Everything they fit is fitted on held-out training images; the images are the suite's own
+sets (its rotated, noise and constant sets).
 
 * ``grad``: the score statistic of Bergamin et al. (AISTATS 2022), "Model-agnostic
   out-of-distribution detection using combined statistical tests": per image, the log-norm of
@@ -16,7 +17,12 @@ images; the images are the suite's own sets (its rotated, noise and constant set
   ``fused`` by Fisher's rule, −2 (log p_fused + log p_inpaint), each conformal p-value taken
   against the scores of the suite's calibration slice (training images 12,000–13,999).
 
-Usage: ``python scripts/near_ood_tries.py {grad,inpaint} SUITE_OUT FAMILY SEED`` with
+* ``knn``: ``latent_knn``'s distance to the k-th nearest fit image (k = n/1000, at least 1)
+  in the latent parameters (μ, log σ²), standardised per coordinate as the detector does, or
+  whitened by the Ledoit–Wolf covariance of the fit images; on the suite's 2,000 fit images and
+  on every training image after the calibration slice (from 14,000 on).
+
+Usage: ``python scripts/near_ood_tries.py {grad,inpaint,knn} SUITE_OUT FAMILY SEED`` with
 ``VAEOOD_DATA`` set as for the suite run; prints the AUROC of the family's test images against
 each OOD set the suite scored.
 """
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -95,6 +102,25 @@ def suite_sets(out: Path, family: str, shape: tuple, limit: int) -> dict[str, np
     return {name: conform_images(x, shape, "pad")[:limit] for name, x in sets.items()}
 
 
+def latent_parameters(model, images: np.ndarray, chunk: int = 1000) -> np.ndarray:
+    """``[N, 2Z]``: (μ, log σ²) of q(z|x), the ``latent`` feature."""
+    with torch.no_grad():
+        rows = [torch.cat(model.posterior(to_tensor(images[i:i + chunk])), dim=1) for i in range(0, len(images), chunk)]
+    return torch.cat(rows).double().numpy()
+
+
+def knn_scores(fit: np.ndarray, sets: dict[str, np.ndarray], whiten: bool) -> dict[str, np.ndarray]:
+    """Distance to the k-th nearest fit row, k = n/1000, after standardising or whitening on ``fit``."""
+    mean = fit.mean(0)
+    if whiten:
+        eigenvalues, vectors = np.linalg.eigh(LedoitWolf().fit(fit - mean).covariance_)
+        transform = vectors / np.sqrt(eigenvalues)
+    else:
+        transform = np.diag(1 / (fit.std(0) + 1e-12))
+    neighbours = NearestNeighbors(n_neighbors=max(1, len(fit) // 1000)).fit((fit - mean) @ transform)
+    return {name: neighbours.kneighbors((u - mean) @ transform)[0][:, -1] for name, u in sets.items()}
+
+
 def p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Conformal p-values (1 + #{calibration ≥ s}) / (n + 1)."""
     calibration = np.sort(calibration)
@@ -112,7 +138,7 @@ def with_fused(run: Path, family: str, model, scores: dict[str, np.ndarray]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("method", choices=("grad", "inpaint"))
+    parser.add_argument("method", choices=("grad", "inpaint", "knn"))
     parser.add_argument("suite_out", type=Path)
     parser.add_argument("family", choices=("fashion_mnist", "mnist", "cifar10"))
     parser.add_argument("seed", type=int)
@@ -128,6 +154,15 @@ def main() -> None:
         gaussian = LedoitWolf().fit((fit - mean) / sd)
         scores = {name: gaussian.mahalanobis((gradient_log_norms(model, x) - mean) / sd) for name, x in sets.items()}
         results = {args.method: scores}
+    elif args.method == "knn":
+        train = load_dataset(args.family, "train").images
+        latents = {name: latent_parameters(model, x) for name, x in sets.items()}
+        results = {}
+        for fit_slice in (slice(*FIT), slice(CALIBRATION[1], None)):
+            fit = latent_parameters(model, train[fit_slice])
+            for whiten in (False, True):
+                label = f"knn {'whitened' if whiten else 'standardised'}, {len(fit)} fit images"
+                results[label] = knn_scores(fit, latents, whiten)
     else:
         scores = {name: inpainting_error(model, x) for name, x in sets.items()}
         results = {"inpaint": scores, "fused+inpaint (Fisher)": with_fused(run, args.family, model, scores)}
