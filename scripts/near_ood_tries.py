@@ -22,7 +22,11 @@ sets (its rotated, noise and constant sets).
   whitened by the Ledoit–Wolf covariance of the fit images; on the suite's 2,000 fit images and
   on every training image after the calibration slice (from 14,000 on).
 
-Usage: ``python scripts/near_ood_tries.py {grad,inpaint,knn} SUITE_OUT FAMILY SEED`` with
+* ``mixture``: issue 20's plain check (scikit-learn's 10-component full-covariance mixture on
+  the raw (μ, log σ²) of the run's first 2,000 held-out training images, or all of them when
+  fewer, as in ``make demo``) beside the shipped ``latent_gmm`` on the same images.
+
+Usage: ``python scripts/near_ood_tries.py {grad,inpaint,knn,mixture} SUITE_OUT FAMILY SEED`` with
 ``VAEOOD_DATA`` set as for the suite run; prints the AUROC of the family's test images against
 each OOD set the suite scored.
 """
@@ -36,12 +40,15 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
+from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from vaeood.data import load_dataset
 from vaeood.data.conform import conform_images
+from vaeood.detectors import DETECTORS
+from vaeood.evaluation.fitdata import heldout_slice
 from vaeood.training.run import load_model, to_tensor
 
 FIT = (10000, 12000)  # the quick suite's fitting slice of the training split
@@ -138,7 +145,7 @@ def with_fused(run: Path, family: str, model, scores: dict[str, np.ndarray]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("method", choices=("grad", "inpaint", "knn"))
+    parser.add_argument("method", choices=("grad", "inpaint", "knn", "mixture"))
     parser.add_argument("suite_out", type=Path)
     parser.add_argument("family", choices=("fashion_mnist", "mnist", "cifar10"))
     parser.add_argument("seed", type=int)
@@ -163,6 +170,18 @@ def main() -> None:
             for whiten in (False, True):
                 label = f"knn {'whitened' if whiten else 'standardised'}, {len(fit)} fit images"
                 results[label] = knn_scores(fit, latents, whiten)
+    elif args.method == "mixture":
+        held = heldout_slice(run / "main", n=2000)
+        fit = latent_parameters(model, load_dataset(args.family, "train").images[held["start"]:held["stop"]])
+        latents = {name: latent_parameters(model, x) for name, x in sets.items()}
+        plain = GaussianMixture(10, covariance_type="full", random_state=0).fit(fit)
+        half = fit.shape[1] // 2
+        shipped = DETECTORS.get("latent_gmm")().fit({"latent_mu": fit[:, :half], "latent_logvar": fit[:, half:]})
+        print(f"fitted on {len(fit)} images [{held['start']}, {held['stop']}); latent_gmm chose "
+              f"{shipped.n_components_} components")
+        results = {"plain 10-component mixture": {n: -plain.score_samples(u) for n, u in latents.items()},
+                   "latent_gmm": {n: shipped.score({"latent_mu": u[:, :half], "latent_logvar": u[:, half:]})
+                                  for n, u in latents.items()}}
     else:
         scores = {name: inpainting_error(model, x) for name, x in sets.items()}
         results = {"inpaint": scores, "fused+inpaint (Fisher)": with_fused(run, args.family, model, scores)}
