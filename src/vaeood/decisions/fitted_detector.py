@@ -39,6 +39,7 @@ import numpy as np
 
 from .records import REPRODUCED, calibration_path
 from .._version import __version__
+from ..features import images_digest
 from ..infra.atomic import atomic_write
 from ..infra.jsonable import strict_json
 
@@ -83,8 +84,9 @@ def check_rows(n: int) -> np.ndarray:
 
 
 def scores_digest(scores: np.ndarray) -> str:
-    """SHA-256 of calibration scores as float64: ties a saved fit to the scores it was saved with."""
-    return hashlib.sha256(np.ascontiguousarray(scores, dtype=np.float64).tobytes()).hexdigest()
+    """The project's array digest (:func:`vaeood.features.images_digest`) of calibration scores
+    as float64: ties a saved fit to the scores it was saved with."""
+    return images_digest(np.asarray(scores, dtype=np.float64))
 
 
 def save_fitted(path: str | Path, detector, images: np.ndarray, scores: np.ndarray, score_images) -> str | None:
