@@ -37,16 +37,15 @@ done
 "$python" - "$out" <<'PY'
 import sys
 import numpy as np
-from sklearn.metrics import roc_auc_score
 import vaeood
+from vaeood.evaluation.intervals import auroc as pair_auroc
 
 out = sys.argv[1]
 sets = ("mnist", "uniform_noise", "constant", "fashion_mnist_rot90")
 
 
 def auroc(scores, name):
-    s_in, s_out = scores["fashion_mnist"], scores[name]
-    return roc_auc_score(np.r_[np.zeros(len(s_in)), np.ones(len(s_out))], np.r_[s_in, s_out])
+    return pair_auroc(scores["fashion_mnist"], scores[name])
 
 
 for size in (8, 16, 32, 64):

@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
-from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
@@ -47,8 +46,12 @@ from torch.func import functional_call, grad, vmap
 
 from vaeood.data import load_dataset
 from vaeood.data.conform import conform_images
+from vaeood.decisions import conformal
 from vaeood.detectors import DETECTORS
+from vaeood.detectors.latent import latent_rows
+from vaeood.evaluation.intervals import auroc
 from vaeood.evaluation.fitdata import heldout_slice
+from vaeood.features import needs_features
 from vaeood.training.run import load_model, to_tensor
 
 FIT = (10000, 12000)  # the quick suite's fitting slice of the training split
@@ -109,11 +112,9 @@ def suite_sets(out: Path, family: str, shape: tuple, limit: int) -> dict[str, np
     return {name: conform_images(x, shape, "pad")[:limit] for name, x in sets.items()}
 
 
-def latent_parameters(model, images: np.ndarray, chunk: int = 1000) -> np.ndarray:
-    """``[N, 2Z]``: (μ, log σ²) of q(z|x), the ``latent`` feature."""
-    with torch.no_grad():
-        rows = [torch.cat(model.posterior(to_tensor(images[i:i + chunk])), dim=1) for i in range(0, len(images), chunk)]
-    return torch.cat(rows).double().numpy()
+def latent_features(model, images: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``latent`` feature (μ and log σ² of q(z|x)) of ``images``, as the detectors get it."""
+    return needs_features(model, images, "latent", progress=False)
 
 
 def knn_scores(fit: np.ndarray, sets: dict[str, np.ndarray], whiten: bool) -> dict[str, np.ndarray]:
@@ -128,18 +129,12 @@ def knn_scores(fit: np.ndarray, sets: dict[str, np.ndarray], whiten: bool) -> di
     return {name: neighbours.kneighbors((u - mean) @ transform)[0][:, -1] for name, u in sets.items()}
 
 
-def p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Conformal p-values (1 + #{calibration ≥ s}) / (n + 1)."""
-    calibration = np.sort(calibration)
-    return (1 + len(calibration) - np.searchsorted(calibration, scores, side="left")) / (len(calibration) + 1)
-
-
 def with_fused(run: Path, family: str, model, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Fisher's combination of the inpainting error's p-values with the suite's ``fused`` ones."""
     fused = np.load(run / "eval-main" / "detector_scores" / "fused.npz")
     fused_cal = np.load(run / "main" / "calibration" / "fused.npz")["scores"]
     cal = inpainting_error(model, load_dataset(family, "train").images[slice(*CALIBRATION)])
-    return {name: -2 * (np.log(p_values(fused_cal, fused[name][:len(s)])) + np.log(p_values(cal, s)))
+    return {name: -2 * np.log(conformal.p_values(fused_cal, fused[name][:len(s)]) * conformal.p_values(cal, s))
             for name, s in scores.items()}
 
 
@@ -163,25 +158,23 @@ def main() -> None:
         results = {args.method: scores}
     elif args.method == "knn":
         train = load_dataset(args.family, "train").images
-        latents = {name: latent_parameters(model, x) for name, x in sets.items()}
+        latents = {name: latent_rows(latent_features(model, x)) for name, x in sets.items()}
         results = {}
         for fit_slice in (slice(*FIT), slice(CALIBRATION[1], None)):
-            fit = latent_parameters(model, train[fit_slice])
+            fit = latent_rows(latent_features(model, train[fit_slice]))
             for whiten in (False, True):
                 label = f"knn {'whitened' if whiten else 'standardised'}, {len(fit)} fit images"
                 results[label] = knn_scores(fit, latents, whiten)
     elif args.method == "mixture":
         held = heldout_slice(run / "main", n=2000)
-        fit = latent_parameters(model, load_dataset(args.family, "train").images[held["start"]:held["stop"]])
-        latents = {name: latent_parameters(model, x) for name, x in sets.items()}
-        plain = GaussianMixture(10, covariance_type="full", random_state=0).fit(fit)
-        half = fit.shape[1] // 2
-        shipped = DETECTORS.get("latent_gmm")().fit({"latent_mu": fit[:, :half], "latent_logvar": fit[:, half:]})
-        print(f"fitted on {len(fit)} images [{held['start']}, {held['stop']}); latent_gmm chose "
+        fit = latent_features(model, load_dataset(args.family, "train").images[held["start"]:held["stop"]])
+        latents = {name: latent_features(model, x) for name, x in sets.items()}
+        plain = GaussianMixture(10, covariance_type="full", random_state=0).fit(latent_rows(fit))
+        shipped = DETECTORS.get("latent_gmm")().fit(fit)
+        print(f"fitted on {held['n']} images [{held['start']}, {held['stop']}); latent_gmm chose "
               f"{shipped.n_components_} components")
-        results = {"plain 10-component mixture": {n: -plain.score_samples(u) for n, u in latents.items()},
-                   "latent_gmm": {n: shipped.score({"latent_mu": u[:, :half], "latent_logvar": u[:, half:]})
-                                  for n, u in latents.items()}}
+        results = {"plain 10-component mixture": {n: -plain.score_samples(latent_rows(f)) for n, f in latents.items()},
+                   "latent_gmm": {n: shipped.score(f) for n, f in latents.items()}}
     else:
         scores = {name: inpainting_error(model, x) for name, x in sets.items()}
         results = {"inpaint": scores, "fused+inpaint (Fisher)": with_fused(run, args.family, model, scores)}
@@ -189,8 +182,7 @@ def main() -> None:
         s_in = scores[args.family]
         for name, s in scores.items():
             if name != args.family:
-                auroc = roc_auc_score(np.r_[np.zeros(len(s_in)), np.ones(len(s))], np.r_[s_in, s])
-                print(f"{method} {args.family} seed {args.seed}: {args.family} → {name} AUROC {auroc:.3f}")
+                print(f"{method} {args.family} seed {args.seed}: {args.family} → {name} AUROC {auroc(s_in, s):.3f}")
 
 
 if __name__ == "__main__":
