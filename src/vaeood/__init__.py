@@ -36,6 +36,7 @@ go in 0.3. So do the old names of *conform* and *n_fit*: the keyword ``fit=`` (n
 and ``n=`` of :func:`fit_detector` (now ``n_fit=``) and ``--fit-limit`` (now ``--n-fit``).
 """
 
+from . import _reproducible  # noqa: F401 (first: it sets MKL_CBWR before torch is imported)
 from ._version import __version__
 from .training.config import Config
 from .byo import VAEAdapter, VAEProtocol, from_pythae

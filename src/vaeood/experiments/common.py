@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import platform
 from pathlib import Path
 
@@ -55,11 +56,31 @@ def training_summary(state: dict) -> dict:
             "train_data": state["train_data"], "config": state["config"]}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows): CPU
+    results agree to the bit only on the same CPU model and thread count."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_words(environment: dict) -> str:
+    """``", 2 threads on <CPU>"`` for a report's first line (without the CPU for stamps made
+    before it was recorded)."""
+    cpu = f" on {environment['cpu']}" if environment.get("cpu") else ""
+    return f", {environment['threads']} threads{cpu}"
+
+
 def stamp(device: str) -> dict:
     """When and with what a result was made."""
     return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "environment": {"vaeood": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                            "device": device, "threads": torch.get_num_threads()}}
+                            "device": device, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+                            "mkl_cbwr": os.environ.get("MKL_CBWR")}}
 
 
 #: what the likelihood experiments (fig2, capacity, forward-kl) score with unless asked: −log p(x)
@@ -112,7 +133,8 @@ def report_header(title: str, out: dict, samples: list[str]) -> list[str]:
     lines = [f"# {title}", "",
              f"Made by `{out['command'] or 'vaeood reproduce ' + out['experiment']}` "
              f"(preset `{out['preset']}`) on {out['created']}; vaeood {out['environment']['vaeood']}, "
-             f"torch {out['environment']['torch']}, device {out['environment']['device']}.", ""]
+             f"torch {out['environment']['torch']}, device {out['environment']['device']}"
+             f"{machine_words(out['environment'])}.", ""]
     if samples:
         lines += ["> **No dataset was found, so this ran on the small sample bundled with vaeood:** "
                   + "; ".join(sorted(set(samples))) + ". Point `--data-dir` or `VAEOOD_DATA` at the real data "

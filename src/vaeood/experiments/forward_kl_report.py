@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from ..infra.atomic import atomic_write
 from ..evaluation.report import interval_text, markdown_table, pm
+from .common import machine_words
 from .forward_kl_stats import ABLATED, METRICS
 from .timing import load_text
 
@@ -83,7 +84,7 @@ def _report_setup(exp: ForwardKLExperiment, out: dict) -> list[str]:
     lines = [f"# {exp.title}", "",
              f"Made by `{out['command'] or 'vaeood reproduce ' + out['experiment']}` (preset `{out['preset']}`) "
              f"on {out['created']}; vaeood {out['environment']['vaeood']}, torch {out['environment']['torch']}, "
-             f"device {out['environment']['device']}, {out['environment']['threads']} threads.", ""]
+             f"device {out['environment']['device']}{machine_words(out['environment'])}.", ""]
     samples = [f"{n} ({d['source']})" for n, d in out["datasets"].items() if d["is_sample"]]
     if samples:
         lines += ["> **No dataset was found, so this ran on the small sample bundled with vaeood:** "

@@ -30,7 +30,7 @@ from ..features import features_of
 from ..evaluation.metrics import ood_metrics
 from ..training.run import load_model
 from ..evaluation.log_px import log_px
-from .common import stamp, train_or_reuse
+from .common import machine_words, stamp, train_or_reuse
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ def run(out: Path, seeds: list[int], *, limit: int = 2000, data_dir: str | None 
 def report(r: dict) -> str:
     seeds = sorted(r["hvae"])
     lines = ["# Hierarchical VAE, LLR>k: Fashion-MNIST → MNIST", "",
-             f"Made by `{r['command']}` on {r['created']} (torch {r['environment']['torch']}, "
-             f"{r['environment']['threads']} threads). Budget: {json.dumps(r['budget'])}; the first "
+             f"Made by `{r['command']}` on {r['created']} (torch {r['environment']['torch']}"
+             f"{machine_words(r['environment'])}). Budget: {json.dumps(r['budget'])}; the first "
              f"{r['limit']} test images of each set; LLR>k = ELBO − L>k with one sample (shared noise), "
              "OOD = MNIST is the positive class, higher = more OOD.", "",
              f"Paper (Havtorn et al. 2021, HVAE): AUROC {r['paper_auroc_llr_gt_1']} with LLR>1.", ""]
