@@ -102,7 +102,8 @@ def test_every_function_in_src_reads_at_a_glance():
 LAYERS = ("infra", "data", "inference", "models", "training", "features", "detectors", "evaluation", "decisions",
           "experiments", "top")
 #: modules directly under ``vaeood`` and the layer each belongs to
-TOP_LEVEL = {"vaeood._version": "infra", "vaeood._reproducible": "infra", "vaeood": "top", "vaeood._moved": "top", "vaeood.cli": "top",
+TOP_LEVEL = {"vaeood._version": "infra", "vaeood._reproducible": "infra",
+             "vaeood": "top", "vaeood._moved": "top", "vaeood.cli": "top",
              "vaeood.cli_parsers": "top",
              "vaeood.byo": "top", "vaeood.pipeline": "top", "vaeood.__main__": "top"}
 

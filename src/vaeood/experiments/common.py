@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._reproducible import mkl_mode
 from .._version import __version__
 from ..training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ..training.config import Config, ConfigError
@@ -80,7 +80,7 @@ def stamp(device: str) -> dict:
     return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "environment": {"vaeood": __version__, "torch": torch.__version__, "python": platform.python_version(),
                             "device": device, "threads": torch.get_num_threads(), "cpu": cpu_name(),
-                            "mkl_cbwr": os.environ.get("MKL_CBWR")}}
+                            "mkl_cbwr": mkl_mode()}}
 
 
 #: what the likelihood experiments (fig2, capacity, forward-kl) score with unless asked: −log p(x)

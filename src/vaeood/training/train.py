@@ -22,6 +22,7 @@ from typing import Iterable
 import torch
 
 from ..infra.atomic import atomic_write_json, atomic_write_text, ensure_dir, remove_stale_temps
+from .._reproducible import warn_if_not_reproducible
 from ..infra import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .corruption import corrupt, noise_generator
@@ -82,6 +83,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
         raise TrainingError(f"cannot resume {run_dir}: no such directory; "
                             "train without --resume to start a new run there")
     distributed.setup(config.train.device)  # join the process group under torchrun
+    warn_if_not_reproducible()
     ensure_dir(run_dir)
     with run_lock(run_dir, "train"):
         config, state = _resume_state(config, run_dir, resume, given)
