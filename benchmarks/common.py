@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vaeood._reproducible import cpu_description
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 REPO = HERE.parent
@@ -62,27 +64,6 @@ def finish(name: str, result: dict, out: str | None, *lines: str, hide: dict | N
 
 
 # -- machine ------------------------------------------------------------------------------
-def cpu_description() -> dict:
-    """The CPU's model name, its family/model numbers and widest SIMD (the name alone can be
-    just "AMD EPYC"), and its physical cores (distinct (physical id, core id) pairs)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    fields, cores, phys = {}, set(), "0"
-    for key, value in (tuple(part.strip() for part in line.split(":", 1)) for line in lines if ":" in line):
-        fields.setdefault(key, value)
-        if key == "physical id":
-            phys = value
-        elif key == "core id":
-            cores.add((phys, value))
-    flags = set(fields.get("flags", "").split())
-    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE/other"
-    return {"cpu": fields.get("model name") or platform.processor() or platform.machine(),
-            "cpu_details": f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {simd}"
-            if lines else "", "physical_cores": len(cores) or None}
-
-
 def machine_info(device: str = "cpu") -> dict:
     info = {
         **cpu_description(),

@@ -53,6 +53,9 @@ def test_the_stamp_names_the_cpu_threads_and_mkl_mode():
     env = stamp("cpu")["environment"]
     assert env["cpu"] and env["cpu"] != "unknown"
     assert env["mkl_cbwr"] == mkl_mode()
-    assert machine_words(env) == f", {env['threads']} threads on {env['cpu']}"
+    details = f" ({env['cpu_details']})" if env["cpu_details"] else ""
+    assert machine_words(env) == f", {env['threads']} threads on {env['cpu']}{details}"
+    assert machine_words({"threads": 2, "cpu": "AMD EPYC", "cpu_details": "family 26 model 2, AVX-512"}) == \
+        ", 2 threads on AMD EPYC (family 26 model 2, AVX-512)"
     # a stamp from before the CPU was recorded still reads
     assert machine_words({"threads": 2}) == ", 2 threads"

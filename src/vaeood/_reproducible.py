@@ -8,7 +8,7 @@ other). With MKL's conditional numerical reproducibility in STRICT mode 8 runs o
 vaeood sets ``MKL_CBWR`` before that (a value the user set wins); where torch already computed
 with MKL before vaeood was imported it is too late, and :func:`warn_if_not_reproducible` says
 so. It does not make results agree across CPU models or vendors: the reports' stamp names the
-CPU and the mode MKL really runs in (:func:`mkl_mode`).
+CPU (:func:`cpu_description`) and the mode MKL really runs in (:func:`mkl_mode`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import platform
 from pathlib import Path
 
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
@@ -55,3 +56,26 @@ def warn_if_not_reproducible() -> None:
         log.warning("MKL runs in mode %s although MKL_CBWR=%s: torch computed with MKL before vaeood was "
                     "imported, so training may not be reproducible to the bit on this CPU; import vaeood "
                     "before any torch computation, or set MKL_CBWR in the environment", mode, asked)
+
+
+def cpu_description() -> dict:
+    """The CPU's model name, its family/model numbers and widest SIMD (the name alone can be
+    just "AMD EPYC"), and its physical cores (distinct (physical id, core id) pairs), from
+    ``/proc/cpuinfo`` (elsewhere the name :mod:`platform` knows): CPU results agree to the bit
+    only on one CPU model and thread count."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    fields, cores, phys = {}, set(), "0"
+    for key, value in (tuple(part.strip() for part in line.split(":", 1)) for line in lines if ":" in line):
+        fields.setdefault(key, value)
+        if key == "physical id":
+            phys = value
+        elif key == "core id":
+            cores.add((phys, value))
+    flags = set(fields.get("flags", "").split())
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE/other"
+    return {"cpu": fields.get("model name") or platform.processor() or platform.machine() or "unknown",
+            "cpu_details": f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {simd}"
+            if lines else "", "physical_cores": len(cores) or None}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._reproducible import mkl_mode
+from .._reproducible import cpu_description, mkl_mode
 from .._version import __version__
 from ..training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ..training.config import Config, ConfigError
@@ -56,22 +56,11 @@ def training_summary(state: dict) -> dict:
             "train_data": state["train_data"], "config": state["config"]}
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows): CPU
-    results agree to the bit only on the same CPU model and thread count."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def machine_words(environment: dict) -> str:
-    """``", 2 threads on <CPU>"`` for a report's first line (without the CPU for stamps made
-    before it was recorded)."""
-    cpu = f" on {environment['cpu']}" if environment.get("cpu") else ""
+    """``", 2 threads on <CPU> (<family, model, SIMD>)"`` for a report's first line (without the
+    CPU for stamps made before it was recorded)."""
+    details = f" ({environment['cpu_details']})" if environment.get("cpu_details") else ""
+    cpu = f" on {environment['cpu']}{details}" if environment.get("cpu") else ""
     return f", {environment['threads']} threads{cpu}"
 
 
@@ -79,7 +68,8 @@ def stamp(device: str) -> dict:
     """When and with what a result was made."""
     return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "environment": {"vaeood": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                            "device": device, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+                            "device": device, "threads": torch.get_num_threads(),
+                            **{k: v for k, v in cpu_description().items() if k != "physical_cores"},
                             "mkl_cbwr": mkl_mode()}}
 
 
