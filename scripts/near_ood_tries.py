@@ -68,8 +68,8 @@ from vaeood.features import needs_features
 from vaeood.training.run import load_model, to_tensor
 
 FIT = (10000, 12000)  # the quick suite's fitting slice of the training split
-SELECT = (14000, 16000)  # held-out training images for choosing (d, c) of ``encoder``
 CALIBRATION = (12000, 14000)  # and its calibration slice
+SELECT = (14000, 16000)  # held-out training images after both, for choosing (d, c) of ``encoder``
 
 
 class NegElboAtMean(nn.Module):
