@@ -2,13 +2,14 @@
 :mod:`vaeood.detectors.base` for the protocol): ``nll``, ``bpd``, ``complexity``,
 ``complexity_jxl``, ``likelihood_ratio``, ``typicality``, ``dose``, ``dose_svm``, ``dose_layers``,
 ``lpath``, ``lpath_copod``, ``lpath_2m``, ``dose_plus``, ``likelihood_regret``, ``llr``, ``latent_gmm``,
-``latent_knn``, ``latent_mahalanobis`` and ``fused`` (the default to pick). Scores: higher = more
-out-of-distribution."""
+``latent_knn``, ``latent_mahalanobis``, ``fused`` (the VAE's evidence), ``feature_knn`` and
+``feature_gaussian`` (a pretrained backbone's features) and ``fused_content`` (pixels and content:
+the default to pick). Scores: higher = more out-of-distribution."""
 
 from .base import (DETECTORS, Detector, FitDataError, ModelSpec, check_fit_features, detector_names, make_detector,
                    per_detector_options)
-from . import (bpd, complexity, dose, dose_layers, dose_plus, fused, latent, likelihood_ratio, llr,  # noqa: F401
-               lpath, nll, regret, typicality)
+from . import (bpd, complexity, dose, dose_layers, dose_plus, feature_gaussian, feature_knn, fused,  # noqa: F401
+               fused_content, latent, likelihood_ratio, llr, lpath, nll, regret, typicality)
 from .typicality import batch_test_power
 
 __all__ = ["DETECTORS", "Detector", "FitDataError", "ModelSpec", "check_fit_features", "make_detector",

@@ -74,19 +74,26 @@ class Fused(Detector):
     fits = True
     paper = "Fisher's combination of dose_plus (Morningstar et al. 2021) and a latent density"
 
-    def __init__(self, *, components: tuple | list = COMPONENTS, folds: int = 5, tail: float = 0.9):
+    def __init__(self, *, components: tuple | list = COMPONENTS, folds: int = 5, tail: float = 0.9,
+                 component_options: dict | None = None):
         names = list(components)
-        if len(names) < 1 or len(set(names)) != len(names) or "fused" in names:
-            raise ConfigError("fused: components must be distinct detector names other than 'fused', "
+        if len(names) < 1 or len(set(names)) != len(names) or self.name in names:
+            raise ConfigError(f"{self.name}: components must be distinct detector names other than {self.name!r}, "
                               f"got {components!r}")
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-            raise ConfigError(f"fused: folds must be an integer >= 2, got {folds!r}")
+            raise ConfigError(f"{self.name}: folds must be an integer >= 2, got {folds!r}")
         if not 0.0 < float(tail) < 1.0:
-            raise ConfigError(f"fused: tail must be a quantile in (0, 1), got {tail!r}")
-        super().__init__(components=names, folds=folds, tail=float(tail))
-        self.parts = {c: make_detector(c) for c in names}
+            raise ConfigError(f"{self.name}: tail must be a quantile in (0, 1), got {tail!r}")
+        chosen = dict(component_options or {})
+        if set(chosen) - set(names):
+            raise ConfigError(f"{self.name}: component_options names {sorted(set(chosen) - set(names))}, which are not "
+                              f"among its components {names}")
+        # component_options is recorded only when given, so that the records of plain fits keep their options
+        super().__init__(components=names, folds=folds, tail=float(tail),
+                         **({"component_options": chosen} if chosen else {}))
+        self.parts = {c: make_detector(c, chosen.get(c)) for c in names}
         if any(not d.fits for d in self.parts.values()):
-            raise ConfigError("fused: every component must be a detector that fits (" + ", ".join(
+            raise ConfigError(f"{self.name}: every component must be a detector that fits (" + ", ".join(
                 c for c, d in self.parts.items() if not d.fits) + " does not)")
 
     @property
@@ -115,7 +122,12 @@ class Fused(Detector):
         return {c: {k: v for k, v in d.fit_info.items() if k != "n"} for c, d in self.parts.items()}
 
     def _score(self, features):
-        return -2.0 * sum(self.pvalues[c](d.score(features)) for c, d in self.parts.items())
+        return -2.0 * sum(self.component_log_p(features).values())
+
+    def frozen_options(self):
+        """The options with each component's own choices frozen (a refit on other images
+        repeats them, e.g. latent_gmm's component count)."""
+        return {**self.options, "component_options": {c: d.frozen_options() for c, d in self.parts.items()}}
 
     def component_log_p(self, features) -> dict[str, np.ndarray]:
         """Each component's log p-value ``[N]`` (which evidence flagged an image)."""

@@ -3,7 +3,7 @@
 
 from .core import (FEATURES, FEATURES_DIR, ShapeMismatchError, compute_feature, feature_meta, features_of,
                    images_digest, normalise_needs, pixel_stats)
-from . import compression, inference, layers, model  # noqa: F401  (registers the built-in features)
+from . import backbone, compression, inference, layers, model  # noqa: F401  (registers the built-in features)
 from .model import is_normalised
 from .api import compute_features, needs_features
 

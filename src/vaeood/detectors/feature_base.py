@@ -1,0 +1,37 @@
+"""Shared by the detectors that read a pretrained backbone's features
+(:mod:`vaeood.features.backbone`): the feature request, the rows, and why they cannot run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..features.backbone import DEFAULT_BACKBONE, DEFAULT_SIZE
+from ..models.backbones import get_backbone
+from .base import Detector
+
+FEATURE_KEY = "backbone_features"
+
+
+class FeatureDetector(Detector):
+    """A detector fitted on the backbone features ``[N, D]`` of held-out training images;
+    options ``backbone`` and ``size`` (None: the defaults of :mod:`vaeood.features.backbone`)."""
+
+    fits = True
+
+    @property
+    def backbone(self) -> str:
+        return self.options.get("backbone") or DEFAULT_BACKBONE
+
+    @property
+    def needs(self):
+        return {"backbone": {"name": self.backbone, "size": self.options.get("size") or DEFAULT_SIZE}}
+
+    def why_not(self, info):
+        reason = get_backbone(self.backbone).why_unavailable()
+        return f"needs the pretrained backbone {self.backbone!r}: {reason}" if reason else super().why_not(info)
+
+    def rows(self, features) -> np.ndarray:
+        if FEATURE_KEY not in features:
+            raise KeyError(f"features {FEATURE_KEY} are missing (the 'backbone' feature gives them)")
+        f = np.asarray(features[FEATURE_KEY], dtype=np.float64)
+        return f.reshape(len(f), -1)

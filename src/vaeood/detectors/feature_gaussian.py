@@ -1,0 +1,46 @@
+"""``feature_gaussian``: the likelihood of an image's content under one Gaussian of the
+backbone's features.
+
+With f(x) the pooled features of a frozen ImageNet-pretrained backbone
+(:mod:`vaeood.features.backbone`), m their mean on the fit images and Σ̂ the Ledoit–Wolf
+shrinkage estimate of their covariance (Ledoit & Wolf 2004, "A well-conditioned estimator
+for large-dimensional covariance matrices": Σ̂ = (1 − δ) S + δ μ I with the shrinkage δ that
+minimises the expected Frobenius loss, needed since D = 1280 features are fitted on a few
+thousand images),
+
+    S(x) = (f(x) − m)ᵀ Σ̂⁻¹ (f(x) − m)        (the squared Mahalanobis distance: −2 log N(f; m, Σ̂) + const)
+
+Lee, Lee, Lee & Shin (NeurIPS 2018) with one class; Rippel, Mertens & Merhof (ICPR 2020),
+"Modeling the distribution of normal data in pre-trained deep features for anomaly
+detection", with this estimator. It is the likelihood test of the study asked in feature
+space, and it meets the study's phenomenon again: uniform noise and constant images get a
+*smaller* distance than the training photos (docs/findings.md). Use it to measure, not to
+decide: ``feature_knn`` is the feature-space detector of the recommended default.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import DETECTORS
+from .feature_base import FeatureDetector
+
+
+@DETECTORS.register("feature_gaussian")
+class FeatureGaussian(FeatureDetector):
+    name = "feature_gaussian"
+    paper = "Lee et al. 2018; Rippel et al. 2020 (Gaussian of pretrained features, Ledoit–Wolf)"
+
+    def __init__(self, *, backbone: str | None = None, size: int | None = None):
+        super().__init__(backbone=backbone, size=size)
+
+    def _fit(self, features):
+        from sklearn.covariance import LedoitWolf
+
+        estimate = LedoitWolf().fit(self.rows(features))
+        self.mean, self.precision = estimate.location_, estimate.precision_
+        return {"shrinkage": float(estimate.shrinkage_)}
+
+    def _score(self, features):
+        t = self.rows(features) - self.mean
+        return np.einsum("ni,ij,nj->n", t, self.precision, t)
