@@ -195,6 +195,42 @@ def test_an_unreadable_cache_file_is_recomputed_with_a_warning_naming_it(run, da
     np.testing.assert_allclose(first["mu_z_norm"], again["mu_z_norm"])
 
 
+def test_a_shared_cache_serves_image_only_features_to_every_run_and_keeps_model_features_in_the_run(
+        tmp_path, run, data_dir, monkeypatch):
+    """``shared_cache``: a feature that does not use the model (PNG bits here; the backbone's
+    features in the one-class experiment) is computed once for two runs that score the same
+    images, and recomputed for other images under the same name; log p(x) stays in each run."""
+    from vaeood.features import core
+
+    other = train(Config().override({"train.epochs": "1", "model.base_channels": "4", "model.latent_dim": "4",
+                                     "model.likelihood": "dlogistic", "data.limit": "200", "train.seed": "1"}),
+                  tmp_path / "other_run", data_dir=str(data_dir))
+    computed = []
+    real = core.features_of
+    monkeypatch.setattr(core, "features_of", lambda model, images, name, *a, **k: (
+        computed.append((name, len(images))), real(model, images, name, *a, **k))[1])
+    shared = tmp_path / "shared"
+    first = compute_feature(run, "mnist", "test", "compressed", data_dir=str(data_dir), limit=16, shared_cache=shared)
+    second = compute_feature(other, "mnist", "test", "compressed", data_dir=str(data_dir), limit=16,
+                             shared_cache=shared)
+    assert computed == [("compressed", 16)]  # the second run read the first one's file
+    np.testing.assert_array_equal(first["png_bits"], second["png_bits"])
+    assert [f.name for f in shared.iterdir()] == [next(shared.iterdir()).name]
+    assert not (run / "features").exists() and not (other / "features").exists()
+    meta = feature_meta(second)
+    assert meta["checkpoint_sha256"] is None and "checkpoint_epoch" not in meta  # no run's model in a shared file
+    # a feature of the model stays in its run, the shared folder given or not
+    compute_feature(other, "mnist", "test", "log_px", data_dir=str(data_dir), limit=16, shared_cache=shared)
+    assert len(list((other / "features").iterdir())) == 1 and len(list(shared.iterdir())) == 1
+    # other images under the same name: another file, computed from them
+    elsewhere = tmp_path / "elsewhere"
+    write_npz(elsewhere, "mnist", "test", strokes(16, 9))
+    swapped = compute_feature(other, "mnist", "test", "compressed", data_dir=str(elsewhere), limit=16,
+                              shared_cache=shared)
+    assert computed[-1] == ("compressed", 16) and len(computed) == 3 and len(list(shared.iterdir())) == 2
+    assert not np.array_equal(swapped["png_bits"], first["png_bits"])
+
+
 def _cli(*args, env):
     # -v: the cache's "reusing" lines are detail (DEBUG)
     return subprocess.run([sys.executable, "-m", "vaeood.cli", "-v", *args], capture_output=True, text=True, env=env,

@@ -72,7 +72,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
              estimator: str = "elbo", estimator_options: dict | None = None, out_dir: str | Path | None = None,
              data_dir: str | None = None, limit: int | None = None, n_fit: int | None = None,
              device: str = "cpu", seed: int = 0, allow_sample: bool = False, progress: bool | None = None,
-             conform: str | None = None, data_dirs: Mapping[str, str] | None = None) -> dict:
+             conform: str | None = None, data_dirs: Mapping[str, str] | None = None, shared_cache=None) -> dict:
     """The metrics dict, also written to ``out_dir`` (default: the run directory):
     ``results[detector][ood] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``,
     ``detectors`` (options, features, paper, fit, seconds), ``detector_scores`` (files),
@@ -80,8 +80,8 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     ``typicality_batch_test`` and per-dataset summaries. ``detectors``: names, or
     ``"all"``/None for every one that applies without extra runs; ``conform`` (``"pad"``/
     ``"resize"``) makes other image shapes fit; ``limit``: the first N test images;
-    ``n_fit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``:
-    ``{dataset: folder}`` for sets that live elsewhere (e.g. generated uniform noise)."""
+    ``n_fit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``: ``{dataset: folder}``
+    for sets elsewhere (generated noise); ``shared_cache``: a folder shared by runs (:func:`compute_feature`)."""
     run_dir = Path(run_dir)
     data_dirs = dict(data_dirs or {})
     out_dir = Path(out_dir) if out_dir else run_dir
@@ -101,7 +101,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
             "hierarchical": is_hierarchical(load_model(run_dir)[0])}
     skipped = _drop_inapplicable(dets, info, explicit, fit_slice, fit_error, run_dir)
     common = dict(limit=limit, device=device, seed=seed, conform=conform, allow_sample=allow_sample,
-                  progress=progress)
+                  progress=progress, shared_cache=shared_cache)
     runner = _DetectorRunner(run_dir, in_dataset, ood_datasets, split, data_dir, data_dirs, fit_slice, out_dir,
                              common)
     runner.run_all(dets, progress)
@@ -213,7 +213,8 @@ class _DetectorRunner:
         fit_features = compute_features(self.run_dir, fs["dataset"], fs["split"], det.needs,
                                         data_dir=fs["data_dir"], start=fs["start"], stop=fs["stop"],
                                         device=self.common["device"], seed=self.common["seed"],
-                                        allow_sample=fs["allow_sample"], progress=self.common["progress"])
+                                        allow_sample=fs["allow_sample"], progress=self.common["progress"],
+                                        shared_cache=self.common["shared_cache"])
         _add_seconds(feature_seconds, fit_features["meta"])
         t0 = time.perf_counter()
         det.fit(fit_features)

@@ -27,7 +27,8 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
                      needs: Mapping[str, dict] | Iterable[str] | str = ("log_px",), *, data_dir: str | None = None,
                      limit: int | None = None, start: int | None = None, stop: int | None = None,
                      batch_size: int | None = None, device: str = "cpu", seed: int = 0, conform: str | None = None,
-                     allow_sample: bool = False, reuse: bool = True, progress: bool | None = None) -> dict:
+                     allow_sample: bool = False, reuse: bool = True, progress: bool | None = None,
+                     shared_cache: str | Path | None = None) -> dict:
     """The features ``needs`` of images ``[start, stop)`` (or the first ``limit``) of
     ``dataset/split`` under the run's model, each cached in ``RUN/features/`` (see
     :func:`compute_feature` for the cache key).
@@ -35,7 +36,8 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
     ``needs``: a feature name, a list of names, or ``{key: options}`` where a key is a
     feature's name or an alias (``{"background": {"feature": "log_px", "run": "runs/bg"}}``
     computes ``log_px`` with another run's model, cached in that run, and returns its
-    outputs as ``"background/log_px_nats"``, ...).
+    outputs as ``"background/log_px_nats"``, ...). ``shared_cache``: a folder where the features
+    that do not use the model are cached instead, for every run given it (:func:`compute_feature`).
 
     Returns a flat dict: every output ``[N]`` (e.g. ``log_px_nats``, ``bpd``,
     ``mu_z_norm``, ``png_bits``), ``labels`` ``[N]`` and ``meta``: ``{key: metadata}``
@@ -56,8 +58,8 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
             data = run_dataset(Path(run_dir), dataset, split, data_dir, allow_sample, conform)
         result = compute_feature(where, dataset, split, name, producer, data_dir=data_dir, limit=limit, start=start,
                                  stop=stop, batch_size=batch_size, device=device, seed=seed, conform=conform,
-                                 allow_sample=allow_sample, reuse=reuse, progress=progress, _source=source,
-                                 _data=data)
+                                 allow_sample=allow_sample, reuse=reuse, progress=progress,
+                                 shared_cache=shared_cache, _source=source, _data=data)
         _merge(out, result, prefix, key)
         out.setdefault("labels", result["labels"])
         metas[key] = feature_meta(result)

@@ -36,6 +36,11 @@ images of the slice (their bytes, so a data file replaced in place or another
 ``--data-dir`` is a different key), the slice, the conform, the feature options and the
 seed. A cached file is used only when every part of the key matches; a file that fails
 to load is recomputed, with a warning naming it.
+
+``shared_cache=FOLDER``: a feature of the image alone (``uses_model = False``: a backbone's)
+is cached in FOLDER, read by every run given it (one test set, many models: computed once),
+its file named with the images' digest too and its metadata free of any run's model; one of
+conformed images stays in the run (a conform depends on the run's image shape).
 """
 
 from __future__ import annotations
@@ -284,11 +289,11 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
                     options: dict | None = None, *, data_dir: str | None = None, limit: int | None = None,
                     start: int | None = None, stop: int | None = None, batch_size: int | None = None,
                     device: str = "cpu", seed: int = 0, conform: str | None = None, allow_sample: bool = False,
-                    reuse: bool = True, progress: bool | None = None, _source: Source | None = None,
-                    _data=None) -> dict[str, np.ndarray]:
+                    reuse: bool = True, progress: bool | None = None, shared_cache: str | Path | None = None,
+                    _source: Source | None = None, _data=None) -> dict[str, np.ndarray]:
     """One feature of images ``[start, stop)`` (or the first ``limit``) of ``dataset/split``,
-    cached in ``RUN/features/``; returns its arrays ``[N]``, ``labels`` and ``meta`` (a JSON
-    string; read it with :func:`feature_meta`).
+    cached in ``RUN/features/`` (or ``shared_cache``: the module docstring); returns its arrays
+    ``[N]``, ``labels`` and ``meta`` (a JSON string; read it with :func:`feature_meta`).
 
     Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
     unless ``conform`` is ``"pad"`` or ``"resize"`` (see :mod:`vaeood.data.conform`; recorded in
@@ -312,7 +317,9 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
     tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
     tag = _tag(tagged, split, name, options, begin, end, len(data.images), limit, conform, seed)
-    path = run_dir / FEATURES_DIR / f"{tag}.npz"
+    shared = shared_cache is not None and not uses_model and conform is None  # the module docstring
+    path = (Path(shared_cache) / f"{tag}_{key['data_sha256'][:12]}.npz" if shared
+            else run_dir / FEATURES_DIR / f"{tag}.npz")
     saved = _cached(path, key) if reuse and path.exists() else None
     if saved is not None:
         return saved
@@ -325,10 +332,9 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     seconds = time.perf_counter() - started
     result["labels"] = data.labels[begin:end]
     info = {**key, "source": data.source, "files": data.provenance()["files"], "is_sample": data.is_sample,
-            "limit": limit,
-            "checkpoint_epoch": ckpt["epoch"], "likelihood": config.model.likelihood,
-            "normalised": bool(model.likelihood.normalised), "num_dims": model.num_dims,
-            "seconds": seconds, "n": end - begin, **pixel_stats(images)}
+            "limit": limit, "seconds": seconds, "n": end - begin, **pixel_stats(images), **({} if shared else {
+                "checkpoint_epoch": ckpt["epoch"], "likelihood": config.model.likelihood,  # the run's model
+                "normalised": bool(model.likelihood.normalised), "num_dims": model.num_dims})}
     if name == "log_px":  # the keys score() has always written
         info.update(estimator=options.get("estimator", "elbo"), options=options.get("estimator_options") or {})
     info["conform"] = conformed  # the conform applied (score metadata), or None
