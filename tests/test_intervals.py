@@ -7,7 +7,8 @@ import pytest
 from scipy.stats import norm, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from vaeood.evaluation.intervals import _Pair, auroc, bootstrap_auroc, seed_summary, trend, trend_text, verdict
+from vaeood.evaluation.intervals import (_Pair, auroc, bootstrap_auroc, class_mean_summary, seed_summary, trend,
+                                         trend_text, verdict)
 
 
 def sk_auroc(a, b):
@@ -194,3 +195,23 @@ def test_seed_spearman_known_answers():
     assert correlation_word((0.0, 0.3)) == "no detectable correlation" and correlation_word((0.01, 0.3)) == "positive"
     with pytest.raises(ValueError, match="strata"):
         seed_spearman(x, [-x], strata=(50, 40))
+
+
+def test_class_mean_summary_known_answers():
+    labels = np.repeat(np.arange(3), 20)
+    perfect = [(labels != c).astype(float) for c in range(3)]  # every OOD image above every in-distribution one
+    s = class_mean_summary(perfect, labels, [0, 1, 2], n_boot=100)
+    assert s["auroc"] == [1.0, 1.0, 1.0] and s["mean"] == 1.0 and s["interval"] == [1.0, 1.0]
+    inverted = [-x for x in perfect]
+    assert class_mean_summary(inverted, labels, [0, 1, 2], n_boot=100)["interval"] == [0.0, 0.0]
+    rng = np.random.default_rng(0)
+    noisy = [(labels != c) + rng.normal(0, 1, len(labels)) for c in range(3)]
+    s = class_mean_summary(noisy, labels, [0, 1, 2], n_boot=500)
+    for c, a, (lo, hi) in zip(range(3), s["auroc"], s["intervals"], strict=True):
+        assert a == pytest.approx(auroc(noisy[c][labels == c], noisy[c][labels != c]))
+        assert lo < a < hi
+    assert s["mean"] == pytest.approx(np.mean(s["auroc"])) and s["interval"][0] < s["mean"] < s["interval"][1]
+    # the mean's interval is narrower than one class's: three classes' noise averages out
+    assert s["interval"][1] - s["interval"][0] < min(hi - lo for lo, hi in s["intervals"])
+    with pytest.raises(ValueError, match="one score array per class"):
+        class_mean_summary(noisy[:2], labels, [0, 1, 2])

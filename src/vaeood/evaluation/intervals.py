@@ -27,6 +27,14 @@ y on log₂ x ± its standard error with the t interval (``scipy.stats.linregres
 Spearman's ρ between a per-image quantity and each seed's log p(x), with the same
 two-level bootstrap: :mod:`vaeood.evaluation.rank_correlation`.
 
+One-class protocols (each class in turn in-distribution, the rest of one labelled test set
+OOD, one model per class): :func:`class_mean_summary` gives each class's AUROC and their
+mean with intervals from **one bootstrap over the test images shared by every class**: a
+replicate resamples the images of each label with replacement to its own count (stratified
+by label), and every class's AUROC and the mean are computed on that same replicate. The
+classes are fixed (they are the benchmark), so the interval of the mean is over images, not
+over a population of classes.
+
 Weighted AUROC, exactly (ties count one half, as in ``sklearn.metrics.roc_auc_score``):
 with multiplicities ``u_i`` of in-distribution images and ``v_j`` of OOD images,
 
@@ -196,6 +204,44 @@ def seed_summary(pairs: list[tuple], *, n_boot: int = N_BOOT, seed: int = 0, lev
                        per_seed_verdicts=[verdict(i) for i in per_seed], level=level, n_boot=n_boot)
 
 
+def class_mean_summary(scores: list, labels, classes: list[int], *, n_boot: int = N_BOOT, seed: int = 0,
+                       level: float = LEVEL) -> dict:
+    """AUROCs of a one-class protocol on one labelled test set: ``scores[k]`` (``[N]``, higher =
+    more OOD) are model k's scores of the test images, with the images labelled ``classes[k]``
+    in-distribution and the rest OOD. Returns each class's AUROC and interval, their mean, sd
+    and the interval of the mean, from one stratified bootstrap over the images (module
+    docstring)."""
+    _check(n_boot, level)
+    labels = np.asarray(labels)
+    if len(scores) != len(classes) or not classes:
+        raise ValueError(f"one score array per class: got {len(scores)} arrays for {len(classes)} classes")
+    inside = [labels == c for c in classes]
+    pairs = []
+    for s, mask, c in zip(scores, inside, classes, strict=True):
+        s = _as_scores(s, f"class {c}")
+        if len(s) != len(labels):
+            raise ValueError(f"class {c}: {len(s)} scores for {len(labels)} test images")
+        pairs.append(_Pair(s[mask], s[~mask]))
+    points = [float(p.auroc(np.ones((1, p.n_in)), np.ones((1, p.n_out)))[0]) for p in pairs]
+    groups = [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    rng = np.random.default_rng(seed)
+    reps = np.empty((n_boot, len(pairs)))
+    block = max(1, _BLOCK_ELEMENTS // len(labels))
+    for start in range(0, n_boot, block):
+        rows = min(block, n_boot - start)
+        w = np.empty((rows, len(labels)))
+        for g in groups:
+            w[:, g] = resample_counts(rng, rows, len(g))
+        for k, (pair, mask) in enumerate(zip(pairs, inside, strict=True)):
+            reps[start:start + rows, k] = pair.auroc(w[:, mask], w[:, ~mask])
+    values = np.asarray(points)
+    interval = _percentile(reps.mean(axis=1), level)
+    return {"classes": [int(c) for c in classes], "auroc": points,
+            "intervals": [list(_percentile(reps[:, k], level)) for k in range(len(pairs))],
+            "mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "interval": list(interval), "verdict": verdict(interval), "level": level, "n_boot": n_boot}
+
+
 def mean_sd(values) -> dict:
     """Mean and sample sd (ddof 1; 0 for one value) of finite values, with the values."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
@@ -273,5 +319,5 @@ def trend_text(tr: dict, what: str = "AUROC", against: str = "parameters") -> st
     return f"{what} {word} with {against} ({rho}, {tr['n_points']} points{slope})"
 
 
-__all__ = ["LEVEL", "N_BOOT", "WORDS", "SeedSummary", "auroc", "bootstrap_auroc", "mean_sd", "resample_counts",
-           "seed_summary", "trend", "trend_text", "verdict"]
+__all__ = ["LEVEL", "N_BOOT", "WORDS", "SeedSummary", "auroc", "bootstrap_auroc", "class_mean_summary", "mean_sd",
+           "resample_counts", "seed_summary", "trend", "trend_text", "verdict"]
