@@ -20,6 +20,7 @@ from ..evaluation.evaluate import evaluate
 from ..evaluation.intervals import N_BOOT, seed_summary
 from ..detectors import make_detector
 from ..infra.jsonable import strict_json  # noqa: F401 (the experiments take it from here)
+from ..infra.atomic import atomic_write
 from ..infra.progress import bar
 from ..infra.registry import Registry
 from ..evaluation.log_px import log_px
@@ -137,4 +138,18 @@ def sample_sources(evaluations: list[dict], trainings: list[dict]) -> list[str]:
     return [f"{name} ({d['source']})" for r in evaluations for name, d in r["datasets"].items() if d["is_sample"]] + \
         [f"{t['train_data']['name']} training set ({t['train_data']['source']})"
          for t in trainings if t["train_data"]["is_sample"]]
+
+
+def write_image_set(path: Path, x: np.ndarray, provenance: str, labels: np.ndarray | None = None) -> None:
+    """Write images an experiment makes (generated OOD sets, one class of a dataset) as a
+    dataset file ``NAME_SPLIT.npz`` (:mod:`vaeood.data.npz`), unless it holds these images and
+    labels already (so a rerun leaves the file, and what was computed from it, as it was).
+    ``provenance`` says what the images are: names and digests, never a path of this machine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    y = np.zeros(len(x), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as f:
+            if f["x"].shape == x.shape and np.array_equal(f["x"], x) and np.array_equal(f["y"], y):
+                return
+    atomic_write(path, lambda f: np.savez(f, x=x, y=y, provenance=provenance))
 
