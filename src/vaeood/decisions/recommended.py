@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .scorer import run_info
 from ..detectors import make_detector
 from ..training.run_dir import Run
 
+log = logging.getLogger(__name__)
 
 #: the detector a user gets without asking: the first of these that applies to the run.
-#: ``fused`` holds far- and near-OOD evidence (Fashion-MNIST → MNIST, noise, constant images
-#: 0.999–1.000 AUROC and rotated 90° 0.92 in the ood-suite); ``dose_plus`` where a latent
-#: density cannot be had (a hierarchical VAE has no single q(z|x)); ``nll`` last.
-RECOMMENDED = ("fused", "dose_plus", "nll")
+#: ``fused_content`` sees pixels (``fused``: what is broken) and content (``feature_knn`` on an
+#: ImageNet-pretrained backbone: what is different); ``fused`` where the backbone is not
+#: installed (said once); ``dose_plus`` where a latent density cannot be had (a hierarchical
+#: VAE has no single q(z|x)); ``nll`` last.
+RECOMMENDED = ("fused_content", "fused", "dose_plus", "nll")
 
 
 def recommended_detector(run_dir: str | Path, device: str = "cpu") -> str:
-    """The first detector of :data:`RECOMMENDED` that applies to the run's model."""
+    """The first detector of :data:`RECOMMENDED` that applies to the run's model; a fallback
+    from the first is said once, with the reason."""
     info = run_info(Run(run_dir, device).model, has_fit_data=True)
-    return next(name for name in RECOMMENDED if make_detector(name).why_not(info) is None)
+    reasons = {}
+    for name in RECOMMENDED:
+        reasons[name] = make_detector(name).why_not(info)
+        if reasons[name] is None:
+            break
+    else:  # nll applies to every model
+        raise AssertionError(f"no recommended detector applies: {reasons}")
+    if name != RECOMMENDED[0]:  # the command shows each distinct warning once (infra.console)
+        log.warning(f"the recommended detector {RECOMMENDED[0]!r} does not apply ({reasons[RECOMMENDED[0]]}); "
+                    f"using {name!r}")
+    return name
