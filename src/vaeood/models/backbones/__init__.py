@@ -12,7 +12,7 @@ that use a backbone say so: it saw ImageNet's 1,000 classes, which overlap the t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Callable
 
 import torch
@@ -58,7 +58,7 @@ class Backbone:
         return self.network().to(x.device).features(inputs)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _network(name: str) -> nn.Module:
     return BACKBONES.get(name)().build()
 
