@@ -18,6 +18,7 @@ from . import fig2  # noqa: F401  (registers fig2a, fig2b)
 from . import forward_kl  # noqa: F401  (registers forward-kl)
 from . import capacity  # noqa: F401  (registers capacity, capacity_cifar10)
 from . import ood_suite  # noqa: F401  (registers ood-suite)
+from . import one_class  # noqa: F401  (registers one-class)
 
 
 
