@@ -31,8 +31,9 @@ def _protocol(out: dict) -> list[str]:
              "classes OOD (the positive class).", ""]
     for r in out["datasets"].values():
         split, start, stop = r["test"]["range"]
-        counts = [cls["data"]["n"] for cls in r["classes"].values()]
-        lines.append(f"- {r['title']}: {min(counts):,}–{max(counts):,} images of a class, the last "
+        counts = sorted(cls["data"]["n"] for cls in r["classes"].values())
+        span = f"{counts[0]:,}" + (f"–{counts[-1]:,}" if counts[-1] != counts[0] else "")
+        lines.append(f"- {r['title']}: {span} images of a class, the last "
                      f"{out['settings']['n_fit']:,} held out to fit the detectors; test images "
                      f"{split}[{start}:{stop}] ({r['test']['n']:,}, every class)."
                      + (f" **Note:** {r['note']}." if r["note"] else ""))
@@ -53,6 +54,9 @@ def _published(out: dict) -> list[str]:
     lines = ["## Mean AUROC over the classes, beside published results", "",
              "Published numbers are mean AUROCs over the 10 classes on the official test sets, with every training "
              "image of the class; ours are on the test images above, with the budget above.", ""]
+    if len(out["settings"]["classes"]) < 10:
+        lines += [f"**This run has {len(out['settings']['classes'])} of the 10 classes: its means are not comparable "
+                  "to the published ones.**", ""]
     for group in out["published"].values():
         rows = [[method, source, *[f"{v[n]:.3f}" if n in v else "–" for n in names]]
                 for method, source, v in group["rows"]]
