@@ -11,3 +11,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def backbone_cache(tmp_path_factory):
+    """The converted backbones (vaeood.models.backbones.openvino_runtime) go to one folder of the
+    session, not the user's ~/.cache: the first test converts, the others (and their subprocesses)
+    read it."""
+    import os
+
+    os.environ["VAEOOD_CACHE"] = str(tmp_path_factory.mktemp("vaeood-cache"))
+    yield

@@ -13,6 +13,8 @@ import torch
 from vaeood.features import features_of
 from vaeood.models.backbones import get_backbone
 from vaeood.models.backbones import efficientnet_lite as el
+from vaeood.features.backbone import DEFAULT_SIZE
+from vaeood.models.backbones.openvino_runtime import cache_dir, openvino_features
 
 REAL_DATA = os.environ.get("VAEOOD_DATA")
 PHOTOS = Path(REAL_DATA or ".") / "tinyimagenet64" / "train"
@@ -55,7 +57,7 @@ def test_folded_batchnorm_is_the_same_function():
 def test_grey_images_are_repeated_to_rgb():
     grey = torch.randint(0, 256, (2, 1, 40, 40), dtype=torch.uint8)
     net = get_backbone("efficientnet_lite0")
-    assert torch.equal(net.features(grey, 64), net.features(grey.expand(-1, 3, -1, -1).contiguous(), 64))
+    assert torch.equal(net.features(grey), net.features(grey.expand(-1, 3, -1, -1).contiguous()))
 
 
 def test_changed_weights_are_refused_by_sha256(tmp_path):
@@ -74,10 +76,30 @@ def test_changed_weights_are_refused_by_sha256(tmp_path):
 
 def test_backbone_feature_depends_on_the_image_alone():
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    one = features_of(None, images, "backbone", {"size": 64}, batch_size=2)["backbone_features"]
-    two = features_of(None, images[::-1], "backbone", {"size": 64}, batch_size=5)["backbone_features"][::-1]
+    one = features_of(None, images, "backbone", batch_size=2)["backbone_features"]
+    two = features_of(None, images[::-1], "backbone", batch_size=5)["backbone_features"][::-1]
     assert one.shape == (5, 1280)
     np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-5)
+
+
+def test_openvino_gives_pytorchs_features_and_a_cache_that_disagrees_is_refused(tmp_path, monkeypatch, caplog):
+    """The converted network (cached) computes the PyTorch network's features; a cached file whose
+    weights were changed fails the probe and PyTorch is used, with a warning."""
+    net, size = el.efficientnet_lite0(), DEFAULT_SIZE  # the session's cache has it converted, or converts it now
+    x = el.preprocess(torch.randint(0, 256, (3, 3, 48, 48), dtype=torch.uint8), size)
+    run = openvino_features(net, "efficientnet_lite0", el.WEIGHTS["sha256"], size)
+    with torch.no_grad():
+        expected = net.features(x)
+    assert run is not None and (run(x) - expected).abs().max() < 1e-4
+    shutil.copytree(cache_dir(), tmp_path / "openvino")
+    monkeypatch.setenv("VAEOOD_CACHE", str(tmp_path))
+    cached = next((tmp_path / "openvino").glob(f"*-{size}px-*.bin"))
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)  # zero a block of weights
+    cached.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        assert openvino_features(net, "efficientnet_lite0", el.WEIGHTS["sha256"], size) is None
+    assert "differ from PyTorch" in caplog.text
 
 
 @pytest.mark.skipif(not PHOTOS.is_dir(), reason="set VAEOOD_DATA (e.g. to ../shared/data, with tinyimagenet64/)")

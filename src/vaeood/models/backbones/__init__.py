@@ -11,6 +11,7 @@ that use a backbone say so: it saw ImageNet's 1,000 classes, which overlap the t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from ...infra.registry import Registry
 from . import efficientnet_lite
+from .openvino_runtime import openvino_features
 from .efficientnet_lite import WeightsError
 
 BACKBONES: Registry = Registry("backbone")
@@ -53,14 +55,29 @@ class Backbone:
     @torch.no_grad()
     def features(self, x: Tensor, size: int | None = None) -> Tensor:
         """Pooled features ``[B, D]`` (float32) of uint8 images ``[B, C, H, W]`` at ``size`` (default
-        ``default_size``)."""
-        inputs = self.preprocess(x, int(size or self.default_size)).contiguous(memory_format=torch.channels_last)
-        return self.network().to(x.device).features(inputs)
+        ``default_size``): under OpenVINO on a CPU where it reproduces PyTorch's features
+        (:mod:`.openvino_runtime`), else PyTorch."""
+        size = int(size or self.default_size)
+        inputs = self.preprocess(x, size)
+        fast = _openvino(self.name, size) if x.device.type == "cpu" else None
+        if fast is not None:
+            return fast(inputs)
+        return self.network().to(x.device).features(inputs.contiguous(memory_format=torch.channels_last))
 
 
 @cache
 def _network(name: str) -> nn.Module:
     return BACKBONES.get(name)().build()
+
+
+@cache
+def _openvino(name: str, size: int):
+    """The OpenVINO runner of backbone ``name`` at ``size``, or None (once per process); off
+    when ``VAEOOD_BACKBONE_RUNTIME=torch``."""
+    if os.environ.get("VAEOOD_BACKBONE_RUNTIME", "").lower() == "torch":
+        return None
+    backbone = BACKBONES.get(name)()
+    return openvino_features(_network(name), name, backbone.weights.get("sha256", ""), size)
 
 
 @BACKBONES.register("efficientnet_lite0")
