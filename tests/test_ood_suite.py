@@ -87,12 +87,15 @@ def test_report_figures_notes_and_no_machine_paths(suite):
             assert (out / "figures" / f"{kind}_{fam}.png").stat().st_size > 10_000
             assert f"](figures/{kind}_{fam}.png)" in report
     assert any("CIFAR-10 was not found" in n for n in metrics["notes"])
+    assert any("Tiny ImageNet 64 was not found" in n and "`tinyimagenet64/`" in n for n in metrics["notes"])
     assert "## Which detector to use" in report and "## What each detector costs" in report
     # the default detector's AUROC on every pair with its interval, and the best one's
     pairs = [f"{f}→{o}" for f, fam in metrics["families"].items() for o in fam["ood"]]
     default = metrics["verdict"]["default"]
     assert list(default) == pairs and all(d["interval"][0] <= d["auroc"] <= d["interval"][1] for d in default.values())
-    assert "`fused`, the detector to pick, on every pair" in report
+    assert "`fused_content`, the detector to pick, on every pair" in report
+    assert list(metrics["verdict"]["pixel"]) == pairs  # `fused`, the pixel view, beside it
+    assert "and `fused`, its pixel view alone" in report and "pretrained on ImageNet" in report
     assert all("95% interval" in line for line in metrics["verdict"]["lines"] if line.startswith("Best on"))
     text = (out / "metrics.json").read_text() + report
     assert str(out.parent) not in text  # neither the output folder nor the data folder's absolute path
@@ -104,13 +107,13 @@ def test_report_figures_notes_and_no_machine_paths(suite):
 
 @pytest.mark.slow  # e2e: reads the ood-suite its fixture reproduces
 def test_the_terminal_summary_shows_the_default_and_the_named_detectors_only(suite):
-    """Eighteen detectors on every pair fit in report.md; the terminal gets the default one,
+    """Twenty-one detectors on every pair fit in report.md; the terminal gets the default one,
     those the verdict names and the verdict, a screen at most."""
     _, metrics, _ = suite
     text = EXPERIMENTS.get("ood-suite").summary(metrics)
     rows = {line.split()[0] for line in text.splitlines() if line and not line.startswith(("-", "(", "NOTE"))}
     v = metrics["verdict"]
-    named = {v["robust"]["detector"], "fused", *(b["detector"] for b in v["best"].values()),
+    named = {v["robust"]["detector"], "fused_content", "fused", *(b["detector"] for b in v["best"].values()),
              *(r["detector"] for r in v["robust_by_kind"].values() if r)}
     assert rows - {"detector"} == named and len(named) < len(metrics["settings"]["detectors"])
     assert "are in the report)" in text and len(text.splitlines()) <= 30

@@ -1,7 +1,8 @@
 """The OOD detector suite (``vaeood reproduce ood-suite``): every detector on every pair.
 
-For each in-distribution dataset (Fashion-MNIST, MNIST, CIFAR-10 where it exists) and
-each seed it trains what the detectors need, as each detector class declares it
+For each in-distribution dataset (Fashion-MNIST, MNIST, CIFAR-10 where it exists, Tiny
+ImageNet's 64×64 photos where a ``tinyimagenet64/`` folder is in the data dir: :mod:`.photos`)
+and each seed it trains what the detectors need, as each detector class declares it
 (``runs_on`` and ``companions``, :class:`vaeood.detectors.base.ModelSpec`; read by
 :mod:`.planning`, so a new detector needs no edit here). With the suite's detectors:
 
@@ -21,10 +22,15 @@ dataset (MNIST ↔ Fashion-MNIST); for CIFAR-10, MNIST padded to 32×32 RGB (``c
 Tiny ImageNet and SVHN where they are on disk; and, for every model, uniform-noise and
 constant images, generated deterministically (seed :data:`SYNTHETIC_SEED`, the same
 images for every model seed), and the family's own test images rotated by 90°, written as
-datasets in ``OUT/runs/data/``. The rotated images and Tiny ImageNet are *near*-OOD
-(typical pixel statistics, wrong content), the rest *far*-OOD; the verdict names the
-best detector for each kind, and the report gives the default detector ``fused`` with
-its interval on every pair. Detectors that fit are
+datasets in ``OUT/runs/data/``. The Tiny ImageNet photo family is tested on the validation
+photos of its classes against those of the other classes, noise and constant images; it
+trains no model beside ``main`` (no detector that declares one). The rotated images and
+natural images of other classes are *near*-OOD (typical pixel statistics, wrong content),
+the rest *far*-OOD; the verdict names the best detector for each kind, and the report gives
+the default detector ``fused_content`` (pixels and an ImageNet-pretrained backbone's
+content view; the report says the backbone saw ImageNet, whose classes overlap CIFAR-10's
+and Tiny ImageNet's) and its pixel view ``fused`` with their intervals on every pair.
+Detectors that fit are
 fitted on a held-out slice of the training split (the images after ``data.limit``),
 recorded in ``metrics.json`` and the report.
 
@@ -41,8 +47,8 @@ to use" summary computed from the numbers.
 from __future__ import annotations
 
 from ..common import EXPERIMENTS
-from .presets import (DEFAULT_DETECTOR, SUITE_DETECTORS, FAMILIES, PRESETS, SYNTHETIC, SYNTHETIC_SEED,
-                      Family, SuitePreset)
+from .presets import (BACKBONE_DETECTORS, DEFAULT_DETECTOR, PIXEL_DETECTOR, SUITE_DETECTORS, FAMILIES, PRESETS,
+                      SYNTHETIC, SYNTHETIC_SEED, Family, SuitePreset)
 from .suite import OODSuite
 from .summary import aggregate, decision_summary, verdict
 from .paths import scrub_paths
@@ -56,6 +62,6 @@ EXPERIMENTS.register("ood-suite")(OODSuite(
 ))
 
 
-__all__ = ["DEFAULT_DETECTOR", "SUITE_DETECTORS", "FAMILIES", "PRESETS", "SYNTHETIC", "SYNTHETIC_SEED", "Family",
-           "OODSuite", "SuitePreset", "aggregate", "decision_summary", "scrub_paths", "synthetic_images", "verdict",
-           "write_rotated", "write_synthetic"]
+__all__ = ["BACKBONE_DETECTORS", "DEFAULT_DETECTOR", "PIXEL_DETECTOR", "SUITE_DETECTORS", "FAMILIES", "PRESETS",
+           "SYNTHETIC", "SYNTHETIC_SEED", "Family", "OODSuite", "SuitePreset", "aggregate", "decision_summary",
+           "scrub_paths", "synthetic_images", "verdict", "write_rotated", "write_synthetic"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from ...training.config import Config, ConfigError
 from ...detectors import DETECTORS
 from ..common import train_or_reuse
-from .presets import SuitePreset
+from .presets import Family, SuitePreset
 
 MAIN = "main"  # the model every detector runs on unless it declares another
 
@@ -25,6 +25,25 @@ def known_detectors(pre: SuitePreset) -> list[str]:
     if unknown:
         raise KeyError(f"ood-suite: unknown detectors {', '.join(unknown)}; known: {', '.join(DETECTORS.names())}")
     return list(pre.detectors)
+
+
+def family_detectors(fam: Family, pre: SuitePreset) -> tuple[list[str], dict[str, str]]:
+    """The preset's detectors that ``fam`` runs, and ``{detector: why not}`` for the others: a
+    family without ``extra_models`` runs only the detectors that need the main model alone."""
+    dets, left_out = [], {}
+    for name in known_detectors(pre):
+        extra = [] if fam.extra_models else declared_models(name)
+        if extra:
+            left_out[name] = f"needs the {' and '.join(extra)} model{'s' * (len(extra) > 1)} beside `main`"
+        else:
+            dets.append(name)
+    return dets, left_out
+
+
+def declared_models(detector: str) -> list[str]:
+    """The models beyond ``main`` that ``detector``'s class declares (``runs_on``, ``companions``)."""
+    cls = DETECTORS.get(detector)
+    return [spec.name for spec in [*([cls.runs_on] if cls.runs_on else []), *cls.companions.values()]]
 
 
 def runs_on(detector: str) -> str:

@@ -12,11 +12,16 @@ from ...training.config import Config
 from ...data import DatasetNotFoundError, load_dataset
 from ...decisions.run_rates import DEFAULT_ALPHAS, decision_rates
 from ...evaluation.evaluate import evaluate
+from ...features.backbone import DEFAULT_BACKBONE, DEFAULT_SIZE
+from ...models.backbones import get_backbone
 from ..common import runs_bar, stamp
 from .figures import write_figures
 from .paths import scrub_paths
-from .planning import MAIN, companion_options, extra_runs, known_detectors, plan_models, runs_on, train_models
-from .presets import DEFAULT_DETECTOR, SYNTHETIC, SYNTHETIC_SEED, Family, SuitePreset
+from .planning import (MAIN, companion_options, extra_runs, family_detectors, known_detectors, plan_models, runs_on,
+                       train_models)
+from .photos import find_photos, write_photo_sets
+from .presets import (BACKBONE_DETECTORS, DEFAULT_DETECTOR, PIXEL_DETECTOR, SYNTHETIC, SYNTHETIC_SEED, Family,
+                      SuitePreset)
 from .report import render_report
 from .summary import add_best_intervals, aggregate, pm, verdict
 from .synthetic import write_rotated, write_synthetic
@@ -36,8 +41,9 @@ class OODSuite:
     presets: dict[str, SuitePreset]
 
     def datasets_needed(self) -> list[tuple[str, str]]:
-        names = [(f.name, s) for f in self.families.values() for s in ("train", "test")]
-        names += [(o, "test") for f in self.families.values() for o in (*f.ood, *f.optional_ood)]
+        datasets = [f for f in self.families.values() if not f.photos]  # a photo folder is not downloaded
+        names = [(f.name, s) for f in datasets for s in ("train", "test")]
+        names += [(o, "test") for f in datasets for o in (*f.ood, *f.optional_ood)]
         return list(dict.fromkeys(names))
 
     def run(self, out_dir: Path, preset: str, *, overrides: dict[str, str] | None = None,
@@ -56,25 +62,31 @@ class OODSuite:
         results: dict[str, dict] = {}
         progress_bar = runs_bar(len(wanted) * len(seeds), self.name, progress)
         for fam in wanted:
-            plan = self._plan(fam, pre, data_dir, notes)
+            plan = self._plan(fam, pre, data_dir, notes, out_dir)
             if plan is None:
                 continue
             synthetic_dir = write_synthetic(out_dir / "runs" / "data" / "x".join(map(str, fam.shape)), fam.shape,
                                             pre.synthetic_images)
-            plan["ood"].append(write_rotated(synthetic_dir, fam, data_dir, pre.allow_sample))
+            if fam.rotate:
+                plan["ood"].append(write_rotated(synthetic_dir, fam, data_dir, pre.allow_sample))
+            plan["detectors"], left_out = family_detectors(fam, pre)
             per_seed = {}
             for seed in seeds:
                 progress_bar.set_postfix_str(f"{fam.title} seed {seed}")
-                per_seed[seed] = self._one_seed(fam, plan, pre, seed, out_dir, overrides or {}, data_dir,
-                                                synthetic_dir, device, estimator, options, progress)
+                per_seed[seed] = self._one_seed(fam, plan, pre, seed, out_dir, overrides or {}, synthetic_dir,
+                                                device, estimator, options, progress)
                 progress_bar.update()
             results[fam.name] = {"title": fam.title, "ood": plan["ood"], "conform": fam.conform, "seeds": per_seed,
                                  "kinds": {o: fam.kind(o) for o in plan["ood"]},
-                                 "summary": aggregate(per_seed), "data": plan["data"]}
+                                 "summary": aggregate(per_seed), "data": plan["data"],
+                                 "detectors": plan["detectors"], "left_out": left_out,
+                                 "n_fit": pre.family_n_fit(fam.name), **({"photos": plan["photos"]}
+                                                                         if "photos" in plan else {})}
         progress_bar.close()
         out = {"experiment": self.name, "title": self.title, "preset": preset, "command": command,
                **stamp(device), "estimator": estimator, "estimator_options": options, "seeds": list(seeds),
                "settings": _settings(pre), "notes": notes, "families": results}
+        out["backbone"] = _backbone_record(pre)
         out["figures"] = write_figures(out_dir, out)
         out["verdict"] = verdict(out)
         add_best_intervals(out_dir, out)
@@ -84,9 +96,12 @@ class OODSuite:
         return out
 
     # -- one family ---------------------------------------------------------------------
-    def _plan(self, fam: Family, pre: SuitePreset, data_dir: str | None, notes: list[str]) -> dict | None:
-        """Which OOD sets this family is scored against, or None (with a note) when its
-        in-distribution data is missing and the family is optional."""
+    def _plan(self, fam: Family, pre: SuitePreset, data_dir: str | None, notes: list[str],
+              out_dir: Path) -> dict | None:
+        """Which OOD sets this family is scored against and the folder its data is read from,
+        or None (with a note) when its in-distribution data is missing and the family is optional."""
+        if fam.photos:
+            return _plan_photos(fam, pre, data_dir, notes, out_dir)
         allow = pre.allow_sample
         data = {}
         try:
@@ -111,20 +126,21 @@ class OODSuite:
                 continue
             data[f"{name}/test"] = _describe(d)
             ood.append(name)
-        return {"ood": [*ood, *SYNTHETIC], "data": data}
+        return {"ood": [*ood, *SYNTHETIC], "data": data, "data_dir": data_dir}
 
     def _one_seed(self, fam: Family, plan: dict, pre: SuitePreset, seed: int, out_dir: Path, overrides: dict,
-                  data_dir: str | None, synthetic_dir: Path, device: str, estimator: str, options: dict,
+                  synthetic_dir: Path, device: str, estimator: str, options: dict,
                   progress: bool | None) -> dict:
         runs_dir = out_dir / "runs" / f"{fam.name}-seed{seed}"
+        data_dir, n_fit = plan["data_dir"], pre.family_n_fit(fam.name)
         base = {"data.name": fam.name, "model.likelihood": "dlogistic", "model.arch": "conv",
                 **pre.train[fam.name], "train.seed": str(seed), "train.device": device,
                 "data.allow_sample": str(pre.allow_sample).lower(), **overrides}
         latent = Config().override(base).model.latent_dim
-        dets = known_detectors(pre)
+        dets = plan["detectors"]
         runs, training = train_models(base, plan_models(dets, pre), runs_dir, data_dir, progress)
         common = dict(split="test", estimator=estimator, estimator_options=options, data_dir=data_dir,
-                      limit=pre.family_test_limit(fam.name), n_fit=pre.n_fit, device=device, seed=seed,
+                      limit=pre.family_test_limit(fam.name), n_fit=n_fit, device=device, seed=seed,
                       allow_sample=pre.allow_sample, progress=progress, conform=fam.conform,
                       data_dirs={s: str(synthetic_dir) for s in (*SYNTHETIC, fam.rotated)})
         det_opts = {name: {**(pre.detector_options.get(name) or {}), **companion_options(name, runs)} for name in dets}
@@ -142,7 +158,7 @@ class OODSuite:
                                           out_dir=runs_dir / f"eval-{model}", **common)
             decisions.update(decision_rates(
                 runs[model], fam.name, plan["ood"], names, detector_options=opts, alphas=DEFAULT_ALPHAS, split="test",
-                limit=pre.family_test_limit(fam.name), n_calibration=pre.n_fit, n_fit=pre.n_fit,
+                limit=pre.family_test_limit(fam.name), n_calibration=n_fit, n_fit=n_fit,
                 data_dir=data_dir,
                 data_dirs=common["data_dirs"], device=device, seed=seed, conform=fam.conform,
                 allow_sample=pre.allow_sample))
@@ -181,7 +197,7 @@ def _named_in_verdict(out: dict, family: str) -> set[str]:
     """The detectors the terminal's summary shows for ``family``: the default one and those
     the verdict names (the best worst case, overall and by kind, and the best on each pair)."""
     v = out.get("verdict") or {}
-    named = {DEFAULT_DETECTOR, (v.get("robust") or {}).get("detector")}
+    named = {DEFAULT_DETECTOR, PIXEL_DETECTOR, (v.get("robust") or {}).get("detector")}
     named |= {r["detector"] for r in (v.get("robust_by_kind") or {}).values() if r}
     named |= {b["detector"] for pair, b in (v.get("best") or {}).items() if pair.split("→")[0] == family}
     return named
@@ -207,13 +223,35 @@ def _detector_records(evaluations: dict, decisions: dict, training: dict, runs_d
     return detectors
 
 
+def _plan_photos(fam: Family, pre: SuitePreset, data_dir: str | None, notes: list[str], out_dir: Path) -> dict | None:
+    """A photo family's plan: its sets written from its folder into ``OUT/runs/data/NAME``
+    (:mod:`.photos`), which is then its data dir; None (with a note) when the folder is absent."""
+    src = find_photos(fam, data_dir)
+    if src is None:
+        notes.append(f"{fam.title} was not found, so its pairs were skipped (a `{fam.photos}/` folder with "
+                     f"`train/<class>/` and `val/<class>/` photos in the data folder enables it)")
+        return None
+    folder = out_dir / "runs" / "data" / fam.name
+    photos = write_photo_sets(fam, src, folder, pre.family_test_limit(fam.name))
+    data = {k: {key: v[key] for key in ("n", "source", "is_sample")} for k, v in photos["sets"].items()}
+    return {"ood": [*fam.near, *SYNTHETIC], "data": data, "data_dir": str(folder), "photos": photos}
+
+
+def _backbone_record(pre: SuitePreset) -> dict:
+    """The pretrained network the feature-space detectors read, its input size and what it saw."""
+    opts = pre.detector_options.get("feature_knn") or {}
+    b = get_backbone(opts.get("backbone") or DEFAULT_BACKBONE)
+    return {"name": b.name, "size": opts.get("size") or DEFAULT_SIZE, "pretrained_on": b.pretrained_on,
+            "weights": dict(b.weights), "detectors": list(BACKBONE_DETECTORS)}
+
+
 def _describe(d) -> dict:
     return {"n": int(len(d.images)), "source": d.source, "is_sample": bool(d.is_sample)}
 
 
 def _settings(pre: SuitePreset) -> dict:
     return {"train": pre.train, "test_images_per_set": pre.test_limit, "test_images_per_family": pre.test_limits,
-            "n_fit": pre.n_fit,
+            "n_fit": pre.n_fit, "n_fit_per_family": pre.n_fits,
             "synthetic_images": pre.synthetic_images, "synthetic_seed": SYNTHETIC_SEED,
             "models": plan_models(known_detectors(pre), pre), "detectors": list(pre.detectors),
             "detector_options": pre.detector_options, "likelihood": "dlogistic", "arch": "conv"}

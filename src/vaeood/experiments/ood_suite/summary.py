@@ -9,7 +9,7 @@ import numpy as np
 
 from ...evaluation.intervals import seed_summary
 from ...evaluation.metrics import METRIC_NAMES
-from .presets import DEFAULT_DETECTOR
+from .presets import DEFAULT_DETECTOR, PIXEL_DETECTOR
 
 FAIL_BELOW = 0.5  # AUROC below this: the detector ranks OOD images as *more* in-distribution
 WEAK_BELOW = 0.9  # AUROC below this: not usable as a detector on that pair
@@ -99,16 +99,16 @@ def verdict(out: dict) -> dict:
 
 
 def add_best_intervals(out_dir: Path, out: dict) -> None:
-    """The best detector of every pair, and the default detector ``fused`` on every pair,
-    get the AUROC's 95% interval and verdict word (the two-level bootstrap over seeds and
-    test images of :func:`vaeood.evaluation.intervals.seed_summary`): in ``verdict["best"]`` and its
-    line, and in ``verdict["default"]``."""
+    """The best detector of every pair, the default detector ``fused_content`` and its pixel
+    view ``fused`` on every pair, get the AUROC's 95% interval and verdict word (the two-level
+    bootstrap over seeds and test images of :func:`vaeood.evaluation.intervals.seed_summary`): in
+    ``verdict["best"]`` and its line, ``verdict["default"]`` and ``verdict["pixel"]``."""
     v = out["verdict"]
-    v["default"] = {}
+    v["default"], v["pixel"] = {}, {}
     for pair, best in v.get("best", {}).items():
         fam_name, ood = pair.split("→")
         fam = out["families"][fam_name]
-        for name in dict.fromkeys([best["detector"], DEFAULT_DETECTOR]):
+        for name in dict.fromkeys([best["detector"], DEFAULT_DETECTOR, PIXEL_DETECTOR]):
             if name not in fam["summary"]:
                 continue
             scores = [load_scores(out_dir, fam, name, seed) for seed in fam["seeds"]]
@@ -117,17 +117,21 @@ def add_best_intervals(out_dir: Path, out: dict) -> None:
                       "text": summary.text()}
             if name == best["detector"]:
                 best.update(record)
-            if name == DEFAULT_DETECTOR:
-                v["default"][pair] = {"detector": name, **record}
+            for key, headline in (("default", DEFAULT_DETECTOR), ("pixel", PIXEL_DETECTOR)):
+                if name == headline:
+                    v[key][pair] = {"detector": name, **record}
         v["lines"] = [f"Best on {pair}: `{best['detector']}` ({best['text']})." if line.startswith(f"Best on {pair}:")
                       else line for line in v["lines"]]
 
 
 def _robust(auroc: dict, detectors: list[str], pairs: list) -> tuple[dict, str | None]:
-    """Each detector's lowest mean AUROC over the ``pairs`` it ran on, and the detector
-    whose lowest is highest (None without pairs)."""
-    worst = {d: min(auroc[(d, *p)]["mean"] for p in pairs if (d, *p) in auroc) for d in detectors
-             if any((d, *p) in auroc for p in pairs)}
+    """Each detector's lowest mean AUROC over the ``pairs``, and the detector whose lowest is
+    highest (None without pairs). Only detectors that ran on every one of the pairs compete
+    (a family may leave some out: a detector must not win by skipping the hard pairs); where
+    none did, each over the pairs it ran on."""
+    ran = {d: [p for p in pairs if (d, *p) in auroc] for d in detectors}
+    everywhere = [d for d in detectors if ran[d] and len(ran[d]) == len(pairs)]
+    worst = {d: min(auroc[(d, *p)]["mean"] for p in ran[d]) for d in (everywhere or [d for d in detectors if ran[d]])}
     return worst, (max(worst, key=worst.get) if worst else None)
 
 
