@@ -32,12 +32,12 @@ def test_fit_on_a_folder_then_detect_a_mixed_folder_keeps_the_fpr_and_finds_mnis
     assert main(["fit", "train/", "--out", "model", "--train.epochs=3"]) == 0
     out = capsys.readouterr().out
     assert "trained model on 2400 of the 3000 images of train/ " in out and "600 held out for the detector" in out
-    assert "calibrated detector fused on the held-out images (fitted on [2400:2700], calibrated on [2700:3000])" \
+    assert "calibrated detector fused_content on the held-out images (fitted on [2400:2700], calibrated on [2700:3000])" \
         in out
     assert "next: vaeood detect model IMAGES --out flagged.csv" in out
-    assert calibrated_detectors("model") == ["fused"] and default_detector("model") == "fused"
+    assert calibrated_detectors("model") == ["fused_content"] and default_detector("model") == "fused_content"
 
-    assert main(["detect", "model", "new/", "--out", "flags.csv"]) == 0  # no --detector: the calibrated fused
+    assert main(["detect", "model", "new/", "--out", "flags.csv"]) == 0  # no --detector: the calibrated default
     with open(tmp_path / "flags.csv", newline="") as f:
         rows = {r["file"]: int(r["flagged"]) for r in csv.DictReader(f)}
     fm = np.array([v for k, v in rows.items() if k.startswith("fm")])
