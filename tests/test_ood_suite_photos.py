@@ -51,7 +51,8 @@ def write_tiny_tin(root, n_train: int = 20, n_val: int = 4):
     return folder
 
 
-def test_the_photo_sets_split_val_by_class_draw_a_fixed_sample_and_record_grey_photos(tmp_path):
+def test_the_photo_sets_split_val_by_class_draw_a_fixed_sample_and_record_grey_photos(tmp_path, monkeypatch):
+    monkeypatch.delenv("VAEOOD_DATA", raising=False)  # a folder without photos must find none, not the user's
     src = write_tiny_tin(tmp_path / "data")
     fam = FAMILIES[TIN]
     assert find_photos(fam, str(tmp_path / "data")) == src and find_photos(fam, str(tmp_path)) is None

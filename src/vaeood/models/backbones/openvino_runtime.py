@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ...infra.atomic import atomic_write, ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,8 @@ def _convert(ov, net: nn.Module, size: int, path: Path) -> None:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO traces with torch.jit.trace
         model = ov.convert_model(_Features(net), example_input=probe(size), input=[(-1, 3, size, size)])
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         ov.save_model(model, str(Path(tmp) / path.name), compress_to_fp16=False)
-        shutil.move(str(Path(tmp) / path.with_suffix(".bin").name), path.with_suffix(".bin"))
-        shutil.move(str(Path(tmp) / path.name), path)
+        for saved in (Path(tmp) / path.with_suffix(".bin").name, Path(tmp) / path.name):
+            atomic_write(path.parent / saved.name, lambda f, saved=saved: f.write(saved.read_bytes()))
