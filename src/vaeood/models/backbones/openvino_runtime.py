@@ -1,5 +1,5 @@
 """A backbone's forward pass under OpenVINO on a CPU: the same function as the PyTorch network
-(float32 throughout; the features agree to about 1e-6), 3–5× as many images per second on two
+(float32 throughout; the features agree to about 1e-6), 2.5–3× as many images per second on two
 cores (BENCHMARKS.md, *Backbone: input size and speed*).
 
 Converting the network takes seconds, so the converted model is cached in
@@ -76,7 +76,7 @@ def openvino_features(net: nn.Module, name: str, sha256: str, size: int):
             raise ValueError(f"its features differ from PyTorch's by {error:.2g} on the probe (cache {path})")
         return run
     except Exception as err:  # noqa: BLE001  any failure of the optional runtime: PyTorch gives the same numbers
-        log.warning("OpenVINO cannot run the backbone %s at %d px (%s: %s); using PyTorch, 3-5x slower on a CPU",
+        log.warning("OpenVINO cannot run the backbone %s at %d px (%s: %s); using PyTorch, 2.5-3x slower on a CPU",
                     name, size, type(err).__name__, err)
         return None
 
