@@ -229,6 +229,16 @@ def test_a_shared_cache_serves_image_only_features_to_every_run_and_keeps_model_
                               shared_cache=shared)
     assert computed[-1] == ("compressed", 16) and len(computed) == 3 and len(list(shared.iterdir())) == 2
     assert not np.array_equal(swapped["png_bits"], first["png_bits"])
+    # a feature that draws no noise is keyed without the seed: another seed, inside
+    # shared_feature_cache (as the ood-suite calls it), reads the same file
+    from vaeood.features import shared_feature_cache
+
+    with shared_feature_cache(shared):
+        again = compute_feature(other, "mnist", "test", "compressed", data_dir=str(data_dir), limit=16, seed=7)
+        compute_feature(other, "mnist", "test", "log_px", data_dir=str(data_dir), limit=16, seed=7)
+    assert computed[-1] == ("log_px", 16) and len(computed) == 4  # log p(x) draws noise: computed for seed 7
+    np.testing.assert_array_equal(again["png_bits"], first["png_bits"])
+    assert len(list(shared.iterdir())) == 2 and len(list((other / "features").iterdir())) == 2
 
 
 def _cli(*args, env):

@@ -2,10 +2,11 @@
 :func:`compute_feature` / :func:`compute_features` and the uncached :func:`features_of`."""
 
 from .core import (FEATURES, FEATURES_DIR, ShapeMismatchError, compute_feature, feature_meta, features_of,
-                   images_digest, normalise_needs, pixel_stats)
+                   images_digest, normalise_needs, pixel_stats, shared_feature_cache)
 from . import backbone, compression, inference, layers, model  # noqa: F401  (registers the built-in features)
 from .model import is_normalised
 from .api import compute_features, needs_features
 
 __all__ = ["FEATURES", "FEATURES_DIR", "ShapeMismatchError", "compute_feature", "compute_features", "feature_meta",
-           "features_of", "needs_features", "images_digest", "normalise_needs", "pixel_stats", "is_normalised"]
+           "features_of", "needs_features", "images_digest", "normalise_needs", "pixel_stats", "is_normalised",
+           "shared_feature_cache"]

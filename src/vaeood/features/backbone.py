@@ -4,8 +4,9 @@ image shows, where the VAE's statistics see how its pixels are made.
 ``backbone_features`` ``[B, D]`` (D = 1280 for EfficientNet-Lite0) is the backbone's
 penultimate layer, average-pooled, of the image brought to ``size`` × ``size`` by the
 backbone's own preprocessing (grey repeated to RGB, bilinear resize, the weights' scaling).
-It depends on the image alone, not on the run's VAE (``uses_model = False``); its cache key
-holds the backbone's name and size, whose weights are pinned by SHA-256.
+It depends on the image alone, not on the run's VAE (``uses_model = False``) nor on a seed
+(``draws_noise = False``); its cache key holds the backbone's name and size, whose weights are
+pinned by SHA-256.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from .core import FEATURES
 #: the backbone every feature-space detector reads unless told otherwise
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: its input size: docs/findings.md ("The backbone's input size") weighs AUROC against speed
-DEFAULT_SIZE = 96
-#: images per forward pass (bounds the activations' memory: about 0.5 GB at 96 px)
+DEFAULT_SIZE = 128
+#: images per forward pass (bounds the activations' memory: about 0.9 GB at 128 px)
 CHUNK = 128
 
 
@@ -37,3 +38,4 @@ def backbone(model, x: Tensor, *, generator=None, name: str = DEFAULT_BACKBONE,
 
 
 backbone.uses_model = False
+backbone.draws_noise = False  # one image's features serve every seed (features.core)

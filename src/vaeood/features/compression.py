@@ -70,3 +70,4 @@ def compressed(model, x: Tensor, *, generator: torch.Generator | None = None, co
 
 
 compressed.uses_model = False
+compressed.draws_noise = False  # one image's bits serve every seed (features.core)

@@ -37,14 +37,18 @@ images of the slice (their bytes, so a data file replaced in place or another
 seed. A cached file is used only when every part of the key matches; a file that fails
 to load is recomputed, with a warning naming it.
 
-``shared_cache=FOLDER``: a feature of the image alone (``uses_model = False``: a backbone's)
-is cached in FOLDER, read by every run given it (one test set, many models: computed once),
-its file named with the images' digest too and its metadata free of any run's model; one of
-conformed images stays in the run (a conform depends on the run's image shape).
+``shared_cache=FOLDER`` (or every call inside ``with shared_feature_cache(FOLDER)``): a feature
+of the image alone (``uses_model = False``: a backbone's) is cached in FOLDER, read by every run
+given it (one test set, many models: computed once), its file named with the images' digest too
+and its metadata free of any run's model; one of conformed images stays in the run (a conform
+depends on the run's image shape). A producer that draws no noise (``draws_noise = False``) is
+keyed without the seed, so one image's features serve every seed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -84,6 +88,22 @@ RESERVED = ("feature", "run")  # keys of a need that are not options of the prod
 # asked for is keyed as "conform_method" (the metadata's "conform" is the record of the conform
 # applied, which overwrote the key's "conform", so no file made with a conform was ever reused)
 FORMAT = 6
+
+
+# the folder of shared_feature_cache(), used where a call names none
+_SHARED_CACHE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("shared_cache", default=None)
+
+
+@contextlib.contextmanager
+def shared_feature_cache(folder: str | Path):
+    """Every :func:`compute_feature` inside the block that names no ``shared_cache`` uses ``folder``
+    (the module docstring): an experiment's many runs and seeds then share the features of the
+    image alone, through calibration and decisions as well as evaluation."""
+    token = _SHARED_CACHE.set(Path(folder))
+    try:
+        yield
+    finally:
+        _SHARED_CACHE.reset(token)
 
 
 class ShapeMismatchError(ValueError):
@@ -226,7 +246,7 @@ def _slice(n: int, limit: int | None, start: int | None, stop: int | None) -> tu
 
 
 def _tag(dataset: str, split: str, name: str, options: dict, begin: int, end: int, n: int,
-         limit: int | None, conform: str | None, seed: int) -> str:
+         limit: int | None, conform: str | None, seed: int | None) -> str:
     """A readable file name; the full key is checked inside the file's meta."""
     if name == "log_px":  # the estimator's name first, as the score files were named
         opts = {k: v for k, v in options.items() if k != "estimator"}
@@ -243,7 +263,8 @@ def _tag(dataset: str, split: str, name: str, options: dict, begin: int, end: in
         parts.append(f"from{begin}to{end}")
     if conform:
         parts.append(f"conform{conform}")
-    parts.append(f"seed{seed}")
+    if seed is not None:
+        parts.append(f"seed{seed}")
     tag = "_".join(str(p) for p in parts)
     return "".join(c if c.isalnum() or c in "_.-=" else "-" for c in tag)[:200]
 
@@ -306,17 +327,20 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
         CONFORMS.get(conform)  # an unknown conform is refused before any work
     source = _source or Source(run_dir, device)
     uses_model = getattr(fn, "uses_model", True)
+    seed_key = seed if getattr(fn, "draws_noise", True) else None  # the module docstring
+    if shared_cache is None:
+        shared_cache = _SHARED_CACHE.get()
     ckpt_sha = source.sha256  # a missing or unreadable checkpoint is reported before any data is read
     data = _data if _data is not None else run_dataset(run_dir, dataset, split, data_dir, allow_sample, conform)
     begin, end = _slice(len(data.images), limit, start, stop)
     images = data.images[begin:end]
     key = {"format": FORMAT, "feature": name, "feature_options": options, "dataset": data.name,
            "split": data.split, "start": begin, "stop": end, "data_sha256": images_digest(images),
-           "conform_method": conform, "seed": seed,
+           "conform_method": conform, "seed": seed_key,
            "checkpoint_sha256": ckpt_sha if uses_model else None}
     # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
     tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
-    tag = _tag(tagged, split, name, options, begin, end, len(data.images), limit, conform, seed)
+    tag = _tag(tagged, split, name, options, begin, end, len(data.images), limit, conform, seed_key)
     shared = shared_cache is not None and not uses_model and conform is None  # the module docstring
     path = (Path(shared_cache) / f"{tag}_{key['data_sha256'][:12]}.npz" if shared
             else run_dir / FEATURES_DIR / f"{tag}.npz")

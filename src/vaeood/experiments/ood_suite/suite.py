@@ -12,6 +12,7 @@ from ...training.config import Config
 from ...data import DatasetNotFoundError, load_dataset
 from ...decisions.run_rates import DEFAULT_ALPHAS, decision_rates
 from ...evaluation.evaluate import evaluate
+from ...features import shared_feature_cache
 from ...features.backbone import DEFAULT_BACKBONE, DEFAULT_SIZE
 from ...models.backbones import get_backbone
 from ..common import runs_bar, stamp
@@ -73,8 +74,10 @@ class OODSuite:
             per_seed = {}
             for seed in seeds:
                 progress_bar.set_postfix_str(f"{fam.title} seed {seed}")
-                per_seed[seed] = self._one_seed(fam, plan, pre, seed, out_dir, overrides or {}, synthetic_dir,
-                                                device, estimator, options, progress)
+                # the backbone's features of one image serve every seed and run (features.core)
+                with shared_feature_cache(out_dir / "runs" / "features"):
+                    per_seed[seed] = self._one_seed(fam, plan, pre, seed, out_dir, overrides or {}, synthetic_dir,
+                                                    device, estimator, options, progress)
                 progress_bar.update()
             results[fam.name] = {"title": fam.title, "ood": plan["ood"], "conform": fam.conform, "seeds": per_seed,
                                  "kinds": {o: fam.kind(o) for o in plan["ood"]},
