@@ -99,3 +99,32 @@ def test_fused_content_keeps_the_content_view_where_the_pixel_view_is_blind_and_
         assert ood_metrics(s, det.score(broken))["auroc"] > 0.999
     assert auroc["truncated"] > content_alone - 0.02
     assert auroc["truncated"] > max(auroc["fisher"], auroc["min_p"]) + 0.02  # measured: 0.847 against 0.804, 0.805
+
+
+def test_joint_knn_is_the_knn_distance_over_both_views_each_in_units_of_its_pairwise_spread():
+    """``joint_knn`` by hand (scipy's pdist/cdist): unit features and standardised pixel
+    statistics, each block divided by its median pairwise distance among the fit images."""
+    from scipy.spatial.distance import cdist, pdist
+
+    rng = np.random.default_rng(0)
+    names = ("log_px_nats", "png_bpd", "recon_log_l2")
+
+    def both(n, shift=0.0):
+        f = rng.normal(size=(n, 6)) + 3.0
+        return {"backbone_features": f, **{s: rng.normal(size=n) * (i + 1) + shift for i, s in enumerate(names)}}
+
+    fit, test = both(30), both(5, shift=20.0)
+    det = make_detector("joint_knn").fit(fit)
+    unit = lambda d: d["backbone_features"] / np.linalg.norm(d["backbone_features"], axis=1, keepdims=True)  # noqa: E731
+    raw = np.stack([fit[s] for s in names], 1)
+    mean, sd = raw.mean(0), raw.std(0)
+    stats = lambda d: (np.stack([d[s] for s in names], 1) - mean) / sd  # noqa: E731
+    su, st = np.median(pdist(unit(fit))), np.median(pdist(stats(fit)))
+    d = np.sqrt(cdist(unit(test), unit(fit)) ** 2 / su ** 2 + cdist(stats(test), stats(fit)) ** 2 / st ** 2)
+    np.testing.assert_allclose(det.score(test), np.sort(d, axis=1)[:, :2].mean(1), rtol=1e-9)
+    assert det.fit_info["scale_content"] == pytest.approx(su) and det.fit_info["scale_pixels"] == pytest.approx(st)
+    # the shifted statistics put the test images far in the pixel block: above every fit image's
+    # distance to the others
+    assert det.score(test).min() > det.score(both(30)).max()
+    with pytest.raises(ConfigError, match="needs more fit images"):
+        make_detector("joint_knn", {"k": 30}).fit(fit)

@@ -3,13 +3,13 @@
 ``complexity_jxl``, ``likelihood_ratio``, ``typicality``, ``dose``, ``dose_svm``, ``dose_layers``,
 ``lpath``, ``lpath_copod``, ``lpath_2m``, ``dose_plus``, ``likelihood_regret``, ``llr``, ``latent_gmm``,
 ``latent_knn``, ``latent_mahalanobis``, ``fused`` (the VAE's evidence), ``feature_knn`` and
-``feature_gaussian`` (a pretrained backbone's features) and ``fused_content`` (pixels and content:
-the default to pick). Scores: higher = more out-of-distribution."""
+``feature_gaussian`` (a pretrained backbone's features), ``fused_content`` (pixels and content:
+the default to pick) and ``joint_knn`` (one kNN density over both views). Scores: higher = more out-of-distribution."""
 
 from .base import (DETECTORS, Detector, FitDataError, ModelSpec, check_fit_features, detector_names, make_detector,
                    per_detector_options)
 from . import (bpd, complexity, dose, dose_layers, dose_plus, feature_gaussian, feature_knn, fused,  # noqa: F401
-               fused_content, latent, likelihood_ratio, llr, lpath, nll, regret, typicality)
+               fused_content, joint_knn, latent, likelihood_ratio, llr, lpath, nll, regret, typicality)
 from .typicality import batch_test_power
 
 __all__ = ["DETECTORS", "Detector", "FitDataError", "ModelSpec", "check_fit_features", "make_detector",

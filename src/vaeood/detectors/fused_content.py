@@ -68,3 +68,23 @@ class FusedContent(Fused):
         if rule == "min_p":
             return np.maximum(-log_p_pixel, -log_p_content)
         return -log_p_content + np.maximum(0.0, np.log(self.options["pixel_tail"]) - log_p_pixel)
+
+
+# the two symmetric rules under names of their own, so that an experiment can measure them
+# beside the default on the same run (docs/findings.md); options as fused_content's
+@DETECTORS.register("fused_content_fisher")
+class FusedContentFisher(FusedContent):
+    name = "fused_content_fisher"
+    paper = "pixel fused and feature kNN, Fisher's combination of p-values (Fisher 1932)"
+
+    def __init__(self, **options):
+        super().__init__(**{"rule": "fisher", **options})
+
+
+@DETECTORS.register("fused_content_min_p")
+class FusedContentMinP(FusedContent):
+    name = "fused_content_min_p"
+    paper = "pixel fused and feature kNN, the smaller p-value (Tippett 1931)"
+
+    def __init__(self, **options):
+        super().__init__(**{"rule": "min_p", **options})

@@ -21,8 +21,10 @@ VAE (the pretrained backbone's) are computed once per dataset and size, in the s
 cache ``OUT/features`` (:func:`vaeood.features.core.compute_feature`), not once per class.
 
 Detectors: ``nll``, ``dose_plus`` and ``fused`` see pixels only (no pretraining);
-``feature_knn``, ``feature_gaussian`` and ``fused_content`` (the recommended default: the
-pixel ``fused`` and ``feature_knn`` combined) read an ImageNet-pretrained backbone, which
+``feature_knn``, ``feature_gaussian``, ``joint_knn`` (one kNN density over the backbone's
+features and the pixel VAE's statistics) and ``fused_content`` (the recommended default: the
+pixel ``fused`` and ``feature_knn`` combined by a truncated product; its Fisher and min-p rules
+beside it) read an ImageNet-pretrained backbone, which
 saw ImageNet's 1,000 classes: they overlap CIFAR-10's (airliners, sports cars, many dog and
 cat breeds, trucks, ships). The report sets our rows beside the published ones in those two
 groups.
@@ -68,7 +70,8 @@ log = logging.getLogger(__name__)
 MODEL = {"model.arch": "conv", "model.likelihood": "dlogistic"}
 #: pixel view first (no pretraining), then the detectors that read the pretrained backbone
 PIXEL_DETECTORS = ("nll", "dose_plus", "fused")
-BACKBONE_DETECTORS = ("feature_knn", "feature_gaussian", "fused_content")
+BACKBONE_DETECTORS = ("feature_knn", "feature_gaussian", "joint_knn", "fused_content", "fused_content_fisher",
+                      "fused_content_min_p")
 DETECTORS = (*PIXEL_DETECTORS, *BACKBONE_DETECTORS)
 RECOMMENDED = "fused_content"
 
