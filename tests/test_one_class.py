@@ -88,8 +88,21 @@ def test_the_report_has_both_published_groups_the_notes_and_no_machine_paths(smo
     assert "the backbone saw ImageNet" in report and "bundled sample" in report
     assert "mnist_train.npz" in report and len(metrics["datasets"]["mnist"]["sources"][0]["files"][0]["sha256"]) == 64
     assert "## Wall time" in report and metrics["timing"]["wall_seconds"] > 0
+    assert "## `fused_content` against its two views" in report
     for text in (report, (out / "metrics.json").read_text()):
         assert str(out) not in text and "/tmp" not in text
+
+
+def test_the_gap_to_the_better_view_is_the_default_minus_the_best_of_pixels_and_features():
+    from vaeood.experiments.one_class_report import view_gaps
+
+    summary = {d: {"mean": m} for d, m in (("fused", 0.63), ("feature_knn", 0.916), ("feature_gaussian", 0.873),
+                                           ("fused_content", 0.911), ("joint_knn", 0.99))}
+    gap = view_gaps(summary, "fused_content")
+    assert gap["feature_name"] == "feature_knn" and gap["gap"] == pytest.approx(0.911 - 0.916)
+    summary["fused"]["mean"] = 0.97  # the pixel view better (digits)
+    assert view_gaps(summary, "fused_content")["gap"] == pytest.approx(0.911 - 0.97)
+    assert view_gaps({"fused": {"mean": 0.9}, "fused_content": {"mean": 0.9}}, "fused_content") is None
 
 
 def test_the_cifar10_protocol_and_its_note():

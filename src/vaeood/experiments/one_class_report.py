@@ -18,7 +18,7 @@ def render_report(out: dict) -> str:
     samples = [f"{s['dataset']}/{s['split']} ({s['source']})" for r in results.values() for s in r["sources"]
                if s["is_sample"]]
     return "\n".join([*report_header(out["title"], out, samples), *_protocol(out), *_published(out),
-                      *_per_class(out), *_training_and_data(out)])
+                      *_views(out), *_per_class(out), *_training_and_data(out)])
 
 
 def _protocol(out: dict) -> list[str]:
@@ -65,6 +65,43 @@ def _published(out: dict) -> list[str]:
         lines += [f"### {group['title']}", "",
                   markdown_table(["method", "source", *[results[n]["title"] for n in names]], rows), ""]
     return lines
+
+
+#: the two views the recommended detector combines: the pixel VAE's, and the feature-space detectors
+PIXEL_VIEW = "fused"
+FEATURE_VIEW = ("feature_knn", "feature_gaussian")
+
+
+def view_gaps(summary: dict, recommended: str) -> dict | None:
+    """The recommended detector's mean AUROC against the better of its two views: the pixel view
+    and the best feature-space detector (``{"pixel", "feature", "feature_name", "gap"}``), or None
+    where a view did not run."""
+    features = [d for d in FEATURE_VIEW if d in summary]
+    if recommended not in summary or PIXEL_VIEW not in summary or not features:
+        return None
+    best = max(features, key=lambda d: summary[d]["mean"])
+    pixel, feature = summary[PIXEL_VIEW]["mean"], summary[best]["mean"]
+    return {"pixel": pixel, "feature": feature, "feature_name": best,
+            "gap": summary[recommended]["mean"] - max(pixel, feature)}
+
+
+def _views(out: dict) -> list[str]:
+    rec = out["detectors"]["recommended"]
+    rows = []
+    for r in out["datasets"].values():
+        g = view_gaps(r["summary"], rec)
+        if g:
+            rows.append([r["title"], mean_text(r["summary"][rec]), f"{g['pixel']:.3f}",
+                         f"{g['feature']:.3f} (`{g['feature_name']}`)", f"{g['gap']:+.3f}",
+                         "yes" if g["gap"] >= -0.02 else "**no**"])
+    if not rows:
+        return []
+    return [f"## `{rec}` against its two views", "",
+            f"The mean AUROC of `{rec}` minus that of the better of its views: the pixel view (`{PIXEL_VIEW}`) "
+            f"and the best feature-space detector ({', '.join(f'`{d}`' for d in FEATURE_VIEW)}). The goal: no "
+            "worse than 0.02 below it.", "",
+            markdown_table(["dataset", f"`{rec}`", f"pixel `{PIXEL_VIEW}`", "best feature-space",
+                            "difference", "within 0.02"], rows), ""]
 
 
 def _per_class(out: dict) -> list[str]:
