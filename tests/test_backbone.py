@@ -43,6 +43,10 @@ def test_same_padding_is_tensorflows_odd_pixel_on_the_bottom_right():
     assert out[0, 0].tolist() == [[0.0, 2.0], [8.0, 10.0]]  # windows start at 0 and 2: no padding above/left
     stride1 = el.SameConv(1, 1, 5, 1, bias=False)
     assert stride1(torch.zeros(1, 1, 7, 9)).shape == (1, 1, 7, 9)
+    # symmetric padding is left to the convolution: the same numbers as padding a copy first
+    x = torch.randn(2, 1, 7, 9, generator=torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.conv2d(torch.nn.functional.pad(x, [2, 2, 2, 2]), stride1.weight)
+    torch.testing.assert_close(stride1(x), padded, rtol=1e-6, atol=1e-6)
 
 
 def test_folded_batchnorm_is_the_same_function():

@@ -64,7 +64,9 @@ class SameConv(nn.Conv2d):
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True):
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads) if any(pads) else x)
+        if pads[0] == pads[1] and pads[2] == pads[3]:  # symmetric: the convolution pads, with no padded copy
+            return F.conv2d(x, self.weight, self.bias, self.stride, (pads[2], pads[0]), self.dilation, self.groups)
+        return super().forward(F.pad(x, pads))
 
 
 def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> tuple[SameConv, nn.BatchNorm2d]:
