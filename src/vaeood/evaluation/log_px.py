@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..inference.estimators import ESTIMATORS
-from ..features.core import ShapeMismatchError, compute_feature, feature_meta, pixel_stats
+from ..features.cache import feature_meta
+from ..features.core import ShapeMismatchError, compute_feature, pixel_stats
 from ..infra.deprecated import deprecated_alias, renamed_keywords
 from ..infra.registry import check_options
 

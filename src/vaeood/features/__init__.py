@@ -1,8 +1,9 @@
 """Per-image features (see :mod:`vaeood.features.core`): ``FEATURES``, the cached
 :func:`compute_feature` / :func:`compute_features` and the uncached :func:`features_of`."""
 
-from .core import (FEATURES, FEATURES_DIR, ShapeMismatchError, compute_feature, feature_meta, features_of,
-                   images_digest, normalise_needs, pixel_stats, shared_feature_cache)
+from .cache import FEATURES_DIR, feature_meta, shared_feature_cache
+from .core import (FEATURES, ShapeMismatchError, compute_feature, features_of, images_digest, normalise_needs,
+                   pixel_stats)
 from . import backbone, compression, inference, layers, model  # noqa: F401  (registers the built-in features)
 from .model import is_normalised
 from .api import compute_features, needs_features

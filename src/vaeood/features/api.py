@@ -7,7 +7,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .core import Source, run_dataset, split_need, compute_feature, feature_meta, features_of, normalise_needs
+from .cache import feature_meta
+from .core import Source, run_dataset, split_need, compute_feature, features_of, normalise_needs
 from ..infra.deprecated import renamed_keywords
 
 

@@ -29,31 +29,15 @@ feature of an image shares one key, so features of one image see common random n
 (``llr``'s ``elbo_nats`` is ``log_px`` by ``iwae`` with as many samples); identical images
 get identical features. A producer that draws noise must draw it from ``generator``.
 
-Cache (:func:`compute_feature`): ``RUN/features/<tag>.npz`` holds one feature of one
-slice of one dataset split: its arrays, the labels and a JSON ``meta`` that records the
-key — the checkpoint's SHA-256 (for features that use the model), the SHA-256 of the
-images of the slice (their bytes, so a data file replaced in place or another
-``--data-dir`` is a different key), the slice, the conform, the feature options and the
-seed. A cached file is used only when every part of the key matches; a file that fails
-to load is recomputed, with a warning naming it.
-
-``shared_cache=FOLDER`` (or every call inside ``with shared_feature_cache(FOLDER)``): a feature
-of the image alone (``uses_model = False``: a backbone's) is cached in FOLDER, read by every run
-given it (one test set, many models: computed once), its file named with the images' digest too
-and its metadata free of any run's model; one of conformed images stays in the run (a conform
-depends on the run's image shape). A producer that draws no noise (``draws_noise = False``) is
-keyed without the seed, so one image's features serve every seed.
+Cache: :mod:`vaeood.features.cache` (the key, shared folders).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import hashlib
 import json
 import logging
 import time
-import zipfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -72,40 +56,14 @@ from ..infra.progress import bar
 from ..infra.registry import Registry, check_options
 from ..training.run import load_model, to_tensor
 from ..training.run_dir import CONFIG_NAME, Run
+from .cache import FEATURES_DIR, FORMAT, cache_path, cache_tag, cached_features
 
 log = logging.getLogger(__name__)
 
 FEATURES: Registry = Registry("feature")
 
-FEATURES_DIR = "features"
 SUPPLIED = ("model", "x", "generator")
 RESERVED = ("feature", "run")  # keys of a need that are not options of the producer
-# version of the cache files; files of another format are recomputed. 3: noise keyed on each
-# image's bytes and the seed (vaeood.inference.noise), no longer on the batch; 4: data_sha256
-# is images_digest as calibration files record it (shape, then dtype name), no longer
-# (dtype code, shape), so the caches' digests of 3 would not match it; 5: the key's
-# "fit_method" and the metadata's "fit" are named "conform" (the same numbers); 6: the conform
-# asked for is keyed as "conform_method" (the metadata's "conform" is the record of the conform
-# applied, which overwrote the key's "conform", so no file made with a conform was ever reused)
-FORMAT = 6
-
-
-# the folder of shared_feature_cache(), used where a call names none
-_SHARED_CACHE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("shared_cache", default=None)
-
-
-@contextlib.contextmanager
-def shared_feature_cache(folder: str | Path):
-    """Every :func:`compute_feature` inside the block that names no ``shared_cache`` uses ``folder``
-    (the module docstring): an experiment's many runs and seeds then share the features of the
-    image alone, through calibration and decisions as well as evaluation."""
-    token = _SHARED_CACHE.set(Path(folder))
-    try:
-        yield
-    finally:
-        _SHARED_CACHE.reset(token)
-
-
 class ShapeMismatchError(ValueError):
     """The images to score do not have the shape the model was trained on."""
 
@@ -245,47 +203,6 @@ def _slice(n: int, limit: int | None, start: int | None, stop: int | None) -> tu
     return begin, end
 
 
-def _tag(dataset: str, split: str, name: str, options: dict, begin: int, end: int, n: int,
-         limit: int | None, conform: str | None, seed: int | None) -> str:
-    """A readable file name; the full key is checked inside the file's meta."""
-    if name == "log_px":  # the estimator's name first, as the score files were named
-        opts = {k: v for k, v in options.items() if k != "estimator"}
-        opts = {**(opts.pop("estimator_options", None) or {}), **opts}
-        head = [options.get("estimator", "elbo")]
-    else:
-        opts, head = options, [name]
-    parts = [dataset, split, *head]
-    for k, v in sorted(opts.items()):
-        parts.append(f"{k}{json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v}")
-    if begin == 0 and limit:
-        parts.append(f"first{limit}")
-    elif begin or end < n:
-        parts.append(f"from{begin}to{end}")
-    if conform:
-        parts.append(f"conform{conform}")
-    if seed is not None:
-        parts.append(f"seed{seed}")
-    tag = "_".join(str(p) for p in parts)
-    return "".join(c if c.isalnum() or c in "_.-=" else "-" for c in tag)[:200]
-
-
-def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            saved = {k: f[k] for k in f.files}
-        json.loads(str(saved["meta"]))
-        return saved
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        log.warning("cached features %s cannot be read (%s: %s); recomputing it", path, type(exc).__name__, exc)
-        return None
-
-
-def feature_meta(features: Mapping) -> dict:
-    """The metadata of one cached feature result (``result["meta"]``)."""
-    meta = features["meta"]
-    return meta if isinstance(meta, dict) else json.loads(str(meta))
-
-
 class Source:
     """A run directory's model, loaded once on first need (on this process's device under
     torchrun), and its checkpoint's SHA-256 (:class:`vaeood.training.run_dir.Run`)."""
@@ -313,7 +230,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
                     reuse: bool = True, progress: bool | None = None, shared_cache: str | Path | None = None,
                     _source: Source | None = None, _data=None) -> dict[str, np.ndarray]:
     """One feature of images ``[start, stop)`` (or the first ``limit``) of ``dataset/split``,
-    cached in ``RUN/features/`` (or ``shared_cache``: the module docstring); returns its arrays
+    cached in ``RUN/features/`` (or ``shared_cache``: :mod:`vaeood.features.cache`); returns its arrays
     ``[N]``, ``labels`` and ``meta`` (a JSON string; read it with :func:`feature_meta`).
 
     Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
@@ -327,9 +244,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
         CONFORMS.get(conform)  # an unknown conform is refused before any work
     source = _source or Source(run_dir, device)
     uses_model = getattr(fn, "uses_model", True)
-    seed_key = seed if getattr(fn, "draws_noise", True) else None  # the module docstring
-    if shared_cache is None:
-        shared_cache = _SHARED_CACHE.get()
+    seed_key = seed if getattr(fn, "draws_noise", True) else None  # features.cache's docstring
     ckpt_sha = source.sha256  # a missing or unreadable checkpoint is reported before any data is read
     data = _data if _data is not None else run_dataset(run_dir, dataset, split, data_dir, allow_sample, conform)
     begin, end = _slice(len(data.images), limit, start, stop)
@@ -340,11 +255,11 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
            "checkpoint_sha256": ckpt_sha if uses_model else None}
     # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
     tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
-    tag = _tag(tagged, split, name, options, begin, end, len(data.images), limit, conform, seed_key)
-    shared = shared_cache is not None and not uses_model and conform is None  # the module docstring
-    path = (Path(shared_cache) / f"{tag}_{key['data_sha256'][:12]}.npz" if shared
-            else run_dir / FEATURES_DIR / f"{tag}.npz")
-    saved = _cached(path, key) if reuse and path.exists() else None
+    tag = cache_tag(tagged, split, name, options, begin, end, len(data.images), limit, conform, seed_key)
+    path = cache_path(run_dir, tag, key["data_sha256"], uses_model=uses_model, conform=conform,
+                      shared_cache=shared_cache)
+    shared = path.parent != run_dir / FEATURES_DIR  # a shared file records no run's model
+    saved = cached_features(path, key) if reuse and path.exists() else None
     if saved is not None:
         return saved
 
@@ -368,6 +283,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     log.debug("computed %s of %d images of %s/%s in %.1f s → %s", name, end - begin, data.name, split, seconds, path)
     return result
 
+
 def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, allow_sample: bool,
                 conform: str | None = None):
     """``dataset/split`` read from ``data_dir``, or when None from the run's own data dir
@@ -381,20 +297,6 @@ def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, a
         return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, conform=conform)
     return load_for_run(data_config, dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample,
                         conform=conform)
-
-
-def _cached(path: Path, key: dict):
-    """The features cached at ``path`` when they were made from ``key``; else None (logged)."""
-    saved = _read_cache(path)
-    if saved is None:
-        return None
-    meta = feature_meta(saved)
-    if {k: meta.get(k) for k in key} == key:
-        log.debug("reusing %s", path)
-        return saved
-    differ = [k for k in key if meta.get(k) != key[k]]
-    log.debug("%s was made from another %s; recomputing", path, " and ".join(differ))
-    return None
 
 
 def _conform_to_model(images: np.ndarray, model, conform: str | None, data, run_dir: Path):
