@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vaeood.training.config import ModelConfig
-from vaeood.models import build_model, count_parameters
+from vaeood.models import architecture_summary, build_model, count_parameters
 
 
 @pytest.mark.parametrize("arch", ["conv", "mlp"])
@@ -48,9 +48,58 @@ def test_unknown_likelihood_suggests_a_name():
         build_model(ModelConfig(likelihood="dlogistc"), (1, 28, 28))
 
 
-def test_conv_needs_divisible_sizes():
-    with pytest.raises(ValueError, match="divisible by 4"):
-        build_model(ModelConfig(), (1, 30, 30))
+@pytest.mark.parametrize("shape, stages", [((1, 28, 28), 2), ((3, 32, 32), 2), ((3, 64, 64), 3), ((3, 120, 160), 5),
+                                           ((3, 30, 46), 3), ((3, 256, 256), 5), ((1, 4, 64), 2)])
+def test_conv_halves_until_the_feature_map_is_at_most_8x8(shape, stages):
+    """Any size of at least 4×4 decodes back to itself (odd sides too), in the fewest
+    stride-2 stages (at least the study's two) that leave a map of side ≤ 8."""
+    model = build_model(ModelConfig(latent_dim=3, base_channels=4, likelihood="dlogistic"), shape)
+    assert architecture_summary(model)["downsampling_stages"] == stages
+    flat = model.encoder[-1].in_features // 8  # 2·base channels × the last map's h·w
+    c, h, w = shape
+    assert flat == (h >> stages) * (w >> stages)
+    assert max(h >> stages, w >> stages) <= 8 or min(h, w) >> (stages + 1) == 0  # 4×64: cannot halve 4 again
+    x = torch.randint(0, 256, (2, *shape), dtype=torch.uint8)
+    assert model.reconstruct(x).shape == (2, *shape)
+
+
+def test_conv_parameters_stay_nearly_flat_in_the_image_size():
+    """The conv VAE at 64×64 has at most 2×, at 256×256 at most 3× the parameters of the
+    32×32 one (the linear layers stay at most 2·base·8·8 wide)."""
+    def size(side):
+        return count_parameters(build_model(ModelConfig(likelihood="dlogistic"), (3, side, side)))
+
+    assert size(64) <= 2 * size(32) and size(256) <= 3 * size(32)
+    assert size(32) < size(64) < size(256)
+
+
+def test_conv_refuses_images_below_4x4_and_the_spatial_hvae_sizes_not_divisible_by_4():
+    with pytest.raises(ValueError, match="at least 4×4 pixels, got 3×28"):
+        build_model(ModelConfig(), (1, 3, 28))
+    with pytest.raises(ValueError, match="divisible by 4, got 30×30"):
+        build_model(ModelConfig(arch="hvae", arch_options={"bottom": "spatial"}), (1, 30, 30))
+
+
+def test_the_study_models_keep_their_two_stages_and_initial_weights():
+    """28×28 and 32×32 conv models are the study's: two stride-2 stages, the same state-dict
+    keys and shapes and, under a seed, the same initial weights as a hand-built copy."""
+    from torch import nn
+
+    for c, side, ppc in ((1, 28, 1), (3, 32, 2)):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(likelihood="bernoulli" if c == 1 else "dlogistic"), (c, side, side))
+        torch.manual_seed(0)
+        q = side // 4
+        encoder = nn.Sequential(nn.Conv2d(c, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(),
+                                nn.Flatten(), nn.Linear(64 * q * q, 32))
+        decoder = nn.Sequential(nn.Linear(16, 64 * q * q), nn.ReLU(), nn.Unflatten(1, (64, q, q)),
+                                nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
+                                nn.ConvTranspose2d(32, c * ppc, 4, 2, 1))
+        expected = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+                    **{f"decoder.{k}": v for k, v in decoder.state_dict().items()}}
+        got = {k: v for k, v in model.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+        assert list(got) == list(expected)
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 
 @pytest.mark.parametrize("arch, likelihood, shape, expected", [

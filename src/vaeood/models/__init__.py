@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from torch import nn
+
 from ..infra.errors import ConfigError
 from ..infra.registry import Registry, check_options
 from .conv import conv_decoder, conv_encoder
@@ -62,5 +64,12 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def architecture_summary(model) -> dict:
+    """What a run records of its model's size: ``num_parameters`` and ``downsampling_stages``,
+    the stride-2 convolutions that halve the image (0 for an MLP; see :mod:`.conv`)."""
+    stages = sum(isinstance(m, nn.Conv2d) and m.stride == (2, 2) for m in model.modules())
+    return {"num_parameters": count_parameters(model), "downsampling_stages": stages}
+
+
 __all__ = ["ARCHITECTURES", "LIKELIHOODS", "HierarchicalVAE", "Likelihood", "VAE", "build_hvae", "build_model",
-           "count_parameters"]
+           "count_parameters", "architecture_summary"]

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from ..infra.errors import ConfigError
 from ..inference.gaussian import kl_to_standard_normal, log_prob, log_prob_from_eps, log_standard_normal
 from ..inference.noise import ImageNoise
-from .conv import OutputConvTranspose2d, check_divisible, conv_decoder, conv_encoder
+from .conv import MIN_STAGES, OutputConvTranspose2d, check_divisible, conv_decoder, conv_encoder
 from .likelihoods import Likelihood
 from .mlp import mlp_decoder, mlp_encoder
 
@@ -315,7 +315,7 @@ def build_hvae(cfg, image_shape: tuple[int, int, int], likelihood: Likelihood, *
         raise ConfigError("model.arch_options.bottom='spatial' needs trunk='conv'")
     ppc = likelihood.params_per_channel
     if trunk == "conv":
-        encoder = conv_encoder(c, h, w, cfg.base_channels, latent_dims[0])
+        encoder = conv_encoder(c, h, w, cfg.base_channels, latent_dims[0], stages=MIN_STAGES)  # the study's two
     else:
         encoder = mlp_encoder(c, h, w, cfg.hidden_dim, latent_dims[0])
     layers = list(encoder.children())
@@ -324,7 +324,7 @@ def build_hvae(cfg, image_shape: tuple[int, int, int], likelihood: Likelihood, *
         first_head = layers[-1]
         first_width = layers[-1].in_features
         dims = list(latent_dims)
-        decoder = (conv_decoder(c, h, w, cfg.base_channels, dims[0], ppc) if trunk == "conv"
+        decoder = (conv_decoder(c, h, w, cfg.base_channels, dims[0], ppc, stages=MIN_STAGES) if trunk == "conv"
                    else mlp_decoder(c, h, w, cfg.hidden_dim, dims[0], ppc))
     else:
         check_divisible(h, w)

@@ -28,7 +28,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .corruption import corrupt, noise_generator
 from .config import PRECISIONS, Config, ConfigError, flatten
 from ..data.load import load_for_run
-from ..models import build_model, count_parameters
+from ..models import architecture_summary, build_model
 from ..inference.objectives import load_objective_state, make_objective, objective_state
 from ..infra.progress import bar as progress_bar, shown as progress_shown
 from .run import resolve_device, to_tensor
@@ -157,9 +157,11 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
               objective=objective_state(run.objective))
         atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
     if history and start_epoch < tcfg.epochs:  # the stage's one line, with its result
-        log.info("trained %s: %d epoch%s on %d images of %s/%s, loss %.2f nats/image (%.0f s)", run_dir,
-                 tcfg.epochs, "s" * (tcfg.epochs != 1), len(x_all), data.name, data.split, history[-1]["train_loss"],
-                 sum(h["seconds"] for h in history[start_epoch:]))
+        size = architecture_summary(run.model)
+        log.info("trained %s: %d epoch%s on %d images of %s/%s, loss %.2f nats/image (%.0f s; %d parameters, "
+                 "%d stride-2 stages)", run_dir, tcfg.epochs, "s" * (tcfg.epochs != 1), len(x_all), data.name,
+                 data.split, history[-1]["train_loss"], sum(h["seconds"] for h in history[start_epoch:]),
+                 size["num_parameters"], size["downsampling_stages"])
     return run_dir
 
 
@@ -362,7 +364,7 @@ def save_run_state(path, config, model, optimizer, epoch, history, image_shape, 
         "rng": rng,
         "history": history,
         "objective": objective or {},  # per-example state of a stateful objective (MSC chains)
-        "num_parameters": count_parameters(model),
+        **architecture_summary(model),  # num_parameters, downsampling_stages
         "train_data": {"name": data.name, "split": data.split, "source": data.source,
                        "is_sample": data.is_sample, "trained_range": [0, training_count(config.data, len(data.images))],
                        "split_size": len(data.images),
