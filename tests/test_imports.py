@@ -105,7 +105,8 @@ LAYERS = ("infra", "data", "inference", "models", "training", "features", "detec
 TOP_LEVEL = {"vaeood._version": "infra", "vaeood._reproducible": "infra",
              "vaeood": "top", "vaeood._moved": "top", "vaeood.cli": "top",
              "vaeood.cli_parsers": "top",
-             "vaeood.byo": "top", "vaeood.pipeline": "top", "vaeood.__main__": "top"}
+             "vaeood.byo": "top", "vaeood.pipeline": "top", "vaeood.__main__": "top",
+             "vaeood.image_detector": "top", "vaeood.image_arrays": "top"}
 
 
 def _layer(module: str) -> str:

@@ -4,6 +4,8 @@ Train VAEs, estimate each image's log-likelihood honestly and turn the estimates
 per-image features, fitted out-of-distribution detectors, metrics, figures and reports.
 
     >>> import vaeood
+    >>> det = vaeood.ImageOODDetector(epochs=10, alpha=0.05).fit(images)  # doctest: +SKIP
+    >>> det.predict(new_images)                 # 1 = out-of-distribution  # doctest: +SKIP
     >>> run = vaeood.train(vaeood.Config(), "runs/fmnist")            # doctest: +SKIP
     >>> vaeood.evaluate(run, "fashion_mnist", ["mnist"])               # doctest: +SKIP
 
@@ -48,11 +50,12 @@ from .experiments import reproduce
 from .training.run import load_model
 from .evaluation.log_px import log_px, score
 from .training.train import train
+from .image_detector import ImageOODDetector, load
 from . import _moved
 
 _moved.install()
 
-__all__ = ["Config", "train", "log_px", "evaluate", "reproduce", "load_model", "compute_features", "fit_detector",
-           "detector_scores", "evaluate_model", "calibrate", "decide", "FEATURES", "DETECTORS", "VAEAdapter",
-           "VAEProtocol", "from_pythae", "__version__",
+__all__ = ["ImageOODDetector", "load", "Config", "train", "log_px", "evaluate", "reproduce", "load_model",
+           "compute_features", "fit_detector", "detector_scores", "evaluate_model", "calibrate", "decide",
+           "FEATURES", "DETECTORS", "VAEAdapter", "VAEProtocol", "from_pythae", "__version__",
            "score", "detect"]  # deprecated aliases of log_px and detector_scores (go in 0.3)

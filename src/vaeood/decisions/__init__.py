@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from .calibration import DEFAULT_N_CALIBRATION, calibrate
 from .calibration_file import NoCalibrationError
-from .flagging import decide
+from .flagging import calibrated_scorer, decide, decision_scores
 from .run_rates import decision_rates, format_decision_table, operating_points_for_run
 from .detection import Detection
 from .outputs import check_outputs, csv_cell, summary_path_for
@@ -55,7 +55,8 @@ from .recommended import RECOMMENDED, recommended_detector
 from .records import calibrated_detectors, calibration_path, calibration_scores, default_detector, load_calibration
 from .scorer import DetectorScorer, make_scorer
 
-__all__ = ["calibrate", "decide", "load_calibration", "calibration_scores", "calibration_path", "calibrated_detectors",
-           "default_detector", "recommended_detector", "RECOMMENDED", "DEFAULT_N_CALIBRATION", "NoCalibrationError",
-           "Detection", "check_outputs", "csv_cell", "summary_path_for", "decision_rates", "format_decision_table",
-           "operating_points_for_run", "DetectorScorer", "make_scorer"]
+__all__ = ["calibrate", "decide", "calibrated_scorer", "decision_scores", "load_calibration", "calibration_scores",
+           "calibration_path", "calibrated_detectors", "default_detector", "recommended_detector", "RECOMMENDED",
+           "DEFAULT_N_CALIBRATION", "NoCalibrationError", "Detection", "check_outputs", "csv_cell",
+           "summary_path_for", "decision_rates", "format_decision_table", "operating_points_for_run",
+           "DetectorScorer", "make_scorer"]

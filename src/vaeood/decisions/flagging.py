@@ -54,11 +54,7 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
     record = load_calibration(run_dir, detector, detector_options)  # detector None: the run's default
     if out is not None:
         check_outputs(out, [run_dir, *companion_runs(record["detector_options"])], source)
-    scorer = make_scorer(run_dir, record["detector"], record["detector_options"], device=device, seed=record["seed"],
-                         data_dir=data_dir, batch_size=batch_size)
-    scorer.check_companions()
-    if not restore_fit(scorer, record):
-        _refit_and_check(scorer, record, data_dir)
+    scorer = calibrated_scorer(run_dir, record, device=device, data_dir=data_dir, batch_size=batch_size)
     cal = record["scores"]
     # refuse an impossible alpha/delta before reading and scoring the input
     if fdr or delta is None:
@@ -67,7 +63,7 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
         conformal.conditional_rank(len(cal), alpha, delta)
     images: InputImages = load_input(source, shape=scorer.image_shape, conform=conform, skip_bad=skip_bad, split=split,
                                      data_dir=data_dir, limit=limit)
-    scores = scorer.score_images(images.images, record["seed"] + 1)
+    scores = decision_scores(scorer, record, images.images)
     decision = conformal.decide(cal, scores, alpha, delta=delta, fdr=fdr)
     rank = None if decision.guarantee == "fdr" else conformal.threshold(cal, alpha, delta).rank
     summary = _summary(source, images, record, decision, alpha=alpha, delta=delta, fdr=fdr, rank=rank)
@@ -83,6 +79,26 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
     if out is not None:
         result.write(out)
     return result
+
+
+def calibrated_scorer(run_dir: str | Path, record: dict, *, device: str = "cpu", data_dir: str | None = None,
+                      batch_size: int | None = None) -> DetectorScorer:
+    """The detector of a calibration ``record`` (:func:`load_calibration`) under the run, fitted
+    as at calibration: the fit calibrate saved when it rescores its sample of calibration
+    images, else fitted again and checked to reproduce every calibration score. :func:`decide`
+    and :class:`vaeood.ImageOODDetector` score through it, by :func:`decision_scores`."""
+    scorer = make_scorer(run_dir, record["detector"], record["detector_options"], device=device, seed=record["seed"],
+                         data_dir=data_dir, batch_size=batch_size)
+    scorer.check_companions()
+    if not restore_fit(scorer, record):
+        _refit_and_check(scorer, record, data_dir)
+    return scorer
+
+
+def decision_scores(scorer: DetectorScorer, record: dict, images) -> np.ndarray:
+    """Scores of images to decide on: the calibration seed + 1, so that an image identical to a
+    calibration image does not share its noise draw (:class:`DetectorScorer`)."""
+    return scorer.score_images(images, record["seed"] + 1)
 
 
 def _summary(source, images: InputImages, record: dict, decision, *, alpha, delta, fdr, rank) -> dict:

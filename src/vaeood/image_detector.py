@@ -1,0 +1,235 @@
+"""An OOD detector for images as one Python object, in the conventions of scikit-learn and
+PyOD: :class:`ImageOODDetector` and :func:`load`.
+
+    >>> det = vaeood.ImageOODDetector(epochs=10, alpha=0.05).fit(images)   # doctest: +SKIP
+    >>> det.predict(new_images)            # 1 = out-of-distribution, 0 = not  # doctest: +SKIP
+
+It is a thin layer over ``vaeood fit`` and ``vaeood detect``, with no code path of its own:
+
+* ``fit`` is :func:`vaeood.pipeline.fit`: it trains the conv VAE into a run directory,
+  holding out a fifth of the images (at most 7,000), and fits and calibrates the
+  recommended detector (:data:`vaeood.decisions.recommended.RECOMMENDED`) on them. Images in
+  memory are written first into the run as ``RUN/data/images_train.npz`` (a dataset
+  called ``images``, :mod:`vaeood.data.npz`); a folder or a dataset name is read as
+  ``vaeood fit`` reads it.
+* ``score_samples``, ``p_values`` and ``predict`` are ``vaeood detect``'s scores, conformal
+  p-values and flags at false-alarm rate ``alpha`` (:func:`vaeood.decisions.calibrated_scorer`,
+  :func:`vaeood.decisions.decision_scores`, :func:`vaeood.decisions.conformal.decide`):
+  an in-distribution image is flagged with probability ≤ ``alpha``.
+* ``save(path)`` copies the run directory to ``path`` and writes ``path/detector.json``:
+  the object's settings and the SHA-256 of every file its decisions rest on (config,
+  checkpoint, calibration, saved fit, training images). ``load(path)`` refuses a file
+  changed or missing since; the checkpoint loads with ``torch.load(weights_only=True)``
+  and the saved fit through the restricted unpickler of
+  :mod:`vaeood.decisions.fitted_detector`, so loading runs no pickled code.
+  ``path`` is an ordinary run: ``vaeood detect path FOLDER`` decides with it.
+
+Unlike scikit-learn's ``score_samples`` (lower = more abnormal), the score is vaeood's and
+PyOD's: higher = more out-of-distribution. How arrays are read (layout, ``channels``,
+``value_range``): :mod:`vaeood.image_arrays`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from . import pipeline
+from ._version import __version__
+from .data.checksums import file_hexdigest
+from .data.errors import DataError
+from .data.folder import conform_array
+from .data.image_folder import is_folder_name
+from .decisions import calibrated_scorer, calibration_path, decision_scores, load_calibration
+from .decisions.conformal import decide, p_values
+from .decisions.fitted_detector import fitted_path
+from .image_arrays import as_images
+from .infra.atomic import atomic_write_text
+from .infra.runlock import LOCK_NAME
+from .training.checkpoint import CHECKPOINT_NAME
+from .training.run_dir import CONFIG_NAME, Run
+
+MANIFEST = "detector.json"
+FORMAT = 1
+#: the dataset name of images given in memory, saved in the run as data/images_train.npz
+ARRAY_DATASET = "images"
+DATA_FOLDER = "data"
+
+
+class SavedDetectorError(ValueError):
+    """A saved detector whose files are missing, changed or not vaeood's."""
+
+
+class ImageOODDetector(BaseEstimator):
+    """Out-of-distribution detection for images: fit on in-distribution images, then score,
+    p-value and flag new ones (module docstring).
+
+    Args:
+        epochs: training epochs of the VAE (``train.epochs``).
+        alpha: the false-alarm rate of :meth:`predict`: an in-distribution image is flagged
+            with probability ≤ alpha (conformal, over the calibration images).
+        detector: a detector name of :data:`vaeood.DETECTORS`; None: the recommended one.
+        channels: the layout of arrays: None (inferred where unambiguous), ``"first"``
+            (N×C×H×W), ``"last"`` (N×H×W×C) or ``"none"`` (N×H×W grey).
+        value_range: what the values of non-uint8 arrays mean, ``(0, 1)`` or ``(0, 255)``.
+        conform: ``"pad"`` or ``"resize"`` images of another size or mode than the model's
+            (and, fitting on a folder, its images of another shape); None: refused.
+        overrides: other config settings, dotted: ``{"model.latent_dim": 32}``.
+        run_dir: where ``fit`` trains the run; None: a temporary folder, removed with the object
+            (keep it with :meth:`save`).
+        device: ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(self, epochs: int = 10, alpha: float = 0.05, *, detector: str | None = None,
+                 channels: str | None = None, value_range: tuple | None = None, conform: str | None = None,
+                 overrides: dict | None = None, run_dir: str | os.PathLike | None = None, device: str = "cpu"):
+        self.epochs, self.alpha, self.detector = epochs, alpha, detector
+        self.channels, self.value_range, self.conform = channels, value_range, conform
+        self.overrides, self.run_dir, self.device = overrides, run_dir, device
+
+    def fit(self, X, y=None) -> ImageOODDetector:  # noqa: N803 (scikit-learn's name)
+        """Train and calibrate on in-distribution images ``X``: an array or tensor (see the
+        class), a folder of PNG/JPEG images, or a dataset name. ``y`` is ignored."""
+        if isinstance(X, (str, os.PathLike)) and Path(X).is_dir() and not is_folder_name(str(X)):
+            X = os.path.join(X, "")  # a folder, with the '/' that makes it one to vaeood fit
+        run_dir = self._new_run_dir()
+        settings = {"train.epochs": str(self.epochs), **{k: v if isinstance(v, str) else json.dumps(v)
+                                                         for k, v in (self.overrides or {}).items()}}
+        if isinstance(X, (str, os.PathLike)):
+            source, data_dir = str(X), None
+            if self.conform is not None:
+                settings.setdefault("data.conform", self.conform)
+        else:
+            images = as_images(X, channels=self.channels, value_range=self.value_range)
+            data_dir = run_dir / DATA_FOLDER
+            data_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(data_dir / f"{ARRAY_DATASET}_train.npz", x=images, y=np.zeros(len(images), dtype=np.int64))
+            source = ARRAY_DATASET
+        done = pipeline.fit(source, run_dir, overrides=settings, detector=self.detector,
+                            data_dir=None if data_dir is None else str(data_dir), device=self.device)
+        self.run_dir_, self.detector_ = Path(done["run"]), done["detector"]
+        self.image_shape_ = tuple(Run(self.run_dir_).image_shape)
+        self.n_images_ = done["n_images"]
+        self._ready()
+        return self
+
+    def score_samples(self, X) -> np.ndarray:  # noqa: N803
+        """The detector's score of each image, float64 ``[N]``: higher = more out-of-distribution."""
+        return self._scores(X)[0]
+
+    def p_values(self, X) -> np.ndarray:  # noqa: N803
+        """Conformal p-values ``[N]`` against the calibration scores: (1 + #{calibration scores
+        ≥ s}) / (n + 1); ``p ≤ alpha`` for an in-distribution image with probability ≤ alpha."""
+        scores, record = self._scores(X)
+        return p_values(record["scores"], scores)
+
+    def predict(self, X) -> np.ndarray:  # noqa: N803
+        """1 for an image flagged out-of-distribution at false-alarm rate ``alpha`` (its p-value
+        ≤ alpha), 0 otherwise, int64 ``[N]`` (PyOD's labels)."""
+        scores, record = self._scores(X)
+        return decide(record["scores"], scores, self.alpha).flagged.astype(np.int64)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Copy the fitted run to ``path`` (a new or empty folder; the run's own folder is kept
+        in place) and write ``path/detector.json``; return ``path``. ``vaeood.load(path)``
+        reads it back, and ``vaeood detect path FOLDER`` decides with it."""
+        self._ready()
+        path = Path(path)
+        if path.resolve() != self.run_dir_.resolve():
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
+                raise FileExistsError(f"save({str(path)!r}): {path} exists and is not an empty folder; choose a new "
+                                      "folder (a saved detector is a whole run directory)")
+            shutil.copytree(self.run_dir_, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_NAME))
+        manifest = {"format": FORMAT, "kind": "vaeood.ImageOODDetector", "vaeood_version": __version__,
+                    "params": {k: v for k, v in self.get_params().items() if k != "run_dir"},
+                    "detector": self.detector_, "image_shape": list(self.image_shape_), "n_images": self.n_images_,
+                    "files": {name: file_hexdigest(path / name, "sha256") for name in self._files()}}
+        atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        return path
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _new_run_dir(self) -> Path:
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        path = Path(tempfile.mkdtemp(prefix="vaeood-detector-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
+        return path
+
+    def _data_dir(self) -> str | None:
+        folder = self.run_dir_ / DATA_FOLDER
+        return str(folder) if folder.is_dir() else None
+
+    def _files(self) -> list[str]:
+        """The run's files that the decisions rest on, relative to it."""
+        cal = calibration_path(Path(), self.detector_)  # relative: calibration/<detector>.npz
+        names = [CONFIG_NAME, CHECKPOINT_NAME, cal, fitted_path(cal), Path(DATA_FOLDER, f"{ARRAY_DATASET}_train.npz")]
+        return [str(name) for name in names if (self.run_dir_ / name).is_file()]
+
+    def _ready(self):
+        """The calibrated detector and its calibration record, loaded once."""
+        if not hasattr(self, "run_dir_"):
+            raise DataError("this ImageOODDetector is not fitted: call fit(X) first, or vaeood.load(path)")
+        if getattr(self, "_scorer", None) is None:
+            self._record = load_calibration(self.run_dir_, self.detector_)
+            self._scorer = calibrated_scorer(self.run_dir_, self._record, device=self.device,
+                                             data_dir=self._data_dir())
+        return self._scorer, self._record
+
+    def _scores(self, X) -> tuple[np.ndarray, dict]:  # noqa: N803
+        """``vaeood detect``'s scores of ``X``, and the calibration record they are compared with."""
+        scorer, record = self._ready()
+        images = conform_array(as_images(X, channels=self.channels, value_range=self.value_range), self.image_shape_,
+                               self.conform, "X")[0]
+        return decision_scores(scorer, record, images), record
+
+
+def load(path: str | os.PathLike, *, device: str = "cpu") -> ImageOODDetector:
+    """The detector :meth:`ImageOODDetector.save` wrote to ``path``, every file checked against
+    the SHA-256 it was saved with (:class:`SavedDetectorError` when one is missing or changed)."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    for name, sha256 in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise SavedDetectorError(f"saved detector {path}: {name} is missing; save the detector again")
+        if file_hexdigest(file, "sha256") != sha256:
+            raise SavedDetectorError(f"saved detector {path}: {name} changed since it was saved (its SHA-256 is not "
+                                     f"the one in {MANIFEST}); save the detector again, or fit it again")
+    det = ImageOODDetector(**{**manifest["params"], "device": device, "run_dir": path})
+    det.run_dir_, det.detector_ = path, manifest["detector"]
+    det.image_shape_, det.n_images_ = tuple(manifest["image_shape"]), manifest["n_images"]
+    det._ready()
+    return det
+
+
+def _read_manifest(path: Path) -> dict:
+    file = path / MANIFEST
+    if not file.is_file():
+        raise SavedDetectorError(f"{path}: no {MANIFEST}, so not a saved ImageOODDetector (a run from `vaeood fit` "
+                                 "works with `vaeood detect`; save a detector with det.save(path))")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SavedDetectorError(f"saved detector {path}: {MANIFEST} is not JSON ({err}); save the detector "
+                                 "again") from None
+    expected = {"format": int, "params": dict, "detector": str, "image_shape": list, "n_images": int, "files": dict}
+    for key, kind in expected.items():
+        if not isinstance(manifest, dict) or not isinstance(manifest.get(key), kind):
+            raise SavedDetectorError(f"saved detector {path}: {MANIFEST} field {key!r} is missing or not a "
+                                     f"{kind.__name__}; save the detector again")
+    if manifest["format"] != FORMAT:
+        raise SavedDetectorError(f"saved detector {path}: {MANIFEST} of format {manifest['format']}, but this "
+                                 f"vaeood reads format {FORMAT}; fit and save it again")
+    needed = {CONFIG_NAME, CHECKPOINT_NAME}
+    if not needed <= set(manifest["files"]):
+        raise SavedDetectorError(f"saved detector {path}: {MANIFEST} lists no SHA-256 of "
+                                 f"{', '.join(sorted(needed - set(manifest['files'])))}; save the detector again")
+    return manifest

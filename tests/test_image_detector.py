@@ -1,0 +1,129 @@
+"""vaeood.ImageOODDetector: the arrays it reads (layout and value range never guessed), and,
+on one tiny fitted detector, that it decides as ``vaeood detect`` does, saves, loads and
+refuses a changed file."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vaeood
+from tinydata import blobs, strokes
+from vaeood.cli import main
+from vaeood.data.errors import DataError
+from vaeood.image_arrays import as_images
+from vaeood.image_detector import SavedDetectorError
+
+SIZE = 16
+TINY = {"model.base_channels": 4, "model.latent_dim": 4}
+
+
+def test_a_layout_is_inferred_only_where_unambiguous():
+    nhwc = np.stack(blobs(4, 0, size=SIZE, channels=3))
+    assert np.array_equal(as_images(nhwc.transpose(0, 3, 1, 2)), nhwc)  # N×C×H×W: only the second axis is 3
+    assert np.array_equal(as_images(torch.from_numpy(nhwc)), nhwc)  # a tensor as the array
+    grey = np.stack(blobs(5, 0, size=SIZE))
+    assert as_images(grey).shape == (5, SIZE, SIZE, 1)  # N×H×W: no axis of 1, 3 or 4
+    both = np.zeros((2, 3, 8, 3), np.uint8)  # N×C×H×W with W = 3, or N×H×W×C with H = 3
+    with pytest.raises(DataError, match=r"ambiguous layout.*channels='first'.*channels='last'"):
+        as_images(both)
+    assert as_images(both, channels="first").shape == (2, 8, 3, 3)
+    with pytest.raises(DataError, match=r"neither its second nor its last axis"):
+        as_images(np.zeros((2, 5, 8, 5), np.uint8))
+
+
+def test_a_chw_image_is_never_read_as_hwc_or_as_grey_images():
+    chw = np.zeros((3, SIZE, SIZE), np.uint8)
+    with pytest.raises(DataError, match=r"shape \(3, 16, 16\): ambiguous, its first axis.*X\[None\]"):
+        as_images(chw)
+    with pytest.raises(DataError, match="no channel axis for channels='last'"):
+        as_images(chw, channels="last")
+    assert as_images(chw[None], channels="first").shape == (1, SIZE, SIZE, 3)
+    assert as_images(chw, channels="none").shape == (3, SIZE, SIZE, 1)  # said to be three grey images
+
+
+def test_floats_must_state_their_range():
+    images = np.stack(blobs(3, 0, size=SIZE, channels=3))
+    with pytest.raises(DataError, match=r"X has dtype float32; say what its values mean: value_range=\(0, 1\)"):
+        as_images(images.astype(np.float32) / 255)
+    assert np.array_equal(as_images(images.astype(np.float32) / 255, value_range=(0, 1)), images)
+    assert np.array_equal(as_images(images.astype(np.float64), value_range=(0, 255)), images)
+    with pytest.raises(DataError, match=r"values in \[0, 255\], outside value_range=\(0, 1\)"):
+        as_images(images.astype(np.float32), value_range=(0, 1))
+    with pytest.raises(DataError, match="value_range=\\(0, 100\\): must be \\(0, 1\\) or \\(0, 255\\)"):
+        as_images(images.astype(np.float32), value_range=(0, 100))
+    with pytest.raises(DataError, match="4 channels.*X\\[..., :3\\]"):
+        as_images(np.zeros((2, SIZE, SIZE, 4), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A detector fitted on 250 RGB blobs (200 trained on, 50 held out), one epoch."""
+    train = np.stack(blobs(250, 5, size=SIZE, channels=3))
+    return vaeood.ImageOODDetector(epochs=1, detector="fused", overrides=TINY).fit(train)
+
+
+def _new_images() -> np.ndarray:
+    return np.concatenate([np.stack(blobs(6, 1, size=SIZE, channels=3)),
+                           np.stack(strokes(6, 3, size=SIZE, channels=3))])
+
+
+@pytest.mark.slow
+def test_the_same_images_in_either_layout_give_bit_identical_scores(fitted):
+    images = _new_images()
+    nhwc = fitted.score_samples(images)
+    assert np.array_equal(nhwc, fitted.score_samples(images.transpose(0, 3, 1, 2).copy()))
+    assert np.array_equal(nhwc, fitted.score_samples(torch.from_numpy(images).permute(0, 3, 1, 2)))
+    assert nhwc.dtype == np.float64 and nhwc.shape == (12,)
+    assert nhwc[6:].min() > nhwc[:6].max()  # strokes are further from blobs than blobs are
+
+
+@pytest.mark.slow
+def test_predict_is_p_value_at_most_alpha(fitted):
+    images = _new_images()
+    p = fitted.p_values(images)
+    assert np.array_equal(fitted.predict(images), (p <= fitted.alpha).astype(np.int64))
+    n = len(fitted._record["scores"])
+    assert np.allclose(p * (n + 1), np.round(p * (n + 1)))  # (1 + #{calibration scores ≥ s}) / (n + 1)
+
+
+@pytest.mark.slow
+def test_save_and_load_round_trip_and_the_cli_decides_with_the_saved_detector(fitted, tmp_path, capsys):
+    images = _new_images()
+    saved = fitted.save(tmp_path / "det")
+    loaded = vaeood.load(saved)
+    assert np.array_equal(loaded.p_values(images), fitted.p_values(images))
+    assert loaded.get_params() == {**fitted.get_params(), "run_dir": saved}
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"{i:02d}.png")
+    assert main(["detect", str(saved), str(folder), "--out", str(tmp_path / "flags.csv")]) == 0, capsys.readouterr()
+    with open(tmp_path / "flags.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["p_value"]) for r in rows] == pytest.approx(fitted.p_values(images), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_load_refuses_a_saved_detector_changed_since(fitted, tmp_path):
+    saved = fitted.save(tmp_path / "det")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        fitted.save(saved)
+    calibration = saved / "calibration" / "fused.npz"
+    data = bytearray(calibration.read_bytes())
+    data[-1] ^= 1
+    calibration.write_bytes(bytes(data))
+    with pytest.raises(SavedDetectorError, match=r"saved detector .*calibration/fused.npz changed since it was saved"):
+        vaeood.load(saved)
+    (saved / "detector.json").unlink()
+    with pytest.raises(SavedDetectorError, match="no detector.json"):
+        vaeood.load(saved)
+
+
+def test_an_unfitted_detector_says_so():
+    with pytest.raises(DataError, match=r"not fitted: call fit\(X\) first"):
+        vaeood.ImageOODDetector().predict(np.zeros((1, SIZE, SIZE, 3), np.uint8))
