@@ -94,7 +94,8 @@ def test_predict_is_p_value_at_most_alpha(fitted):
 @pytest.mark.slow
 def test_save_and_load_round_trip_and_the_cli_decides_with_the_saved_detector(fitted, tmp_path, capsys):
     images = _new_images()
-    saved = fitted.save(tmp_path / "det")
+    saved = tmp_path / "det"
+    fitted.save(saved)
     loaded = vaeood.load(saved)
     assert np.array_equal(loaded.p_values(images), fitted.p_values(images))
     assert loaded.get_params() == {**fitted.get_params(), "run_dir": saved}
@@ -110,7 +111,8 @@ def test_save_and_load_round_trip_and_the_cli_decides_with_the_saved_detector(fi
 
 @pytest.mark.slow
 def test_load_refuses_a_saved_detector_changed_since(fitted, tmp_path):
-    saved = fitted.save(tmp_path / "det")
+    saved = tmp_path / "det"
+    fitted.save(saved)
     with pytest.raises(FileExistsError, match="not an empty folder"):
         fitted.save(saved)
     calibration = saved / "calibration" / "fused.npz"

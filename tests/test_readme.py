@@ -6,11 +6,14 @@ folder ``my_images/`` and a folder ``new_images/``). Training lines get :data:`T
 and :data:`SMALLER` swapped in, so they take seconds; nothing else is changed.
 ``pip install`` and ``make`` lines are checked against ``pyproject.toml``,
 ``constraints.txt`` and the ``Makefile`` instead of run. Python blocks are executed, each
-with a check of what it printed or made. A block or a line this file does not know fails
+with a check of what it printed or made; a Python block written as a session (``>>>``)
+runs as a doctest, its shown outputs the check, unchanged (it needs no stand-in data). A
+block or a line this file does not know fails
 :func:`test_every_readme_block_is_one_this_file_runs`."""
 
 from __future__ import annotations
 
+import doctest
 import re
 import shlex
 from pathlib import Path
@@ -48,7 +51,16 @@ def sh_blocks_with_vaeood() -> list[str]:
 
 
 def python_blocks() -> list[str]:
-    return [code for lang, code in blocks() if lang == "python"]
+    return [code for lang, code in blocks() if lang == "python" and not is_doctest(code)]
+
+
+def doctest_blocks() -> list[str]:
+    return [code for lang, code in blocks() if lang == "python" and is_doctest(code)]
+
+
+def is_doctest(code: str) -> bool:
+    """A Python block written as a session (``>>>`` prompts and the output they print)."""
+    return code.lstrip().startswith(">>> ")
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +101,9 @@ def test_every_readme_block_is_one_this_file_runs():
             for line in commands(code):
                 assert line.startswith("vaeood ") or line in INSTALL_LINES | MAKE_LINES, \
                     f"README line {line!r}: tests/test_readme.py neither runs nor checks it"
+        elif is_doctest(code):  # its printed outputs are its check
+            examples = doctest.DocTestParser().get_examples(code)
+            assert any(example.want for example in examples), f"a README session that shows no output:\n{code}"
         else:
             assert sum(marker in code for marker in PYTHON_CHECKS) == 1, \
                 f"a README Python block with no check in tests/test_readme.py:\n{code}"
@@ -153,3 +168,14 @@ def test_the_readme_python_block_runs(index, home, capsys, detectors_restored):
     (check,) = [check for marker, check in PYTHON_CHECKS.items() if marker in code]
     exec(compile(code, "README.md", "exec"), {})
     check(home, capsys.readouterr().out)
+
+
+@pytest.mark.slow  # trains a VAE for one epoch on 240 images and calibrates the default detector
+@pytest.mark.parametrize("index", range(len(doctest_blocks())))
+def test_the_readme_session_prints_what_it_shows(index, home):
+    """A README block written as a Python session runs as a doctest: each line's output must
+    be the one shown."""
+    test = doctest.DocTestParser().get_doctest(doctest_blocks()[index], {}, f"README session {index}", str(README), 0)
+    report: list[str] = []
+    result = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS).run(test, out=report.append)
+    assert result.attempted and not result.failed, "".join(report)

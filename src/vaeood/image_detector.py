@@ -136,9 +136,9 @@ class ImageOODDetector(BaseEstimator):
         scores, record = self._scores(X)
         return decide(record["scores"], scores, self.alpha).flagged.astype(np.int64)
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike) -> None:
         """Copy the fitted run to ``path`` (a new or empty folder; the run's own folder is kept
-        in place) and write ``path/detector.json``; return ``path``. ``vaeood.load(path)``
+        in place) and write ``path/detector.json``. ``vaeood.load(path)``
         reads it back, and ``vaeood detect path FOLDER`` decides with it."""
         self._ready()
         path = Path(path)
@@ -152,7 +152,6 @@ class ImageOODDetector(BaseEstimator):
                     "detector": self.detector_, "image_shape": list(self.image_shape_), "n_images": self.n_images_,
                     "files": {name: file_hexdigest(path / name, "sha256") for name in self._files()}}
         atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-        return path
 
     # -- internals ------------------------------------------------------------------------
 
