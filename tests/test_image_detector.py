@@ -5,6 +5,7 @@ refuses a changed file."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -115,6 +116,14 @@ def test_load_refuses_a_saved_detector_changed_since(fitted, tmp_path):
     fitted.save(saved)
     with pytest.raises(FileExistsError, match="not an empty folder"):
         fitted.save(saved)
+    manifest = json.loads((saved / "detector.json").read_text())
+    for files, message in (({**manifest["files"], "../elsewhere.npz": "0" * 64}, "lists '../elsewhere.npz', not a"),
+                           ({k: v for k, v in manifest["files"].items() if k != "checkpoint.pt"},
+                            "lists no SHA-256 of checkpoint.pt")):
+        (saved / "detector.json").write_text(json.dumps({**manifest, "files": files}))
+        with pytest.raises(SavedDetectorError, match=message):
+            vaeood.load(saved)
+    (saved / "detector.json").write_text(json.dumps(manifest))
     calibration = saved / "calibration" / "fused.npz"
     data = bytearray(calibration.read_bytes())
     data[-1] ^= 1

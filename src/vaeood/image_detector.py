@@ -47,9 +47,11 @@ from .data.checksums import file_hexdigest
 from .data.errors import DataError
 from .data.folder import conform_array
 from .data.image_folder import is_folder_name
+from .data.regular_files import open_regular_file
 from .decisions import calibrated_scorer, calibration_path, decision_scores, load_calibration
 from .decisions.conformal import decide, p_values
 from .decisions.fitted_detector import fitted_path
+from .detectors import DETECTORS
 from .image_arrays import as_images
 from .infra.atomic import atomic_write_text
 from .infra.runlock import LOCK_NAME
@@ -166,11 +168,15 @@ class ImageOODDetector(BaseEstimator):
         folder = self.run_dir_ / DATA_FOLDER
         return str(folder) if folder.is_dir() else None
 
-    def _files(self) -> list[str]:
-        """The run's files that the decisions rest on, relative to it."""
+    def _candidates(self) -> list[str]:
+        """The run's files that the decisions rest on, relative to it, where they may exist."""
         cal = calibration_path(Path(), self.detector_)  # relative: calibration/<detector>.npz
         names = [CONFIG_NAME, CHECKPOINT_NAME, cal, fitted_path(cal), Path(DATA_FOLDER, f"{ARRAY_DATASET}_train.npz")]
-        return [str(name) for name in names if (self.run_dir_ / name).is_file()]
+        return [str(name) for name in names]
+
+    def _files(self) -> list[str]:
+        """:meth:`_candidates` that exist (a detector that fits nothing saves no fit)."""
+        return [name for name in self._candidates() if (self.run_dir_ / name).is_file()]
 
     def _ready(self):
         """The calibrated detector and its calibration record, loaded once."""
@@ -195,27 +201,42 @@ def load(path: str | os.PathLike, *, device: str = "cpu") -> ImageOODDetector:
     the SHA-256 it was saved with (:class:`SavedDetectorError` when one is missing or changed)."""
     path = Path(path)
     manifest = _read_manifest(path)
-    for name, sha256 in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise SavedDetectorError(f"saved detector {path}: {name} is missing; save the detector again")
-        if file_hexdigest(file, "sha256") != sha256:
-            raise SavedDetectorError(f"saved detector {path}: {name} changed since it was saved (its SHA-256 is not "
-                                     f"the one in {MANIFEST}); save the detector again, or fit it again")
-    det = ImageOODDetector(**{**manifest["params"], "device": device, "run_dir": path})
+    try:
+        det = ImageOODDetector(**{**manifest["params"], "device": device, "run_dir": path})
+    except TypeError as err:
+        raise SavedDetectorError(f"saved detector {path}: {MANIFEST} field 'params' ({err}); save the detector "
+                                 "again") from None
     det.run_dir_, det.detector_ = path, manifest["detector"]
     det.image_shape_, det.n_images_ = tuple(manifest["image_shape"]), manifest["n_images"]
+    listed, present = manifest["files"], det._files()
+    unknown = sorted(set(listed) - set(det._candidates()))
+    if unknown:
+        raise SavedDetectorError(f"saved detector {path}: {MANIFEST} lists {unknown[0]!r}, not a file of a saved "
+                                 f"{manifest['detector']} detector; save the detector again")
+    for name, sha256 in listed.items():
+        if name not in present:
+            raise SavedDetectorError(f"saved detector {path}: {name} is missing; save the detector again")
+        if file_hexdigest(path / name, "sha256") != sha256:
+            raise SavedDetectorError(f"saved detector {path}: {name} changed since it was saved (its SHA-256 is not "
+                                     f"the one in {MANIFEST}); save the detector again, or fit it again")
+    added = sorted(set(present) - set(listed))
+    if added:
+        raise SavedDetectorError(f"saved detector {path}: {added[0]} is not in {MANIFEST}: it changed since the "
+                                 "detector was saved; save the detector again")
     det._ready()
     return det
 
 
 def _read_manifest(path: Path) -> dict:
     file = path / MANIFEST
-    if not file.is_file():
+    if not file.exists():
         raise SavedDetectorError(f"{path}: no {MANIFEST}, so not a saved ImageOODDetector (a run from `vaeood fit` "
                                  "works with `vaeood detect`; save a detector with det.save(path))")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
+        with open_regular_file(file) as f:  # a FIFO is refused, never waited on
+            manifest = json.loads(f.read().decode("utf-8"))
+    except DataError as err:
+        raise SavedDetectorError(f"saved detector {path}: {MANIFEST}: {err}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SavedDetectorError(f"saved detector {path}: {MANIFEST} is not JSON ({err}); save the detector "
                                  "again") from None
@@ -224,6 +245,9 @@ def _read_manifest(path: Path) -> dict:
         if not isinstance(manifest, dict) or not isinstance(manifest.get(key), kind):
             raise SavedDetectorError(f"saved detector {path}: {MANIFEST} field {key!r} is missing or not a "
                                      f"{kind.__name__}; save the detector again")
+    if manifest["detector"] not in DETECTORS.names():
+        raise SavedDetectorError(f"saved detector {path}: {MANIFEST} field 'detector' is {manifest['detector']!r}, "
+                                 "not a detector this vaeood knows; save the detector again")
     if manifest["format"] != FORMAT:
         raise SavedDetectorError(f"saved detector {path}: {MANIFEST} of format {manifest['format']}, but this "
                                  f"vaeood reads format {FORMAT}; fit and save it again")
