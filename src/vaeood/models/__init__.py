@@ -7,7 +7,7 @@ model from ``(cfg, image_shape, likelihood, **cfg.arch_options)`` (``hvae``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import nn
 
@@ -19,8 +19,20 @@ from .hvae import HierarchicalVAE, build_hvae
 from .mlp import mlp_decoder, mlp_encoder
 from .vae import VAE
 
-if TYPE_CHECKING:  # config validates names against these registries, so no import back
-    from ..training.config import ModelConfig
+
+class ModelSettings(Protocol):
+    """What :func:`build_model` reads of a config: :class:`vaeood.training.config.ModelConfig`
+    is one. Named here, not imported, since the config (a layer above) validates its names
+    against these registries."""
+
+    arch: str
+    likelihood: str
+    latent_dim: int
+    base_channels: int
+    hidden_dim: int
+    likelihood_options: dict
+    arch_options: dict
+
 
 # arch name → function(cfg, (C, H, W), params_per_channel) → (encoder, decoder), or, with
 # builds_model = True, function(cfg, (C, H, W), likelihood, **arch_options) → model
@@ -28,14 +40,14 @@ ARCHITECTURES = Registry("architecture")
 
 
 @ARCHITECTURES.register("conv")
-def _conv(cfg: ModelConfig, shape, params_per_channel: int):
+def _conv(cfg: ModelSettings, shape, params_per_channel: int):
     c, h, w = shape
     return (conv_encoder(c, h, w, cfg.base_channels, cfg.latent_dim),
             conv_decoder(c, h, w, cfg.base_channels, cfg.latent_dim, params_per_channel))
 
 
 @ARCHITECTURES.register("mlp")
-def _mlp(cfg: ModelConfig, shape, params_per_channel: int):
+def _mlp(cfg: ModelSettings, shape, params_per_channel: int):
     c, h, w = shape
     return (mlp_encoder(c, h, w, cfg.hidden_dim, cfg.latent_dim),
             mlp_decoder(c, h, w, cfg.hidden_dim, cfg.latent_dim, params_per_channel))
@@ -45,7 +57,7 @@ ARCHITECTURES.register("hvae")(build_hvae)
 build_hvae.builds_model = True
 
 
-def build_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> VAE | HierarchicalVAE:
+def build_model(cfg: ModelSettings, image_shape: tuple[int, int, int]) -> VAE | HierarchicalVAE:
     """A VAE for images ``(C, H, W)`` as the config describes."""
     likelihood = LIKELIHOODS.get(cfg.likelihood)(image_shape[0], **cfg.likelihood_options)
     builder = ARCHITECTURES.get(cfg.arch)
@@ -72,4 +84,4 @@ def architecture_summary(model) -> dict:
 
 
 __all__ = ["ARCHITECTURES", "LIKELIHOODS", "HierarchicalVAE", "Likelihood", "VAE", "build_hvae", "build_model",
-           "count_parameters", "architecture_summary"]
+           "count_parameters", "architecture_summary", "ModelSettings"]
