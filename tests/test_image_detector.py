@@ -116,6 +116,8 @@ def test_load_refuses_a_saved_detector_changed_since(fitted, tmp_path):
     fitted.save(saved)
     with pytest.raises(FileExistsError, match="not an empty folder"):
         fitted.save(saved)
+    with pytest.raises(FileExistsError, match="already holds a run"):  # before its training data is replaced
+        vaeood.ImageOODDetector(run_dir=saved).fit(np.zeros((200, SIZE, SIZE, 3), np.uint8))
     manifest = json.loads((saved / "detector.json").read_text())
     for files, message in (({**manifest["files"], "../elsewhere.npz": "0" * 64}, "lists '../elsewhere.npz', not a"),
                            ({k: v for k, v in manifest["files"].items() if k != "checkpoint.pt"},

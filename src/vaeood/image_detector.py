@@ -57,6 +57,7 @@ from .infra.atomic import atomic_write_text
 from .infra.runlock import LOCK_NAME
 from .training.checkpoint import CHECKPOINT_NAME
 from .training.run_dir import CONFIG_NAME, Run
+from .training.train import resumable
 
 MANIFEST = "detector.json"
 FORMAT = 1
@@ -101,7 +102,7 @@ class ImageOODDetector(BaseEstimator):
         class), a folder of PNG/JPEG images, or a dataset name. ``y`` is ignored."""
         if isinstance(X, (str, os.PathLike)) and Path(X).is_dir() and not is_folder_name(str(X)):
             X = os.path.join(X, "")  # a folder, with the '/' that makes it one to vaeood fit
-        run_dir = self._new_run_dir()
+        run_dir, self._scorer = self._new_run_dir(), None
         settings = {"train.epochs": str(self.epochs), **{k: v if isinstance(v, str) else json.dumps(v)
                                                          for k, v in (self.overrides or {}).items()}}
         if isinstance(X, (str, os.PathLike)):
@@ -159,6 +160,9 @@ class ImageOODDetector(BaseEstimator):
 
     def _new_run_dir(self) -> Path:
         if self.run_dir is not None:
+            if resumable(self.run_dir):  # refused before the training array could overwrite its data
+                raise FileExistsError(f"run_dir={str(self.run_dir)!r} already holds a run; choose a new folder "
+                                      "(or leave run_dir out for a temporary one)")
             return Path(self.run_dir)
         path = Path(tempfile.mkdtemp(prefix="vaeood-detector-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)
