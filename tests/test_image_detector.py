@@ -140,3 +140,16 @@ def test_load_refuses_a_saved_detector_changed_since(fitted, tmp_path):
 def test_an_unfitted_detector_says_so():
     with pytest.raises(DataError, match=r"not fitted: call fit\(X\) first"):
         vaeood.ImageOODDetector().predict(np.zeros((1, SIZE, SIZE, 3), np.uint8))
+
+
+@pytest.mark.slow
+def test_fit_on_a_folder_named_without_a_slash(tmp_path, monkeypatch):
+    """A folder (here ``photos``, no '/') is read as ``vaeood fit ./photos/`` reads it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    for i, img in enumerate(blobs(200, 5, size=SIZE, channels=3)):
+        Image.fromarray(img).save(tmp_path / "photos" / f"{i:03d}.png")
+    det = vaeood.ImageOODDetector(epochs=1, detector="fused", overrides=TINY).fit("photos")
+    assert det.n_images_ == 200 and det.image_shape_ == (3, SIZE, SIZE)
+    assert json.loads((det.run_dir_ / "config.json").read_text())["data"]["name"] == "photos/"
+    assert det.predict(_new_images()[6:]).all()  # strokes, far from the blobs
