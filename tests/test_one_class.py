@@ -10,9 +10,7 @@ import pytest
 
 from vaeood.cli import main
 from vaeood.experiments import EXPERIMENTS
-from vaeood.experiments.one_class import (BACKBONE_DETECTORS, DETECTORS, MODEL, PIXEL_DETECTORS, SOURCES,
-                                          run_folder)
-from vaeood.training.config import Config
+from vaeood.experiments.one_class import BACKBONE_DETECTORS, DETECTORS, MODEL, PIXEL_DETECTORS, SOURCES
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +118,3 @@ def test_the_model_is_the_one_vaeood_fit_trains():
 
     assert MODEL.items() <= FIT_MODEL.items()
     assert set(FIT_MODEL) - set(MODEL) == {"train.epochs"}  # the presets set the budget
-
-
-def test_a_model_is_reused_only_for_the_same_config_seed_and_images(tmp_path):
-    config = Config().override({**MODEL, "data.name": "mnist_class3", "data.holdout": "100"})
-    here = run_folder(tmp_path, "mnist_class3", config, "a" * 64)
-    assert run_folder(tmp_path, "mnist_class3", Config().override(
-        {**MODEL, "data.name": "mnist_class3", "data.holdout": "100"}), "a" * 64) == here
-    assert run_folder(tmp_path, "mnist_class3", config.override({"train.seed": "1"}), "a" * 64) != here
-    assert run_folder(tmp_path, "mnist_class3", config.override({"train.epochs": "3"}), "a" * 64) != here
-    assert run_folder(tmp_path, "mnist_class3", config, "b" * 64) != here

@@ -10,7 +10,7 @@ import pytest
 
 from tinydata import write_fig2a_data
 from vaeood.cli import main
-from vaeood.experiments import EXPERIMENTS
+from vaeood.experiments import EXPERIMENTS, reproduce
 from vaeood.experiments.ood_suite import SYNTHETIC, aggregate, scrub_paths, synthetic_images, verdict
 
 
@@ -122,9 +122,9 @@ def test_the_terminal_summary_shows_the_default_and_the_named_detectors_only(sui
 @pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
 def test_rerun_reuses_runs_and_gives_the_same_numbers(suite, tmp_path):
     out, metrics, _ = suite
-    again = EXPERIMENTS.get("ood-suite").run(out, "smoke", data_dir=str(out.parent / "data"),
-                                             overrides={"data.limit": "120", "model.base_channels": "4"},
-                                             families=("mnist",))
+    again = reproduce("ood-suite", out, preset="smoke", data_dir=str(out.parent / "data"),
+                      overrides={"data.limit": "120", "model.base_channels": "4"}, families=("mnist",))
+    assert {run["this_call"] for run in again["runs_used"].values()} == {"reused"}
     a = again["families"]["mnist"]["summary"]
     b = metrics["families"]["mnist"]["summary"]
     for det in a:

@@ -30,7 +30,8 @@ from vaeood.infra.atomic import atomic_write_json
 from vaeood.training.checkpoint import load_checkpoint
 from vaeood.cli import main
 from vaeood.training.config import Config
-from vaeood.experiments.common import train_or_reuse
+from vaeood.data.load import load_for_run
+from vaeood.experiments.reuse import RECIPE_NAME, recipe, train_or_reuse
 from vaeood.infra.runlock import LOCK_NAME, run_lock
 
 SMALL = {"model.base_channels": "4", "model.latent_dim": "4", "train.batch_size": "64", "train.epochs": "1"}
@@ -114,6 +115,8 @@ def test_an_experiment_resumes_with_its_full_config_and_starts_fresh_runs(tmp_pa
     assert train_or_reuse(config, run, data_dir=str(data), progress=False)["epochs"] == 1  # fresh
     killed = tmp_path / "runs" / "b"
     killed_before_first_checkpoint(killed, SMALL)
+    # and the recipe a reproduction writes before it trains (vaeood.experiments.reuse)
+    atomic_write_json(killed / RECIPE_NAME, recipe(config, load_for_run(config.data, data_dir=str(data)), None))
     assert train_or_reuse(config, killed, data_dir=str(data), progress=False)["epochs"] == 1  # resumed
 
 

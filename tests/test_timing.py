@@ -23,7 +23,7 @@ def test_the_wall_time_is_appended_to_the_report_and_the_metrics(tmp_path):
     with Timing(tmp_path) as again:
         pass
     again.append_to()
-    assert "finished runs found in `runs/` were reused" in (tmp_path / "report.md").read_text()
+    assert "runs found in `runs/` (the set-up section says which were reused)" in (tmp_path / "report.md").read_text()
 
 
 def test_a_shared_machine_is_said():

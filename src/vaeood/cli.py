@@ -82,8 +82,9 @@ def _run(args, extra: list[str], argv: list[str]) -> int:
         return _fail(exc.args[0] if isinstance(exc, UnknownNameError) and exc.args else exc)
     except KeyboardInterrupt as exc:
         stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"vaeood: {stopped}; files already written are complete (a run continues with "
-              "`vaeood train RUN --resume`)", file=sys.stderr)
+        again = "the same command" if args.command == "reproduce" else "`vaeood train RUN --resume`"
+        print(f"vaeood: {stopped}; files already written are complete (a run continues with {again})",
+              file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         if _out_of_memory(exc):
@@ -258,7 +259,8 @@ def _detect(args, overrides) -> int:
 def _reproduce(args, overrides) -> int:
     exp = EXPERIMENTS.get(args.experiment)
     _fetch(args, exp.datasets_needed())
-    out = reproduce(args.experiment, args.out, preset=args.preset, overrides=overrides, data_dir=args.data_dir,
+    out = reproduce(args.experiment, args.out, preset=args.preset, overwrite=args.overwrite, overrides=overrides,
+                    data_dir=args.data_dir,
                     device=args.device, estimator=args.estimator,
                     estimator_options=_estimator_options(args) or None,
                     command=args.command_line)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from typing import Callable
 
 from .decisions import RECOMMENDED
 from .detectors import DETECTORS
 from .experiments import EXPERIMENTS
-from .training.config import OPTION_RULES, ConfigError, field_rule, parse_value
+from .training.config import OPTION_RULES, Config, ConfigError, field_rule, flatten, parse_value
 
 #: a subcommand → its old names, still accepted for one release (0.2) with a notice on stderr
 DEPRECATED_COMMANDS = {"log-px": ["score"]}
@@ -200,11 +201,34 @@ def _add_detect_parser(sub) -> None:
 
 def _add_reproduce_parser(sub) -> None:
     """The ``vaeood reproduce EXPERIMENT`` subcommand."""
-    p = sub.add_parser("reproduce", help="reproduce an experiment of the study")
+    p = sub.add_parser("reproduce", help="reproduce an experiment of the study", epilog=_overrides_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", choices=EXPERIMENTS.names())
     p.add_argument("--out", required=True, help="output directory for runs, report.md and metrics.json")
     p.add_argument("--preset", default="quick", help="quick (minutes on a CPU) or paper (full training)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain the models in OUT that another call made (a changed setting, preset or data file); "
+                        "without it such a rerun is refused")
     _add_common(p)
+
+
+def _overrides_help() -> str:
+    """The override syntax, the config keys, and the keys each experiment sets itself (refused)."""
+    keys = flatten(Config().to_dict())
+    sections = {}
+    for key in keys:
+        sections.setdefault(key.split(".")[0], []).append(key.split(".", 1)[1])
+    return "\n".join([
+        "config overrides, after the options: --SECTION.KEY=VALUE or --SECTION.KEY VALUE, e.g.",
+        "  --model.latent_dim=4 --train.epochs 2",
+        "They change the resolved config of every model the experiment trains (a companion model's",
+        "declared settings win over them). Keys:",
+        *[textwrap.fill(", ".join(names), 90, initial_indent=f"  {section}: ", subsequent_indent="    ")
+          for section, names in sections.items()],
+        "Keys each experiment honours (it sets those after \"but\" itself for each run: overriding one is refused):",
+        *[f"  {name}: every key but {', '.join(EXPERIMENTS.get(name).own_keys)}" for name in EXPERIMENTS.names()],
+        "A rerun into an OUT whose models another call made is refused, naming the first difference:",
+        "give another --out, or --overwrite to retrain them (docs/usage.md)."])
 
 
 def _json_object(text: str) -> dict:

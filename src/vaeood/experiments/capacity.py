@@ -24,8 +24,8 @@ from ..training.config import Config
 from ..evaluation.intervals import N_BOOT, mean_sd, trend, trend_text
 from ..evaluation.report import interval_text, markdown_table, pm, text_table
 from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
-                     report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json,
-                     train_or_reuse)
+                     report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json)
+from .reuse import train_or_reuse
 
 ESTIMATORS = ("elbo", "iwae")
 
@@ -54,6 +54,8 @@ class CapacityStudy:
     claim: str = ("Dai & Wipf's 'sufficient capacity' remedy: a wider network fixes the likelihood ranking, "
                   "so OOD images get lower likelihood")
     detectors: tuple[str, ...] = LIKELIHOOD_DETECTORS
+    # set for each run (the sweep and its seeds): not overridable
+    own_keys: tuple[str, ...] = ("data.name", "model.base_channels", "model.latent_dim", "train.seed")
 
     def datasets_needed(self) -> list[tuple[str, str]]:
         return [(self.in_dataset, "train"), (self.in_dataset, "test"), (self.ood_dataset, "test")]

@@ -1,11 +1,10 @@
-"""Pieces every experiment shares: the registry, train-or-reuse, run summaries, the
+"""Pieces every experiment shares: the registry, the progress bar over runs, the
 environment stamp written into each report, evaluation with the detectors asked for, and
 the AUROC summaries over seeds with their intervals and verdict words."""
 
 from __future__ import annotations
 
 import datetime
-import logging
 import platform
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import torch
 
 from .._reproducible import cpu_description, mkl_mode
 from .._version import __version__
-from ..training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ..training.config import Config, ConfigError
+from ..training.config import ConfigError
 from ..evaluation.evaluate import evaluate
 from ..evaluation.intervals import N_BOOT, seed_summary
 from ..detectors import make_detector
@@ -24,37 +22,14 @@ from ..infra.atomic import atomic_write
 from ..infra.progress import bar
 from ..infra.registry import Registry
 from ..evaluation.log_px import log_px
-from ..training.train import resumable, train
 
 EXPERIMENTS = Registry("experiment")
-log = logging.getLogger(__name__)
-
-
-def train_or_reuse(config: Config, run_dir: Path, *, data_dir: str | None, progress: bool | None) -> dict:
-    """Train ``config`` into ``run_dir`` unless a checkpoint there has already reached
-    ``train.epochs`` (an unfinished one is resumed); return the training summary."""
-    ckpt = run_dir / CHECKPOINT_NAME
-    state = load_checkpoint(ckpt) if ckpt.exists() else None
-    if state is None or state["epoch"] < config.train.epochs:
-        train(config, run_dir, resume=resumable(run_dir), data_dir=data_dir, progress=progress)
-        state = load_checkpoint(ckpt)
-    else:
-        log.info("reusing %s: trained already (%d epochs)", run_dir, state["epoch"])
-    return training_summary(state)
 
 
 def runs_bar(total: int, desc: str, progress: bool | None):
     """The progress bar over an experiment's runs (each trained or reused, then scored);
     ``update()`` it after each run, ``set_postfix_str`` it with the run's name."""
     return bar(total=total, desc=desc, enabled=progress, unit="run")
-
-
-def training_summary(state: dict) -> dict:
-    """What a report says of a finished run's training, from its checkpoint."""
-    return {"epochs": state["epoch"], "num_parameters": state["num_parameters"],
-            "final_train_loss_nats": state["history"][-1]["train_loss"],
-            "train_seconds": sum(h["seconds"] for h in state["history"]),
-            "train_data": state["train_data"], "config": state["config"]}
 
 
 def machine_words(environment: dict) -> str:

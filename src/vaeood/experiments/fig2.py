@@ -45,8 +45,8 @@ from ..evaluation.report import METRIC_LABELS, histogram_panels, interval_text, 
 from ..data import DatasetNotFoundError, load_dataset
 from ..evaluation.log_px import log_px, log_px_meta
 from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary, per_image_scores,
-                     report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json,
-                     train_or_reuse)
+                     report_header, run_evaluate, runs_bar, sample_sources, stamp, strict_json)
+from .reuse import train_or_reuse
 from .variance_runs import variance_pairs, variance_record, variance_section
 
 
@@ -81,6 +81,7 @@ class Fig2Experiment:
     detectors: tuple[str, ...] = LIKELIHOOD_DETECTORS
     fallback_ood: tuple[str, ...] = ()  # scored instead of the missing ``ood_datasets`` (with a note)
     conform: str | None = None  # how OOD sets of another image shape are conformed to the model (``"pad"``)
+    own_keys: tuple[str, ...] = ("data.name", "train.seed")  # set for each run: not overridable
 
     def configs(self, preset: str, *, overrides: dict[str, str] | None = None,
                 device: str = "cpu") -> dict[tuple[str, int], Config]:
@@ -365,7 +366,8 @@ def render_report(exp: Fig2Experiment, out: dict) -> str:
                                pm(m["training"]["final_train_loss_nats"], ".1f"),
                                pm(m["training"]["train_seconds"], ".1f")] for v, m in models.items()]), "",
               "Runs (config, checkpoint, metrics, per-image scores) are in `runs/MODEL_seedS/` and are reused by "
-              "a later call with the same `--out`; `metrics.json` holds every number above, per seed.", ""]
+              "a later call with the same `--out` and the same settings; `metrics.json` holds every number above, "
+              "per seed.", ""]
     return "\n".join(lines)
 
 

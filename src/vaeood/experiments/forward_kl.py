@@ -61,7 +61,8 @@ from ..evaluation.log_px import log_px, log_px_meta
 from .timing import load_average
 from .common import (LIKELIHOOD_DETECTORS, EXPERIMENTS, INTERVAL_METHOD, VERDICT_RULE, auroc_summary,
                      estimate_scores, stamp,
-                     runs_bar, strict_json, train_or_reuse)
+                     runs_bar, strict_json)
+from .reuse import train_or_reuse
 from .forward_kl_stats import (ABLATED, FORWARD_KL, METRICS, REVERSE_KL, holm,  # noqa: F401  (imported from here)
                                hypothesis_verdict)
 from .forward_kl_report import render_report, write_figures
@@ -90,6 +91,8 @@ class ForwardKLExperiment:
     ood_datasets: tuple[str, ...]
     presets: dict[str, AblationPreset] = field(default_factory=dict)
     detectors: tuple[str, ...] = LIKELIHOOD_DETECTORS
+    # set for each run (the ablation and its seeds): not overridable
+    own_keys: tuple[str, ...] = ("data.name", "train.objective", "train.objective_options", "train.seed")
 
     def datasets_needed(self) -> list[tuple[str, str]]:
         return [(self.in_dataset, "train"), (self.in_dataset, "test"), *[(o, "test") for o in self.ood_datasets]]
@@ -101,8 +104,8 @@ class ForwardKLExperiment:
         """Train every (objective, seed) under ``preset``, score the test sets with IWAE-K,
         and write ``report.md``, ``metrics.json`` and the figures into ``out_dir``.
 
-        ``overrides`` change every run's config (not ``train.objective``/``train.seed``,
-        which the ablation sets); ``estimator_options`` update the IWAE options (e.g.
+        ``overrides`` change every run's config (not the ``own_keys``, which the ablation
+        sets: :func:`vaeood.experiments.reproduce` refuses them); ``estimator_options`` update the IWAE options (e.g.
         ``{"k": 1000, "refine_steps": 5}``); the estimator must be ``iwae``, which
         gives both the ELBO and the IWAE score.
         """
@@ -110,9 +113,6 @@ class ForwardKLExperiment:
         if estimator not in (None, "iwae"):
             raise ConfigError(f"the forward-kl ablation scores with iwae (it yields both the ELBO and IWAE "
                               f"scores), not {estimator!r}")
-        fixed = [k for k in (overrides or {}) if k in ("train.objective", "train.seed")]
-        if fixed:
-            raise ConfigError(f"the forward-kl ablation sets {fixed[0]} itself; it cannot be overridden")
         options = {"k": pre.k, **(estimator_options or {})}
         detectors = tuple(detectors or self.detectors)
         out_dir.mkdir(parents=True, exist_ok=True)

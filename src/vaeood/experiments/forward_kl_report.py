@@ -105,7 +105,8 @@ def _report_setup(exp: ForwardKLExperiment, out: dict) -> list[str]:
               f"for this call, on {s['cpus']} CPUs with a 1-minute load average of "
               f"{load_text(s['load_average'], s['cpus'])}; the training "
               f"loops of the {len(s['objectives']) * len(s['seeds'])} runs took {s['train_seconds'] / 60:.1f} min "
-              f"(from their histories: runs found finished in `runs/` are reused, not retrained).", "",
+              f"(from their histories: runs found finished in `runs/` and made by the same recipe are reused, "
+              "not retrained).", "",
               "## Hypothesis and verdict", "",
               "- The study's proposal: fitting q(z|x) by the forward KL(p ‖ q) (mass-covering, heavier tails) "
               "instead of the reverse KL improves OOD detection.",

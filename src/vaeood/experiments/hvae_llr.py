@@ -30,7 +30,8 @@ from ..features import features_of
 from ..evaluation.metrics import ood_metrics
 from ..training.run import load_model
 from ..evaluation.log_px import log_px
-from .common import machine_words, stamp, train_or_reuse
+from .common import machine_words, stamp
+from .reuse import train_or_reuse
 
 log = logging.getLogger(__name__)
 

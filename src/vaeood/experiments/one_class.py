@@ -33,15 +33,13 @@ Intervals: each class's AUROC and the mean over classes get a 95% percentile int
 from one bootstrap over the test images, shared by every class
 (:func:`vaeood.evaluation.intervals.class_mean_summary`).
 
-Reruns into the same ``OUT`` reuse a trained model only when its resolved config (seed
-included) and the digest of its class images equal what is asked: both name its run folder
-``OUT/runs/{dataset}_class{c}-{key}``, so anything else trains a new run beside it.
+Each class's model is ``OUT/runs/{dataset}_class{c}``, reused by a rerun into the same
+``OUT`` under the rule of every reproduction (:mod:`.reuse`): its config, class images and
+preset must equal what is asked.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -59,7 +57,8 @@ from ..features import images_digest
 from ..features.backbone import DEFAULT_BACKBONE, DEFAULT_SIZE
 from ..infra.atomic import atomic_write_json, atomic_write_text
 from ..training.config import Config
-from .common import EXPERIMENTS, runs_bar, stamp, strict_json, train_or_reuse, write_image_set
+from .common import EXPERIMENTS, runs_bar, stamp, strict_json, write_image_set
+from .reuse import train_or_reuse
 from .one_class_report import mean_text, render_report
 from .ood_suite.paths import scrub_paths
 
@@ -227,14 +226,6 @@ def _describe(d) -> dict:
             "is_sample": bool(d.is_sample), "files": d.provenance()["files"]}
 
 
-def run_folder(runs: Path, name: str, config: Config, images_sha256: str) -> Path:
-    """``runs/NAME-KEY``: KEY digests the resolved config (seed included) and the class images,
-    so a model is reused only for the same config and data (module docstring)."""
-    key = hashlib.sha256(json.dumps({"config": config.to_dict(), "images_sha256": images_sha256},
-                                    sort_keys=True).encode()).hexdigest()[:12]
-    return runs / f"{name}-{key}"
-
-
 @dataclass(frozen=True)
 class OneClass:
     name: str
@@ -242,6 +233,7 @@ class OneClass:
     presets: dict[str, OneClassPreset]
     detectors: tuple[str, ...] = DETECTORS
     published: dict = field(default_factory=lambda: PUBLISHED)
+    own_keys: tuple[str, ...] = ("data.name", "data.holdout")  # set for each class: not overridable
 
     def datasets_needed(self) -> list[tuple[str, str]]:
         return list(dict.fromkeys((s.name, split) for s in SOURCES.values()
@@ -296,7 +288,7 @@ class OneClass:
         """Train (or reuse) class ``c``'s VAE, evaluate every detector on the test set into
         ``out_dir/ds/classC``, append each detector's scores to ``scores``; the class's record."""
         cls, test = written["classes"][c], written["test"]
-        run_dir = run_folder(out_dir / "runs", cls["name"], config, cls["images_sha256"])
+        run_dir = out_dir / "runs" / cls["name"]
         eval_dir = out_dir / ds / f"class{c}"
         t0 = time.perf_counter()
         training = train_or_reuse(config, run_dir, data_dir=scoring["data_dir"], progress=scoring["progress"])

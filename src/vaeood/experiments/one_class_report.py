@@ -137,6 +137,7 @@ def _training_and_data(out: dict) -> list[str]:
         "Written into `data/` (each set's images digested by `vaeood.features.images_digest`): "
         + "; ".join(f"`{r['test']['name']}_test.npz` {r['test']['images_sha256'][:16]}…" for r in results.values())
         + "; the class sets `DATASET_classC_train.npz` (digests in `metrics.json`).", "",
-        "Runs are in `runs/`, named by a digest of their resolved config (seed included) and class images, and "
-        "reused by a later call with the same `--out` only when both are equal; each class's evaluation "
+        "Runs are in `runs/DATASET_classC/`, reused by a later call with the same `--out` only when their preset, "
+        "resolved config (seed included) and class images equal that call's (else it is refused); each class's "
+        "evaluation "
         "(`metrics.json`, per-image scores) is in `DATASET/classC/`.", ""]

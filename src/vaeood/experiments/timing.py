@@ -58,7 +58,7 @@ class Timing:
         return (f"{minutes} min {seconds:02d} s wall and {r['cpu_seconds'] / 60:.1f} CPU-min (all threads) for this "
                 f"call, on {r['cpus']} CPUs with a 1-minute load average of {load_text(r['load_average'], r['cpus'])}; "
                 + ("from nothing (no runs to reuse)" if r["from_nothing"] else
-                   "finished runs found in `runs/` were reused, not retrained"))
+                   "with runs found in `runs/` (the set-up section says which were reused)"))
 
     def append_to(self) -> None:
         """Add the line to ``report.md`` and the numbers to ``metrics.json`` of ``out_dir``."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ...training.config import Config, ConfigError
 from ...detectors import DETECTORS
-from ..common import train_or_reuse
+from ..reuse import train_or_reuse
 from .presets import Family, SuitePreset
 
 MAIN = "main"  # the model every detector runs on unless it declares another
@@ -91,5 +91,6 @@ def train_models(base: dict, models: dict[str, dict], runs_dir: Path, data_dir: 
     for name, model in models.items():
         runs[name] = runs_dir / name
         training[name] = train_or_reuse(Config().override({**base, **model["overrides"]}), runs[name],
-                                        data_dir=data_dir, progress=progress)
+                                        data_dir=data_dir, progress=progress,
+                                        declared={"model": name, "overrides": model["overrides"]})
     return runs, training

@@ -40,6 +40,7 @@ class OODSuite:
     title: str
     families: dict[str, Family]
     presets: dict[str, SuitePreset]
+    own_keys: tuple[str, ...] = ("data.name", "train.seed")  # set for each family and seed: not overridable
 
     def datasets_needed(self) -> list[tuple[str, str]]:
         datasets = [f for f in self.families.values() if not f.photos]  # a photo folder is not downloaded
