@@ -365,9 +365,8 @@ def render_report(exp: Fig2Experiment, out: dict) -> str:
                              [[v, m["training"]["num_parameters"], m["training"]["epochs"],
                                pm(m["training"]["final_train_loss_nats"], ".1f"),
                                pm(m["training"]["train_seconds"], ".1f")] for v, m in models.items()]), "",
-              "Runs (config, checkpoint, metrics, per-image scores) are in `runs/MODEL_seedS/` and are reused by "
-              "a later call with the same `--out` and the same settings; `metrics.json` holds every number above, "
-              "per seed.", ""]
+              "Runs (config, checkpoint, metrics, per-image scores) are in `runs/MODEL_seedS/`, reused by a later "
+              "call with the same `--out` and settings; `metrics.json` holds every number above, per seed.", ""]
     return "\n".join(lines)
 
 
