@@ -20,6 +20,10 @@ Floating-point ``x`` is refused: a float image in [0, 1] would otherwise be read
 pixel values 0 and 1 without any error.
 
 Registered names (``LIKELIHOODS``): ``bernoulli``, ``categorical``, ``dlogistic``.
+
+Apart from them, :class:`GaussianFeatureLikelihood` is a density on continuous feature
+vectors (the feature VAE of :mod:`vaeood.models.feature_vae`), not on pixels: it is not in
+``LIKELIHOODS``, which a run's config picks from for its images.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaeood.inference.gaussian import log_prob as gaussian_log_prob
 from vaeood.infra.registry import Registry
 
 __all__ = [
@@ -38,6 +43,7 @@ __all__ = [
     "BernoulliLikelihood",
     "CategoricalLikelihood",
     "DiscretizedLogisticLikelihood",
+    "GaussianFeatureLikelihood",
     "NUM_LEVELS",
 ]
 
@@ -307,3 +313,44 @@ class DiscretizedLogisticLikelihood(Likelihood):
         else:
             m = (torch.softmax(mix_logits, dim=-3) * means).sum(dim=-3)
         return (m + 1.0) / 2.0
+
+
+class GaussianFeatureLikelihood(nn.Module):
+    r"""A diagonal Gaussian **density on continuous features** (not a pmf on 8-bit pixels).
+
+    The decoder gives the mean μ(z) ∈ R^D; the log-variance ℓ is one learned number per
+    dimension, shared by every z (``logvar``, starting at 0):
+
+    .. math:: \log p(t|z) = -\tfrac12 \sum_{d=1}^{D} \big[(t_d - \mu_d(z))^2 e^{-\ell_d} + \ell_d + \log 2\pi\big].
+
+    A density on R^D in nats: it can exceed one, it changes with the features' units, and it
+    gives no bits per dimension (``normalised = False``: there are no 8-bit values to count;
+    ``continuous = True`` says what it is). ``log_prob`` takes float ``mean [..., D]`` and
+    float ``x [..., D]`` whose leading dimensions broadcast, and returns ``[...]``.
+    """
+
+    normalised = False
+    continuous = True
+
+    def __init__(self, dim: int):
+        super().__init__()
+        if int(dim) != dim or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.logvar = nn.Parameter(torch.zeros(int(dim)))
+
+    def log_prob(self, mean: Tensor, x: Tensor) -> Tensor:
+        """log N(x; mean, diag e^logvar) in nats, summed over the last axis."""
+        if not x.is_floating_point():
+            raise TypeError(f"x must hold continuous features (a float tensor), got {x.dtype}: this density is "
+                            "for feature vectors, not for 8-bit pixels")
+        dim = len(self.logvar)
+        if mean.shape[-1] != dim or x.shape[-1] != dim:
+            raise ValueError(f"GaussianFeatureLikelihood of {dim} features got mean {tuple(mean.shape)} and x "
+                             f"{tuple(x.shape)} (expected [..., {dim}] for both)")
+        return gaussian_log_prob(x, mean, self.logvar)
+
+    def forward(self, mean: Tensor, x: Tensor) -> Tensor:  # noqa: D401 - nn.Module hook
+        return self.log_prob(mean, x)
+
+    def extra_repr(self) -> str:
+        return f"dim={len(self.logvar)}, continuous density (no bits/dim)"
