@@ -22,7 +22,6 @@ held fixed, so the intervals leave out the choice of fit images).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from common import finish, machine_info, parser
+from common import finish, machine_info, parser, real_data_and_cache
 
 FIT = 2000
 CLASSES = (0, 3, 9)
@@ -100,13 +99,8 @@ def main() -> None:
     args = parser(__doc__, sizes=([64, 80, 96, 112, 128], "backbone input sizes S"), k=2, threads=2,
                   bootstrap=(500, "paired bootstrap resamples of the test images"),
                   cache=(None, "folder to keep features in between runs")).parse_args()
-    if not os.environ.get("VAEOOD_DATA"):
-        raise SystemExit("set VAEOOD_DATA to the folder holding cifar10_train.npz and fashion_mnist_*.npz")
-    torch.set_num_threads(args.threads)
-    cache = Path(args.cache) if args.cache else None
-    if cache:
-        cache.mkdir(parents=True, exist_ok=True)
-    sets = image_sets(Path(os.environ["VAEOOD_DATA"]))
+    data, cache = real_data_and_cache(args, "cifar10_train.npz and fashion_mnist_*.npz")
+    sets = image_sets(data)
     info = machine_info("cpu")
     auroc: dict[str, dict[int, float]] = {}
     scores: dict[tuple[str, int, int], np.ndarray] = {}

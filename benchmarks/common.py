@@ -104,6 +104,18 @@ def data_dir() -> str | None:
     return os.environ.get("VAEOOD_DATA")
 
 
+def real_data_and_cache(args, holding: str) -> tuple[Path, Path | None]:
+    """$VAEOOD_DATA (or exit saying it must hold ``holding``) and ``args.cache`` made (None when
+    not given), with torch at ``args.threads`` threads: the start of a benchmark on real data."""
+    if not data_dir():
+        raise SystemExit(f"set VAEOOD_DATA to the folder holding {holding}")
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache) if args.cache else None
+    if cache:
+        cache.mkdir(parents=True, exist_ok=True)
+    return Path(data_dir()), cache
+
+
 def load_images(name: str = "fashion_mnist", split: str = "train", limit: int | None = None):
     """(uint8 NCHW tensor on the CPU, the vaeood Dataset) from $VAEOOD_DATA, else the
     bundled sample (the JSON says which)."""
