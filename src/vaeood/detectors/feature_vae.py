@@ -39,12 +39,11 @@ trained VAE (kept for the last :data:`KEEP` fits).
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
 from ..inference.gaussian import check_positive_int
+from ..features import images_digest
 from ..features.model import latent, log_px, posterior
 from ..models.feature_vae import FeatureVAE
 from ..training.config import ConfigError
@@ -64,7 +63,7 @@ def trained_state(rows: np.ndarray, options: dict) -> tuple[dict, list[float]]:
     """The trained VAE's state (arrays) and its epoch losses for ``rows``, trained once per
     (rows, training options) among the last :data:`KEEP`."""
     training = {k: options[k] for k in TRAINING}
-    digest = hashlib.sha256(repr(sorted(training.items())).encode() + rows.tobytes()).hexdigest()
+    digest = f"{sorted(training.items())!r} {images_digest(rows)}"  # the rows' shape, dtype and bytes
     if digest not in _TRAINED:
         model, losses = train_feature_vae(rows, **training)
         _TRAINED[digest] = ({k: v.numpy().copy() for k, v in model.state_dict().items()}, losses)
