@@ -19,7 +19,7 @@ from vaeood.models.feature_vae import FeatureVAE
 from vaeood.models.likelihoods import GaussianFeatureLikelihood
 from vaeood.training.config import ConfigError
 
-SMALL = {"hidden_dim": 32, "latent_dim": 4, "epochs": 30}
+SMALL = {"hidden_dim": 32, "latent_dim": 4, "epochs": 15}
 D = 16
 
 
