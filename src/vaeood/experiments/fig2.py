@@ -309,10 +309,10 @@ EXPERIMENTS.register("fig2b")(Fig2Experiment(
           "it does not separate them",
     models=TWO_DECODERS, descriptions=DESCRIPTIONS,
     presets={
-        "quick": Preset({"data.name": "cifar10", "data.limit": "10000", "train.epochs": "5",
-                         "model.base_channels": "32"}, score_limit=2000,
-                        note="CPU quick preset: 3 seeds; the first 10,000 CIFAR-10 training images × 5 epochs "
-                             "at base width 32; ELBO on the first 2,000 images of each test set."),
+        "quick": Preset({"data.name": "cifar10", "train.epochs": "5", "model.base_channels": "32"}, score_limit=2000,
+                        note="CPU quick preset: 3 seeds; all 50,000 CIFAR-10 training images × 5 epochs at base "
+                             "width 32 (about 8 min of training for the 6 runs on 2 quiet cores, scaled from 93 s "
+                             "measured on 10,000 images); ELBO on the first 2,000 images of each test set."),
         "paper": Preset({"data.name": "cifar10", "train.epochs": "100", "model.base_channels": "64",
                          "model.latent_dim": "64"}, estimator="iwae", estimator_options={"k": 1000},
                         note="all 50,000 training images × 100 epochs, 3 seeds, IWAE-1000 on every test image."),
