@@ -78,11 +78,10 @@ def test_the_variance_record_uses_the_experiments_own_scores(tiny):
 
 @pytest.mark.slow  # e2e: reads the fig2a run its fixture reproduces
 def test_the_feature_panel_is_the_ledoit_wolf_gaussian_of_the_backbone_features(tiny):
-    """The feature-space verdict: a Gaussian of the backbone's features of the images the pixel
-    models trained on, its log density scipy's, its AUROC of −log p_feature(x) with OOD positive."""
-    from scipy.stats import multivariate_normal
-    from sklearn.covariance import LedoitWolf
-
+    """The feature-space verdict: the Gaussian of the backbone's features of the images the pixel
+    models trained on (its log density is scipy's: tests/test_feature_detectors.py), the test
+    sets' log densities under it, the AUROC of −log p_feature(x) with OOD positive."""
+    from vaeood.detectors import make_detector
     from vaeood.evaluation.metrics import ood_metrics
     from vaeood.features import compute_feature
 
@@ -97,11 +96,11 @@ def test_the_feature_panel_is_the_ledoit_wolf_gaussian_of_the_backbone_features(
                                            ("mnist", "test", None))}
     assert len(list((out / "features").iterdir())) == 3  # read from the experiment's cache, not computed again
     train = features.pop(("fashion_mnist", "train"))
-    gauss = multivariate_normal(train.mean(0), LedoitWolf().fit(train).covariance_, allow_singular=True)
-    log_p = {name: gauss.logpdf(f) for (name, _), f in features.items()}
+    gauss = make_detector("feature_gaussian").fit({"backbone_features": train})
+    log_p = {name: gauss.log_density_nats({"backbone_features": f}) for (name, _), f in features.items()}
     model = fs["models"]["gaussian"]
     for name, lp in log_p.items():
-        assert model["mean_log_p_nats"][name]["mean"] == pytest.approx(lp.mean(), rel=1e-6)
+        assert model["mean_log_p_nats"][name]["mean"] == pytest.approx(lp.mean(), rel=1e-9)
     auroc = model["summary"]["mnist"]["auroc"]
     expected = ood_metrics(-log_p["fashion_mnist"], -log_p["mnist"])["auroc"]
     assert auroc["n_seeds"] == 1 and auroc["values"] == [pytest.approx(expected)]
@@ -113,3 +112,34 @@ def test_the_feature_panel_is_the_ledoit_wolf_gaussian_of_the_backbone_features(
     assert f"**{auroc['verdict']}**" in report and "without padding" in report
     assert f"- In feature space, `gaussian/mnist`: {auroc['verdict']}" in report
     assert (out / fs["figure"]).stat().st_size > 1000
+
+
+@pytest.mark.slow  # e2e: reads the fig2a run its fixture reproduces
+def test_a_seeded_feature_density_is_fitted_once_per_seed_and_summarised_over_seeds(tiny, monkeypatch):
+    """The hook for a density trained from a seed (a VAE of the features): one fit per training
+    seed on the training features, each seed's AUROC its own, the interval over seeds."""
+    from vaeood.evaluation.metrics import ood_metrics
+    from vaeood.experiments import fig2_features
+
+    exp, data, out, *_ = tiny
+    fitted = []
+
+    def fit(rows, seed):  # a toy density: −‖f − m‖², m the mean of a seed's half of the rows
+        m = rows[np.random.default_rng(seed).permutation(len(rows))[:128]].mean(0)
+        fitted.append((seed, len(rows)))
+        return (lambda r: -((r - m) ** 2).sum(1)), {"seed": seed}
+
+    monkeypatch.setattr(fig2_features, "DENSITIES", {"toy": fig2_features.FeatureDensity("toy", True, fit)})
+    kw = dict(data_dir=str(data), device="cpu", allow_sample=False, progress=False, limit=None)
+    fs = fig2_features.feature_panel(exp, out, exp.presets["tiny"], kw)
+    assert fitted == [(0, 256), (1, 256)] and fs["models"]["toy"]["fit"] == [{"seed": 0}, {"seed": 1}]
+    feats = {name: np.load(next((out / "features").glob(f"{name}_test_backbone*.npz")))["backbone_features"]
+             for name in ("fashion_mnist", "mnist")}
+    train = np.load(next((out / "features").glob("fashion_mnist_train_backbone*.npz")))["backbone_features"]
+    expected = []
+    for seed in (0, 1):
+        m = train.astype(float)[np.random.default_rng(seed).permutation(256)[:128]].mean(0)
+        expected.append(ood_metrics(*[((feats[n] - m) ** 2).sum(1) for n in ("fashion_mnist", "mnist")])["auroc"])
+    auroc = fs["models"]["toy"]["summary"]["mnist"]["auroc"]
+    assert auroc["n_seeds"] == 2 and auroc["values"] == pytest.approx(expected)
+    assert fs["verdict"]["toy/mnist"].startswith(auroc["verdict"]) and "over 2 seeds" in fs["verdict"]["toy/mnist"]
