@@ -67,7 +67,8 @@ def _gaussian(rows: np.ndarray, seed: int):
     return (lambda r: gauss.log_density_nats({FEATURE_KEY: r})), gauss.fit_info
 
 
-#: name → density of the features, each fitted on the in-distribution training features only
+#: name → density of the features, each fitted on the in-distribution training features only. A VAE of
+#: the features joins it as ``seeded = True``: fitted per training seed, its log p_feature(x) the ELBO
 DENSITIES = {"gaussian": FeatureDensity("Gaussian, Ledoit–Wolf covariance (deterministic: one fit)", False,
                                         _gaussian)}
 
