@@ -53,6 +53,18 @@ def test_feature_gaussian_is_the_mahalanobis_distance_under_ledoit_wolf():
     assert 0 < gauss.fit_info["shrinkage"] < 1
 
 
+def test_feature_gaussian_log_density_is_scipys_normal_logpdf_under_ledoit_wolf():
+    from scipy.stats import multivariate_normal
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (30, 8)) @ rng.normal(0, 1, (8, 8)) - 2.0
+    gauss = make_detector("feature_gaussian").fit(feats(x))
+    probes = rng.normal(-2, 3, (6, 8))
+    expected = multivariate_normal(x.mean(0), LedoitWolf(store_precision=False).fit(x).covariance_).logpdf(probes)
+    np.testing.assert_allclose(gauss.log_density_nats(feats(probes)), expected, rtol=1e-10)
+
+
 def two_views(n: int, seed: int, content: float = 0.0, pixel: float = 0.0) -> dict:
     """Hand-made features of both views: the pixel view's latent means (``pixel`` shifts them
     far away), the content view's features on a sphere around 8 class centres (``content``

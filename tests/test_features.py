@@ -166,7 +166,8 @@ def test_a_slice_is_part_of_the_key(run, data_dir):
 @pytest.mark.parametrize("shape", [(20, 20, 1), (28, 28, 1)])  # padded, and asked to pad but already fitting
 def test_features_of_conformed_images_are_reused_from_the_cache(run, data_dir, shape):
     rng = np.random.default_rng(0)
-    write_npz(data_dir, "odd", "test", rng.integers(0, 256, (12, *shape), dtype=np.uint8))
+    odd = rng.integers(0, 256, (12, *shape), dtype=np.uint8)
+    write_npz(data_dir, "odd", "test", odd)
     first = compute_feature(run, "odd", "test", "posterior", data_dir=str(data_dir), conform="pad")
     path = next((run / "features").glob("odd_test_posterior*conformpad*.npz"))
     stamp = path.stat().st_mtime_ns
@@ -184,6 +185,12 @@ def test_features_of_conformed_images_are_reused_from_the_cache(run, data_dir, s
         assert feature_meta(resized)["conform"]["description"].startswith("resize")
         assert len(list((run / "features").glob("odd_test_posterior*.npz"))) == 2
         assert not np.array_equal(resized["mu_z_norm"], first["mu_z_norm"])
+        # a feature of the image alone (PNG bits; a backbone's) takes the images as they are
+        raw = compute_feature(run, "odd", "test", "compressed", data_dir=str(data_dir))
+        assert feature_meta(raw)["conform"] is None
+        np.testing.assert_array_equal(raw["png_bits"], features_of(None, odd[..., 0], "compressed")["png_bits"])
+        assert not np.array_equal(raw["png_bits"], compute_feature(run, "odd", "test", "compressed", data_dir=str(
+            data_dir), conform="pad")["png_bits"])  # padded when asked
 
 
 def test_an_unreadable_cache_file_is_recomputed_with_a_warning_naming_it(run, data_dir, caplog):

@@ -1,6 +1,6 @@
-"""The fig2 experiment's "Is it the variance?" analysis, end to end on tiny stand-in data
-(one cheap variant, two seeds): it only adds to the experiment's numbers, and its pieces
-are the ones the experiment scored."""
+"""The fig2 experiment's "Is it the variance?" analysis and its feature-space panel, end to end
+on tiny stand-in data (one cheap variant, two seeds): they only add to the experiment's
+numbers, and their pieces are the ones the experiment scored."""
 
 import dataclasses
 import json
@@ -25,16 +25,17 @@ def tiny(tmp_path_factory):
                               presets={"tiny": Preset({"data.name": "fashion_mnist", "train.epochs": "1"},
                                                       seeds=(0, 1), n_boot=200)})
     out = root / "out"
-    before = exp.run(out, "tiny", data_dir=str(data), variance=False)
+    before = exp.run(out, "tiny", data_dir=str(data), variance=False, features=False)
     report_before = (out / "report.md").read_text()
     after = exp.run(out, "tiny", data_dir=str(data))  # the runs and their scores are reused
     return exp, data, out, before, report_before, after
 
 
 @pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
-def test_the_variance_analysis_only_adds(tiny):
+def test_the_variance_analysis_and_the_feature_panel_only_add(tiny):
     exp, data, out, before, report_before, after = tiny
     assert "variance" not in before and "variance" in after
+    assert "feature_space" not in before and "feature_space" in after
     for key in ("summary", "datasets"):
         assert after["models"]["keras_blog"][key] == before["models"]["keras_blog"][key]
     for seed in ("seed0", "seed1"):
@@ -43,8 +44,10 @@ def test_the_variance_analysis_only_adds(tiny):
     assert after["verdict"] == before["verdict"]
     report = (out / "report.md").read_text()
     section = re.search(r"## Is it the variance\?\n.*?(?=## Figure 2, ours)", report, re.S).group(0)
+    panel = re.search(r"## The same question in feature space\n.*?(?=## Training)", report, re.S).group(0)
+    claim = re.search(r"- In feature space, .*?\n", report).group(0)
     strip = lambda text: re.sub(r"\) on \S+; vaeood", ") on DATE; vaeood", text)  # noqa: E731  (the time stamp)
-    assert strip(report.replace(section, "")) == strip(report_before)
+    assert strip(report.replace(section, "").replace(panel, "").replace(claim, "")) == strip(report_before)
     assert "Spearman ρ with log p(x)" in section and "Contrast-matched OOD images" in section
 
 
@@ -71,3 +74,72 @@ def test_the_variance_record_uses_the_experiments_own_scores(tiny):
     assert np.array_equal(model_scorer(run, kw)(images), cached["log_px_nats"])
     with pytest.raises(ValueError, match="are not the ones scored"):
         scored_images(run, "mnist", log_px(run, "fashion_mnist", data_dir=str(data)), kw)
+
+
+@pytest.mark.slow  # e2e: reads the fig2a run its fixture reproduces
+def test_the_feature_panel_is_the_ledoit_wolf_gaussian_of_the_backbone_features(tiny):
+    """The feature-space verdict: the Gaussian of the backbone's features of the images the pixel
+    models trained on (its log density is scipy's: tests/test_feature_detectors.py), the test
+    sets' log densities under it, the AUROC of −log p_feature(x) with OOD positive."""
+    from vaeood.detectors import make_detector
+    from vaeood.evaluation.metrics import ood_metrics
+    from vaeood.features import compute_feature
+
+    exp, data, out, before, report_before, after = tiny
+    fs = json.loads((out / "metrics.json").read_text())["feature_space"]
+    assert fs["backbone"]["feature_dim"] == 1280 and fs["train"]["range"] == [0, 256] and fs["train"]["n"] == 256
+    assert {d: m["n"] for d, m in fs["datasets"].items()} == {"fashion_mnist": 96, "mnist": 96}
+    run = out / "runs" / "keras_blog_seed0"
+    features = {(name, split): compute_feature(run, name, split, "backbone", data_dir=str(data), limit=limit,
+                                               shared_cache=out / "features")["backbone_features"].astype(float)
+                for name, split, limit in (("fashion_mnist", "train", 256), ("fashion_mnist", "test", None),
+                                           ("mnist", "test", None))}
+    assert len(list((out / "features").iterdir())) == 3  # read from the experiment's cache, not computed again
+    train = features.pop(("fashion_mnist", "train"))
+    gauss = make_detector("feature_gaussian").fit({"backbone_features": train})
+    log_p = {name: gauss.log_density_nats({"backbone_features": f}) for (name, _), f in features.items()}
+    model = fs["models"]["gaussian"]
+    for name, lp in log_p.items():
+        assert model["mean_log_p_nats"][name]["mean"] == pytest.approx(lp.mean(), rel=1e-9)
+    auroc = model["summary"]["mnist"]["auroc"]
+    expected = ood_metrics(-log_p["fashion_mnist"], -log_p["mnist"])["auroc"]
+    assert auroc["n_seeds"] == 1 and auroc["values"] == [pytest.approx(expected)]
+    lo, hi = auroc["interval"]
+    assert auroc["verdict"] == ("separates" if lo > 0.5 else "inverted" if hi < 0.5 else "indistinguishable")
+    assert fs["verdict"]["gaussian/mnist"].startswith(auroc["verdict"] + ": AUROC")
+    report = (out / "report.md").read_text()
+    assert f"| features | gaussian, −log p_feature(x) | mnist | {auroc['mean']:.3f} (one fit) " in report
+    assert f"**{auroc['verdict']}**" in report and "without padding" in report
+    assert f"- In feature space, `gaussian/mnist`: {auroc['verdict']}" in report
+    assert (out / fs["figure"]).stat().st_size > 1000
+
+
+@pytest.mark.slow  # e2e: reads the fig2a run its fixture reproduces
+def test_a_seeded_feature_density_is_fitted_once_per_seed_and_summarised_over_seeds(tiny, monkeypatch):
+    """The hook for a density trained from a seed (a VAE of the features): one fit per training
+    seed on the training features, each seed's AUROC its own, the interval over seeds."""
+    from vaeood.evaluation.metrics import ood_metrics
+    from vaeood.experiments import fig2_features
+
+    exp, data, out, *_ = tiny
+    fitted = []
+
+    def fit(rows, seed):  # a toy density: −‖f − m‖², m the mean of a seed's half of the rows
+        m = rows[np.random.default_rng(seed).permutation(len(rows))[:128]].mean(0)
+        fitted.append((seed, len(rows)))
+        return (lambda r: -((r - m) ** 2).sum(1)), {"seed": seed}
+
+    monkeypatch.setattr(fig2_features, "DENSITIES", {"toy": fig2_features.FeatureDensity("toy", True, fit)})
+    kw = dict(data_dir=str(data), device="cpu", allow_sample=False, progress=False, limit=None)
+    fs = fig2_features.feature_panel(exp, out, exp.presets["tiny"], kw)
+    assert fitted == [(0, 256), (1, 256)] and fs["models"]["toy"]["fit"] == [{"seed": 0}, {"seed": 1}]
+    feats = {name: np.load(next((out / "features").glob(f"{name}_test_backbone*.npz")))["backbone_features"]
+             for name in ("fashion_mnist", "mnist")}
+    train = np.load(next((out / "features").glob("fashion_mnist_train_backbone*.npz")))["backbone_features"]
+    expected = []
+    for seed in (0, 1):
+        m = train.astype(float)[np.random.default_rng(seed).permutation(256)[:128]].mean(0)
+        expected.append(ood_metrics(*[((feats[n] - m) ** 2).sum(1) for n in ("fashion_mnist", "mnist")])["auroc"])
+    auroc = fs["models"]["toy"]["summary"]["mnist"]["auroc"]
+    assert auroc["n_seeds"] == 2 and auroc["values"] == pytest.approx(expected)
+    assert fs["verdict"]["toy/mnist"].startswith(auroc["verdict"]) and "over 2 seeds" in fs["verdict"]["toy/mnist"]

@@ -24,6 +24,15 @@ def data_dir(tmp_path, monkeypatch):
     return write_fig2a_data(tmp_path / "data")
 
 
+@pytest.fixture()
+def no_backbone(monkeypatch):
+    """The pretrained backbone's weights are not installed: fig2 runs its pixel panels only and
+    says why its feature-space panel is missing (and the test skips the backbone's cost)."""
+    from vaeood.models.backbones import Backbone
+
+    monkeypatch.setattr(Backbone, "why_unavailable", lambda self: "its weights' package is not installed")
+
+
 def test_train_score_evaluate_cli(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     assert main(["train", str(run), "--data-dir", str(data_dir), *TINY]) == 0
@@ -137,7 +146,7 @@ def test_cli_errors_are_clear(tmp_path, data_dir, capsys):
 
 
 @pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
-def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
+def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys, no_backbone):
     from vaeood.evaluation.intervals import seed_summary
     from vaeood.evaluation.log_px import log_px
 
@@ -181,6 +190,9 @@ def test_reproduce_fig2a_writes_report(tmp_path, data_dir, capsys):
     assert stats["pixel_mean"] == pytest.approx(x.mean()) and stats["pixel_var"] == pytest.approx(x.var())
     assert stats["mean_bpd"]["n"] == 3 and "mean_bpd" not in metrics["models"]["keras_blog"]["datasets"]["mnist"]
     assert (out / metrics["figures"]["elbo_histograms"]).stat().st_size > 1000
+    assert metrics["feature_space"] == {"skipped": "needs the pretrained backbone 'efficientnet_lite0': its weights' "
+                                                   "package is not installed"}
+    assert "## The same question in feature space\n\nNot asked here: needs the pretrained backbone" in report
     # a second call reuses the finished runs and their scores instead of retraining
     stamp = (out / "runs" / "dlogistic_seed1" / "checkpoint.pt").stat().st_mtime_ns
     assert main(["reproduce", "fig2a", "--out", str(out), "--data-dir", str(data_dir), "--train.epochs=1",
@@ -209,10 +221,17 @@ def test_reproduce_fig2b_without_svhn_scores_tiny_imagenet_and_padded_mnist_and_
     assert set(metrics["models"]["dlogistic"]["summary"]["nll"]) == {"tinyimagenet", "mnist"}
     assert set(metrics["variance"]["pairs"]["dlogistic"]) == {"tinyimagenet"}  # padded MNIST left out
     assert "- Note: svhn was not found" in (out / "report.md").read_text()
+    # in feature space every set is scored as it is: the backbone resizes MNIST's 28×28 grey digits itself
+    assert datasets["mnist"]["conform"]["description"] == "pad 1×28×28 → 3×32×32"
+    fs = metrics["feature_space"]
+    assert fs["train"]["range"] == [0, 128] and {d: m["n"] for d, m in fs["datasets"].items()} == \
+        {"cifar10": 64, "tinyimagenet": 48, "mnist": 40}
+    assert set(fs["models"]["gaussian"]["summary"]) == {"tinyimagenet", "mnist"}
+    assert not list(out.glob("runs/*/features/*backbone*"))  # none of conformed images: all in the shared cache
 
 
 @pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
-def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatch, capsys):
+def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatch, capsys, no_backbone):
     """SVHN is not on these machines: write its official .mat format (MD5 table patched to it)."""
     import hashlib
 
@@ -241,7 +260,7 @@ def test_reproduce_fig2b_on_official_svhn_file_written_here(tmp_path, monkeypatc
 
 
 @pytest.mark.slow  # e2e: reproduces an experiment (trains its models)
-def test_reproduce_without_any_data_uses_the_bundled_sample_and_says_so(tmp_path, monkeypatch, capsys):
+def test_reproduce_without_any_data_uses_the_bundled_sample_and_says_so(tmp_path, monkeypatch, capsys, no_backbone):
     from vaeood.data.mnist import FashionMNIST
 
     monkeypatch.delenv("VAEOOD_DATA", raising=False)

@@ -10,6 +10,10 @@ thousand images),
 
     S(x) = (f(x) − m)ᵀ Σ̂⁻¹ (f(x) − m)        (the squared Mahalanobis distance: −2 log N(f; m, Σ̂) + const)
 
+and the log density itself, in nats of R^D (:meth:`FeatureGaussian.log_density_nats`),
+
+    log N(f(x); m, Σ̂) = −½ (S(x) + log det Σ̂ + D log 2π)
+
 Lee, Lee, Lee & Shin (NeurIPS 2018) with one class; Rippel, Mertens & Merhof (ICPR 2020),
 "Modeling the distribution of normal data in pre-trained deep features for anomaly
 detection", with this estimator. It is the likelihood test of the study asked in feature
@@ -46,3 +50,8 @@ class FeatureGaussian(FeatureDetector):
     def _score(self, features):
         t = self.rows(features) - self.mean
         return ((t @ self.precision) * t).sum(axis=1)
+
+    def log_density_nats(self, features) -> np.ndarray:
+        """log N(f(x); m, Σ̂) ``[N]`` in nats (module docstring): the score S(x) with its constant."""
+        log_det = -np.linalg.slogdet(self.precision)[1]  # log det Σ̂ = −log det Σ̂⁻¹
+        return -0.5 * (self.score(features) + log_det + len(self.mean) * np.log(2 * np.pi))

@@ -233,9 +233,9 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     cached in ``RUN/features/`` (or ``shared_cache``: :mod:`vaeood.features.cache`); returns its arrays
     ``[N]``, ``labels`` and ``meta`` (a JSON string; read it with :func:`feature_meta`).
 
-    Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
-    unless ``conform`` is ``"pad"`` or ``"resize"`` (see :mod:`vaeood.data.conform`; recorded in
-    ``meta["conform"]``).
+    Images of another shape than the model's are refused (:class:`ShapeMismatchError`) unless
+    ``conform`` is ``"pad"`` or ``"resize"`` (:mod:`vaeood.data.conform`; recorded in ``meta["conform"]``)
+    or the feature does not use the model (``uses_model = False``: a backbone's, of images as they are).
     """
     run_dir = Path(run_dir)
     fn = FEATURES.get(name)
@@ -264,7 +264,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
         return saved
 
     model, config, ckpt = source.load()
-    images, conformed = _conform_to_model(images, model, conform, data, run_dir)
+    images, conformed = _conform_to_model(images, model, conform, data, run_dir, uses_model)
     started = time.perf_counter()
     result = features_of(model, images, name, options, seed=seed, batch_size=batch_size, progress=progress,
                          desc=f"{name} {data.name}/{split}")
@@ -299,12 +299,14 @@ def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, a
                         conform=conform)
 
 
-def _conform_to_model(images: np.ndarray, model, conform: str | None, data, run_dir: Path):
+def _conform_to_model(images: np.ndarray, model, conform: str | None, data, run_dir: Path, uses_model: bool = True):
     """``images`` conformed to the model's shape by ``conform`` (refused when None and the
-    shapes differ), and the conform's record for the metadata (None when none was needed)."""
+    shapes differ), and the conform's record for the metadata (None when none was needed).
+    A feature that does not use the model (a backbone, which resizes any image itself) takes
+    the images as they are unless a conform is asked for."""
     height, width, channels = images.shape[1:]
     image_shape = (channels, height, width)
-    if image_shape == tuple(model.image_shape):
+    if image_shape == tuple(model.image_shape) or (conform is None and not uses_model):
         return images, None
     shapes = f"{'×'.join(map(str, image_shape))} → {'×'.join(map(str, model.image_shape))}"
     if conform is None:
