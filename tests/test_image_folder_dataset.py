@@ -222,12 +222,12 @@ def test_an_unchanged_folder_is_reused_in_a_process_and_a_changed_one_read_again
     _write(folder, blobs(4, 0))
     first = load_dataset(str(folder), "train")
     first.images[:] = 0  # the caller's own copy
-    with caplog.at_level(logging.INFO, logger="vaeood.data"):
+    with caplog.at_level(logging.DEBUG, logger="vaeood.data"):
         again = load_dataset(str(folder), "test")
     assert "reusing it" in caplog.text and again.split == "test"
     assert again.images.any() and again.folder["sha256"] == first.folder["sha256"]
     Image.fromarray(strokes(1, 1)[0]).save(folder / "img_000.png")  # another size and time: read again
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="vaeood.data"):
+    with caplog.at_level(logging.DEBUG, logger="vaeood.data"):
         changed = load_dataset(str(folder), "train")
     assert "reusing it" not in caplog.text and changed.folder["sha256"] != first.folder["sha256"]

@@ -21,17 +21,16 @@ with ``.``, e.g. ``.DS_Store``) are not read; they are listed in ``left_out`` an
 results say so. A file name that is not valid UTF-8 is a bad file (it cannot be written
 into the CSV or the summary), shown with its undecodable bytes escaped.
 
-Pixel formats (Pillow modes): 8-bit grey (``L``) gives one channel, ``RGB`` three;
-1-bit images (``1``) become grey 0/255; palette images (``P``) become RGB, or grey when
-the palette is grey; an alpha channel (``LA``, ``RGBA``, palette transparency) is
-dropped only when every pixel is opaque, and refused otherwise (what a transparent
-pixel means is not ours to guess). 16-bit, 32-bit and float images, CMYK and other
-modes are refused: their scaling to 8 bits is ambiguous.
+Pixel formats and modes: each file is decoded and converted to 8-bit grey or RGB, then
+to the model's mode, by the rules of :mod:`vaeood.data.decode` (grey → RGB by repeating
+the channel, EXIF orientation applied, palette, 16-bit and CMYK converted; transparency,
+animated images and decompression bombs refused); the conversions made are counted in
+``converted`` and the summary.
 
-Shapes: images whose shape differs from the model's (``shape`` = C×H×W) are refused
+Shapes: images whose height and width differ from the model's (``shape`` = C×H×W) are refused
 unless ``conform`` is ``"pad"`` or ``"resize"``, exactly as for scoring; then each image is
 conformed and the conform is recorded (``fitted``). Without a model shape, images must all
-have the same shape; those that differ from the most common shape are named.
+have the same size; those that differ from the most common size are named.
 """
 
 from __future__ import annotations
@@ -46,8 +45,8 @@ import numpy as np
 from .errors import DataError
 from .conform import CONFORMS, conform_images
 from .image_files import (IMAGE_SUFFIXES, _read_entries, _shape_text, _split_by_shape, decode_into,  # noqa: F401
-                          display_name, conform_record, list_entries, printable, read_image, refuse_or_warn_bad,
-                          warn_hidden)
+                          display_name, conform_record, list_entries, printable, refuse_or_warn_bad, warn_hidden)
+from .decode import read_image  # noqa: F401  (its home before vaeood.data.decode)
 from .regular_files import special_file_kind
 
 log = logging.getLogger(__name__)
@@ -68,6 +67,8 @@ class InputImages:
         fitted: ``None``, or ``{"method", "to_shape", "from_shapes": {"C×H×W": count}}``
             when some images were padded or resized.
         labels: the ``.npz``/dataset labels, or None for a folder.
+        converted: ``{conversion: count}`` of the mode conversions made
+            (:mod:`vaeood.data.decode`), e.g. ``{"grey → RGB": 141}``.
     """
 
     images: np.ndarray
@@ -78,6 +79,7 @@ class InputImages:
     left_out: list[tuple[str, str]] = field(default_factory=list)
     fitted: dict | None = None
     labels: np.ndarray | None = None
+    converted: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -115,13 +117,13 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
     found, bad = _read_entries(entries)
     target, keep, odd = _split_by_shape(found, shape, conform, bad)
     chosen = set(map(id, keep + odd))
-    images, names, from_shapes = decode_into([f for f in found if id(f) in chosen], target, conform, bad)
+    images, names, from_shapes, converted = decode_into([f for f in found if id(f) in chosen], target, conform, bad)
     refuse_or_warn_bad(folder, bad, len(entries), skip_bad, "pass --skip-bad (skip_bad=True)")
     fitted = conform_record(from_shapes, (target[2], *target[:2]), conform, folder) if from_shapes else None
     if not len(images):
         raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
     return InputImages(images, names, source=display_name(str(folder)), kind="folder",
-                       skipped=sorted(bad), left_out=hidden, fitted=fitted)
+                       skipped=sorted(bad), left_out=hidden, fitted=fitted, converted=dict(sorted(converted.items())))
 
 
 def conform_array(images: np.ndarray, shape: tuple[int, int, int] | None, conform: str | None,

@@ -45,7 +45,8 @@ _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names become file names: no
 
 @renamed_keywords(fit="conform")  # its name until 0.2
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
-                 allow_sample: bool = False, *, conform: str | None = None, skip_bad: bool = False) -> ImageSet:
+                 allow_sample: bool = False, *, conform: str | None = None, skip_bad: bool = False,
+                 image_size: tuple[int, int] | None = None) -> ImageSet:
     """Split ``split`` of dataset ``name`` as uint8 NHWC images and int64 labels.
 
     Args:
@@ -57,7 +58,8 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         conform, skip_bad: for a folder (a ``name`` with a ``/``, see
             :mod:`vaeood.data.image_folder`): ``"pad"``/``"resize"`` images of another
             shape than the folder's most common, and skip bad files instead of refusing the
-            folder. A folder is one split: ``split`` is recorded, not used to find files;
+            folder; ``image_size`` ``(H, W)``: the size to conform them to (default: the
+            folder's most common). A folder is one split: ``split`` is recorded, not used to find files;
             ``data_dir``, ``download`` and ``allow_sample`` do not apply to it.
     Raises:
         DataError: a file found is corrupt, of the wrong format or fails its published MD5
@@ -69,7 +71,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         if not isinstance(split, str) or not _WORD.fullmatch(split):
             raise DataError(f"load_dataset: split={split!r} must be a plain word such as 'train' "
                             "(letters, digits, _ . -)")
-        return load_image_folder(name, split, conform=conform, skip_bad=skip_bad)
+        return load_image_folder(name, split, conform=conform, skip_bad=skip_bad, size=image_size)
     return _load_named(name, split, data_dir, download, allow_sample)
 
 
@@ -137,7 +139,8 @@ def load_for_run(data_config, dataset: str | None = None, split: str | None = No
     own = data_config is not None and (dataset, split) == (data_config.name, data_config.split)
     return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow,
                         conform=data_config.conform if own else conform,
-                        skip_bad=data_config.skip_bad if own else False)
+                        skip_bad=data_config.skip_bad if own else False,
+                        image_size=data_config.image_size if own else None)
 
 
 def _load_from_folder(name: str, split: str, folder: Path,

@@ -12,6 +12,7 @@ import numpy as np
 
 from .detect_report import html_path_for, page
 from .outputs import CSV_HEADER, csv_cell, summary_path_for
+from ..data.decode import conversion_text
 from ..data.folder import printable
 from ..infra.atomic import atomic_write_json, atomic_write_text
 
@@ -70,6 +71,8 @@ class Detection:
                 lines.append(f"{verb} {len(s[key])} files: " + "; ".join(f"{printable(n)} ({r})"
                                                                          for n, r in s[key][:10]) +
                              (" ..." if len(s[key]) > 10 else ""))
+        if s.get("converted"):
+            lines.append(f"modes: {conversion_text(s['converted'])}")
         if s.get("n_escaped"):
             lines.append(f"{s['n_escaped']} file names escaped in the CSV: {s['csv_escaping']}")
         lines += [f"warning: {w}" for w in s.get("warnings", [])]

@@ -107,7 +107,7 @@ def _summary(source, images: InputImages, record: dict, decision, *, alpha, delt
     return {
         "input": display_name(str(source)), "input_kind": images.kind, "input_source": images.source,
         "n_images": len(images), "skipped": [list(s) for s in images.skipped],
-        "left_out": [list(s) for s in images.left_out], "fitted": images.fitted,
+        "left_out": [list(s) for s in images.left_out], "fitted": images.fitted, "converted": images.converted,
         "csv_escaping": CSV_ESCAPING, "n_escaped": sum(n != csv_cell(n) for n in images.names),
         "detector": record["detector"], "detector_options": record["detector_options"],
         "alpha": float(alpha), "delta": delta, "fdr": bool(fdr), "guarantee": decision.guarantee,
