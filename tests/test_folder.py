@@ -84,18 +84,16 @@ def test_bad_files_are_all_named_and_the_folder_refused(folder):
     (folder / "text.png").write_text("not an image at all\n")         # a text file named .png
     (folder / "notes.txt").write_text("hello")                        # not an image name
     (folder / "big.png").write_bytes(_png_bytes(_grey(5, 32, 32)))    # another shape
-    (folder / "sub").mkdir()
     (folder / "gone.png").symlink_to(folder / "missing.png")           # broken link
     with pytest.raises(DataError) as err:
         read_image_folder(folder, shape=(1, 28, 28))
     msg = str(err.value)
-    assert "7 of 12 files cannot be used" in msg
+    assert "6 of 11 files cannot be used" in msg
     assert "cut.png: truncated or corrupt" in msg
     assert "cut_end.png: truncated or corrupt" in msg
     assert "text.png: not an image file" in msg
     assert "notes.txt: not a PNG/JPEG file name" in msg
     assert "big.png: C×H×W = 1×32×32, not the model's C×H×W = 1×28×28; pass --pad or --resize" in msg
-    assert "sub: a subfolder" in msg
     assert "gone.png: cannot be read" in msg
     assert "--skip-bad" in msg
     for good_name in ("img0.png", "img4.png"):
@@ -245,3 +243,16 @@ def test_no_reader_of_a_named_file_waits_on_a_fifo(tmp_path):
         worker.join(30)
         assert not worker.is_alive(), f"{what}: blocked on a FIFO"
         assert got and "a FIFO (named pipe), not a regular file" in got[0], (what, got)
+
+
+def test_class_subfolders_are_read_as_training_reads_them(folder):
+    for cls in ("a", "b"):
+        (folder / cls).mkdir()
+        (folder / cls / "x.png").write_bytes(_png_bytes(_grey(7)))
+    (folder / "a" / "deeper").mkdir()
+    with pytest.raises(DataError) as err:
+        read_image_folder(folder)
+    assert "img0.png: a file beside the class folders" in str(err.value)
+    assert "a/deeper: a subfolder (folders are not read recursively)" in str(err.value)
+    got = read_image_folder(folder, skip_bad=True)
+    assert got.names == ["a/x.png", "b/x.png"] and got.classes == ["a", "b"]

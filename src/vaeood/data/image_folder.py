@@ -1,10 +1,11 @@
 """A folder of PNG/JPEG images as a dataset split: ``load_dataset("path/to/folder", split)``.
 
 Which names are folders: a dataset name that contains a path separator (``/``, or the
-system's own) is a folder path, relative to the current directory (``./pets`` for a
-folder here); any other name is a plain dataset name, found as always (official files,
-``NAME_SPLIT.npz``), even when a folder of that name happens to exist. So adding a folder
-never changes what an existing name means.
+system's own) is a folder path, relative to the current directory (``./pets`` or ``pets/``
+for a folder here); so is a plain word naming an existing folder (``pets``) when no dataset
+of that name is found. A name that is both a folder here and a dataset found (official
+files, ``NAME_SPLIT.npz``) is the dataset, with a warning saying so, so that adding a
+folder never changes what an existing dataset name means.
 
 One folder is one split: the ``split`` argument is recorded in the ImageSet, never used
 to find files (give the train and test folders as two names).
@@ -75,7 +76,8 @@ UNLABELLED = -1
 
 def is_folder_name(name: str) -> bool:
     """True when a dataset name is a folder path: it contains ``/`` (or the system's
-    separator). A plain word (``fashion_mnist``) is never a folder, even if one exists."""
+    separator). A plain word is a folder only when no dataset of that name is found
+    (:func:`vaeood.data.load.names_a_folder`)."""
     return any(sep and sep in name for sep in ("/", os.sep, os.altsep))
 
 
@@ -109,7 +111,7 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
         raise DataError(f"{given}: no such folder (a dataset name with a '/' is read as a folder of PNG/JPEG "
                         "images; a plain name such as 'fashion_mnist' is a dataset)")
     title = path.resolve().name or given
-    entries, hidden, bad, classes = _list_dataset(path)
+    entries, hidden, bad, classes = list_dataset(path)
     warn_hidden(given, hidden)
     if not entries and not bad:
         also = f" (only {len(hidden)} hidden entries, not read)" if hidden else ""
@@ -163,7 +165,7 @@ def _describe(given, title, images, names, items, classes, target, conform, from
               + (f"; {fitted['description']}" if fitted else "")
               + (f"; {conversion_text(converted)}" if converted else ""))
     if converted:
-        log.warning("%s: %s (recorded in the provenance)", given, conversion_text(converted))
+        log.debug("%s: %s (recorded in the provenance)", given, conversion_text(converted))
     log.info("read folder %s: %d images of C×H×W = %s", given, len(names), "×".join(map(str, shape)))
     return {"name": title, "images": images, "labels": labels, "source": source, "files": ((f"{title}/", digest),),
             "folder": record}
@@ -199,7 +201,7 @@ def copy_record(record: dict) -> dict:
     return json.loads(json.dumps(record))
 
 
-def _list_dataset(path: Path):
+def list_dataset(path: Path):
     """``(entries, hidden, bad, classes)``: the files to read as ``(relative name, path)``,
     hidden entries left out, entries refused already (a file beside class folders, a class
     folder with an undecodable name) and the class names (``[]`` when the images lie in the
@@ -238,4 +240,4 @@ def _digest(files: list[tuple[str, Path]]) -> str:
     return h.hexdigest()
 
 
-__all__ = ["is_folder_name", "load_image_folder", "order_key"]
+__all__ = ["is_folder_name", "list_dataset", "load_image_folder", "order_key"]

@@ -36,14 +36,18 @@ class Detection:
     labels: np.ndarray | None = field(default=None, repr=False)
     images: np.ndarray | None = field(default=None, repr=False)
     calibration_scores: np.ndarray | None = field(default=None, repr=False)
+    classes: list[str] | None = None
 
     def csv_text(self) -> str:
-        """The CSV: ``file`` (escaped by :func:`csv_cell`), ``score``, ``p_value``, ``flagged``."""
+        """The CSV: ``file`` (escaped by :func:`csv_cell`), ``score``, ``p_value``, ``flagged``,
+        and ``class`` (the class subfolder) for a folder with class subfolders."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(CSV_HEADER.split(","))
-        for name, s, p, f in zip(self.names, self.scores, self.p_values, self.flagged, strict=True):
-            w.writerow([csv_cell(name), repr(float(s)), repr(float(p)), int(bool(f))])
+        w.writerow(CSV_HEADER.split(",") + ["class"] * (self.classes is not None))
+        classes = self.classes if self.classes is not None else [None] * len(self.names)
+        for name, s, p, f, c in zip(self.names, self.scores, self.p_values, self.flagged, classes, strict=True):
+            w.writerow([csv_cell(name), repr(float(s)), repr(float(p)), int(bool(f)),
+                        *([] if c is None else [csv_cell(c)])])
         return buf.getvalue()
 
     def html_text(self) -> str:
