@@ -257,3 +257,10 @@ def test_the_working_size_is_the_median_scaled_to_a_long_side_of_64(tmp_path):
     assert working_size(tmp_path, max_side=1000) == (390, 520)  # never scaled up
     folder = load_dataset(str(tmp_path), "train", conform="resize", image_size=(48, 64))
     assert folder.images.shape == (4, 48, 64, 1) and folder.folder["conform"]["changed"] == 4
+
+
+def test_fit_image_size_is_checked_as_the_config_field(tmp_path, capsys):
+    _write(tmp_path / "photos", blobs(4, 0))
+    assert main(["fit", str(tmp_path / "photos"), "--out", str(tmp_path / "m"), "--image-size", "0", "5"]) == 2
+    assert "data.image_size = [0, 5]: must be [H, W]: two whole numbers ≥ 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

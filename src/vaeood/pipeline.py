@@ -20,6 +20,7 @@ be overridden (``--train.epochs=20``, ``--model.latent_dim=32``).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -82,10 +83,11 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
 
 def _working_size(name: str, overrides: dict) -> dict[str, str]:
     """For a folder: the working resolution (``data.image_size``, chosen from the folder
-    unless given) and the transform to it (``data.conform``, :data:`TRANSFORM` unless given),
-    :mod:`vaeood.data.working_size`."""
-    size = overrides.get("data.image_size") or "[{}, {}]".format(*working_size(name))
-    log.info("working resolution %s (H, W)%s, every image brought to it by %s", size,
-             "" if "data.image_size" in overrides else " chosen from the folder's median size",
-             overrides.get("data.conform", TRANSFORM))
-    return {"data.image_size": size, "data.conform": TRANSFORM}
+    unless given) and the transform to it (``data.conform``, :data:`TRANSFORM` unless given;
+    the overrides win), :mod:`vaeood.data.working_size`."""
+    if "data.image_size" in overrides:  # checked with the rest of the config
+        return {"data.conform": TRANSFORM}
+    height, width = working_size(name)
+    log.info("working resolution %d×%d (H×W) from the folder's median size; every image of another size is "
+             "brought to it by %s", height, width, overrides.get("data.conform", TRANSFORM))
+    return {"data.image_size": json.dumps([height, width]), "data.conform": TRANSFORM}
