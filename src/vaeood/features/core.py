@@ -233,10 +233,9 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
     cached in ``RUN/features/`` (or ``shared_cache``: :mod:`vaeood.features.cache`); returns its arrays
     ``[N]``, ``labels`` and ``meta`` (a JSON string; read it with :func:`feature_meta`).
 
-    Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
-    unless ``conform`` is ``"pad"`` or ``"resize"`` (see :mod:`vaeood.data.conform`; recorded in
-    ``meta["conform"]``).
-    """
+    Images of another shape than the model's are refused (:class:`ShapeMismatchError`) unless
+    ``conform`` (default: the run's recorded ``data.conform``) is ``"pad"`` or ``"resize"``
+    (:mod:`vaeood.data.conform`; recorded in ``meta["conform"]``)."""
     run_dir = Path(run_dir)
     fn = FEATURES.get(name)
     options = canonical_options(fn, check_options(fn, options or {}, "feature", name, SUPPLIED))
