@@ -175,6 +175,31 @@ def _calibrated(tiny):
                      str(tiny["data"])]) == 0
 
 
+def test_class_subfolders_are_read_as_training_reads_them_and_skip_bad_serves_log_px_and_evaluate(tiny, tmp_path,
+                                                                                                   capsys):
+    run, folder = tiny["run"], tiny["folder"]
+    _calibrated(tiny)
+    classes = tmp_path / "classes"
+    for f in sorted(folder.iterdir()):
+        (classes / f.name[:2]).mkdir(parents=True, exist_ok=True)
+        (classes / f.name[:2] / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "o.csv"
+    assert main(["detect", str(run), str(classes), "--detector", "nll", "--out", str(out)]) == 0
+    rows = _read_csv(out)
+    assert len(rows) == 60 and rows[0]["file"] == "fm/fm_00.png" and rows[0]["class"] == "fm"
+    assert {r["class"] for r in rows} == {"fm", "mn"}
+    (classes / "mn" / "cut.png").write_bytes((folder / "mn_00.png").read_bytes()[:40])
+    capsys.readouterr()
+    assert main(["log-px", str(run), "--dataset", str(classes / "mn")]) == 2
+    assert "cut.png: truncated" in capsys.readouterr().err
+    assert main(["log-px", str(run), "--dataset", str(classes / "mn"), "--skip-bad"]) == 0
+    assert ": 30 images, mean log p(x)" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--in", str(classes / "fm"), "--ood", str(classes / "mn"), "--detectors", "nll",
+                 "--skip-bad", "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["results"]["nll"][str(classes / "mn")]["auroc"] > 0.5
+
+
 @pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
 def test_an_images_score_depends_neither_on_its_position_nor_on_the_batch_size(tiny, tmp_path, capsys):
     """Issue 23: identical images in one folder get one score and one decision; --batch-size

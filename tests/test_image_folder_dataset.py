@@ -222,12 +222,45 @@ def test_an_unchanged_folder_is_reused_in_a_process_and_a_changed_one_read_again
     _write(folder, blobs(4, 0))
     first = load_dataset(str(folder), "train")
     first.images[:] = 0  # the caller's own copy
-    with caplog.at_level(logging.INFO, logger="vaeood.data"):
+    with caplog.at_level(logging.DEBUG, logger="vaeood.data"):
         again = load_dataset(str(folder), "test")
     assert "reusing it" in caplog.text and again.split == "test"
     assert again.images.any() and again.folder["sha256"] == first.folder["sha256"]
     Image.fromarray(strokes(1, 1)[0]).save(folder / "img_000.png")  # another size and time: read again
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="vaeood.data"):
+    with caplog.at_level(logging.DEBUG, logger="vaeood.data"):
         changed = load_dataset(str(folder), "train")
     assert "reusing it" not in caplog.text and changed.folder["sha256"] != first.folder["sha256"]
+
+
+def test_an_existing_folder_is_that_folder_with_or_without_a_slash_unless_a_dataset_of_that_name_is_found(
+        tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "photos", blobs(4, 0))
+    plain, slashed = load_dataset("photos", "train"), load_dataset("photos/", "train")
+    assert plain.folder["sha256"] == slashed.folder["sha256"] and len(plain) == 4
+    _write(tmp_path / "mnist", blobs(4, 1))
+    write_npz(tmp_path / "data", "mnist", "train", strokes(6, 2))
+    with caplog.at_level(logging.WARNING, logger="vaeood.data"):
+        official = load_dataset("mnist", "train", data_dir=tmp_path / "data")
+    assert len(official) == 6 and official.folder is None  # the dataset, not the folder
+    assert "'mnist' is both a dataset and a folder here: using the dataset (write ./mnist for the folder)" \
+        in caplog.text
+
+
+def test_the_working_size_is_the_median_scaled_to_a_long_side_of_64(tmp_path):
+    from vaeood.data.working_size import working_size
+
+    for i, (h, w) in enumerate([(480, 640), (480, 640), (100, 80), (300, 400)]):
+        Image.fromarray(np.zeros((h, w), np.uint8)).save(tmp_path / f"{i}.png")
+    assert working_size(tmp_path) == (48, 64)  # median 390×520, scaled by 64/520
+    assert working_size(tmp_path, max_side=1000) == (390, 520)  # never scaled up
+    folder = load_dataset(str(tmp_path), "train", conform="resize", image_size=(48, 64))
+    assert folder.images.shape == (4, 48, 64, 1) and folder.folder["conform"]["changed"] == 4
+
+
+def test_fit_image_size_is_checked_as_the_config_field(tmp_path, capsys):
+    _write(tmp_path / "photos", blobs(4, 0))
+    assert main(["fit", str(tmp_path / "photos"), "--out", str(tmp_path / "m"), "--image-size", "0", "5"]) == 2
+    assert "data.image_size = [0, 5]: must be [H, W]: two whole numbers ≥ 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

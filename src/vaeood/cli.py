@@ -28,6 +28,7 @@ from .infra.console import console
 from .infra.deprecated import renamed_keys
 from .decisions.conformal import CalibrationError
 from .data import DataError, load_dataset
+from .data.decode import conversion_text
 from .data.folder import printable
 from .data.image_folder import is_folder_name
 from .decisions import NoCalibrationError, calibrate, decide, summary_path_for
@@ -162,6 +163,8 @@ def _fetch(args, names: list[tuple[str, str]]) -> None:
 
 
 def _fit(args, overrides) -> int:
+    if args.image_size is not None:
+        overrides = {**overrides, "data.image_size": json.dumps(args.image_size)}
     done = fit(args.source, args.out, split=args.split, overrides=overrides, detector=args.detector,
                data_dir=args.data_dir, device=args.device, resume=args.resume)
     record, run = done["record"], done["run"]
@@ -169,10 +172,27 @@ def _fit(args, overrides) -> int:
     fitted = f"fitted on [{record['fit_slice'][0]}:{record['fit_slice'][1]}], " if record["fit_slice"] else ""
     say(f"trained {run} on {done['trained']} of the {done['n_images']} images of {printable(done['source'])} "
         f"(epochs: {done['epochs']}); {done['holdout']} held out for the detector",
+        *_folder_lines(done),
         f"calibrated detector {done['detector']} on the held-out images ({fitted}calibrated on [{a}:{b}])",
         f"next: vaeood detect {shlex.quote(str(run))} IMAGES --out flagged.csv   "
         "(IMAGES: a folder, .npz or dataset; flags at a false-alarm rate of 5%, --alpha to choose)")
     return 0
+
+
+def _folder_lines(done: dict) -> list[str]:
+    """What fit did to a folder's images: the working resolution, the conversions, the resized and skipped."""
+    record = done["folder"]
+    if record is None:
+        return []
+    h, w, c = done["image_shape"]
+    parts = [f"images at {h}×{w} {'RGB' if c == 3 else 'grey'}"]
+    if record["converted"]:
+        parts.append(conversion_text(record["converted"]))
+    if record["conform"]["changed"]:
+        parts.append(f"{record['conform']['changed']} resized by {record['conform']['method']}")
+    if record["skipped"]:
+        parts.append(f"{len(record['skipped'])} bad files skipped")
+    return ["; ".join(parts)]
 
 
 def _train(args, overrides) -> int:
@@ -190,7 +210,7 @@ def _log_px(args, overrides) -> int:
     _fetch(args, [(args.dataset, args.split)])
     result = log_px(args.run_dir, args.dataset, args.split, estimator=args.estimator or "elbo",
                     estimator_options=_estimator_options(args), data_dir=args.data_dir, limit=args.limit,
-                    batch_size=args.batch_size, device=args.device, conform=args.conform)
+                    batch_size=args.batch_size, device=args.device, conform=args.conform, skip_bad=args.skip_bad)
     meta = log_px_meta(result)
     line = f"{meta['dataset']}/{meta['split']}: {len(result['log_px_nats'])} images, " \
            f"mean log p(x) = {result['log_px_nats'].mean():.2f} nats"
@@ -219,7 +239,7 @@ def _evaluate(args, overrides) -> int:
         raise ConfigError(f"--detector-options is not valid JSON: {exc}") from None
     out = evaluate(args.run_dir, args.in_dataset, args.ood, split=args.split, estimator=args.estimator or "elbo",
                    estimator_options=_estimator_options(args), out_dir=args.out, data_dir=args.data_dir,
-                   limit=args.limit, device=args.device, conform=args.conform,
+                   limit=args.limit, device=args.device, conform=args.conform, skip_bad=args.skip_bad,
                    detectors="all" if args.detectors is None else args.detectors,
                    detector_options=per_detector_options(detector_options), n_fit=args.n_fit)
     for name, description in out["fitted"].items():

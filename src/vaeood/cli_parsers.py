@@ -92,6 +92,11 @@ def _add_common(p, estimates=True):
                        help="iwae: refine each image's q(z|x) by N forward-KL steps first (Jerfel et al. 2021)")
 
 
+def _add_skip_bad(p):
+    p.add_argument("--skip-bad", action="store_true", help="skip unusable files of a folder (named, and listed in "
+                   "the summary)")
+
+
 def _add_conform_options(p):
     """--pad / --resize: conform images of another shape to the model."""
     group = p.add_mutually_exclusive_group()
@@ -111,6 +116,9 @@ def _add_fit_parser(sub) -> None:
                    help="detector to calibrate (default: the recommended one, " + ", ".join(RECOMMENDED) +
                         ", the first that applies)")
     p.add_argument("--resume", action="store_true", help="continue a fit that was stopped")
+    p.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"), default=None,
+                   help="a folder's working resolution (default: its median size, long side at most 64 px); "
+                        "every image is resized to it (data.image_size, data.conform)")
     _add_common(p, estimates=False)
 
 
@@ -133,6 +141,7 @@ def _add_log_px_parser(sub) -> None:
     p.add_argument("--batch-size", type=_checked("--batch-size", field_rule("train.batch_size")), default=None)
     _add_common(p)
     _add_conform_options(p)
+    _add_skip_bad(p)
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -154,6 +163,7 @@ def _add_evaluate_parser(sub) -> None:
                    action=_Deprecated, new="--n-fit", help=argparse.SUPPRESS)
     _add_common(p)
     _add_conform_options(p)
+    _add_skip_bad(p)
 
 
 def _add_calibrate_parser(sub) -> None:
@@ -188,7 +198,7 @@ def _add_detect_parser(sub) -> None:
     group.add_argument("--delta", type=float, default=None,
                        help="calibration-conditional: FPR <= alpha with probability >= 1 - delta")
     group.add_argument("--fdr", action="store_true", help="Benjamini-Hochberg over the images at level alpha")
-    p.add_argument("--skip-bad", action="store_true", help="skip unusable files of a folder (listed in the summary)")
+    _add_skip_bad(p)
     p.add_argument("--out", required=True, help="CSV to write (file, score, p_value, flagged); the summary goes "
                                                 "beside it as FILE.summary.json, a page to look at as FILE.html")
     p.add_argument("--split", default="test", help="split, when INPUT is a dataset name")

@@ -20,13 +20,13 @@ be overridden (``--train.epochs=20``, ``--model.latent_dim=32``).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from .training.config import Config, ConfigError
-from .data import DatasetNotFoundError
-from .data.load import load_for_run
-from .data.image_folder import is_folder_name
+from .data.load import load_for_run, names_a_folder
+from .data.working_size import TRANSFORM, working_size
 from .decisions import calibrate, recommended_detector
 from .training.train import train
 
@@ -56,17 +56,14 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
         raise ConfigError("vaeood fit chooses data.name (its SOURCE) and data.holdout (a fifth, at most 7,000); "
                           "use vaeood train for other splits")
     name = str(source)
-    settings = {"data.name": name, "data.split": split, **MODEL, **overrides}
+    folder = names_a_folder(name, split, overrides.get("data.data_dir") or data_dir)
+    settings = {"data.name": name, "data.split": split, **MODEL, **(_working_size(name, overrides) if folder else {}),
+                **overrides}
     if device != "cpu":
         settings["train.device"] = device
     config = Config().override(settings)
-    try:  # read as training will read it (data.conform, data.skip_bad), to count what it holds
-        data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir)
-    except DatasetNotFoundError as err:
-        if Path(name).is_dir() and not is_folder_name(name):  # a plain word names a dataset, never a folder
-            raise DatasetNotFoundError(f"{err}\n(to train on the folder {name!r}, write it as a path: ./{name}/)") \
-                from None
-        raise
+    # read as training will read it (data.conform, data.skip_bad), to count what it holds
+    data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir)
     n = len(data.images)
     if n < MIN_IMAGES:
         raise ConfigError(f"{data.source}: {n} images; vaeood fit needs at least {MIN_IMAGES} (a fifth of them is "
@@ -80,4 +77,17 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
     record = calibrate(run, detector, n_calibration=n_calibration, n_fit=h - n_calibration, data_dir=data_dir,
                        device=device)
     return {"run": Path(run), "n_images": n, "holdout": h, "trained": n - h, "detector": detector, "record": record,
-            "source": name, "provenance": data.source, "epochs": config.train.epochs}
+            "source": name, "provenance": data.source, "epochs": config.train.epochs,
+            "image_shape": data.images.shape[1:], "folder": data.folder}
+
+
+def _working_size(name: str, overrides: dict) -> dict[str, str]:
+    """For a folder: the working resolution (``data.image_size``, chosen from the folder
+    unless given) and the transform to it (``data.conform``, :data:`TRANSFORM` unless given;
+    the overrides win), :mod:`vaeood.data.working_size`."""
+    if "data.image_size" in overrides:  # checked with the rest of the config
+        return {"data.conform": TRANSFORM}
+    height, width = working_size(name)
+    log.info("working resolution %d×%d (H×W) from the folder's median size; every image of another size is "
+             "brought to it by %s", height, width, overrides.get("data.conform", TRANSFORM))
+    return {"data.image_size": json.dumps([height, width]), "data.conform": TRANSFORM}

@@ -21,36 +21,42 @@ with ``.``, e.g. ``.DS_Store``) are not read; they are listed in ``left_out`` an
 results say so. A file name that is not valid UTF-8 is a bad file (it cannot be written
 into the CSV or the summary), shown with its undecodable bytes escaped.
 
-Pixel formats (Pillow modes): 8-bit grey (``L``) gives one channel, ``RGB`` three;
-1-bit images (``1``) become grey 0/255; palette images (``P``) become RGB, or grey when
-the palette is grey; an alpha channel (``LA``, ``RGBA``, palette transparency) is
-dropped only when every pixel is opaque, and refused otherwise (what a transparent
-pixel means is not ours to guess). 16-bit, 32-bit and float images, CMYK and other
-modes are refused: their scaling to 8 bits is ambiguous.
+Pixel formats and modes: each file is decoded and converted to 8-bit grey or RGB, then
+to the model's mode, by the rules of :mod:`vaeood.data.decode` (grey → RGB by repeating
+the channel, EXIF orientation applied, palette, 16-bit and CMYK converted; transparency,
+animated images and decompression bombs refused); the conversions made are counted in
+``converted`` and the summary.
 
-Shapes: images whose shape differs from the model's (``shape`` = C×H×W) are refused
+Shapes: images whose height and width differ from the model's (``shape`` = C×H×W) are refused
 unless ``conform`` is ``"pad"`` or ``"resize"``, exactly as for scoring; then each image is
 conformed and the conform is recorded (``fitted``). Without a model shape, images must all
-have the same shape; those that differ from the most common shape are named.
+have the same size; those that differ from the most common size are named.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from .errors import DataError
 from .conform import CONFORMS, conform_images
-from .image_files import (IMAGE_SUFFIXES, _read_entries, _shape_text, _split_by_shape, decode_into,  # noqa: F401
-                          display_name, conform_record, list_entries, printable, read_image, refuse_or_warn_bad,
-                          warn_hidden)
+from .image_files import (IMAGE_SUFFIXES, Found, _read_entries, _shape_text, _split_by_shape, decode_into,  # noqa: F401
+                          display_name, conform_record, list_entries, printable, refuse_or_warn_bad, warn_hidden)
+from .decode import read_image  # noqa: F401  (its home before vaeood.data.decode)
+from .image_folder import list_dataset
 from .regular_files import special_file_kind
 
 log = logging.getLogger(__name__)
+
+#: images decoded at a time when a folder is streamed (:class:`FolderStream`): 2,048 64×64 RGB
+#: photos are 25 MB
+CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class InputImages:
         fitted: ``None``, or ``{"method", "to_shape", "from_shapes": {"C×H×W": count}}``
             when some images were padded or resized.
         labels: the ``.npz``/dataset labels, or None for a folder.
+        converted: ``{conversion: count}`` of the mode conversions made
+            (:mod:`vaeood.data.decode`), e.g. ``{"grey → RGB": 141}``.
+        classes: ``[N]`` the class subfolder of each image of a folder with class
+            subfolders, else None.
     """
 
     images: np.ndarray
@@ -78,6 +88,8 @@ class InputImages:
     left_out: list[tuple[str, str]] = field(default_factory=list)
     fitted: dict | None = None
     labels: np.ndarray | None = None
+    converted: dict[str, int] = field(default_factory=dict)
+    classes: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -85,12 +97,15 @@ class InputImages:
 
 def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
                       conform: str | None = None, skip_bad: bool = False) -> InputImages:
-    """Every PNG/JPEG file in ``folder`` (not recursive), sorted by name.
+    """Every PNG/JPEG file in ``folder``, or in its class subfolders (one level, as training
+    reads them: names ``class/file.png``), sorted by name, in one array (:class:`FolderStream`
+    reads it in chunks instead).
 
     Args:
         folder: the folder. Hidden entries (names starting with ``.``) are not read and
             are listed in ``left_out``; any other entry that is not a readable PNG/JPEG
-            regular file counts as bad (see the module docstring).
+            regular file counts as bad (see the module docstring), as does a file beside
+            class subfolders.
         shape: the model's image shape ``(C, H, W)``; None to accept the folder's own.
         conform: ``"pad"`` or ``"resize"`` to convert images of another shape (see
             :mod:`vaeood.data.conform`); None refuses them.
@@ -101,27 +116,93 @@ def read_image_folder(folder: str | os.PathLike, *, shape: tuple[int, int, int] 
         DataError: the folder is missing or empty, or holds bad files (each named with
             its reason) and ``skip_bad`` is False, or nothing usable is left.
     """
-    folder = Path(folder)
-    if conform is not None:
-        CONFORMS.get(conform)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: not a folder")
-    entries, hidden = list_entries(folder)
-    warn_hidden(folder, hidden)
-    if not entries:
-        also = f" (only {len(hidden)} hidden entries, not read)" if hidden else ""
-        raise DataError(f"{folder}: the folder holds no files{also} (expected PNG or JPEG images)")
+    stream = FolderStream(folder, shape=shape, conform=conform, skip_bad=skip_bad)
+    return stream.finish(next(stream.chunks(max(1, len(stream.items)))))
 
-    found, bad = _read_entries(entries)
-    target, keep, odd = _split_by_shape(found, shape, conform, bad)
-    chosen = set(map(id, keep + odd))
-    images, names, from_shapes = decode_into([f for f in found if id(f) in chosen], target, conform, bad)
-    refuse_or_warn_bad(folder, bad, len(entries), skip_bad, "pass --skip-bad (skip_bad=True)")
-    fitted = conform_record(from_shapes, (target[2], *target[:2]), conform, folder) if from_shapes else None
-    if not len(images):
-        raise DataError(f"{folder}: none of its {len(entries)} files is a usable image")
-    return InputImages(images, names, source=display_name(str(folder)), kind="folder",
-                       skipped=sorted(bad), left_out=hidden, fitted=fitted)
+
+class FolderStream:
+    """A folder of images read in chunks, so that memory is bounded by the chunk, not by the
+    folder: the header pass over every file first (names, sizes, modes: the target shape and
+    the files to read), then :meth:`chunks` decodes ``size`` images at a time into one array,
+    and :meth:`finish` refuses the bad files (or lists them with ``skip_bad``) and returns the
+    :class:`InputImages` record, with ``images`` given by the caller (the whole array, or
+    :class:`FolderImages`, which decodes an image again when it is looked at). Arguments as
+    :func:`read_image_folder`'s."""
+
+    def __init__(self, folder: str | os.PathLike, *, shape: tuple[int, int, int] | None = None,
+                 conform: str | None = None, skip_bad: bool = False):
+        self.folder, self.conform, self.skip_bad = Path(folder), conform, skip_bad
+        if conform is not None:
+            CONFORMS.get(conform)
+        if not self.folder.is_dir():
+            raise DataError(f"{self.folder}: not a folder")
+        entries, self.hidden, self.bad, self.classes = list_dataset(self.folder)
+        warn_hidden(self.folder, self.hidden)
+        if not entries and not self.bad:
+            also = f" (only {len(self.hidden)} hidden entries, not read)" if self.hidden else ""
+            raise DataError(f"{self.folder}: the folder holds no files{also} (expected PNG or JPEG images)")
+        self.n_files = len(entries) + len(self.bad)
+        found, unread = _read_entries(entries)
+        self.bad += unread
+        self.target, keep, odd = _split_by_shape(found, shape, conform, self.bad)
+        chosen = set(map(id, keep + odd))
+        self.items = [f for f in found if id(f) in chosen]
+        self.names: list[str] = []
+        self.paths: list[Path] = []
+        self.from_shapes: Counter = Counter()
+        self.converted: Counter = Counter()
+
+    def chunks(self, size: int = CHUNK) -> Iterator[np.ndarray]:
+        """The usable images, ``size`` files at a time, as uint8 ``[n, H, W, C]`` arrays in the
+        order of :attr:`names` (files that fail to decode go to the bad files)."""
+        by_name = {f.name: f.path for f in self.items}
+        for start in range(0, len(self.items), size):
+            images, names, from_shapes, converted = decode_into(self.items[start: start + size], self.target,
+                                                                self.conform, self.bad)
+            self.names += names
+            self.paths += [by_name[n] for n in names]
+            self.from_shapes += from_shapes
+            self.converted += converted
+            yield images
+        if not self.items:
+            yield decode_into([], self.target, self.conform, self.bad)[0]
+
+    @property
+    def usable(self) -> bool:
+        """False once a bad file would refuse the folder (without ``skip_bad``): scoring more is wasted."""
+        return self.skip_bad or not self.bad
+
+    def finish(self, images) -> InputImages:
+        """The record of the folder read, once every chunk was read (:class:`DataError` for bad
+        files without ``skip_bad``, or when nothing usable is left)."""
+        refuse_or_warn_bad(self.folder, self.bad, self.n_files, self.skip_bad, "pass --skip-bad (skip_bad=True)")
+        target = self.target
+        fitted = conform_record(self.from_shapes, (target[2], *target[:2]), self.conform, self.folder) \
+            if self.from_shapes else None
+        if not self.names:
+            raise DataError(f"{self.folder}: none of its {self.n_files} files is a usable image")
+        return InputImages(images, self.names, source=display_name(str(self.folder)), kind="folder",
+                           skipped=sorted(self.bad), left_out=self.hidden, fitted=fitted,
+                           converted=dict(sorted(self.converted.items())),
+                           classes=[n.split("/", 1)[0] for n in self.names] if self.classes else None)
+
+
+class FolderImages:
+    """The images of a :class:`FolderStream` after the fact, decoded again one at a time
+    when looked at (``images[i]``: uint8 ``[H, W, C]``), as a sequence of ``len`` images:
+    what detect's page shows of a folder too large to keep."""
+
+    def __init__(self, stream: FolderStream):
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.stream.names)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        s = self.stream
+        one = Found(s.names[i], s.paths[i], s.target)
+        images, _, _, _ = decode_into([one], s.target, s.conform, [])
+        return images[0]
 
 
 def conform_array(images: np.ndarray, shape: tuple[int, int, int] | None, conform: str | None,

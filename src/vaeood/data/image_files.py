@@ -23,50 +23,17 @@ import numpy as np
 
 from .errors import DataError
 from .conform import conform_images
+from .decode import decode_image, header_shape, read_image, to_channels
 from .regular_files import open_regular_file, special_file_kind
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_FORMATS = {"PNG", "JPEG"}
-_PNG_SIGNATURE, _JPEG_SIGNATURE = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 _SHOW = 20  # bad files listed in an error message before "... and N more"
 
 
 def _shape_text(shape) -> str:
     return "×".join(map(str, shape))
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """One PNG/JPEG file as uint8 ``[H, W, C]`` (C = 1 or 3); :class:`DataError` with the
-    reason (without the file name: the caller names it) when it cannot be used."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with open_regular_file(path) as f:
-            with Image.open(f) as img:
-                if img.format not in _FORMATS:
-                    raise DataError(f"a {img.format} image, not PNG or JPEG")
-                img.verify()  # PNG: every chunk's CRC and the end chunk (a cut-off file fails here)
-            f.seek(0)
-            with Image.open(f) as img:
-                img.load()  # decodes every pixel (a truncated JPEG fails here)
-                return _to_array(img)
-    except DataError:
-        raise
-    except (PermissionError, FileNotFoundError) as err:  # e.g. a broken symbolic link
-        raise DataError(f"cannot be read ({err.strerror or err})") from None
-    except UnidentifiedImageError:
-        with open_regular_file(path) as f:
-            head = f.read(8)
-        if head.startswith(_PNG_SIGNATURE) or head.startswith(_JPEG_SIGNATURE):
-            raise DataError("truncated or corrupt (a PNG/JPEG signature but no readable header)") from None
-        raise DataError("not an image file (Pillow cannot identify it)") from None
-    except Image.DecompressionBombError as err:
-        raise DataError(f"refused as a decompression bomb ({err})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        reason = str(err) or type(err).__name__
-        raise DataError(f"truncated or corrupt ({reason})") from None
 
 
 def display_name(name: str) -> str:
@@ -84,35 +51,6 @@ def printable(text: str) -> str:
     name could rewrite the screen) shown as ``\\xNN``/``\\uNNNN``, undecodable bytes as ``\\xNN``."""
     text = display_name(text)
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def _to_array(img) -> np.ndarray:
-    mode = img.mode
-    if mode == "P":
-        has_alpha = "transparency" in img.info
-        img = img.convert("RGBA" if has_alpha else "RGB")
-        mode = img.mode
-        if mode == "RGB":
-            rgb = np.asarray(img)
-            if (rgb[..., :1] == rgb).all():  # a grey palette
-                return np.ascontiguousarray(rgb[..., :1])
-            return rgb
-    if mode == "1":
-        img, mode = img.convert("L"), "L"
-    if mode in ("LA", "RGBA", "PA"):
-        arr = np.asarray(img.convert("RGBA" if mode == "PA" else mode))
-        alpha = arr[..., -1]
-        if (alpha != 255).any():
-            raise DataError(f"has transparent pixels ({int((alpha != 255).sum())} with alpha < 255); "
-                            "flatten it onto a background first")
-        arr = arr[..., :-1]
-        return np.ascontiguousarray(arr if arr.ndim == 3 else arr[..., None])
-    if mode == "L":
-        return np.asarray(img, dtype=np.uint8)[..., None]
-    if mode == "RGB":
-        return np.asarray(img, dtype=np.uint8)
-    raise DataError(f"pixel format {mode!r} is not supported (only 8-bit grey or RGB, optionally with an "
-                    "opaque alpha channel); convert it to 8-bit grey or RGB first")
 
 
 def list_entries(folder: Path, prefix: str = "") -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
@@ -157,24 +95,20 @@ class Found:
     shape: tuple[int, int, int]
 
 
-# Pillow modes whose channel count after _to_array the header tells; palette images ("P")
-# become grey or RGB by their pixels, so they are decoded to know.
-_HEADER_CHANNELS = {"L": 1, "1": 1, "LA": 1, "RGB": 3, "RGBA": 3, "PA": 3}
-
-
 def _peek_shape(path: Path) -> tuple[int, int, int]:
-    """``(H, W, C)`` of an image from its header alone (Pillow's ``open`` is lazy: size
-    and mode without decoding); a palette or unusual image, or one whose header cannot be
-    read, is read whole by :func:`read_image`, which raises the reason it cannot be used."""
+    """``(H, W, C)`` of an image as :func:`~vaeood.data.decode.decode_image` returns it, from
+    its header alone (Pillow's ``open`` is lazy: size, mode and EXIF orientation without
+    decoding); a palette or unusual image, or one whose header cannot be read, is decoded
+    whole, which raises the reason it cannot be used."""
     from PIL import Image
 
     try:
         with open_regular_file(path) as f, Image.open(f) as img:
-            channels = _HEADER_CHANNELS.get(img.mode) if img.format in _FORMATS else None
-            if channels is not None:
-                return (img.height, img.width, channels)
+            shape = header_shape(img)
+            if shape is not None:
+                return shape
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
-        pass  # read_image below names the reason
+        pass  # decode_image below names the reason
     return read_image(path).shape
 
 
@@ -207,21 +141,27 @@ def _read_entries(entries: list[tuple[str, Path]]) -> tuple[list[Found], list[tu
     return good, bad
 
 
-def _split_by_shape(good: list[Found], shape, conform, bad: list, *, fit_to_common: bool = False):
-    """The target ``(H, W, C)`` (the model's ``shape``, else the folder's most common), the
-    ``good`` images of that shape, and those of another shape to conform; the rest are appended
-    to ``bad`` with the reason. Without a model shape, other shapes are fitted to the most
-    common one only with ``fit_to_common`` (folder datasets; scoring refuses them)."""
+def _split_by_shape(good: list[Found], shape, conform, bad: list, *, fit_to_common: bool = False, size=None):
+    """The target ``(H, W, C)``, the ``good`` images of its height and width, and those of
+    another size to conform; the rest are appended to ``bad`` with the reason. The target is
+    the model's ``shape`` (C, H, W); else the folder's mode (the most common channel count,
+    RGB on a tie) at ``size`` ``(H, W)`` if given, else at the folder's most common size.
+    Channels always follow the target (:func:`~vaeood.data.decode.to_channels`); other sizes are
+    conformed only with ``conform`` and a model shape, ``size`` or ``fit_to_common`` (folder
+    datasets; scoring without a conform refuses them)."""
     if shape is not None:
         target = (shape[1], shape[2], shape[0])  # (H, W, C)
+    elif good:
+        channels = Counter(f.shape[2] for f in good)
+        mode = 3 if channels[3] >= channels[1] else 1
+        target = (*(size or Counter(f.shape[:2] for f in good).most_common(1)[0][0]), mode)
     else:
-        common = Counter(f.shape for f in good).most_common(1)
-        target = common[0][0] if common else None
+        target = None
     keep, odd = [], []
     for f in good:
-        if f.shape == target:
+        if f.shape[:2] == target[:2]:
             keep.append(f)
-        elif conform is not None and (shape is not None or fit_to_common):
+        elif conform is not None and (shape is not None or size is not None or fit_to_common):
             odd.append(f)
         else:
             bad.append((f.name, _shape_reason(f.shape, target, model=shape is not None)))
@@ -236,34 +176,41 @@ def _shape_reason(found, target, *, model: bool) -> str:
     return f"C×H×W = {_shape_text((found[2], *found[:2]))}, not {target_text}{hint}"
 
 
-def decode_into(items: list[Found], target, conform: str | None, bad: list) -> tuple[np.ndarray, list[str], Counter]:
+def decode_into(items: list[Found], target, conform: str | None, bad: list) -> tuple[np.ndarray, list[str], Counter,
+                                                                                       Counter]:
     """Decode ``items`` in their order into one preallocated uint8 ``[N, H, W, C]`` array of
     the ``target`` shape (one image in memory at a time beside it, never a list of arrays
-    to stack), conforming those of another shape by ``conform``. A file that fails to decode, or
-    (without ``conform``) decodes to another shape than its header said, is appended to ``bad``.
-    Returns the images, their names and ``{"C×H×W": count}`` of the images fitted."""
+    to stack), converted to the target's channels and, for another size, conformed by
+    ``conform``. A file that fails to decode, or (without ``conform``) decodes to another size
+    than its header said, is appended to ``bad``. Returns the images, their names,
+    ``{"C×H×W": count}`` of the images conformed and ``{conversion: count}`` of the
+    conversions made (:mod:`vaeood.data.decode`)."""
     if target is None:
-        return np.zeros((0, 1, 1, 1), np.uint8), [], Counter()
+        return np.zeros((0, 1, 1, 1), np.uint8), [], Counter(), Counter()
     out = np.empty((len(items), *target), dtype=np.uint8)
     names: list[str] = []
     fitted: Counter = Counter()
+    conversions: Counter = Counter()
     for item in items:
         try:
-            arr = read_image(item.path)
+            decoded = decode_image(item.path)
         except DataError as err:
             bad.append((item.name, str(err)))
             continue
+        arr, changed = to_channels(decoded.pixels, target[2])
         if arr.shape != tuple(target):
             if conform is None:
-                bad.append((item.name, _shape_reason(arr.shape, target, model=False)))
+                bad.append((item.name, _shape_reason(decoded.pixels.shape, target, model=False)))
                 continue
-            fitted[_shape_text((arr.shape[2], *arr.shape[:2]))] += 1
+            have = decoded.pixels.shape
+            fitted[_shape_text((have[2], *have[:2]))] += 1
             arr = conform_images(arr[None].copy(), (target[2], target[0], target[1]), conform)[0]  # writable for torch
+        conversions.update(decoded.conversions + ((changed,) if changed else ()))
         out[len(names)] = arr
         names.append(item.name)
     if len(names) < len(out):
         out.resize((len(names), *target), refcheck=False)  # in place: no second copy
-    return out, names, fitted
+    return out, names, fitted, conversions
 
 
 def conform_record(from_shapes: Counter, shape, conform: str, folder) -> dict:

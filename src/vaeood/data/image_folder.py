@@ -1,10 +1,11 @@
 """A folder of PNG/JPEG images as a dataset split: ``load_dataset("path/to/folder", split)``.
 
 Which names are folders: a dataset name that contains a path separator (``/``, or the
-system's own) is a folder path, relative to the current directory (``./pets`` for a
-folder here); any other name is a plain dataset name, found as always (official files,
-``NAME_SPLIT.npz``), even when a folder of that name happens to exist. So adding a folder
-never changes what an existing name means.
+system's own) is a folder path, relative to the current directory (``./pets`` or ``pets/``
+for a folder here); so is a plain word naming an existing folder (``pets``) when no dataset
+of that name is found. A name that is both a folder here and a dataset found (official
+files, ``NAME_SPLIT.npz``) is the dataset, with a warning saying so, so that adding a
+folder never changes what an existing dataset name means.
 
 One folder is one split: the ``split`` argument is recorded in the ImageSet, never used
 to find files (give the train and test folders as two names).
@@ -27,10 +28,13 @@ pseudo-random order that is the same on every machine and file system (unlike th
 of a directory listing), and adding or removing one file moves no other image relative to
 the rest.
 
-Shapes: the target shape is the folder's most common C×H×W. An image of another shape is
+Modes and shapes: every image is converted to the folder's mode (its most common channel
+count, RGB on a tie) by the rules of :mod:`vaeood.data.decode`, each conversion counted in
+the provenance (``converted``). The target size is ``size`` (``data.image_size``, which
+``vaeood fit`` chooses) or else the folder's most common H×W. An image of another size is
 a bad file (named) unless ``conform`` (``data.conform``) is ``"pad"`` or ``"resize"``
-(:mod:`vaeood.data.conform`; grey ↔ RGB is converted with either); the rule and how many
-images it changed, from which shapes, are recorded in the provenance.
+(:mod:`vaeood.data.conform`); the rule and how many images it changed, from which shapes,
+are recorded in the provenance.
 
 Memory: headers are read first (size and mode, without decoding the pixels) to choose the
 shape and count the images; then each image is decoded straight into one preallocated
@@ -61,6 +65,7 @@ from .errors import DataError
 from .conform import CONFORMS
 from .image_files import (_read_entries, _split_by_shape, decode_into, display_name, conform_record, list_entries,
                      refuse_or_warn_bad, warn_hidden)
+from .decode import conversion_text
 from .imageset import ImageSet
 
 log = logging.getLogger(__name__)
@@ -71,7 +76,8 @@ UNLABELLED = -1
 
 def is_folder_name(name: str) -> bool:
     """True when a dataset name is a folder path: it contains ``/`` (or the system's
-    separator). A plain word (``fashion_mnist``) is never a folder, even if one exists."""
+    separator). A plain word is a folder only when no dataset of that name is found
+    (:func:`vaeood.data.load.names_a_folder`)."""
     return any(sep and sep in name for sep in ("/", os.sep, os.altsep))
 
 
@@ -82,7 +88,7 @@ def order_key(name: str) -> tuple[str, str]:
 
 
 def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | None = None,
-                      skip_bad: bool = False) -> ImageSet:
+                      skip_bad: bool = False, size: tuple[int, int] | None = None) -> ImageSet:
     """The PNG/JPEG images of ``folder`` (optionally one subfolder per class) as one split.
 
     Args:
@@ -91,6 +97,8 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
             ``"pad"`` or ``"resize"`` (they are conformed to it, and the conform recorded).
         skip_bad: skip bad files (logged and listed in ``folder["skipped"]``) instead of
             refusing the folder.
+        size: ``(H, W)``, the run's working resolution (``data.image_size``), to which
+            images of another size are conformed by ``conform``; None: the most common size.
     Raises:
         DataError: not a folder, no usable image, or bad files (each named with the
             reason) without ``skip_bad``.
@@ -103,30 +111,30 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
         raise DataError(f"{given}: no such folder (a dataset name with a '/' is read as a folder of PNG/JPEG "
                         "images; a plain name such as 'fashion_mnist' is a dataset)")
     title = path.resolve().name or given
-    entries, hidden, bad, classes = _list_dataset(path)
+    entries, hidden, bad, classes = list_dataset(path)
     warn_hidden(given, hidden)
     if not entries and not bad:
         also = f" (only {len(hidden)} hidden entries, not read)" if hidden else ""
         raise DataError(f"{given}: the folder holds no files{also} (expected PNG or JPEG images, optionally in "
                         "one subfolder per class)")
     n_files = len(entries) + len(bad)
-    key = (str(path.resolve()), conform, skip_bad, _state(entries), tuple(bad), tuple(hidden))
+    size = tuple(size) if size is not None else None
+    key = (str(path.resolve()), conform, skip_bad, size, _state(entries), tuple(bad), tuple(hidden))
     cached = _CACHE.get(key)
     if cached is not None:
-        log.info("%s: unchanged since read (same names, sizes and modification times): reusing it", given)
-        if cached["folder"]["skipped"]:
-            log.warning("%s: %d bad files skipped (listed in the results)", given, len(cached["folder"]["skipped"]))
+        log.debug("%s: unchanged since read (same names, sizes and modification times): reusing it", given)
         return _image_set(cached, split)
     found, unread = _read_entries(entries)
     bad += unread
-    target, keep, odd = _split_by_shape(found, None, conform, bad, fit_to_common=True)
+    target, keep, odd = _split_by_shape(found, None, conform, bad, fit_to_common=True, size=size)
     items = sorted(keep + odd, key=lambda f: order_key(f.name))
-    images, names, from_shapes = decode_into(items, target, conform, bad)
+    images, names, from_shapes, converted = decode_into(items, target, conform, bad)
     refuse_or_warn_bad(given, bad, n_files, skip_bad,
                        "set data.skip_bad=true (--data.skip_bad=true; skip_bad=True in Python)")
     if not len(names):
         raise DataError(f"{given}: none of its {n_files} files is a usable image")
-    read = _describe(given, title, images, names, items, classes, target, conform, from_shapes, bad, hidden)
+    read = _describe(given, title, images, names, items, classes, target, conform, from_shapes, converted, bad,
+                     hidden)
     if images.nbytes <= CACHE_BYTES:
         _CACHE[key] = read
         while len(_CACHE) > _CACHE_SIZE:
@@ -135,7 +143,8 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
     return _image_set(read, split, copy=False)
 
 
-def _describe(given, title, images, names, items, classes, target, conform, from_shapes, bad, hidden) -> dict:
+def _describe(given, title, images, names, items, classes, target, conform, from_shapes, converted, bad,
+              hidden) -> dict:
     """The labels, source, digest and provenance record of the images read from a folder."""
     shape = (target[2], target[0], target[1])
     fitted = conform_record(from_shapes, shape, conform, given) if from_shapes else None
@@ -147,12 +156,16 @@ def _describe(given, title, images, names, items, classes, target, conform, from
     record = {"name": title, "images": len(names), "classes": classes, "order": ORDER, "sha256": digest,
               "shape": list(shape),
               "conform": {"method": conform, "changed": sum(from_shapes.values()), **(fitted or {})},
+              "converted": dict(sorted(converted.items())),
               "skipped": [list(b) for b in sorted(bad)], "left_out": [list(h) for h in hidden]}
     source = (f"folder {title!r} of {len(names)} PNG/JPEG images"
               + (f" in {len(classes)} class folders ({', '.join(classes)})" if classes else " (unlabelled)")
               + f", ordered by {ORDER}, SHA-256 of names and bytes {digest}"
               + (f"; {len(bad)} bad files skipped" if bad else "")
-              + (f"; {fitted['description']}" if fitted else ""))
+              + (f"; {fitted['description']}" if fitted else "")
+              + (f"; {conversion_text(converted)}" if converted else ""))
+    if converted:
+        log.debug("%s: %s (recorded in the provenance)", given, conversion_text(converted))
     log.info("read folder %s: %d images of C×H×W = %s", given, len(names), "×".join(map(str, shape)))
     return {"name": title, "images": images, "labels": labels, "source": source, "files": ((f"{title}/", digest),),
             "folder": record}
@@ -188,7 +201,7 @@ def copy_record(record: dict) -> dict:
     return json.loads(json.dumps(record))
 
 
-def _list_dataset(path: Path):
+def list_dataset(path: Path):
     """``(entries, hidden, bad, classes)``: the files to read as ``(relative name, path)``,
     hidden entries left out, entries refused already (a file beside class folders, a class
     folder with an undecodable name) and the class names (``[]`` when the images lie in the
@@ -227,4 +240,4 @@ def _digest(files: list[tuple[str, Path]]) -> str:
     return h.hexdigest()
 
 
-__all__ = ["is_folder_name", "load_image_folder", "order_key"]
+__all__ = ["is_folder_name", "list_dataset", "load_image_folder", "order_key"]

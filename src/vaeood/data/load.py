@@ -45,7 +45,8 @@ _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names become file names: no
 
 @renamed_keywords(fit="conform")  # its name until 0.2
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
-                 allow_sample: bool = False, *, conform: str | None = None, skip_bad: bool = False) -> ImageSet:
+                 allow_sample: bool = False, *, conform: str | None = None, skip_bad: bool = False,
+                 image_size: tuple[int, int] | None = None) -> ImageSet:
     """Split ``split`` of dataset ``name`` as uint8 NHWC images and int64 labels.
 
     Args:
@@ -57,7 +58,8 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         conform, skip_bad: for a folder (a ``name`` with a ``/``, see
             :mod:`vaeood.data.image_folder`): ``"pad"``/``"resize"`` images of another
             shape than the folder's most common, and skip bad files instead of refusing the
-            folder. A folder is one split: ``split`` is recorded, not used to find files;
+            folder; ``image_size`` ``(H, W)``: the size to conform them to (default: the
+            folder's most common). A folder is one split: ``split`` is recorded, not used to find files;
             ``data_dir``, ``download`` and ``allow_sample`` do not apply to it.
     Raises:
         DataError: a file found is corrupt, of the wrong format or fails its published MD5
@@ -65,12 +67,28 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         DatasetNotFoundError: nothing found; the message lists where it looked and how to
             get the data.
     """
-    if isinstance(name, str) and is_folder_name(name):
+    if isinstance(name, str) and names_a_folder(name, split, data_dir):
         if not isinstance(split, str) or not _WORD.fullmatch(split):
             raise DataError(f"load_dataset: split={split!r} must be a plain word such as 'train' "
                             "(letters, digits, _ . -)")
-        return load_image_folder(name, split, conform=conform, skip_bad=skip_bad)
+        return load_image_folder(name, split, conform=conform, skip_bad=skip_bad, size=image_size)
     return _load_named(name, split, data_dir, download, allow_sample)
+
+
+def names_a_folder(name: str, split: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`load_dataset` reads ``name`` as a folder of images: a name with a
+    ``/``, or a plain word naming a folder here (``photos`` for ``./photos``) when no dataset
+    of that name is found. A word that names both is the dataset, with a warning that says so."""
+    if is_folder_name(name):
+        return True
+    if not isinstance(name, str) or not _WORD.fullmatch(name) or not Path(name).is_dir():
+        return False
+    try:
+        _load_named(name, split, data_dir, download=False, allow_sample=False)  # npz and official reads are cached
+    except DatasetNotFoundError:
+        return True
+    log.warning("%r is both a dataset and a folder here: using the dataset (write ./%s for the folder)", name, name)
+    return False
 
 
 def _load_named(name: str, split: str, data_dir, download: bool, allow_sample: bool) -> ImageSet:
@@ -125,11 +143,12 @@ def _load_named(name: str, split: str, data_dir, download: bool, allow_sample: b
 
 def load_for_run(data_config, dataset: str | None = None, split: str | None = None,
                  data_dir: str | os.PathLike | None = None, *, allow_sample: bool | None = None,
-                 conform: str | None = None) -> ImageSet:
+                 conform: str | None = None, skip_bad: bool = False) -> ImageSet:
     """``dataset/split`` (default: the run's training split) as a run reads it. The run's
     own training split is read with the run's ``data.conform`` and ``data.skip_bad``, so that
     a folder gives the images, order and count that training saw (and held out); any other
-    folder with ``conform`` (scoring's ``--pad``/``--resize``) and its bad files refused.
+    folder with ``conform`` (scoring's ``--pad``/``--resize``) and its bad files refused unless ``skip_bad``
+    (``--skip-bad``).
     ``data_config``: the run's :class:`~vaeood.training.config.DataConfig`, or None."""
     dataset = dataset if dataset is not None else data_config.name
     split = split if split is not None else data_config.split
@@ -137,7 +156,8 @@ def load_for_run(data_config, dataset: str | None = None, split: str | None = No
     own = data_config is not None and (dataset, split) == (data_config.name, data_config.split)
     return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow,
                         conform=data_config.conform if own else conform,
-                        skip_bad=data_config.skip_bad if own else False)
+                        skip_bad=data_config.skip_bad if own else skip_bad,
+                        image_size=data_config.image_size if own else None)
 
 
 def _load_from_folder(name: str, split: str, folder: Path,

@@ -12,6 +12,7 @@ import numpy as np
 
 from .detect_report import html_path_for, page
 from .outputs import CSV_HEADER, csv_cell, summary_path_for
+from ..data.decode import conversion_text
 from ..data.folder import printable
 from ..infra.atomic import atomic_write_json, atomic_write_text
 
@@ -35,14 +36,18 @@ class Detection:
     labels: np.ndarray | None = field(default=None, repr=False)
     images: np.ndarray | None = field(default=None, repr=False)
     calibration_scores: np.ndarray | None = field(default=None, repr=False)
+    classes: list[str] | None = None
 
     def csv_text(self) -> str:
-        """The CSV: ``file`` (escaped by :func:`csv_cell`), ``score``, ``p_value``, ``flagged``."""
+        """The CSV: ``file`` (escaped by :func:`csv_cell`), ``score``, ``p_value``, ``flagged``,
+        and ``class`` (the class subfolder) for a folder with class subfolders."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(CSV_HEADER.split(","))
-        for name, s, p, f in zip(self.names, self.scores, self.p_values, self.flagged, strict=True):
-            w.writerow([csv_cell(name), repr(float(s)), repr(float(p)), int(bool(f))])
+        w.writerow(CSV_HEADER.split(",") + ["class"] * (self.classes is not None))
+        classes = self.classes if self.classes is not None else [None] * len(self.names)
+        for name, s, p, f, c in zip(self.names, self.scores, self.p_values, self.flagged, classes, strict=True):
+            w.writerow([csv_cell(name), repr(float(s)), repr(float(p)), int(bool(f)),
+                        *([] if c is None else [csv_cell(c)])])
         return buf.getvalue()
 
     def html_text(self) -> str:
@@ -70,6 +75,8 @@ class Detection:
                 lines.append(f"{verb} {len(s[key])} files: " + "; ".join(f"{printable(n)} ({r})"
                                                                          for n, r in s[key][:10]) +
                              (" ..." if len(s[key]) > 10 else ""))
+        if s.get("converted"):
+            lines.append(f"modes: {conversion_text(s['converted'])}")
         if s.get("n_escaped"):
             lines.append(f"{s['n_escaped']} file names escaped in the CSV: {s['csv_escaping']}")
         lines += [f"warning: {w}" for w in s.get("warnings", [])]

@@ -18,7 +18,7 @@ from .outputs import CSV_ESCAPING, check_outputs, csv_cell
 from .records import REPRODUCED, calibration_path, how_to_calibrate, load_calibration
 from .scorer import DetectorScorer, companion_runs, make_scorer
 from .training_split import training_split
-from ..data.folder import InputImages, display_name, load_input
+from ..data.folder import FolderImages, FolderStream, InputImages, display_name, load_input
 from ..features import images_digest
 from ..infra.deprecated import renamed_keywords
 from ..infra.registry import UnknownNameError
@@ -41,7 +41,8 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
         delta: calibration-conditional guarantee: FPR ≤ alpha with probability ≥ 1 − delta.
         fdr: Benjamini–Hochberg on the batch's p-values instead of a per-image rule.
         detector_options: must match the calibrated options (default: the calibrated ones).
-        conform: ``"pad"``/``"resize"`` for other image shapes; skip_bad: skip unreadable files.
+        conform: ``"pad"``/``"resize"`` for other image shapes (default: the run's recorded
+            transform, ``data.conform``, if any); skip_bad: skip unreadable files.
         out: write the CSV (file, score, p_value, flagged) there, and the summary and the HTML
             page (:mod:`vaeood.decisions.detect_report`) beside it.
 
@@ -61,9 +62,8 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
         conformal.marginal_rank(len(cal), alpha)
     else:
         conformal.conditional_rank(len(cal), alpha, delta)
-    images: InputImages = load_input(source, shape=scorer.image_shape, conform=conform, skip_bad=skip_bad, split=split,
-                                     data_dir=data_dir, limit=limit)
-    scores = decision_scores(scorer, record, images.images)
+    images, scores = _score_input(scorer, record, source, conform=scorer.run.conform_for(conform),
+                                  skip_bad=skip_bad, split=split, data_dir=data_dir, limit=limit)
     decision = conformal.decide(cal, scores, alpha, delta=delta, fdr=fdr)
     rank = None if decision.guarantee == "fdr" else conformal.threshold(cal, alpha, delta).rank
     summary = _summary(source, images, record, decision, alpha=alpha, delta=delta, fdr=fdr, rank=rank)
@@ -75,7 +75,7 @@ def decide(run_dir: str | Path, source, detector: str | None = None, *, alpha: f
             f"{record['calibration_slice'][1]}]); their decisions carry no guarantee")
         log.warning("%s", summary["warnings"][-1])
     result = Detection(images.names, scores, decision.p_values, decision.flagged, summary, labels=images.labels,
-                       images=images.images, calibration_scores=cal)
+                       images=images.images, calibration_scores=cal, classes=images.classes)
     if out is not None:
         result.write(out)
     return result
@@ -101,13 +101,28 @@ def decision_scores(scorer: DetectorScorer, record: dict, images) -> np.ndarray:
     return scorer.score_images(images, record["seed"] + 1)
 
 
+def _score_input(scorer: DetectorScorer, record: dict, source, *, conform, skip_bad, split, data_dir,
+                 limit) -> tuple[InputImages, np.ndarray]:
+    """The images of ``source`` and their scores. A folder is streamed (:class:`FolderStream`):
+    read and scored a chunk at a time, so that memory is bounded by the chunk, and its images
+    kept only as files (:class:`FolderImages`, decoded again for the page)."""
+    if not Path(source).is_dir() or limit:  # load_input refuses a limit on a folder
+        images = load_input(source, shape=scorer.image_shape, conform=conform, skip_bad=skip_bad, split=split,
+                            data_dir=data_dir, limit=limit)
+        return images, decision_scores(scorer, record, images.images)
+    stream = FolderStream(source, shape=scorer.image_shape, conform=conform, skip_bad=skip_bad)
+    scores = [decision_scores(scorer, record, chunk) for chunk in stream.chunks() if len(chunk) and stream.usable]
+    images = stream.finish(FolderImages(stream))  # refuses bad files without skip_bad
+    return images, np.concatenate(scores)
+
+
 def _summary(source, images: InputImages, record: dict, decision, *, alpha, delta, fdr, rank) -> dict:
     """:func:`decide`'s summary (JSON-able): the input and what was left out, skipped or
     escaped, the detector, the rule and its guarantee, the calibration it rests on."""
     return {
         "input": display_name(str(source)), "input_kind": images.kind, "input_source": images.source,
         "n_images": len(images), "skipped": [list(s) for s in images.skipped],
-        "left_out": [list(s) for s in images.left_out], "fitted": images.fitted,
+        "left_out": [list(s) for s in images.left_out], "fitted": images.fitted, "converted": images.converted,
         "csv_escaping": CSV_ESCAPING, "n_escaped": sum(n != csv_cell(n) for n in images.names),
         "detector": record["detector"], "detector_options": record["detector_options"],
         "alpha": float(alpha), "delta": delta, "fdr": bool(fdr), "guarantee": decision.guarantee,

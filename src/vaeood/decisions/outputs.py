@@ -75,7 +75,7 @@ def _check_replaceable(out, path: Path) -> None:
     if not head:  # an empty file: nothing to lose
         return
     if path == Path(out):
-        ours = head == (CSV_HEADER + "\n").encode()
+        ours = head in ((CSV_HEADER + "\n").encode(), (CSV_HEADER + ",").encode())  # ",class" may follow
     elif is_html:
         ours = head == HTML_HEAD.encode()
     else:

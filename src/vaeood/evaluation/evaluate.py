@@ -72,19 +72,19 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
              estimator: str = "elbo", estimator_options: dict | None = None, out_dir: str | Path | None = None,
              data_dir: str | None = None, limit: int | None = None, n_fit: int | None = None,
              device: str = "cpu", seed: int = 0, allow_sample: bool = False, progress: bool | None = None,
-             conform: str | None = None, data_dirs: Mapping[str, str] | None = None, shared_cache=None) -> dict:
+             conform: str | None = None, data_dirs: Mapping[str, str] | None = None, shared_cache=None,
+             skip_bad: bool = False) -> dict:
     """The metrics dict, also written to ``out_dir`` (default: the run directory):
     ``results[detector][ood] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``,
     ``detectors`` (options, features, paper, fit, seconds), ``detector_scores`` (files),
     ``fit_data`` (the held-out training slice fitted on), ``skipped`` (with reasons),
-    ``typicality_batch_test`` and per-dataset summaries. ``detectors``: names, or
-    ``"all"``/None for every one that applies without extra runs; ``conform`` (``"pad"``/
-    ``"resize"``) makes other image shapes fit; ``limit``: the first N test images;
+    ``typicality_batch_test`` and per-dataset summaries. ``detectors``: names, or ``"all"``/None for
+    every one that applies without extra runs; ``conform`` (``"pad"``/``"resize"``) makes other image
+    shapes fit; ``skip_bad`` skips a folder's unusable files; ``limit``: the first N test images;
     ``n_fit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``: ``{dataset: folder}``
     for sets elsewhere (generated noise); ``shared_cache``: a folder shared by runs (:func:`compute_feature`)."""
     run_dir = Path(run_dir)
-    data_dirs = dict(data_dirs or {})
-    out_dir = Path(out_dir) if out_dir else run_dir
+    data_dirs, out_dir = dict(data_dirs or {}), Path(out_dir) if out_dir else run_dir
     explicit = not (detectors is None or detectors == "all")
     dets = build_detectors(detectors, detector_options, estimator=estimator, estimator_options=estimator_options)
     companion_notes = check_companions(run_dir, dets)  # before any score: a mismatched companion is refused
@@ -92,7 +92,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     for name in [in_dataset, *ood_datasets]:
         per_set[name] = log_px(run_dir, name, split, estimator=estimator, estimator_options=estimator_options,
                                data_dir=data_dirs.get(name, data_dir), limit=limit, device=device, seed=seed,
-                               allow_sample=allow_sample, progress=progress, conform=conform)
+                               allow_sample=allow_sample, progress=progress, conform=conform, skip_bad=skip_bad)
     meta_in = log_px_meta(per_set[in_dataset])
     normalised = meta_in["normalised"]
 
@@ -100,7 +100,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     info = {"normalised": normalised, "has_fit_data": fit_slice is not None,
             "hierarchical": is_hierarchical(load_model(run_dir)[0])}
     skipped = _drop_inapplicable(dets, info, explicit, fit_slice, fit_error, run_dir)
-    common = dict(limit=limit, device=device, seed=seed, conform=conform, allow_sample=allow_sample,
+    common = dict(limit=limit, device=device, seed=seed, conform=conform, allow_sample=allow_sample, skip_bad=skip_bad,
                   progress=progress, shared_cache=shared_cache)
     runner = _DetectorRunner(run_dir, in_dataset, ood_datasets, split, data_dir, data_dirs, fit_slice, out_dir,
                              common)

@@ -28,13 +28,16 @@ __all__ = ["log_px", "log_px_meta", "score", "score_meta", "ShapeMismatchError",
 def log_px(run_dir: str | Path, dataset: str, split: str = "test", *, estimator: str = "elbo",
            estimator_options: dict | None = None, data_dir: str | None = None, limit: int | None = None,
            batch_size: int | None = None, device: str = "cpu", seed: int = 0, allow_sample: bool = False,
-           reuse: bool = True, progress: bool | None = None, conform: str | None = None) -> dict[str, np.ndarray]:
+           reuse: bool = True, progress: bool | None = None, conform: str | None = None,
+           skip_bad: bool = False) -> dict[str, np.ndarray]:
     """Estimate log p(x) for every image of ``dataset/split`` (the first ``limit``) with the run's model.
 
     Images of another shape than the model's are refused (:class:`ShapeMismatchError`)
     unless ``conform`` names how to make them fit: ``"pad"`` (zero-pad centred) or
     ``"resize"`` (bilinear), with grey ↔ RGB converted (see :mod:`vaeood.data.conform`);
-    the conform applied is recorded in the saved metadata (``meta["conform"]``).
+    the conform applied is recorded in the saved metadata (``meta["conform"]``). By default a
+    run's recorded transform (``data.conform``) applies. ``skip_bad``: skip a folder's unusable
+    files (named in the log) instead of refusing it.
 
     Returns arrays of shape ``[N]``: ``log_px_nats`` and the estimator's diagnostics,
     ``bpd`` when the decoder is a normalised pmf over 8-bit values, and ``labels``, with
@@ -45,7 +48,8 @@ def log_px(run_dir: str | Path, dataset: str, split: str = "test", *, estimator:
     options = check_options(fn, estimator_options or {}, "estimator", estimator, ("model", "x", "generator"))
     return compute_feature(run_dir, dataset, split, "log_px", {"estimator": estimator, "estimator_options": options},
                            data_dir=data_dir, limit=limit, batch_size=batch_size, device=device, seed=seed,
-                           conform=conform, allow_sample=allow_sample, reuse=reuse, progress=progress)
+                           conform=conform, allow_sample=allow_sample, reuse=reuse, progress=progress,
+                           skip_bad=skip_bad)
 
 
 def log_px_meta(estimates: dict[str, np.ndarray]) -> dict:

@@ -29,7 +29,7 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
                      limit: int | None = None, start: int | None = None, stop: int | None = None,
                      batch_size: int | None = None, device: str = "cpu", seed: int = 0, conform: str | None = None,
                      allow_sample: bool = False, reuse: bool = True, progress: bool | None = None,
-                     shared_cache: str | Path | None = None) -> dict:
+                     shared_cache: str | Path | None = None, skip_bad: bool = False) -> dict:
     """The features ``needs`` of images ``[start, stop)`` (or the first ``limit``) of
     ``dataset/split`` under the run's model, each cached in ``RUN/features/`` (see
     :func:`compute_feature` for the cache key).
@@ -39,6 +39,7 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
     computes ``log_px`` with another run's model, cached in that run, and returns its
     outputs as ``"background/log_px_nats"``, ...). ``shared_cache``: a folder where the features
     that do not use the model are cached instead, for every run given it (:func:`compute_feature`).
+    ``skip_bad``: skip a folder's unusable files instead of refusing it.
 
     Returns a flat dict: every output ``[N]`` (e.g. ``log_px_nats``, ``bpd``,
     ``mu_z_norm``, ``png_bits``), ``labels`` ``[N]`` and ``meta``: ``{key: metadata}``
@@ -56,7 +57,7 @@ def compute_features(run_dir: str | Path, dataset: str, split: str = "test",
         source = sources.setdefault(str(where), Source(where, device))
         source.sha256  # noqa: B018  a missing checkpoint is reported before any data is read
         if data is None:
-            data = run_dataset(Path(run_dir), dataset, split, data_dir, allow_sample, conform)
+            data = run_dataset(Path(run_dir), dataset, split, data_dir, allow_sample, conform, skip_bad)
         result = compute_feature(where, dataset, split, name, producer, data_dir=data_dir, limit=limit, start=start,
                                  stop=stop, batch_size=batch_size, device=device, seed=seed, conform=conform,
                                  allow_sample=allow_sample, reuse=reuse, progress=progress,

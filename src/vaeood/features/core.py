@@ -228,25 +228,26 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
                     start: int | None = None, stop: int | None = None, batch_size: int | None = None,
                     device: str = "cpu", seed: int = 0, conform: str | None = None, allow_sample: bool = False,
                     reuse: bool = True, progress: bool | None = None, shared_cache: str | Path | None = None,
-                    _source: Source | None = None, _data=None) -> dict[str, np.ndarray]:
+                    skip_bad: bool = False, _source: Source | None = None, _data=None) -> dict[str, np.ndarray]:
     """One feature of images ``[start, stop)`` (or the first ``limit``) of ``dataset/split``,
     cached in ``RUN/features/`` (or ``shared_cache``: :mod:`vaeood.features.cache`); returns its arrays
     ``[N]``, ``labels`` and ``meta`` (a JSON string; read it with :func:`feature_meta`).
 
     Images of another shape than the model's are refused (:class:`ShapeMismatchError`) unless
-    ``conform`` is ``"pad"`` or ``"resize"`` (:mod:`vaeood.data.conform`; recorded in ``meta["conform"]``)
-    or the feature does not use the model (``uses_model = False``: a backbone's, of images as they are).
-    """
+    ``conform`` (default: the run's recorded ``data.conform``) is ``"pad"`` or ``"resize"`` (recorded in
+    ``meta["conform"]``) or the feature does not use the model (a backbone's, of images as they are)."""
     run_dir = Path(run_dir)
     fn = FEATURES.get(name)
     options = canonical_options(fn, check_options(fn, options or {}, "feature", name, SUPPLIED))
     if conform is not None:
         CONFORMS.get(conform)  # an unknown conform is refused before any work
+    conform = Run(run_dir).conform_for(conform)  # the run's recorded transform by default
     source = _source or Source(run_dir, device)
     uses_model = getattr(fn, "uses_model", True)
     seed_key = seed if getattr(fn, "draws_noise", True) else None  # features.cache's docstring
     ckpt_sha = source.sha256  # a missing or unreadable checkpoint is reported before any data is read
-    data = _data if _data is not None else run_dataset(run_dir, dataset, split, data_dir, allow_sample, conform)
+    data = _data if _data is not None else run_dataset(run_dir, dataset, split, data_dir, allow_sample, conform,
+                                                       skip_bad)
     begin, end = _slice(len(data.images), limit, start, stop)
     images = data.images[begin:end]
     key = {"format": FORMAT, "feature": name, "feature_options": options, "dataset": data.name,
@@ -285,18 +286,20 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
 
 
 def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, allow_sample: bool,
-                conform: str | None = None):
+                conform: str | None = None, skip_bad: bool = False):
     """``dataset/split`` read from ``data_dir``, or when None from the run's own data dir
     (as score() always did). The run's own training split is read as training read it (a
     folder with the run's ``data.conform``/``data.skip_bad``); another folder with ``conform``
+    (default: the run's recorded transform) and its bad files refused unless ``skip_bad``
     (see :func:`vaeood.data.load.load_for_run`)."""
     run = Run(run_dir)
     data_config = run.config.data if (run.path / CONFIG_NAME).exists() else None
     config_dir = data_config.data_dir if data_config is not None and data_dir is None else None
     if data_config is None:
-        return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, conform=conform)
+        return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, conform=conform,
+                            skip_bad=skip_bad)
     return load_for_run(data_config, dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample,
-                        conform=conform)
+                        conform=run.conform_for(conform), skip_bad=skip_bad)
 
 
 def _conform_to_model(images: np.ndarray, model, conform: str | None, data, run_dir: Path, uses_model: bool = True):

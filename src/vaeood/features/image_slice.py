@@ -12,7 +12,8 @@ from dataclasses import dataclass
 class ImageSlice:
     """Images ``[start, stop)`` (or the first ``limit``) of ``dataset/split``, read from
     ``data_dir`` (None: the run's own, or the default search), the bundled sample allowed
-    when ``allow_sample``, conformed to the model by ``conform`` (``"pad"``/``"resize"``) if asked."""
+    when ``allow_sample``, conformed to the model by ``conform`` (``"pad"``/``"resize"``) if asked, a folder's
+    unusable files skipped with ``skip_bad``."""
 
     dataset: str
     split: str = "test"
@@ -22,8 +23,9 @@ class ImageSlice:
     data_dir: str | None = None
     allow_sample: bool = False
     conform: str | None = None
+    skip_bad: bool = False
 
     def where(self) -> dict:
         """The keyword arguments of :func:`vaeood.features.compute_features` that name these images."""
         return {"data_dir": self.data_dir, "start": self.start, "stop": self.stop, "limit": self.limit,
-                "allow_sample": self.allow_sample, "conform": self.conform}
+                "allow_sample": self.allow_sample, "conform": self.conform, "skip_bad": self.skip_bad}

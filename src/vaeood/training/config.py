@@ -116,6 +116,11 @@ def _dataset_name_problem(text: str) -> str | None:
                                         "of PNG/JPEG images given as a path with a '/', e.g. './images'")
 
 
+def _image_size_problem(value: list) -> str | None:
+    ok = len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    return None if ok else "must be [H, W]: two whole numbers ≥ 1"
+
+
 def _path_problem(text: str) -> str | None:
     return "must be a folder path (not empty, no NUL character)" if not text or "\0" in text else None
 
@@ -161,6 +166,9 @@ class DataConfig:
     conform: str | None = _rule(Rule(choices=("pad", "resize")), default=None)
     # folder datasets only: skip unusable files (logged, listed in the checkpoint's train_data) instead of refusing
     skip_bad: bool = False
+    # folder datasets only: the working resolution [H, W] every image is conformed to by data.conform
+    # (vaeood fit chooses it from the folder, data/working_size.py); None: the folder's most common size
+    image_size: list | None = _rule(Rule(check=_image_size_problem), default=None)
 
 
 @dataclass

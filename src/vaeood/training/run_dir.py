@@ -7,6 +7,7 @@ training split divides: the first :func:`training_count` images trained on, the 
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from .run import load_model
 from ..data.checksums import file_hexdigest
 
 CONFIG_NAME = "config.json"
+
+log = logging.getLogger(__name__)
+_TOLD: set[tuple[str, str]] = set()  # (run, conform) said once in a process
 
 
 def training_count(data_config, n: int) -> int:
@@ -80,6 +84,20 @@ class Run:
     @cached_property
     def model(self):
         return load_model(self.path, self.device)[0]
+
+    def conform_for(self, conform: str | None) -> str | None:
+        """The conform that brings images to this run's shape: ``conform`` when given (``--pad``/
+        ``--resize``), else the run's recorded transform (``data.conform``, how training brought
+        its photos to its working size), said once per run in a process; None for a run without
+        a config or a recorded transform."""
+        if conform is not None or not (self.path / CONFIG_NAME).exists() or self.config.data.conform is None:
+            return conform
+        recorded = self.config.data.conform
+        if (str(self.path), recorded) not in _TOLD:
+            _TOLD.add((str(self.path), recorded))
+            log.info("images of another shape than the model's are brought to it by its recorded transform, %s "
+                     "(data.conform of %s; --pad/--resize to choose another)", recorded, self.path)
+        return recorded
 
     def training_count(self, split_size: int) -> int:
         return training_count(self.config.data, split_size)

@@ -14,8 +14,8 @@ classes and of others) and optionally ``classes.tsv`` (wnid, words, in_train). I
   drawn without replacement with the fixed seed :data:`NEAR_SAMPLE_SEED` from the file list
   alone, never from any score; labels K + the class's index among the other classes.
 
-Grey photos (mode L) become RGB by repeating their channel (the folder reader's conform,
-:func:`vaeood.data.conform.convert_channels`): how many, per folder, is recorded, and the
+Grey photos (mode L) become RGB by repeating their channel (the folder reader's mode rule,
+:mod:`vaeood.data.decode`): how many, per folder, is recorded, and the
 grey photos (R = G = B in every pixel) of each written set are counted. Provenance is names
 and SHA-256 digests (of the folder's names and bytes, and of each set's pixels), never the
 folder's path.
@@ -126,4 +126,4 @@ def _digest(d) -> str:
 
 
 def _converted(d) -> int:
-    return int(d.folder["conform"]["changed"])
+    return int(d.folder["converted"].get("grey → RGB", 0))
