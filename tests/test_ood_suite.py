@@ -95,7 +95,7 @@ def test_report_figures_notes_and_no_machine_paths(suite):
     assert list(default) == pairs and all(d["interval"][0] <= d["auroc"] <= d["interval"][1] for d in default.values())
     assert "`fused_content`, the detector to pick, on every pair" in report
     assert list(metrics["verdict"]["pixel"]) == pairs  # `fused`, the pixel view, beside it
-    assert "and `fused`, its pixel view alone" in report and "pretrained on ImageNet" in report
+    assert "`fused`, its pixel view alone" in report and "pretrained on ImageNet" in report
     assert all("95% interval" in line for line in metrics["verdict"]["lines"] if line.startswith("Best on"))
     text = (out / "metrics.json").read_text() + report
     assert str(out.parent) not in text  # neither the output folder nor the data folder's absolute path

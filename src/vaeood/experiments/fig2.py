@@ -69,6 +69,7 @@ class Preset:
     variant_overrides: dict[str, dict[str, str]] = field(default_factory=dict)
     n_boot: int = N_BOOT
     note: str = ""  # what the budget leaves out, for the report
+    feature_limits: tuple = (None, None)  # the feature panel's training images, test images a set (None: all)
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ EXPERIMENTS.register("fig2a")(Fig2Experiment(
     models={"keras_blog": KERAS_BLOG, **TWO_DECODERS}, descriptions=DESCRIPTIONS,
     presets={
         "quick": Preset({"data.name": "fashion_mnist", "data.limit": "20000", "train.epochs": "4"},
-                        allow_sample=True,
+                        allow_sample=True, feature_limits=(10000, 2000),
                         variant_overrides={"keras_blog": {"data.limit": "30000", "train.epochs": "5"}},
                         note="CPU quick preset (minutes on 2 cores): 3 seeds per variant; the conv variants "
                              "train on the first 20,000 Fashion-MNIST training images for 4 epochs, "
@@ -310,6 +311,7 @@ EXPERIMENTS.register("fig2b")(Fig2Experiment(
     models=TWO_DECODERS, descriptions=DESCRIPTIONS,
     presets={
         "quick": Preset({"data.name": "cifar10", "train.epochs": "5", "model.base_channels": "32"}, score_limit=2000,
+                        feature_limits=(10000, 2000),
                         note="CPU quick preset: 3 seeds; all 50,000 CIFAR-10 training images × 5 epochs at base "
                              "width 32 (about 8 min of training for the 6 runs on 2 quiet cores, scaled from 93 s "
                              "measured on 10,000 images); ELBO on the first 2,000 images of each test set."),

@@ -92,8 +92,11 @@ def feature_panel(exp, out_dir: Path, pre, score_kwargs: dict) -> dict:
         meta = feature_meta(f)
         return np.asarray(f[FEATURE_KEY], dtype=np.float64), {k: meta[k] for k in ("n", "source", "is_sample")}
 
-    train, train_meta = rows(exp.in_dataset, "train", trained)
-    test = {name: rows(name, "test", score_kwargs["limit"]) for name in (exp.in_dataset, *exp.ood_datasets)}
+    # the preset may read fewer images than the pixel panel: the backbone's pass is the panel's cost
+    n_train, n_test = pre.feature_limits
+    train, train_meta = rows(exp.in_dataset, "train", min(trained, n_train or trained))
+    n_test = min(x for x in (n_test, score_kwargs["limit"]) if x) if n_test or score_kwargs["limit"] else None
+    test = {name: rows(name, "test", n_test) for name in (exp.in_dataset, *exp.ood_datasets)}
     models, first = {}, {}
     for name, density in DENSITIES.items():
         seeds = pre.seeds if density.seeded else pre.seeds[:1]
@@ -116,7 +119,8 @@ def feature_panel(exp, out_dir: Path, pre, score_kwargs: dict) -> dict:
     backbone = get_backbone(DEFAULT_BACKBONE)
     return {"backbone": {"name": backbone.name, "size": DEFAULT_SIZE, "feature_dim": backbone.feature_dim,
                          "pretrained_on": backbone.pretrained_on},
-            "train": {"dataset": exp.in_dataset, "split": "train", "range": [0, trained], **train_meta},
+            "train": {"dataset": exp.in_dataset, "split": "train", "range": [0, train_meta["n"]],
+                      "pixel_models_trained_on": trained, **train_meta},
             "datasets": {d: meta for d, (_, meta) in test.items()},
             "verdict": {f"{name}/{o}": s["auroc"]["text"]
                         for name, m in models.items() for o, s in m["summary"].items()},
@@ -142,9 +146,13 @@ def feature_section(out: dict, level: str) -> list[str]:
             f"The study's likelihood test asked of what the images show: the pooled features of the pretrained "
             f"`{b['name']}` at {b['size']}×{b['size']} ({b['feature_dim']} features; its weights were trained on "
             f"{b['pretrained_on']}{saw}), of the first "
-            f"{train['range'][1]:,} {train['dataset']} training images (every image the pixel models trained on), "
-            "the in-distribution test set and each OOD set. The backbone brings any image to its input itself (grey "
-            "repeated to RGB, bilinear resize), so every set is scored as it is, without padding. A density fitted "
+            f"{train['range'][1]:,} {train['dataset']} training images ("
+            + ("every image the pixel models trained on" if train["range"][1] >= train["pixel_models_trained_on"]
+               else f"of the {train['pixel_models_trained_on']:,} the pixel models trained on, to keep the backbone's "
+                    "pass short")
+            + "), the in-distribution test set and each OOD set (images a set: the table below). The backbone "
+            "brings any image to its input itself (grey repeated to RGB, bilinear resize), so every set is scored "
+            "as it is, without padding. A density fitted "
             "on the training features only gives log p_feature(x) in nats; the verdict is the pixel panel's rule on "
             "−log p_feature(x), OOD positive (pixel rows: mean ± sd over the seeds). The Gaussian is deterministic: "
             "one fit, so its interval resamples the test images only.", "",
