@@ -264,12 +264,36 @@ def summarise(times: dict[str, list[float]], work: dict[str, float], unit: str =
     return out
 
 
+def gemm_gflops(fn, size: int, repeat: int, reps: int, device) -> dict:
+    for _ in range(2):
+        fn()
+    sync(device)
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        sync(device)
+        samples.append(repeat * 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return {"median": statistics.median(samples), "max": max(samples), "samples": samples}
+
+
+def onednn_peak_gflops(size: int, repeat: int, reps: int) -> dict | None:
+    try:
+        from torch.utils import mkldnn
+
+        layer = mkldnn.to_mkldnn(torch.nn.Linear(size, size, bias=False))
+        x = torch.randn(size, size).to_mkldnn()
+        with torch.no_grad():
+            return gemm_gflops(lambda: layer(x), size, repeat, reps, "cpu")
+    except Exception as err:  # oneDNN not built in
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
 def peak_probe(device="cpu", size: int = 1024, repeat: int = 4, reps: int = 3) -> dict[str, float]:
     """Quick fp32 GEMM GFLOP/s now (best of ``reps``): ``mm`` (torch.mm) and, on CPUs,
     ``onednn`` (the same GEMM through oneDNN). Benchmarks call it once per round so that a
     workload's fraction of peak is taken against the peak under the same machine load."""
-    from flops import gemm_gflops, onednn_peak_gflops
-
     device = torch.device(device)
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)

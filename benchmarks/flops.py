@@ -24,9 +24,6 @@ measured throughput x FLOPs/image by both.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -37,32 +34,6 @@ def count(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
-
-
-def gemm_gflops(fn, size: int, repeat: int, reps: int, device) -> dict:
-    for _ in range(2):
-        fn()
-    common.sync(device)
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        for _ in range(repeat):
-            fn()
-        common.sync(device)
-        samples.append(repeat * 2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return {"median": statistics.median(samples), "max": max(samples), "samples": samples}
-
-
-def onednn_peak_gflops(size: int, repeat: int, reps: int) -> dict | None:
-    try:
-        from torch.utils import mkldnn
-
-        layer = mkldnn.to_mkldnn(torch.nn.Linear(size, size, bias=False))
-        x = torch.randn(size, size).to_mkldnn()
-        with torch.no_grad():
-            return gemm_gflops(lambda: layer(x), size, repeat, reps, "cpu")
-    except Exception as err:  # oneDNN not built in
-        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def flops_per_image(k: int = 1000, device="cpu") -> dict[str, float]:
@@ -93,8 +64,8 @@ def main(argv=None) -> dict:
     info = common.machine_info(a.device)
     per_image = flops_per_image(a.k, device)
     x, y = torch.randn(a.mm_size, a.mm_size, device=device), torch.randn(a.mm_size, a.mm_size, device=device)
-    peak = gemm_gflops(lambda: torch.mm(x, y), a.mm_size, a.mm_repeat, a.reps, device)
-    onednn = onednn_peak_gflops(a.mm_size, a.mm_repeat, a.reps) if device.type == "cpu" else None
+    peak = common.gemm_gflops(lambda: torch.mm(x, y), a.mm_size, a.mm_repeat, a.reps, device)
+    onednn = common.onednn_peak_gflops(a.mm_size, a.mm_repeat, a.reps) if device.type == "cpu" else None
     one = (f"fp32 oneDNN GEMM: best {onednn['max']:.1f} GFLOP/s (median {onednn['median']:.1f})"
            if onednn and "max" in onednn else "")
     return common.finish("flops", {

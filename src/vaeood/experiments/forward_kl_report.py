@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -15,10 +14,6 @@ from ..evaluation.report import interval_text, markdown_table, pm
 from .common import machine_words
 from .forward_kl_stats import ABLATED, METRICS
 from .timing import load_text
-
-if TYPE_CHECKING:
-    from .forward_kl import ForwardKLExperiment
-
 
 def _save(fig: Figure, path: Path) -> str:
     buf = io.BytesIO()
@@ -71,12 +66,13 @@ def write_figures(out_dir: Path, out: dict, bpd: dict, in_name: str, ood_name: s
     return figures
 
 
-def render_report(exp: ForwardKLExperiment, out: dict) -> str:
-    """``report.md``: set-up and verdict, the results tables, definitions, figures and caveats."""
+def render_report(exp, out: dict) -> str:
+    """``report.md`` of ``exp`` (a :class:`.forward_kl.ForwardKLExperiment`): set-up and verdict, the
+    results tables, definitions, figures and caveats."""
     return "\n".join(_report_setup(exp, out) + _report_results(out) + _report_notes(out))
 
 
-def _report_setup(exp: ForwardKLExperiment, out: dict) -> list[str]:
+def _report_setup(exp, out: dict) -> list[str]:
     """The report's title, provenance, set-up, and hypothesis with its verdict."""
     s, verdict = out["settings"], out["verdict"]
     opts = s["estimator_options"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from ...detectors import DETECTORS
@@ -13,11 +11,8 @@ from .presets import SUITE_DETECTORS
 from .report_parts import backbone_lines, default_table, photo_lines
 from .summary import FAIL_BELOW, WEAK_BELOW, decision_summary, pm
 
-if TYPE_CHECKING:
-    from .suite import OODSuite
-
-
-def render_report(exp: OODSuite, out: dict) -> str:
+def render_report(exp, out: dict) -> str:
+    """``report.md`` of the suite ``exp`` (an :class:`.suite.OODSuite`; its title) from its ``out``."""
     families = out["families"]
     samples = [f"{k} ({d['source']})" for f in families.values() for k, d in f["data"].items() if d["is_sample"]]
     lines = report_header(exp.title, out, samples)
