@@ -53,7 +53,7 @@ from .decisions.conformal import decide, p_values
 from .decisions.fitted_detector import fitted_path
 from .detectors import DETECTORS
 from .image_arrays import as_images
-from .infra.atomic import atomic_write_text
+from .infra.atomic import atomic_write, atomic_write_text
 from .infra.runlock import LOCK_NAME
 from .training.checkpoint import CHECKPOINT_NAME
 from .training.run_dir import CONFIG_NAME, Run
@@ -113,7 +113,8 @@ class ImageOODDetector(BaseEstimator):
             images = as_images(X, channels=self.channels, value_range=self.value_range)
             data_dir = run_dir / DATA_FOLDER
             data_dir.mkdir(parents=True, exist_ok=True)
-            np.savez(data_dir / f"{ARRAY_DATASET}_train.npz", x=images, y=np.zeros(len(images), dtype=np.int64))
+            atomic_write(data_dir / f"{ARRAY_DATASET}_train.npz",
+                         lambda f: np.savez(f, x=images, y=np.zeros(len(images), dtype=np.int64)))
             source = ARRAY_DATASET
         done = pipeline.fit(source, run_dir, overrides=settings, detector=self.detector,
                             data_dir=None if data_dir is None else str(data_dir), device=self.device)
