@@ -299,7 +299,7 @@ def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, a
         return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, conform=conform,
                             skip_bad=skip_bad)
     return load_for_run(data_config, dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample,
-                        conform=run.conform_for(conform), skip_bad=skip_bad)
+                        conform=run.conform_for(conform), skip_bad=skip_bad, run_dir=run_dir)
 
 
 def _conform_to_model(images: np.ndarray, model, conform: str | None, data, run_dir: Path, uses_model: bool = True):
