@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from tinydata import blobs, strokes
-from vaeood.data import folder_cache
+from vaeood.data import folder_cache, image_folder
 from vaeood.data.image_folder import load_image_folder
 from vaeood.training.checkpoint import load_checkpoint
 from vaeood.training.run import MappedImages, to_tensor
@@ -41,6 +41,8 @@ def test_a_folder_decoded_to_disk_is_the_folder_read_into_memory_and_is_reused(t
 
     (array,) = cache.glob("*.npy")
     written = array.stat().st_mtime_ns
+    assert load_image_folder(folder, "train", conform="resize", cache_dir=cache).images is mapped.images  # the map
+    image_folder._CACHE.clear()  # a new process: the file on disk is reused
     again = load_image_folder(folder, "train", conform="resize", cache_dir=cache)
     assert array.stat().st_mtime_ns == written and again.folder == mapped.folder  # reused, not decoded again
     np.testing.assert_array_equal(again.images, in_memory.images)
@@ -78,3 +80,18 @@ def test_training_from_the_mapped_folder_gives_the_weights_of_the_array(tmp_path
     assert not (tmp_path / "memory" / "cache").exists()
     a, b = (load_checkpoint(tmp_path / name)["model"] for name in ("mapped", "memory"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_mapped_array_is_digested_and_summarised_in_parts_as_the_array_in_memory(tmp_path):
+    import hashlib
+
+    from vaeood.features import images_digest, pixel_stats
+
+    images = np.random.default_rng(1).integers(0, 256, (5000, 4, 3, 3), dtype=np.uint8)  # three parts of 2,048
+    np.save(tmp_path / "x.npy", images)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    whole = hashlib.sha256(repr((images.shape, "uint8")).encode() + images.tobytes()).hexdigest()
+    assert images_digest(mapped) == images_digest(images) == whole
+    x = images / 255.0
+    summary = pixel_stats(mapped)
+    np.testing.assert_allclose([summary["pixel_mean"], summary["pixel_var"]], [x.mean(), x.var()], rtol=1e-12)

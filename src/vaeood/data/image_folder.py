@@ -124,7 +124,8 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
                         "one subfolder per class)")
     n_files = len(entries) + len(bad)
     size = tuple(size) if size is not None else None
-    key = (str(path.resolve()), conform, skip_bad, size, _state(entries), tuple(bad), tuple(hidden))
+    key = (str(path.resolve()), conform, skip_bad, size, _state(entries), tuple(bad), tuple(hidden),
+           str(cache_dir))
     cached = _CACHE.get(key)
     if cached is not None:
         log.debug("%s: unchanged since read (same names, sizes and modification times): reusing it", given)
@@ -140,7 +141,7 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
         raise DataError(f"{given}: none of its {n_files} files is a usable image")
     read = _describe(given, title, images, names, items, classes, target, conform, from_shapes, converted, bad,
                      hidden, digest if len(names) == len(items) else None)
-    if images.nbytes <= CACHE_BYTES and cache_dir is None:
+    if images.nbytes <= CACHE_BYTES or isinstance(images, np.memmap):
         _CACHE[key] = read
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
@@ -190,7 +191,8 @@ def _describe(given, title, images, names, items, classes, target, conform, from
 # Repeated loads of one folder in a process (train, then fitting data and calibration) reuse
 # its arrays while every file keeps its name, size, modification time and inode, as npz
 # files are reused (load._read_npz). Only folders up to CACHE_BYTES are kept: the cache and
-# the caller's copy hold the images twice, which a large folder must not be.
+# the caller's copy hold the images twice, which a large folder must not be; a folder decoded to
+# disk (cache_dir) is kept as its read-only memory map, never copied.
 CACHE_BYTES = 256 << 20
 _CACHE_SIZE = 2
 _CACHE: dict = {}
@@ -208,6 +210,7 @@ def _state(entries: list[tuple[str, Path]]) -> tuple:
 
 
 def _image_set(read: dict, split: str, copy: bool = True) -> ImageSet:
+    copy = copy and not isinstance(read["images"], np.memmap)  # read-only, on disk: shared, never copied
     images, labels = (read["images"].copy(), read["labels"].copy()) if copy else (read["images"], read["labels"])
     return ImageSet(read["name"], split, images, labels, source=read["source"], files=read["files"],
                     folder=copy_record(read["folder"]))
