@@ -62,10 +62,10 @@ class MappedImages:
     """The training images of a memory-mapped folder (:mod:`vaeood.data.folder_cache`) as
     training indexes them: ``images[index]`` is the batch :func:`to_tensor` of the whole array
     would give (uint8 NCHW, contiguous, on ``device``: the same bits), read from the file. The
-    pages read are given back every :attr:`RELEASE_EVERY` batches, so resident memory is
+    pages read are given back every :attr:`RELEASE_EVERY` batches (8: a few MB), so resident memory is
     bounded by those batches, not by the folder."""
 
-    RELEASE_EVERY = 64
+    RELEASE_EVERY = 8
 
     def __init__(self, images: np.memmap, device: torch.device | str = "cpu"):
         self.images, self.device, self.reads = images, device, 0
