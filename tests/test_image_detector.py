@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 import vaeood
 from tinydata import blobs, strokes
 from vaeood.cli import main
+from vaeood.data.conform import conform_images
 from vaeood.data.errors import DataError
 from vaeood.image_arrays import as_images
 from vaeood.image_detector import SavedDetectorError
@@ -143,8 +145,9 @@ def test_an_unfitted_detector_says_so():
 
 
 @pytest.mark.slow
-def test_fit_on_a_folder_named_without_a_slash(tmp_path, monkeypatch):
+def test_fit_on_a_folder_named_without_a_slash(tmp_path, monkeypatch, caplog):
     """A folder (here ``photos``, no '/') is read as ``vaeood fit ./photos/`` reads it."""
+    caplog.set_level(logging.INFO, logger="vaeood.training.run_dir")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "photos").mkdir()
     for i, img in enumerate(blobs(200, 5, size=SIZE, channels=3)):
@@ -153,3 +156,8 @@ def test_fit_on_a_folder_named_without_a_slash(tmp_path, monkeypatch):
     assert det.n_images_ == 200 and det.image_shape_ == (3, SIZE, SIZE)
     assert json.loads((det.run_dir_ / "config.json").read_text())["data"]["name"] == "photos/"
     assert det.predict(_new_images()[6:]).all()  # strokes, far from the blobs
+    # an array of another size is scored after the run's recorded transform (resize), as detect scores it
+    big = np.stack(blobs(4, 7, size=2 * SIZE, channels=3))
+    scores = det.score_samples(big)
+    np.testing.assert_array_equal(scores, det.score_samples(conform_images(big, (3, SIZE, SIZE), "resize")))
+    assert sum("recorded transform, resize" in r.getMessage() for r in caplog.records) == 1  # said once

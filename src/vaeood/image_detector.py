@@ -46,6 +46,7 @@ from ._version import __version__
 from .data.checksums import file_hexdigest
 from .data.errors import DataError
 from .data.folder import conform_array
+from .data.folder_cache import CACHE_DIR
 from .data.image_folder import is_folder_name
 from .data.regular_files import open_regular_file
 from .decisions import calibrated_scorer, calibration_path, decision_scores, load_calibration
@@ -83,7 +84,9 @@ class ImageOODDetector(BaseEstimator):
             (N×C×H×W), ``"last"`` (N×H×W×C) or ``"none"`` (N×H×W grey).
         value_range: what the values of non-uint8 arrays mean, ``(0, 1)`` or ``(0, 255)``.
         conform: ``"pad"`` or ``"resize"`` images of another size or mode than the model's
-            (and, fitting on a folder, its images of another shape); None: refused.
+            (and, fitting on a folder, its images of another shape); None: the run's recorded
+            transform (``data.conform``: ``resize`` for a detector fitted on a folder of photos,
+            said once), as ``vaeood detect`` applies it; refused where there is none.
         overrides: other config settings, dotted: ``{"model.latent_dim": 32}``.
         run_dir: where ``fit`` trains the run; None: a temporary folder, removed with the object
             (keep it with :meth:`save`).
@@ -150,7 +153,8 @@ class ImageOODDetector(BaseEstimator):
             if path.exists() and (not path.is_dir() or any(path.iterdir())):
                 raise FileExistsError(f"save({str(path)!r}): {path} exists and is not an empty folder; choose a new "
                                       "folder (a saved detector is a whole run directory)")
-            shutil.copytree(self.run_dir_, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOCK_NAME))
+            skip = shutil.ignore_patterns(LOCK_NAME, CACHE_DIR)  # a folder's decoded copy is made again if needed
+            shutil.copytree(self.run_dir_, path, dirs_exist_ok=True, ignore=skip)
         manifest = {"format": FORMAT, "kind": "vaeood.ImageOODDetector", "vaeood_version": __version__,
                     "params": {k: v for k, v in self.get_params().items() if k != "run_dir"},
                     "detector": self.detector_, "image_shape": list(self.image_shape_), "n_images": self.n_images_,
@@ -196,8 +200,9 @@ class ImageOODDetector(BaseEstimator):
     def _scores(self, X) -> tuple[np.ndarray, dict]:  # noqa: N803
         """``vaeood detect``'s scores of ``X``, and the calibration record they are compared with."""
         scorer, record = self._ready()
+        conform = Run(self.run_dir_).conform_for(self.conform)  # the run's recorded transform by default, as detect
         images = conform_array(as_images(X, channels=self.channels, value_range=self.value_range), self.image_shape_,
-                               self.conform, "X")[0]
+                               conform, "X")[0]
         return decision_scores(scorer, record, images), record
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from .training.config import Config, ConfigError
@@ -62,12 +63,19 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
     if device != "cpu":
         settings["train.device"] = device
     config = Config().override(settings)
-    # read as training will read it (data.conform, data.skip_bad), to count what it holds
-    data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir)
-    n = len(data.images)
-    if n < MIN_IMAGES:
-        raise ConfigError(f"{data.source}: {n} images; vaeood fit needs at least {MIN_IMAGES} (a fifth of them is "
-                          "held out to fit and calibrate the detector)")
+    # read as training will read it (data.conform, data.skip_bad), to count what it holds; a folder is decoded
+    # into the run's cache/ once, for training and calibration to reuse (removed with a new out if refused)
+    new_out = not Path(out).exists()
+    try:
+        data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir, run_dir=out)
+        n = len(data.images)
+        if n < MIN_IMAGES:
+            raise ConfigError(f"{data.source}: {n} images; vaeood fit needs at least {MIN_IMAGES} (a fifth of them "
+                              "is held out to fit and calibrate the detector)")
+    except Exception:
+        if new_out:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     h = holdout_for(n)
     settings["data.holdout"] = str(h)
     config = config.override({"data.holdout": str(h)})

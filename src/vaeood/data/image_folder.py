@@ -66,6 +66,7 @@ from .conform import CONFORMS
 from .image_files import (_read_entries, _split_by_shape, decode_into, display_name, conform_record, list_entries,
                      refuse_or_warn_bad, warn_hidden)
 from .decode import conversion_text
+from .folder_cache import decode_to_disk
 from .imageset import ImageSet
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,8 @@ def order_key(name: str) -> tuple[str, str]:
 
 
 def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | None = None,
-                      skip_bad: bool = False, size: tuple[int, int] | None = None) -> ImageSet:
+                      skip_bad: bool = False, size: tuple[int, int] | None = None,
+                      cache_dir: str | os.PathLike | None = None) -> ImageSet:
     """The PNG/JPEG images of ``folder`` (optionally one subfolder per class) as one split.
 
     Args:
@@ -99,6 +101,9 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
             refusing the folder.
         size: ``(H, W)``, the run's working resolution (``data.image_size``), to which
             images of another size are conformed by ``conform``; None: the most common size.
+        cache_dir: decode the images chunk by chunk into a memory-mapped ``.npy`` file there
+            (a run's ``cache/``, :mod:`vaeood.data.folder_cache`), reused while the folder is
+            unchanged, so that memory is bounded by a chunk; None: into one array in memory.
     Raises:
         DataError: not a folder, no usable image, or bad files (each named with the
             reason) without ``skip_bad``.
@@ -119,7 +124,8 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
                         "one subfolder per class)")
     n_files = len(entries) + len(bad)
     size = tuple(size) if size is not None else None
-    key = (str(path.resolve()), conform, skip_bad, size, _state(entries), tuple(bad), tuple(hidden))
+    key = (str(path.resolve()), conform, skip_bad, size, _state(entries), tuple(bad), tuple(hidden),
+           str(cache_dir))
     cached = _CACHE.get(key)
     if cached is not None:
         log.debug("%s: unchanged since read (same names, sizes and modification times): reusing it", given)
@@ -128,14 +134,14 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
     bad += unread
     target, keep, odd = _split_by_shape(found, None, conform, bad, fit_to_common=True, size=size)
     items = sorted(keep + odd, key=lambda f: order_key(f.name))
-    images, names, from_shapes, converted = decode_into(items, target, conform, bad)
+    images, names, from_shapes, converted, digest = _decode(items, target, conform, bad, cache_dir, skip_bad)
     refuse_or_warn_bad(given, bad, n_files, skip_bad,
                        "set data.skip_bad=true (--data.skip_bad=true; skip_bad=True in Python)")
     if not len(names):
         raise DataError(f"{given}: none of its {n_files} files is a usable image")
     read = _describe(given, title, images, names, items, classes, target, conform, from_shapes, converted, bad,
-                     hidden)
-    if images.nbytes <= CACHE_BYTES:
+                     hidden, digest if len(names) == len(items) else None)
+    if images.nbytes <= CACHE_BYTES or isinstance(images, np.memmap):
         _CACHE[key] = read
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
@@ -143,13 +149,24 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
     return _image_set(read, split, copy=False)
 
 
+def _decode(items, target, conform, bad, cache_dir, skip_bad):
+    """:func:`decode_into`'s result, into memory or (``cache_dir``) into a memory-mapped file there
+    (:mod:`vaeood.data.folder_cache`, keyed by the digest of the files to decode), and that digest (None
+    in memory: :func:`_describe` computes it)."""
+    if cache_dir is None:
+        return (*decode_into(items, target, conform, bad), None)
+    digest = _digest([(f.name, f.path) for f in items])
+    return (*decode_to_disk(items, target, conform, bad, Path(cache_dir), digest, skip_bad), digest)
+
+
 def _describe(given, title, images, names, items, classes, target, conform, from_shapes, converted, bad,
-              hidden) -> dict:
-    """The labels, source, digest and provenance record of the images read from a folder."""
+              hidden, digest: str | None = None) -> dict:
+    """The labels, source, digest (``digest`` when known) and provenance record of the images read from a
+    folder."""
     shape = (target[2], target[0], target[1])
     fitted = conform_record(from_shapes, shape, conform, given) if from_shapes else None
     by_name = {f.name: f for f in items}
-    digest = _digest([(n, by_name[n].path) for n in names])
+    digest = digest or _digest([(n, by_name[n].path) for n in names])
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[n.split("/", 1)[0]] for n in names] if classes else
                       [UNLABELLED] * len(names), dtype=np.int64)
@@ -174,7 +191,8 @@ def _describe(given, title, images, names, items, classes, target, conform, from
 # Repeated loads of one folder in a process (train, then fitting data and calibration) reuse
 # its arrays while every file keeps its name, size, modification time and inode, as npz
 # files are reused (load._read_npz). Only folders up to CACHE_BYTES are kept: the cache and
-# the caller's copy hold the images twice, which a large folder must not be.
+# the caller's copy hold the images twice, which a large folder must not be; a folder decoded to
+# disk (cache_dir) is kept as its read-only memory map, never copied.
 CACHE_BYTES = 256 << 20
 _CACHE_SIZE = 2
 _CACHE: dict = {}
@@ -192,6 +210,7 @@ def _state(entries: list[tuple[str, Path]]) -> tuple:
 
 
 def _image_set(read: dict, split: str, copy: bool = True) -> ImageSet:
+    copy = copy and not isinstance(read["images"], np.memmap)  # read-only, on disk: shared, never copied
     images, labels = (read["images"].copy(), read["labels"].copy()) if copy else (read["images"], read["labels"])
     return ImageSet(read["name"], split, images, labels, source=read["source"], files=read["files"],
                     folder=copy_record(read["folder"]))

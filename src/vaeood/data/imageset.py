@@ -63,8 +63,10 @@ class ImageSet:
                 f"{where}: {len(images)} images but {len(labels)} labels; they must match"
             )
         # Frozen dataclass: normalise through object.__setattr__. No copy when the array
-        # is already contiguous, which is the case for every loader in this package.
-        object.__setattr__(self, "images", np.ascontiguousarray(images))
+        # is already contiguous, which is the case for every loader in this package; a
+        # memory-mapped folder (vaeood.data.folder_cache) stays a np.memmap.
+        if not images.flags.c_contiguous:
+            object.__setattr__(self, "images", np.ascontiguousarray(images))
         object.__setattr__(self, "labels", np.ascontiguousarray(labels))
 
     def provenance(self) -> dict:

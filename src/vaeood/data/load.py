@@ -31,6 +31,7 @@ from ..infra.deprecated import renamed_keywords
 from ..infra.registry import did_you_mean
 from .errors import DataError, DatasetNotFoundError
 from .checksums import named_sha256
+from .folder_cache import CACHE_DIR
 from .image_folder import is_folder_name, load_image_folder
 from .imageset import ImageSet
 from .locate import ENV_VAR, candidate_folders, refuse_broken_links, search_dirs, user_dirs
@@ -46,7 +47,7 @@ _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names become file names: no
 @renamed_keywords(fit="conform")  # its name until 0.2
 def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False,
                  allow_sample: bool = False, *, conform: str | None = None, skip_bad: bool = False,
-                 image_size: tuple[int, int] | None = None) -> ImageSet:
+                 image_size: tuple[int, int] | None = None, cache_dir: str | os.PathLike | None = None) -> ImageSet:
     """Split ``split`` of dataset ``name`` as uint8 NHWC images and int64 labels.
 
     Args:
@@ -59,8 +60,9 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
             :mod:`vaeood.data.image_folder`): ``"pad"``/``"resize"`` images of another
             shape than the folder's most common, and skip bad files instead of refusing the
             folder; ``image_size`` ``(H, W)``: the size to conform them to (default: the
-            folder's most common). A folder is one split: ``split`` is recorded, not used to find files;
-            ``data_dir``, ``download`` and ``allow_sample`` do not apply to it.
+            folder's most common); ``cache_dir``: decode it chunk by chunk into a memory-mapped
+            file there (:mod:`vaeood.data.folder_cache`). A folder is one split: ``split`` is
+            recorded, not used to find files; ``data_dir``, ``download`` and ``allow_sample`` do not apply to it.
     Raises:
         DataError: a file found is corrupt, of the wrong format or fails its published MD5
             (never silently skipped: a broken file must be fixed).
@@ -71,7 +73,8 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         if not isinstance(split, str) or not _WORD.fullmatch(split):
             raise DataError(f"load_dataset: split={split!r} must be a plain word such as 'train' "
                             "(letters, digits, _ . -)")
-        return load_image_folder(name, split, conform=conform, skip_bad=skip_bad, size=image_size)
+        return load_image_folder(name, split, conform=conform, skip_bad=skip_bad, size=image_size,
+                                 cache_dir=cache_dir)
     return _load_named(name, split, data_dir, download, allow_sample)
 
 
@@ -143,13 +146,15 @@ def _load_named(name: str, split: str, data_dir, download: bool, allow_sample: b
 
 def load_for_run(data_config, dataset: str | None = None, split: str | None = None,
                  data_dir: str | os.PathLike | None = None, *, allow_sample: bool | None = None,
-                 conform: str | None = None, skip_bad: bool = False) -> ImageSet:
+                 conform: str | None = None, skip_bad: bool = False,
+                 run_dir: str | os.PathLike | None = None) -> ImageSet:
     """``dataset/split`` (default: the run's training split) as a run reads it. The run's
     own training split is read with the run's ``data.conform`` and ``data.skip_bad``, so that
     a folder gives the images, order and count that training saw (and held out); any other
     folder with ``conform`` (scoring's ``--pad``/``--resize``) and its bad files refused unless ``skip_bad``
     (``--skip-bad``).
-    ``data_config``: the run's :class:`~vaeood.training.config.DataConfig`, or None."""
+    ``data_config``: the run's :class:`~vaeood.training.config.DataConfig`, or None. ``run_dir``:
+    a folder is decoded into ``RUN/cache/``, memory-mapped (:mod:`vaeood.data.folder_cache`)."""
     dataset = dataset if dataset is not None else data_config.name
     split = split if split is not None else data_config.split
     allow = data_config.allow_sample if allow_sample is None and data_config is not None else bool(allow_sample)
@@ -157,7 +162,8 @@ def load_for_run(data_config, dataset: str | None = None, split: str | None = No
     return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow,
                         conform=data_config.conform if own else conform,
                         skip_bad=data_config.skip_bad if own else skip_bad,
-                        image_size=data_config.image_size if own else None)
+                        image_size=data_config.image_size if own else None,
+                        cache_dir=Path(run_dir) / CACHE_DIR if run_dir is not None else None)
 
 
 def _load_from_folder(name: str, split: str, folder: Path,

@@ -17,7 +17,7 @@ def training_split(run: Run, data_dir: str | None):
     """The run's training split as found now, and where it was found."""
     config = run.config
     where = config.data.data_dir or data_dir  # as training and the detectors' fitting slice look for it
-    data = load_for_run(config.data, data_dir=where)
+    data = load_for_run(config.data, data_dir=where, run_dir=run.path)
     trained = run.train_data
     _check_same_folder(trained, data)
     if bool(trained.get("is_sample")) != data.is_sample:

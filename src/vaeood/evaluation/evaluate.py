@@ -302,7 +302,8 @@ def fit_detector(source, detector: str | Detector, options: Mapping | None = Non
             config = run_config(source)
             dataset, split = dataset or config.data.name, split or config.data.split
             check_fit_slice(source, dataset, split, start or 0, stop or 0)  # dataset and split first
-            data = load_for_run(config.data, dataset, split, data_dir=config.data.data_dir or data_dir)
+            data = load_for_run(config.data, dataset, split, data_dir=config.data.data_dir or data_dir,
+                                run_dir=source)
             default = heldout_slice(source, n=n_fit, data_dir=data_dir, data=data)
             start = default["start"] if start is None else start
             stop = min(len(data.images), start + (n_fit or len(data.images))) if stop is None else stop

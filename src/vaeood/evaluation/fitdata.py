@@ -31,7 +31,7 @@ def heldout_slice(run_dir: str | Path, *, n: int | None = None, offset: int = 0,
     images into the held-out part. Raises :class:`FitDataError` when nothing is held out."""
     config = run_config(run_dir)
     where = config.data.data_dir or data_dir
-    data = data or load_for_run(config.data, data_dir=where)
+    data = data or load_for_run(config.data, data_dir=where, run_dir=run_dir)
     total = len(data.images)
     first, last = heldout_range(config, total)
     start = first + int(offset)

@@ -49,6 +49,7 @@ from ..infra.atomic import atomic_write
 from ..infra.runlock import holds_run_lock
 from ..training.config import ConfigError
 from ..data import load_dataset
+from ..data.folder_cache import release
 from ..data.load import load_for_run
 from ..data.conform import CONFORMS, conform_images
 from ..inference.noise import ImageNoise
@@ -173,16 +174,33 @@ def images_digest(images: np.ndarray) -> str:
     the data part of a feature cache's key (``data_sha256``) and the digest of a
     calibration's images (``calibration_images_sha256``, :mod:`vaeood.decisions.calibration`)."""
     digest = hashlib.sha256(repr((images.shape, str(images.dtype))).encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
+    for part in _parts(images):  # the same bytes in turn: a large (memory-mapped) array is never copied whole
+        digest.update(np.ascontiguousarray(part).data)
     return digest.hexdigest()
+
+
+def _parts(images: np.ndarray, rows: int = 2048):
+    """``images`` ``rows`` at a time; a memory-mapped array's pages read are given back after each
+    (:func:`vaeood.data.folder_cache.release`)."""
+    for start in range(0, max(len(images), 1), rows):
+        yield images[start: start + rows]
+        release(images)
 
 
 def pixel_stats(images: np.ndarray) -> dict[str, float]:
     """Mean and variance of the pixel values on the [0, 1] scale (over all pixels and
     images): the study explains SVHN's high likelihood under a CIFAR-10 model by its
-    similar mean and smaller variance."""
-    x = images.astype(np.float64) / 255.0
-    return {"pixel_mean": float(x.mean()), "pixel_var": float(x.var())}
+    similar mean and smaller variance. A memory-mapped array (a folder, :mod:`vaeood.data.folder_cache`)
+    is summed in parts, exactly in integers (mean = Σv / 255n, variance = Σv² / 255²n − mean²)."""
+    if not isinstance(images, np.memmap):
+        x = images.astype(np.float64) / 255.0
+        return {"pixel_mean": float(x.mean()), "pixel_var": float(x.var())}
+    total = square = 0
+    for part in _parts(images):
+        values = part.astype(np.int64)
+        total, square = total + int(values.sum()), square + int((values * values).sum())
+    mean = total / (images.size * 255)
+    return {"pixel_mean": mean, "pixel_var": square / (images.size * 255.0 ** 2) - mean ** 2}
 
 
 def _slice(n: int, limit: int | None, start: int | None, stop: int | None) -> tuple[int, int]:
@@ -299,7 +317,7 @@ def run_dataset(run_dir: Path, dataset: str, split: str, data_dir: str | None, a
         return load_dataset(dataset, split, data_dir=data_dir, allow_sample=allow_sample, conform=conform,
                             skip_bad=skip_bad)
     return load_for_run(data_config, dataset, split, data_dir=data_dir or config_dir, allow_sample=allow_sample,
-                        conform=run.conform_for(conform), skip_bad=skip_bad)
+                        conform=run.conform_for(conform), skip_bad=skip_bad, run_dir=run_dir)
 
 
 def _conform_to_model(images: np.ndarray, model, conform: str | None, data, run_dir: Path, uses_model: bool = True):

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .config import Config, ConfigError
+from ..data.folder_cache import release
 from ..models import VAE, build_model
 
 
@@ -51,5 +52,31 @@ def load_model(run_dir: str | Path, device: str = "cpu") -> tuple[VAE, Config, d
 
 
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 NHWC numpy images → uint8 NCHW tensor on ``device`` (datasets fit in memory)."""
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+    """uint8 NHWC numpy images → uint8 NCHW tensor on ``device`` (a copy where the NCHW view would
+    be read-only: a memory-mapped folder's, :mod:`vaeood.data.folder_cache`)."""
+    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    return torch.from_numpy(x if x.flags.writeable else x.copy()).to(device)
+
+
+class MappedImages:
+    """The training images of a memory-mapped folder (:mod:`vaeood.data.folder_cache`) as
+    training indexes them: ``images[index]`` is the batch :func:`to_tensor` of the whole array
+    would give (uint8 NCHW, contiguous, on ``device``: the same bits), read from the file. The
+    pages read are given back every :attr:`RELEASE_EVERY` batches (8: a few MB), so resident memory is
+    bounded by those batches, not by the folder."""
+
+    RELEASE_EVERY = 8
+
+    def __init__(self, images: np.memmap, device: torch.device | str = "cpu"):
+        self.images, self.device, self.reads = images, device, 0
+        self.shape = torch.Size((len(images), images.shape[3], *images.shape[1:3]))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        batch = to_tensor(self.images[index.cpu().numpy()], self.device)
+        self.reads += 1
+        if self.reads % self.RELEASE_EVERY == 0:
+            release(self.images)
+        return batch

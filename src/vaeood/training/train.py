@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from ..infra.atomic import atomic_write_json, atomic_write_text, ensure_dir, remove_stale_temps
@@ -31,7 +32,7 @@ from ..data.load import load_for_run
 from ..models import architecture_summary, build_model
 from ..inference.objectives import load_objective_state, make_objective, objective_state
 from ..infra.progress import bar as progress_bar, shown as progress_shown
-from .run import resolve_device, to_tensor
+from .run import MappedImages, resolve_device, to_tensor
 from .run_dir import CONFIG_NAME, training_count
 from ..infra.runlock import run_lock
 
@@ -138,7 +139,7 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
     tcfg = config.train
     resolve_device(tcfg.device)
     device = distributed.setup(tcfg.device)  # cuda:LOCAL_RANK under torchrun
-    data, x_all = _training_data(config, data_dir, device)
+    data, x_all = _training_data(config, data_dir, device, run_dir)
     image_shape = tuple(x_all.shape[1:])
     run = _build_run(config, x_all, device, ckpt_path, progress)
     history, start_epoch, rng_restored = ([], 0, False) if state is None else \
@@ -165,15 +166,16 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
     return run_dir
 
 
-def _training_data(config: Config, data_dir: str | None, device: torch.device):
-    """The dataset and, on ``device``, the images of it that training uses."""
-    data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir)
+def _training_data(config: Config, data_dir: str | None, device: torch.device, run_dir: Path):
+    """The dataset and the images of it that training uses: on ``device``, or for a folder
+    (decoded into ``RUN/cache/``) read from its memory-mapped file a batch at a time."""
+    data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir, run_dir=run_dir)
     images = data.images[: training_count(config.data, len(data.images))]
     patch = config.data.shuffle_patches
     if patch and (images.shape[1] % patch or images.shape[2] % patch):
         raise ConfigError(f"data.shuffle_patches = {patch}: must divide the image size "
                           f"{images.shape[1]}×{images.shape[2]} of {data.name}")
-    x_all = to_tensor(images, device)
+    x_all = MappedImages(images, device) if isinstance(images, np.memmap) else to_tensor(images, device)
     log.debug("training on %d images of %s/%s from %s", len(x_all), data.name, data.split, data.source)
     return data, x_all
 
