@@ -140,3 +140,10 @@ def test_joint_knn_is_the_knn_distance_over_both_views_each_in_units_of_its_pair
     assert det.score(test).min() > det.score(both(30)).max()
     with pytest.raises(ConfigError, match="needs more fit images"):
         make_detector("joint_knn", {"k": 30}).fit(fit)
+
+
+def test_the_named_rules_refuse_another_rule():
+    assert make_detector("fused_content_fisher").options["rule"] == "fisher"
+    assert make_detector("fused_content_min_p").options["rule"] == "min_p"
+    with pytest.raises(ConfigError, match="takes no option 'rule'"):  # not obeyed under a name that says otherwise
+        make_detector("fused_content_fisher", {"rule": "min_p"})
