@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from cli_processes import SRC, wait_for
 from tinydata import blobs, write_fig2a_data, write_npz
@@ -170,7 +171,9 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.slow  # a reproduction in a subprocess, killed, then again
 def test_kill_9_then_the_same_command_gives_the_metrics_of_an_uninterrupted_run(first, tmp_path, monkeypatch):
     command = [sys.executable, "-c", KILLED, *argv("out", first[1])]  # the first run's command line, elsewhere
-    env = {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    # as many threads as this process, which trained the uninterrupted run and resumes this one: another
+    # thread count sums a convolution's gradients in another order, so its weights would differ in rounding
+    env = {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(torch.get_num_threads()), "PATH": "/usr/bin:/bin"}
     killed = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = tmp_path / "out" / "runs" / "fashion_mnist-seed0" / "main"
     wait_for(lambda: (run / "metrics.jsonl").exists(), killed)  # its first epoch is saved
