@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from cli_processes import SRC, wait_for
 from tinydata import blobs, write_fig2a_data, write_npz
@@ -168,23 +167,25 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.slow  # a reproduction in a subprocess, killed, then again
-def test_kill_9_then_the_same_command_gives_the_metrics_of_an_uninterrupted_run(first, tmp_path, monkeypatch):
+@pytest.mark.slow  # three reproductions in fresh processes: one whole, one killed, then again
+def test_kill_9_then_the_same_command_gives_the_metrics_of_an_uninterrupted_run(first, tmp_path):
+    # every call in a fresh process with the same environment, so that nothing this test process has done
+    # (threads, caches of the tests before) can make the uninterrupted and the resumed run differ
     command = [sys.executable, "-c", KILLED, *argv("out", first[1])]  # the first run's command line, elsewhere
-    # as many threads as this process, which trained the uninterrupted run and resumes this one: another
-    # thread count sums a convolution's gradients in another order, so its weights would differ in rounding
-    env = {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(torch.get_num_threads()), "PATH": "/usr/bin:/bin"}
-    killed = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run = tmp_path / "out" / "runs" / "fashion_mnist-seed0" / "main"
+    env = {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    whole_dir, cut_dir = tmp_path / "whole", tmp_path / "cut"
+    for d in (whole_dir, cut_dir):
+        d.mkdir()
+    assert subprocess.run(command, cwd=whole_dir, env=env, capture_output=True, timeout=300).returncode == 0
+    killed = subprocess.Popen(command, cwd=cut_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = cut_dir / "out" / "runs" / "fashion_mnist-seed0" / "main"
     wait_for(lambda: (run / "metrics.jsonl").exists(), killed)  # its first epoch is saved
     killed.send_signal(signal.SIGKILL)
     assert killed.wait(timeout=30) == -signal.SIGKILL
-    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert not (cut_dir / "out" / "metrics.json").exists()
     part = "resumed" if load_checkpoint(run)["epoch"] < 2 else "reused"  # killed in training, or after it
-    monkeypatch.delenv("VAEOOD_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)
-    cut_presets(monkeypatch)
-    assert suite("out", first[1]) == 0  # the same command again
-    whole, resumed = json.loads(first[2]), json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert subprocess.run(command, cwd=cut_dir, env=env, capture_output=True, timeout=300).returncode == 0
+    whole = json.loads((whole_dir / "out" / "metrics.json").read_text())
+    resumed = json.loads((cut_dir / "out" / "metrics.json").read_text())
     assert resumed["runs_used"]["runs/fashion_mnist-seed0/main"]["this_call"] == part
     assert same_numbers(whole, resumed) and resumed["command"] == whole["command"]
