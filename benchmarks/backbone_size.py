@@ -94,7 +94,7 @@ def paired_bootstrap(scores: dict, labels: dict, sizes: list[int], resamples: in
 
 
 def main() -> None:
-    from vaeood.detectors.feature_knn import mean_knn_cosine_distance, unit_rows
+    from vaeood.detectors.feature_knn import mean_knn_distance, unit_rows
 
     args = parser(__doc__, sizes=([64, 80, 96, 112, 128], "backbone input sizes S"), k=2, threads=2,
                   bootstrap=(500, "paired bootstrap resamples of the test images"),
@@ -114,7 +114,7 @@ def main() -> None:
         for name in SETS:
             test_x, test_y = feats[f"{name}/test"], sets[f"{name}/test"][1]
             for c in CLASSES:
-                score = mean_knn_cosine_distance(unit_rows(test_x), unit_rows(feats[f"{name}/fit{c}"]), args.k)
+                score = mean_knn_distance(unit_rows(test_x), unit_rows(feats[f"{name}/fit{c}"]), args.k)
                 scores[name, c, size] = score
                 auroc.setdefault(f"{name} {c}", {})[size] = float(roc_auc_score(test_y != c, score))
         print(f"S={size}: features of {sum(len(v[0]) for v in sets.values())} images in {seconds[size]:.0f} s; "

@@ -32,15 +32,26 @@ def unit_rows(f: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
-def mean_knn_cosine_distance(queries: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
-    """``[N]``: the mean cosine distance of each unit row of ``queries`` to its ``k`` nearest unit
-    rows of ``reference`` (exact, in blocks of :data:`BLOCK` queries)."""
+def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[len(a), len(b)]`` cosine distances of unit rows."""
+    return 1.0 - a @ b.T
+
+
+def mean_knn_distance(queries: np.ndarray, reference: np.ndarray, k: int, distances=cosine_distances) -> np.ndarray:
+    """``[N]``: the mean ``distances`` of each row of ``queries`` to its ``k`` nearest rows of
+    ``reference`` (exact, in blocks of :data:`BLOCK` queries)."""
     out = np.empty(len(queries))
     for start in range(0, len(queries), BLOCK):
-        distance = 1.0 - queries[start:start + BLOCK] @ reference.T
-        nearest = np.partition(distance, k - 1, axis=1)[:, :k]
+        nearest = np.partition(distances(queries[start:start + BLOCK], reference), k - 1, axis=1)[:, :k]
         out[start:start + BLOCK] = nearest.mean(axis=1)
     return out
+
+
+def check_k(detector: str, k) -> int:
+    """``k`` of a kNN detector: an integer ≥ 1, else a :class:`ConfigError` naming ``detector``."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"{detector}: k must be an integer >= 1, got {k!r}")
+    return k
 
 
 @DETECTORS.register("feature_knn")
@@ -49,9 +60,7 @@ class FeatureKNN(FeatureDetector):
     paper = "Bergman, Cohen & Hoshen 2020 (deep nearest-neighbour anomaly detection)"
 
     def __init__(self, *, k: int = 2, backbone: str | None = None, size: int | None = None):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"feature_knn: k must be an integer >= 1, got {k!r}")
-        super().__init__(k=k, backbone=backbone, size=size)
+        super().__init__(k=check_k(self.name, k), backbone=backbone, size=size)
 
     def _fit(self, features):
         self.reference = unit_rows(self.rows(features))
@@ -59,5 +68,5 @@ class FeatureKNN(FeatureDetector):
             raise ConfigError(f"feature_knn: k = {self.options['k']} but only {len(self.reference)} fit images")
 
     def _score(self, features):
-        return mean_knn_cosine_distance(unit_rows(self.rows(features)), self.reference, self.options["k"])
+        return mean_knn_distance(unit_rows(self.rows(features)), self.reference, self.options["k"])
 

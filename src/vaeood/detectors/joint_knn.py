@@ -31,7 +31,7 @@ from ..training.config import ConfigError
 from .base import DETECTORS, stack, standardise_fit
 from .dose_plus import DOSE_PLUS_STATS, DoSEPlus
 from .feature_base import FeatureDetector
-from .feature_knn import BLOCK, unit_rows
+from .feature_knn import check_k, mean_knn_distance, unit_rows
 
 
 def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,9 +52,7 @@ class JointKNN(FeatureDetector):
     paper = "kNN density over backbone features and the VAE's statistics (Bergman et al. 2020; Morningstar et al. 2021)"
 
     def __init__(self, *, k: int = 2, backbone: str | None = None, size: int | None = None):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"joint_knn: k must be an integer >= 1, got {k!r}")
-        super().__init__(k=k, backbone=backbone, size=size)
+        super().__init__(k=check_k(self.name, k), backbone=backbone, size=size)
 
     @property
     def needs(self):
@@ -70,14 +68,13 @@ class JointKNN(FeatureDetector):
         self.mean, self.std = standardise_fit(stack(features, DOSE_PLUS_STATS))
         u, t = self._blocks(features)
         self.scale_ = (max(median_pairwise_distance(u), 1e-12), max(median_pairwise_distance(t), 1e-12))
-        self.reference = np.hstack([u / self.scale_[0], t / self.scale_[1]])
+        self.reference = self._joint(u, t)
         return {"scale_content": self.scale_[0], "scale_pixels": self.scale_[1]}
 
     def _score(self, features):
-        u, t = self._blocks(features)
-        joint, k = np.hstack([u / self.scale_[0], t / self.scale_[1]]), self.options["k"]
-        out = np.empty(len(joint))
-        for start in range(0, len(joint), BLOCK):
-            d = np.sqrt(squared_distances(joint[start:start + BLOCK], self.reference))
-            out[start:start + BLOCK] = np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
-        return out
+        return mean_knn_distance(self._joint(*self._blocks(features)), self.reference, self.options["k"],
+                                 lambda a, b: np.sqrt(squared_distances(a, b)))
+
+    def _joint(self, u: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """The rows of the joint space: each block in units of its fit images' pairwise spread."""
+        return np.hstack([u / self.scale_[0], t / self.scale_[1]])
