@@ -95,8 +95,8 @@ def feature_panel(exp, out_dir: Path, pre, score_kwargs: dict) -> dict:
     # the preset may read fewer images than the pixel panel: the backbone's pass is the panel's cost
     n_train, n_test = pre.feature_limits
     train, train_meta = rows(exp.in_dataset, "train", min(trained, n_train or trained))
-    n_test = min(x for x in (n_test, score_kwargs["limit"]) if x) if n_test or score_kwargs["limit"] else None
-    test = {name: rows(name, "test", n_test) for name in (exp.in_dataset, *exp.ood_datasets)}
+    limits = [n for n in (n_test, score_kwargs["limit"]) if n]  # the tighter of the panel's and the pixels'
+    test = {name: rows(name, "test", min(limits, default=None)) for name in (exp.in_dataset, *exp.ood_datasets)}
     models, first = {}, {}
     for name, density in DENSITIES.items():
         seeds = pre.seeds if density.seeded else pre.seeds[:1]
