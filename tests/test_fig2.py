@@ -45,9 +45,12 @@ def test_the_variance_analysis_and_the_feature_panel_only_add(tiny):
     report = (out / "report.md").read_text()
     section = re.search(r"## Is it the variance\?\n.*?(?=## Figure 2, ours)", report, re.S).group(0)
     panel = re.search(r"## The same question in feature space\n.*?(?=## Training)", report, re.S).group(0)
-    claim = re.search(r"- In feature space, .*?\n", report).group(0)
+    claims = re.findall(r"- In feature space, .*?\n", report)
+    assert len(claims) == 2  # one per density: gaussian, vae
     strip = lambda text: re.sub(r"\) on \S+; vaeood", ") on DATE; vaeood", text)  # noqa: E731  (the time stamp)
-    assert strip(report.replace(section, "").replace(panel, "").replace(claim, "")) == strip(report_before)
+    for part in (section, panel, *claims):
+        report = report.replace(part, "")
+    assert strip(report) == strip(report_before)
     assert "Spearman ρ with log p(x)" in section and "Contrast-matched OOD images" in section
 
 
@@ -112,6 +115,15 @@ def test_the_feature_panel_is_the_ledoit_wolf_gaussian_of_the_backbone_features(
     assert f"**{auroc['verdict']}**" in report and "without padding" in report
     assert f"- In feature space, `gaussian/mnist`: {auroc['verdict']}" in report
     assert (out / fs["figure"]).stat().st_size > 1000
+    # the VAE of the features: one fit per seed, each its ELBO (feature_vae_nll's −score) of the test features
+    vae = fs["models"]["vae"]
+    assert vae["seeded"] and [f["vae_images"] for f in vae["fit"]] == [205, 205]  # 256 less its 20% hold-out
+    assert [f["epochs"] for f in vae["fit"]] == [60, 60]  # 750 steps would be 469 epochs here: the cap
+    for seed, auroc_seed in zip((0, 1), vae["summary"]["mnist"]["auroc"]["values"], strict=True):
+        det = make_detector("feature_vae_nll", {"seed": seed, "epochs": 60}).fit({"backbone_features": train})
+        s = {name: det.score({"backbone_features": f}) for (name, _), f in features.items()}
+        assert auroc_seed == pytest.approx(ood_metrics(s["fashion_mnist"], s["mnist"])["auroc"])
+    assert "| features | vae, −log p_feature(x) | mnist |" in report
 
 
 @pytest.mark.slow  # e2e: reads the fig2a run its fixture reproduces
