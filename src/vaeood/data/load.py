@@ -32,9 +32,9 @@ from ..infra.registry import did_you_mean
 from .errors import DataError, DatasetNotFoundError
 from .checksums import named_sha256
 from .folder_cache import CACHE_DIR
-from .image_folder import is_folder_name, load_image_folder
+from .image_folder import load_image_folder
 from .imageset import ImageSet
-from .locate import ENV_VAR, candidate_folders, refuse_broken_links, search_dirs, user_dirs
+from .locate import ENV_VAR, candidate_folders, is_folder_name, refuse_broken_links, search_dirs, user_dirs
 from .npz import read_image_arrays
 from .official import DATASETS, OfficialDataset
 from .sample import available_samples, has_sample, load_sample
