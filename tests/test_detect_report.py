@@ -22,7 +22,7 @@ from PIL import Image
 
 from vaeood.decisions import conformal
 from vaeood.data import DataError
-from vaeood.data.folder import InputImages
+from vaeood.data.inputs import InputImages
 from vaeood.data.listing import printable
 from vaeood.decisions.detection import Detection
 from vaeood.decisions.flagging import _summary

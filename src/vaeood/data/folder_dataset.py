@@ -1,6 +1,6 @@
 """A folder of PNG/JPEG images as a dataset split: ``load_dataset("path/to/folder", split)``.
 
-Which names are folders: a dataset name that contains a path separator (``/``, or the
+Which names are folders (:mod:`vaeood.data.locate`): a dataset name that contains a path separator (``/``, or the
 system's own) is a folder path, relative to the current directory (``./pets`` or ``pets/``
 for a folder here); so is a plain word naming an existing folder (``pets``) when no dataset
 of that name is found. A name that is both a folder here and a dataset found (official
@@ -13,8 +13,8 @@ to find files (give the train and test folders as two names).
 Layout and labels: either images directly in the folder (labels ``-1``: unlabelled), or
 one subfolder per class holding its images (labels = the index of the class folder in
 name order; the class names are recorded). With class folders, a file beside them is a
-bad file. Folders are not read deeper than that. Files are read as
-:mod:`vaeood.data.folder` reads them for ``vaeood detect`` (the same reader): hidden
+bad file. Folders are not read deeper than that. Files are listed and read by the same
+steps as ``vaeood detect``'s (:mod:`vaeood.data.listing`, :mod:`vaeood.data.decode`): hidden
 entries are left out and listed; a bad file (corrupt, not PNG/JPEG, a text file named
 ``.png``, a FIFO, a non-UTF-8 name, ...) is refused with the folder, each named with its
 reason, unless ``skip_bad`` (``data.skip_bad=true``): then it is skipped, logged, and
@@ -38,7 +38,8 @@ are recorded in the provenance.
 
 Memory: headers are read first (size and mode, without decoding the pixels) to choose the
 shape and count the images; then each image is decoded straight into one preallocated
-uint8 array, so a large folder is never held twice. Within one process a folder of up to
+uint8 array (:func:`vaeood.data.decode.decode_into`), or chunk by chunk into a file of the
+run (:mod:`vaeood.data.folder_cache`), so a large folder is never held twice. Within one process a folder of up to
 :data:`CACHE_BYTES` of images is read once and reused while every file keeps its name,
 size, modification time and inode (as npz files are); a larger one is read again.
 

@@ -1,32 +1,21 @@
-"""Images to decide on: a folder of PNG/JPEG files, an ``.npz`` file or a dataset name,
+"""The images to score or decide on: a folder of PNG/JPEG files, an ``.npz`` file or a dataset
+name (:func:`load_input`, which tells them apart by :func:`vaeood.data.locate.source_kind`),
 converted to the model's image shape with the explicit conforms of :mod:`vaeood.data.conform`.
 
-A folder is read by the steps folder datasets (:mod:`vaeood.data.image_folder`,
-``load_dataset("path/to/folder", split)``) share: its files listed and their headers read
-(:mod:`vaeood.data.listing`), to choose the shape (:func:`vaeood.data.conform.choose_target`)
-and count the images, then each image decoded straight into one preallocated array
-(:func:`vaeood.data.decode.decode_into`).
+A folder goes through the same steps as a folder dataset (:mod:`vaeood.data.folder_dataset`,
+``load_dataset("path/to/folder", split)``): its files listed and their headers read
+(:mod:`vaeood.data.listing`: which files are read, which are bad and why), the target shape
+chosen and the images counted (:func:`vaeood.data.conform.choose_target`), then each image
+decoded and converted (:mod:`vaeood.data.decode`: pixel formats, modes, EXIF) straight into
+one preallocated array, :data:`CHUNK` images at a time (:class:`FolderStream`).
 
 A folder is read whole or not at all. Every file that cannot be used is named with
 the reason (not a PNG/JPEG, truncated or corrupt, an unsupported pixel format, another
 shape than the model's), and the read is refused, unless the caller asks to skip them
 (``skip_bad=True``, ``vaeood detect --skip-bad``); the skipped files are then returned
 with their reasons, logged, and written into the results. Never a silent partial
-result.
-
-What is read: only regular files (and symbolic links to regular files, read as the
-file the link names, under the link's name). A FIFO, socket or device is a bad file,
-named by its kind and never opened (opening a FIFO waits for a writer for ever); so is
-a subfolder, or a link to one of these or to nothing. Hidden entries (names starting
-with ``.``, e.g. ``.DS_Store``) are not read; they are listed in ``left_out`` and the
-results say so. A file name that is not valid UTF-8 is a bad file (it cannot be written
-into the CSV or the summary), shown with its undecodable bytes escaped.
-
-Pixel formats and modes: each file is decoded and converted to 8-bit grey or RGB, then
-to the model's mode, by the rules of :mod:`vaeood.data.decode` (grey → RGB by repeating
-the channel, EXIF orientation applied, palette, 16-bit and CMYK converted; transparency,
-animated images and decompression bombs refused); the conversions made are counted in
-``converted`` and the summary.
+result. Hidden entries are listed in ``left_out``; the mode conversions made are counted
+in ``converted`` and the summary.
 
 Shapes: images whose height and width differ from the model's (``shape`` = C×H×W) are refused
 unless ``conform`` is ``"pad"`` or ``"resize"``, exactly as for scoring; then each image is
