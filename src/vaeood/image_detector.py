@@ -45,9 +45,9 @@ from . import pipeline
 from ._version import __version__
 from .data.checksums import file_hexdigest
 from .data.errors import DataError
-from .data.folder import conform_array
+from .data.conform import conform_array
 from .data.folder_cache import CACHE_DIR
-from .data.image_folder import is_folder_name
+from .data.locate import is_folder_name
 from .data.regular_files import open_regular_file
 from .decisions import calibrated_scorer, calibration_path, decision_scores, load_calibration
 from .decisions.conformal import decide, p_values

@@ -18,7 +18,8 @@ from .outputs import CSV_ESCAPING, check_outputs, csv_cell
 from .records import REPRODUCED, calibration_path, how_to_calibrate, load_calibration
 from .scorer import DetectorScorer, companion_runs, make_scorer
 from .training_split import training_split
-from ..data.folder import FolderImages, FolderStream, InputImages, display_name, load_input
+from ..data.inputs import FolderImages, FolderStream, InputImages, load_input
+from ..data.listing import display_name
 from ..features import images_digest
 from ..infra.deprecated import renamed_keywords
 from ..infra.registry import UnknownNameError
