@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from cli_processes import launch, wait_for
 from tinydata import blobs, write_npz
+import vaeood
 from vaeood.cli import main
+from vaeood.infra.runlock import LOCK_NAME, RunLockedError
 
 TINY = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
 
@@ -75,7 +80,7 @@ def test_a_calibration_whose_images_changed_in_their_file_is_used_and_said_once(
 
 
 @pytest.mark.slow  # two processes, each training a model
-def test_two_fits_on_one_out_at_once_one_wins_and_the_other_writes_nothing(tmp_path):
+def test_two_fits_on_one_out_at_once_one_wins_and_the_other_writes_nothing(tmp_path, capsys):
     photos, other = tmp_path / "photos", tmp_path / "other"
     for folder, seed in ((photos, 0), (other, 1)):
         folder.mkdir()
@@ -87,12 +92,36 @@ def test_two_fits_on_one_out_at_once_one_wins_and_the_other_writes_nothing(tmp_p
     try:
         wait_for(lambda: (out / "metrics.jsonl").exists(), first)  # training: the lock is held
         cache = sorted((out / "cache").iterdir())  # the first fit's decoded copy of its folder
-        second = launch(["fit", f"{other}/", "--out", str(out), *base, "--train.epochs=1"], tmp_path / "b.log")
-        assert second.wait(timeout=120) == 2
-        err = (tmp_path / "b.log").read_text()
+        # the second fit in this process (the lock is another process's all the same)
+        assert main(["fit", f"{other}/", "--out", str(out), *base, "--train.epochs=1"]) == 2
+        err = capsys.readouterr().err
         assert f"{out} is in use by another vaeood process (pid {first.pid} on" in err and "Traceback" not in err, err
         assert sorted((out / "cache").iterdir()) == cache  # the refused fit decoded nothing into the run
         assert first.poll() is None
     finally:
         first.kill()
         first.wait(timeout=30)
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_python_fit_into_a_run_dir_another_process_writes_is_refused_before_it_writes(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / LOCK_NAME)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunLockedError, match=f"{run} is in use by another vaeood process"):
+            vaeood.ImageOODDetector(run_dir=run).fit(np.stack(blobs(200, 0, size=8, channels=3)))
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # its training images not written
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
