@@ -50,13 +50,15 @@ def test_a_channels_first_array_is_refused_not_read_as_channels_last():
     np.testing.assert_array_equal(nhwc, tensor)
 
 
-def test_a_channels_last_tensor_and_images_of_another_size_are_refused_naming_both_shapes():
+def test_a_channels_last_tensor_no_images_and_images_of_another_size_are_refused_naming_the_shapes():
     model = adapter()
     with pytest.raises(ShapeMismatchError, match=r"C×H×W = 28×28×1.*model takes 1×28×28.*channels-last.*"
                                                  r"permute\(0, 3, 1, 2\)"):
         features_of(model, torch.from_numpy(blobs(4, 1)[..., None]), "log_px")
     with pytest.raises(ShapeMismatchError, match=r"C×H×W = 1×32×32, but the model takes 1×28×28.*conform_images"):
         evaluate_model(model, blobs(4, 1, size=32), {"strokes": strokes(4, 2, size=32)})
+    with pytest.raises(ValueError, match=r"images holds no images \(shape \(0, 28, 28, 1\)\); give at least one"):
+        evaluate_model(model, np.zeros((0, 28, 28, 1), np.uint8), {})
     # a feature of the image alone (no model) takes images of any size
     assert features_of(model, blobs(3, 1, size=32), "compressed")["png_bits"].shape == (3,)
 
