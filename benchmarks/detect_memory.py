@@ -1,6 +1,6 @@
 """Peak memory of ``vaeood detect`` (or ``fit``, ``train``: ``--command``) on a folder of N and of
 10×N 64×64 RGB PNG files: does it grow with the folder? ``detect`` streams a folder in chunks
-of 2,048 images (:class:`vaeood.data.folder.FolderStream`), so its peak resident set should not
+of 2,048 images (:class:`vaeood.data.inputs.FolderStream`), so its peak resident set should not
 grow with the number of images beyond the per-image results (names, scores). ``fit`` decodes
 the folder chunk by chunk into a memory-mapped file of the run (:mod:`vaeood.data.folder_cache`)
 and trains from it a batch at a time, giving the pages read back every 8 batches.

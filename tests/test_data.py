@@ -363,7 +363,7 @@ def test_unknown_name_suggests_the_close_one(tmp_path):
 
 
 def test_name_must_not_be_a_path(tmp_path, monkeypatch):
-    # a name with a '/' is a folder of images (vaeood.data.image_folder), never an npz file
+    # a name with a '/' is a folder of images (vaeood.data.folder_dataset), never an npz file
     # looked up outside the data dir: ../x_train.npz beside it is not read
     (tmp_path / "d").mkdir()
     np.savez(tmp_path / "x_train.npz", x=np.zeros((2, 4, 4), np.uint8), y=np.zeros(2, np.int64))

@@ -8,7 +8,7 @@ from PIL import Image
 
 from vaeood.data import DataError
 from vaeood.data.decode import _to_array, conversion_text, decode_image, to_channels
-from vaeood.data.folder import read_image_folder
+from vaeood.data.inputs import read_image_folder
 
 RNG = np.random.default_rng(0)
 PHOTO = RNG.integers(0, 256, (12, 20, 3), dtype=np.uint8)  # wider than tall: a quarter turn shows

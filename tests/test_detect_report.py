@@ -22,7 +22,8 @@ from PIL import Image
 
 from vaeood.decisions import conformal
 from vaeood.data import DataError
-from vaeood.data.folder import InputImages, printable
+from vaeood.data.inputs import InputImages
+from vaeood.data.listing import printable
 from vaeood.decisions.detection import Detection
 from vaeood.decisions.flagging import _summary
 from vaeood.decisions.outputs import check_outputs

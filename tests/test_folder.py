@@ -10,7 +10,8 @@ from PIL import Image
 
 from vaeood.data import DataError
 from vaeood.data.conform import conform_images
-from vaeood.data.folder import load_input, read_image, read_image_folder
+from vaeood.data.decode import read_image
+from vaeood.data.inputs import load_input, read_image_folder
 
 
 def _png_bytes(arr, mode=None, **save):

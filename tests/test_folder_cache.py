@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from tinydata import blobs, strokes
-from vaeood.data import folder_cache, image_folder
-from vaeood.data.image_folder import load_image_folder
+from vaeood.data import folder_cache, folder_dataset
+from vaeood.data.folder_dataset import load_image_folder
 from vaeood.training.checkpoint import load_checkpoint
 from vaeood.training.run import MappedImages, to_tensor
 
@@ -42,7 +42,7 @@ def test_a_folder_decoded_to_disk_is_the_folder_read_into_memory_and_is_reused(t
     (array,) = cache.glob("*.npy")
     written = array.stat().st_mtime_ns
     assert load_image_folder(folder, "train", conform="resize", cache_dir=cache).images is mapped.images  # the map
-    image_folder._CACHE.clear()  # a new process: the file on disk is reused
+    folder_dataset._CACHE.clear()  # a new process: the file on disk is reused
     again = load_image_folder(folder, "train", conform="resize", cache_dir=cache)
     assert array.stat().st_mtime_ns == written and again.folder == mapped.folder  # reused, not decoded again
     np.testing.assert_array_equal(again.images, in_memory.images)

@@ -5,8 +5,11 @@ refuses a changed file."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from PIL import Image
 import vaeood
 from tinydata import blobs, strokes
 from vaeood.cli import main
+from vaeood.data.checksums import file_hexdigest
 from vaeood.data.conform import conform_images
 from vaeood.data.errors import DataError
 from vaeood.image_arrays import as_images
@@ -161,3 +165,51 @@ def test_fit_on_a_folder_named_without_a_slash(tmp_path, monkeypatch, caplog):
     scores = det.score_samples(big)
     np.testing.assert_array_equal(scores, det.score_samples(conform_images(big, (3, SIZE, SIZE), "resize")))
     assert sum("recorded transform, resize" in r.getMessage() for r in caplog.records) == 1  # said once
+
+
+class _RunsAShellCommand:
+    """Unpickling this runs a shell command: what a hostile saved fit would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _reseal(saved, changed: dict) -> None:
+    """Rewrite the manifest's SHA-256 of each changed file, as an attacker who knows the format would."""
+    manifest = json.loads((saved / "detector.json").read_text())
+    manifest.update(changed)
+    manifest["files"] = {name: file_hexdigest(saved / name, "sha256") for name in manifest["files"]}
+    (saved / "detector.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_load_never_runs_code_from_the_file_and_reads_other_versions_by_the_format(fitted, tmp_path, caplog):
+    images = _new_images()
+    saved = tmp_path / "det"
+    fitted.save(saved)
+    pkl, marker = saved / "calibration" / "fused.fitted.pkl", tmp_path / "PWNED"
+    pkl.write_bytes(pickle.dumps({"format": 2, "detector": _RunsAShellCommand(marker)}))
+    with pytest.raises(SavedDetectorError, match=r"saved detector .*fused.fitted.pkl changed since it was saved"):
+        vaeood.load(saved)
+    # with every digest redone (the calibration record's and the manifest's), the fit is still never unpickled
+    # outside the restricted loader: refused, fitted again, the same decisions
+    calibration = saved / "calibration" / "fused.npz"
+    with np.load(calibration) as f:
+        scores, meta = f["scores"], json.loads(str(f["meta"]))
+    meta["fitted_sha256"] = hashlib.sha256(pkl.read_bytes()).hexdigest()
+    np.savez(calibration, scores=scores, meta=np.array(json.dumps(meta)))
+    _reseal(saved, {})
+    with caplog.at_level(logging.WARNING):
+        loaded = vaeood.load(saved)
+    assert not marker.exists()
+    assert any("global posix.system is not allowed" in r.getMessage() for r in caplog.records), caplog.text
+    assert np.array_equal(loaded.p_values(images), fitted.p_values(images))
+    # another vaeood version: read when its format is this one's; another format refused
+    _reseal(saved, {"vaeood_version": "0.0.1"})
+    assert np.array_equal(vaeood.load(saved).p_values(images), fitted.p_values(images))
+    _reseal(saved, {"format": 2})
+    with pytest.raises(SavedDetectorError, match="of format 2, but this vaeood reads format 1; fit and save it again"):
+        vaeood.load(saved)

@@ -1,5 +1,5 @@
 """A folder of PNG/JPEG images as a dataset: ``load_dataset(folder, split)`` and
-``--data.name=FOLDER`` / ``--dataset`` / ``--in`` / ``--ood`` (vaeood.data.image_folder).
+``--data.name=FOLDER`` / ``--dataset`` / ``--in`` / ``--ood`` (vaeood.data.folder_dataset).
 
 The first test writes real Fashion-MNIST images (a few hundred, from
 ``$VAEOOD_DATA/fashion_mnist_train.npz``, the shared data; skipped without it) as PNG

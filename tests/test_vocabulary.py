@@ -132,6 +132,14 @@ def test_fit_limit_is_now_n_fit_and_the_old_keywords_warn_and_give_the_same(run,
     assert by_n.fit_info == vaeood.fit_detector(run_dir, "typicality", n_fit=40, data_dir=str(data)).fit_info
 
 
+@pytest.mark.parametrize("old, new", [("folder", "inputs"), ("image_folder", "folder_dataset"),
+                                      ("image_files", "listing")])
+def test_the_old_names_of_the_image_reading_modules_warn_and_are_the_same_modules(monkeypatch, old, new):
+    monkeypatch.delitem(sys.modules, f"vaeood.data.{old}", raising=False)
+    with pytest.warns(DeprecationWarning, match=f"vaeood.data.{old} moved to vaeood.data.{new}"):
+        assert importlib.import_module(f"vaeood.data.{old}") is importlib.import_module(f"vaeood.data.{new}")
+
+
 def test_the_old_module_name_of_conform_warns_and_is_the_same_module(monkeypatch):
     import vaeood.data.conform as new
 

@@ -25,6 +25,11 @@ MOVED = {
     "config": "training.config",
     "conformal": "decisions.conformal",
     "data.fit": "data.conform",  # making images fit a model is to conform them, not to fit
+    # its listing and header pass; decode_into is now in data.decode, the choice of the target
+    # shape (choose_target, conform_record) in data.conform
+    "data.image_files": "data.listing",
+    "data.folder": "data.inputs",  # the images to score (a folder, an .npz or a dataset), not only folders
+    "data.image_folder": "data.folder_dataset",  # a folder read as a dataset split
     "console": "infra.console",
     "detect_report": "decisions.detect_report",
     "distributed": "infra.distributed",

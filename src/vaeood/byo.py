@@ -88,7 +88,13 @@ class VAEAdapter(nn.Module):
         samples, batch = z.shape[:2]
         params = self._decode(z.reshape(samples * batch, -1))
         xs = self._preprocess(x).unsqueeze(0).expand(samples, *x.shape).reshape(samples * batch, *x.shape[1:])
-        return self._log_prob(params, xs).reshape(samples, batch)
+        log_p = self._log_prob(params, xs)
+        if not isinstance(log_p, Tensor) or tuple(log_p.shape) != (samples * batch,):
+            shape = list(log_p.shape) if isinstance(log_p, Tensor) else type(log_p).__name__
+            raise ValueError(f"VAEAdapter: log_prob returned shape {shape} for {samples * batch} images (each image "
+                             f"once per latent sample); expected [N] = [{samples * batch}], one log p(x|z) an image: "
+                             "sum over the pixel axes only, e.g. .flatten(1).sum(-1), not over the batch")
+        return log_p.reshape(samples, batch)
 
     def decode(self, z: Tensor):
         return self._decode(z)

@@ -29,8 +29,8 @@ from .infra.deprecated import renamed_keys
 from .decisions.conformal import CalibrationError
 from .data import DataError, load_dataset
 from .data.decode import conversion_text
-from .data.folder import printable
-from .data.image_folder import is_folder_name
+from .data.listing import printable
+from .data.locate import is_folder_name
 from .decisions import NoCalibrationError, calibrate, decide, summary_path_for
 from .decisions.detect_report import html_path_for
 from .detectors import per_detector_options

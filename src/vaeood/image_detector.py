@@ -45,9 +45,9 @@ from . import pipeline
 from ._version import __version__
 from .data.checksums import file_hexdigest
 from .data.errors import DataError
-from .data.folder import conform_array
+from .data.conform import conform_array
 from .data.folder_cache import CACHE_DIR
-from .data.image_folder import is_folder_name
+from .data.locate import is_folder_name
 from .data.regular_files import open_regular_file
 from .decisions import calibrated_scorer, calibration_path, decision_scores, load_calibration
 from .decisions.conformal import decide, p_values
@@ -55,7 +55,7 @@ from .decisions.fitted_detector import fitted_path
 from .detectors import DETECTORS
 from .image_arrays import as_images
 from .infra.atomic import atomic_write, atomic_write_text
-from .infra.runlock import LOCK_NAME
+from .infra.runlock import LOCK_NAME, run_lock
 from .training.checkpoint import CHECKPOINT_NAME
 from .training.run_dir import CONFIG_NAME, Run
 from .training.train import resumable
@@ -106,6 +106,13 @@ class ImageOODDetector(BaseEstimator):
         if isinstance(X, (str, os.PathLike)) and Path(X).is_dir() and not is_folder_name(str(X)):
             X = os.path.join(X, "")  # a folder, with the '/' that makes it one to vaeood fit
         run_dir, self._scorer = self._new_run_dir(), None
+        with run_lock(run_dir, "fit"):  # a second fit into the same run_dir is refused before it writes there
+            return self._fit_into(run_dir, X)
+
+    def _fit_into(self, run_dir: Path, X) -> ImageOODDetector:  # noqa: N803
+        if self.run_dir is not None and resumable(run_dir):  # refused before the training array could overwrite it
+            raise FileExistsError(f"run_dir={str(self.run_dir)!r} already holds a run; choose a new folder "
+                                  "(or leave run_dir out for a temporary one)")
         settings = {"train.epochs": str(self.epochs), **{k: v if isinstance(v, str) else json.dumps(v)
                                                          for k, v in (self.overrides or {}).items()}}
         if isinstance(X, (str, os.PathLike)):
@@ -165,9 +172,7 @@ class ImageOODDetector(BaseEstimator):
 
     def _new_run_dir(self) -> Path:
         if self.run_dir is not None:
-            if resumable(self.run_dir):  # refused before the training array could overwrite its data
-                raise FileExistsError(f"run_dir={str(self.run_dir)!r} already holds a run; choose a new folder "
-                                      "(or leave run_dir out for a temporary one)")
+            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
             return Path(self.run_dir)
         path = Path(tempfile.mkdtemp(prefix="vaeood-detector-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, path, ignore_errors=True)

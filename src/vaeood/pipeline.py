@@ -29,6 +29,7 @@ from .training.config import Config, ConfigError
 from .data.load import load_for_run, names_a_folder
 from .data.working_size import TRANSFORM, working_size
 from .decisions import calibrate, recommended_detector
+from .infra.runlock import run_lock
 from .training.train import train
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,18 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
     if device != "cpu":
         settings["train.device"] = device
     config = Config().override(settings)
+    new_out = not Path(out).exists()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    # the whole fit holds the run's lock: a second fit on the same out is refused before it writes there
+    with run_lock(out, "fit"):
+        return _fit_locked(config, settings, out, name, new_out, detector=detector, data_dir=data_dir,
+                           device=device, resume=resume)
+
+
+def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *, detector, data_dir, device,
+                resume) -> dict:
     # read as training will read it (data.conform, data.skip_bad), to count what it holds; a folder is decoded
     # into the run's cache/ once, for training and calibration to reuse (removed with a new out if refused)
-    new_out = not Path(out).exists()
     try:
         data = load_for_run(config.data, data_dir=config.data.data_dir or data_dir, run_dir=out)
         n = len(data.images)

@@ -1,4 +1,9 @@
-"""Conform images to a model trained on another image shape, explicitly and recorded.
+"""Step 4 of reading images: conform them to the run's shape, explicitly and recorded.
+
+Which shape: the model's (C×H×W), or for a folder read as a dataset its most common mode and
+size, or the run's working size (:mod:`vaeood.data.working_size`); :func:`choose_target`
+picks it from the headers (:mod:`vaeood.data.listing`) and names each image of another size
+that no conform was asked for.
 
 Scoring a dataset whose images differ in shape from the model's training images is an
 error unless the user asks for one of these conforms (``vaeood log-px --pad`` / ``--resize``,
@@ -20,12 +25,17 @@ Images are uint8 ``[N, H, W, C]`` in and out, like :class:`~vaeood.data.ImageSet
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+
 import numpy as np
 import torch
 
 from ..infra.deprecated import deprecated_alias
 from ..infra.registry import Registry
 from .errors import DataError
+
+log = logging.getLogger(__name__)
 
 CONFORMS = Registry("conform")
 
@@ -83,6 +93,76 @@ def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
                                             antialias=antialias)
         chunks.append(y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, height, width, images.shape[-1]), np.uint8)
+
+
+def shape_text(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def conform_array(images: np.ndarray, shape: tuple[int, int, int] | None, conform: str | None,
+                  where: str) -> tuple[np.ndarray, dict | None]:
+    """Images ``[N, H, W, C]`` converted to ``shape`` (C, H, W) by ``conform``, as scoring does;
+    refused (naming ``where``) when the shapes differ and no conform was asked for."""
+    if shape is None:
+        return images, None
+    have = (images.shape[3], images.shape[1], images.shape[2])
+    if have == tuple(shape):
+        return images, None
+    if conform is None:
+        raise DataError(f"{where}: images are C×H×W = {shape_text(have)} but the model was trained on "
+                        f"{shape_text(shape)}; pass --pad (zero-pad centred) or --resize (bilinear) to make "
+                        "them fit (conform='pad'/'resize' in Python)")
+    out = conform_images(images, tuple(shape), conform)
+    return out, {"method": conform, "to_shape": list(shape), "from_shapes": {shape_text(have): len(images)},
+                 "description": f"{conform} {shape_text(have)} → {shape_text(shape)}"}
+
+
+def choose_target(good: list, shape, conform, bad: list, *, fit_to_common: bool = False, size=None):
+    """The target ``(H, W, C)``, the ``good`` images (:class:`~vaeood.data.listing.Found`) of its
+    height and width, and those of another size to conform; the rest are appended to ``bad``
+    with the reason. The target is the model's ``shape`` (C, H, W); else the folder's mode (the
+    most common channel count, RGB on a tie) at ``size`` ``(H, W)`` if given, else at the
+    folder's most common size. Channels always follow the target
+    (:func:`~vaeood.data.decode.to_channels`); other sizes are conformed only with ``conform``
+    and a model shape, ``size`` or ``fit_to_common`` (folder datasets; scoring without a
+    conform refuses them)."""
+    if shape is not None:
+        target = (shape[1], shape[2], shape[0])  # (H, W, C)
+    elif good:
+        channels = Counter(f.shape[2] for f in good)
+        mode = 3 if channels[3] >= channels[1] else 1
+        target = (*(size or Counter(f.shape[:2] for f in good).most_common(1)[0][0]), mode)
+    else:
+        target = None
+    keep, odd = [], []
+    for f in good:
+        if f.shape[:2] == target[:2]:
+            keep.append(f)
+        elif conform is not None and (shape is not None or size is not None or fit_to_common):
+            odd.append(f)
+        else:
+            bad.append((f.name, shape_reason(f.shape, target, model=shape is not None)))
+    return target, keep, odd
+
+
+def shape_reason(found, target, *, model: bool) -> str:
+    """Why an image of shape ``found`` (H, W, C) is refused for ``target`` (H, W, C): the
+    model's shape (``model``) or the folder's most common one, and how to conform it."""
+    target_text = (f"the model's C×H×W = {shape_text((target[2], *target[:2]))}" if model else
+                   f"the folder's most common shape C×H×W = {shape_text((target[2], *target[:2]))}")
+    hint = "; pass --pad or --resize to conform it (conform='pad'/'resize')" if model else \
+        "; set data.conform=pad or data.conform=resize to conform it (folder datasets)"
+    return f"C×H×W = {shape_text((found[2], *found[:2]))}, not {target_text}{hint}"
+
+
+def conform_record(from_shapes: Counter, shape, conform: str, folder) -> dict:
+    """The record of the images conformed to ``shape`` (C, H, W) by ``conform``, for the results."""
+    fitted = {"method": conform, "to_shape": list(shape), "from_shapes": dict(sorted(from_shapes.items())),
+              "description": f"{conform} " + ", ".join(f"{s} ({c} images)" for s, c in sorted(from_shapes.items())) +
+                             f" → {shape_text(shape)}"}
+    log.warning("%s: %d images fitted to %s by %s (recorded in the results)", folder, sum(from_shapes.values()),
+                shape_text(shape), conform)
+    return fitted
 
 
 # the names of vaeood.data.fit, this module's old name (they go in vaeood 0.3)

@@ -1,5 +1,5 @@
-"""Decode one PNG/JPEG file and convert it to 8-bit grey or RGB by stated rules
-(:func:`decode_image`), then to the run's mode (:func:`to_channels`). Every conversion
+"""Step 3 of reading images: decode one PNG/JPEG file and convert it to 8-bit grey or RGB
+by stated rules (:func:`decode_image`), then to the run's mode (:func:`to_channels`). Every conversion
 made is named, so that a folder's summary can count them ("141 grey photos converted to
 RGB"); every image that cannot be converted by a stated rule is refused with the reason.
 
@@ -27,17 +27,22 @@ The rules, in the order they apply:
 To the run's mode (:func:`to_channels`): grey → RGB repeats the grey channel three times;
 RGB → grey takes the BT.601 luma ``0.299 R + 0.587 G + 0.114 B`` (see
 :mod:`vaeood.data.conform`).
+
+A folder's images are decoded by :func:`decode_into`, one at a time, straight into one
+preallocated array of the target shape (each brought to it by step 4,
+:mod:`vaeood.data.conform`), so that a folder is never held twice.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
-from .conform import convert_channels
+from .conform import conform_images, convert_channels, shape_reason, shape_text
 from .errors import DataError
 from .regular_files import open_regular_file
 
@@ -181,3 +186,40 @@ def conversion_text(counts: dict[str, int]) -> str:
         else:
             parts.append(f"{what} to {n} {'photo' if n == 1 else 'photos'}")
     return "; ".join(parts)
+
+
+def decode_into(items: list, target, conform: str | None, bad: list) -> tuple[np.ndarray, list[str], Counter,
+                                                                           Counter]:
+    """Decode ``items`` (:class:`~vaeood.data.listing.Found`) in their order into one
+    preallocated uint8 ``[N, H, W, C]`` array of the ``target`` shape (one image in memory at a
+    time beside it, never a list of arrays to stack), converted to the target's channels and,
+    for another size, conformed by ``conform``. A file that fails to decode, or (without
+    ``conform``) decodes to another size than its header said, is appended to ``bad``. Returns
+    the images, their names, ``{"C×H×W": count}`` of the images conformed and
+    ``{conversion: count}`` of the conversions made."""
+    if target is None:
+        return np.zeros((0, 1, 1, 1), np.uint8), [], Counter(), Counter()
+    out = np.empty((len(items), *target), dtype=np.uint8)
+    names: list[str] = []
+    fitted: Counter = Counter()
+    conversions: Counter = Counter()
+    for item in items:
+        try:
+            decoded = decode_image(item.path)
+        except DataError as err:
+            bad.append((item.name, str(err)))
+            continue
+        arr, changed = to_channels(decoded.pixels, target[2])
+        if arr.shape != tuple(target):
+            if conform is None:
+                bad.append((item.name, shape_reason(decoded.pixels.shape, target, model=False)))
+                continue
+            have = decoded.pixels.shape
+            fitted[shape_text((have[2], *have[:2]))] += 1
+            arr = conform_images(arr[None].copy(), (target[2], target[0], target[1]), conform)[0]  # writable for torch
+        conversions.update(decoded.conversions + ((changed,) if changed else ()))
+        out[len(names)] = arr
+        names.append(item.name)
+    if len(names) < len(out):
+        out.resize((len(names), *target), refcheck=False)  # in place: no second copy
+    return out, names, fitted, conversions

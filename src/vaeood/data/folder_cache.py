@@ -2,7 +2,7 @@
 
 :func:`decode_to_disk` decodes the images of a folder :data:`CHUNK` at a time (each one
 converted to the run's mode and conformed to its working resolution, as
-:func:`vaeood.data.image_files.decode_into` does in memory) and appends each chunk's bytes to
+:func:`vaeood.data.decode.decode_into` does in memory) and appends each chunk's bytes to
 a file with ``write`` (no mapping: the written pages are the kernel's page cache, never the
 process's memory). The finished file is an ordinary ``.npy`` array, uint8 ``[N, H, W, C]``,
 moved into place atomically, and is read back memory-mapped (``np.load(mmap_mode="r")``:
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..infra.atomic import atomic_write, atomic_write_json
-from .image_files import decode_into
+from .decode import decode_into
 
 #: the folder under a run that holds its decoded folders
 CACHE_DIR = "cache"
@@ -43,7 +43,7 @@ CHUNK = 2048
 
 def decode_to_disk(items: list, target: tuple[int, int, int], conform: str | None, bad: list, cache_dir: Path,
                    digest: str, skip_bad: bool) -> tuple[np.ndarray, list[str], Counter, Counter]:
-    """:func:`~vaeood.data.image_files.decode_into`'s result, with the images a memory-mapped
+    """:func:`~vaeood.data.decode.decode_into`'s result, with the images a memory-mapped
     ``.npy`` file under ``cache_dir`` (decoded now, or reused: see the module docstring)."""
     key = hashlib.sha256(json.dumps([digest, list(target), conform, skip_bad]).encode()).hexdigest()[:32]
     array_path, record_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"

@@ -30,7 +30,7 @@ class ImageSet:
             name and split, the dataset's provenance in results (see :meth:`provenance`).
         is_sample: True when this is the small bundled offline sample rather than
             the real dataset; results on it are for smoke tests, not for papers.
-        folder: for a folder of images (:mod:`vaeood.data.image_folder`), what was read
+        folder: for a folder of images (:mod:`vaeood.data.folder_dataset`), what was read
             and how: its name, classes, order, SHA-256, the shape conform and how many images
             it changed, the skipped and left-out files; None otherwise.
     """

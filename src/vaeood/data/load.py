@@ -8,7 +8,7 @@ itself then its ``NAME/`` subfolder, first match wins:
 3. ``NAME_SPLIT_*.npz`` -- a subset of the split (a warning says so).
 
 A name with a ``/`` is a folder of PNG/JPEG images, read by
-:mod:`vaeood.data.image_folder` (one folder is one split; ``conform`` and ``skip_bad`` apply
+:mod:`vaeood.data.folder_dataset` (one folder is one split; ``conform`` and ``skip_bad`` apply
 to it alone); a plain word never is.
 
 If nothing is found: with ``download=True`` the official files are fetched into the
@@ -32,9 +32,9 @@ from ..infra.registry import did_you_mean
 from .errors import DataError, DatasetNotFoundError
 from .checksums import named_sha256
 from .folder_cache import CACHE_DIR
-from .image_folder import is_folder_name, load_image_folder
+from .folder_dataset import load_image_folder
 from .imageset import ImageSet
-from .locate import ENV_VAR, candidate_folders, refuse_broken_links, search_dirs, user_dirs
+from .locate import ENV_VAR, candidate_folders, is_folder_name, refuse_broken_links, search_dirs, user_dirs
 from .npz import read_image_arrays
 from .official import DATASETS, OfficialDataset
 from .sample import available_samples, has_sample, load_sample
@@ -57,7 +57,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         download: fetch missing official files from the authors' mirrors.
         allow_sample: when nothing is found, return the bundled sample (``is_sample=True``).
         conform, skip_bad: for a folder (a ``name`` with a ``/``, see
-            :mod:`vaeood.data.image_folder`): ``"pad"``/``"resize"`` images of another
+            :mod:`vaeood.data.folder_dataset`): ``"pad"``/``"resize"`` images of another
             shape than the folder's most common, and skip bad files instead of refusing the
             folder; ``image_size`` ``(H, W)``: the size to conform them to (default: the
             folder's most common); ``cache_dir``: decode it chunk by chunk into a memory-mapped

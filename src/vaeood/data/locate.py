@@ -1,6 +1,13 @@
-"""Where datasets are looked for, in order, and where downloads go.
+"""Step 1 of reading images: find where a named source is.
 
-Search order (first match wins):
+A name is a folder of PNG/JPEG images, an ``.npz`` file or a dataset. For scoring
+(``vaeood detect``, ``log-px``), :func:`source_kind` tells them apart: an existing folder,
+a file ending in ``.npz``, else a plain name is a dataset. For :func:`vaeood.data.load_dataset`
+a name with a path separator is a folder (:func:`is_folder_name`); so is a plain word that
+names a folder here when no dataset of that name is found
+(:func:`vaeood.data.load.names_a_folder`, which needs the search below).
+
+Where datasets are looked for, in order, and where downloads go (first match wins):
 
 1. the ``data_dir`` argument (``--data-dir`` on the command line), when given;
 2. ``$VAEOOD_DATA``, when set;
@@ -94,3 +101,31 @@ def refuse_broken_links(folder: Path, names: Iterable[str], prefix: str) -> None
         if kind is not None and not path.is_dir():  # a FIFO is not skipped for another copy, nor opened
             raise DataError(f"{path} is {kind}, not a regular file (not opened). Replace it with the dataset "
                             "file or remove it")
+
+
+def is_folder_name(name: str) -> bool:
+    """True when a dataset name is a folder path: it contains ``/`` (or the system's
+    separator). A plain word is a folder only when no dataset of that name is found
+    (:func:`vaeood.data.load.names_a_folder`)."""
+    return any(sep and sep in name for sep in ("/", os.sep, os.altsep))
+
+
+def source_kind(source: str | os.PathLike) -> str:
+    """What a source of images to score is: ``"folder"`` (an existing folder), ``"npz"`` (an
+    existing regular file named ``*.npz``) or ``"dataset"`` (a name without a path separator,
+    found by :func:`vaeood.data.load_dataset`); :class:`DataError` for a path that is none of them."""
+    path = Path(source)
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() == ".npz":
+        if not path.exists():
+            raise DataError(f"{path}: no such .npz file")
+        kind = special_file_kind(os.stat(path).st_mode)
+        if kind is not None:
+            raise DataError(f"{path}: {kind}, not a regular .npz file (not opened)")
+        return "npz"
+    if path.exists():
+        raise DataError(f"{path}: neither a folder of PNG/JPEG images nor an .npz file")
+    if is_folder_name(str(source)):
+        raise DataError(f"{source}: no such folder or file")
+    return "dataset"

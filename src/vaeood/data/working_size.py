@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .image_files import _read_entries
-from .image_folder import list_dataset
+from .listing import list_dataset, read_headers
 
 MAX_SIDE = 64
 TRANSFORM = "resize"
@@ -35,7 +34,7 @@ def working_size(folder: str | os.PathLike, max_side: int = MAX_SIDE) -> tuple[i
     flat) scaled so that the long side is at most ``max_side`` (module docstring). Files
     whose header cannot be read are left to the read that follows, which names them."""
     entries, _, _, _ = list_dataset(Path(folder))
-    found, _ = _read_entries(entries)
+    found, _ = read_headers(entries)
     if not found:
         raise DataError(f"{folder}: no readable PNG/JPEG image to choose a working size from")
     height, width = (float(np.median([f.shape[i] for f in found])) for i in (0, 1))

@@ -34,7 +34,7 @@ import logging
 import numpy as np
 
 from .conformal import count_at_least
-from ..data.folder import printable
+from ..data.listing import printable
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import numpy as np
 from .detect_report import html_path_for, page
 from .outputs import CSV_HEADER, csv_cell, summary_path_for
 from ..data.decode import conversion_text
-from ..data.folder import printable
+from ..data.listing import printable
 from ..infra.atomic import atomic_write_json, atomic_write_text
 
 

@@ -18,7 +18,9 @@ from .outputs import CSV_ESCAPING, check_outputs, csv_cell
 from .records import REPRODUCED, calibration_path, how_to_calibrate, load_calibration
 from .scorer import DetectorScorer, companion_runs, make_scorer
 from .training_split import training_split
-from ..data.folder import FolderImages, FolderStream, InputImages, display_name, load_input
+from ..data.errors import DataError
+from ..data.inputs import FolderImages, FolderStream, InputImages, load_input
+from ..data.listing import display_name
 from ..features import images_digest
 from ..infra.deprecated import renamed_keywords
 from ..infra.registry import UnknownNameError
@@ -90,7 +92,9 @@ def calibrated_scorer(run_dir: str | Path, record: dict, *, device: str = "cpu",
     scorer = make_scorer(run_dir, record["detector"], record["detector_options"], device=device, seed=record["seed"],
                          data_dir=data_dir, batch_size=batch_size)
     scorer.check_companions()
-    if not restore_fit(scorer, record):
+    if restore_fit(scorer, record):
+        _say_if_the_calibration_images_changed(scorer, record, data_dir)
+    else:
         _refit_and_check(scorer, record, data_dir)
     return scorer
 
@@ -136,6 +140,31 @@ def _summary(source, images: InputImages, record: dict, decision, *, alpha, delt
         "score_direction": "higher = more out-of-distribution",
         "warnings": [],
     }
+
+
+def _say_if_the_calibration_images_changed(scorer: DetectorScorer, record: dict, data_dir: str | None) -> None:
+    """With the fit calibrate saved, no calibration image is scored again, and the recorded
+    scores remain those of the images calibrated on: the decisions stand. But where the file
+    they came from changed since (or the folder), the user is told, once (a warning in the
+    log and the detect summary). Data not found now is not a change: nothing is said."""
+    a, b = record["calibration_slice"]
+    where = f"{record['dataset']}/{record['split']}[{a}:{b}]"
+    try:
+        data, _ = training_split(scorer.run, data_dir)
+    except DataError:
+        log.debug("the calibration images %s are not found now; not checked", where)
+        return
+    except NoCalibrationError as err:  # the folder or the split changed
+        reason = str(err)
+    else:
+        if images_digest(data.images[a:b]) == record["calibration_images_sha256"]:
+            return
+        reason = f"{data.source} holds other images there now"
+    scorer.warnings.append(f"the calibration images {where} changed in their file since calibrate ({reason}); "
+                           "the decisions use the scores recorded at calibration, which remain valid for the "
+                           "images calibrated on; to calibrate on the data as it is now: "
+                           f"{how_to_calibrate(scorer.run_dir, record['detector'])}")
+    log.warning("%s", scorer.warnings[-1])
 
 
 def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None) -> None:

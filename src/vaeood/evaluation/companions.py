@@ -35,16 +35,16 @@ def _check_one(name: str, option: str, other: Path, run_dir: Path, run, shape) -
     companion = companion_run.config
     mine = f"{run.data.name}/{run.data.split}"
     theirs = f"{companion.data.name}/{companion.data.split}"
-    if theirs != mine:
-        raise ConfigError(f"detector {name!r}: {option} = {other} was trained on {theirs}, but the run {run_dir} on "
-                          f"{mine}; train the companion on the run's data (--data.name={run.data.name})")
     other_shape = companion_run.image_shape
+    text = "×".join
+    shapes = f"images of C×H×W = {text(map(str, other_shape))}, but the run {run_dir} on {text(map(str, shape))}"
+    if theirs != mine:
+        also = f" ({shapes})" if other_shape != shape else ""
+        raise ConfigError(f"detector {name!r}: {option} = {other} was trained on {theirs}, but the run {run_dir} on "
+                          f"{mine}{also}; train the companion on the run's data (--data.name={run.data.name})")
     if other_shape != shape:
-        text = "×".join
-        raise ConfigError(f"detector {name!r}: {option} = {other} was trained on images of C×H×W = "
-                          f"{text(map(str, other_shape))}, but the run {run_dir} on {text(map(str, shape))}; the two "
-                          "models must see the same pixels (--pad/--resize would conform the images to each "
-                          "separately)")
+        raise ConfigError(f"detector {name!r}: {option} = {other} was trained on {shapes}; the two models must see "
+                          "the same pixels (--pad/--resize would conform the images to each separately)")
     return companion
 
 

@@ -74,6 +74,8 @@ def needs_features(model, images, needs: Mapping[str, dict] | Iterable[str] | st
     """Uncached :func:`compute_features` for a model object (your own VAE, see
     :mod:`vaeood.byo`) and an array of images (uint8 numpy ``[N, H, W, C]`` or tensor
     ``[N, C, H, W]``). An aliased need's ``"run"`` is then another model object."""
+    if len(images) == 0:  # else every detector would fail on a missing feature
+        raise ValueError(f"images holds no images (shape {tuple(images.shape)}); give at least one")
     needs = normalise_needs(needs)
     out: dict = {}
     for key, options in needs.items():

@@ -69,6 +69,28 @@ class ShapeMismatchError(ValueError):
     """The images to score do not have the shape the model was trained on."""
 
 
+def _check_model_shape(model, images) -> None:
+    """Refuse images whose C×H×W (numpy ``[N, H, W, C]``, tensor ``[N, C, H, W]``) is not the
+    model's ``image_shape``, naming both and the fix: an array in the other layout is never
+    read as this one (a dense model would take its pixels in another order without a word)."""
+    want = tuple(getattr(model, "image_shape", None) or ())
+    given = tuple(images.shape)
+    is_tensor = isinstance(images, torch.Tensor)
+    have = given[1:] if is_tensor else (given[3], given[1], given[2])
+    if not want or have == want:
+        return
+    text = "×".join
+    if not is_tensor and given[1:] == want:
+        fix = "it is channels-first (N×C×H×W), but numpy images are N×H×W×C: pass images.transpose(0, 2, 3, 1)"
+    elif is_tensor and (given[3], given[1], given[2]) == want:
+        fix = "it is channels-last (N×H×W×C), but tensors are N×C×H×W: pass images.permute(0, 3, 1, 2)"
+    else:
+        fix = ("bring the images to the model's size first, e.g. vaeood.data.conform.conform_images(images, "
+               "model.image_shape, 'pad' or 'resize')")
+    raise ShapeMismatchError(f"images of shape {given} ({'a tensor' if is_tensor else 'numpy'}) are C×H×W = "
+                             f"{text(map(str, have))}, but the model takes {text(map(str, want))}; {fix}")
+
+
 # -- requests ------------------------------------------------------------------------------
 def normalise_needs(needs: Mapping[str, dict] | Iterable[str] | str) -> dict[str, dict]:
     """``"log_px"`` / ``["log_px", "posterior"]`` / ``{"log_px": {...}}`` → ``{key: options}``.
@@ -150,6 +172,8 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 numpy [N, H, W, C], got {images.dtype} {images.shape}")
         batch_of = lambda s, e: to_tensor(images[s:e], dev)  # noqa: E731
+    if getattr(fn, "uses_model", True):
+        _check_model_shape(model, images)
     n = len(images)
     rank, world = distributed.rank(), distributed.world_size()
     starts = range(0, n, batch_size)

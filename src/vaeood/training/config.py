@@ -109,7 +109,7 @@ def _device_problem(name: str) -> str | None:
 
 def _dataset_name_problem(text: str) -> str | None:
     """A dataset name is a plain word, or a folder path: anything with a '/' (see
-    :mod:`vaeood.data.image_folder`)."""
+    :mod:`vaeood.data.folder_dataset`)."""
     if any(sep and sep in text for sep in ("/", os.sep, os.altsep)):
         return _path_problem(text) and "must be a folder path (no NUL character) or a plain word"
     return WORD.problem(text, str) and ("must be a plain word (letters, digits, _ . -), e.g. 'mnist', or a folder "

@@ -30,7 +30,7 @@ import numpy as np
 
 from ...data.checksums import file_hexdigest
 from ...data.errors import DataError
-from ...data.image_folder import load_image_folder
+from ...data.folder_dataset import load_image_folder
 from ...data.locate import user_dirs
 from ...features import images_digest
 from ..common import write_image_set

@@ -1,6 +1,6 @@
 """A folder of PNG/JPEG images as a dataset split: ``load_dataset("path/to/folder", split)``.
 
-Which names are folders: a dataset name that contains a path separator (``/``, or the
+Which names are folders (:mod:`vaeood.data.locate`): a dataset name that contains a path separator (``/``, or the
 system's own) is a folder path, relative to the current directory (``./pets`` or ``pets/``
 for a folder here); so is a plain word naming an existing folder (``pets``) when no dataset
 of that name is found. A name that is both a folder here and a dataset found (official
@@ -13,8 +13,8 @@ to find files (give the train and test folders as two names).
 Layout and labels: either images directly in the folder (labels ``-1``: unlabelled), or
 one subfolder per class holding its images (labels = the index of the class folder in
 name order; the class names are recorded). With class folders, a file beside them is a
-bad file. Folders are not read deeper than that. Files are read as
-:mod:`vaeood.data.folder` reads them for ``vaeood detect`` (the same reader): hidden
+bad file. Folders are not read deeper than that. Files are listed and read by the same
+steps as ``vaeood detect``'s (:mod:`vaeood.data.listing`, :mod:`vaeood.data.decode`): hidden
 entries are left out and listed; a bad file (corrupt, not PNG/JPEG, a text file named
 ``.png``, a FIFO, a non-UTF-8 name, ...) is refused with the folder, each named with its
 reason, unless ``skip_bad`` (``data.skip_bad=true``): then it is skipped, logged, and
@@ -38,7 +38,8 @@ are recorded in the provenance.
 
 Memory: headers are read first (size and mode, without decoding the pixels) to choose the
 shape and count the images; then each image is decoded straight into one preallocated
-uint8 array, so a large folder is never held twice. Within one process a folder of up to
+uint8 array (:func:`vaeood.data.decode.decode_into`), or chunk by chunk into a file of the
+run (:mod:`vaeood.data.folder_cache`), so a large folder is never held twice. Within one process a folder of up to
 :data:`CACHE_BYTES` of images is read once and reused while every file keeps its name,
 size, modification time and inode (as npz files are); a larger one is read again.
 
@@ -55,31 +56,22 @@ import hashlib
 import json
 import logging
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
 
 from .checksums import file_hexdigest
+from .conform import CONFORMS, choose_target, conform_record
+from .decode import conversion_text, decode_into
 from .errors import DataError
-from .conform import CONFORMS
-from .image_files import (_read_entries, _split_by_shape, decode_into, display_name, conform_record, list_entries,
-                     refuse_or_warn_bad, warn_hidden)
-from .decode import conversion_text
 from .folder_cache import decode_to_disk
 from .imageset import ImageSet
+from .listing import list_dataset, read_headers, refuse_or_warn_bad, warn_hidden
 
 log = logging.getLogger(__name__)
 
 ORDER = "sha256 of the relative file name"
 UNLABELLED = -1
-
-
-def is_folder_name(name: str) -> bool:
-    """True when a dataset name is a folder path: it contains ``/`` (or the system's
-    separator). A plain word is a folder only when no dataset of that name is found
-    (:func:`vaeood.data.load.names_a_folder`)."""
-    return any(sep and sep in name for sep in ("/", os.sep, os.altsep))
 
 
 def order_key(name: str) -> tuple[str, str]:
@@ -130,9 +122,9 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
     if cached is not None:
         log.debug("%s: unchanged since read (same names, sizes and modification times): reusing it", given)
         return _image_set(cached, split)
-    found, unread = _read_entries(entries)
+    found, unread = read_headers(entries)
     bad += unread
-    target, keep, odd = _split_by_shape(found, None, conform, bad, fit_to_common=True, size=size)
+    target, keep, odd = choose_target(found, None, conform, bad, fit_to_common=True, size=size)
     items = sorted(keep + odd, key=lambda f: order_key(f.name))
     images, names, from_shapes, converted, digest = _decode(items, target, conform, bad, cache_dir, skip_bad)
     refuse_or_warn_bad(given, bad, n_files, skip_bad,
@@ -220,36 +212,6 @@ def copy_record(record: dict) -> dict:
     return json.loads(json.dumps(record))
 
 
-def list_dataset(path: Path):
-    """``(entries, hidden, bad, classes)``: the files to read as ``(relative name, path)``,
-    hidden entries left out, entries refused already (a file beside class folders, a class
-    folder with an undecodable name) and the class names (``[]`` when the images lie in the
-    folder itself)."""
-    top, hidden = list_entries(path)
-    dirs = [(name, p) for name, p in top if _is_dir(p)]
-    if not dirs:
-        return top, hidden, [], []
-    bad = [(display_name(name), "a file beside the class folders (put it in one of them)")
-           for name, p in top if not _is_dir(p)]
-    entries, classes = [], []
-    for name, p in dirs:
-        if display_name(name) != name:
-            bad.append((display_name(name), "a class folder whose name is not valid UTF-8 (rename it)"))
-            continue
-        classes.append(name)
-        inside, hid = list_entries(p, prefix=f"{name}/")
-        entries += inside
-        hidden += hid
-    return entries, hidden, bad, classes
-
-
-def _is_dir(p: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.stat(p).st_mode)
-    except OSError:
-        return False
-
-
 def _digest(files: list[tuple[str, Path]]) -> str:
     """SHA-256 over the sorted relative names and each file's SHA-256: it changes when a
     file is added, removed, renamed or one byte of one changes."""
@@ -259,4 +221,4 @@ def _digest(files: list[tuple[str, Path]]) -> str:
     return h.hexdigest()
 
 
-__all__ = ["is_folder_name", "list_dataset", "load_image_folder", "order_key"]
+__all__ = ["load_image_folder", "order_key"]

@@ -1,31 +1,21 @@
-"""Images to decide on: a folder of PNG/JPEG files, an ``.npz`` file or a dataset name,
+"""The images to score or decide on: a folder of PNG/JPEG files, an ``.npz`` file or a dataset
+name (:func:`load_input`, which tells them apart by :func:`vaeood.data.locate.source_kind`),
 converted to the model's image shape with the explicit conforms of :mod:`vaeood.data.conform`.
 
-The files are read by :mod:`vaeood.data.image_files`, the reader folder datasets
-(:mod:`vaeood.data.image_folder`, ``load_dataset("path/to/folder", split)``) share:
-headers first, to choose the shape and count the images, then each image decoded straight
-into one preallocated array.
+A folder goes through the same steps as a folder dataset (:mod:`vaeood.data.folder_dataset`,
+``load_dataset("path/to/folder", split)``): its files listed and their headers read
+(:mod:`vaeood.data.listing`: which files are read, which are bad and why), the target shape
+chosen and the images counted (:func:`vaeood.data.conform.choose_target`), then each image
+decoded and converted (:mod:`vaeood.data.decode`: pixel formats, modes, EXIF) straight into
+one preallocated array, :data:`CHUNK` images at a time (:class:`FolderStream`).
 
 A folder is read whole or not at all. Every file that cannot be used is named with
 the reason (not a PNG/JPEG, truncated or corrupt, an unsupported pixel format, another
 shape than the model's), and the read is refused, unless the caller asks to skip them
 (``skip_bad=True``, ``vaeood detect --skip-bad``); the skipped files are then returned
 with their reasons, logged, and written into the results. Never a silent partial
-result.
-
-What is read: only regular files (and symbolic links to regular files, read as the
-file the link names, under the link's name). A FIFO, socket or device is a bad file,
-named by its kind and never opened (opening a FIFO waits for a writer for ever); so is
-a subfolder, or a link to one of these or to nothing. Hidden entries (names starting
-with ``.``, e.g. ``.DS_Store``) are not read; they are listed in ``left_out`` and the
-results say so. A file name that is not valid UTF-8 is a bad file (it cannot be written
-into the CSV or the summary), shown with its undecodable bytes escaped.
-
-Pixel formats and modes: each file is decoded and converted to 8-bit grey or RGB, then
-to the model's mode, by the rules of :mod:`vaeood.data.decode` (grey → RGB by repeating
-the channel, EXIF orientation applied, palette, 16-bit and CMYK converted; transparency,
-animated images and decompression bombs refused); the conversions made are counted in
-``converted`` and the summary.
+result. Hidden entries are listed in ``left_out``; the mode conversions made are counted
+in ``converted`` and the summary.
 
 Shapes: images whose height and width differ from the model's (``shape`` = C×H×W) are refused
 unless ``conform`` is ``"pad"`` or ``"resize"``, exactly as for scoring; then each image is
@@ -44,13 +34,11 @@ from typing import Iterator
 
 import numpy as np
 
+from .conform import CONFORMS, choose_target, conform_array, conform_record
+from .decode import decode_into
 from .errors import DataError
-from .conform import CONFORMS, conform_images
-from .image_files import (IMAGE_SUFFIXES, Found, _read_entries, _shape_text, _split_by_shape, decode_into,  # noqa: F401
-                          display_name, conform_record, list_entries, printable, refuse_or_warn_bad, warn_hidden)
-from .decode import read_image  # noqa: F401  (its home before vaeood.data.decode)
-from .image_folder import list_dataset
-from .regular_files import special_file_kind
+from .listing import Found, display_name, list_dataset, read_headers, refuse_or_warn_bad, warn_hidden
+from .locate import source_kind
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +130,9 @@ class FolderStream:
             also = f" (only {len(self.hidden)} hidden entries, not read)" if self.hidden else ""
             raise DataError(f"{self.folder}: the folder holds no files{also} (expected PNG or JPEG images)")
         self.n_files = len(entries) + len(self.bad)
-        found, unread = _read_entries(entries)
+        found, unread = read_headers(entries)
         self.bad += unread
-        self.target, keep, odd = _split_by_shape(found, shape, conform, self.bad)
+        self.target, keep, odd = choose_target(found, shape, conform, self.bad)
         chosen = set(map(id, keep + odd))
         self.items = [f for f in found if id(f) in chosen]
         self.names: list[str] = []
@@ -205,46 +193,25 @@ class FolderImages:
         return images[0]
 
 
-def conform_array(images: np.ndarray, shape: tuple[int, int, int] | None, conform: str | None,
-              where: str) -> tuple[np.ndarray, dict | None]:
-    """Images ``[N, H, W, C]`` converted to ``shape`` (C, H, W) by ``conform``, as scoring does;
-    refused (naming ``where``) when the shapes differ and no conform was asked for."""
-    if shape is None:
-        return images, None
-    have = (images.shape[3], images.shape[1], images.shape[2])
-    if have == tuple(shape):
-        return images, None
-    if conform is None:
-        raise DataError(f"{where}: images are C×H×W = {_shape_text(have)} but the model was trained on "
-                        f"{_shape_text(shape)}; pass --pad (zero-pad centred) or --resize (bilinear) to make "
-                        "them fit (conform='pad'/'resize' in Python)")
-    out = conform_images(images, tuple(shape), conform)
-    return out, {"method": conform, "to_shape": list(shape), "from_shapes": {_shape_text(have): len(images)},
-                 "description": f"{conform} {_shape_text(have)} → {_shape_text(shape)}"}
-
-
 def load_input(source: str | os.PathLike, *, shape: tuple[int, int, int] | None = None, conform: str | None = None,
                skip_bad: bool = False, split: str = "test", data_dir: str | os.PathLike | None = None,
                limit: int | None = None) -> InputImages:
     """A folder of PNG/JPEG images, an ``.npz`` file (arrays ``x``, ``y``, see
     :mod:`vaeood.data.npz`) or a dataset name (split ``split``, found as by
-    :func:`vaeood.data.load_dataset`), converted to ``shape`` (C, H, W) by ``conform``.
+    :func:`vaeood.data.load_dataset`), told apart by :func:`vaeood.data.locate.source_kind`,
+    converted to ``shape`` (C, H, W) by ``conform``.
     ``limit`` keeps the first N images of an ``.npz`` or dataset."""
     from .load import load_dataset
     from .npz import read_image_arrays
 
-    path = Path(source)
     if conform is not None:
         CONFORMS.get(conform)
-    if path.is_dir():
+    path, kind = Path(source), source_kind(source)
+    if kind == "folder":
         if limit:
             raise DataError("limit applies to an .npz or a dataset, not to a folder (choose its files instead)")
         return read_image_folder(path, shape=shape, conform=conform, skip_bad=skip_bad)
-    if path.suffix.lower() == ".npz":
-        if not path.exists():
-            raise DataError(f"{path}: no such .npz file")
-        if special_file_kind(os.stat(path).st_mode) is not None:
-            raise DataError(f"{path}: {special_file_kind(os.stat(path).st_mode)}, not a regular .npz file (not opened)")
+    if kind == "npz":
         images, labels, _ = read_image_arrays(path, str(path))
         images, labels = (images[:limit], labels[:limit]) if limit else (images, labels)
         images, fitted = conform_array(images, shape, conform, str(path))
@@ -252,10 +219,6 @@ def load_input(source: str | os.PathLike, *, shape: tuple[int, int, int] | None 
         return InputImages(images, [f"{name}[{i}]" for i in range(len(images))], source=display_name(str(path)),
                            kind="npz",
                            fitted=fitted, labels=labels)
-    if path.exists():
-        raise DataError(f"{path}: neither a folder of PNG/JPEG images nor an .npz file")
-    if os.sep in str(source) or (os.altsep and os.altsep in str(source)):
-        raise DataError(f"{source}: no such folder or file")
     data = load_dataset(str(source), split, data_dir=data_dir)
     images, labels = (data.images[:limit], data.labels[:limit]) if limit else (data.images, data.labels)
     images, fitted = conform_array(images, shape, conform, f"{data.name}/{data.split}")

@@ -1,0 +1,127 @@
+"""The command line under hostile use (issue 34): an --out that is a folder, a background run
+of another dataset and image shape, a calibration whose images changed in their file since
+calibrate, and two `vaeood fit` on one --out at once. Tiny data written by the test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli_processes import launch, wait_for
+from tinydata import blobs, write_npz
+import vaeood
+from vaeood.cli import main
+from vaeood.infra.runlock import LOCK_NAME, RunLockedError
+
+TINY = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A run on 300 of 500 grey 28×28 'fashion_mnist' blobs, calibrated for nll on 150 held-out
+    ones, a run on RGB 32×32 'cifar10' blobs, and a folder of 10 test blobs."""
+    root = tmp_path_factory.mktemp("hostile")
+    data = root / "data"
+    write_npz(data, "fashion_mnist", "train", blobs(500, 0))
+    write_npz(data, "cifar10", "train", blobs(100, 0, size=32, channels=3))
+    run, colour = root / "run", root / "colour"
+    assert main(["train", str(run), "--data-dir", str(data), "--data.limit=300", *TINY]) == 0
+    assert main(["train", str(colour), "--data-dir", str(data), "--data.name=cifar10", *TINY]) == 0
+    assert main(["calibrate", str(run), "--detector", "nll", "--n", "150", "--data-dir", str(data)]) == 0
+    folder = root / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(blobs(10, 1)):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    return {"data": data, "run": run, "colour": colour, "folder": folder}
+
+
+def test_an_out_that_is_a_folder_is_refused_saying_so(tiny, tmp_path, capsys):
+    assert main(["detect", str(tiny["run"]), str(tiny["folder"]), "--out", str(tmp_path),
+                 "--data-dir", str(tiny["data"])]) == 2
+    assert f"--out {tmp_path}: {tmp_path} is a folder; name a CSV file to write" in capsys.readouterr().err
+
+
+def test_a_background_of_another_dataset_and_shape_is_refused_naming_both(tiny, capsys):
+    options = json.dumps({"background_run": str(tiny["colour"])})
+    assert main(["calibrate", str(tiny["run"]), "--detector", "likelihood_ratio", "--detector-options", options,
+                 "--n", "20", "--data-dir", str(tiny["data"])]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on cifar10/train, but the run" in err and "on fashion_mnist/train" in err, err
+    assert "images of C×H×W = 3×32×32, but the run" in err and "on 1×28×28" in err, err
+
+
+def test_a_calibration_whose_images_changed_in_their_file_is_used_and_said_once(tiny, tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny["data"], data)
+    shutil.copytree(tiny["run"], run)
+    detect = ["detect", str(run), str(tiny["folder"]), "--data-dir", str(data), "--out"]
+    assert main([*detect, str(tmp_path / "a.csv")]) == 0
+    before = capsys.readouterr()
+    assert "changed" not in before.out + before.err
+    images = blobs(500, 0)
+    images[300:450] = 255 - images[300:450]  # the calibration slice, changed in its file
+    write_npz(data, "fashion_mnist", "train", images)
+    assert main([*detect, str(tmp_path / "b.csv")]) == 0
+    after = capsys.readouterr()
+    said = ("the calibration images fashion_mnist/train[300:450] changed in their file since calibrate "
+            "(fashion_mnist_train.npz holds other images there now)")
+    # once in the log (stderr) and once in the summary, as the companion runs' warnings
+    assert after.err.count(said) == 1 and after.out.count(said) == 1, after
+    summary = json.loads((tmp_path / "b.summary.json").read_text())
+    assert any("fashion_mnist_train.npz" in w for w in summary["warnings"])
+    # the decisions rest on the scores recorded at calibration: the same as before the file changed
+    assert (tmp_path / "b.csv").read_text() == (tmp_path / "a.csv").read_text()
+
+
+@pytest.mark.slow  # two processes, each training a model
+def test_two_fits_on_one_out_at_once_one_wins_and_the_other_writes_nothing(tmp_path, capsys):
+    photos, other = tmp_path / "photos", tmp_path / "other"
+    for folder, seed in ((photos, 0), (other, 1)):
+        folder.mkdir()
+        for i, img in enumerate(blobs(200, seed, size=16)):
+            Image.fromarray(img).save(folder / f"{i:03d}.png")
+    out = tmp_path / "model"
+    base = ["--detector", "nll", "--model.base_channels=4", "--model.latent_dim=4"]
+    first = launch(["fit", f"{photos}/", "--out", str(out), *base, "--train.epochs=1000"], tmp_path / "a.log")
+    try:
+        wait_for(lambda: (out / "metrics.jsonl").exists(), first)  # training: the lock is held
+        cache = sorted((out / "cache").iterdir())  # the first fit's decoded copy of its folder
+        # the second fit in this process (the lock is another process's all the same)
+        assert main(["fit", f"{other}/", "--out", str(out), *base, "--train.epochs=1"]) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is in use by another vaeood process (pid {first.pid} on" in err and "Traceback" not in err, err
+        assert sorted((out / "cache").iterdir()) == cache  # the refused fit decoded nothing into the run
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_python_fit_into_a_run_dir_another_process_writes_is_refused_before_it_writes(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run / LOCK_NAME)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunLockedError, match=f"{run} is in use by another vaeood process"):
+            vaeood.ImageOODDetector(run_dir=run).fit(np.stack(blobs(200, 0, size=8, channels=3)))
+        assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]  # its training images not written
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
