@@ -10,7 +10,12 @@ The rules, in the order they apply:
 - **Animated images** (an animated PNG) are refused, naming the number of frames: cutting
   one to its first frame would score a picture the user never chose.
 - **EXIF orientation** is applied (``PIL.ImageOps.exif_transpose``), so the pixels are
-  the photo as a viewer shows it, upright.
+  the photo as a viewer shows it, upright. An EXIF block Pillow cannot read whole (it warns
+  "Corrupt EXIF data", "Tag data larger than file", ...), without its TIFF header, or
+  with an orientation other than 1–8 is refused, naming the problem: the orientation a viewer shows is then not known.
+- **Format by content**: a file is read as the format its bytes hold, whatever its
+  suffix says (PNG bytes named ``.jpg`` are read as the PNG they are); bytes that are
+  no PNG or JPEG (a text file named ``.jpg``) are refused as "not an image file".
 - **Palette** images (``P``) become RGB, or grey when every palette colour used is grey;
   **1-bit** images (``1``) become grey 0/255.
 - **16-bit grey** (``I;16``, as Pillow opens a 16-bit PNG) becomes 8-bit by
@@ -38,6 +43,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +57,7 @@ PNG_SIGNATURE, JPEG_SIGNATURE = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
 _ORIENTATION = 0x0112  # the EXIF tag
 _SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that turn the image a quarter
 _MODE_NAMES = {1: "grey", 3: "RGB"}
+_UNKNOWN_ORIENTATION = ": the orientation a viewer shows is not known; save the image again without its EXIF block"
 
 
 @dataclass(frozen=True)
@@ -69,15 +76,14 @@ def decode_image(path: str | os.PathLike) -> Decoded:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with open_regular_file(path) as f, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused by _check_header, by name
+        with open_regular_file(path) as f, corrupt_metadata_refused():
             with Image.open(f) as img:
                 _check_header(img)
                 img.verify()  # PNG: every chunk's CRC and the end chunk (a cut-off file fails here)
             f.seek(0)
             with Image.open(f) as img:
                 img.load()  # decodes every pixel (a truncated JPEG fails here)
-                turned = img.getexif().get(_ORIENTATION, 1) in range(2, 9)
+                turned = _orientation(img) != 1
                 pixels, converted = _to_array(ImageOps.exif_transpose(img) if turned else img)
                 return Decoded(pixels, ("EXIF orientation applied",) * turned + converted)
     except DataError:
@@ -119,6 +125,38 @@ def _check_header(img) -> None:
                         "to score as a still PNG/JPEG")
 
 
+@contextmanager
+def corrupt_metadata_refused():
+    """Run the ``with`` body (opening and reading an image) with Pillow's warnings caught:
+    its decompression-bomb warning ignored (:func:`_check_header` refuses by name), and any
+    warning it gives of metadata it cannot read whole ("Corrupt EXIF data", "Tag data
+    larger than file", ...) raised as :class:`DataError` (module docstring), never printed
+    without the file's name."""
+    from PIL import Image
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+    said = [str(w.message).strip() for w in caught if issubclass(w.category, UserWarning)]
+    if said:
+        raise DataError(f"corrupt EXIF block (Pillow: {said[0]}){_UNKNOWN_ORIENTATION}")
+
+
+def _orientation(img) -> int:
+    """The EXIF orientation of an opened image (1 without one); :class:`DataError` for an EXIF
+    block without its TIFF header, of which Pillow would silently read no tag, and for an
+    orientation that is not one of 1–8."""
+    raw = img.info.get("exif") or b""
+    body = raw[6:] if raw.startswith(b"Exif\0\0") else raw
+    if raw and body[:4] not in (b"MM\0*", b"II*\0"):
+        raise DataError(f"corrupt EXIF block (no TIFF header){_UNKNOWN_ORIENTATION}")
+    orientation = img.getexif().get(_ORIENTATION, 1)
+    if orientation not in range(1, 9):
+        raise DataError(f"corrupt EXIF block (orientation {orientation!r}, not one of 1–8){_UNKNOWN_ORIENTATION}")
+    return orientation
+
+
 def header_shape(img) -> tuple[int, int, int] | None:
     """``(H, W, C)`` of an opened (not decoded) image as :func:`decode_image` will return
     it, from its header alone (size, mode, EXIF orientation), or None when only decoding
@@ -126,7 +164,7 @@ def header_shape(img) -> tuple[int, int, int] | None:
     channels = {"L": 1, "1": 1, "LA": 1, "I;16": 1, "RGB": 3, "RGBA": 3, "PA": 3, "CMYK": 3}.get(img.mode)
     if img.format not in FORMATS or channels is None or getattr(img, "n_frames", 1) > 1:
         return None
-    turned = img.getexif().get(_ORIENTATION) in _SWAPS_SIDES
+    turned = _orientation(img) in _SWAPS_SIDES
     return (img.width, img.height, channels) if turned else (img.height, img.width, channels)
 
 

@@ -10,9 +10,11 @@ Then the header pass, :func:`read_headers`: each entry is checked without decodi
 (and symbolic links to regular files, read as the file the link names, under the link's
 name). A FIFO, socket or device is a bad file, named by its kind and never opened (opening
 a FIFO waits for a writer for ever); so is a subfolder, a link to one of these or to
-nothing, a file whose suffix is not ``.png``/``.jpg``/``.jpeg``, and a file name that is not
-valid UTF-8 (it cannot be written into the CSV or the summary), shown with its undecodable
-bytes escaped. What the pass finds is the shape of each usable image (:class:`Found`),
+nothing, a symbolic link loop (a link to itself, or to the folder or one above it: never
+followed), an empty file (named without being opened), a file whose suffix is not
+``.png``/``.jpg``/``.jpeg``, and a file name that is not valid UTF-8 (it cannot be written
+into the CSV or the summary), shown with its undecodable bytes escaped.
+What the pass finds is the shape of each usable image (:class:`Found`),
 which chooses the run's target shape (:func:`vaeood.data.conform.choose_target`) before any
 pixel is decoded (:func:`vaeood.data.decode.decode_into`).
 
@@ -22,13 +24,14 @@ skips them (:func:`refuse_or_warn_bad`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .decode import header_shape, read_image
+from .decode import corrupt_metadata_refused, header_shape, read_image
 from .errors import DataError
 from .regular_files import open_regular_file, special_file_kind
 
@@ -72,11 +75,14 @@ def list_dataset(path: Path):
     folder with an undecodable name) and the class names (``[]`` when the images lie in the
     folder itself)."""
     top, hidden = list_entries(path)
+    loops = [(display_name(name), "a symbolic link to this folder or one above it (a loop): not followed")
+             for name, p in top if _is_dir(p) and _loops_back(p, path)]
+    top = [(name, p) for name, p in top if not (_is_dir(p) and _loops_back(p, path))]
     dirs = [(name, p) for name, p in top if _is_dir(p)]
     if not dirs:
-        return top, hidden, [], []
-    bad = [(display_name(name), "a file beside the class folders (put it in one of them)")
-           for name, p in top if not _is_dir(p)]
+        return top, hidden, loops, []
+    bad = loops + [(display_name(name), "a file beside the class folders (put it in one of them)")
+                   for name, p in top if not _is_dir(p)]
     entries, classes = [], []
     for name, p in dirs:
         if display_name(name) != name:
@@ -87,6 +93,12 @@ def list_dataset(path: Path):
         entries += inside
         hidden += hid
     return entries, hidden, bad, classes
+
+
+def _loops_back(link: Path, folder: Path) -> bool:
+    """True when the folder ``link`` leads to is ``folder`` or a folder above it."""
+    target, here = link.resolve(), folder.resolve()
+    return target == here or target in here.parents
 
 
 def _is_dir(p: Path) -> bool:
@@ -103,10 +115,11 @@ def warn_hidden(folder, hidden: list[tuple[str, str]]) -> None:
 
 
 def refuse_or_warn_bad(folder, bad: list[tuple[str, str]], n_entries: int, skip_bad: bool, how_to_skip: str) -> None:
-    """Raise :class:`DataError` naming each bad file with its reason, or with ``skip_bad``
-    log them as skipped (the caller records them in its results)."""
+    """Raise :class:`DataError` naming each bad file with its reason (the name :func:`printable`:
+    a newline in it cannot start a line of its own), or with ``skip_bad`` log them as skipped (the
+    caller records them in its results)."""
     if bad and not skip_bad:
-        lines = [f"  {name}: {reason}" for name, reason in sorted(bad)[:_SHOW]]
+        lines = [f"  {printable(name)}: {reason}" for name, reason in sorted(bad)[:_SHOW]]
         if len(bad) > _SHOW:
             lines.append(f"  ... and {len(bad) - _SHOW} more")
         raise DataError(f"{folder}: {len(bad)} of {n_entries} files cannot be used:\n" + "\n".join(lines) +
@@ -114,7 +127,7 @@ def refuse_or_warn_bad(folder, bad: list[tuple[str, str]], n_entries: int, skip_
                         "are then listed in the results.")
     if bad:
         log.warning("%s: skipping %d bad files (listed in the results): %s", folder, len(bad),
-                    "; ".join(f"{n}: {r}" for n, r in sorted(bad)[:_SHOW]))
+                    "; ".join(f"{printable(n)}: {r}" for n, r in sorted(bad)[:_SHOW]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,7 +148,7 @@ def _peek_shape(path: Path) -> tuple[int, int, int]:
     from PIL import Image
 
     try:
-        with open_regular_file(path) as f, Image.open(f) as img:
+        with open_regular_file(path) as f, corrupt_metadata_refused(), Image.open(f) as img:
             shape = header_shape(img)
             if shape is not None:
                 return shape
@@ -154,10 +167,13 @@ def read_headers(entries: list[tuple[str, Path]]) -> tuple[list[Found], list[tup
     for raw, path in entries:
         name = display_name(raw)
         try:
-            mode = os.stat(path).st_mode  # follows a symbolic link; lstat would not
+            st = os.stat(path)  # follows a symbolic link; lstat would not
         except OSError as err:
-            bad.append((name, f"cannot be read ({err.strerror or err}; a broken symbolic link?)"))
+            what = "a symbolic link loop: not followed" if err.errno == errno.ELOOP else \
+                f"cannot be read ({err.strerror or err}; a broken symbolic link?)"
+            bad.append((name, what))
             continue
+        mode = st.st_mode
         if name != raw:
             bad.append((name, "its name is not valid UTF-8 (rename it)"))
         elif stat.S_ISDIR(mode):
@@ -166,6 +182,8 @@ def read_headers(entries: list[tuple[str, Path]]) -> tuple[list[Found], list[tup
             bad.append((name, f"{special_file_kind(mode)}, not a regular file (not opened)"))
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
             bad.append((name, f"not a PNG/JPEG file name (suffix {path.suffix or 'none'!r})"))
+        elif st.st_size == 0:
+            bad.append((name, "an empty file (0 bytes)"))
         else:
             try:
                 good.append(Found(name, path, _peek_shape(path)))
