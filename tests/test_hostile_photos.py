@@ -1,7 +1,7 @@
 """Hostile photo files (issue 34, item 2) through `vaeood detect MODEL FOLDER` and the reader of
 `vaeood fit FOLDER`: each one refused by name with its reason, or handled by a rule of
 vaeood.data.decode / vaeood.data.listing, never a traceback, a hang or a Pillow warning
-without the file's name. Tiny data written by the test."""
+without the file's name. Also data.image_size given for a dataset, refused. Tiny data written by the test."""
 
 from __future__ import annotations
 
@@ -214,4 +214,13 @@ def test_corrupt_exif_is_refused_whatever_pillow_makes_of_it(tmp_path):
             else:  # the orientation read whole, or its tag gone (an EXIF block without one)
                 with Image.open(path) as img:
                     assert decoded.conversions == ("EXIF orientation applied",) or img.getexif().get(0x0112) is None
+
+
+def test_image_size_for_a_dataset_is_refused_naming_its_shape(tiny, tmp_path, capsys):
+    assert main(["train", str(tmp_path / "r"), "--data-dir", str(tiny["data"]), "--data.image_size=[32,32]",
+                 *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "data.image_size=[32, 32] applies to a folder of images only" in err
+    assert "fashion_mnist (train) is a dataset of 28×28 images" in err and "remove --data.image_size" in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
 

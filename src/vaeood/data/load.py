@@ -60,8 +60,9 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
             :mod:`vaeood.data.folder_dataset`): ``"pad"``/``"resize"`` images of another
             shape than the folder's most common, and skip bad files instead of refusing the
             folder; ``image_size`` ``(H, W)``: the size to conform them to (default: the
-            folder's most common); ``cache_dir``: decode it chunk by chunk into a memory-mapped
-            file there (:mod:`vaeood.data.folder_cache`). A folder is one split: ``split`` is
+            folder's most common; refused for a dataset, read at its own size); ``cache_dir``:
+            decode it chunk by chunk into a memory-mapped file there (:mod:`vaeood.data.folder_cache`).
+            A folder is one split: ``split`` is
             recorded, not used to find files; ``data_dir``, ``download`` and ``allow_sample`` do not apply to it.
     Raises:
         DataError: a file found is corrupt, of the wrong format or fails its published MD5
@@ -75,7 +76,13 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
                             "(letters, digits, _ . -)")
         return load_image_folder(name, split, conform=conform, skip_bad=skip_bad, size=image_size,
                                  cache_dir=cache_dir)
-    return _load_named(name, split, data_dir, download, allow_sample)
+    data = _load_named(name, split, data_dir, download, allow_sample)
+    if image_size is not None:
+        height, width = data.images.shape[1:3]
+        raise DataError(f"data.image_size={list(image_size)} applies to a folder of images only; {name} ({split}) "
+                        f"is a dataset of {height}×{width} images, trained at that size: remove "
+                        "--data.image_size, or give a folder of images (data.name=./folder)")
+    return data
 
 
 def names_a_folder(name: str, split: str, data_dir: str | os.PathLike | None = None) -> bool:
