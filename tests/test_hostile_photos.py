@@ -1,7 +1,8 @@
 """Hostile photo files (issue 34, item 2) through `vaeood detect MODEL FOLDER` and the reader of
 `vaeood fit FOLDER`: each one refused by name with its reason, or handled by a rule of
 vaeood.data.decode / vaeood.data.listing, never a traceback, a hang or a Pillow warning
-without the file's name. Also data.image_size given for a dataset, refused. Tiny data written by the test."""
+without the file's name. Also two refusals of the run and the saved object: data.image_size
+given for a dataset, and vaeood.load of a path that does not exist. Tiny data written by the test."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import vaeood
 from tinydata import blobs, write_npz
 from vaeood.cli import main
 from vaeood.data import DataError, load_dataset
 from vaeood.data.decode import decode_image
+from vaeood.image_detector import SavedDetectorError
 
 TINY = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--train.batch_size=64"]
 GOOD = blobs(4, 1)
@@ -224,3 +227,9 @@ def test_image_size_for_a_dataset_is_refused_naming_its_shape(tiny, tmp_path, ca
     assert "fashion_mnist (train) is a dataset of 28×28 images" in err and "remove --data.image_size" in err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
+
+def test_loading_a_saved_detector_from_a_path_that_does_not_exist_says_so(tmp_path):
+    with pytest.raises(SavedDetectorError, match=r"nowhere: no such file or folder"):
+        vaeood.load(tmp_path / "nowhere")
+    with pytest.raises(SavedDetectorError, match="no detector.json"):
+        vaeood.load(tmp_path)

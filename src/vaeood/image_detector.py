@@ -244,6 +244,8 @@ def load(path: str | os.PathLike, *, device: str = "cpu") -> ImageOODDetector:
 
 def _read_manifest(path: Path) -> dict:
     file = path / MANIFEST
+    if not path.exists():
+        raise SavedDetectorError(f"{path}: no such file or folder (give the folder det.save(path) wrote)")
     if not file.exists():
         raise SavedDetectorError(f"{path}: no {MANIFEST}, so not a saved ImageOODDetector (a run from `vaeood fit` "
                                  "works with `vaeood detect`; save a detector with det.save(path))")
