@@ -24,8 +24,9 @@ def histogram_figure(path: str | Path, values: dict[str, np.ndarray], xlabel: st
     from matplotlib.figure import Figure  # on use (slow import); not pyplot: no global state
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.subplots()
-    for name, v in values.items():
-        ax.hist(v[np.isfinite(v)], bins=bins, density=True, alpha=0.5, label=f"{name} (n={len(v)})")
+    for name, v in values.items():  # one polygon a set ("stepfilled"), not a patch a bin: drawn 10× faster
+        ax.hist(v[np.isfinite(v)], bins=bins, density=True, histtype="stepfilled", alpha=0.5,
+                label=f"{name} (n={len(v)})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title)
@@ -48,7 +49,7 @@ def histogram_panels(path: str | Path, panels: dict[str, dict[str, np.ndarray]],
         finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
         edges = np.linspace(finite.min(), finite.max(), bins + 1)
         for name, v in values.items():
-            ax.hist(v[np.isfinite(v)], bins=edges, alpha=0.5, label=f"{name} (n={len(v)})")
+            ax.hist(v[np.isfinite(v)], bins=edges, histtype="stepfilled", alpha=0.5, label=f"{name} (n={len(v)})")
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("count")

@@ -57,7 +57,7 @@ def write_figures(out_dir: Path, out: dict, bpd: dict, in_name: str, ood_name: s
     bins = np.linspace(finite.min(), finite.max(), 50)
     for ax, o in zip(axes, ABLATED, strict=True):
         for name, v in bpd[(o, seed)].items():
-            ax.hist(v[np.isfinite(v)], bins=bins, density=True, alpha=0.5, label=name)
+            ax.hist(v[np.isfinite(v)], bins=bins, density=True, histtype="stepfilled", alpha=0.5, label=name)
         ax.set_title(o, fontsize=10)
         ax.set_xlabel("bits/dim (IWAE)", fontsize=8)
     axes[0].legend(fontsize=7)

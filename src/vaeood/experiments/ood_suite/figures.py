@@ -78,7 +78,8 @@ def _histogram(ax, values: dict[str, np.ndarray], colours: dict[str, str]) -> No
         lo, hi = pooled.min(), pooled.max() + 1e-9
     bins = np.linspace(lo, hi, 50)
     for name, v in finite.items():
-        ax.hist(np.clip(v, lo, hi), bins=bins, density=True, alpha=0.45, color=colours[name], label=name)
+        ax.hist(np.clip(v, lo, hi), bins=bins, density=True, histtype="stepfilled", alpha=0.45, color=colours[name],
+                label=name)
 
 
 def _save_png(fig, path: Path) -> None:
