@@ -235,10 +235,12 @@ def alternate(competitors: dict[str, Callable[[], float | None]], rounds: int, w
     return times
 
 
-def median_seconds(fn: Callable[[], object], samples: int = 3, calls: int = 1, device="cpu") -> float:
-    """Median over ``samples`` timings of the seconds per call of ``calls`` calls of ``fn``
-    (after one untimed call)."""
-    fn()
+def seconds_per_call(fn: Callable[[], object], samples: int, calls: int, device="cpu", warmup: int = 1) -> list[float]:
+    """``samples`` timings of the seconds per call of ``calls`` calls of ``fn`` (the device
+    synchronised before each clock stops), after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
     out = []
     for _ in range(samples):
         start = time.perf_counter()
@@ -246,7 +248,13 @@ def median_seconds(fn: Callable[[], object], samples: int = 3, calls: int = 1, d
             fn()
         sync(device)
         out.append((time.perf_counter() - start) / calls)
-    return statistics.median(out)
+    return out
+
+
+def median_seconds(fn: Callable[[], object], samples: int = 3, calls: int = 1, device="cpu") -> float:
+    """Median over ``samples`` timings of the seconds per call of ``calls`` calls of ``fn``
+    (after one untimed call)."""
+    return statistics.median(seconds_per_call(fn, samples, calls, device))
 
 
 def summarise(times: dict[str, list[float]], work: dict[str, float], unit: str = "images_per_s") -> dict:
@@ -265,16 +273,9 @@ def summarise(times: dict[str, list[float]], work: dict[str, float], unit: str =
 
 
 def gemm_gflops(fn, size: int, repeat: int, reps: int, device) -> dict:
-    for _ in range(2):
-        fn()
-    sync(device)
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        for _ in range(repeat):
-            fn()
-        sync(device)
-        samples.append(repeat * 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    """GFLOP/s of ``fn``, a ``size`` × ``size`` GEMM (2 size³ FLOPs), over ``reps`` timings of
+    ``repeat`` calls each (after two untimed calls)."""
+    samples = [2 * size**3 / s / 1e9 for s in seconds_per_call(fn, reps, repeat, device, warmup=2)]
     return {"median": statistics.median(samples), "max": max(samples), "samples": samples}
 
 
