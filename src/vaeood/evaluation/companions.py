@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Mapping
 
+from ..data.conform import shape_text
 from ..training.checkpoint import checkpoint_path
 from ..training.config import ConfigError
 from ..training.run_dir import Run
@@ -36,8 +37,7 @@ def _check_one(name: str, option: str, other: Path, run_dir: Path, run, shape) -
     mine = f"{run.data.name}/{run.data.split}"
     theirs = f"{companion.data.name}/{companion.data.split}"
     other_shape = companion_run.image_shape
-    text = "×".join
-    shapes = f"images of C×H×W = {text(map(str, other_shape))}, but the run {run_dir} on {text(map(str, shape))}"
+    shapes = f"images of C×H×W = {shape_text(other_shape)}, but the run {run_dir} on {shape_text(shape)}"
     if theirs != mine:
         also = f" ({shapes})" if other_shape != shape else ""
         raise ConfigError(f"detector {name!r}: {option} = {other} was trained on {theirs}, but the run {run_dir} on "

@@ -51,7 +51,7 @@ from ..training.config import ConfigError
 from ..data import load_dataset
 from ..data.folder_cache import release
 from ..data.load import load_for_run
-from ..data.conform import CONFORMS, conform_images
+from ..data.conform import CONFORMS, conform_images, shape_text
 from ..inference.noise import ImageNoise
 from ..infra.progress import bar
 from ..infra.registry import Registry, check_options
@@ -79,7 +79,6 @@ def _check_model_shape(model, images) -> None:
     have = given[1:] if is_tensor else (given[3], given[1], given[2])
     if not want or have == want:
         return
-    text = "×".join
     if not is_tensor and given[1:] == want:
         fix = "it is channels-first (N×C×H×W), but numpy images are N×H×W×C: pass images.transpose(0, 2, 3, 1)"
     elif is_tensor and (given[3], given[1], given[2]) == want:
@@ -88,7 +87,7 @@ def _check_model_shape(model, images) -> None:
         fix = ("bring the images to the model's size first, e.g. vaeood.data.conform.conform_images(images, "
                "model.image_shape, 'pad' or 'resize')")
     raise ShapeMismatchError(f"images of shape {given} ({'a tensor' if is_tensor else 'numpy'}) are C×H×W = "
-                             f"{text(map(str, have))}, but the model takes {text(map(str, want))}; {fix}")
+                             f"{shape_text(have)}, but the model takes {shape_text(want)}; {fix}")
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -353,11 +352,11 @@ def _conform_to_model(images: np.ndarray, model, conform: str | None, data, run_
     image_shape = (channels, height, width)
     if image_shape == tuple(model.image_shape) or (conform is None and not uses_model):
         return images, None
-    shapes = f"{'×'.join(map(str, image_shape))} → {'×'.join(map(str, model.image_shape))}"
+    shapes = f"{shape_text(image_shape)} → {shape_text(model.image_shape)}"
     if conform is None:
         raise ShapeMismatchError(
-            f"{data.name}/{data.split} images are C×H×W = {'×'.join(map(str, image_shape))} but the model in "
-            f"{run_dir} was trained on {'×'.join(map(str, model.image_shape))}; score a dataset of the same "
+            f"{data.name}/{data.split} images are C×H×W = {shape_text(image_shape)} but the model in "
+            f"{run_dir} was trained on {shape_text(model.image_shape)}; score a dataset of the same "
             "shape, or pass --pad (zero-pad centred) or --resize (bilinear) to make it fit "
             "(conform='pad'/'resize' in Python)")
     images = conform_images(images, tuple(model.image_shape), conform)
