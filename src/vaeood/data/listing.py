@@ -75,14 +75,18 @@ def list_dataset(path: Path):
     folder with an undecodable name) and the class names (``[]`` when the images lie in the
     folder itself)."""
     top, hidden = list_entries(path)
-    loops = [(display_name(name), "a symbolic link to this folder or one above it (a loop): not followed")
-             for name, p in top if _is_dir(p) and _loops_back(p, path)]
-    top = [(name, p) for name, p in top if not (_is_dir(p) and _loops_back(p, path))]
-    dirs = [(name, p) for name, p in top if _is_dir(p)]
+    files, dirs, loops = [], [], []  # each entry stat'ed once (a folder may hold 100,000s of files)
+    for name, p in top:
+        if not _is_dir(p):
+            files.append((name, p))
+        elif _loops_back(p, path):
+            loops.append((display_name(name), "a symbolic link to this folder or one above it (a loop): not followed"))
+        else:
+            dirs.append((name, p))
     if not dirs:
-        return top, hidden, loops, []
+        return files, hidden, loops, []
     bad = loops + [(display_name(name), "a file beside the class folders (put it in one of them)")
-                   for name, p in top if not _is_dir(p)]
+                   for name, _ in files]
     entries, classes = [], []
     for name, p in dirs:
         if display_name(name) != name:
