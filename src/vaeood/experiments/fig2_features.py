@@ -76,8 +76,10 @@ VAE_STEPS = 750
 
 
 def _vae(rows: np.ndarray, seed: int):
-    # epochs from the training rows alone (80%: feature_vae_nll holds 20% out), at most its default 60
-    epochs = min(60, math.ceil(VAE_STEPS * 128 / (0.8 * len(rows))))
+    # epochs from the training rows alone (those feature_vae_nll does not hold out), at most its default
+    defaults = make_detector("feature_vae_nll").options
+    trained_rows = (1 - defaults["holdout"]) * len(rows)
+    epochs = min(defaults["epochs"], math.ceil(VAE_STEPS * defaults["batch_size"] / trained_rows))
     vae = make_detector("feature_vae_nll", {"seed": seed, "epochs": epochs}).fit({FEATURE_KEY: rows})
     # its score is −ELBO(f) in nats of R^D, the standardisation's Jacobian included
     return (lambda r: -vae.score({FEATURE_KEY: r})), {**vae.fit_info, "epochs": epochs}
