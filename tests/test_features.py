@@ -51,6 +51,27 @@ def test_deterministic_features_do_not_depend_on_the_batch(run):
             np.testing.assert_allclose(whole[key], pieces[key], rtol=1e-6, err_msg=f"{name}/{key}")
 
 
+def test_the_features_of_a_batch_share_one_encoder_pass_and_keep_their_values(run):
+    from vaeood.features import needs_features
+    from vaeood.training.run import load_model
+
+    model = load_model(run)[0]
+    images = np.concatenate([blobs(10, 5), strokes(10, 6)])
+    needs = {"log_px": {}, "posterior": {}, "latent": {}, "reconstruction": {}}
+    alone = {name: features_of(model, images, name, seed=3) for name in needs}
+    passes, encode = [], model.posterior
+    model.posterior = lambda x: passes.append(len(x)) or encode(x)
+    together = needs_features(model, images, needs, seed=3, batch_size=8)
+    assert passes == [8, 8, 4]  # one encoder pass a batch, for the four features
+    for name, values in alone.items():
+        for key, value in values.items():
+            np.testing.assert_array_equal(together[key], value, err_msg=f"{name}/{key}")
+    x = torch.from_numpy(images[:5])[:, None]  # grey [N, H, W] → [N, 1, H, W]
+    xhat, log_lik = model.at_posterior_mean(x, encode(x)[0])  # one decoder pass for both
+    torch.testing.assert_close(xhat, model.reconstruct(x), rtol=0, atol=0)
+    torch.testing.assert_close(log_lik, model.log_likelihood(x, encode(x)[0][None])[0], rtol=0, atol=0)
+
+
 def test_log_px_of_an_image_does_not_depend_on_the_other_images_of_its_batch(run):
     from vaeood.training.run import load_model
 

@@ -8,7 +8,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .cache import feature_meta
-from .core import Source, run_dataset, split_need, compute_feature, features_of, normalise_needs
+from .core import Source, run_dataset, split_need, compute_feature, features_of_needs, normalise_needs
 from ..infra.deprecated import renamed_keywords
 
 
@@ -77,14 +77,17 @@ def needs_features(model, images, needs: Mapping[str, dict] | Iterable[str] | st
     if len(images) == 0:  # else every detector would fail on a missing feature
         raise ValueError(f"images holds no images (shape {tuple(images.shape)}); give at least one")
     needs = normalise_needs(needs)
-    out: dict = {}
+    jobs, prefixes = [], []
     for key, options in needs.items():
         name, producer, _, prefix = split_need(key, {k: v for k, v in options.items() if k != "run"})
-        if "run" in options:
-            prefix = f"{key}/"
         the_model = options.get("run", model)
         if isinstance(the_model, (str, Path)):
             raise TypeError(f"need {key!r}: with a model object, 'run' must be another model object, not a path")
-        _merge(out, features_of(the_model, images, name, producer, seed=seed, batch_size=batch_size,
-                                progress=progress), prefix, key)
+        jobs.append((the_model, name, producer))
+        prefixes.append((f"{key}/" if "run" in options else prefix, key))
+    out: dict = {}
+    # batch by batch, all needs together: a model's encoder runs once a batch (features.core.features_of_needs)
+    for result, (prefix, key) in zip(features_of_needs(jobs, images, seed=seed, batch_size=batch_size,
+                                                        progress=progress), prefixes, strict=True):
+        _merge(out, result, prefix, key)
     return out

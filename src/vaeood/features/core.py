@@ -53,6 +53,7 @@ from ..data.folder_cache import release
 from ..data.load import load_for_run
 from ..data.conform import CONFORMS, conform_images, shape_text
 from ..inference.noise import ImageNoise
+from ..inference.passes import shared_passes
 from ..infra.progress import bar
 from ..infra.registry import Registry, check_options
 from ..training.run import load_model, to_tensor
@@ -156,40 +157,63 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
     ``seed`` (the seeding rule of the module docstring), so an image's values do not depend
     on its position or the batch size. Under torchrun batch ``b`` runs on rank ``b mod W``.
     """
-    fn = FEATURES.get(name)
-    options = check_options(fn, options or {}, "feature", name, SUPPLIED)
-    batch_size = int(batch_size or 1000)
-    dev = model_device(model)
+    return features_of_needs([(model, name, options)], images, seed=seed, batch_size=batch_size, progress=progress,
+                             desc=desc or name)[0]
+
+
+def features_of_needs(jobs, images: np.ndarray | torch.Tensor, *, seed: int = 0, batch_size: int | None = None,
+                      progress: bool | None = None, desc: str = "features") -> list[dict[str, np.ndarray]]:
+    """:func:`features_of` for several ``(model, feature name, options)`` jobs at once, batch by
+    batch: every job reads the same batch tensor, inside one
+    :func:`vaeood.inference.passes.shared_passes` block, so that a model's encoder runs once a
+    batch for all of them. Each job's noise is drawn as :func:`features_of` draws it alone
+    (a new :class:`~vaeood.inference.noise.ImageNoise` per job), so its values are the same."""
+    checked = []
+    for model, name, options in jobs:
+        fn = FEATURES.get(name)
+        checked.append((model, fn, check_options(fn, options or {}, "feature", name, SUPPLIED)))
+    images, batch_of = _batches(images, model_device(jobs[0][0]))
+    for model, fn, _ in checked:
+        if getattr(fn, "uses_model", True):
+            _check_model_shape(model, images)
+    n, batch_size = len(images), int(batch_size or 1000)
+    rank, world = distributed.rank(), distributed.world_size()
+    starts = range(0, n, batch_size)
+    mine: dict[int, list[dict[str, np.ndarray]]] = {}
+    for b in bar(range(rank, len(starts), world), desc=desc, enabled=progress):
+        x = batch_of(starts[b], starts[b] + batch_size)
+        with shared_passes():
+            mine[b] = [_run_producer(fn, model, x, seed, options) for model, fn, options in checked]
+    batches = {b: r for part in distributed.gather_objects(mine) for b, r in part.items()} if world > 1 else mine
+    if not batches:
+        return [{} for _ in jobs]
+    return [{k: np.concatenate([batches[b][j][k] for b in range(len(starts))]) for k in batches[0][j]}
+            for j in range(len(jobs))]
+
+
+def _batches(images, dev: torch.device):
+    """``(images, batch_of)``: a uint8 tensor ``[N, C, H, W]`` or numpy ``[N, H, W(, C)]`` (grey given a
+    channel axis) and ``(start, stop) → uint8 [B, C, H, W]`` on ``dev``; anything else is refused."""
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
-        batch_of = lambda s, e: images[s:e].to(dev)  # noqa: E731
-    else:
-        images = np.asarray(images)
-        if images.ndim == 3:  # grey [N, H, W]
-            images = images[..., None]
-        if images.dtype != np.uint8 or images.ndim != 4:
-            raise ValueError(f"images must be uint8 numpy [N, H, W, C], got {images.dtype} {images.shape}")
-        batch_of = lambda s, e: to_tensor(images[s:e], dev)  # noqa: E731
-    if getattr(fn, "uses_model", True):
-        _check_model_shape(model, images)
-    n = len(images)
-    rank, world = distributed.rank(), distributed.world_size()
-    starts = range(0, n, batch_size)
-    grad = torch.enable_grad if getattr(fn, "needs_grad", False) else torch.no_grad
-    mine: dict[int, dict[str, np.ndarray]] = {}
-    with grad():
-        for b in bar(range(rank, len(starts), world), desc=desc or name, enabled=progress):
-            x = batch_of(starts[b], starts[b] + batch_size)
-            out = fn(model, x, generator=ImageNoise(x, seed), **options)
-            mine[b] = {k: v.detach().double().cpu().numpy() for k, v in out.items()}
-    if world > 1:
-        batches = {b: r for part in distributed.gather_objects(mine) for b, r in part.items()}
-    else:
-        batches = mine
-    if not batches:
-        return {}
-    return {k: np.concatenate([batches[b][k] for b in range(len(starts))]) for k in batches[0]}
+        return images, lambda s, e: images[s:e].to(dev)
+    images = np.asarray(images)
+    if images.ndim == 3:  # grey [N, H, W]
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 numpy [N, H, W, C], got {images.dtype} {images.shape}")
+    return images, lambda s, e: to_tensor(images[s:e], dev)
+
+
+def _run_producer(fn, model, x: torch.Tensor, seed: int, options: dict) -> dict[str, np.ndarray]:
+    """One producer on one batch, with its own noise (the seeding rule) and grad mode, on the
+    model's device (a need's other model may live on another)."""
+    dev = model_device(model)
+    x = x if x.device == dev else x.to(dev)
+    with torch.enable_grad() if getattr(fn, "needs_grad", False) else torch.no_grad():
+        out = fn(model, x, generator=ImageNoise(x, seed), **options)
+    return {k: v.detach().double().cpu().numpy() for k, v in out.items()}
 
 
 def images_digest(images: np.ndarray) -> str:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..inference.estimators import ESTIMATORS, bits_per_dim, is_hierarchical
+from ..inference.passes import posterior as shared_posterior
 from ..inference.gaussian import LOG_2PI
 from ..infra.registry import check_options
 from .core import FEATURES
@@ -66,7 +67,7 @@ def posterior(model, x: Tensor, *, generator: torch.Generator | None = None) -> 
       standard-normal prior, so that KL(q‖p) = cross-entropy − entropy (DoSE's posterior
       statistics, Morningstar et al. 2021).
     """
-    mu, logvar = model.posterior(x)
+    mu, logvar = shared_posterior(model, x)
     mu, logvar = mu.double(), logvar.double()
     var = logvar.exp()
     return {
@@ -106,7 +107,7 @@ def latent(model, x: Tensor, *, generator: torch.Generator | None = None) -> dic
             out[f"layer{i + 1}_mu"] = mu.double()
             out[f"layer{i + 1}_logvar"] = logvar.double()
         return out
-    mu, logvar = model.posterior(x)
+    mu, logvar = shared_posterior(model, x)
     return {"latent_mu": mu.double(), "latent_logvar": logvar.double()}
 
 
@@ -115,8 +116,22 @@ def reconstruction_mean(model, x: Tensor) -> Tensor:
     ``model.likelihood.mean(model.decode(μ))``."""
     if hasattr(model, "reconstruct"):
         return model.reconstruct(x)
-    mu, _ = model.posterior(x)
+    mu, _ = shared_posterior(model, x)
     return model.likelihood.mean(model.decode(mu))
+
+
+def _at_posterior_mean(model, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(x̂, log p(x | z = μ(x)) or None): from one decoder pass where the model gives both
+    (``model.at_posterior_mean``, the project's VAE), else ``reconstruct`` and
+    ``log_likelihood`` (a model of its own, which may lack the latter)."""
+    mu, _ = shared_posterior(model, x)
+    if hasattr(model, "at_posterior_mean"):
+        return model.at_posterior_mean(x, mu)
+    xhat = reconstruction_mean(model, x)
+    try:
+        return xhat, model.log_likelihood(x, mu[None])[0]
+    except (AttributeError, NotImplementedError):
+        return xhat, None
 
 
 @FEATURES.register("reconstruction")
@@ -127,12 +142,9 @@ def reconstruction(model, x: Tensor, *, generator: torch.Generator | None = None
     * ``recon_log_l2`` = log(‖x/255 − x̂‖₂ + 1e-12) (LPath's decoder statistic, Huang et al. 2024);
     * ``recon_nll_nats`` = −log p(x | z = μ(x)) (the distortion at the mean, nats).
     """
-    mu, _ = model.posterior(x)
-    xhat = reconstruction_mean(model, x).double()
-    err = (x.double() / 255.0 - xhat.reshape(x.shape)).flatten(1).norm(dim=-1)
+    xhat, log_lik = _at_posterior_mean(model, x)
+    err = (x.double() / 255.0 - xhat.double().reshape(x.shape)).flatten(1).norm(dim=-1)
     out = {"recon_l2": err, "recon_log_l2": torch.log(err + 1e-12)}
-    try:
-        out["recon_nll_nats"] = -model.log_likelihood(x, mu[None])[0].double()
-    except (AttributeError, NotImplementedError):
-        pass
+    if log_lik is not None:
+        out["recon_nll_nats"] = -log_lik.double()
     return out

@@ -84,6 +84,7 @@ import math
 import torch
 from torch import Tensor
 
+from . import passes
 from .gaussian import check_positive_int, kl_to_standard_normal, log_prob_from_eps, standard_normal
 from ..infra.progress import bar
 from .refine import refine_posterior
@@ -104,8 +105,9 @@ def is_hierarchical(model) -> bool:
 
 # -- the model protocol, checked ------------------------------------------------------------
 def checked_posterior(model, x) -> tuple[Tensor, Tensor]:
-    """``model.posterior(x)``, checked to be ``(mu, logvar)`` of equal shape ``[B, Z]``."""
-    mu, logvar = model.posterior(x)
+    """``model.posterior(x)``, checked to be ``(mu, logvar)`` of equal shape ``[B, Z]`` (one encoder
+    pass per batch among a batch's features: :mod:`.passes`)."""
+    mu, logvar = passes.posterior(model, x)
     if mu.dim() != 2 or logvar.shape != mu.shape:
         raise ValueError(
             "model.posterior(x) must return (mu, logvar) of equal shape [B, Z], got "

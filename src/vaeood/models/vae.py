@@ -89,6 +89,14 @@ class VAE(nn.Module):
         return self.likelihood.log_prob(params.view(samples, batch, *params.shape[1:]), x)
 
     @torch.no_grad()
+    def at_posterior_mean(self, x: Tensor, mu: Tensor) -> tuple[Tensor, Tensor]:
+        """(x̂, log p(x | z = μ)) from one decoder pass at the posterior mean ``mu`` ``[B, Z]``: the
+        mean of p(x|z) in [0, 1] (as :meth:`reconstruct`) and the log-likelihood ``[B]`` in nats
+        (as :meth:`log_likelihood` at ``mu[None]``), the same numbers as those two calls."""
+        params = self.decode(mu).float()
+        return self.likelihood.mean(params), self.likelihood.log_prob(params[None], x)[0]
+
+    @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Mean of p(x|z) at z = posterior mean, as floats in [0, 1] (for figures)."""
         mu, _ = self.posterior(x)
