@@ -42,10 +42,14 @@ def test_a_folder_decoded_to_disk_is_the_folder_read_into_memory_and_is_reused(t
     (array,) = cache.glob("*.npy")
     written = array.stat().st_mtime_ns
     assert load_image_folder(folder, "train", conform="resize", cache_dir=cache).images is mapped.images  # the map
-    folder_dataset._CACHE.clear()  # a new process: the file on disk is reused
-    again = load_image_folder(folder, "train", conform="resize", cache_dir=cache)
+    folder_dataset._CACHE.clear()  # a new process: the file on disk is reused, no file of the folder opened
+    with monkeypatch.context() as m:
+        m.setattr(folder_dataset, "read_headers", lambda entries: pytest.fail("an unchanged folder was read again"))
+        again = load_image_folder(folder, "train", conform="resize", cache_dir=cache)
     assert array.stat().st_mtime_ns == written and again.folder == mapped.folder  # reused, not decoded again
+    assert again.source == mapped.source and again.files == mapped.files
     np.testing.assert_array_equal(again.images, in_memory.images)
+    np.testing.assert_array_equal(again.labels, in_memory.labels)
 
     Image.fromarray(255 - blobs(1, 0)[0]).save(folder / "round" / "00.png")  # one file changes: decoded afresh
     changed = load_image_folder(folder, "train", conform="resize", cache_dir=cache)

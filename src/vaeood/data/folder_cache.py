@@ -16,6 +16,14 @@ name. Beside it, ``KEY.json`` holds what decoding found (names kept, shapes conf
 conversions, files that failed to decode); it is written first, and an array without it is
 decoded again.
 
+A later process skips even the reading of headers and bytes that name the file: once a
+folder is decoded, :func:`remember` writes ``state-KEY.json`` holding what reading it gave
+(labels, provenance, the array's name), keyed by the folder's path, the transform and the
+name, size, modification time and inode of every entry (the rule by which one process already
+reuses a folder it read, and by which ``.npz`` files are reused); :func:`remembered` returns it
+while all of those are unchanged. A ``vaeood detect`` no longer opens the 5,000 files of
+the run's training folder to check that its calibration images did not change.
+
 Where: ``RUN/cache/`` (:data:`CACHE_DIR`), so that the copy goes with the run and is
 removed with it. A ``.npz`` dataset is not copied (see :mod:`vaeood.data.npz`).
 """
@@ -86,3 +94,30 @@ def release(images: np.ndarray) -> None:
     if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
         mapped.madvise(mmap.MADV_DONTNEED)
 
+
+
+def _state_path(cache_dir: Path, state: list) -> Path:
+    key = hashlib.sha256(json.dumps(state).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return cache_dir / f"state-{key}.json"
+
+
+def remembered(cache_dir: Path, state: list) -> dict | None:
+    """What :func:`remember` recorded for this exact ``state`` (the folder's path, transform and
+    every entry's name, size, modification time and inode), its images memory-mapped; None
+    when nothing was, or its array is gone."""
+    path = _state_path(cache_dir, state)
+    try:
+        record = json.loads(path.read_text())
+        images = np.load(cache_dir / record["array"], mmap_mode="r")
+    except (OSError, ValueError, KeyError):
+        return None
+    return {**record["read"], "images": images, "labels": np.asarray(record["read"]["labels"], dtype=np.int64),
+            "files": tuple(tuple(f) for f in record["read"]["files"])}
+
+
+def remember(cache_dir: Path, state: list, read: dict) -> None:
+    """Record ``read`` (a folder as :func:`vaeood.data.folder_dataset.load_image_folder` read it,
+    its images a memory-mapped array of ``cache_dir``) under ``state``, for :func:`remembered`."""
+    kept = {k: v for k, v in read.items() if k != "images"}
+    kept["labels"] = np.asarray(read["labels"]).tolist()
+    atomic_write_json(_state_path(cache_dir, state), {"array": Path(read["images"].filename).name, "read": kept})

@@ -64,7 +64,7 @@ from .checksums import file_hexdigest
 from .conform import CONFORMS, choose_target, conform_record
 from .decode import conversion_text, decode_into
 from .errors import DataError
-from .folder_cache import decode_to_disk
+from .folder_cache import decode_to_disk, remember, remembered
 from .imageset import ImageSet
 from .listing import list_dataset, read_headers, refuse_or_warn_bad, warn_hidden
 
@@ -110,17 +110,16 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
     title = path.resolve().name or given
     entries, hidden, bad, classes = list_dataset(path)
     warn_hidden(given, hidden)
-    if not entries and not bad:
-        also = f" (only {len(hidden)} hidden entries, not read)" if hidden else ""
-        raise DataError(f"{given}: the folder holds no files{also} (expected PNG or JPEG images, optionally in "
-                        "one subfolder per class)")
+    _refuse_empty(given, entries, bad, hidden)
     n_files = len(entries) + len(bad)
+    # what the folder holds now, by every entry's name, size, modification time and inode, and how it is read
     size = tuple(size) if size is not None else None
-    key = (str(path.resolve()), conform, skip_bad, size, _state(entries), tuple(bad), tuple(hidden),
-           str(cache_dir))
-    cached = _CACHE.get(key)
+    state = [str(path.resolve()), conform, skip_bad, size, _state(entries), list(bad), list(hidden)]
+    key = (json.dumps(state, default=str), str(cache_dir))
+    cached = _CACHE.get(key) or (remembered(Path(cache_dir), state) if cache_dir is not None else None)
     if cached is not None:
-        log.debug("%s: unchanged since read (same names, sizes and modification times): reusing it", given)
+        log.debug("%s: unchanged since read (same names, sizes, modification times and inodes): reusing it", given)
+        _keep(key, cached)
         return _image_set(cached, split)
     found, unread = read_headers(entries)
     bad += unread
@@ -133,12 +132,19 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
         raise DataError(f"{given}: none of its {n_files} files is a usable image")
     read = _describe(given, title, images, names, items, classes, target, conform, from_shapes, converted, bad,
                      hidden, digest if len(names) == len(items) else None)
+    if isinstance(images, np.memmap):
+        remember(Path(cache_dir), state, read)
     if images.nbytes <= CACHE_BYTES or isinstance(images, np.memmap):
-        _CACHE[key] = read
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.pop(next(iter(_CACHE)))
+        _keep(key, read)
         return _image_set(read, split)  # a copy: the caller may change it
     return _image_set(read, split, copy=False)
+
+
+def _refuse_empty(given: str, entries: list, bad: list, hidden: list) -> None:
+    if not entries and not bad:
+        also = f" (only {len(hidden)} hidden entries, not read)" if hidden else ""
+        raise DataError(f"{given}: the folder holds no files{also} (expected PNG or JPEG images, optionally in "
+                        "one subfolder per class)")
 
 
 def _decode(items, target, conform, bad, cache_dir, skip_bad):
@@ -190,7 +196,13 @@ _CACHE_SIZE = 2
 _CACHE: dict = {}
 
 
-def _state(entries: list[tuple[str, Path]]) -> tuple:
+def _keep(key: tuple, read: dict) -> None:
+    _CACHE[key] = read
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+
+
+def _state(entries: list[tuple[str, Path]]) -> list:
     out = []
     for name, p in entries:
         try:
@@ -198,7 +210,7 @@ def _state(entries: list[tuple[str, Path]]) -> tuple:
             out.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
         except OSError:
             out.append((name, None))
-    return tuple(out)
+    return out
 
 
 def _image_set(read: dict, split: str, copy: bool = True) -> ImageSet:
