@@ -79,6 +79,29 @@ def test_a_calibration_whose_images_changed_in_their_file_is_used_and_said_once(
     assert (tmp_path / "b.csv").read_text() == (tmp_path / "a.csv").read_text()
 
 
+def test_a_detect_interrupted_while_writing_leaves_no_summary_beside_other_files(tiny, tmp_path, monkeypatch,
+                                                                                capsys):
+    out = tmp_path / "r.csv"
+    detect = ["detect", str(tiny["run"]), str(tiny["folder"]), "--data-dir", str(tiny["data"]), "--out", str(out)]
+    assert main(detect) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["r.csv", "r.html", "r.summary.json"]
+
+    def interrupted(detection):  # Ctrl-C (or a kill) while the page, the slowest file, is made
+        raise KeyboardInterrupt
+    monkeypatch.setattr("vaeood.decisions.detection.page", interrupted)
+    assert main([*detect, "--alpha", "0.5"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    # the earlier summary is gone (it would describe files that are no longer its own), the new one
+    # not written: each file left is whole, and none claims to be a detect's complete results
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.html"]
+    assert (tmp_path / "r.html").read_bytes() == before["r.html"]
+    assert out.read_text().startswith("file,score,p_value,flagged\n") and out.read_text().endswith("\n")
+    monkeypatch.undo()
+    assert main([*detect, "--alpha", "0.5"]) == 0  # run again: all three, of this detect
+    assert json.loads((tmp_path / "r.summary.json").read_text())["alpha"] == 0.5
+
+
 @pytest.mark.slow  # two processes, each training a model
 def test_two_fits_on_one_out_at_once_one_wins_and_the_other_writes_nothing(tmp_path, capsys):
     photos, other = tmp_path / "photos", tmp_path / "other"

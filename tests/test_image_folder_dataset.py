@@ -201,6 +201,19 @@ def test_class_folder_layout_hidden_files_and_files_beside_the_classes(tmp_path,
     assert data.provenance()["folder"]["classes"] == ["cat", "dog"]
 
 
+def test_a_link_up_inside_a_class_folder_is_a_loop_as_at_the_top(tmp_path):
+    folder = tmp_path / "pets"
+    _write(folder, blobs(3, 0), sub="cat")
+    _write(folder, strokes(2, 1), sub="dog")
+    (folder / "cat" / "up").symlink_to("..")  # the folder above the class: a loop, not a subfolder
+    (folder / "dog" / "self").symlink_to(".")
+    (folder / "dog" / "inner").mkdir()  # a real subfolder stays one
+    data = load_dataset(str(folder), "train", skip_bad=True)
+    loop = "a symbolic link to this folder or one above it (a loop): not followed"
+    assert len(data) == 5 and sorted(map(tuple, data.folder["skipped"])) == [
+        ("cat/up", loop), ("dog/inner", "a subfolder (folders are not read recursively)"), ("dog/self", loop)]
+
+
 def test_a_folder_is_decoded_into_one_array_never_stacked_from_a_list(tmp_path, monkeypatch):
     folder = tmp_path / "f"
     _write(folder, blobs(6, 0))

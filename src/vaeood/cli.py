@@ -83,7 +83,8 @@ def _run(args, extra: list[str], argv: list[str]) -> int:
         return _fail(exc.args[0] if isinstance(exc, UnknownNameError) and exc.args else exc)
     except KeyboardInterrupt as exc:
         stopped = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        again = "the same command" if args.command == "reproduce" else "`vaeood train RUN --resume`"
+        again = {"reproduce": "the same command", "fit": "the same command and --resume"}.get(
+            args.command, "`vaeood train RUN --resume`")
         print(f"vaeood: {stopped}; files already written are complete (a run continues with {again})",
               file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130

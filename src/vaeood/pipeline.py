@@ -29,7 +29,9 @@ from .training.config import Config, ConfigError
 from .data.load import load_for_run, names_a_folder
 from .data.working_size import TRANSFORM, working_size
 from .decisions import calibrate, recommended_detector
+from .decisions.records import CALIBRATION_DIR, calibration_path
 from .infra.runlock import run_lock
+from .training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from .training.train import train
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,8 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
 
 def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *, detector, data_dir, device,
                 resume) -> dict:
+    if not resume and (Path(out) / CHECKPOINT_NAME).exists():  # before the folder is read
+        raise FileExistsError(_holds_a_fit(Path(out), detector))
     # read as training will read it (data.conform, data.skip_bad), to count what it holds; a folder is decoded
     # into the run's cache/ once, for training and calibration to reuse (removed with a new out if refused)
     try:
@@ -97,6 +101,23 @@ def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *
     return {"run": Path(run), "n_images": n, "holdout": h, "trained": n - h, "detector": detector, "record": record,
             "source": name, "provenance": data.source, "epochs": config.train.epochs,
             "image_shape": data.images.shape[1:], "folder": data.folder}
+
+
+def _holds_a_fit(out: Path, detector: str | None) -> str:
+    """Why a fit without ``--resume`` refuses ``out``, a run already, and what to do: use a finished
+    fit, finish a stopped one with ``--resume`` (the model an uninterrupted fit gives), or delete ``out``."""
+    state = load_checkpoint(out)
+    epochs = state["config"]["train"]["epochs"]
+    calibrations = [calibration_path(out, detector)] if detector else (out / CALIBRATION_DIR).glob("*.npz")
+    if state["epoch"] < epochs:
+        stopped = f"after {state['epoch']} of its {epochs} epochs"
+    elif not any(path.exists() for path in calibrations):
+        stopped = f"after training, before its detector{f' {detector}' if detector else ''} was calibrated"
+    else:
+        return (f"{out} already holds a fitted model (vaeood detect {out} IMAGES uses it); to fit again, delete "
+                f"{out} or choose another --out")
+    return (f"{out} holds a fit that was stopped {stopped}: run the same command with --resume to finish it, "
+            f"or delete {out} to start afresh")
 
 
 def _working_size(name: str, overrides: dict) -> dict[str, str]:

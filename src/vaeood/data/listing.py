@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SHOW = 20  # bad files listed in an error message before "... and N more"
+LOOP = "a symbolic link to this folder or one above it (a loop): not followed"
 
 
 def display_name(name: str) -> str:
@@ -80,7 +81,7 @@ def list_dataset(path: Path):
         if not _is_dir(p):
             files.append((name, p))
         elif _loops_back(p, path):
-            loops.append((display_name(name), "a symbolic link to this folder or one above it (a loop): not followed"))
+            loops.append((display_name(name), LOOP))
         else:
             dirs.append((name, p))
     if not dirs:
@@ -180,8 +181,9 @@ def read_headers(entries: list[tuple[str, Path]]) -> tuple[list[Found], list[tup
         mode = st.st_mode
         if name != raw:
             bad.append((name, "its name is not valid UTF-8 (rename it)"))
-        elif stat.S_ISDIR(mode):
-            bad.append((name, "a subfolder (folders are not read recursively)"))
+        elif stat.S_ISDIR(mode):  # in a class folder, a link to it or above is a loop as at the top
+            bad.append((name, LOOP if _loops_back(path, path.parent) else
+                        "a subfolder (folders are not read recursively)"))
         elif special_file_kind(mode) is not None:
             bad.append((name, f"{special_file_kind(mode)}, not a regular file (not opened)"))
         elif path.suffix.lower() not in IMAGE_SUFFIXES:

@@ -12,13 +12,14 @@ from . import conformal
 from .calibration_file import NoCalibrationError
 from .fitted_detector import fitted_path, save_fitted
 from .recommended import recommended_detector
-from .records import FORMAT, calibration_path
+from .records import CALIBRATION_DIR, FORMAT, calibration_path
 from .scorer import make_scorer
 from .training_split import training_split
 from ..evaluation.fitdata import DEFAULT_FIT_IMAGES
-from ..features import images_digest
+from ..features import FEATURES_DIR, images_digest
 from ..features.image_slice import ImageSlice
-from ..infra.atomic import atomic_write
+from ..infra.atomic import atomic_write, remove_stale_temps
+from ..infra.distributed import is_main
 from ..infra.runlock import holds_run_lock
 from ..training.run_dir import Run
 
@@ -38,6 +39,8 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
     held out (retrain with ``data.limit``/``data.holdout``) or the detector does not apply.
     ``detector`` None: the recommended one (:func:`recommended_detector`)."""
     run_dir = Path(run_dir)
+    for folder in (run_dir / CALIBRATION_DIR, run_dir / FEATURES_DIR) if is_main() else ():
+        remove_stale_temps(folder)  # left by a calibrate killed while writing
     detector = detector or recommended_detector(run_dir, device)
     run = Run(run_dir)
     data, where = training_split(run, data_dir)

@@ -15,6 +15,7 @@ from .outputs import CSV_HEADER, csv_cell, summary_path_for
 from ..data.decode import conversion_text
 from ..data.listing import printable
 from ..infra.atomic import atomic_write_json, atomic_write_text
+from ..infra.distributed import is_main
 
 
 @dataclass
@@ -55,13 +56,17 @@ class Detection:
         return page(self)
 
     def write(self, csv_path: str | Path) -> tuple[Path, Path, Path]:
-        """Write the CSV, ``<csv stem>.summary.json`` and the page ``<csv stem>.html`` beside
-        it (each atomically); returns the three paths."""
+        """Write the CSV, the page ``<csv stem>.html`` and ``<csv stem>.summary.json`` beside it
+        (each atomically); returns the three paths. The summary of an earlier detect to the same
+        CSV is removed first and the new one written last: an interrupted write leaves no summary
+        beside a CSV or page of another detect, or beside none."""
         csv_path = Path(csv_path)
         summary_path, html_path = summary_path_for(csv_path), html_path_for(csv_path)
+        if is_main():  # under torchrun only rank 0 writes (vaeood.infra.atomic)
+            summary_path.unlink(missing_ok=True)
         atomic_write_text(csv_path, self.csv_text())
-        atomic_write_json(summary_path, {**self.summary, "csv": csv_path.name, "html": html_path.name})
         atomic_write_text(html_path, self.html_text())
+        atomic_write_json(summary_path, {**self.summary, "csv": csv_path.name, "html": html_path.name})
         return csv_path, summary_path, html_path
 
     def summary_text(self) -> str:

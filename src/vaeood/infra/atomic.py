@@ -3,7 +3,8 @@ fsync it, then ``os.replace`` it over the target and fsync the directory.
 
 A kill or a full disk at any point leaves either the old file or the new one, never a
 torn one; the temporary file is removed on failure (a SIGKILL cannot clean up, so
-:func:`remove_stale_temps` sweeps a run directory when training starts or resumes).
+:func:`remove_stale_temps` sweeps a run directory and its ``cache/`` when training starts or
+resumes, and its ``calibration/`` and ``features/`` when calibrate starts).
 Write failures are raised as :class:`WriteError` (an ``OSError``) naming the file, also
 where the writer (``torch.save``) wrapped the ``OSError`` in an error of its own.
 """
@@ -109,7 +110,7 @@ def remove_stale_temps(directory: str | Path) -> list[Path]:
     other process writes into ``directory`` (e.g. when a run starts or resumes).
     """
     removed = []
-    for tmp in Path(directory).glob(f".*{_TMP_SUFFIX}"):
+    for tmp in Path(directory).glob(f".*{_TMP_SUFFIX}"):  # none where the folder does not exist
         if _TMP_NAME.fullmatch(tmp.name) and tmp.is_file():
             with contextlib.suppress(OSError):
                 tmp.unlink()

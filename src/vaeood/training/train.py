@@ -28,6 +28,7 @@ from ..infra import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .corruption import corrupt, noise_generator
 from .config import PRECISIONS, Config, ConfigError, flatten
+from ..data.folder_cache import CACHE_DIR
 from ..data.load import load_for_run
 from ..models import architecture_summary, build_model
 from ..inference.objectives import load_objective_state, make_objective, objective_state
@@ -88,8 +89,8 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = False, data_dir
     ensure_dir(run_dir)
     with run_lock(run_dir, "train"):
         config, state = _resume_state(config, run_dir, resume, given)
-        if distributed.is_main():
-            remove_stale_temps(run_dir)  # left by a run killed while writing
+        for folder in (run_dir, run_dir / CACHE_DIR) if distributed.is_main() else ():  # a killed write's leftovers
+            remove_stale_temps(folder)
         atomic_write_json(run_dir / CONFIG_NAME, config.to_dict())
         return _fit(config, run_dir, state, data_dir, progress)
 
@@ -144,6 +145,8 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
     run = _build_run(config, x_all, device, ckpt_path, progress)
     history, start_epoch, rng_restored = ([], 0, False) if state is None else \
         _restore(state, run.model, run.optimizer, run.objective, device)
+    if history:  # a kill between a checkpoint and its metrics line leaves metrics.jsonl an epoch behind
+        atomic_write_text(run_dir / "metrics.jsonl", _metrics_text(history))
     if run.world > 1 and not rng_restored:
         # different reparameterisation noise per rank; also when resuming a checkpoint saved
         # by another number of processes, whose per-rank states don't map onto these ranks
@@ -156,7 +159,7 @@ def _fit(config: Config, run_dir: Path, state: dict | None, data_dir: str | None
                   record["train_loss"], record["images_per_s"])
         save_run_state(ckpt_path, config, run.model, run.optimizer, epoch + 1, history, image_shape, data, device,
               objective=objective_state(run.objective))
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in history))
+        atomic_write_text(run_dir / "metrics.jsonl", _metrics_text(history))
     if history and start_epoch < tcfg.epochs:  # the stage's one line, with its result
         size = architecture_summary(run.model)
         log.info("trained %s: %d epoch%s on %d images of %s/%s, loss %.2f nats/image (%.0f s; %d parameters, "
@@ -349,8 +352,7 @@ def _restore(state: dict, model, optimizer, objective, device: torch.device) -> 
 def save_run_state(path, config, model, optimizer, epoch, history, image_shape, data, device, objective=None) -> None:
     """Write the checkpoint of ``epoch`` (weights, optimiser, RNG states, history) atomically;
     refuses NaN/inf weights so that the last good checkpoint survives."""
-    params = [p for p in model.parameters()]
-    if not all(torch.isfinite(p).all() for p in params):
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise TrainingError(f"model weights became NaN/inf at epoch {epoch}; {_kept(path)}")
     rng = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -381,9 +383,8 @@ def check_interval(device: torch.device) -> int:
 
 def _kept(ckpt_path: Path) -> str:
     """What a failed run leaves behind, for its error message."""
-    if ckpt_path.exists():
-        return f"the last good checkpoint {ckpt_path} is kept unchanged"
-    return f"no checkpoint was written to {ckpt_path.parent}"
+    return f"the last good checkpoint {ckpt_path} is kept unchanged" if ckpt_path.exists() else \
+        f"no checkpoint was written to {ckpt_path.parent}"
 
 
 def _differences(given: Config, saved: Config, keys: Iterable[str] | None) -> list[str]:
@@ -393,6 +394,7 @@ def _differences(given: Config, saved: Config, keys: Iterable[str] | None) -> li
             if flat_given[k] != flat_saved.get(k)]
 
 
-def _json_line(record: dict) -> str:
-    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                       for k, v in record.items()}) + "\n"
+def _metrics_text(history: list[dict]) -> str:
+    """``metrics.jsonl``: one line per epoch of ``history`` (a non-finite number as null)."""
+    return "".join(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                               for k, v in record.items()}) + "\n" for record in history)
