@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vaeood.models.likelihoods import (
+    CPU_CHUNK_IMAGES,
     LIKELIHOODS,
     BernoulliLikelihood,
     Likelihood,
@@ -336,3 +337,17 @@ def test_means():
     peaked = torch.full((1, 256, 1, 1), -1e4)
     peaked[0, 51] = 0
     torch.testing.assert_close(make("categorical").mean(peaked).item(), 0.2)
+
+
+@pytest.mark.parametrize("name, levels", [("dlogistic", 256), ("bernoulli", 2), ("categorical", 256)])
+def test_log_prob_summed_in_chunks_of_images_gives_the_numbers_and_gradients_of_the_whole_batch(name, levels):
+    likelihood = LIKELIHOODS.get(name)(3)
+    n = 2 * CPU_CHUNK_IMAGES + 5  # two whole chunks and a short one
+    params = torch.randn(2, n, likelihood.out_channels, 6, 5, generator=torch.Generator().manual_seed(0),
+                         requires_grad=True)
+    x = (torch.randint(0, levels, (n, 3, 6, 5), generator=torch.Generator().manual_seed(1)) * (255 // (levels - 1)))
+    x = x.to(torch.uint8)
+    whole = likelihood.log_prob_pixels(params, x).sum(dim=(-3, -2, -1))
+    chunked = likelihood.log_prob(params, x)
+    assert chunked.shape == (2, n) and torch.equal(chunked, whole)
+    assert torch.equal(torch.autograd.grad(chunked.sum(), params)[0], torch.autograd.grad(whole.sum(), params)[0])
