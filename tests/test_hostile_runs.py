@@ -102,13 +102,19 @@ def test_a_detect_interrupted_while_writing_leaves_no_summary_beside_other_files
     assert json.loads((tmp_path / "r.summary.json").read_text())["alpha"] == 0.5
 
 
-@pytest.mark.slow  # two processes, each training a model
-def test_two_fits_on_one_out_at_once_one_wins_and_the_other_writes_nothing(tmp_path, capsys):
+def _two_folders(tmp_path):
+    """Two folders of 200 16×16 PNGs, 'photos' and 'other' (other images)."""
     photos, other = tmp_path / "photos", tmp_path / "other"
     for folder, seed in ((photos, 0), (other, 1)):
         folder.mkdir()
         for i, img in enumerate(blobs(200, seed, size=16)):
             Image.fromarray(img).save(folder / f"{i:03d}.png")
+    return photos, other
+
+
+@pytest.mark.slow  # two processes, each training a model
+def test_two_fits_on_one_out_at_once_one_wins_and_the_other_writes_nothing(tmp_path, capsys):
+    photos, other = _two_folders(tmp_path)
     out = tmp_path / "model"
     base = ["--detector", "nll", "--model.base_channels=4", "--model.latent_dim=4"]
     first = launch(["fit", f"{photos}/", "--out", str(out), *base, "--train.epochs=1000"], tmp_path / "a.log")
@@ -148,3 +154,16 @@ def test_a_python_fit_into_a_run_dir_another_process_writes_is_refused_before_it
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_resuming_a_fit_with_another_source_is_refused_naming_both(tmp_path, capsys):
+    photos, other = _two_folders(tmp_path)
+    out = tmp_path / "model"
+    base = ["--out", str(out), "--detector", "nll", *TINY]
+    assert main(["fit", f"{photos}/", *base]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != LOCK_NAME}
+    assert main(["fit", f"{other}/", *base, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"holds a fit of '{photos}/', not of '{other}/'" in err and "into another --out" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != LOCK_NAME} == before  # untouched
+    assert main(["fit", str(photos), *base, "--resume"]) == 0  # the same folder, named without the slash

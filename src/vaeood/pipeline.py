@@ -32,6 +32,7 @@ from .decisions import calibrate, recommended_detector
 from .decisions.records import CALIBRATION_DIR, calibration_path
 from .infra.runlock import run_lock
 from .training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from .training.run_dir import CONFIG_NAME
 from .training.train import train
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *
                 resume) -> dict:
     if not resume and (Path(out) / CHECKPOINT_NAME).exists():  # before the folder is read
         raise FileExistsError(_holds_a_fit(Path(out), detector))
+    if resume:
+        _check_same_source(Path(out), name)
     # read as training will read it (data.conform, data.skip_bad), to count what it holds; a folder is decoded
     # into the run's cache/ once, for training and calibration to reuse (removed with a new out if refused)
     try:
@@ -101,6 +104,18 @@ def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *
     return {"run": Path(run), "n_images": n, "holdout": h, "trained": n - h, "detector": detector, "record": record,
             "source": name, "provenance": data.source, "epochs": config.train.epochs,
             "image_shape": data.images.shape[1:], "folder": data.folder}
+
+
+def _check_same_source(out: Path, name: str) -> None:
+    """``--resume`` finishes a stopped fit on the source it started on: another SOURCE is refused
+    (training would go on with the saved source while the summary named the new one)."""
+    if not (out / CONFIG_NAME).exists():
+        return
+    then = Config.from_file(out / CONFIG_NAME).data.name
+    if then == name or (Path(then).is_dir() and Path(name).is_dir() and Path(then).resolve() == Path(name).resolve()):
+        return
+    raise ConfigError(f"{out} holds a fit of {then!r}, not of {name!r}: --resume finishes a stopped fit on its own "
+                      f"source; give {then!r} to finish it, or fit {name!r} into another --out")
 
 
 def _holds_a_fit(out: Path, detector: str | None) -> str:
