@@ -92,11 +92,8 @@ def test_a_detect_interrupted_while_writing_leaves_no_summary_beside_other_files
     monkeypatch.setattr("vaeood.decisions.detection.page", interrupted)
     assert main([*detect, "--alpha", "0.5"]) == 130
     assert "interrupted" in capsys.readouterr().err
-    # the earlier summary is gone (it would describe files that are no longer its own), the new one
-    # not written: each file left is whole, and none claims to be a detect's complete results
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.html"]
-    assert (tmp_path / "r.html").read_bytes() == before["r.html"]
-    assert out.read_text().startswith("file,score,p_value,flagged\n") and out.read_text().endswith("\n")
+    # the page is made before anything is written: the earlier detect's three files stay, whole and its own
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     monkeypatch.undo()
     assert main([*detect, "--alpha", "0.5"]) == 0  # run again: all three, of this detect
     assert json.loads((tmp_path / "r.summary.json").read_text())["alpha"] == 0.5
@@ -167,3 +164,41 @@ def test_resuming_a_fit_with_another_source_is_refused_naming_both(tmp_path, cap
     assert f"holds a fit of '{photos}/', not of '{other}/'" in err and "into another --out" in err
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != LOCK_NAME} == before  # untouched
     assert main(["fit", str(photos), *base, "--resume"]) == 0  # the same folder, named without the slash
+
+
+def test_two_detects_writing_one_csv_at_once_leave_the_three_files_of_one(tmp_path, monkeypatch):
+    import threading
+
+    from vaeood.decisions import detection
+
+    write, write_json, out = detection.atomic_write_text, detection.atomic_write_json, tmp_path / "r.csv"
+    a_wrote_csv, b_done = threading.Event(), threading.Event()
+
+    def csv_then_wait(path, text):  # unlocked: a's CSV, b's three files, then a's page and summary
+        write(path, text)
+        if path == out and "a0.png" in text:
+            a_wrote_csv.set()
+            b_done.wait(timeout=1)  # with the lock b cannot start: a goes on after a second
+
+    def summary(path, obj):
+        write_json(path, obj)
+        if obj["who"] == "b":
+            b_done.set()
+    monkeypatch.setattr(detection, "atomic_write_text", csv_then_wait)
+    monkeypatch.setattr(detection, "atomic_write_json", summary)
+    monkeypatch.setattr(detection, "page", lambda d: f"<p>{d.summary['who']}</p>")
+
+    def detect(who: str):
+        if who == "b":
+            a_wrote_csv.wait(timeout=5)
+        n = 3 if who == "a" else 5
+        detection.Detection([f"{who}{i}.png" for i in range(n)], np.zeros(n), np.ones(n), np.zeros(n, bool),
+                            {"who": who}).write(out)
+    writers = [threading.Thread(target=detect, args=(who,)) for who in "ab"]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    who = json.loads((tmp_path / "r.summary.json").read_text())["who"]
+    assert (tmp_path / "r.html").read_text() == f"<p>{who}</p>"
+    assert {row.split(",")[0][0] for row in out.read_text().splitlines()[1:]} == {who}

@@ -14,7 +14,7 @@ from .detect_report import html_path_for, page
 from .outputs import CSV_HEADER, csv_cell, summary_path_for
 from ..data.decode import conversion_text
 from ..data.listing import printable
-from ..infra.atomic import atomic_write_json, atomic_write_text
+from ..infra.atomic import atomic_write_json, atomic_write_text, writing_together
 from ..infra.distributed import is_main
 
 
@@ -59,14 +59,18 @@ class Detection:
         """Write the CSV, the page ``<csv stem>.html`` and ``<csv stem>.summary.json`` beside it
         (each atomically); returns the three paths. The summary of an earlier detect to the same
         CSV is removed first and the new one written last: an interrupted write leaves no summary
-        beside a CSV or page of another detect, or beside none."""
+        beside a CSV or page of another detect, or beside none. Two detects writing the same CSV at
+        once write one after the other (:func:`vaeood.infra.atomic.writing_together`): the three
+        files are always one detect's."""
         csv_path = Path(csv_path)
         summary_path, html_path = summary_path_for(csv_path), html_path_for(csv_path)
-        if is_main():  # under torchrun only rank 0 writes (vaeood.infra.atomic)
-            summary_path.unlink(missing_ok=True)
-        atomic_write_text(csv_path, self.csv_text())
-        atomic_write_text(html_path, self.html_text())
-        atomic_write_json(summary_path, {**self.summary, "csv": csv_path.name, "html": html_path.name})
+        csv_text, html_text = self.csv_text(), self.html_text()  # made before the lock: it is held briefly
+        with writing_together(csv_path.parent if str(csv_path.parent) else "."):
+            if is_main():  # under torchrun only rank 0 writes (vaeood.infra.atomic)
+                summary_path.unlink(missing_ok=True)
+            atomic_write_text(csv_path, csv_text)
+            atomic_write_text(html_path, html_text)
+            atomic_write_json(summary_path, {**self.summary, "csv": csv_path.name, "html": html_path.name})
         return csv_path, summary_path, html_path
 
     def summary_text(self) -> str:

@@ -136,6 +136,27 @@ def atomic_write_json(path: str | Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+@contextlib.contextmanager
+def writing_together(directory: str | Path):
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``directory`` itself while the block
+    writes files there that belong together (``vaeood detect``'s CSV, page and summary): a second
+    process writing the same set waits for the first to finish, so the set on disk is always one
+    writer's, never a CSV of one beside a summary of the other. No lock file is left behind; the
+    operating system releases the lock when its process ends in any way. Not locked where
+    ``fcntl`` is missing (Windows) or the folder cannot be opened."""
+    try:
+        import fcntl
+        fd = os.open(directory, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
         fd = os.open(directory, os.O_RDONLY)
