@@ -147,3 +147,15 @@ def test_the_named_rules_refuse_another_rule():
     assert make_detector("fused_content_min_p").options["rule"] == "min_p"
     with pytest.raises(ConfigError, match="takes no option 'rule'"):  # not obeyed under a name that says otherwise
         make_detector("fused_content_fisher", {"rule": "min_p"})
+
+
+def test_a_feature_detector_keeps_the_backbone_size_it_was_made_with_when_the_default_moves(monkeypatch):
+    from vaeood.detectors import feature_base
+    from vaeood.features.backbone import DEFAULT_SIZE
+
+    made = make_detector("feature_knn")
+    assert made.options["size"] == DEFAULT_SIZE and made.needs["backbone"]["size"] == DEFAULT_SIZE
+    monkeypatch.setattr(feature_base, "DEFAULT_SIZE", DEFAULT_SIZE // 2)  # a later vaeood's default
+    assert made.needs["backbone"]["size"] == DEFAULT_SIZE  # as fitted, e.g. restored from a saved fit
+    assert make_detector("feature_knn").needs["backbone"]["size"] == DEFAULT_SIZE // 2
+    assert make_detector("feature_knn", {"size": 96}).needs["backbone"]["size"] == 96

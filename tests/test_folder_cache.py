@@ -4,6 +4,8 @@ folder is unchanged, and training from it gives the same weights as training fro
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +101,17 @@ def test_a_mapped_array_is_digested_and_summarised_in_parts_as_the_array_in_memo
     x = images / 255.0
     summary = pixel_stats(mapped)
     np.testing.assert_allclose([summary["pixel_mean"], summary["pixel_var"]], [x.mean(), x.var()], rtol=1e-12)
+
+
+def test_a_decoded_copy_damaged_since_is_decoded_again(tmp_path):
+    folder, cache = _folder(tmp_path), tmp_path / "run" / "cache"
+    first = load_image_folder(folder, "train", conform="resize", cache_dir=cache)
+    expected = np.array(first.images)
+    (array,) = cache.glob("*.npy")
+    (state,) = cache.glob("state-*.json")
+    for damage in (lambda: state.write_text("{not json"), lambda: os.truncate(array, 1000)):
+        damage()
+        folder_dataset._CACHE.clear()  # a new process
+        again = load_image_folder(folder, "train", conform="resize", cache_dir=cache)
+        np.testing.assert_array_equal(again.images, expected)
+        assert again.folder == first.folder

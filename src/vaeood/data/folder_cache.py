@@ -55,11 +55,15 @@ def decode_to_disk(items: list, target: tuple[int, int, int], conform: str | Non
     ``.npy`` file under ``cache_dir`` (decoded now, or reused: see the module docstring)."""
     key = hashlib.sha256(json.dumps([digest, list(target), conform, skip_bad]).encode()).hexdigest()[:32]
     array_path, record_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if array_path.is_file() and record_path.is_file():
+    try:  # a copy damaged since (cut short, unreadable) is decoded again
         record = json.loads(record_path.read_text())
+        images = np.load(array_path, mmap_mode="r")
+        if images.shape != (len(record["names"]), *target):
+            raise ValueError(f"shape {images.shape}")
         bad += [tuple(b) for b in record["failed"]]
-        return (np.load(array_path, mmap_mode="r"), record["names"], Counter(record["from_shapes"]),
-                Counter(record["converted"]))
+        return images, record["names"], Counter(record["from_shapes"]), Counter(record["converted"])
+    except (OSError, ValueError, KeyError):
+        pass
     cache_dir.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
     from_shapes: Counter = Counter()

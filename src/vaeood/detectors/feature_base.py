@@ -18,6 +18,14 @@ class FeatureDetector(Detector):
 
     fits = True
 
+    def __init__(self, **options):
+        # the defaults are written into the options when the detector is made, not read when it
+        # scores: a saved fit keeps the backbone and size it was fitted with if the defaults move
+        options.update(backbone=options.get("backbone") or DEFAULT_BACKBONE, size=options.get("size") or DEFAULT_SIZE)
+        super().__init__(**options)
+
+    # .get: a fit saved before the defaults were written into the options holds None; it is then
+    # read at today's defaults, and detect refuses it unless it reproduces its calibration scores
     @property
     def backbone(self) -> str:
         return self.options.get("backbone") or DEFAULT_BACKBONE
