@@ -106,6 +106,25 @@ def test_openvino_gives_pytorchs_features_and_a_cache_that_disagrees_is_refused(
     assert "differ from PyTorch" in caplog.text
 
 
+def test_two_threads_scoring_at_once_get_the_features_of_one_at_a_time():
+    """The OpenVINO network has one infer request: two threads used it at once and one failed with
+    "Infer Request is busy"; they now take turns and get the serial features."""
+    import threading
+
+    images = [torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(4)]
+    backbone = get_backbone("efficientnet_lite0")
+    serial = [backbone.features(x, DEFAULT_SIZE) for x in images]
+    got: dict[int, torch.Tensor] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, backbone.features(images[i], DEFAULT_SIZE)))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [0, 1, 2, 3] and all(torch.equal(got[i], serial[i]) for i in range(4))
+
+
 @pytest.mark.skipif(not PHOTOS.is_dir(), reason="set VAEOOD_DATA (e.g. to ../shared/data, with tinyimagenet64/)")
 def test_real_photos_of_known_imagenet_classes_are_classified():
     """Weights, padding and preprocessing together: 15 of the first 16 goldfish photos are

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -66,8 +67,11 @@ def openvino_features(net: nn.Module, name: str, sha256: str, size: int):
         compiled = core.compile_model(core.read_model(path), "CPU", {
             "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()})
 
+        one_at_a_time = threading.Lock()  # the compiled model's one infer request is busy while it runs
+
         def run(inputs: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(compiled(inputs.contiguous().numpy())[0].copy())
+            with one_at_a_time:  # two threads scoring at once got "Infer Request is busy"
+                return torch.from_numpy(compiled(inputs.contiguous().numpy())[0].copy())
 
         with torch.no_grad():
             expected = net.features(probe(size))
