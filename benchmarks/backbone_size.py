@@ -6,7 +6,8 @@ images (k is fixed, S is the variable measured).
   class within train[0:45000]; test on train[45000:47000] (normal = the class, OOD = the
   other nine);
 * Fashion-MNIST classes 0 / 3 / 9 (T-shirt/top, dress, ankle boot): fit on the first 2,000
-  images of the class in the train split; test on test[0:2000].
+  images of the class in the train split; test on test[0:2000];
+* MNIST (``--sets mnist``) as Fashion-MNIST; ``--classes 0 1 2 ... 9`` for every class.
 
 AUROC with OOD as the positive class (``sklearn.metrics.roc_auc_score``). Features come from
 the package's ``backbone`` feature (EfficientNet-Lite0, ImageNet weights: the backbone saw
@@ -18,6 +19,8 @@ Differences between sizes come with a paired bootstrap over the test images (the
 held fixed, so the intervals leave out the choice of fit images).
 
     VAEOOD_DATA=/path/to/data python benchmarks/backbone_size.py --sizes 64 80 96 112 128
+    VAEOOD_DATA=/path/to/data python benchmarks/backbone_size.py --sizes 128 160 192 --sets cifar10 \
+        --classes 0 1 2 3 4 5 6 7 8 9
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ FIT = 2000
 CLASSES = (0, 3, 9)
 #: set → (file of the fit images, slice of it they are taken from, test file, test slice)
 SETS = {"cifar10": ("cifar10_train.npz", slice(0, 45000), "cifar10_train.npz", slice(45000, 47000)),
-        "fashion_mnist": ("fashion_mnist_train.npz", slice(None), "fashion_mnist_test.npz", slice(0, 2000))}
+        "fashion_mnist": ("fashion_mnist_train.npz", slice(None), "fashion_mnist_test.npz", slice(0, 2000)),
+        "mnist": ("mnist_train.npz", slice(None), "mnist_test.npz", slice(0, 2000))}
 
 
 def nchw(x: np.ndarray) -> torch.Tensor:
@@ -44,13 +48,14 @@ def nchw(x: np.ndarray) -> torch.Tensor:
     return t[:, None] if t.dim() == 3 else t.permute(0, 3, 1, 2).contiguous()
 
 
-def image_sets(data: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def image_sets(data: Path, names: list[str], classes: list[int]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """{name: (uint8 images, labels or None)}: each set's test images and each class's fit images."""
     out = {}
-    for name, (fit_file, fit_slice, test_file, test_slice) in SETS.items():
+    for name in names:
+        fit_file, fit_slice, test_file, test_slice = SETS[name]
         with np.load(data / fit_file) as f:
             x, y = f["x"][fit_slice], f["y"][fit_slice]
-        for c in CLASSES:
+        for c in classes:
             out[f"{name}/fit{c}"] = (x[np.flatnonzero(y == c)[:FIT]], None)
         with np.load(data / test_file) as f:
             out[f"{name}/test"] = (f["x"][test_slice], f["y"][test_slice])
@@ -73,7 +78,7 @@ def features(images: np.ndarray, size: int, cache: Path | None, key: str) -> tup
     return f, seconds
 
 
-def paired_bootstrap(scores: dict, labels: dict, sizes: list[int], resamples: int) -> dict:
+def paired_bootstrap(scores: dict, labels: dict, sizes: list[int], resamples: int, classes: list[int]) -> dict:
     """{set: {(a, b): mean and 95% interval of the class-mean AUROC at b less that at a}} for each
     size against the one before it and against the largest, over ``resamples`` resamples of the
     test images (the same resample for both sizes; the fit images stay fixed)."""
@@ -84,7 +89,7 @@ def paired_bootstrap(scores: dict, labels: dict, sizes: list[int], resamples: in
         draws = [rng.integers(0, len(y), len(y)) for _ in range(resamples)]
 
         def mean_auroc(size, i, y=y, name=name):
-            return np.mean([roc_auc_score(y[i] != c, scores[name, c, size][i]) for c in CLASSES])
+            return np.mean([roc_auc_score(y[i] != c, scores[name, c, size][i]) for c in classes])
         out[name] = {}
         for a, b in pairs:
             d = np.array([mean_auroc(b, i) - mean_auroc(a, i) for i in draws])
@@ -98,9 +103,11 @@ def main() -> None:
 
     args = parser(__doc__, sizes=([64, 80, 96, 112, 128], "backbone input sizes S"), k=2, threads=2,
                   bootstrap=(500, "paired bootstrap resamples of the test images"),
-                  cache=(None, "folder to keep features in between runs")).parse_args()
+                  cache=(None, "folder to keep features in between runs"),
+                  sets=(["cifar10", "fashion_mnist"], f"one-class sets, of {', '.join(SETS)}"),
+                  classes=(list(CLASSES), "the classes to fit on, one at a time")).parse_args()
     data, cache = real_data_and_cache(args, "cifar10_train.npz and fashion_mnist_*.npz")
-    sets = image_sets(data)
+    sets = image_sets(data, args.sets, args.classes)
     info = machine_info("cpu")
     auroc: dict[str, dict[int, float]] = {}
     scores: dict[tuple[str, int, int], np.ndarray] = {}
@@ -111,9 +118,9 @@ def main() -> None:
         for key, (images, _) in sets.items():
             feats[key], s = features(images, size, cache, key)
             seconds[size] += s
-        for name in SETS:
+        for name in args.sets:
             test_x, test_y = feats[f"{name}/test"], sets[f"{name}/test"][1]
-            for c in CLASSES:
+            for c in args.classes:
                 score = mean_knn_distance(unit_rows(test_x), unit_rows(feats[f"{name}/fit{c}"]), args.k)
                 scores[name, c, size] = score
                 auroc.setdefault(f"{name} {c}", {})[size] = float(roc_auc_score(test_y != c, score))
@@ -125,12 +132,12 @@ def main() -> None:
              "|---|" + "---|" * len(args.sizes)]
     for row, values in auroc.items():
         lines.append(f"| {row} | " + " | ".join(f"{values[s]:.3f}" for s in args.sizes) + " |")
-    for name in SETS:
+    for name in args.sets:
         rows = [v for r, v in auroc.items() if r.startswith(name + " ")]
         lines.append(f"| {name} mean | " + " | ".join(f"{np.mean([v[s] for v in rows]):.3f}" for s in args.sizes)
                      + " |")
-    differences = paired_bootstrap(scores, {n: sets[f"{n}/test"][1] for n in SETS}, sorted(args.sizes),
-                                   args.bootstrap)
+    differences = paired_bootstrap(scores, {n: sets[f"{n}/test"][1] for n in args.sets}, sorted(args.sizes),
+                                   args.bootstrap, args.classes)
     lines += ["", f"class-mean AUROC difference, paired bootstrap over the test images ({args.bootstrap} "
                   "resamples; fit images fixed): mean [95% interval]"]
     lines += [f"  {name} S={b} − S={a}: {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
@@ -139,8 +146,8 @@ def main() -> None:
 
     runtime = {s: "openvino" if _openvino("efficientnet_lite0", s) is not None else "torch" for s in args.sizes}
     protocol = {n: {"fit": f"first {FIT} of the class in {f}[{fs.start or 0}:{fs.stop or ''}]",
-                    "test": f"{t}[{ts.start}:{ts.stop}]"} for n, (f, fs, t, ts) in SETS.items()}
-    finish("backbone_size", {"machine": info, "k": args.k, "fit_images": FIT, "classes": list(CLASSES),
+                    "test": f"{t}[{ts.start}:{ts.stop}]"} for n, (f, fs, t, ts) in SETS.items() if n in args.sets}
+    finish("backbone_size", {"machine": info, "k": args.k, "fit_images": FIT, "classes": args.classes,
                              "protocol": protocol, "runtime": runtime, "auroc": auroc, "feature_seconds": seconds,
                              "bootstrap_differences": {n: {f"{b}-{a}": d for (a, b), d in pairs.items()}
                                                        for n, pairs in differences.items()}},
