@@ -13,6 +13,7 @@ JPEG-XL the bare codestream (no container), effort 9, lossless.
 from __future__ import annotations
 
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -50,14 +51,17 @@ _ENCODERS = {"png": png_payload_bytes, "jxl": jxl_bytes}
 
 
 def compressed_bytes(images: np.ndarray, codec: str = "png") -> np.ndarray:
-    """Compressed payload bytes of each uint8 image ``[N, H, W, C]``."""
+    """Compressed payload bytes of each uint8 image ``[N, H, W, C]``, encoded on torch's number
+    of threads (the encoders release the GIL: 1.4× on 2 cores; each image's size is its own)."""
     if codec not in _ENCODERS:
         raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
     encode = _ENCODERS[codec]
-    out = np.empty(len(images), dtype=np.float64)
-    for i, image in enumerate(bar(images, desc=f"{codec} sizes")):
-        out[i] = encode(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image))
-    return out
+
+    def size(image: np.ndarray) -> int:
+        return encode(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image))
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        sizes = list(bar(pool.map(size, images), desc=f"{codec} sizes", total=len(images)))
+    return np.asarray(sizes, dtype=np.float64).reshape(len(images))
 
 
 @FEATURES.register("compressed")
