@@ -99,15 +99,14 @@ def release(images: np.ndarray) -> None:
         mapped.madvise(mmap.MADV_DONTNEED)
 
 
-
-def _state_path(cache_dir: Path, state: list) -> Path:
-    key = hashlib.sha256(json.dumps(state).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+def _state_path(cache_dir: Path, state: str) -> Path:
+    key = hashlib.sha256(state.encode("utf-8", "surrogateescape")).hexdigest()[:32]
     return cache_dir / f"state-{key}.json"
 
 
-def remembered(cache_dir: Path, state: list) -> dict | None:
+def remembered(cache_dir: Path, state: str) -> dict | None:
     """What :func:`remember` recorded for this exact ``state`` (the folder's path, transform and
-    every entry's name, size, modification time and inode), its images memory-mapped; None
+    every entry's name, size, modification time and inode, as JSON text), its images memory-mapped; None
     when nothing was, or its array is gone."""
     path = _state_path(cache_dir, state)
     try:
@@ -119,7 +118,7 @@ def remembered(cache_dir: Path, state: list) -> dict | None:
             "files": tuple(tuple(f) for f in record["read"]["files"])}
 
 
-def remember(cache_dir: Path, state: list, read: dict) -> None:
+def remember(cache_dir: Path, state: str, read: dict) -> None:
     """Record ``read`` (a folder as :func:`vaeood.data.folder_dataset.load_image_folder` read it,
     its images a memory-mapped array of ``cache_dir``) under ``state``, for :func:`remembered`."""
     kept = {k: v for k, v in read.items() if k != "images"}

@@ -114,8 +114,8 @@ def load_image_folder(folder: str | os.PathLike, split: str, *, conform: str | N
     n_files = len(entries) + len(bad)
     # what the folder holds now, by every entry's name, size, modification time and inode, and how it is read
     size = tuple(size) if size is not None else None
-    state = [str(path.resolve()), conform, skip_bad, size, _state(entries), list(bad), list(hidden)]
-    key = (json.dumps(state, default=str), str(cache_dir))
+    state = json.dumps([str(path.resolve()), conform, skip_bad, size, _state(entries), list(bad), list(hidden)])
+    key = (state, str(cache_dir))
     cached = _CACHE.get(key) or (remembered(Path(cache_dir), state) if cache_dir is not None else None)
     if cached is not None:
         log.debug("%s: unchanged since read (same names, sizes, modification times and inodes): reusing it", given)

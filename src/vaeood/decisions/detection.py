@@ -65,7 +65,7 @@ class Detection:
         csv_path = Path(csv_path)
         summary_path, html_path = summary_path_for(csv_path), html_path_for(csv_path)
         csv_text, html_text = self.csv_text(), self.html_text()  # made before the lock: it is held briefly
-        with writing_together(csv_path.parent if str(csv_path.parent) else "."):
+        with writing_together(csv_path.parent):
             if is_main():  # under torchrun only rank 0 writes (vaeood.infra.atomic)
                 summary_path.unlink(missing_ok=True)
             atomic_write_text(csv_path, csv_text)

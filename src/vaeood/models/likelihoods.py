@@ -50,12 +50,12 @@ __all__ = [
 LIKELIHOODS: Registry[type[Likelihood]] = Registry("likelihood")
 
 NUM_LEVELS = 256
+"""Number of values an 8-bit sub-pixel can take."""
 #: on a CPU, :meth:`Likelihood.log_prob` sums the per-pixel terms this many images at a time: the
 #: dozen elementwise temporaries of a chunk then stay in the processor's cache, where a batch of
 #: 1,000 64×64 RGB images streams 49 MB through memory for each (the discretised logistic: 3.4×
 #: faster on 2 cores). Each image's terms and sum are computed as before: the same numbers.
 CPU_CHUNK_IMAGES = 32
-"""Number of values an 8-bit sub-pixel can take."""
 
 
 class Likelihood(nn.Module):
