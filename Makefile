@@ -29,11 +29,17 @@ demo: $(INSTALLED)
 	$(VENV)/bin/vaeood reproduce fig2a --preset quick --out $(DEMO_OUT)/fig2a
 	$(VENV)/bin/vaeood reproduce ood-suite --preset demo --out $(DEMO_OUT)/detectors
 
-# everything: the linter (pyproject.toml [tool.ruff]), then every test, the slow ones included;
-# while editing, `pytest -m "not slow"` runs the fast ones (under 2 min on 2 cores)
+# everything: the linter (pyproject.toml [tool.ruff]), then every test, the slow ones included,
+# on TEST_WORKERS pytest-xdist processes of one torch thread each, a test file to a worker
+# (its module fixtures are built once). Why: most tests are Python, process start-up and
+# small tensors that use one core, so two workers of one thread each take 4 min on 2 cores
+# where one process of two threads takes 7 min 40 s, and two workers of two threads each,
+# oversubscribed, 7 min 25 s (BENCHMARKS.md, "The test suite"). While editing, `pytest -m "not slow"` runs the
+# fast ones (under 2 min on 2 cores)
+TEST_WORKERS ?= 2
 test: $(INSTALLED)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(INSTALLED)
 	$(PY) -m pip install --quiet -c constraints.txt -r benchmarks/requirements.txt
