@@ -133,3 +133,28 @@ def test_nhwc_scoring_agrees_with_nchw(likelihood):
         for est, opts in ((elbo, {}), (iwae, {"k": 16})):
             a, b = (est(m, x, generator=torch.Generator().manual_seed(3), **opts)["log_px_nats"] for m in (model, nhwc))
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)
+
+
+def test_the_output_layer_is_the_native_kernel_and_leaves_onednn_as_it_found_it():
+    """The decoder's few-channel output layer computes, values and gradients, exactly what it
+    computed when it switched oneDNN off around its base's forward (so the study's models train
+    the same weights), without touching that global switch: a torch.compile trace of the switch
+    left oneDNN off for every later convolution of the process."""
+    from vaeood.models.conv import OutputConvTranspose2d
+
+    torch.manual_seed(0)
+    layer = OutputConvTranspose2d(8, 3, 4, stride=2, padding=1)
+    x = torch.randn(5, 8, 7, 7, requires_grad=True)
+    with torch.backends.mkldnn.flags(enabled=False):  # as the switch did, around the forward only
+        want = torch.nn.ConvTranspose2d.forward(layer, x)
+    want_grads = torch.autograd.grad(want.square().sum(), [x, layer.weight, layer.bias])
+    calls = []
+    real = torch.backends.mkldnn.set_flags
+    torch.backends.mkldnn.set_flags = lambda *a, **k: calls.append(a) or real(*a, **k)
+    try:
+        got = layer(x)
+    finally:
+        torch.backends.mkldnn.set_flags = real
+    assert torch.equal(got, want) and not calls and torch.backends.mkldnn.enabled
+    grads = torch.autograd.grad(got.square().sum(), [x, layer.weight, layer.bias])
+    assert all(torch.equal(a, b) for a, b in zip(grads, want_grads, strict=True))

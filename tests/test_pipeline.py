@@ -317,6 +317,10 @@ def test_compiled_training_traces_the_whole_loss_and_matches_eager(tmp_path, dat
     assert [h["train_loss"] for h in compiled["history"]] == [h["train_loss"] for h in eager["history"]]
     for k in eager["model"]:
         torch.testing.assert_close(compiled["model"][k], eager["model"][k], rtol=1e-4, atol=1e-6)
+    # the trace left no global switch behind: a later eager training trains the same weights
+    assert torch.backends.mkldnn.enabled
+    again = load_checkpoint(train(cfg, tmp_path / "again", data_dir=str(data_dir)))
+    assert all(torch.equal(again["model"][k], eager["model"][k]) for k in eager["model"])
 
 
 def test_unknown_compile_mode_is_refused(tmp_path, data_dir, capsys):

@@ -27,18 +27,19 @@ from ..infra.errors import ConfigError
 class OutputConvTranspose2d(nn.ConvTranspose2d):
     """The decoder's output layer. With few output channels (one per pixel value for a
     Bernoulli grey-level decoder) PyTorch's own im2col + GEMM kernel is faster on the CPU
-    than oneDNN's, so oneDNN is switched off for this layer alone there
-    (``benchmarks/layer_speed.py``). Same parameters and state-dict keys as its base."""
+    than oneDNN's (``benchmarks/layer_speed.py``), so this layer calls that kernel
+    (``slow_conv_transpose2d``, the one PyTorch dispatches to with oneDNN off) directly.
+    Why not switch oneDNN off around the call: the switch is global, so a torch.compile trace
+    ran its "off" and never its "back on" (every later convolution of the process went without
+    oneDNN: other numbers for the same training), and another thread's convolution could fall
+    in between. Same parameters and state-dict keys as its base."""
 
-    def forward(self, x):
-        if not (x.is_cpu and self.out_channels <= 4):
-            return super().forward(x)
-        # only the "enabled" flag: mkldnn.flags() would also reset TF32/precision settings
-        enabled = torch.backends.mkldnn.set_flags(_enabled=False, _fp32_precision=None)[0]
-        try:
-            return super().forward(x)
-        finally:
-            torch.backends.mkldnn.set_flags(_enabled=enabled, _fp32_precision=None)
+    def forward(self, x, output_size=None):
+        if (not x.is_cpu or self.out_channels > 4 or output_size is not None or self.groups != 1
+                or torch.compiler.is_compiling()):  # a compiler picks its own kernel
+            return super().forward(x, output_size)
+        return torch._C._nn.slow_conv_transpose2d(x, self.weight, self.kernel_size, self.bias, self.stride,
+                                                  self.padding, self.output_padding, self.dilation)
 
 
 #: the largest side of the encoder's last feature map: stride-2 stages are added until it is reached
