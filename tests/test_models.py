@@ -158,3 +158,16 @@ def test_the_output_layer_is_the_native_kernel_and_leaves_onednn_as_it_found_it(
     assert torch.equal(got, want) and not calls and torch.backends.mkldnn.enabled
     grads = torch.autograd.grad(got.square().sum(), [x, layer.weight, layer.bias])
     assert all(torch.equal(a, b) for a, b in zip(grads, want_grads, strict=True))
+
+
+def test_the_output_layer_under_bf16_autocast_casts_as_autocast_casts_its_base():
+    from vaeood.models.conv import OutputConvTranspose2d
+
+    torch.manual_seed(0)
+    layer = OutputConvTranspose2d(8, 1, 4, stride=2, padding=1)
+    x = torch.randn(5, 8, 7, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.backends.mkldnn.flags(enabled=False):
+            want = torch.nn.ConvTranspose2d.forward(layer, x)
+        got = layer(x)
+    assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)

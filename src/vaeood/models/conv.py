@@ -38,8 +38,12 @@ class OutputConvTranspose2d(nn.ConvTranspose2d):
         if (not x.is_cpu or self.out_channels > 4 or output_size is not None or self.groups != 1
                 or torch.compiler.is_compiling()):  # a compiler picks its own kernel
             return super().forward(x, output_size)
-        return torch._C._nn.slow_conv_transpose2d(x, self.weight, self.kernel_size, self.bias, self.stride,
-                                                  self.padding, self.output_padding, self.dilation)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled(x.device.type):  # the kernel is below autocast: cast as it casts a conv
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+        return torch._C._nn.slow_conv_transpose2d(x, weight, self.kernel_size, bias, self.stride, self.padding,
+                                                  self.output_padding, self.dilation)
 
 
 #: the largest side of the encoder's last feature map: stride-2 stages are added until it is reached
