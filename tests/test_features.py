@@ -269,6 +269,35 @@ def test_a_shared_cache_serves_image_only_features_to_every_run_and_keeps_model_
     assert len(list(shared.iterdir())) == 2 and len(list((other / "features").iterdir())) == 2
 
 
+def test_a_shared_feature_of_conformed_images_serves_runs_of_one_shape_and_not_another(tmp_path, run, data_dir,
+                                                                                       monkeypatch):
+    """An image-only feature of images conformed to a run (the backbone's of CIFAR-10's padded
+    MNIST) depends on the run through its image shape alone: two seeds of one shape read one
+    shared file, a run of another shape gets its own."""
+    from vaeood.features import core
+
+    config = Config().override({"train.epochs": "1", "model.base_channels": "4", "model.latent_dim": "4",
+                                "model.likelihood": "dlogistic", "data.limit": "64"})
+    seed1 = train(config.override({"train.seed": "1"}), tmp_path / "seed1", data_dir=str(data_dir))
+    write_npz(data_dir, "cifar10", "train", blobs(64, 3, size=32, channels=3))
+    rgb = train(config.override({"data.name": "cifar10"}), tmp_path / "rgb", data_dir=str(data_dir))
+    computed = []
+    real = core.features_of
+    monkeypatch.setattr(core, "features_of", lambda model, images, name, *a, **k: (
+        computed.append(images.shape), real(model, images, name, *a, **k))[1])
+    shared = tmp_path / "shared"
+    grey = [compute_feature(r, "cifar10", "train", "compressed", data_dir=str(data_dir), limit=8, conform="resize",
+                            shared_cache=shared) for r in (run, seed1)]
+    assert computed == [(8, 28, 28, 1)]  # the second seed read the first one's file
+    np.testing.assert_array_equal(grey[0]["png_bits"], grey[1]["png_bits"])
+    assert [f.name for f in shared.iterdir()] == [next(shared.glob("*conformresize1x28x28*")).name]
+    padded = compute_feature(rgb, "mnist", "test", "compressed", data_dir=str(data_dir), limit=8, conform="pad",
+                             shared_cache=shared)
+    assert computed[-1] == (8, 32, 32, 3) and len(list(shared.glob("*conformpad3x32x32*"))) == 1
+    assert feature_meta(padded)["conform"]["to_shape"] == [3, 32, 32]
+    assert not any((r / "features").exists() for r in (run, seed1, rgb))
+
+
 def _cli(*args, env):
     # -v: the cache's "reusing" lines are detail (DEBUG)
     return subprocess.run([sys.executable, "-m", "vaeood.cli", "-v", *args], capture_output=True, text=True, env=env,

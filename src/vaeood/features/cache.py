@@ -12,8 +12,9 @@ to load is recomputed, with a warning naming it.
 ``shared_cache=FOLDER`` (or every call inside ``with shared_feature_cache(FOLDER)``): a feature
 of the image alone (``uses_model = False``: a backbone's) is cached in FOLDER, read by every run
 given it (one test set, many models: computed once), its file named with the images' digest too
-and its metadata free of any run's model; one of conformed images stays in the run (a conform
-depends on the run's image shape). A producer that draws no noise (``draws_noise = False``) is
+and its metadata free of any run's model; one of conformed images is keyed by the shape they are
+conformed to as well (a conform depends on the run's image shape alone), so the seeds of one
+family share it. A producer that draws no noise (``draws_noise = False``) is
 keyed without the seed, so one image's features serve every seed.
 """
 
@@ -59,12 +60,13 @@ def shared_feature_cache(folder: str | Path):
         _SHARED_CACHE.reset(token)
 
 
-def cache_path(run_dir: Path, tag: str, data_sha256: str, *, uses_model: bool, conform: str | None,
+def cache_path(run_dir: Path, tag: str, data_sha256: str, *, uses_model: bool,
                shared_cache: str | Path | None) -> Path:
     """The file of one feature: in the shared folder (``shared_cache``, else that of
-    :func:`shared_feature_cache`) for a feature of the unconformed image alone, else in the run."""
+    :func:`shared_feature_cache`) for a feature of the image alone (conformed images are
+    keyed and tagged by the shape they are conformed to), else in the run."""
     shared_cache = shared_cache if shared_cache is not None else _SHARED_CACHE.get()
-    if shared_cache is not None and not uses_model and conform is None:
+    if shared_cache is not None and not uses_model:
         return Path(shared_cache) / f"{tag}_{data_sha256[:12]}.npz"
     return run_dir / FEATURES_DIR / f"{tag}.npz"
 

@@ -319,11 +319,14 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
            "split": data.split, "start": begin, "stop": end, "data_sha256": images_digest(images),
            "conform_method": conform, "seed": seed_key,
            "checkpoint_sha256": ckpt_sha if uses_model else None}
+    conform_tag = conform
+    if conform is not None and not uses_model:  # of the run, such a feature depends on its image shape alone
+        key["conform_to"] = list(Run(run_dir).image_shape)
+        conform_tag = f"{conform}{'x'.join(map(str, key['conform_to']))}"
     # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
     tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
-    tag = cache_tag(tagged, split, name, options, begin, end, len(data.images), limit, conform, seed_key)
-    path = cache_path(run_dir, tag, key["data_sha256"], uses_model=uses_model, conform=conform,
-                      shared_cache=shared_cache)
+    tag = cache_tag(tagged, split, name, options, begin, end, len(data.images), limit, conform_tag, seed_key)
+    path = cache_path(run_dir, tag, key["data_sha256"], uses_model=uses_model, shared_cache=shared_cache)
     shared = path.parent != run_dir / FEATURES_DIR  # a shared file records no run's model
     saved = cached_features(path, key) if reuse and path.exists() else None
     if saved is not None:
