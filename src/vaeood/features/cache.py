@@ -71,6 +71,14 @@ def cache_path(run_dir: Path, tag: str, data_sha256: str, *, uses_model: bool,
     return run_dir / FEATURES_DIR / f"{tag}.npz"
 
 
+def conform_keyed(key: dict, conform: str, image_shape) -> str:
+    """A feature of the image alone, of images conformed to a run, depends on the run only
+    through the shape they are conformed to: that shape joins ``key``; returns the conform as the
+    file name gives it (``pad3x32x32``), so that the runs of one shape share the file."""
+    key["conform_to"] = list(image_shape)
+    return f"{conform}{'x'.join(map(str, image_shape))}"
+
+
 def cache_tag(dataset: str, split: str, name: str, options: dict, begin: int, end: int, n: int,
          limit: int | None, conform: str | None, seed: int | None) -> str:
     """A readable file name; the full key is checked inside the file's meta."""
