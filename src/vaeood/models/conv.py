@@ -24,6 +24,11 @@ from torch import nn
 from ..infra.errors import ConfigError
 
 
+#: PyTorch's own im2col + GEMM transposed convolution (a private binding: where a torch lacks it,
+#: the layer runs its base's forward)
+_NATIVE = getattr(torch._C._nn, "slow_conv_transpose2d", None)
+
+
 class OutputConvTranspose2d(nn.ConvTranspose2d):
     """The decoder's output layer. With few output channels (one per pixel value for a
     Bernoulli grey-level decoder) PyTorch's own im2col + GEMM kernel is faster on the CPU
@@ -35,15 +40,15 @@ class OutputConvTranspose2d(nn.ConvTranspose2d):
     in between. Same parameters and state-dict keys as its base."""
 
     def forward(self, x, output_size=None):
-        if (not x.is_cpu or self.out_channels > 4 or output_size is not None or self.groups != 1
+        if (_NATIVE is None or not x.is_cpu or self.out_channels > 4 or output_size is not None or self.groups != 1
                 or torch.compiler.is_compiling()):  # a compiler picks its own kernel
             return super().forward(x, output_size)
         weight, bias = self.weight, self.bias
         if torch.is_autocast_enabled(x.device.type):  # the kernel is below autocast: cast as it casts a conv
             dtype = torch.get_autocast_dtype(x.device.type)
             x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
-        return torch._C._nn.slow_conv_transpose2d(x, weight, self.kernel_size, bias, self.stride, self.padding,
-                                                  self.output_padding, self.dilation)
+        return _NATIVE(x, weight, self.kernel_size, bias, self.stride, self.padding, self.output_padding,
+                       self.dilation)
 
 
 #: the largest side of the encoder's last feature map: stride-2 stages are added until it is reached
