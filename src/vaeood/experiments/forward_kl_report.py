@@ -7,7 +7,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..infra.atomic import atomic_write
 from ..evaluation.report import interval_text, markdown_table, pm
@@ -15,7 +14,7 @@ from .common import machine_words
 from .forward_kl_stats import ABLATED, METRICS
 from .timing import load_text
 
-def _save(fig: Figure, path: Path) -> str:
+def _save(fig, path: Path) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write(path, lambda f: f.write(buf.getvalue()))
@@ -23,6 +22,8 @@ def _save(fig: Figure, path: Path) -> str:
 
 
 def write_figures(out_dir: Path, out: dict, bpd: dict, in_name: str, ood_name: str) -> dict[str, str]:
+    from matplotlib.figure import Figure  # on use (slow import): `import vaeood` does not load matplotlib
+
     agg, seeds = out["aggregate"], out["settings"]["seeds"]
     x = np.arange(len(ABLATED))
     figures = {}
