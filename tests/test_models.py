@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -135,6 +137,17 @@ def test_nhwc_scoring_agrees_with_nchw(likelihood):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)
 
 
+@contextlib.contextmanager
+def _onednn_off():
+    """oneDNN off, as the output layer used to switch it: the "enabled" flag alone
+    (``mkldnn.flags()`` would also reset the precision settings, and warn)."""
+    enabled = torch.backends.mkldnn.set_flags(_enabled=False, _fp32_precision=None)[0]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.set_flags(_enabled=enabled, _fp32_precision=None)
+
+
 def test_the_output_layer_is_the_native_kernel_and_leaves_onednn_as_it_found_it():
     """The decoder's few-channel output layer computes, values and gradients, exactly what it
     computed when it switched oneDNN off around its base's forward (so the study's models train
@@ -145,7 +158,7 @@ def test_the_output_layer_is_the_native_kernel_and_leaves_onednn_as_it_found_it(
     torch.manual_seed(0)
     layer = OutputConvTranspose2d(8, 3, 4, stride=2, padding=1)
     x = torch.randn(5, 8, 7, 7, requires_grad=True)
-    with torch.backends.mkldnn.flags(enabled=False):  # as the switch did, around the forward only
+    with _onednn_off():  # as the switch did, around the forward only
         want = torch.nn.ConvTranspose2d.forward(layer, x)
     want_grads = torch.autograd.grad(want.square().sum(), [x, layer.weight, layer.bias])
     calls = []
@@ -167,7 +180,7 @@ def test_the_output_layer_under_bf16_autocast_casts_as_autocast_casts_its_base()
     layer = OutputConvTranspose2d(8, 1, 4, stride=2, padding=1)
     x = torch.randn(5, 8, 7, 7)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with torch.backends.mkldnn.flags(enabled=False):
+        with _onednn_off():
             want = torch.nn.ConvTranspose2d.forward(layer, x)
         got = layer(x)
     assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)
