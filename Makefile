@@ -32,10 +32,10 @@ demo: $(INSTALLED)
 # everything: the linter (pyproject.toml [tool.ruff]), then every test, the slow ones included,
 # on TEST_WORKERS pytest-xdist processes of one torch thread each, a test file to a worker
 # (its module fixtures are built once). Why: most tests are Python, process start-up and
-# small tensors that use one core, so two workers of one thread each take 4 min on 2 cores
-# where one process of two threads takes 7 min 40 s, and two workers of two threads each,
-# oversubscribed, 7 min 25 s (BENCHMARKS.md, "The test suite"). While editing, `pytest -m "not slow"` runs the
-# fast ones (under 2 min on 2 cores)
+# small tensors that use one core, so two workers of one thread each take 4 min 09 s on 2
+# cores where one process of two threads takes 7 min 47 s, and two workers of two threads
+# each, oversubscribed, 7 min 26 s (BENCHMARKS.md, "The test suite"). While editing,
+# `pytest -m "not slow"` runs the fast ones (under 2 min on 2 cores)
 TEST_WORKERS ?= 2
 test: $(INSTALLED)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -148,7 +148,7 @@ def _onednn_off():
         torch.backends.mkldnn.set_flags(_enabled=enabled, _fp32_precision=None)
 
 
-def test_the_output_layer_is_the_native_kernel_and_leaves_onednn_as_it_found_it():
+def test_the_output_layer_is_the_native_kernel_and_leaves_onednn_as_it_found_it(monkeypatch):
     """The decoder's few-channel output layer computes, values and gradients, exactly what it
     computed when it switched oneDNN off around its base's forward (so the study's models train
     the same weights), without touching that global switch: a torch.compile trace of the switch
@@ -163,11 +163,8 @@ def test_the_output_layer_is_the_native_kernel_and_leaves_onednn_as_it_found_it(
     want_grads = torch.autograd.grad(want.square().sum(), [x, layer.weight, layer.bias])
     calls = []
     real = torch.backends.mkldnn.set_flags
-    torch.backends.mkldnn.set_flags = lambda *a, **k: calls.append(a) or real(*a, **k)
-    try:
-        got = layer(x)
-    finally:
-        torch.backends.mkldnn.set_flags = real
+    monkeypatch.setattr(torch.backends.mkldnn, "set_flags", lambda *a, **k: calls.append(a) or real(*a, **k))
+    got = layer(x)
     assert torch.equal(got, want) and not calls and torch.backends.mkldnn.enabled
     grads = torch.autograd.grad(got.square().sum(), [x, layer.weight, layer.bias])
     assert all(torch.equal(a, b) for a, b in zip(grads, want_grads, strict=True))

@@ -61,7 +61,7 @@ def compressed_bytes(images: np.ndarray, codec: str = "png") -> np.ndarray:
         return encode(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image))
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         sizes = list(bar(pool.map(size, images), desc=f"{codec} sizes", total=len(images)))
-    return np.asarray(sizes, dtype=np.float64).reshape(len(images))
+    return np.asarray(sizes, dtype=np.float64)
 
 
 @FEATURES.register("compressed")

@@ -319,7 +319,7 @@ def compute_feature(run_dir: str | Path, dataset: str, split: str = "test", name
            "split": data.split, "start": begin, "stop": end, "data_sha256": images_digest(images),
            "conform_method": conform, "seed": seed_key,
            "checkpoint_sha256": ckpt_sha if uses_model else None}
-    conform_tag = conform if conform is None or uses_model else conform_keyed(key, conform, Run(run_dir).image_shape)
+    conform_tag = conform if conform is None or uses_model else conform_keyed(key, conform, source.run.image_shape)
     # a folder is tagged by its own name and digest, not by the path it was given as (which may be long)
     tagged = f"{data.name}-{data.folder['sha256'][:12]}" if data.folder else dataset
     tag = cache_tag(tagged, split, name, options, begin, end, len(data.images), limit, conform_tag, seed_key)
