@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from vaeood.data import DataError
-from vaeood.data.decode import _to_array, conversion_text, decode_image, to_channels
+from vaeood.data.decode import PNG_SIGNATURE, _to_array, conversion_text, decode_image, to_channels
 from vaeood.data.inputs import read_image_folder
 
 RNG = np.random.default_rng(0)
@@ -82,6 +82,36 @@ def test_an_exif_rotated_photo_gives_the_pixels_of_the_upright_one(tmp_path):
     both = read_image_folder(tmp_path)  # the header pass sees the upright size too: one shape, no conform
     np.testing.assert_array_equal(both.images[0], both.images[1])
     assert both.converted == {"EXIF orientation applied": 1}
+
+
+def _chunks(png: bytes) -> list[bytes]:
+    """A PNG's chunks, each whole (length, type, data, CRC), after the 8-byte signature."""
+    out, at = [], 8
+    while at < len(png):
+        length = int.from_bytes(png[at:at + 4], "big")
+        out.append(png[at:at + 12 + length])
+        at += 12 + length
+    return out
+
+
+def test_an_exif_block_after_the_pixels_is_found_by_the_header_pass(tmp_path):
+    # PNG allows eXIf after IDAT, where the header pass cannot see it without walking the chunks
+    upright = _save(tmp_path / "upright.png", Image.fromarray(PHOTO))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = _save(tmp_path / "stored.png", Image.fromarray(PHOTO).transpose(Image.Transpose.ROTATE_90), exif=exif)
+    chunks = _chunks(stored.read_bytes())
+    late = [c for c in chunks if c[4:8] == b"eXIf"]
+    rest = [c for c in chunks if c[4:8] != b"eXIf"]
+    assert len(late) == 1 and rest[-1][4:8] == b"IEND"
+    (tmp_path / "late.png").write_bytes(PNG_SIGNATURE + b"".join(rest[:-1] + late + rest[-1:]))
+    stored.unlink()
+    with Image.open(tmp_path / "late.png") as img:
+        assert "exif" not in img.info  # Pillow's header does not show it
+    both = read_image_folder(tmp_path)  # one shape, 12×20: the late block's quarter turn was seen
+    assert both.images.shape == (2, 12, 20, 3) and both.converted == {"EXIF orientation applied": 1}
+    np.testing.assert_array_equal(both.images[0], decode_image(upright).pixels)
+    np.testing.assert_array_equal(both.images[0], both.images[1])
 
 
 def test_an_animated_image_is_refused_by_name(tmp_path):

@@ -164,8 +164,38 @@ def header_shape(img) -> tuple[int, int, int] | None:
     channels = {"L": 1, "1": 1, "LA": 1, "I;16": 1, "RGB": 3, "RGBA": 3, "PA": 3, "CMYK": 3}.get(img.mode)
     if img.format not in FORMATS or channels is None or getattr(img, "n_frames", 1) > 1:
         return None
-    turned = _orientation(img) in _SWAPS_SIDES
+    if img.format == "PNG" and "exif" not in img.info:  # no eXIf chunk before the pixels
+        if _png_has_late_exif(img):
+            return None
+        turned = False  # no EXIF block at all: upright
+    else:
+        turned = _orientation(img) in _SWAPS_SIDES
     return (img.width, img.height, channels) if turned else (img.height, img.width, channels)
+
+
+def _png_has_late_exif(img) -> bool:
+    """Whether an opened PNG may hold an ``eXIf`` chunk after its first ``IDAT``, where the
+    header does not show it: a walk over the chunk headers from there, reading no pixel data.
+    Pillow's ``getexif`` instead decodes the whole image to look (0.16 ms of a 64×64 photo),
+    which would make the header pass decode every PNG twice. True also when the walk cannot
+    finish (a cut-off or broken file): the image is then decoded, which names the reason."""
+    import struct
+
+    from PIL import PngImagePlugin
+
+    fp, here = img.fp, img.fp.tell()
+    try:
+        fp.seek(img.tile[0][2] - 8)  # the first IDAT's chunk header: length and type, 8 bytes
+        chunks = PngImagePlugin.ChunkStream(fp)
+        while True:
+            cid, pos, length = chunks.read()
+            if cid in (b"eXIf", b"IEND"):
+                return cid == b"eXIf"
+            fp.seek(pos + length + 4)  # past the chunk's data and CRC
+    except (OSError, SyntaxError, ValueError, IndexError, struct.error):
+        return True
+    finally:
+        fp.seek(here)
 
 
 def _to_array(img) -> tuple[np.ndarray, tuple[str, ...]]:
