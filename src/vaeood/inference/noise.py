@@ -104,12 +104,14 @@ class ImageNoise:
     estimators (:mod:`vaeood.inference.estimators`), the test-time refinement, ``llr_bounds`` or
     ``likelihood_regret``; each image's draws then depend only on its bytes, ``seed`` and
     ``tag`` (see the module docstring). It keeps its position: a second call continues the
-    streams, as a torch generator would."""
+    streams, as a torch generator would. The images are hashed at the first draw, not when it is
+    made (most features draw nothing): ``x`` must not change in between."""
 
     def __init__(self, x: Tensor, seed: int = 0, tag: str = "features"):
         self.seed, self.tag = int(seed), tag
         self.batch = int(x.shape[0])
-        self._keys = image_seeds(x, self.seed, tag)
+        self._x = x
+        self._keys: list[int] | None = None  # hashed at the first draw: most features draw nothing
         self._streams: dict[tuple[int, torch.dtype], _Stream] = {}
 
     def initial_seed(self) -> int:
@@ -123,5 +125,7 @@ class ImageNoise:
         dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
         stream = self._streams.get((width, dtype))
         if stream is None:
+            if self._keys is None:
+                self._keys, self._x = image_seeds(self._x, self.seed, self.tag), None
             stream = self._streams[(width, dtype)] = _Stream(self._keys, width)
         return stream.take(int(num), dtype).to(device=like.device, dtype=like.dtype)
