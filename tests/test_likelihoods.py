@@ -351,3 +351,23 @@ def test_log_prob_summed_in_chunks_of_images_gives_the_numbers_and_gradients_of_
     chunked = likelihood.log_prob(params, x)
     assert chunked.shape == (2, n) and torch.equal(chunked, whole)
     assert torch.equal(torch.autograd.grad(chunked.sum(), params)[0], torch.autograd.grad(whole.sum(), params)[0])
+
+
+def test_dlogistic_skips_the_narrow_bin_expansion_only_where_it_changes_nothing():
+    # on a CPU the expansion log t − t/2 + t²/24 is computed only when some bin of the call is narrow
+    # (t < 1e-3): an image's numbers and gradients must not depend on whether another image has one
+    lik = make("dlogistic", channels=3)
+    gen = seeded(5)
+    usual = (torch.randn(6, 6, 4, 4, generator=gen) * 0.3).requires_grad_()  # log-scales near 0: t ≈ 0.008
+    broad = torch.full((1, 6, 4, 4), 8.0)  # log s = 8: t ≈ 2.6e-6, the expansion's range
+    x = torch.randint(0, 256, (7, 3, 4, 4), dtype=torch.uint8, generator=gen)
+    x[0, :, 0] = 0
+    x[0, :, 1] = 255
+    alone = lik.log_prob_pixels(usual, x[:6])
+    beside = lik.log_prob_pixels(torch.cat([usual, broad]), x)
+    assert torch.equal(alone, beside[:6])
+    grad_alone, = torch.autograd.grad(alone.sum(), usual)
+    grad_beside, = torch.autograd.grad(beside[:6].sum(), usual)
+    assert torch.equal(grad_alone, grad_beside)
+    # and the broad image's narrow bins still get the expansion: its masses sum to one
+    assert abs(total_mass(make("dlogistic"), dlogistic_params(1, [0.1], [8.0])).item() - 1.0) < 1e-6

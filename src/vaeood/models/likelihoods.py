@@ -214,15 +214,21 @@ class CategoricalLikelihood(Likelihood):
         return torch.einsum("...cvhw,v->...chw", torch.softmax(p, dim=-3), levels)
 
 
-def _log1mexp_neg(t: Tensor, log_t: Tensor) -> Tensor:
-    """``log(1 - exp(-t))`` for ``t >= 0``, given ``log t`` computed separately.
+def _log1mexp_neg(t: Tensor, log_scales: Tensor) -> Tensor:
+    """``log(1 - exp(-t))`` for ``t = 2/(255 s) >= 0``, given ``log s``.
 
-    For small ``t`` uses ``log t - t/2 + t^2/24`` (error < 1e-13 below 1e-3), so it is
-    finite — and its gradient is finite — even when ``t`` underflows to 0.
+    For small ``t`` uses ``log t - t/2 + t^2/24`` with ``log t = log(2/255) - log s``
+    (error < 1e-13 below 1e-3), so it is finite — and its gradient is finite — even when
+    ``t`` underflows to 0. On a CPU, where no bin is that narrow (the usual case), the
+    expansion is not computed at all: the same numbers and gradients with six fewer passes
+    over the pixels (asking a GPU whether any bin is would wait for it, so there it always is).
     """
     small = t < 1e-3
-    t_safe = torch.where(small, torch.ones_like(t), t)  # keep the unused branch finite
+    if t.device.type == "cpu" and not bool(small.any()):
+        return torch.log(-torch.expm1(-t))
+    t_safe = torch.where(small, 1.0, t)  # keep the unused branch finite
     large = torch.log(-torch.expm1(-t_safe))
+    log_t = math.log(2.0 / (NUM_LEVELS - 1)) - log_scales
     return torch.where(small, log_t - t / 2 + t * t / 24, large)
 
 
@@ -292,20 +298,19 @@ class DiscretizedLogisticLikelihood(Likelihood):
         inv_scale = torch.exp(-log_scales)
 
         xk = x.unsqueeze(-3)  # [..., C, 1, H, W]; integer
-        xf = xk.to(p.dtype)
+        two_x = 2.0 * xk.to(p.dtype)
         half = 1.0 / (NUM_LEVELS - 1)
         # bin edges computed from the integer level, so the upper edge of bin v equals
         # the lower edge of bin v + 1 bit for bit (the masses telescope).
-        upper = (2.0 * xf + 1.0) * half - 1.0
-        lower = (2.0 * xf - 1.0) * half - 1.0
+        upper = (two_x + 1.0) * half - 1.0
+        lower = (two_x - 1.0) * half - 1.0
         a = (upper - means) * inv_scale
-        b = (lower - means) * inv_scale
+        minus_b = (means - lower) * inv_scale  # −b for b = (lower − means)/s, exactly (IEEE negation)
         t = (2.0 * half) * inv_scale
-        log_t = math.log(2.0 * half) - log_scales
 
         log_cdf_upper = F.logsigmoid(a)  # log P(X <= upper edge): bin 0
-        log_sf_lower = F.logsigmoid(-b)  # log P(X >= lower edge): bin 255
-        log_interior = log_cdf_upper + log_sf_lower + _log1mexp_neg(t, log_t)
+        log_sf_lower = F.logsigmoid(minus_b)  # log P(X >= lower edge): bin 255
+        log_interior = log_cdf_upper + log_sf_lower + _log1mexp_neg(t, log_scales)
 
         log_p = torch.where(
             xk == 0,
