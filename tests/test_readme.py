@@ -113,7 +113,7 @@ def test_the_install_lines_match_pyproject_and_constraints():
     lines = {c for _, code in blocks() for c in commands(code) if c.startswith("pip ")}
     assert lines == INSTALL_LINES
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'vaeood = "vaeood.cli:main"' in pyproject and 'requires-python = ">=3.10"' in pyproject
+    assert 'vaeood = "vaeood.cli:command"' in pyproject and 'requires-python = ">=3.10"' in pyproject
     assert re.search(r"^torch==2\.13\.0$", (ROOT / "constraints.txt").read_text(), re.M)
     assert "pip install -qq -c constraints.txt -e '.[test]'" in (ROOT / "Makefile").read_text()
 

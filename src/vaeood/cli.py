@@ -7,6 +7,7 @@ Config changes are dotted overrides after the options, e.g.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shlex
@@ -297,5 +298,19 @@ COMMANDS = {"fit": _fit, "train": _train, "log-px": _log_px, "evaluate": _evalua
 OLD_NAMES = {old: new for new, olds in DEPRECATED_COMMANDS.items() for old in olds}
 
 
+def command() -> None:
+    """The ``vaeood`` console script (and ``python -m vaeood.cli``): :func:`main` in a process of
+    its own. Every object alive is moved to the garbage collector's permanent generation
+    (``gc.freeze``) before the command, so that its collections stop walking the million objects
+    that importing torch made, and again after it, so that the interpreter's exit skips
+    collecting what the command leaves: together 0.6 s of a 9 s ``vaeood detect`` (BENCHMARKS.md).
+    Files are closed by the command itself, never left to the collector. Not done by :func:`main`,
+    which a program (or a test) may call many times in one process."""
+    gc.freeze()
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()
