@@ -510,18 +510,21 @@ def test_registry_lists_official_datasets():
     assert list(DATASETS) == ["cifar10", "fashion_mnist", "mnist", "svhn"]
 
 
-def test_a_file_rewritten_between_two_loads_is_read_again_and_callers_get_their_own_arrays(tmp_path):
-    """load_dataset keeps a file's arrays while it is unchanged: a rewritten file (even
-    with the same size) must give the new images and digest, and changing a loaded array
-    must not change what the next load returns."""
+def test_a_file_rewritten_between_two_loads_is_read_again_and_no_caller_changes_another_s_images(tmp_path):
+    """load_dataset keeps a file's arrays while it is unchanged and gives every caller a
+    read-only view of them: a rewritten file (even with the same size) must give the new
+    images and digest, and no caller can change what the next load returns."""
     rng = np.random.default_rng(0)
     first = rng.integers(0, 256, (5, 4, 4), dtype=np.uint8)
     np.savez(tmp_path / "toy_test.npz", x=first, y=np.zeros(5, dtype=np.int64))
     a = load_dataset("toy", "test", data_dir=tmp_path)
-    a.images[:] = 0  # the caller's copy
+    with pytest.raises(ValueError, match="read-only"):
+        a.images[:] = 0
+    a.labels[:] = 7  # the labels are the caller's own copy
     b = load_dataset("toy", "test", data_dir=tmp_path)
     np.testing.assert_array_equal(b.images[..., 0], first)
-    # the copies keep a fresh read's strides (grey: a 0-stride channel axis), which decide the
+    assert (b.labels == 0).all()
+    # the views keep a fresh read's strides (grey: a 0-stride channel axis), which decide the
     # memory format of torch's convolutions and so the bits a model trains to
     from vaeood.data.npz import read_image_arrays
 

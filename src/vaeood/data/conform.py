@@ -88,7 +88,7 @@ def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
     antialias = height < h or width < w
     chunks = []
     for i in range(0, len(images), _CHUNK):
-        x = torch.from_numpy(images[i: i + _CHUNK]).permute(0, 3, 1, 2).float()
+        x = torch.tensor(images[i: i + _CHUNK]).permute(0, 3, 1, 2).float()  # a copy: images may be read-only
         y = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear", align_corners=False,
                                             antialias=antialias)
         chunks.append(y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
