@@ -371,3 +371,12 @@ def test_dlogistic_skips_the_narrow_bin_expansion_only_where_it_changes_nothing(
     assert torch.equal(grad_alone, grad_beside)
     # and the broad image's narrow bins still get the expansion: its masses sum to one
     assert abs(total_mass(make("dlogistic"), dlogistic_params(1, [0.1], [8.0])).item() - 1.0) < 1e-6
+
+
+def test_dlogistic_traces_as_one_graph():
+    # train.compile hands the whole loss to torch.compile: the CPU's shortcut must not break the graph
+    lik = make("dlogistic", channels=3)
+    params = torch.randn(2, 6, 4, 4, generator=seeded(6))
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8, generator=seeded(7))
+    explained = torch._dynamo.explain(lik.log_prob)(params, x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1

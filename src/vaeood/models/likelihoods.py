@@ -221,10 +221,12 @@ def _log1mexp_neg(t: Tensor, log_scales: Tensor) -> Tensor:
     (error < 1e-13 below 1e-3), so it is finite — and its gradient is finite — even when
     ``t`` underflows to 0. On a CPU, where no bin is that narrow (the usual case), the
     expansion is not computed at all: the same numbers and gradients with six fewer passes
-    over the pixels (asking a GPU whether any bin is would wait for it, so there it always is).
+    over the pixels. Not on a GPU (asking whether any bin is narrow would wait for it) nor
+    under torch.compile (the question would break the traced graph; the compiler fuses the
+    passes anyway).
     """
     small = t < 1e-3
-    if t.device.type == "cpu" and not bool(small.any()):
+    if t.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(small.any()):
         return torch.log(-torch.expm1(-t))
     t_safe = torch.where(small, 1.0, t)  # keep the unused branch finite
     large = torch.log(-torch.expm1(-t_safe))
