@@ -66,17 +66,16 @@ def _write_folder(folder: Path, name: str, split: str | None, n: int) -> int:
 
 
 def main() -> None:
-    args = parser(__doc__, images=(10000, "PNG files to decide on per case"), rounds=3,
-                  epochs=(2, "training epochs of each model"), cases=(list(CASES), "which cases"),
-                  detector=("", "the detector `vaeood fit` calibrates (default: the recommended one)"),
-                  omp_wait_policy=("passive", "passive (as every benchmark: robust when other jobs share the cores, "
-                                              "slower on a quiet machine) or default (OpenMP's own, as a user's "
-                                              "shell has it)")).parse_args()
+    p = parser(__doc__, images=(10000, "PNG files to decide on per case"), rounds=3,
+               epochs=(2, "training epochs of each model"), cases=(list(CASES), "which cases"),
+               detector=("", "the detector `vaeood fit` calibrates (default: the recommended one)"))
+    p.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive",  # as run_all.py's
+                   help="passive (as every benchmark: robust when other jobs share the cores, slower on a quiet "
+                        "machine) or default (OpenMP's own, as a user's shell has it)")
+    args = p.parse_args()
     if not os.environ.get("VAEOOD_DATA"):
         raise SystemExit("set VAEOOD_DATA to a folder holding fashion_mnist, cifar10 and tinyimagenet (.npz) and "
                          "tinyimagenet64/")
-    if args.omp_wait_policy not in ("passive", "default"):
-        raise SystemExit(f"--omp-wait-policy must be passive or default, got {args.omp_wait_policy!r}")
     env = dict(os.environ)
     if args.omp_wait_policy == "passive":
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
