@@ -368,3 +368,12 @@ def test_holdout_keeps_the_last_images_out_of_training_and_defaults_change_nothi
     assert (sl["start"], sl["stop"]) == (200, 256)
     plain = train(Config().override(base), tmp_path / "p", data_dir=str(data_dir))
     assert load_checkpoint(plain)["train_data"]["trained_range"] == [0, 256]
+
+
+def test_the_default_batch_holds_about_a_million_pixels_and_at_most_1000_images():
+    from vaeood.features.core import default_batch_size
+
+    assert default_batch_size(28, 28) == default_batch_size(32, 32) == 1000  # the study's sizes keep 1000
+    assert default_batch_size(64, 64) == 256
+    assert default_batch_size(256, 256) == 16
+    assert default_batch_size(4096, 4096) == 1

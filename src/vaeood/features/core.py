@@ -152,7 +152,7 @@ def features_of(model, images: np.ndarray | torch.Tensor, name: str, options: di
     """Feature ``name`` of every image, uncached: ``{output: float64 [N]}``.
 
     ``images``: uint8 numpy ``[N, H, W, C]`` (as datasets load; ``[N, H, W]`` for grey) or a uint8 tensor
-    ``[N, C, H, W]``. Batches of ``batch_size`` (default 1000), a memory bound only; each
+    ``[N, C, H, W]``. Batches of ``batch_size`` (default :func:`default_batch_size`), a memory bound only; each
     image draws its noise from an :class:`vaeood.inference.noise.ImageNoise` keyed on its bytes and
     ``seed`` (the seeding rule of the module docstring), so an image's values do not depend
     on its position or the batch size. Under torchrun batch ``b`` runs on rank ``b mod W``.
@@ -176,7 +176,8 @@ def features_of_needs(jobs, images: np.ndarray | torch.Tensor, *, seed: int = 0,
     for model, fn, _ in checked:
         if getattr(fn, "uses_model", True):
             _check_model_shape(model, images)
-    n, batch_size = len(images), int(batch_size or 1000)
+    height, width = images.shape[2:] if isinstance(images, torch.Tensor) else images.shape[1:3]
+    n, batch_size = len(images), int(batch_size or default_batch_size(height, width))
     rank, world = distributed.rank(), distributed.world_size()
     starts = range(0, n, batch_size)
     mine: dict[int, list[dict[str, np.ndarray]]] = {}
@@ -189,6 +190,13 @@ def features_of_needs(jobs, images: np.ndarray | torch.Tensor, *, seed: int = 0,
         return [{} for _ in jobs]
     return [{k: np.concatenate([batches[b][j][k] for b in range(len(starts))]) for k in batches[0][j]}
             for j in range(len(jobs))]
+
+
+def default_batch_size(height: int, width: int) -> int:
+    """Images a batch: 1000, or fewer beyond about 2^20 pixels (256 at 64×64). A batch's largest
+    tensors (the decoder's output) then stay tens of MB, which the allocator reuses; hundreds of MB
+    were fresh pages each batch: a fifth of a 64×64 ``detect``'s CPU time (BENCHMARKS.md)."""
+    return max(1, min(1000, 2**20 // max(int(height) * int(width), 1)))
 
 
 def _batches(images, dev: torch.device):
