@@ -159,3 +159,10 @@ def test_a_feature_detector_keeps_the_backbone_size_it_was_made_with_when_the_de
     assert made.needs["backbone"]["size"] == DEFAULT_SIZE  # as fitted, e.g. restored from a saved fit
     assert make_detector("feature_knn").needs["backbone"]["size"] == DEFAULT_SIZE // 2
     assert make_detector("feature_knn", {"size": 96}).needs["backbone"]["size"] == 96
+
+
+@pytest.mark.parametrize("name", ["feature_knn", "feature_gaussian", "joint_knn"])
+def test_a_backbone_is_chosen_by_its_registered_name_and_an_unknown_one_is_refused_when_the_detector_is_made(name):
+    assert make_detector(name, {"backbone": "efficientnet_lite2"}).needs["backbone"]["name"] == "efficientnet_lite2"
+    with pytest.raises(ConfigError, match="backbone must be one of efficientnet_lite0, efficientnet_lite2, got 'nope'"):
+        make_detector(name, {"backbone": "nope"})

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..features.backbone import DEFAULT_BACKBONE, DEFAULT_SIZE
-from ..models.backbones import get_backbone
+from ..models.backbones import BACKBONES, get_backbone
+from ..training.config import ConfigError
 from .base import Detector
 
 FEATURE_KEY = "backbone_features"
@@ -22,6 +23,9 @@ class FeatureDetector(Detector):
         # the defaults are written into the options when the detector is made, not read when it
         # scores: a saved fit keeps the backbone and size it was fitted with if the defaults move
         options.update(backbone=options.get("backbone") or DEFAULT_BACKBONE, size=options.get("size") or DEFAULT_SIZE)
+        if options["backbone"] not in BACKBONES:  # refused when the detector is made, not after the VAE trained
+            raise ConfigError(f"{self.name}: backbone must be one of {', '.join(BACKBONES.names())}, "
+                              f"got {options['backbone']!r}")
         super().__init__(**options)
 
     # .get: a fit saved before the defaults were written into the options holds None; it is then

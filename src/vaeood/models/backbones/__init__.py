@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from typing import Callable
 
 import torch
@@ -85,6 +85,15 @@ def _efficientnet_lite0() -> Backbone:
     return Backbone("efficientnet_lite0", efficientnet_lite.efficientnet_lite0, efficientnet_lite.preprocess,
                     efficientnet_lite.HEAD, 96, dict(efficientnet_lite.WEIGHTS), "ImageNet-1k (1,000 classes)",
                     efficientnet_lite.weights_path)
+
+
+# a larger network of the same family, chosen with ``backbone=efficientnet_lite2`` (docs/findings.md,
+# "A larger backbone": what it gains and costs; not the default)
+@BACKBONES.register("efficientnet_lite2")
+def _efficientnet_lite2() -> Backbone:
+    return Backbone("efficientnet_lite2", efficientnet_lite.efficientnet_lite2, efficientnet_lite.preprocess,
+                    efficientnet_lite.HEAD, 160, dict(efficientnet_lite.LITE2_WEIGHTS), "ImageNet-1k (1,000 classes)",
+                    partial(efficientnet_lite.weights_path, efficientnet_lite.LITE2_WEIGHTS))
 
 
 def get_backbone(name: str) -> Backbone:

