@@ -78,6 +78,15 @@ def test_changed_weights_are_refused_by_sha256(tmp_path):
         el.load_weights(tmp_path / "absent.pth")
 
 
+def test_one_networks_weights_are_refused_as_anothers():
+    """Lite0's file given as Lite2's (or the reverse) is refused by its SHA-256, naming the network
+    expected, before any shape mismatch could be reached."""
+    with pytest.raises(el.WeightsError, match="EfficientNet-Lite2 weights .* not the pinned 9656183e"):
+        el.efficientnet_lite2(path=el.weights_path())
+    with pytest.raises(el.WeightsError, match="EfficientNet-Lite0 weights .* not the pinned 57934424"):
+        el.efficientnet_lite0(path=el.weights_path(el.LITE2_WEIGHTS))
+
+
 def test_backbone_feature_depends_on_the_image_alone():
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     one = features_of(None, images, "backbone", batch_size=2)["backbone_features"]
