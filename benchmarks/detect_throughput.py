@@ -68,7 +68,8 @@ def _write_folder(folder: Path, name: str, split: str | None, n: int) -> int:
 def main() -> None:
     p = parser(__doc__, images=(10000, "PNG files to decide on per case"), rounds=3,
                epochs=(2, "training epochs of each model"), cases=(list(CASES), "which cases"),
-               detector=("", "the detector `vaeood fit` calibrates (default: the recommended one)"))
+               detector=("", "the detector `vaeood fit` calibrates (default: the recommended one)"),
+               backbone=("", "`vaeood fit --backbone` (default: the detector's own)"))
     p.add_argument("--omp-wait-policy", choices=["passive", "default"], default="passive",  # as run_all.py's
                    help="passive (as every benchmark: robust when other jobs share the cores, slower on a quiet "
                         "machine) or default (OpenMP's own, as a user's shell has it)")
@@ -89,6 +90,7 @@ def main() -> None:
             model, folder = Path(tmp) / f"{case}-model", Path(tmp) / f"{case}-png"
             source = str(Path(os.environ["VAEOOD_DATA"], train_on)) if "/" in train_on else train_on
             chosen = ["--detector", args.detector] if args.detector else []
+            chosen += ["--backbone", args.backbone] if args.backbone else []
             fit_s = _vaeood("-q", "fit", source, "--out", str(model), f"--train.epochs={args.epochs}", *chosen, env=env)
             n = _write_folder(folder, test_on, split, args.images)
             walls = [_vaeood("-q", "detect", str(model), str(folder), "--out", str(Path(tmp) / f"{case}-{r}.csv"),
@@ -105,6 +107,7 @@ def main() -> None:
                          f"start-up {startup:.1f} s) — goal ≥ {goal}: {'met' if rate >= goal else 'NOT met'}")
     detector = args.detector or "recommended (fused_content)"
     finish("detect_throughput", {"machine": machine_info("cpu"), "detector": detector,
+                                 "backbone": args.backbone or "the detector's default",
                                  "omp_wait_policy": env.get("OMP_WAIT_POLICY", "OpenMP default"), "cases": results},
            args.out, *lines)
 

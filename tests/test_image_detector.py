@@ -213,3 +213,28 @@ def test_load_never_runs_code_from_the_file_and_reads_other_versions_by_the_form
     _reseal(saved, {"format": 2})
     with pytest.raises(SavedDetectorError, match="of format 2, but this vaeood reads format 1; fit and save it again"):
         vaeood.load(saved)
+
+
+def test_a_backbone_that_is_unknown_or_read_by_no_detector_is_refused_before_anything_is_written(tmp_path, capsys):
+    images = np.stack(blobs(250, 5, size=SIZE, channels=3))
+    with pytest.raises(vaeood.training.config.ConfigError, match="backbone must be one of efficientnet_lite0, "):
+        vaeood.ImageOODDetector(backbone="resnet", run_dir=tmp_path / "a").fit(images)
+    with pytest.raises(vaeood.training.config.ConfigError, match="detector 'nll' reads no pretrained backbone"):
+        vaeood.ImageOODDetector(detector="nll", backbone="efficientnet_lite2", run_dir=tmp_path / "b").fit(images)
+    assert main(["fit", "fashion_mnist", "--out", str(tmp_path / "c"), "--backbone", "resnet"]) != 0
+    assert "backbone must be one of" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+@pytest.mark.slow  # e2e: trains a model
+def test_the_chosen_backbone_is_the_one_the_fitted_detector_reads(tmp_path):
+    train = np.stack(blobs(250, 5, size=SIZE, channels=3))
+    det = vaeood.ImageOODDetector(epochs=1, detector="feature_knn", backbone="efficientnet_lite2", overrides=TINY,
+                                  run_dir=tmp_path / "run").fit(train)
+    assert det._record["detector_options"]["backbone"] == "efficientnet_lite2"
+    cached = sorted(p.name for p in (tmp_path / "run" / "features").rglob("*backbone*"))
+    assert cached and all("efficientnet_lite2" in name for name in cached)
+    # the same fit with the default backbone scores the same new images otherwise
+    lite0 = vaeood.ImageOODDetector(epochs=1, detector="feature_knn", overrides=TINY).fit(train)
+    new = _new_images()
+    assert not np.allclose(det.score_samples(new), lite0.score_samples(new))

@@ -116,6 +116,10 @@ def _add_fit_parser(sub) -> None:
                    help="detector to calibrate (default: the recommended one, " + ", ".join(RECOMMENDED) +
                         ", the first that applies)")
     p.add_argument("--resume", action="store_true", help="continue a fit that was stopped")
+    p.add_argument("--backbone", default=None,
+                   help="the pretrained network the detector's content view reads (default efficientnet_lite0; "
+                        "efficientnet_lite2: 0.7x the speed, better on photos of ImageNet's classes, "
+                        "docs/findings.md)")
     p.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="a folder's working resolution (default: its median size, long side at most 64 px); "
                         "every image is resized to it (data.image_size, data.conform)")

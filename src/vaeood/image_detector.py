@@ -52,6 +52,7 @@ from .data.regular_files import open_regular_file
 from .decisions import calibrated_scorer, calibration_path, decision_scores, load_calibration
 from .decisions.conformal import decide, p_values
 from .decisions.fitted_detector import fitted_path
+from .decisions.recommended import check_backbone_applies
 from .detectors import DETECTORS
 from .image_arrays import as_images
 from .infra.atomic import atomic_write, atomic_write_text
@@ -91,12 +92,15 @@ class ImageOODDetector(BaseEstimator):
         run_dir: where ``fit`` trains the run; None: a temporary folder, removed with the object
             (keep it with :meth:`save`).
         device: ``"cpu"`` or ``"cuda"``.
+        backbone: the pretrained network the detector's content view reads, a name of
+            ``vaeood.models.backbones.BACKBONES``; None: the default (EfficientNet-Lite0).
     """
 
     def __init__(self, epochs: int = 10, alpha: float = 0.05, *, detector: str | None = None,
                  channels: str | None = None, value_range: tuple | None = None, conform: str | None = None,
-                 overrides: dict | None = None, run_dir: str | os.PathLike | None = None, device: str = "cpu"):
-        self.epochs, self.alpha, self.detector = epochs, alpha, detector
+                 overrides: dict | None = None, run_dir: str | os.PathLike | None = None, device: str = "cpu",
+                 backbone: str | None = None):
+        self.epochs, self.alpha, self.detector, self.backbone = epochs, alpha, detector, backbone
         self.channels, self.value_range, self.conform = channels, value_range, conform
         self.overrides, self.run_dir, self.device = overrides, run_dir, device
 
@@ -105,6 +109,7 @@ class ImageOODDetector(BaseEstimator):
         class), a folder of PNG/JPEG images, or a dataset name. ``y`` is ignored."""
         if isinstance(X, (str, os.PathLike)) and Path(X).is_dir() and not is_folder_name(str(X)):
             X = os.path.join(X, "")  # a folder, with the '/' that makes it one to vaeood fit
+        check_backbone_applies(self.detector, self.backbone)  # before a run folder is made
         run_dir, self._scorer = self._new_run_dir(), None
         with run_lock(run_dir, "fit"):  # a second fit into the same run_dir is refused before it writes there
             return self._fit_into(run_dir, X)
@@ -127,7 +132,8 @@ class ImageOODDetector(BaseEstimator):
                          lambda f: np.savez(f, x=images, y=np.zeros(len(images), dtype=np.int64)))
             source = ARRAY_DATASET
         done = pipeline.fit(source, run_dir, overrides=settings, detector=self.detector,
-                            data_dir=None if data_dir is None else str(data_dir), device=self.device)
+                            data_dir=None if data_dir is None else str(data_dir), device=self.device,
+                            backbone=self.backbone)
         self.run_dir_, self.detector_ = Path(done["run"]), done["detector"]
         self.image_shape_ = tuple(Run(self.run_dir_).image_shape)
         self.n_images_ = done["n_images"]

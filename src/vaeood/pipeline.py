@@ -29,6 +29,7 @@ from .training.config import Config, ConfigError
 from .data.load import load_for_run, names_a_folder
 from .data.working_size import TRANSFORM, working_size
 from .decisions import calibrate, recommended_detector
+from .decisions.recommended import backbone_options, check_backbone_applies
 from .decisions.records import CALIBRATION_DIR, calibration_path
 from .infra.runlock import run_lock
 from .training.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -51,11 +52,14 @@ def holdout_for(n: int) -> int:
 
 
 def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides: dict[str, str] | None = None,
-        detector: str | None = None, data_dir: str | None = None, device: str = "cpu", resume: bool = False) -> dict:
+        detector: str | None = None, data_dir: str | None = None, device: str = "cpu", resume: bool = False,
+        backbone: str | None = None) -> dict:
     """Train a VAE on ``source`` (a folder of images, a dataset name) into ``out`` with the
     held-out split of the module docstring, then calibrate ``detector`` (default: the
-    recommended one) on the held-out images. Returns what was done: ``run``, ``n_images``,
-    ``holdout``, ``detector`` and the calibration ``record``."""
+    recommended one) on the held-out images, its content view reading the registered
+    ``backbone`` (None: the default, EfficientNet-Lite0). Returns what was done: ``run``,
+    ``n_images``, ``holdout``, ``detector`` and the calibration ``record``."""
+    check_backbone_applies(detector, backbone)  # before any training
     overrides = dict(overrides or {})
     if "data.name" in overrides or "data.holdout" in overrides:
         raise ConfigError("vaeood fit chooses data.name (its SOURCE) and data.holdout (a fifth, at most 7,000); "
@@ -72,11 +76,11 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
     # the whole fit holds the run's lock: a second fit on the same out is refused before it writes there
     with run_lock(out, "fit"):
         return _fit_locked(config, settings, out, name, new_out, detector=detector, data_dir=data_dir,
-                           device=device, resume=resume)
+                           device=device, resume=resume, backbone=backbone)
 
 
 def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *, detector, data_dir, device,
-                resume) -> dict:
+                resume, backbone) -> dict:
     if not resume and (Path(out) / CHECKPOINT_NAME).exists():  # before the folder is read
         raise FileExistsError(_holds_a_fit(Path(out), detector))
     if resume:
@@ -97,10 +101,10 @@ def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *
     settings["data.holdout"] = str(h)
     config = config.override({"data.holdout": str(h)})
     run = train(config, out, resume=resume, data_dir=data_dir, given=list(settings))
-    detector = detector or recommended_detector(run, device)
+    detector = detector or recommended_detector(run, device, backbone)
     n_calibration = min(CALIBRATION_IMAGES, h // 2)
-    record = calibrate(run, detector, n_calibration=n_calibration, n_fit=h - n_calibration, data_dir=data_dir,
-                       device=device)
+    record = calibrate(run, detector, detector_options=backbone_options(detector, backbone),
+                       n_calibration=n_calibration, n_fit=h - n_calibration, data_dir=data_dir, device=device)
     return {"run": Path(run), "n_images": n, "holdout": h, "trained": n - h, "detector": detector, "record": record,
             "source": name, "provenance": data.source, "epochs": config.train.epochs,
             "image_shape": data.images.shape[1:], "folder": data.folder}

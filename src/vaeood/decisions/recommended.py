@@ -6,7 +6,11 @@ import logging
 from pathlib import Path
 
 from .scorer import run_info
-from ..detectors import make_detector
+from ..detectors import DETECTORS, make_detector
+from ..detectors.feature_base import FeatureDetector
+from ..detectors.fused_content import FusedContent
+from ..models.backbones import BACKBONES
+from ..training.config import ConfigError
 from ..training.run_dir import Run
 
 log = logging.getLogger(__name__)
@@ -19,13 +23,39 @@ log = logging.getLogger(__name__)
 RECOMMENDED = ("fused_content", "fused", "dose_plus", "nll")
 
 
-def recommended_detector(run_dir: str | Path, device: str = "cpu") -> str:
-    """The first detector of :data:`RECOMMENDED` that applies to the run's model; a fallback
-    from the first is said once, with the reason."""
+def backbone_options(detector: str, backbone: str | None) -> dict | None:
+    """The options that make ``detector`` read the registered ``backbone`` (None: its default):
+    ``{"backbone": ...}`` for a feature-space detector, its content view's for ``fused_content``;
+    None for a detector that reads no backbone. :class:`ConfigError` for an unknown backbone, or
+    one asked of a detector given by name that reads none."""
+    if backbone is None:
+        return None
+    if backbone not in BACKBONES:
+        raise ConfigError(f"backbone must be one of {', '.join(BACKBONES.names())}, got {backbone!r}")
+    kind = DETECTORS.get(detector)
+    if issubclass(kind, FusedContent):
+        return {"component_options": {"feature_knn": {"backbone": backbone}}}
+    if issubclass(kind, FeatureDetector):
+        return {"backbone": backbone}
+    return None
+
+
+def check_backbone_applies(detector: str | None, backbone: str | None) -> None:
+    """Refuse, before any training, a backbone asked of a named detector that reads none."""
+    if backbone is not None and detector is not None and backbone_options(detector, backbone) is None:
+        raise ConfigError(f"detector {detector!r} reads no pretrained backbone, so backbone={backbone!r} would "
+                          "change nothing; leave it out, or choose fused_content, feature_knn, feature_gaussian or "
+                          "joint_knn")
+    backbone_options(RECOMMENDED[0], backbone)  # an unknown name, with no detector named
+
+
+def recommended_detector(run_dir: str | Path, device: str = "cpu", backbone: str | None = None) -> str:
+    """The first detector of :data:`RECOMMENDED` that applies to the run's model (reading
+    ``backbone`` where it reads one); a fallback from the first is said once, with the reason."""
     info = run_info(Run(run_dir, device).model, has_fit_data=True)
     reasons = {}
     for name in RECOMMENDED:
-        reasons[name] = make_detector(name).why_not(info)
+        reasons[name] = make_detector(name, backbone_options(name, backbone)).why_not(info)
         if reasons[name] is None:
             break
     else:  # nll applies to every model
