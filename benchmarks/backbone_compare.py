@@ -21,13 +21,13 @@ it reproduces PyTorch), kept in ``--cache`` when given.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from backbone_size import FIT, SETS, nchw
+from backbone_size import FIT, SETS
+from backbone_size import features as backbone_size_features
 from common import finish, machine_info, parser, real_data_and_cache
 
 #: the ood-suite quick preset's near-OOD pairs: (reference, in-distribution, OOD), each (file, slice);
@@ -41,19 +41,12 @@ PAIRS = {"tinyimagenet64 -> other classes": (("tinyimagenet64/tinyimagenet64_tra
 
 
 def features(backbone: str, size: int, images: np.ndarray, cache: Path | None, key: str, seconds: dict) -> np.ndarray:
-    """``backbone``'s features of ``images`` at ``size`` (from ``cache`` when there); the time
-    spent computing is added to ``seconds[backbone]`` with the image count."""
-    from vaeood.features.backbone import backbone as backbone_feature
-
-    path = cache / f"{backbone}_{key.replace('/', '_')}_{size}.npy" if cache else None
-    if path is not None and path.exists():
-        return np.load(path)
-    start = time.perf_counter()
-    f = backbone_feature(None, nchw(images), name=backbone, size=size)["backbone_features"].numpy()
-    spent, count = seconds.get(backbone, (0.0, 0))
-    seconds[backbone] = (spent + time.perf_counter() - start, count + len(images))
-    if path is not None:
-        np.save(path, f)
+    """``backbone``'s features of ``images`` at ``size`` (``backbone_size.features``, cached under
+    the backbone's name); the time spent computing is added to ``seconds[backbone]`` with the image count."""
+    f, spent = backbone_size_features(images, size, cache, f"{backbone}/{key}", name=backbone)
+    if spent:
+        total, count = seconds.get(backbone, (0.0, 0))
+        seconds[backbone] = (total + spent, count + len(images))
     return f
 
 

@@ -62,16 +62,17 @@ def image_sets(data: Path, names: list[str], classes: list[int]) -> dict[str, tu
     return out
 
 
-def features(images: np.ndarray, size: int, cache: Path | None, key: str) -> tuple[np.ndarray, float]:
-    """The backbone features [N, 1280] of ``images`` at ``size`` (from ``cache`` when there) and
-    the seconds they took (0 from the cache)."""
-    from vaeood.features.backbone import backbone
+def features(images: np.ndarray, size: int, cache: Path | None, key: str,
+             name: str | None = None) -> tuple[np.ndarray, float]:
+    """The features [N, 1280] of ``images`` at ``size`` by the registered backbone ``name`` (None:
+    the default; from ``cache`` when there, under ``key``) and the seconds they took (0 from the cache)."""
+    from vaeood.features.backbone import DEFAULT_BACKBONE, backbone
 
     path = cache / f"{key.replace('/', '_')}_{size}.npy" if cache else None
     if path is not None and path.exists():
         return np.load(path), 0.0
     start = time.perf_counter()
-    f = backbone(None, nchw(images), size=size)["backbone_features"].numpy()
+    f = backbone(None, nchw(images), name=name or DEFAULT_BACKBONE, size=size)["backbone_features"].numpy()
     seconds = time.perf_counter() - start
     if path is not None:
         np.save(path, f)

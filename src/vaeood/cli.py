@@ -164,14 +164,6 @@ def _fetch(args, names: list[tuple[str, str]]) -> None:
                 load_dataset(name, split, data_dir=args.data_dir, download=True)
 
 
-def _backbone_text(record: dict) -> str:
-    """`` (backbone efficientnet_lite2)`` where the calibrated detector reads a backbone chosen
-    by ``--backbone``, else empty."""
-    options = record.get("detector_options") or {}
-    chosen = options.get("backbone") or options.get("component_options", {}).get("feature_knn", {}).get("backbone")
-    return f" (backbone {chosen})" if chosen else ""
-
-
 def _fit(args, overrides) -> int:
     if args.image_size is not None:
         overrides = {**overrides, "data.image_size": json.dumps(args.image_size)}
@@ -180,11 +172,11 @@ def _fit(args, overrides) -> int:
     record, run = done["record"], done["run"]
     a, b = record["calibration_slice"]
     fitted = f"fitted on [{record['fit_slice'][0]}:{record['fit_slice'][1]}], " if record["fit_slice"] else ""
+    backbone = f" (backbone {done['backbone']})" if done["backbone"] else ""
     say(f"trained {run} on {done['trained']} of the {done['n_images']} images of {printable(done['source'])} "
         f"(epochs: {done['epochs']}); {done['holdout']} held out for the detector",
         *_folder_lines(done),
-        f"calibrated detector {done['detector']}{_backbone_text(record)} on the held-out images ({fitted}"
-        f"calibrated on [{a}:{b}])",
+        f"calibrated detector {done['detector']}{backbone} on the held-out images ({fitted}calibrated on [{a}:{b}])",
         f"next: vaeood detect {shlex.quote(str(run))} IMAGES --out flagged.csv   "
         "(IMAGES: a folder, .npz or dataset; flags at a false-alarm rate of 5%, --alpha to choose)")
     return 0

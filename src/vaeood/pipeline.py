@@ -58,7 +58,8 @@ def fit(source: str | Path, out: str | Path, *, split: str = "train", overrides:
     held-out split of the module docstring, then calibrate ``detector`` (default: the
     recommended one) on the held-out images, its content view reading the registered
     ``backbone`` (None: the default, EfficientNet-Lite0). Returns what was done: ``run``,
-    ``n_images``, ``holdout``, ``detector`` and the calibration ``record``."""
+    ``n_images``, ``holdout``, ``detector``, the ``backbone`` it reads (None: its default, or
+    none) and the calibration ``record``."""
     check_backbone_applies(detector, backbone)  # before any training
     overrides = dict(overrides or {})
     if "data.name" in overrides or "data.holdout" in overrides:
@@ -103,9 +104,11 @@ def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *
     run = train(config, out, resume=resume, data_dir=data_dir, given=list(settings))
     detector = detector or recommended_detector(run, device, backbone)
     n_calibration = min(CALIBRATION_IMAGES, h // 2)
-    record = calibrate(run, detector, detector_options=backbone_options(detector, backbone),
-                       n_calibration=n_calibration, n_fit=h - n_calibration, data_dir=data_dir, device=device)
+    options = backbone_options(detector, backbone)
+    record = calibrate(run, detector, detector_options=options, n_calibration=n_calibration, n_fit=h - n_calibration,
+                       data_dir=data_dir, device=device)
     return {"run": Path(run), "n_images": n, "holdout": h, "trained": n - h, "detector": detector, "record": record,
+            "backbone": backbone if options else None,  # None also where the detector fell back to one without
             "source": name, "provenance": data.source, "epochs": config.train.epochs,
             "image_shape": data.images.shape[1:], "folder": data.folder}
 

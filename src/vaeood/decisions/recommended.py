@@ -7,9 +7,8 @@ from pathlib import Path
 
 from .scorer import run_info
 from ..detectors import DETECTORS, make_detector
-from ..detectors.feature_base import FeatureDetector
+from ..detectors.feature_base import FeatureDetector, check_backbone
 from ..detectors.fused_content import FusedContent
-from ..models.backbones import BACKBONES
 from ..training.config import ConfigError
 from ..training.run_dir import Run
 
@@ -26,12 +25,10 @@ RECOMMENDED = ("fused_content", "fused", "dose_plus", "nll")
 def backbone_options(detector: str, backbone: str | None) -> dict | None:
     """The options that make ``detector`` read the registered ``backbone`` (None: its default):
     ``{"backbone": ...}`` for a feature-space detector, its content view's for ``fused_content``;
-    None for a detector that reads no backbone. :class:`ConfigError` for an unknown backbone, or
-    one asked of a detector given by name that reads none."""
+    None for a detector that reads no backbone. :class:`ConfigError` for an unknown backbone."""
     if backbone is None:
         return None
-    if backbone not in BACKBONES:
-        raise ConfigError(f"backbone must be one of {', '.join(BACKBONES.names())}, got {backbone!r}")
+    check_backbone(backbone)
     kind = DETECTORS.get(detector)
     if issubclass(kind, FusedContent):
         return {"component_options": {"feature_knn": {"backbone": backbone}}}
@@ -41,12 +38,14 @@ def backbone_options(detector: str, backbone: str | None) -> dict | None:
 
 
 def check_backbone_applies(detector: str | None, backbone: str | None) -> None:
-    """Refuse, before any training, a backbone asked of a named detector that reads none."""
-    if backbone is not None and detector is not None and backbone_options(detector, backbone) is None:
+    """Refuse, before any training, an unknown backbone, or one asked of a named detector that reads none."""
+    if backbone is None:
+        return
+    check_backbone(backbone)
+    if detector is not None and backbone_options(detector, backbone) is None:
         raise ConfigError(f"detector {detector!r} reads no pretrained backbone, so backbone={backbone!r} would "
                           "change nothing; leave it out, or choose fused_content, feature_knn, feature_gaussian or "
                           "joint_knn")
-    backbone_options(RECOMMENDED[0], backbone)  # an unknown name, with no detector named
 
 
 def recommended_detector(run_dir: str | Path, device: str = "cpu", backbone: str | None = None) -> str:

@@ -13,6 +13,12 @@ from .base import Detector
 FEATURE_KEY = "backbone_features"
 
 
+def check_backbone(name, prefix: str = "") -> None:
+    """Refuse a backbone name that is not registered, with the registered ones."""
+    if name not in BACKBONES:
+        raise ConfigError(f"{prefix}backbone must be one of {', '.join(BACKBONES.names())}, got {name!r}")
+
+
 class FeatureDetector(Detector):
     """A detector fitted on the backbone features ``[N, D]`` of held-out training images;
     options ``backbone`` and ``size`` (None: the defaults of :mod:`vaeood.features.backbone`)."""
@@ -23,9 +29,7 @@ class FeatureDetector(Detector):
         # the defaults are written into the options when the detector is made, not read when it
         # scores: a saved fit keeps the backbone and size it was fitted with if the defaults move
         options.update(backbone=options.get("backbone") or DEFAULT_BACKBONE, size=options.get("size") or DEFAULT_SIZE)
-        if options["backbone"] not in BACKBONES:  # refused when the detector is made, not after the VAE trained
-            raise ConfigError(f"{self.name}: backbone must be one of {', '.join(BACKBONES.names())}, "
-                              f"got {options['backbone']!r}")
+        check_backbone(options["backbone"], f"{self.name}: ")  # when the detector is made, not after the VAE trained
         super().__init__(**options)
 
     # .get: a fit saved before the defaults were written into the options holds None; it is then
