@@ -47,7 +47,7 @@ def _copy(calibrated, tmp_path):
 
 
 def _no_refit(monkeypatch):
-    def refuse(self, start, stop):
+    def refuse(self, start, stop, seed=None):
         raise AssertionError("detect fitted the detector again")
     monkeypatch.setattr(DetectorScorer, "fit", refuse)
 
@@ -85,8 +85,8 @@ def test_a_changed_fit_file_is_not_unpickled_and_the_detector_is_fitted_again(ca
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
     fitted.write_bytes(pickle.dumps(Boom()))
     fits = []
-    monkeypatch.setattr(DetectorScorer, "fit", lambda self, a, b, real=DetectorScorer.fit: (fits.append(1),
-                                                                                           real(self, a, b)))
+    monkeypatch.setattr(DetectorScorer, "fit", lambda self, a, b, seed=None, real=DetectorScorer.fit: (
+        fits.append(1), real(self, a, b, seed)))
     result = vaeood.decide(run, calibrated["folder"], "typicality", data_dir=calibrated["data"])
     assert fits and not (tmp_path / "pwned").exists()
     assert "SHA-256 differs" in caplog.text
@@ -133,6 +133,18 @@ def test_a_fitted_sha256_that_is_not_a_digest_is_refused_naming_the_field(calibr
     meta["fitted_sha256"] = "not a digest"
     np.savez(path, scores=scores, meta=np.array(json.dumps(meta)))
     with pytest.raises(NoCalibrationError, match="field 'fitted_sha256'"):
+        vaeood.decide(run, calibrated["folder"], "typicality", data_dir=calibrated["data"])
+
+
+def test_a_fit_seed_that_is_not_an_integer_is_refused_naming_the_field(calibrated, tmp_path):
+    run = _copy(calibrated, tmp_path)
+    path = calibration_path(run, "typicality")
+    with np.load(path) as f:
+        scores, meta = f["scores"], json.loads(str(f["meta"]))
+    assert meta["fit_seed"] == meta["seed"]  # calibrate's own fit: its seed
+    meta["fit_seed"] = "0"
+    np.savez(path, scores=scores, meta=np.array(json.dumps(meta)))
+    with pytest.raises(NoCalibrationError, match="field 'fit_seed' is \"0\", expected an integer"):
         vaeood.decide(run, calibrated["folder"], "typicality", data_dir=calibrated["data"])
 
 
@@ -185,3 +197,58 @@ def test_a_saved_fit_is_used_when_float_sums_depend_on_the_batch(calibrated, tmp
         _no_refit(m)
         vaeood.decide(run, calibrated["folder"], "typicality", alpha=0.2, data_dir=calibrated["data"])
     assert "no longer reproduces" not in caplog.text
+
+
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
+def test_decision_rates_calibrate_with_evaluates_fit_and_detect_refits_it_with_its_seed(calibrated, tmp_path,
+                                                                                        monkeypatch):
+    """The ood-suite fits each detector once: evaluate's fit (features of seed 0) is taken by the
+    calibration (seed 1), which records the fit's seed; a detect without the saved fit fits again
+    with that seed and reproduces every calibration score (typicality's fit reads ELBOs, which
+    move with the seed: a refit at the calibration's seed would not reproduce them)."""
+    from vaeood.decisions.run_rates import decision_rates
+    from vaeood.evaluation.evaluate import evaluate
+
+    run = _copy(calibrated, tmp_path)
+    shutil.rmtree(run / "calibration")
+    kwargs = dict(n_fit=100, data_dir=calibrated["data"], split="train", limit=50, seed=0)
+    fits = {}
+    evaluate(run, "fashion_mnist", [], detectors=["typicality"], out_dir=tmp_path / "eval", keep_fits=fits, **kwargs)
+    assert fits["typicality"][1] == {"dataset": "fashion_mnist", "split": "train", "start": 300, "stop": 400,
+                                     "seed": 0}
+    with monkeypatch.context() as m:
+        _no_refit(m)
+        rates = decision_rates(run, "fashion_mnist", [], ["typicality"], n_calibration=100, fits=fits, **kwargs)
+    record = json.loads(str(np.load(calibration_path(run, "typicality"))["meta"]))
+    assert (record["seed"], record["fit_seed"], record["fit_slice"]) == (1, 0, [300, 400])
+    assert rates["typicality"]["calibration"]["seed"] == 1
+
+    os.remove(fitted_path(calibration_path(run, "typicality")))  # detect must fit again, at seed 0
+    seeds = []
+    monkeypatch.setattr(DetectorScorer, "fit", lambda self, a, b, seed=None, real=DetectorScorer.fit: (
+        seeds.append(seed), real(self, a, b, seed)))
+    vaeood.decide(run, calibrated["folder"], "typicality", alpha=0.2, data_dir=calibrated["data"])
+    assert seeds == [0]
+    # the same refit at the calibration's seed would not reproduce the calibration scores
+    scorer = DetectorScorer(run, "typicality", record["detector_options"], seed=1, data_dir=calibrated["data"])
+    scorer.fit(*record["fit_slice"])
+    a, b = record["calibration_slice"]
+    images = np.load(os.path.join(calibrated["data"], "fashion_mnist_train.npz"))["x"][a:b]
+    assert not np.allclose(scorer.score_images(images, 1), np.load(calibration_path(run, "typicality"))["scores"])
+
+
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
+def test_calibrate_does_not_take_a_fit_of_other_images_or_options(calibrated, tmp_path):
+    from vaeood.evaluation.evaluate import evaluate
+
+    run = _copy(calibrated, tmp_path)
+    fits = {}
+    evaluate(run, "fashion_mnist", [], detectors=["typicality"], out_dir=tmp_path / "eval", keep_fits=fits,
+             n_fit=50, data_dir=calibrated["data"], split="train", limit=50, seed=0)
+    other_slice = vaeood.calibrate(run, "typicality", n_fit=100, n_calibration=100, data_dir=calibrated["data"],
+                                   seed=1, fitted=fits["typicality"])
+    det, where = fits["typicality"]
+    iwae = {"estimator": "iwae", "estimator_options": {"k": 2}}
+    other_options = vaeood.calibrate(run, "typicality", detector_options=iwae, n_fit=50, n_calibration=100,
+                                     data_dir=calibrated["data"], seed=1, fitted=(det, where))
+    assert other_slice["fit_seed"] == other_options["fit_seed"] == 1  # fitted again, at the calibration's seed

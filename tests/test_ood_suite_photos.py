@@ -126,6 +126,11 @@ def test_the_photo_family_runs_the_default_detector_with_decisions_and_says_what
     decisions = fam["seeds"]["0"]["detectors"][DEFAULT_DETECTOR]["decisions"]
     assert decisions["alphas"]["0.1"]["tpr"].keys() == set(fam["ood"])  # 12 calibration photos: α = 0.1 at least
     assert fam["seeds"]["0"]["fit_data"]["n"] == 12
+    # each fitted detector is fitted once: the calibration (seed 1) took evaluate's fit (seed 0)
+    for name in ("feature_knn", DEFAULT_DETECTOR):
+        with np.load(out / "runs" / f"{TIN}-seed0" / "main" / "calibration" / f"{name}.npz") as f:
+            record = json.loads(str(f["meta"]))
+        assert (record["seed"], record["fit_seed"]) == (1, 0)
     assert "### Tiny ImageNet 64" in report  # its decisions table
     assert f"`{DEFAULT_DETECTOR}`, the detector to pick, on every pair" in report
     assert f"{TIN}→{TIN_OTHER}" in report and "leaves out `likelihood_ratio`" in report

@@ -20,6 +20,7 @@ from ..features import FEATURES_DIR, images_digest
 from ..features.image_slice import ImageSlice
 from ..infra.atomic import atomic_write, remove_stale_temps
 from ..infra.distributed import is_main
+from ..infra.jsonable import strict_json
 from ..infra.runlock import holds_run_lock
 from ..training.run_dir import Run
 
@@ -31,13 +32,14 @@ DEFAULT_N_CALIBRATION = 2000
 @holds_run_lock("calibrate")  # it writes RUN/calibration and RUN/features
 def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_options: dict | None = None,
               n_calibration: int | None = None, n_fit: int | None = None, data_dir: str | None = None,
-              device: str = "cpu", seed: int = 0, batch_size: int | None = None) -> dict:
+              device: str = "cpu", seed: int = 0, batch_size: int | None = None, fitted: tuple | None = None) -> dict:
     """Fit ``detector`` on held-out training images [h, h + n_fit) (never trained on,
     :meth:`vaeood.training.run_dir.Run.heldout_range`; ``n_fit`` ≤ 5,000 and half of them, 0 when it does
     not fit), score the next ``n_calibration`` (default 2,000) into ``RUN/calibration/
     <detector>.npz`` and return the record; :class:`NoCalibrationError` when too few were
     held out (retrain with ``data.limit``/``data.holdout``) or the detector does not apply.
-    ``detector`` None: the recommended one (:func:`recommended_detector`)."""
+    ``detector`` None: the recommended one (:func:`recommended_detector`); ``fitted``: that detector
+    already fitted on this fitting slice, taken instead of a second fit (:func:`_fit`)."""
     run_dir = Path(run_dir)
     for folder in (run_dir / CALIBRATION_DIR, run_dir / FEATURES_DIR) if is_main() else ():
         remove_stale_temps(folder)  # left by a calibrate killed while writing
@@ -61,7 +63,7 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
     scorer.check_companions()
     fit_slice, cal_slice = _plan_slices(first, last, scorer.fits, n_fit, n_calibration, f"{data.name}/{data.split}")
     n = cal_slice[1] - cal_slice[0]
-    scorer.fit(*(fit_slice or (0, 0)))
+    fit_seed = _fit(scorer, fit_slice, fitted, seed, (config.data.name, data.split))
     cal_images = data.images[cal_slice[0]:cal_slice[1]]
     # through the feature cache, shared by every detector calibrated on the run: the same
     # features_of, noise and batches as score_images gives these images (equal to the bit,
@@ -80,13 +82,32 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
         "n_split": total, "train_slice": [0, trained], "heldout": [first, last], "fit_slice": fit_slice,
         "calibration_slice": cal_slice, "n_calibration": n,
         "calibration_images_sha256": images_digest(cal_images),
-        "checkpoint_sha256": run.checkpoint_sha256, "seed": seed,
+        "checkpoint_sha256": run.checkpoint_sha256, "seed": seed, "fit_seed": fit_seed,
         "score_direction": "higher = more out-of-distribution", "fitted_sha256": fitted_sha256,
     }
     atomic_write(path, lambda f: np.savez(f, scores=scores, meta=np.array(json.dumps(record))))
     log.debug("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,
               *cal_slice, path)
     return {**record, "scores": scores}
+
+
+def _fit(scorer, fit_slice, fitted, seed: int, split: tuple[str, str]) -> int:
+    """Fit ``scorer``'s detector on ``fit_slice`` with ``seed``, or give it ``fitted``, ``(detector,
+    {"dataset", "split", "start", "stop", "seed"})`` from :func:`vaeood.evaluation.evaluate`'s
+    ``keep_fits``, where that is the same detector with the same options fitted on that slice of
+    ``split``; the seed of the fit's features (recorded as ``fit_seed``). A fit of anything else is
+    not taken. The fit images' noise never meets the calibration images' (an image's noise
+    depends on its bytes and the seed alone: :mod:`vaeood.inference.noise`), so the calibration
+    stands as it would with a fit at ``seed``."""
+    if fitted is not None and scorer.fits and fit_slice is not None:
+        det, where = fitted
+        if (type(det) is type(scorer.detector) and strict_json(det.options) == scorer.options
+                and (where["dataset"], where["split"]) == split and [where["start"], where["stop"]] == fit_slice):
+            scorer.detector = det
+            return int(where["seed"])
+        log.debug("calibrate %s: the fit given is not of this detector and slice; fitting again", scorer.name)
+    scorer.fit(*(fit_slice or (0, 0)))
+    return seed
 
 
 def _plan_slices(first: int, last: int, fits: bool, n_fit: int | None, n_calibration: int | None,

@@ -125,6 +125,10 @@ def read_calibration_file(path: Path, detector: str, fmt: int, format_change: st
     fitted = record.get("fitted_sha256")  # optional: calibrations made before fits were saved have none
     if fitted is not None and not _is_hex64(fitted):
         raise _refuse(path, "fitted_sha256", f"is {json.dumps(fitted)}, expected null or {HEX64}", how)
+    # optional: the seed of the fit slice's features where it is not the calibration's (a fit made
+    # beside the calibration, by the ood-suite's evaluate); absent in older files: the seed
+    if "fit_seed" in record and not _is_int(record["fit_seed"]):
+        raise _refuse(path, "fit_seed", f"is {json.dumps(record['fit_seed'])}, expected an integer", how)
     a, b = record["calibration_slice"]
     if not b - a == record["n_calibration"] == len(scores):
         raise _refuse(path, "scores", f"holds {len(scores)} scores, but calibration_slice [{a}, {b}] and "

@@ -16,7 +16,7 @@ from .detection import Detection
 from .fitted_detector import restore_fit
 from .outputs import CSV_ESCAPING, check_outputs, csv_cell
 from .records import REPRODUCED, calibration_path, how_to_calibrate, load_calibration
-from .scorer import DetectorScorer, companion_runs, make_scorer
+from .scorer import DetectorScorer, companion_runs, fit_seed, make_scorer
 from .training_split import training_split
 from ..data.errors import DataError
 from ..data.inputs import FolderImages, FolderStream, InputImages, load_input
@@ -180,7 +180,7 @@ def _refit_and_check(scorer: DetectorScorer, record: dict, data_dir: str | None)
         raise NoCalibrationError(f"the calibration images {record['dataset']}/{record['split']}[{a}:{b}] found now "
                                  f"differ from those calibrated on; calibrate again: {how}")
     try:  # the options come from the calibration file: a value the feature refuses is the file's fault
-        scorer.fit(*(record["fit_slice"] or (0, 0)))
+        scorer.fit(*(record["fit_slice"] or (0, 0)), seed=fit_seed(record))
         again = scorer.score_images(data.images[a:b], record["seed"])
     except (ValueError, TypeError, UnknownNameError) as err:
         raise NoCalibrationError(f"{calibration_path(scorer.run_dir, record['detector'])}: field 'detector_options' "

@@ -11,7 +11,7 @@ from .calibration import calibrate
 from .calibration_file import NoCalibrationError
 from .fitted_detector import restore_fit
 from .records import load_calibration
-from .scorer import make_scorer
+from .scorer import fit_seed, make_scorer
 from .training_split import training_split
 from ..detectors import detector_names, per_detector_options
 from ..features.image_slice import ImageSlice
@@ -36,10 +36,11 @@ def operating_points_for_run(run_dir: str | Path, detector: str, in_scores, ood_
 
 
 def _calibration_for_rates(run_dir: Path, detector: str, options: dict, *, n_calibration, n_fit, data_dir,
-                           device, batch_size, test_seed: int) -> dict:
+                           device, batch_size, test_seed: int, fitted: tuple | None) -> dict:
     """The run's calibration record of ``detector`` with these options and sizes and a
-    seed other than ``test_seed``, made now (with ``test_seed + 1``) if missing, stale,
-    or of other options, sizes or that seed."""
+    seed other than ``test_seed``, made now (with ``test_seed + 1``, and the detector
+    ``fitted`` where that fit is of its fitting slice) if missing, stale, or of other options,
+    sizes or that seed."""
     try:
         record = load_calibration(run_dir, detector, options)
         if n_calibration is not None and record["n_calibration"] != n_calibration:
@@ -51,7 +52,7 @@ def _calibration_for_rates(run_dir: Path, detector: str, options: dict, *, n_cal
         return record
     except NoCalibrationError:
         return calibrate(run_dir, detector, detector_options=options, n_calibration=n_calibration, n_fit=n_fit,
-                         data_dir=data_dir, device=device, seed=test_seed + 1, batch_size=batch_size)
+                         data_dir=data_dir, device=device, seed=test_seed + 1, batch_size=batch_size, fitted=fitted)
 
 
 @renamed_keywords(fit="conform")  # its name until 0.2
@@ -60,7 +61,7 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
                    split: str = "test", limit: int | None = None, n_calibration: int | None = None,
                    n_fit: int | None = None, data_dir: str | None = None, data_dirs: dict | None = None,
                    device: str = "cpu", seed: int = 0, conform: str | None = None, allow_sample: bool = False,
-                   batch_size: int | None = None) -> dict:
+                   batch_size: int | None = None, fits: dict | None = None) -> dict:
     """For the ood-suite report: per detector, the realised false-alarm rate on the
     in-distribution test set and the detection rate (TPR) on each OOD set of conformal
     thresholds at each α (default 0.01, 0.05, 0.1), calibrated on the run's held-out
@@ -74,7 +75,9 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
     set, ``n_fit`` the fitting images, ``data_dirs`` a folder per dataset name (overriding
     ``data_dir``), ``conform`` pad/resize for sets of another shape. ``detector_options``:
     ``{detector: options}``. ``delta``: the calibration-conditional threshold instead of
-    the marginal one. Returns ``{detector: operating points}`` (see
+    the marginal one. ``fits``: ``{detector: (fitted detector, its slice and seed)}`` from
+    :func:`vaeood.evaluation.evaluate`'s ``keep_fits``, taken by a calibration made here instead of a
+    second fit on the same images (:func:`calibrate`'s ``fitted``). Returns ``{detector: operating points}`` (see
     :func:`vaeood.decisions.conformal_rates.operating_points`; plus ``"calibration"``: the slices), or
     ``{detector: {"error": message}}`` for a detector that cannot be calibrated on the run.
     """
@@ -85,7 +88,8 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         try:
             record = _calibration_for_rates(run_dir, name, detector_options.get(name) or {},
                                             n_calibration=n_calibration, n_fit=n_fit, data_dir=data_dir,
-                                            device=device, batch_size=batch_size, test_seed=seed)
+                                            device=device, batch_size=batch_size, test_seed=seed,
+                                            fitted=(fits or {}).get(name))
         except (NoCalibrationError, conformal.CalibrationError) as err:
             out[name] = {"error": str(err)}
             continue
@@ -95,7 +99,7 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         scorer = make_scorer(run_dir, name, record["detector_options"], device=device, seed=record["seed"],
                              data_dir=where, batch_size=batch_size)
         if not restore_fit(scorer, record):  # the fit calibrate saved, else fitted again as it was
-            scorer.fit(*(record["fit_slice"] or (0, 0)))
+            scorer.fit(*(record["fit_slice"] or (0, 0)), seed=fit_seed(record))
         # calibration and test scores from the same feature cache, so from the same code
         a, b = record["calibration_slice"]
         calibration_images = ImageSlice(config.data.name, data.split, start=a, stop=b, data_dir=where,

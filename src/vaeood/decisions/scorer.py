@@ -59,11 +59,12 @@ class DetectorScorer:
         if reason is not None:
             raise NoCalibrationError(f"detector {self.name!r} does not apply to {self.run_dir}: {reason}")
 
-    def fit(self, start: int, stop: int) -> None:
-        """Fit on images [start, stop) of the run's training split (checked to be held out)."""
+    def fit(self, start: int, stop: int, seed: int | None = None) -> None:
+        """Fit on images [start, stop) of the run's training split (checked to be held out), their
+        features drawn with ``seed`` (None: the scorer's)."""
         if self.fits:
             fit_detector(str(self.run_dir), self.detector, start=start, stop=stop, data_dir=self.data_dir,
-                         device=self.device, seed=self.seed)
+                         device=self.device, seed=self.seed if seed is None else seed)
         else:
             self.detector.fit({})
 
@@ -85,6 +86,12 @@ class DetectorScorer:
             needs[key] = opts
         feats = needs_features(self.model, images, needs, seed=seed, batch_size=self.batch_size)
         return np.asarray(self.detector.score(feats), dtype=np.float64)
+
+
+def fit_seed(record: dict) -> int:
+    """The seed of the features a calibration ``record``'s detector was fitted on: its
+    ``fit_seed`` where the fit was made apart from the calibration, else its ``seed``."""
+    return record.get("fit_seed", record["seed"])
 
 
 def make_scorer(run_dir: str | Path, detector: str, options: dict | None = None, *, device: str = "cpu",

@@ -73,7 +73,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
              data_dir: str | None = None, limit: int | None = None, n_fit: int | None = None,
              device: str = "cpu", seed: int = 0, allow_sample: bool = False, progress: bool | None = None,
              conform: str | None = None, data_dirs: Mapping[str, str] | None = None, shared_cache=None,
-             skip_bad: bool = False) -> dict:
+             skip_bad: bool = False, keep_fits: dict | None = None) -> dict:
     """The metrics dict, also written to ``out_dir`` (default: the run directory):
     ``results[detector][ood] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``,
     ``detectors`` (options, features, paper, fit, seconds), ``detector_scores`` (files),
@@ -81,8 +81,8 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     ``typicality_batch_test`` and per-dataset summaries. ``detectors``: names, or ``"all"``/None for
     every one that applies without extra runs; ``conform`` (``"pad"``/``"resize"``) makes other image
     shapes fit; ``skip_bad`` skips a folder's unusable files; ``limit``: the first N test images;
-    ``n_fit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``: ``{dataset: folder}``
-    for sets elsewhere (generated noise); ``shared_cache``: a folder shared by runs (:func:`compute_feature`)."""
+    ``n_fit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``: ``{dataset: folder}``;
+    ``shared_cache``: a folder shared by runs; ``keep_fits``: a dict given ``name → (fitted detector, slice)``."""
     run_dir = Path(run_dir)
     data_dirs, out_dir = dict(data_dirs or {}), Path(out_dir) if out_dir else run_dir
     explicit = not (detectors is None or detectors == "all")
@@ -103,7 +103,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     common = dict(limit=limit, device=device, seed=seed, conform=conform, allow_sample=allow_sample, skip_bad=skip_bad,
                   progress=progress, shared_cache=shared_cache)
     runner = _DetectorRunner(run_dir, in_dataset, ood_datasets, split, data_dir, data_dirs, fit_slice, out_dir,
-                             common)
+                             common, keep_fits)
     runner.run_all(dets, progress)
 
     summary = {name: _summary(s) for name, s in per_set.items()}
@@ -165,11 +165,12 @@ class _DetectorRunner:
     score file and collecting its metrics, warnings, batch tests and timings."""
 
     def __init__(self, run_dir: Path, in_dataset: str, ood_datasets: list[str], split: str, data_dir, data_dirs,
-                 fit_slice, out_dir: Path, common: dict):
+                 fit_slice, out_dir: Path, common: dict, fits: dict | None = None):
         self.run_dir, self.in_dataset, self.ood_datasets, self.split = run_dir, in_dataset, ood_datasets, split
         self.data_dir, self.data_dirs, self.fit_slice, self.out_dir = data_dir, data_dirs, fit_slice, out_dir
         self.common = common
         self.results, self.det_info, self.score_files, self.batch_tests, self.small_sets = {}, {}, {}, {}, []
+        self.fits = {} if fits is None else fits  # name → (fitted detector, the slice and seed of its fit)
 
     def run_all(self, dets: dict, progress: bool | None) -> None:
         """Run every detector of ``dets`` (name → detector), with a bar over them."""
@@ -219,6 +220,8 @@ class _DetectorRunner:
         t0 = time.perf_counter()
         det.fit(fit_features)
         fit_seconds = time.perf_counter() - t0
+        self.fits[det.name] = (det, {**{k: fs[k] for k in ("dataset", "split", "start", "stop")},
+                                     "seed": self.common["seed"]})
         return fit_features, fit_seconds, det.score(fit_features)
 
     def score_sets(self, name: str, det: Detector, feature_seconds: dict):

@@ -158,14 +158,15 @@ class OODSuite:
             opts = {d: det_opts[d] for d in names}
             log.info("%s seed %d: scoring %d detector%s on the %s model against %s", fam.title, seed, len(names),
                      "s" * (len(names) > 1), model, ", ".join(plan["ood"]))
+            fits = {}  # the detectors evaluate fits, calibrated below without a second fit
             evaluations[model] = evaluate(runs[model], fam.name, plan["ood"], detectors=names, detector_options=opts,
-                                          out_dir=runs_dir / f"eval-{model}", **common)
+                                          out_dir=runs_dir / f"eval-{model}", keep_fits=fits, **common)
             decisions.update(decision_rates(
                 runs[model], fam.name, plan["ood"], names, detector_options=opts, alphas=DEFAULT_ALPHAS, split="test",
                 limit=pre.family_test_limit(fam.name), n_calibration=n_fit, n_fit=n_fit,
                 data_dir=data_dir,
                 data_dirs=common["data_dirs"], device=device, seed=seed, conform=fam.conform,
-                allow_sample=pre.allow_sample))
+                allow_sample=pre.allow_sample, fits=fits))
         detectors = _detector_records(evaluations, decisions, training, runs_dir, out_dir)
         detectors = {d: detectors[d] for d in dets if d in detectors}  # the preset's order
         main = evaluations.get(MAIN) or next(iter(evaluations.values()))
