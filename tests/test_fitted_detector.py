@@ -214,14 +214,26 @@ def test_decision_rates_calibrate_with_evaluates_fit_and_detect_refits_it_with_i
     kwargs = dict(n_fit=100, data_dir=calibrated["data"], split="train", limit=50, seed=0)
     fits = {}
     evaluate(run, "fashion_mnist", [], detectors=["typicality"], out_dir=tmp_path / "eval", keep_fits=fits, **kwargs)
-    assert fits["typicality"][1] == {"dataset": "fashion_mnist", "split": "train", "start": 300, "stop": 400,
-                                     "seed": 0}
+    kept = fits["typicality"]
+    assert (kept.dataset, kept.split, kept.start, kept.stop, kept.seed) == ("fashion_mnist", "train", 300, 400, 0)
+    assert list(kept.scores) == ["fashion_mnist"] and len(kept.scores["fashion_mnist"]) == 50
+    slices = []
+    real_slice = DetectorScorer.score_slice
+    monkeypatch.setattr(DetectorScorer, "score_slice", lambda self, images, seed: (
+        slices.append((images.dataset, seed)), real_slice(self, images, seed))[1])
     with monkeypatch.context() as m:
         _no_refit(m)
         rates = decision_rates(run, "fashion_mnist", [], ["typicality"], n_calibration=100, fits=fits, **kwargs)
+    assert slices == [("fashion_mnist", 1)]  # calibrate's slice only: the test set's scores are evaluate's
     record = json.loads(str(np.load(calibration_path(run, "typicality"))["meta"]))
     assert (record["seed"], record["fit_seed"], record["fit_slice"]) == (1, 0, [300, 400])
     assert rates["typicality"]["calibration"]["seed"] == 1
+    # scored again here with the same fit instead (evaluate's scores withheld): the same rates
+    shutil.rmtree(run / "calibration")
+    slices.clear()
+    monkeypatch.setattr(type(kept), "scores_of", lambda self, sets, args: None)
+    again = decision_rates(run, "fashion_mnist", [], ["typicality"], n_calibration=100, fits=fits, **kwargs)
+    assert again == rates and slices == [("fashion_mnist", 1), ("fashion_mnist", 1), ("fashion_mnist", 0)]
 
     os.remove(fitted_path(calibration_path(run, "typicality")))  # detect must fit again, at seed 0
     seeds = []
@@ -247,8 +259,7 @@ def test_calibrate_does_not_take_a_fit_of_other_images_or_options(calibrated, tm
              n_fit=50, data_dir=calibrated["data"], split="train", limit=50, seed=0)
     other_slice = vaeood.calibrate(run, "typicality", n_fit=100, n_calibration=100, data_dir=calibrated["data"],
                                    seed=1, fitted=fits["typicality"])
-    det, where = fits["typicality"]
     iwae = {"estimator": "iwae", "estimator_options": {"k": 2}}
     other_options = vaeood.calibrate(run, "typicality", detector_options=iwae, n_fit=50, n_calibration=100,
-                                     data_dir=calibrated["data"], seed=1, fitted=(det, where))
+                                     data_dir=calibrated["data"], seed=1, fitted=fits["typicality"])
     assert other_slice["fit_seed"] == other_options["fit_seed"] == 1  # fitted again, at the calibration's seed

@@ -16,11 +16,11 @@ from .records import CALIBRATION_DIR, FORMAT, calibration_path
 from .scorer import make_scorer
 from .training_split import training_split
 from ..evaluation.fitdata import DEFAULT_FIT_IMAGES
+from ..evaluation.kept_fit import KeptFit
 from ..features import FEATURES_DIR, images_digest
 from ..features.image_slice import ImageSlice
 from ..infra.atomic import atomic_write, remove_stale_temps
 from ..infra.distributed import is_main
-from ..infra.jsonable import strict_json
 from ..infra.runlock import holds_run_lock
 from ..training.run_dir import Run
 
@@ -32,7 +32,7 @@ DEFAULT_N_CALIBRATION = 2000
 @holds_run_lock("calibrate")  # it writes RUN/calibration and RUN/features
 def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_options: dict | None = None,
               n_calibration: int | None = None, n_fit: int | None = None, data_dir: str | None = None,
-              device: str = "cpu", seed: int = 0, batch_size: int | None = None, fitted: tuple | None = None) -> dict:
+              device: str = "cpu", seed: int = 0, batch_size: int | None = None, fitted: KeptFit | None = None) -> dict:
     """Fit ``detector`` on held-out training images [h, h + n_fit) (never trained on,
     :meth:`vaeood.training.run_dir.Run.heldout_range`; ``n_fit`` ≤ 5,000 and half of them, 0 when it does
     not fit), score the next ``n_calibration`` (default 2,000) into ``RUN/calibration/
@@ -92,19 +92,17 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
 
 
 def _fit(scorer, fit_slice, fitted, seed: int, split: tuple[str, str]) -> int:
-    """Fit ``scorer``'s detector on ``fit_slice`` with ``seed``, or give it ``fitted``, ``(detector,
-    {"dataset", "split", "start", "stop", "seed"})`` from :func:`vaeood.evaluation.evaluate`'s
-    ``keep_fits``, where that is the same detector with the same options fitted on that slice of
-    ``split``; the seed of the fit's features (recorded as ``fit_seed``). A fit of anything else is
-    not taken. The fit images' noise never meets the calibration images' (an image's noise
-    depends on its bytes and the seed alone: :mod:`vaeood.inference.noise`), so the calibration
-    stands as it would with a fit at ``seed``."""
+    """Fit ``scorer``'s detector on ``fit_slice`` with ``seed``, or give it ``fitted`` (a
+    :class:`vaeood.evaluation.kept_fit.KeptFit` of :func:`vaeood.evaluation.evaluate`) where that is the
+    same detector with the same options fitted on that slice of ``split``; the seed of the fit's
+    features (recorded as ``fit_seed``). A fit of anything else is not taken. The fit images' noise
+    never meets the calibration images' (an image's noise depends on its bytes and the seed
+    alone: :mod:`vaeood.inference.noise`), so the calibration stands as it would with a fit at
+    ``seed``."""
     if fitted is not None and scorer.fits and fit_slice is not None:
-        det, where = fitted
-        if (type(det) is type(scorer.detector) and strict_json(det.options) == scorer.options
-                and (where["dataset"], where["split"]) == split and [where["start"], where["stop"]] == fit_slice):
-            scorer.detector = det
-            return int(where["seed"])
+        if fitted.is_fit_of(scorer.detector, scorer.options, split, fit_slice):
+            scorer.detector = fitted.detector
+            return int(fitted.seed)
         log.debug("calibrate %s: the fit given is not of this detector and slice; fitting again", scorer.name)
     scorer.fit(*(fit_slice or (0, 0)))
     return seed

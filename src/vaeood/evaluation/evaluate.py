@@ -29,6 +29,7 @@ from ..features import compute_features, needs_features
 from ..inference.estimators import is_hierarchical
 from ..training.run import load_model
 from .fitdata import check_fit_slice, heldout_slice, run_config
+from .kept_fit import KeptFit, score_args
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
 from ..infra.jsonable import strict_json
 from ..infra.deprecated import deprecated_alias, renamed_keywords
@@ -82,7 +83,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     every one that applies without extra runs; ``conform`` (``"pad"``/``"resize"``) makes other image
     shapes fit; ``skip_bad`` skips a folder's unusable files; ``limit``: the first N test images;
     ``n_fit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``: ``{dataset: folder}``;
-    ``shared_cache``: a folder shared by runs; ``keep_fits``: a dict given ``name → (fitted detector, slice)``."""
+    ``shared_cache``: a folder shared by runs; ``keep_fits``: a dict given ``name →`` :class:`KeptFit`."""
     run_dir = Path(run_dir)
     data_dirs, out_dir = dict(data_dirs or {}), Path(out_dir) if out_dir else run_dir
     explicit = not (detectors is None or detectors == "all")
@@ -170,7 +171,7 @@ class _DetectorRunner:
         self.data_dir, self.data_dirs, self.fit_slice, self.out_dir = data_dir, data_dirs, fit_slice, out_dir
         self.common = common
         self.results, self.det_info, self.score_files, self.batch_tests, self.small_sets = {}, {}, {}, {}, []
-        self.fits = {} if fits is None else fits  # name → (fitted detector, the slice and seed of its fit)
+        self.fits = {} if fits is None else fits  # name → KeptFit: the fit and the sets' scores
 
     def run_all(self, dets: dict, progress: bool | None) -> None:
         """Run every detector of ``dets`` (name → detector), with a bar over them."""
@@ -185,6 +186,8 @@ class _DetectorRunner:
         feature_seconds = {}
         fit_features, fit_seconds, fit_scores = self.fit(det, feature_seconds) if det.fits else (None, 0.0, None)
         set_scores, score_seconds, nll_by_set = self.score_sets(name, det, feature_seconds)
+        if det.fits:
+            self.fits[name] = self.kept(det, set_scores)
         ins, oods = self.in_dataset, self.ood_datasets
         self.results[name] = {ood: ood_metrics(set_scores[ins], set_scores[ood]) for ood in oods}
         self.small_sets += [w for ood in oods if (w := small_set_interval(
@@ -220,9 +223,16 @@ class _DetectorRunner:
         t0 = time.perf_counter()
         det.fit(fit_features)
         fit_seconds = time.perf_counter() - t0
-        self.fits[det.name] = (det, {**{k: fs[k] for k in ("dataset", "split", "start", "stop")},
-                                     "seed": self.common["seed"]})
         return fit_features, fit_seconds, det.score(fit_features)
+
+    def kept(self, det: Detector, set_scores: dict) -> KeptFit:
+        """``det``, fitted on the held-out slice, and its scores of the sets, for the decisions."""
+        fs, c = self.fit_slice, self.common
+        folders = {s: self.data_dirs.get(s, self.data_dir) for s in set_scores}
+        return KeptFit(det, fs["dataset"], fs["split"], fs["start"], fs["stop"], c["seed"], dict(set_scores),
+                       score_args(split=self.split, limit=c["limit"], conform=c["conform"],
+                                  allow_sample=c["allow_sample"], skip_bad=c["skip_bad"], seed=c["seed"],
+                                  folders=folders))
 
     def score_sets(self, name: str, det: Detector, feature_seconds: dict):
         """``det``'s scores of each test set, the seconds scoring took, and (typicality) the sets' NLLs."""
