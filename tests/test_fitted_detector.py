@@ -263,3 +263,30 @@ def test_calibrate_does_not_take_a_fit_of_other_images_or_options(calibrated, tm
     other_options = vaeood.calibrate(run, "typicality", detector_options=iwae, n_fit=50, n_calibration=100,
                                      data_dir=calibrated["data"], seed=1, fitted=fits["typicality"])
     assert other_slice["fit_seed"] == other_options["fit_seed"] == 1  # fitted again, at the calibration's seed
+
+
+@pytest.mark.slow  # e2e: trains a model, or fits and calibrates detectors on one
+def test_decision_rates_use_neither_a_fit_nor_scores_made_otherwise(calibrated, tmp_path):
+    """A kept fit of other images, even with the calibration's own seed, and scores of another
+    number of test images are not used: the rates are those computed without them."""
+    from vaeood.decisions.run_rates import decision_rates
+    from vaeood.evaluation.evaluate import evaluate
+
+    run = _copy(calibrated, tmp_path)
+    common = dict(data_dir=calibrated["data"], split="train")
+    fits = {}
+    evaluate(run, "fashion_mnist", [], detectors=["typicality"], out_dir=tmp_path / "eval", keep_fits=fits,
+             n_fit=50, limit=50, seed=1, **common)  # fitted on 50 images with features of seed 1
+    kwargs = dict(n_calibration=100, n_fit=100, limit=50, seed=0, **common)
+    shutil.rmtree(run / "calibration")
+    given = decision_rates(run, "fashion_mnist", [], ["typicality"], fits=fits, **kwargs)
+    shutil.rmtree(run / "calibration")
+    alone = decision_rates(run, "fashion_mnist", [], ["typicality"], **kwargs)
+    assert given == alone
+
+    fits.clear()
+    evaluate(run, "fashion_mnist", [], detectors=["typicality"], out_dir=tmp_path / "eval", keep_fits=fits,
+             n_fit=100, limit=50, seed=0, **common)
+    shutil.rmtree(run / "calibration")
+    fewer = decision_rates(run, "fashion_mnist", [], ["typicality"], fits=fits, **{**kwargs, "limit": 40})
+    assert fewer["typicality"]["n_in"] == 40  # not evaluate's 50 scores

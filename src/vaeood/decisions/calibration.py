@@ -100,7 +100,7 @@ def _fit(scorer, fit_slice, fitted, seed: int, split: tuple[str, str]) -> int:
     alone: :mod:`vaeood.inference.noise`), so the calibration stands as it would with a fit at
     ``seed``."""
     if fitted is not None and scorer.fits and fit_slice is not None:
-        if fitted.is_fit_of(scorer.detector, scorer.options, split, fit_slice):
+        if fitted.is_fit_of(scorer.name, scorer.options, split, fit_slice):
             scorer.detector = fitted.detector
             return int(fitted.seed)
         log.debug("calibrate %s: the fit given is not of this detector and slice; fitting again", scorer.name)

@@ -99,9 +99,10 @@ def decision_rates(run_dir: str | Path, in_dataset: str, ood_datasets: list[str]
         except (NoCalibrationError, conformal.CalibrationError) as err:
             out[name] = {"error": str(err)}
             continue
-        # calibrate took evaluate's fit (its seed is the test seed, never the calibration's):
-        # its calibration scores are the record's, and the test sets' are evaluate's
-        took = made_now and kept is not None and record["fit_seed"] == kept.seed
+        # calibrate took evaluate's fit (the test asked of the record it made is the one it asked):
+        # the calibration scores are the record's, and the test sets' evaluate's where made alike
+        took = made_now and kept is not None and kept.is_fit_of(
+            name, record["detector_options"], (record["dataset"], record["split"]), record["fit_slice"])
         cal, scores = (record["scores"], kept.scores_of(sets, args)) if took else (None, None)
         if scores is None:
             cal, scores = _scores_for_rates(run_dir, record, sets, args, device=device, data_dir=data_dir,

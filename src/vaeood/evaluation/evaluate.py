@@ -187,7 +187,7 @@ class _DetectorRunner:
         fit_features, fit_seconds, fit_scores = self.fit(det, feature_seconds) if det.fits else (None, 0.0, None)
         set_scores, score_seconds, nll_by_set = self.score_sets(name, det, feature_seconds)
         if det.fits:
-            self.fits[name] = self.kept(det, set_scores)
+            self.fits[name] = self.kept(name, det, set_scores)
         ins, oods = self.in_dataset, self.ood_datasets
         self.results[name] = {ood: ood_metrics(set_scores[ins], set_scores[ood]) for ood in oods}
         self.small_sets += [w for ood in oods if (w := small_set_interval(
@@ -225,11 +225,11 @@ class _DetectorRunner:
         fit_seconds = time.perf_counter() - t0
         return fit_features, fit_seconds, det.score(fit_features)
 
-    def kept(self, det: Detector, set_scores: dict) -> KeptFit:
+    def kept(self, name: str, det: Detector, set_scores: dict) -> KeptFit:
         """``det``, fitted on the held-out slice, and its scores of the sets, for the decisions."""
         fs, c = self.fit_slice, self.common
         folders = {s: self.data_dirs.get(s, self.data_dir) for s in set_scores}
-        return KeptFit(det, fs["dataset"], fs["split"], fs["start"], fs["stop"], c["seed"], dict(set_scores),
+        return KeptFit(name, det, fs["dataset"], fs["split"], fs["start"], fs["stop"], c["seed"], dict(set_scores),
                        score_args(split=self.split, limit=c["limit"], conform=c["conform"],
                                   allow_sample=c["allow_sample"], skip_bad=c["skip_bad"], seed=c["seed"],
                                   folders=folders))

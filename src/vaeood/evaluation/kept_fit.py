@@ -21,10 +21,11 @@ from ..infra.jsonable import strict_json
 
 @dataclass
 class KeptFit:
-    """``detector`` fitted on images [start, stop) of ``dataset/split`` with features of
-    ``seed``, and its ``scores`` of each set evaluate scored, made with ``score_args``
-    (split, limit, conform, seed and the folders of the sets)."""
+    """``detector`` (evaluate's detector ``name``) fitted on images [start, stop) of
+    ``dataset/split`` with features of ``seed``, and its ``scores`` of each set evaluate scored,
+    made with ``score_args`` (split, limit, conform, seed and the folders of the sets)."""
 
+    name: str
     detector: Detector
     dataset: str
     split: str
@@ -34,11 +35,12 @@ class KeptFit:
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     score_args: dict = field(default_factory=dict)
 
-    def is_fit_of(self, detector: Detector, options: dict, split: tuple[str, str], fit_slice) -> bool:
-        """Whether this is ``detector``'s kind with these (JSON) ``options``, fitted on
-        ``fit_slice`` of ``split`` (dataset, split)."""
-        return (type(self.detector) is type(detector) and strict_json(self.detector.options) == options
-                and (self.dataset, self.split) == split and fit_slice == [self.start, self.stop])
+    def is_fit_of(self, name: str, options: dict, split: tuple[str, str], fit_slice) -> bool:
+        """Whether this is detector ``name`` with these (JSON) ``options``, fitted on ``fit_slice``
+        of ``split`` (dataset, split): :func:`vaeood.decisions.calibrate` takes the fit then, and
+        :func:`vaeood.decisions.run_rates.decision_rates` asks the same of the record it made."""
+        return (self.name == name and strict_json(self.detector.options) == options
+                and (self.dataset, self.split) == tuple(split) and list(fit_slice or ()) == [self.start, self.stop])
 
     def scores_of(self, sets: list[str], score_args: dict) -> dict[str, np.ndarray] | None:
         """The scores of ``sets`` if evaluate scored each of them with the same ``score_args``, else None."""
