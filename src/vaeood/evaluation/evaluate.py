@@ -171,7 +171,7 @@ class _DetectorRunner:
         self.data_dir, self.data_dirs, self.fit_slice, self.out_dir = data_dir, data_dirs, fit_slice, out_dir
         self.common = common
         self.results, self.det_info, self.score_files, self.batch_tests, self.small_sets = {}, {}, {}, {}, []
-        self.fits = {} if fits is None else fits  # name → KeptFit: the fit and the sets' scores
+        self.fits = fits  # name → KeptFit (the fit and the sets' scores) when the caller keeps them, else None
 
     def run_all(self, dets: dict, progress: bool | None) -> None:
         """Run every detector of ``dets`` (name → detector), with a bar over them."""
@@ -186,7 +186,7 @@ class _DetectorRunner:
         feature_seconds = {}
         fit_features, fit_seconds, fit_scores = self.fit(det, feature_seconds) if det.fits else (None, 0.0, None)
         set_scores, score_seconds, nll_by_set = self.score_sets(name, det, feature_seconds)
-        if det.fits:
+        if det.fits and self.fits is not None:
             self.fits[name] = self.kept(name, det, set_scores)
         ins, oods = self.in_dataset, self.ood_datasets
         self.results[name] = {ood: ood_metrics(set_scores[ins], set_scores[ood]) for ood in oods}

@@ -11,7 +11,7 @@ they are of the same detector, options, images and seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,8 +32,8 @@ class KeptFit:
     start: int
     stop: int
     seed: int
-    scores: dict[str, np.ndarray] = field(default_factory=dict)
-    score_args: dict = field(default_factory=dict)
+    scores: dict[str, np.ndarray]
+    score_args: dict
 
     def is_fit_of(self, name: str, options: dict, split: tuple[str, str], fit_slice) -> bool:
         """Whether this is detector ``name`` with these (JSON) ``options``, fitted on ``fit_slice``
