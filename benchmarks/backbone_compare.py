@@ -134,6 +134,18 @@ def suite_pairs(args, data: Path, cache, seconds: dict, rng) -> tuple[dict, dict
 HELD_OUT_PAIRS = np.random.default_rng(0).permutation(10).reshape(5, 2)
 
 
+def tinyimagenet_held_out(args, backbone: str, cache, seconds: dict) -> tuple[np.ndarray, ...]:
+    """The held-out-classes proxy's Tiny ImageNet 64 (module docstring), from ``--suite-data``: the
+    features of train[0:4000] and their labels, then of the 500 val photos and theirs."""
+    tin = Path(args.suite_data) / "tinyimagenet64"
+    with np.load(tin / "tinyimagenet64_train.npz") as f:
+        x, y = f["x"][:4000], f["y"][:4000]
+    with np.load(tin / "tinyimagenet64_test.npz") as f:
+        tx, ty = f["x"], f["y"]
+    return (features(backbone, args.size, x, cache, "tinyimagenet64 held-out/train0-4000", seconds), y,
+            features(backbone, args.size, tx, cache, "tinyimagenet64 held-out/val", seconds), ty)
+
+
 def held_out_classes(args, data: Path, cache, seconds: dict, rng) -> tuple[dict, dict]:
     """The held-out-classes proxy (module docstring): {set: {backbone: [AUROC per held-out pair]}}
     and {set: {backbone: bootstrap of its mean less the first's}}."""
@@ -147,15 +159,9 @@ def held_out_classes(args, data: Path, cache, seconds: dict, rng) -> tuple[dict,
         sets[name] = (ty, {bb: [(np.vstack([fits[bb][c] for c in range(10) if c not in pair]), tests[bb])
                                 for pair in HELD_OUT_PAIRS] for bb in args.backbones})
     if args.suite_data:
-        tin = Path(args.suite_data) / "tinyimagenet64"
-        with np.load(tin / "tinyimagenet64_train.npz") as f:
-            x, y = f["x"][:4000], f["y"][:4000]
-        with np.load(tin / "tinyimagenet64_test.npz") as f:
-            tx, ty = f["x"], f["y"]
         per = {}
         for bb in args.backbones:
-            ref = features(bb, args.size, x, cache, "tinyimagenet64 held-out/train0-4000", seconds)
-            test = features(bb, args.size, tx, cache, "tinyimagenet64 held-out/val", seconds)
+            ref, y, test, ty = tinyimagenet_held_out(args, bb, cache, seconds)
             per[bb] = [(ref[~np.isin(y, pair)], test) for pair in HELD_OUT_PAIRS]
         sets["tinyimagenet64"] = (ty, per)
     auroc, diffs = {}, {}
