@@ -106,11 +106,12 @@ def data_dir() -> str | None:
 
 def real_data_and_cache(args, holding: str) -> tuple[Path, Path | None]:
     """$VAEOOD_DATA (or exit saying it must hold ``holding``) and ``args.cache`` made (None when
-    not given), with torch at ``args.threads`` threads: the start of a benchmark on real data."""
+    not given, or for a benchmark without ``--cache``), with torch at ``args.threads`` threads:
+    the start of a benchmark on real data."""
     if not data_dir():
         raise SystemExit(f"set VAEOOD_DATA to the folder holding {holding}")
     torch.set_num_threads(args.threads)
-    cache = Path(args.cache) if args.cache else None
+    cache = Path(args.cache) if getattr(args, "cache", None) else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     return Path(data_dir()), cache
