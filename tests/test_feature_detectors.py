@@ -71,10 +71,11 @@ def two_views(n: int, seed: int, content: float = 0.0, pixel: float = 0.0) -> di
     moves an image part of the way to a direction no class has)."""
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(99).normal(0, 1, (8, 16))
-    f = centres[rng.integers(0, 8, n)] + rng.normal(0, 0.6, (n, 16))
+    labels = rng.integers(0, 8, n)
+    f = centres[labels] + rng.normal(0, 0.6, (n, 16))
     f[:, 15] += content * 3.0
     mu = rng.normal(0, 1, (n, 3)) + pixel
-    return {"backbone_features": f, "latent_mu": mu, "latent_logvar": np.zeros_like(mu)}
+    return {"backbone_features": f, "latent_mu": mu, "latent_logvar": np.zeros_like(mu), "labels": labels}
 
 
 COMPONENTS = ["latent_mahalanobis", "feature_knn"]  # a quick pixel view; the default one is `fused`
@@ -90,7 +91,9 @@ def test_fused_content_rules_by_hand():
                     "fisher": -2 * (log_px + log_c), "min_p": np.maximum(-log_px, -log_c)}[rule]
         np.testing.assert_allclose(det.score(probe), expected, rtol=1e-12)
     for bad in ({"rule": "max"}, {"pixel_tail": 0.0}, {"components": ["fused"]},
-                {"components": ["fused", "feature_knn", "latent_gmm"]}):
+                {"components": ["fused", "feature_knn", "feature_knn"]},
+                # two content detectors on different backbones would ask for one feature twice
+                {"component_options": {"feature_knn": {"size": 96}}}):
         with pytest.raises(ConfigError, match="fused_content"):
             make_detector("fused_content", bad)
 
@@ -166,3 +169,87 @@ def test_a_backbone_is_chosen_by_its_registered_name_and_an_unknown_one_is_refus
     assert make_detector(name, {"backbone": "efficientnet_lite2"}).needs["backbone"]["name"] == "efficientnet_lite2"
     with pytest.raises(ConfigError, match="backbone must be one of efficientnet_lite0, efficientnet_lite2, got 'nope'"):
         make_detector(name, {"backbone": "nope"})
+
+
+def unit(f: np.ndarray) -> np.ndarray:
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def test_feature_energy_is_the_free_energy_of_a_logistic_regression_on_unit_features():
+    from scipy.special import logsumexp
+    from sklearn.linear_model import LogisticRegression
+
+    fit, probe = two_views(400, 0), two_views(30, 1, content=0.8)
+    det = make_detector("feature_energy").fit(fit)
+    lr = LogisticRegression(C=10.0, solver="lbfgs", max_iter=5000, tol=1e-10).fit(unit(fit["backbone_features"]),
+                                                                                 fit["labels"])
+    # the same penalised optimum by another solver: energies agree to the solvers' tolerance
+    expected = -logsumexp(lr.decision_function(unit(probe["backbone_features"])), axis=1)
+    np.testing.assert_allclose(det.score(probe), expected, atol=5e-3)
+    assert det.fit_info == {"n": 400, "classes": 8}
+    # an image between the classes is claimed less strongly than one at a class centre
+    centres = np.random.default_rng(99).normal(0, 1, (8, 16))
+    between = centres[:4].mean(0, keepdims=True)
+    assert det.score(feats(between))[0] > det.score(feats(centres)).max()
+
+
+def test_feature_energy_with_two_classes_is_the_symmetric_multinomial_of_the_binary_model():
+    rng = np.random.default_rng(2)
+    x = np.r_[rng.normal(0, 1, (50, 5)) + [3, 0, 0, 0, 0], rng.normal(0, 1, (50, 5)) + [0, 3, 0, 0, 0]]
+    y = np.r_[np.zeros(50, int), np.ones(50, int)]
+    det = make_detector("feature_energy").fit({"backbone_features": x, "labels": y})
+    probe = rng.normal(0, 2, (7, 5))
+    z = unit(probe) @ det.weights + det.bias
+    from sklearn.linear_model import LogisticRegression
+    lr = LogisticRegression(C=10.0, solver="newton-cg").fit(unit(x), y)
+    a = lr.decision_function(unit(probe))
+    np.testing.assert_allclose(z, np.c_[-a / 2, a / 2], rtol=1e-12)  # softmax(z) = predict_proba, z summing to 0
+    np.testing.assert_allclose(det.score(feats(probe)), -np.logaddexp(-a / 2, a / 2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("labels, why", [(None, "carry no class labels"), (-1, "unlabelled"),
+                                         (0, "hold 1 class"), ("few", "class 1 has 1 fit images")])
+def test_feature_energy_refuses_fit_images_without_two_labelled_classes(labels, why):
+    f = np.random.default_rng(0).normal(size=(60, 4))
+    y = {None: None, -1: np.full(60, -1), 0: np.zeros(60, int), "few": np.r_[np.zeros(59, int), np.ones(1, int)]}
+    with pytest.raises(ConfigError, match=f"feature_energy: .*{why}"):
+        make_detector("feature_energy").fit({"backbone_features": f, "labels": y[labels]})
+    for bad in (0, -1.0, float("nan"), True, "10"):
+        with pytest.raises(ConfigError, match="C .*must be a number > 0"):
+            make_detector("feature_energy", {"C": bad})
+
+
+CONTENT = ["latent_mahalanobis", "feature_knn", "feature_energy"]  # the default's content view, a quick pixel view
+
+
+def test_fused_content_adds_the_energy_where_the_fit_images_have_classes_and_drops_it_where_not():
+    fit, probe = two_views(1500, 0), two_views(50, 1, content=0.5, pixel=1.0)
+    det = make_detector("fused_content", {"components": CONTENT}).fit(fit)
+    log_px, log_k, log_e = det.component_log_p(probe).values()
+    np.testing.assert_allclose(det.score(probe), -(log_k + log_e) + np.maximum(0.0, np.log(0.05) - log_px),
+                               rtol=1e-12)
+    assert det.fit_info["feature_energy"] == {"classes": 8} and "content_without" not in det.fit_info
+    # one class among the fit images: the content view is feature_knn alone, exactly the two-view detector
+    one = {**fit, "labels": np.zeros(1500, int)}
+    dropped = make_detector("fused_content", {"components": CONTENT}).fit(one)
+    two = make_detector("fused_content", {"components": CONTENT[:2]}).fit(one)
+    np.testing.assert_array_equal(dropped.score(probe), two.score(probe))
+    assert dropped.options["components"] == CONTENT[:2] == dropped.frozen_options()["components"]
+    assert "hold 1 class" in dropped.fit_info["content_without"]["feature_energy"]
+    with pytest.raises(ConfigError, match="content view is feature_energy alone"):
+        make_detector("fused_content", {"components": ["latent_mahalanobis", "feature_energy"]}).fit(one)
+
+
+def test_the_energy_sees_a_new_class_between_the_known_ones_better_than_the_distance_to_the_nearest():
+    """Toy classes on a sphere; the new class lies between two known ones, within their spread:
+    its images find near neighbours among both, but a classifier claims them weakly."""
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(0, 1, (5, 32)))
+
+    def draw(c, n):
+        y = rng.integers(0, len(c), n)
+        return {"backbone_features": c[y] + rng.normal(0, 0.2, (n, 32)), "labels": y}
+    fit, normal, new = draw(centres, 1000), draw(centres, 500), draw(unit(centres[:2].mean(0, keepdims=True)), 500)
+    auroc = {name: ood_metrics(d.score(normal), d.score(new))["auroc"]
+             for name, d in ((n, make_detector(n).fit(fit)) for n in ("feature_knn", "feature_energy"))}
+    assert auroc["feature_energy"] > auroc["feature_knn"] + 0.05  # measured: 0.918 against 0.819

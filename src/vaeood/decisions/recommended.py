@@ -8,15 +8,19 @@ from pathlib import Path
 from .scorer import run_info
 from ..detectors import DETECTORS, make_detector
 from ..detectors.feature_base import FeatureDetector, check_backbone
-from ..detectors.fused_content import FusedContent
+from ..detectors.fused_content import COMPONENTS, FusedContent
 from ..training.config import ConfigError
 from ..training.run_dir import Run
 
 log = logging.getLogger(__name__)
 
+#: the content view's detectors of fused_content, each told the backbone to read
+CONTENT = COMPONENTS[1:]
+
 #: the detector a user gets without asking: the first of these that applies to the run.
-#: ``fused_content`` sees pixels (``fused``: what is broken) and content (``feature_knn`` on an
-#: ImageNet-pretrained backbone: what is different); ``fused`` where the backbone is not
+#: ``fused_content`` sees pixels (``fused``: what is broken) and content (``feature_knn``, and
+#: ``feature_energy`` where the fit images carry classes, on an ImageNet-pretrained backbone:
+#: what is different); ``fused`` where the backbone is not
 #: installed (said once); ``dose_plus`` where a latent density cannot be had (a hierarchical
 #: VAE has no single q(z|x)); ``nll`` last.
 RECOMMENDED = ("fused_content", "fused", "dose_plus", "nll")
@@ -31,7 +35,7 @@ def backbone_options(detector: str, backbone: str | None) -> dict | None:
     check_backbone(backbone)
     kind = DETECTORS.get(detector)
     if issubclass(kind, FusedContent):
-        return {"component_options": {"feature_knn": {"backbone": backbone}}}
+        return {"component_options": {c: {"backbone": backbone} for c in CONTENT}}
     if issubclass(kind, FeatureDetector):
         return {"backbone": backbone}
     return None

@@ -42,8 +42,9 @@ COMPONENTS = ("dose_plus", "latent_gmm")
 
 
 def subset(features, rows: np.ndarray) -> dict:
-    """The per-image arrays of ``features`` at ``rows`` (metadata left out)."""
-    return {k: np.asarray(v)[rows] for k, v in features.items() if k not in ("meta", "labels")}
+    """The per-image arrays of ``features`` at ``rows``, the labels among them (a component
+    may fit a classifier: ``feature_energy``); metadata left out."""
+    return {k: np.asarray(v)[rows] for k, v in features.items() if k != "meta" and v is not None}
 
 
 class TailPValue:

@@ -57,7 +57,7 @@ DEFAULT_DETECTOR = "fused_content"
 #: its pixel view alone, reported beside it on every pair
 PIXEL_DETECTOR = "fused"
 #: the detectors that read the ImageNet-pretrained backbone (the report says the backbone saw ImageNet)
-BACKBONE_DETECTORS = ("feature_knn", "feature_gaussian", "joint_knn", "fused_content")
+BACKBONE_DETECTORS = ("feature_knn", "feature_energy", "feature_gaussian", "joint_knn", "fused_content")
 #: every detector the suite runs (the paper preset; the others leave out the slowest)
 SUITE_DETECTORS = ("nll", "bpd", "complexity", "complexity_jxl", "likelihood_ratio", "typicality", "dose",
                      "dose_svm", "dose_plus", "lpath", "lpath_copod", "lpath_2m", "likelihood_regret", "llr",

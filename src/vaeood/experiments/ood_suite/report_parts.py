@@ -7,7 +7,7 @@ from ...evaluation.report import markdown_table
 from .presets import BACKBONE_DETECTORS, DEFAULT_DETECTOR, PIXEL_DETECTOR
 
 #: the feature-space detectors whose best is the default's content view to compare with
-FEATURE_VIEW = ("feature_knn", "feature_gaussian")
+FEATURE_VIEW = ("feature_knn", "feature_energy", "feature_gaussian")
 
 
 def backbone_lines(out: dict) -> list[str]:
@@ -25,7 +25,9 @@ def backbone_lines(out: dict) -> list[str]:
             "ImageNet class (Tiny ImageNet is drawn from ImageNet): on those families these detectors saw the "
             "in-distribution *and* the near-OOD classes in pretraining, so their numbers there are not those of a "
             f"model that never saw them. `{DEFAULT_DETECTOR}` (the detector to pick) combines `{PIXEL_DETECTOR}`, "
-            "the VAE's pixel view trained from scratch, with `feature_knn`'s content view; `"
+            "the VAE's pixel view trained from scratch, with the content view of `feature_knn` and "
+            "`feature_energy` (a linear classifier of the family's training classes, fitted on the fit images' "
+            "labels); `"
             f"{PIXEL_DETECTOR}` is reported beside it on every pair.", ""]
 
 
