@@ -238,3 +238,29 @@ def test_the_chosen_backbone_is_the_one_the_fitted_detector_reads(tmp_path):
     lite0 = vaeood.ImageOODDetector(epochs=1, detector="feature_knn", overrides=TINY).fit(train)
     new = _new_images()
     assert not np.allclose(det.score_samples(new), lite0.score_samples(new))
+
+
+@pytest.mark.slow  # e2e: trains a model
+def test_labels_given_with_an_array_reach_the_detectors_that_fit_a_classifier(tmp_path):
+    # the classes interleaved: the held-out fifth the detectors fit on is the array's last images
+    train = np.stack([im for pair in zip(blobs(125, 5, size=SIZE, channels=3), strokes(125, 3, size=SIZE, channels=3),
+                                         strict=True) for im in pair])
+    y = np.tile([0, 1], 125)
+    det = vaeood.ImageOODDetector(epochs=1, detector="feature_energy", overrides=TINY, run_dir=tmp_path / "run")
+    det.fit(train, y)  # feature_energy refuses images without two labelled classes: the labels got there
+    with np.load(tmp_path / "run" / "data" / "images_train.npz") as saved:
+        assert np.array_equal(saved["y"], y)
+    assert det.predict(train[:5]).shape == (5,)
+    with pytest.raises(vaeood.training.config.ConfigError, match="feature_energy: .*hold 1 class"):
+        vaeood.ImageOODDetector(epochs=1, detector="feature_energy", overrides=TINY).fit(train)
+
+
+def test_labels_are_refused_unless_one_integer_per_image_of_an_array(tmp_path):
+    images = np.zeros((4, SIZE, SIZE, 3), np.uint8)
+    for y, why in (([0, 1, 1], r"shape \(4,\), got shape \(3,\)"), ([0, 1, 1, 0.5], "integer class labels"),
+                   ([0, 1, -1, 0], "labels >= 0"), (np.array(["a"] * 4), "integer class labels")):
+        with pytest.raises(ValueError, match=f"y: expected .*{why}"):
+            vaeood.ImageOODDetector(run_dir=tmp_path / "r").fit(images, y)
+    with pytest.raises(ValueError, match="labels are for images given as an array"):
+        vaeood.ImageOODDetector(run_dir=tmp_path / "r").fit(str(tmp_path), [0])
+    assert not (tmp_path / "r").exists()

@@ -68,6 +68,19 @@ ARRAY_DATASET = "images"
 DATA_FOLDER = "data"
 
 
+def class_labels(y, n: int) -> np.ndarray:
+    """``y`` as int64 class labels ``[n]``, or a ValueError that says what was expected."""
+    arr = np.asarray(y)
+    if arr.shape != (n,):
+        raise ValueError(f"y: expected one class label per image, shape ({n},), got shape {arr.shape}")
+    if arr.dtype.kind not in "iub" and not (arr.dtype.kind == "f" and np.all(np.isfinite(arr))
+                                            and np.all(arr == np.round(arr))):
+        raise ValueError(f"y: expected integer class labels, got dtype {arr.dtype}")
+    if n and arr.min() < 0:
+        raise ValueError(f"y: expected class labels >= 0, got {arr.min()}")
+    return arr.astype(np.int64)
+
+
 class SavedDetectorError(ValueError):
     """A saved detector whose files are missing, changed or not vaeood's."""
 
@@ -106,15 +119,24 @@ class ImageOODDetector(BaseEstimator):
 
     def fit(self, X, y=None) -> ImageOODDetector:  # noqa: N803 (scikit-learn's name)
         """Train and calibrate on in-distribution images ``X``: an array or tensor (see the
-        class), a folder of PNG/JPEG images, or a dataset name. ``y`` is ignored."""
+        class), a folder of PNG/JPEG images, or a dataset name. ``y``: optional class labels of
+        an array's images (integers ≥ 0, one per image); with two or more classes the
+        recommended detector's content view also reads a classifier of them
+        (:mod:`vaeood.detectors.feature_energy`), fitted on the held-out images, which are the
+        array's last fifth: give the classes mixed, not one after another. A folder's labels
+        are its class folders (its images in a pseudo-random order)."""
         if isinstance(X, (str, os.PathLike)) and Path(X).is_dir() and not is_folder_name(str(X)):
             X = os.path.join(X, "")  # a folder, with the '/' that makes it one to vaeood fit
+        if y is not None and isinstance(X, (str, os.PathLike)):
+            raise ValueError(f"y: labels are for images given as an array; {str(X)!r} is a folder or dataset name, "
+                             "whose labels are its class folders or its own")
+        y = None if y is None else class_labels(y, len(X))  # refused before a run folder is made
         check_backbone_applies(self.detector, self.backbone)  # before a run folder is made
         run_dir, self._scorer = self._new_run_dir(), None
         with run_lock(run_dir, "fit"):  # a second fit into the same run_dir is refused before it writes there
-            return self._fit_into(run_dir, X)
+            return self._fit_into(run_dir, X, y)
 
-    def _fit_into(self, run_dir: Path, X) -> ImageOODDetector:  # noqa: N803
+    def _fit_into(self, run_dir: Path, X, y=None) -> ImageOODDetector:  # noqa: N803
         if self.run_dir is not None and resumable(run_dir):  # refused before the training array could overwrite it
             raise FileExistsError(f"run_dir={str(self.run_dir)!r} already holds a run; choose a new folder "
                                   "(or leave run_dir out for a temporary one)")
@@ -126,10 +148,10 @@ class ImageOODDetector(BaseEstimator):
                 settings.setdefault("data.conform", self.conform)
         else:
             images = as_images(X, channels=self.channels, value_range=self.value_range)
+            labels = np.zeros(len(images), dtype=np.int64) if y is None else class_labels(y, len(images))
             data_dir = run_dir / DATA_FOLDER
             data_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(data_dir / f"{ARRAY_DATASET}_train.npz",
-                         lambda f: np.savez(f, x=images, y=np.zeros(len(images), dtype=np.int64)))
+            atomic_write(data_dir / f"{ARRAY_DATASET}_train.npz", lambda f: np.savez(f, x=images, y=labels))
             source = ARRAY_DATASET
         done = pipeline.fit(source, run_dir, overrides=settings, detector=self.detector,
                             data_dir=None if data_dir is None else str(data_dir), device=self.device,
