@@ -208,15 +208,38 @@ def test_feature_energy_with_two_classes_is_the_symmetric_multinomial_of_the_bin
 
 
 @pytest.mark.parametrize("labels, why", [(None, "carry no class labels"), (-1, "unlabelled"),
-                                         (0, "hold 1 class"), ("few", "class 1 has 1 fit images")])
+                                         (0, "hold 1 class of at least 10 images \\(1 in all\\)"),
+                                         ("few", "hold 1 class of at least 10 images \\(2 in all\\)")])
 def test_feature_energy_refuses_fit_images_without_two_labelled_classes(labels, why):
     f = np.random.default_rng(0).normal(size=(60, 4))
-    y = {None: None, -1: np.full(60, -1), 0: np.zeros(60, int), "few": np.r_[np.zeros(59, int), np.ones(1, int)]}
+    y = {None: None, -1: np.full(60, -1), 0: np.zeros(60, int), "few": np.r_[np.zeros(51, int), np.ones(9, int)]}
     with pytest.raises(ConfigError, match=f"feature_energy: .*{why}"):
         make_detector("feature_energy").fit({"backbone_features": f, "labels": y[labels]})
     for bad in (0, -1.0, float("nan"), True, "10"):
         with pytest.raises(ConfigError, match="C .*must be a number > 0"):
             make_detector("feature_energy", {"C": bad})
+
+
+def test_feature_energy_says_it_does_not_apply_where_the_fit_slice_has_too_few_classes():
+    """``vaeood evaluate`` and the suite pass the fit slice's class counts: the detector is then
+    skipped with its reason instead of failing when it fits."""
+    det = make_detector("feature_energy")
+    info = {"has_fit_data": True}
+    assert det.why_not({**info, "fit_class_counts": {0: 50, 1: 10}}) is None
+    assert "hold 1 class of at least 10 images (2 in all)" in det.why_not({**info, "fit_class_counts": {0: 50, 1: 9}})
+    assert "unlabelled" in det.why_not({**info, "fit_class_counts": {-1: 500}})
+    assert det.why_not(info) is None  # not known: the fit decides
+
+
+def test_feature_energy_leaves_a_class_of_fewer_than_ten_fit_images_out_of_its_classifier():
+    fit = two_views(400, 0)
+    rare = {**fit, "labels": np.where(np.arange(400) < 5, 8, fit["labels"])}  # class 8: five images
+    det = make_detector("feature_energy").fit(rare)
+    assert det.fit_info == {"n": 400, "classes": 8, "images_left_out": 5} and det.weights.shape == (16, 8)
+    kept = np.arange(5, 400)
+    alone = make_detector("feature_energy").fit({k: v[kept] for k, v in fit.items()})
+    probe = two_views(20, 1)
+    np.testing.assert_allclose(det.score(probe), alone.score(probe), rtol=1e-12)
 
 
 CONTENT = ["latent_mahalanobis", "feature_knn", "feature_energy"]  # the default's content view, a quick pixel view

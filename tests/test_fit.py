@@ -40,8 +40,10 @@ def test_fit_on_a_folder_then_detect_a_mixed_folder_keeps_the_fpr_and_finds_mnis
     assert main(["fit", "train/", "--out", "model", "--train.epochs=3"]) == 0
     out = capsys.readouterr().out
     assert "trained model on 2400 of the 3000 images of train/ " in out and "600 held out for the detector" in out
-    assert ("calibrated detector fused_content on the held-out images (fitted on [2400:2700], calibrated on "
-            "[2700:3000])") in out
+    # a flat folder has no classes: the content view is feature_knn alone, and the line says why
+    assert ("calibrated detector fused_content (content: feature_knn alone; no feature_energy: the fit images are "
+            "unlabelled (a flat folder, or an array fitted without y)) on the held-out images (fitted on [2400:2700], "
+            "calibrated on [2700:3000])") in out
     assert "next: vaeood detect model IMAGES --out flagged.csv" in out
     assert calibrated_detectors("model") == ["fused_content"] and default_detector("model") == "fused_content"
 

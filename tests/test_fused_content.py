@@ -54,6 +54,9 @@ def photos(tmp_path_factory):
 def test_fit_picks_the_pixel_and_content_default_and_keeps_its_false_alarm_rate_on_photos(photos):
     done, run = photos["done"], photos["done"]["run"]
     assert done["detector"] == "fused_content" and done["holdout"] == 200
+    # class folders: the content view reads a classifier of the classes beside the distance; of 100 fit
+    # photos (the folder's pseudo-random order) five classes have the 10 images a class needs
+    assert done["record"]["fit_info"]["feature_energy"] == {"classes": 5, "images_left_out": 39}
     for alpha in (0.05, 0.1):
         result = vaeood.decide(run, photos["val"], alpha=alpha, conform="resize")
         assert result.summary["detector"] == "fused_content" and len(result.flagged) == 500

@@ -42,7 +42,11 @@ def test_every_detector_on_every_pair_with_seed_statistics(suite):
     assert metrics["families"]["mnist"]["kinds"] == {"fashion_mnist": "far", "uniform_noise": "far",
                                                      "constant": "far", "mnist_rot90": "near"}
     for fam in metrics["families"].values():
-        assert list(fam["summary"]) == list(preset.detectors)
+        # 80 fit images of 10 classes: no class of the 10 images a classifier needs, so feature_energy is
+        # skipped, said in the report, and fused_content reads feature_knn alone
+        skipped = {d for s in fam["seeds"].values() for d in s["skipped"]}
+        assert skipped == {"feature_energy"} and "`feature_energy` was skipped on" in report
+        assert list(fam["summary"]) == [d for d in preset.detectors if d not in skipped]
         for det, per_ood in fam["summary"].items():
             for ood in fam["ood"]:
                 auroc = per_ood[ood]["auroc"]

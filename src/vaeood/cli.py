@@ -173,6 +173,7 @@ def _fit(args, overrides) -> int:
     a, b = record["calibration_slice"]
     fitted = f"fitted on [{record['fit_slice'][0]}:{record['fit_slice'][1]}], " if record["fit_slice"] else ""
     backbone = f" (backbone {done['backbone']})" if done["backbone"] else ""
+    backbone += _content_view(record.get("fit_info") or {})
     say(f"trained {run} on {done['trained']} of the {done['n_images']} images of {printable(done['source'])} "
         f"(epochs: {done['epochs']}); {done['holdout']} held out for the detector",
         *_folder_lines(done),
@@ -180,6 +181,14 @@ def _fit(args, overrides) -> int:
         f"next: vaeood detect {shlex.quote(str(run))} IMAGES --out flagged.csv   "
         "(IMAGES: a folder, .npz or dataset; flags at a false-alarm rate of 5%, --alpha to choose)")
     return 0
+
+
+def _content_view(fit_info: dict) -> str:
+    """What ``fused_content``'s content view reads, from its fit (empty for other detectors)."""
+    if "feature_energy" in fit_info:
+        return f" (content: feature_knn and feature_energy of {fit_info['feature_energy'].get('classes')} classes)"
+    without = (fit_info.get("content_without") or {}).get("feature_energy")
+    return f" (content: feature_knn alone; no feature_energy: {without})" if without else ""
 
 
 def _folder_lines(done: dict) -> list[str]:

@@ -21,6 +21,7 @@ from ..features import FEATURES_DIR, images_digest
 from ..features.image_slice import ImageSlice
 from ..infra.atomic import atomic_write, remove_stale_temps
 from ..infra.distributed import is_main
+from ..infra.jsonable import strict_json
 from ..infra.runlock import holds_run_lock
 from ..training.run_dir import Run
 
@@ -84,6 +85,8 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
         "calibration_images_sha256": images_digest(cal_images),
         "checkpoint_sha256": run.checkpoint_sha256, "seed": seed, "fit_seed": fit_seed,
         "score_direction": "higher = more out-of-distribution", "fitted_sha256": fitted_sha256,
+        # what the fit chose (fused_content: whether its content view reads feature_energy); for people
+        "fit_info": strict_json(scorer.detector.fit_info),
     }
     atomic_write(path, lambda f: np.savez(f, scores=scores, meta=np.array(json.dumps(record))))
     log.debug("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,

@@ -33,25 +33,36 @@ from .base import DETECTORS
 from .feature_base import FeatureDetector
 from .feature_knn import unit_rows
 
-#: images a class needs among the fit images for a classifier to be fitted on it
-MIN_PER_CLASS = 2
+#: images a class needs among the fit images to be one of the classifier's classes (fewer: its images
+#: are left out of the classifier's fit; a class of so few could vanish from a fold of ``fused``)
+MIN_PER_CLASS = 10
+
+
+def classifier_classes(labels) -> tuple[np.ndarray | None, str | None]:
+    """The classes of ``labels`` (of the fit images) the classifier is fitted on and None, or None
+    and why it cannot be fitted (:func:`too_few_classes`)."""
+    if labels is None:
+        return None, "the fit images carry no class labels"
+    classes, counts = np.unique(np.asarray(labels), return_counts=True)
+    why = too_few_classes(dict(zip(classes.tolist(), counts.tolist(), strict=True)))
+    return (None, why) if why else (classes[counts >= MIN_PER_CLASS], None)
+
+
+def too_few_classes(counts: dict) -> str | None:
+    """Why fit images of ``{label: images}`` cannot train the classifier — unlabelled (a label
+    below 0), or fewer than two classes of at least :data:`MIN_PER_CLASS` images — or None."""
+    if any(c < 0 for c in counts):
+        return "the fit images are unlabelled (a flat folder, or an array fitted without y)"
+    kept = sum(n >= MIN_PER_CLASS for n in counts.values())
+    if kept < 2:
+        return (f"the fit images hold {kept} class{'es' * (kept != 1)} of at least {MIN_PER_CLASS} images "
+                f"({len(counts)} in all); a classifier needs two or more")
+    return None
 
 
 def usable_classes(labels) -> str | None:
-    """Why ``labels`` (of the fit images) cannot train the classifier, or None when they can:
-    known (≥ 0), two or more classes, each with at least :data:`MIN_PER_CLASS` images."""
-    if labels is None:
-        return "the fit images carry no class labels"
-    labels = np.asarray(labels)
-    if len(labels) and labels.min() < 0:
-        return "the fit images are unlabelled (a flat folder, or an array fitted without y)"
-    classes, counts = np.unique(labels, return_counts=True)
-    if len(classes) < 2:
-        return f"the fit images hold {len(classes)} class; a classifier needs two or more"
-    if counts.min() < MIN_PER_CLASS:
-        return (f"class {classes[counts.argmin()]} has {counts.min()} fit images; each class needs at least "
-                f"{MIN_PER_CLASS}")
-    return None
+    """Why the classifier cannot be fitted on images with ``labels``, or None when it can."""
+    return classifier_classes(labels)[1]
 
 
 @DETECTORS.register("feature_energy")
@@ -65,17 +76,25 @@ class FeatureEnergy(FeatureDetector):
         super().__init__(C=float(C), backbone=backbone, size=size)
 
     def _fit(self, features):
-        labels = features.get("labels")
-        why = usable_classes(labels)
+        classes, why = classifier_classes(features.get("labels"))
         if why:
             raise ConfigError(f"feature_energy: {why}")
+        labels = np.asarray(features["labels"])
+        rows = np.isin(labels, classes)  # the images of classes too small to learn are left out
         # newton-cg: the same optimum as lbfgs within its tolerance, 10x faster on 1,280 features
         model = LogisticRegression(C=self.options["C"], solver="newton-cg", max_iter=1000)
-        model.fit(unit_rows(self.rows(features)), np.asarray(labels))
+        model.fit(unit_rows(self.rows(features)[rows]), labels[rows])
         self.weights, self.bias = model.coef_.T.copy(), model.intercept_.copy()
         if len(model.classes_) == 2:  # sklearn keeps one logit for two classes, z_1 − z_0 = w · f̄ + b: split evenly
             self.weights, self.bias = np.hstack([-self.weights, self.weights]) / 2, np.r_[-self.bias, self.bias] / 2
-        return {"classes": int(len(model.classes_))}
+        left_out = int((~rows).sum())
+        return {"classes": int(len(model.classes_)), **({"images_left_out": left_out} if left_out else {})}
+
+    def why_not(self, info):
+        # where the caller knows the fit images' classes (vaeood evaluate, the ood-suite), before any feature
+        counts = info.get("fit_class_counts")
+        why = too_few_classes({int(c): n for c, n in counts.items()}) if counts is not None else None
+        return f"needs two or more labelled classes among the fit images: {why}" if why else super().why_not(info)
 
     def _score(self, features):
         return -logsumexp(unit_rows(self.rows(features)) @ self.weights + self.bias, axis=1)

@@ -77,6 +77,10 @@ class FusedContent(Fused):
             raise ConfigError(f"fused_content: its content detectors must read the same backbone at the same size "
                               f"(give both the same component_options), got {read}")
 
+    def why_not(self, info):
+        # feature_energy's lack of classes is not the detector's: its fit drops it (below)
+        return next((r for c, d in self.parts.items() if c != LABELLED and (r := d.why_not(info))), None)
+
     def _fit(self, features):
         # without two or more labelled classes the content view is feature_knn alone; the choice
         # is written into the options, so that the folds and a saved fit repeat it

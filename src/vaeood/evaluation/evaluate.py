@@ -28,7 +28,7 @@ from ..detectors import (DETECTORS, Detector, FitDataError, batch_test_power, de
 from ..features import compute_features, needs_features
 from ..inference.estimators import is_hierarchical
 from ..training.run import load_model
-from .fitdata import check_fit_slice, heldout_slice, run_config
+from .fitdata import check_fit_slice, class_counts, heldout_slice, run_config
 from .kept_fit import KeptFit, score_args
 from .metrics import ood_metrics, same_data_warnings, small_set_interval
 from ..infra.jsonable import strict_json
@@ -74,7 +74,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
              data_dir: str | None = None, limit: int | None = None, n_fit: int | None = None,
              device: str = "cpu", seed: int = 0, allow_sample: bool = False, progress: bool | None = None,
              conform: str | None = None, data_dirs: Mapping[str, str] | None = None, shared_cache=None,
-             skip_bad: bool = False, keep_fits: dict | None = None) -> dict:
+             skip_bad: bool = False, keep_fits: dict | None = None, skip_inapplicable: bool = False) -> dict:
     """The metrics dict, also written to ``out_dir`` (default: the run directory):
     ``results[detector][ood] = {auroc, auprc_in, auprc_out, fpr_at_80_tpr, fpr_at_95_tpr}``,
     ``detectors`` (options, features, paper, fit, seconds), ``detector_scores`` (files),
@@ -83,10 +83,12 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     every one that applies without extra runs; ``conform`` (``"pad"``/``"resize"``) makes other image
     shapes fit; ``skip_bad`` skips a folder's unusable files; ``limit``: the first N test images;
     ``n_fit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``: ``{dataset: folder}``;
-    ``shared_cache``: a folder shared by runs; ``keep_fits``: a dict given ``name →`` :class:`KeptFit`."""
+    ``shared_cache``: a folder shared by runs; ``keep_fits``: a dict given ``name →`` :class:`KeptFit`;
+    ``skip_inapplicable``: skip a named detector that does not apply (listed in ``skipped`` with its
+    reason) instead of refusing the call, as for ``"all"`` (the ood-suite's fixed list on any data)."""
     run_dir = Path(run_dir)
     data_dirs, out_dir = dict(data_dirs or {}), Path(out_dir) if out_dir else run_dir
-    explicit = not (detectors is None or detectors == "all")
+    explicit = not (detectors is None or detectors == "all" or skip_inapplicable)
     dets = build_detectors(detectors, detector_options, estimator=estimator, estimator_options=estimator_options)
     companion_notes = check_companions(run_dir, dets)  # before any score: a mismatched companion is refused
     per_set = {}
@@ -99,7 +101,8 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
 
     fit_slice, fit_error = _fit_slice(run_dir, dets, n_fit, data_dir)
     info = {"normalised": normalised, "has_fit_data": fit_slice is not None,
-            "hierarchical": is_hierarchical(load_model(run_dir)[0])}
+            "hierarchical": is_hierarchical(load_model(run_dir)[0]),
+            "fit_class_counts": class_counts(run_dir, fit_slice) if fit_slice else None}
     skipped = _drop_inapplicable(dets, info, explicit, fit_slice, fit_error, run_dir)
     common = dict(limit=limit, device=device, seed=seed, conform=conform, allow_sample=allow_sample, skip_bad=skip_bad,
                   progress=progress, shared_cache=shared_cache)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..training.config import Config
 from ..data.load import load_for_run
 from ..detectors.base import FitDataError
@@ -46,6 +48,15 @@ def heldout_slice(run_dir: str | Path, *, n: int | None = None, offset: int = 0,
             "n": stop - start, "trained_range": [0, training_count(config.data, total)], "split_size": total,
             "source": data.source, "is_sample": data.is_sample, "data_dir": where,
             "allow_sample": config.data.allow_sample}
+
+
+def class_counts(run_dir: str | Path, fit_slice: dict) -> dict[int, int]:
+    """``{label: images}`` of the fitting slice ``fit_slice`` (of :func:`heldout_slice`): what a
+    detector that fits a classifier asks before it is run (``Detector.why_not``'s ``fit_class_counts``)."""
+    config = run_config(run_dir)
+    data = load_for_run(config.data, data_dir=fit_slice["data_dir"], run_dir=run_dir)
+    labels, counts = np.unique(data.labels[fit_slice["start"]:fit_slice["stop"]], return_counts=True)
+    return {int(c): int(n) for c, n in zip(labels, counts, strict=True)}
 
 
 def check_fit_slice(run_dir: str | Path, dataset: str, split: str, start: int, stop: int, *,

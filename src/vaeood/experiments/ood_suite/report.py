@@ -265,10 +265,13 @@ def _closing(out: dict) -> list[str]:
             + ".")
     else:
         lines.append(f"- No detector stays above {WEAK_BELOW} on every pair.")
-    skipped = sorted(set(SUITE_DETECTORS) - set(v["worst_by_detector"]))
+    by_data = {(fam, d): why for fam, f in out["families"].items() for s in f["seeds"].values()
+               for d, why in (s.get("skipped") or {}).items()}
+    skipped = sorted(set(SUITE_DETECTORS) - set(v["worst_by_detector"]) - {d for _, d in by_data})
     if skipped:
         lines.append(f"- Not run by this preset: {', '.join(f'`{d}`' for d in skipped)} (see the preset's comment; "
                      "`--preset paper` runs every detector).")
+    lines += [f"- `{d}` was skipped on {fam}, where it does not apply: {why}." for (fam, d), why in by_data.items()]
     lines += [f"- Caveat: {c}" for c in CAVEATS]
     return lines
 

@@ -159,10 +159,14 @@ class OODSuite:
             log.info("%s seed %d: scoring %d detector%s on the %s model against %s", fam.title, seed, len(names),
                      "s" * (len(names) > 1), model, ", ".join(plan["ood"]))
             fits = {}  # the detectors evaluate fits, calibrated below without a second fit
+            # a detector the data does not allow (feature_energy without two classes to fit on) is skipped
             evaluations[model] = evaluate(runs[model], fam.name, plan["ood"], detectors=names, detector_options=opts,
-                                          out_dir=runs_dir / f"eval-{model}", keep_fits=fits, **common)
+                                          out_dir=runs_dir / f"eval-{model}", keep_fits=fits, skip_inapplicable=True,
+                                          **common)
+            names = [d for d in names if d not in evaluations[model]["skipped"]]
             decisions.update(decision_rates(
-                runs[model], fam.name, plan["ood"], names, detector_options=opts, alphas=DEFAULT_ALPHAS, split="test",
+                runs[model], fam.name, plan["ood"], names, detector_options={d: opts[d] for d in names},
+                alphas=DEFAULT_ALPHAS, split="test",
                 limit=pre.family_test_limit(fam.name), n_calibration=n_fit, n_fit=n_fit,
                 data_dir=data_dir,
                 data_dirs=common["data_dirs"], device=device, seed=seed, conform=fam.conform,
