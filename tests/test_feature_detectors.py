@@ -257,7 +257,9 @@ def test_fused_content_adds_the_energy_where_the_fit_images_have_classes_and_dro
     dropped = make_detector("fused_content", {"components": CONTENT}).fit(one)
     two = make_detector("fused_content", {"components": CONTENT[:2]}).fit(one)
     np.testing.assert_array_equal(dropped.score(probe), two.score(probe))
-    assert dropped.options["components"] == CONTENT[:2] == dropped.frozen_options()["components"]
+    assert dropped.options["components"] == CONTENT and dropped.frozen_options()["components"] == CONTENT[:2]
+    refit = make_detector("fused_content", dropped.frozen_options()).fit(fit)  # labelled images: the drop repeats
+    assert list(refit.parts) == CONTENT[:2]
     assert "hold 1 class" in dropped.fit_info["content_without"]["feature_energy"]
     with pytest.raises(ConfigError, match="content view is feature_energy alone"):
         make_detector("fused_content", {"components": ["latent_mahalanobis", "feature_energy"]}).fit(one)

@@ -85,8 +85,7 @@ def calibrate(run_dir: str | Path, detector: str | None = None, *, detector_opti
         "calibration_images_sha256": images_digest(cal_images),
         "checkpoint_sha256": run.checkpoint_sha256, "seed": seed, "fit_seed": fit_seed,
         "score_direction": "higher = more out-of-distribution", "fitted_sha256": fitted_sha256,
-        # what the fit chose (fused_content: whether its content view reads feature_energy); for people
-        "fit_info": strict_json(scorer.detector.fit_info),
+        "fit_info": strict_json(scorer.detector.fit_info),  # what the fit chose, for people (vaeood fit's line)
     }
     atomic_write(path, lambda f: np.savez(f, scores=scores, meta=np.array(json.dumps(record))))
     log.debug("calibrated %s on %d held-out images %s/%s[%d:%d] → %s", detector, n, data.name, data.split,

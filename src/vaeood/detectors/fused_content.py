@@ -82,19 +82,20 @@ class FusedContent(Fused):
         return next((r for c, d in self.parts.items() if c != LABELLED and (r := d.why_not(info))), None)
 
     def _fit(self, features):
-        # without two or more labelled classes the content view is feature_knn alone; the choice
-        # is written into the options, so that the folds and a saved fit repeat it
+        # without two or more labelled classes the content view is feature_knn alone: the fit drops
+        # feature_energy from its parts (the folds and a saved fit use the parts; the options stay as
+        # asked, so that a calibration recognises this fit as the one it asked for)
         why = usable_classes(features.get("labels")) if LABELLED in self.parts else None
         if why:
             if len(self.parts) <= 2:
                 raise ConfigError(f"fused_content: its content view is {LABELLED} alone, and {why}")
             del self.parts[LABELLED]
-            self.options["components"] = [c for c in self.options["components"] if c != LABELLED]
-            if LABELLED in self.options.get("component_options", {}):
-                self.options["component_options"] = {c: o for c, o in self.options["component_options"].items()
-                                                     if c != LABELLED}
         chosen = super()._fit(features)
         return {**chosen, **({"content_without": {LABELLED: why}} if why else {})}
+
+    def frozen_options(self):
+        """Fused's, with the components the fit kept (a refit on other images repeats the drop)."""
+        return {**super().frozen_options(), "components": list(self.parts)}
 
     def _score(self, features):
         log_p_pixel, *log_p_content = self.component_log_p(features).values()

@@ -84,8 +84,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
     shapes fit; ``skip_bad`` skips a folder's unusable files; ``limit``: the first N test images;
     ``n_fit``: held-out training images to fit on (default ≤ 5,000); ``data_dirs``: ``{dataset: folder}``;
     ``shared_cache``: a folder shared by runs; ``keep_fits``: a dict given ``name →`` :class:`KeptFit`;
-    ``skip_inapplicable``: skip a named detector that does not apply (listed in ``skipped`` with its
-    reason) instead of refusing the call, as for ``"all"`` (the ood-suite's fixed list on any data)."""
+    ``skip_inapplicable``: a named detector that does not apply is skipped (with its reason), as for "all"."""
     run_dir = Path(run_dir)
     data_dirs, out_dir = dict(data_dirs or {}), Path(out_dir) if out_dir else run_dir
     explicit = not (detectors is None or detectors == "all" or skip_inapplicable)
@@ -97,12 +96,10 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
                                data_dir=data_dirs.get(name, data_dir), limit=limit, device=device, seed=seed,
                                allow_sample=allow_sample, progress=progress, conform=conform, skip_bad=skip_bad)
     meta_in = log_px_meta(per_set[in_dataset])
-    normalised = meta_in["normalised"]
 
     fit_slice, fit_error = _fit_slice(run_dir, dets, n_fit, data_dir)
-    info = {"normalised": normalised, "has_fit_data": fit_slice is not None,
-            "hierarchical": is_hierarchical(load_model(run_dir)[0]),
-            "fit_class_counts": class_counts(run_dir, fit_slice) if fit_slice else None}
+    info = {"normalised": meta_in["normalised"], "has_fit_data": fit_slice is not None, "hierarchical": is_hierarchical(
+        load_model(run_dir)[0]), "fit_class_counts": class_counts(run_dir, fit_slice) if fit_slice else None}
     skipped = _drop_inapplicable(dets, info, explicit, fit_slice, fit_error, run_dir)
     common = dict(limit=limit, device=device, seed=seed, conform=conform, allow_sample=allow_sample, skip_bad=skip_bad,
                   progress=progress, shared_cache=shared_cache)
@@ -116,7 +113,7 @@ def evaluate(run_dir: str | Path, in_dataset: str, ood_datasets: list[str], *, s
         "run_dir": str(run_dir), "estimator": estimator, "estimator_options": meta_in["options"], "split": split,
         "conform": conform,
         "fitted": {name: s["conform"]["description"] for name, s in summary.items() if s.get("conform")},
-        "likelihood": meta_in["likelihood"], "normalised": normalised, "in_distribution": in_dataset,
+        "likelihood": meta_in["likelihood"], "normalised": meta_in["normalised"], "in_distribution": in_dataset,
         "ood": list(ood_datasets), "positive_class": "ood", "score_direction": "higher = more out-of-distribution",
         "results": runner.results,
         "warnings": same_data_warnings(in_dataset, ood_datasets,
