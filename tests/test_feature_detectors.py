@@ -261,6 +261,12 @@ def test_fused_content_adds_the_energy_where_the_fit_images_have_classes_and_dro
     refit = make_detector("fused_content", dropped.frozen_options()).fit(fit)  # labelled images: the drop repeats
     assert list(refit.parts) == CONTENT[:2]
     assert "hold 1 class" in dropped.fit_info["content_without"]["feature_energy"]
+    # labels that do not follow the features: the out-of-fold classifier is at chance, so it is dropped
+    shuffled = {**fit, "labels": np.random.default_rng(5).permutation(fit["labels"])}
+    noise = make_detector("fused_content", {"components": CONTENT}).fit(shuffled)
+    assert list(noise.parts) == CONTENT[:2]
+    assert "no better than chance" in noise.fit_info["content_without"]["feature_energy"]
+    assert make_detector("feature_energy").chance_level(fit) is None  # the true labels: far above it
     with pytest.raises(ConfigError, match="content view is feature_energy alone"):
         make_detector("fused_content", {"components": ["latent_mahalanobis", "feature_energy"]}).fit(one)
 

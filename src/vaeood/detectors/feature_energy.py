@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import logsumexp
+from scipy.stats import binomtest
 from sklearn.linear_model import LogisticRegression
 
 from ..training.config import ConfigError
 from .base import DETECTORS
 from .feature_base import FeatureDetector
 from .feature_knn import unit_rows
+
+#: the one-sided binomial p-value below which the classifier's out-of-fold accuracy counts as above
+#: chance (:meth:`FeatureEnergy.chance_level`)
+ABOVE_CHANCE_P = 1e-3
 
 #: images a class needs among the fit images to be one of the classifier's classes (fewer: its images
 #: are left out of the classifier's fit; a class of so few could vanish from a fold of ``fused``)
@@ -75,15 +80,44 @@ class FeatureEnergy(FeatureDetector):
             raise ConfigError(f"feature_energy: C (the inverse L2 penalty) must be a number > 0, got {C!r}")
         super().__init__(C=float(C), backbone=backbone, size=size)
 
-    def _fit(self, features):
+    def _training_set(self, features) -> tuple[np.ndarray, np.ndarray]:
+        """The unit features and labels the classifier fits on (the classes it can learn)."""
         classes, why = classifier_classes(features.get("labels"))
         if why:
             raise ConfigError(f"feature_energy: {why}")
         labels = np.asarray(features["labels"])
         rows = np.isin(labels, classes)  # the images of classes too small to learn are left out
+        return unit_rows(self.rows(features)[rows]), labels[rows]
+
+    def _model(self) -> LogisticRegression:
         # newton-cg: the same optimum as lbfgs within its tolerance, 10x faster on 1,280 features
-        model = LogisticRegression(C=self.options["C"], solver="newton-cg", max_iter=1000)
-        model.fit(unit_rows(self.rows(features)[rows]), labels[rows])
+        return LogisticRegression(C=self.options["C"], solver="newton-cg", max_iter=1000)
+
+    def chance_level(self, features, folds: int = 5) -> str | None:
+        """Why the classifier of these fit images' classes is no better than guessing, or None.
+
+        Its out-of-fold accuracy (``folds`` folds, a fixed split) against the share of the largest
+        class, the accuracy of always guessing it: a one-sided binomial test at p <
+        :data:`ABOVE_CHANCE_P`. Labels that do not follow the content (folders by date, by camera)
+        would add only noise to the content view: on CIFAR-10's held-out classes, shuffled labels
+        took Fisher's sum with ``feature_knn`` from 0.802 to 0.699, below ``feature_knn`` alone (0.765)."""
+        x, y = self._training_set(features)
+        correct = 0
+        for held in np.array_split(np.random.default_rng(0).permutation(len(y)), folds):
+            rest = np.setdiff1d(np.arange(len(y)), held)
+            if len(np.unique(y[rest])) >= 2:  # a fold left with one class predicts nothing: counted wrong
+                correct += int((self._model().fit(x[rest], y[rest]).predict(x[held]) == y[held]).sum())
+        share = np.unique(y, return_counts=True)[1].max() / len(y)
+        p = binomtest(correct, len(y), share, alternative="greater").pvalue
+        if p < ABOVE_CHANCE_P:
+            return None
+        return (f"a classifier of the fit images' classes predicts them no better than chance (out-of-fold accuracy "
+                f"{correct / len(y):.3f} against the largest class's share {share:.3f}, binomial p = {p:.2g})")
+
+    def _fit(self, features):
+        x, y = self._training_set(features)
+        model = self._model().fit(x, y)
+        rows = np.isin(np.asarray(features["labels"]), model.classes_)
         self.weights, self.bias = model.coef_.T.copy(), model.intercept_.copy()
         if len(model.classes_) == 2:  # sklearn keeps one logit for two classes, z_1 − z_0 = w · f̄ + b: split evenly
             self.weights, self.bias = np.hstack([-self.weights, self.weights]) / 2, np.r_[-self.bias, self.bias] / 2

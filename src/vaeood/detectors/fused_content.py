@@ -11,8 +11,10 @@ Two views, each made of detectors fitted on the held-out training images:
   (:mod:`vaeood.detectors.feature_knn`), the distance to the nearest fit images, and, where the
   fit images carry two or more classes, ``feature_energy`` (:mod:`vaeood.detectors.feature_energy`),
   how weakly a linear classifier of those classes claims the image. Without labels (one class,
-  a flat folder) the content view is ``feature_knn`` alone: the fit drops ``feature_energy``,
-  says so in ``fit_info``, and scores exactly as the two-view detector did before it.
+  a flat folder), or with labels a classifier cannot predict better than chance from the
+  features (out-of-fold, :meth:`FeatureEnergy.chance_level`), the content view is
+  ``feature_knn`` alone: the fit drops ``feature_energy``, says so in ``fit_info``, and scores
+  exactly as the two-view detector did before it.
 
 Each detector's score becomes a p-value against its own out-of-fold reference, as inside
 ``fused`` (K folds of the fit images, an exponential tail beyond the ``tail`` quantile). With
@@ -86,6 +88,8 @@ class FusedContent(Fused):
         # feature_energy from its parts (the folds and a saved fit use the parts; the options stay as
         # asked, so that a calibration recognises this fit as the one it asked for)
         why = usable_classes(features.get("labels")) if LABELLED in self.parts else None
+        if LABELLED in self.parts and not why:  # labels that do not follow the content would add noise
+            why = self.parts[LABELLED].chance_level(features)
         if why:
             if len(self.parts) <= 2:
                 raise ConfigError(f"fused_content: its content view is {LABELLED} alone, and {why}")
