@@ -9,7 +9,8 @@ fitted on the held-out training images and their class labels (L2 penalty, C = 1
 An image of a class the classifier was trained on lands where some z_c is large; an image of
 another class lands between the classes, where every z_c is small. A linear probe on frozen
 features is Kolesnikov et al.'s (2019) reading of a pretrained network; its energy is
-Liu et al.'s (NeurIPS 2020) score. It needs labels: two or more classes among the fit images.
+Liu et al.'s (NeurIPS 2020) score. It needs labels: two or more classes of at least ten fit
+images each (a smaller class's images are left out of the classifier).
 
 Why: the distance to the nearest images (``feature_knn``) does not know which directions of
 the features tell the classes apart, and a new class of photos differs from the training
