@@ -34,6 +34,7 @@ from ..training.config import ConfigError
 from .base import DETECTORS
 from .feature_base import FeatureDetector
 from .feature_knn import unit_rows
+from .fused import fold_splits
 
 #: the one-sided binomial p-value below which the classifier's out-of-fold accuracy counts as above
 #: chance (:meth:`FeatureEnergy.chance_level`)
@@ -104,8 +105,7 @@ class FeatureEnergy(FeatureDetector):
         took Fisher's sum with ``feature_knn`` from 0.802 to 0.699, below ``feature_knn`` alone (0.765)."""
         x, y = self._training_set(features)
         correct = 0
-        for held in np.array_split(np.random.default_rng(0).permutation(len(y)), folds):
-            rest = np.setdiff1d(np.arange(len(y)), held)
+        for rest, held in fold_splits(len(y), folds):  # fused's split
             if len(np.unique(y[rest])) >= 2:  # a fold left with one class predicts nothing: counted wrong
                 correct += int((self._model().fit(x[rest], y[rest]).predict(x[held]) == y[held]).sum())
         share = np.unique(y, return_counts=True)[1].max() / len(y)

@@ -47,6 +47,12 @@ def subset(features, rows: np.ndarray) -> dict:
     return {k: np.asarray(v)[rows] for k, v in features.items() if k != "meta" and v is not None}
 
 
+def fold_splits(n: int, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(rest, held)`` row indices of ``folds`` folds of ``n`` rows, a fixed split (seed 0)."""
+    return [(np.setdiff1d(np.arange(n), held), held)
+            for held in np.array_split(np.random.default_rng(0).permutation(n), folds)]
+
+
 class TailPValue:
     """Upper-tail p-values of scores against in-distribution reference scores: empirical
     up to the ``tail`` quantile u, an exponential tail above it (the module docstring)."""
@@ -112,10 +118,8 @@ class Fused(Detector):
         for det in self.parts.values():
             det.fit(features)
         # out-of-fold reference scores, each fold's components repeating the full fit's choices
-        folds = np.array_split(np.random.default_rng(0).permutation(n), self.options["folds"])
         reference = {c: np.empty(n) for c in self.parts}
-        for held in folds:
-            rest = np.setdiff1d(np.arange(n), held)
+        for rest, held in fold_splits(n, self.options["folds"]):
             for c, det in self.parts.items():
                 part = make_detector(c, det.frozen_options()).fit(subset(features, rest))
                 reference[c][held] = part.score(subset(features, held))
