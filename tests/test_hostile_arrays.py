@@ -69,3 +69,20 @@ def test_a_log_prob_that_sums_over_the_batch_is_refused_naming_the_shape_and_the
     with pytest.raises(ValueError, match=r"log_prob returned shape \[1?\] for 4 images.*expected \[N\] = \[4\].*"
                                          r"sum over the pixel axes only"):
         features_of(model, blobs(4, 1), "log_px")
+
+
+def test_an_array_is_stored_in_the_order_of_its_images_hashes_whatever_order_it_came_in():
+    """A class-sorted array would otherwise train on its first classes and calibrate on its last."""
+    import hashlib
+
+    from vaeood.image_arrays import hash_order
+
+    images = np.concatenate([blobs(6, 0, size=16, channels=3), strokes(6, 1, size=16, channels=3)])
+    images[3] = images[9]  # two equal images keep their given order
+    order = hash_order(images)
+    digests = [hashlib.sha256(im.tobytes()).hexdigest() for im in images[order]]
+    assert digests == sorted(digests) and sorted(order) == list(range(12))
+    assert list(order).index(3) < list(order).index(9)
+    shuffled = np.random.default_rng(0).permutation(12)
+    assert np.array_equal(images[shuffled][hash_order(images[shuffled])], images[order])  # the same stored array
+    assert hash_order(images[:0]).shape == (0,)

@@ -242,14 +242,16 @@ def test_the_chosen_backbone_is_the_one_the_fitted_detector_reads(tmp_path):
 
 @pytest.mark.slow  # e2e: trains a model
 def test_labels_given_with_an_array_reach_the_detectors_that_fit_a_classifier(tmp_path):
-    # the classes interleaved: the held-out fifth the detectors fit on is the array's last images
-    train = np.stack([im for pair in zip(blobs(125, 5, size=SIZE, channels=3), strokes(125, 3, size=SIZE, channels=3),
-                                         strict=True) for im in pair])
-    y = np.tile([0, 1], 125)
+    # sorted by class: in the given order the held-out fifth the detectors fit on would be all class 1
+    train = np.concatenate([blobs(125, 5, size=SIZE, channels=3), strokes(125, 3, size=SIZE, channels=3)])
+    y = np.repeat([0, 1], 125)
     det = vaeood.ImageOODDetector(epochs=1, detector="feature_energy", overrides=TINY, run_dir=tmp_path / "run")
     det.fit(train, y)  # feature_energy refuses images without two labelled classes: the labels got there
     with np.load(tmp_path / "run" / "data" / "images_train.npz") as saved:
-        assert np.array_equal(saved["y"], y)
+        order = saved["order"]
+        assert sorted(order) == list(range(250)) and not np.array_equal(order, np.arange(250))
+        assert np.array_equal(saved["x"], train[order]) and np.array_equal(saved["y"], y[order])
+        assert 0.3 < saved["y"][-50:].mean() < 0.7  # both classes in the last fifth
     assert det.predict(train[:5]).shape == (5,)
     with pytest.raises(vaeood.training.config.ConfigError, match="feature_energy: .*hold 1 class"):
         vaeood.ImageOODDetector(epochs=1, detector="feature_energy", overrides=TINY).fit(train)

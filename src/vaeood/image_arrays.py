@@ -18,6 +18,8 @@ alpha channel has no stated background here. Every refusal names the argument an
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from .data.errors import DataError
@@ -102,3 +104,14 @@ def _to_uint8(x: np.ndarray, value_range, name: str) -> np.ndarray:
         raise DataError(f"{name} has values in [{low_seen:g}, {high_seen:g}], outside value_range=(0, {high}); "
                         "rescale them, or state the range they are in")
     return np.rint(x.astype(np.float64) * (255 / high)).astype(np.uint8)
+
+
+def hash_order(images: np.ndarray) -> np.ndarray:
+    """The positions of ``images`` ordered by the SHA-256 of each image's bytes (ties, equal
+    images, in their given order): the fixed pseudo-random order a folder's images take by
+    their names (:mod:`vaeood.data.folder_dataset`). Training takes the first images and the
+    detectors fit and calibrate on the last ones; in the given order, an array sorted by
+    class, by camera or by date would train on some of them and calibrate on others, whose
+    scores then say nothing of the rest (no error, and no false-alarm guarantee for them)."""
+    keys = [hashlib.sha256(np.ascontiguousarray(im).tobytes()).digest() for im in images]
+    return np.array(sorted(range(len(images)), key=keys.__getitem__), dtype=np.int64)

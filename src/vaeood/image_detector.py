@@ -54,7 +54,7 @@ from .decisions.conformal import decide, p_values
 from .decisions.fitted_detector import fitted_path
 from .decisions.recommended import check_backbone_applies
 from .detectors import DETECTORS
-from .image_arrays import as_images
+from .image_arrays import as_images, hash_order
 from .infra.atomic import atomic_write, atomic_write_text
 from .infra.runlock import LOCK_NAME, run_lock
 from .training.checkpoint import CHECKPOINT_NAME
@@ -122,9 +122,10 @@ class ImageOODDetector(BaseEstimator):
         class), a folder of PNG/JPEG images, or a dataset name. ``y``: optional class labels of
         an array's images (integers ≥ 0, one per image); with two or more classes the
         recommended detector's content view also reads a classifier of them
-        (:mod:`vaeood.detectors.feature_energy`), fitted on the held-out images, which are the
-        array's last fifth: give the classes mixed, not one after another. A folder's labels
-        are its class folders (its images in a pseudo-random order)."""
+        (:mod:`vaeood.detectors.feature_energy`). The array is stored in the run in a fixed
+        pseudo-random order (:func:`vaeood.image_arrays.hash_order`), as a folder's images are,
+        so that the held-out images the detectors fit and calibrate on are drawn from all of it,
+        even where it is sorted by class. A folder's labels are its class folders."""
         if isinstance(X, (str, os.PathLike)) and Path(X).is_dir() and not is_folder_name(str(X)):
             X = os.path.join(X, "")  # a folder, with the '/' that makes it one to vaeood fit
         if y is not None and isinstance(X, (str, os.PathLike)):
@@ -149,9 +150,13 @@ class ImageOODDetector(BaseEstimator):
         else:
             images = as_images(X, channels=self.channels, value_range=self.value_range)
             labels = np.zeros(len(images), dtype=np.int64) if y is None else class_labels(y, len(images))
+            order = hash_order(images)  # not the given order, which may be sorted by class (see hash_order)
+            provenance = (f"an array of {len(images)} images given to ImageOODDetector.fit, stored in the order of "
+                          "the SHA-256 of each image's bytes ('order' holds each stored image's position in the array)")
             data_dir = run_dir / DATA_FOLDER
             data_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(data_dir / f"{ARRAY_DATASET}_train.npz", lambda f: np.savez(f, x=images, y=labels))
+            atomic_write(data_dir / f"{ARRAY_DATASET}_train.npz", lambda f: np.savez(
+                f, x=images[order], y=labels[order], order=order, provenance=np.array(provenance)))
             source = ARRAY_DATASET
         done = pipeline.fit(source, run_dir, overrides=settings, detector=self.detector,
                             data_dir=None if data_dir is None else str(data_dir), device=self.device,
