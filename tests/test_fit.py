@@ -83,3 +83,33 @@ def test_fit_counts_a_folder_as_training_reads_it_with_skip_bad(tmp_path, capsys
     assert "notes.png" in capsys.readouterr().err
     assert main(["fit", str(folder), "--out", str(tmp_path / "m"), "--data.skip_bad=true", *tiny]) == 0
     assert "on 200 of the 250 images" in capsys.readouterr().out  # the bad file counted out, 50 held out
+
+
+@pytest.mark.slow  # e2e: the command line trains a model
+def test_fit_warns_when_a_files_classes_are_sorted_across_its_split(tmp_path, capsys, caplog):
+    """A file sorted by class would calibrate on its last classes alone: said, naming them."""
+    sample = load_sample("fashion_mnist", "test")
+    order = np.argsort(sample.labels[:250], kind="stable")
+    np.savez(tmp_path / "shop_train.npz", x=sample.images[:250][order], y=sample.labels[:250][order])
+    tiny = ["--train.epochs=1", "--model.base_channels=4", "--model.latent_dim=4", "--detector", "nll"]
+    assert main(["fit", "shop", "--data-dir", str(tmp_path), "--out", str(tmp_path / "m"), *tiny]) == 0
+    said = capsys.readouterr().err + caplog.text
+    y = sample.labels[:250][order]
+    never_trained = sorted(set(y[200:].tolist()) - set(y[:200].tolist()))  # the last classes, held out only
+    assert "its classes are not mixed across vaeood fit's split" in said and len(never_trained) >= 2
+    assert f"the training images: no image of classes {', '.join(map(str, never_trained))}" in said
+
+
+def test_a_split_is_called_unmixed_only_when_its_classes_differ_by_far():
+    from vaeood.data.split_order import unmixed_split
+
+    parts = {"first": (0, 800), "middle": (800, 900), "last": (900, 1000)}
+    y = np.repeat(np.arange(10), 100)
+    assert unmixed_split(y, parts) == ("first: no image of classes 8, 9; middle: no image of classes 0, 1, 2, 3, "
+                                       "4, 5, 6, 7, 9; last: no image of classes 0, 1, 2, 3, 4, 5, 6, 7, 8")
+    assert unmixed_split(np.random.default_rng(0).permutation(y), parts) is None  # a random order
+    assert unmixed_split(np.zeros(1000, int), parts) is None  # unlabelled
+    # the same shares in every part, however the first part is ordered within itself
+    assert unmixed_split(np.r_[np.repeat([0, 1], 400), np.tile([0, 1], 100)], {"a": (0, 800), "b": (800, 1000)}) is None
+    skewed = np.r_[np.tile([0, 0, 0, 1], 200), np.tile([0, 1, 1, 1], 50)]  # 25% against 75% of class 1
+    assert unmixed_split(skewed, {"a": (0, 800), "b": (800, 1000)}).startswith("the class shares differ between")

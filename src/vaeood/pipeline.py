@@ -13,7 +13,8 @@ and the rest fit the detector: 5,000 to fit and 2,000 to calibrate once n ≥ 35
 counts ``vaeood calibrate`` takes at most by default); for a smaller set a fifth, half to
 fit and half to calibrate. A folder's files are in a
 fixed pseudo-random order (by a hash of their names, :mod:`vaeood.data`), so the held-out
-images are not one class. The model is the conv VAE with a discretised-logistic decoder
+images are not one class; a labelled file whose classes differ across the split (sorted by
+class) gets a warning (:mod:`vaeood.data.split_order`). The model is the conv VAE with a discretised-logistic decoder
 (a normalised pmf over 8-bit values, so bits/dim are defined), 10 epochs; any setting can
 be overridden (``--train.epochs=20``, ``--model.latent_dim=32``).
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from .training.config import Config, ConfigError
 from .data.load import load_for_run, names_a_folder
+from .data.split_order import unmixed_split
 from .data.working_size import TRANSFORM, working_size
 from .decisions import calibrate, recommended_detector
 from .decisions.recommended import backbone_options, check_backbone_applies
@@ -99,11 +101,12 @@ def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *
             shutil.rmtree(out, ignore_errors=True)
         raise
     h = holdout_for(n)
+    n_calibration = min(CALIBRATION_IMAGES, h // 2)
+    _warn_if_unmixed(data, n, h, n_calibration)
     settings["data.holdout"] = str(h)
     config = config.override({"data.holdout": str(h)})
     run = train(config, out, resume=resume, data_dir=data_dir, given=list(settings))
     detector = detector or recommended_detector(run, device, backbone)
-    n_calibration = min(CALIBRATION_IMAGES, h // 2)
     options = backbone_options(detector, backbone)
     record = calibrate(run, detector, detector_options=options, n_calibration=n_calibration, n_fit=h - n_calibration,
                        data_dir=data_dir, device=device)
@@ -111,6 +114,19 @@ def _fit_locked(config: Config, settings: dict, out, name: str, new_out: bool, *
             "backbone": backbone if options else None,  # None also where the detector fell back to one without
             "source": name, "provenance": data.source, "epochs": config.train.epochs,
             "image_shape": data.images.shape[1:], "folder": data.folder}
+
+
+def _warn_if_unmixed(data, n: int, h: int, n_calibration: int) -> None:
+    """Warn where the source's classes are not mixed across the split (a file sorted by class):
+    the detector would be calibrated on the file's last classes alone (:mod:`vaeood.data.split_order`)."""
+    parts = {"the training images": (0, n - h), "the fit images": (n - h, n - n_calibration),
+             "the calibration images": (n - n_calibration, n)}
+    unmixed = unmixed_split(data.labels, parts)
+    if unmixed:
+        log.warning("%s: its classes are not mixed across vaeood fit's split (trained on its first %d images, fitted "
+                    "and calibrated on the last %d): %s. The false-alarm guarantee holds only for images like the "
+                    "last ones; if the file is sorted (by class, camera or date), shuffle its images and labels "
+                    "together and fit again", data.source, n - h, h, unmixed)
 
 
 def _check_same_source(out: Path, name: str) -> None:

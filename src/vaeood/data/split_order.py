@@ -1,0 +1,38 @@
+"""Whether a labelled file's classes are mixed across a first-images/last-images split.
+
+``vaeood fit`` trains on a source's first images and holds out its last ones to fit and
+calibrate the detector (:mod:`vaeood.pipeline`). A file sorted by class (or by camera, by
+date) then calibrates on its end alone, and the false-alarm guarantee holds only for images
+like those: no error, and a threshold that says nothing of the other classes. A folder's
+images are in a hash order (:mod:`vaeood.data.folder_dataset`) and an array given to
+:class:`vaeood.ImageOODDetector` is stored in one (:func:`vaeood.image_arrays.hash_order`);
+a dataset file's order is its own, so it is tested: a χ² test of independence between the
+class and the part of the split (Pearson 1900), with a p-value that a file in random order
+falls below with probability ``MIXED_P``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import chi2_contingency
+
+#: the test's level: a file in random order is called sorted once in a million fits
+MIXED_P = 1e-6
+
+
+def unmixed_split(labels: np.ndarray, parts: dict[str, tuple[int, int]]) -> str | None:
+    """None where the classes of ``labels`` are mixed across ``parts`` (``{name: (start,
+    stop)}``), else what differs: the classes missing from a part, or the χ² p-value."""
+    labels = np.asarray(labels)
+    classes = np.unique(np.concatenate([labels[a:b] for a, b in parts.values()]))
+    table = np.array([[np.count_nonzero(labels[a:b] == c) for c in classes] for a, b in parts.values()])
+    if len(classes) < 2 or (table.sum(1) == 0).any():
+        return None  # unlabelled (one label), or an empty part: nothing to compare
+    p = chi2_contingency(table)[1]
+    if p >= MIXED_P:
+        return None
+    expected = np.outer(table.sum(1), table.sum(0)) / table.sum()
+    missing = [f"{name}: no image of class{'es' if len(gone) > 1 else ''} {', '.join(map(str, gone))}"
+               for name, row, want in zip(parts, table, expected, strict=True)
+               if (gone := [int(c) for c, k, e in zip(classes, row, want, strict=True) if k == 0 and e >= 5])]
+    return "; ".join(missing) if missing else f"the class shares differ between the parts (χ² p = {p:.1g})"
