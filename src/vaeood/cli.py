@@ -315,10 +315,12 @@ def command() -> None:
     that importing torch made, and again after it, so that the interpreter's exit skips
     collecting what the command leaves: together 0.6 s of a 9 s ``vaeood detect`` (BENCHMARKS.md).
     Files are closed by the command itself, never left to the collector. Not done by :func:`main`,
-    which a program (or a test) may call many times in one process."""
+    which a program (or a test) may call many times in one process. A process of a torchrun
+    group ends without Python's finalization (:func:`vaeood.infra.distributed.exit_process`)."""
     gc.freeze()
     code = main()
     gc.freeze()
+    distributed.exit_process(code)
     sys.exit(code)
 
 
