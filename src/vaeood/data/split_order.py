@@ -8,7 +8,8 @@ images are in a hash order (:mod:`vaeood.data.folder_dataset`) and an array give
 :class:`vaeood.ImageOODDetector` is stored in one (:func:`vaeood.image_arrays.hash_order`);
 a dataset file's order is its own, so it is tested: a χ² test of independence between the
 class and the part of the split (Pearson 1900), with a p-value that a file in random order
-falls below with probability ``MIXED_P``.
+falls below with probability ``MIXED_P``, on the classes expected at least once in every part
+(the test's approximation needs it; labels that are image ids are not tested).
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ def unmixed_split(labels: np.ndarray, parts: dict[str, tuple[int, int]]) -> str 
     labels = np.asarray(labels)
     classes = np.unique(np.concatenate([labels[a:b] for a, b in parts.values()]))
     table = np.array([[np.count_nonzero(labels[a:b] == c) for c in classes] for a, b in parts.values()])
-    if len(classes) < 2 or (table.sum(1) == 0).any():
-        return None  # unlabelled (one label), or an empty part: nothing to compare
+    if (table.sum(1) == 0).any():
+        return None  # an empty part: nothing to compare
+    # χ² needs expected counts of about one or more: a class too small to be in every part by chance
+    # (labels that are image ids, rare classes) is left out of the test
+    tested = (np.outer(table.sum(1), table.sum(0)) / table.sum()).min(0) >= 1
+    classes, table = classes[tested], table[:, tested]
+    if len(classes) < 2:
+        return None  # unlabelled (one label), or no class large enough to test
     p = chi2_contingency(table)[1]
     if p >= MIXED_P:
         return None
