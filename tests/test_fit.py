@@ -110,6 +110,9 @@ def test_a_split_is_called_unmixed_only_when_its_classes_differ_by_far():
     assert unmixed_split(np.random.default_rng(0).permutation(y), parts) is None  # a random order
     assert unmixed_split(np.zeros(1000, int), parts) is None  # unlabelled
     assert unmixed_split(np.arange(1000), parts) is None  # image ids, not classes: each in one part by necessity
+    many = np.repeat(np.arange(100), 10)  # sorted: the last fifth's 20 classes never trained on, named up to ten
+    assert unmixed_split(many, {"a": (0, 800), "b": (800, 1000)}) == \
+        "a: no image of classes 80, 81, 82, 83, 84, 85, 86, 87, 88, 89 … (20 classes)"  # b expects 2 a class: unnamed
     # the same shares in every part, however the first part is ordered within itself
     assert unmixed_split(np.r_[np.repeat([0, 1], 400), np.tile([0, 1], 100)], {"a": (0, 800), "b": (800, 1000)}) is None
     skewed = np.r_[np.tile([0, 0, 0, 1], 200), np.tile([0, 1, 1, 1], 50)]  # 25% against 75% of class 1

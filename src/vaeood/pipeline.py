@@ -14,9 +14,9 @@ counts ``vaeood calibrate`` takes at most by default); for a smaller set a fifth
 fit and half to calibrate. A folder's files are in a
 fixed pseudo-random order (by a hash of their names, :mod:`vaeood.data`), so the held-out
 images are not one class; a labelled file whose classes differ across the split (sorted by
-class) gets a warning (:mod:`vaeood.data.split_order`). The model is the conv VAE with a discretised-logistic decoder
-(a normalised pmf over 8-bit values, so bits/dim are defined), 10 epochs; any setting can
-be overridden (``--train.epochs=20``, ``--model.latent_dim=32``).
+class) gets a warning (:mod:`vaeood.data.split_order`). The model is the conv VAE with a
+discretised-logistic decoder (a normalised pmf over 8-bit values, so bits/dim are defined),
+10 epochs; any setting can be overridden (``--train.epochs=20``, ``--model.latent_dim=32``).
 """
 
 from __future__ import annotations

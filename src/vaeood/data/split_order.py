@@ -26,7 +26,8 @@ def unmixed_split(labels: np.ndarray, parts: dict[str, tuple[int, int]]) -> str 
     stop)}``), else what differs: the classes missing from a part, or the χ² p-value."""
     labels = np.asarray(labels)
     classes = np.unique(np.concatenate([labels[a:b] for a, b in parts.values()]))
-    table = np.array([[np.count_nonzero(labels[a:b] == c) for c in classes] for a, b in parts.values()])
+    table = np.stack([np.bincount(np.searchsorted(classes, labels[a:b]), minlength=len(classes))
+                      for a, b in parts.values()])
     if (table.sum(1) == 0).any():
         return None  # an empty part: nothing to compare
     # χ² needs expected counts of about one or more: a class too small to be in every part by chance
@@ -39,7 +40,14 @@ def unmixed_split(labels: np.ndarray, parts: dict[str, tuple[int, int]]) -> str 
     if p >= MIXED_P:
         return None
     expected = np.outer(table.sum(1), table.sum(0)) / table.sum()
-    missing = [f"{name}: no image of class{'es' if len(gone) > 1 else ''} {', '.join(map(str, gone))}"
-               for name, row, want in zip(parts, table, expected, strict=True)
+    missing = [f"{name}: no image of {_classes(gone)}" for name, row, want in zip(parts, table, expected, strict=True)
                if (gone := [int(c) for c, k, e in zip(classes, row, want, strict=True) if k == 0 and e >= 5])]
     return "; ".join(missing) if missing else f"the class shares differ between the parts (χ² p = {p:.1g})"
+
+
+def _classes(gone: list[int], shown: int = 10) -> str:
+    """``class 3``, ``classes 8, 9``, or the first ``shown`` of many and their count."""
+    if len(gone) == 1:
+        return f"class {gone[0]}"
+    more = f" … ({len(gone)} classes)" if len(gone) > shown else ""
+    return "classes " + ", ".join(map(str, gone[:shown])) + more
