@@ -81,8 +81,8 @@ def exit_process(code: int) -> None:
     objects. Where it drops them while the interpreter finalizes, the decref waits for a GIL
     that a finalizing interpreter no longer gives; the thread is ended inside the destructor
     and the process aborts (``terminate called without an active exception``, SIGABRT, after
-    every file was written): twice in 270 two-process CPU trainings on two loaded cores (once
-    in the 30 under the heaviest load), and once in CI. Every file is complete by then
+    every file was written): twice in about 220 two-process CPU trainings on two loaded cores,
+    none in 210 since, and once in CI. Every file is complete by then
     (:mod:`vaeood.infra.atomic`), and there is nothing left for finalization to do."""
     if not _joined:
         return
