@@ -149,7 +149,7 @@ class ImageOODDetector(BaseEstimator):
                 settings.setdefault("data.conform", self.conform)
         else:
             images = as_images(X, channels=self.channels, value_range=self.value_range)
-            labels = np.zeros(len(images), dtype=np.int64) if y is None else class_labels(y, len(images))
+            labels = np.zeros(len(images), dtype=np.int64) if y is None else y  # y: checked by fit
             order = hash_order(images)  # not the given order, which may be sorted by class (see hash_order)
             provenance = (f"an array of {len(images)} images given to ImageOODDetector.fit, stored in the order of "
                           "the SHA-256 of each image's bytes ('order' holds each stored image's position in the array)")

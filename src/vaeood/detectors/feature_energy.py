@@ -118,11 +118,10 @@ class FeatureEnergy(FeatureDetector):
     def _fit(self, features):
         x, y = self._training_set(features)
         model = self._model().fit(x, y)
-        rows = np.isin(np.asarray(features["labels"]), model.classes_)
         self.weights, self.bias = model.coef_.T.copy(), model.intercept_.copy()
         if len(model.classes_) == 2:  # sklearn keeps one logit for two classes, z_1 − z_0 = w · f̄ + b: split evenly
             self.weights, self.bias = np.hstack([-self.weights, self.weights]) / 2, np.r_[-self.bias, self.bias] / 2
-        left_out = int((~rows).sum())
+        left_out = len(features["labels"]) - len(y)  # the images of classes too small to learn
         return {"classes": int(len(model.classes_)), **({"images_left_out": left_out} if left_out else {})}
 
     def why_not(self, info):
